@@ -1,0 +1,49 @@
+"""Every name the runtime shares with the outside world: metrics, Redis keys, ports, env vars.
+
+The operator's builders (alert rules, dashboards, autoscalers, Deployments) import these names
+so that a rename cannot leave a dashboard or an HPA pointing at a metric that no longer exists.
+"""
+
+from typing import Final
+
+# --- metrics (labels: service and track on every one) ---
+METRIC_REQUESTS: Final = "agent_requests_total"  # labels: status (succeeded|failed|cancelled), intent
+METRIC_LATENCY: Final = "agent_latency_seconds"  # histogram of task wall-clock time
+METRIC_STEPS: Final = "agent_steps_count"  # histogram of agent-loop steps per task
+METRIC_COST: Final = "agent_cost_usd"  # counter of LLM spend (exported as agent_cost_usd_total)
+METRIC_ACTIVE: Final = "active_agents"  # gauge of tasks running now
+METRIC_TOOL_CALLS: Final = "agent_tool_calls_total"  # labels: tool_name, status
+METRIC_QUEUE_DEPTH: Final = "agent_queue_depth"  # gauge: waiting + pending entries
+METRIC_PROVIDER_HEALTHY: Final = "llm_provider_healthy"  # gauge 0/1, label: provider
+METRIC_PROVIDER_FALLBACKS: Final = "agent_provider_fallbacks_total"  # calls moved to another provider
+LABEL_SERVICE: Final = "service"
+LABEL_TRACK: Final = "track"
+
+# --- processes ---
+API_PORT: Final = 8080  # task API, /health, /ready and /metrics
+WORKER_METRICS_PORT: Final = 9090  # worker /health and /metrics
+HEALTH_PATH: Final = "/health"
+READY_PATH: Final = "/ready"
+METRICS_PATH: Final = "/metrics"
+
+# --- environment ---
+CONFIG_PATH: Final = "/etc/agent-runtime/config.json"
+CONFIG_PATH_ENV: Final = "AGENT_CONFIG_PATH"
+AUTH_TOKEN_ENV: Final = "AGENT_AUTH_TOKEN"
+REDIS_URL_ENV: Final = "AGENT_REDIS_URL"
+TRACK_ENV: Final = "AGENT_TRACK"
+SERVICE_ENV: Final = "AGENT_SERVICE"
+POD_NAME_ENV: Final = "AGENT_POD_NAME"
+
+# --- Redis keys (all prefixed by the service name: several services may share one Redis) ---
+KEY_PREFIX: Final = "agent"
+
+
+def provider_key_env(provider_name: str) -> str:
+    """Name of the environment variable that carries one provider's API key."""
+    return "AGENT_PROVIDER_" + provider_name.upper().replace("-", "_") + "_API_KEY"
+
+
+def stream_key(service: str, priority: str) -> str:
+    """The Redis stream of one priority level of one service."""
+    return f"{KEY_PREFIX}:{service}:tasks:{priority}"

@@ -1,0 +1,666 @@
+"""The AgentService API: spec and status models, the single source of truth.
+
+The CRD schema (`crd.py`), the docs reference and `agentctl render` are all generated from these
+models. Cross-field rules live twice on purpose, in one place: each model lists its rules as CEL
+(`x-kubernetes-validations`, enforced by the API server at `kubectl apply`) and checks the same
+rule in a pydantic validator (enforced by `render` and by the operator for clusters that predate
+CEL validation). A test proves that both halves reject the same invalid examples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "agentops.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "AgentService"
+PLURAL = "agentservices"
+SINGULAR = "agentservice"
+SHORT_NAMES = ["agsvc"]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+DURATION = r"^([0-9]+(ms|s|m|h))+$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+class CrossFieldError(ValueError):
+    """A rule that relates several fields, reported against the field a person should change."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class Model(BaseModel):
+    """Base for every spec model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_enum_values=True,
+        validate_default=True,
+    )
+    # CEL rules for this object, emitted as `x-kubernetes-validations` by the CRD generator.
+    cel_rules: ClassVar[list[dict[str, str]]] = []
+
+
+def duration_seconds(text: str) -> float:
+    """Parse a Go-style duration such as `30s`, `5m` or `1h30m` into seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"([0-9]+)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 5m, 1h30m")
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+# --- small shared pieces -------------------------------------------------------------------------
+
+
+class SecretKeyRef(Model):
+    """A key inside a Secret in the AgentService's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+class ResourceList(Model):
+    """CPU and memory quantities, as in a container's resources."""
+
+    cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
+    memory: str | None = Field(default=None, pattern=QUANTITY, description="Memory quantity, e.g. `512Mi`.")
+
+
+class Resources(Model):
+    """Requests and limits for one container."""
+
+    requests: ResourceList = Field(
+        default_factory=lambda: ResourceList(cpu="100m", memory="256Mi"),
+        description="Resources the scheduler reserves for the container.",
+    )
+    limits: ResourceList = Field(
+        default_factory=lambda: ResourceList(memory="512Mi"),
+        description="Hard caps; CPU is left unlimited by default to avoid throttling.",
+    )
+
+
+class EnvVar(Model):
+    """An extra environment variable for the runtime containers."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME, description="Variable name.")
+    value: str | None = Field(default=None, description="Literal value.")
+    secret_key_ref: SecretKeyRef | None = Field(
+        default=None, description="Take the value from a Secret key instead of a literal."
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!(has(self.value) && has(self.secretKeyRef))",
+            "message": "set value or secretKeyRef, not both",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if self.value is not None and self.secret_key_ref is not None:
+            raise CrossFieldError("secretKeyRef", "set value or secretKeyRef, not both")
+        return self
+
+
+# --- model providers -----------------------------------------------------------------------------
+
+
+class ProviderKind(StrEnum):
+    ANTHROPIC = "anthropic"
+    OPENAI_COMPATIBLE = "openai-compatible"
+
+
+class Strategy(StrEnum):
+    WEIGHTED = "weighted"
+    ROUND_ROBIN = "round_robin"
+    FAILOVER = "failover"
+
+
+class Provider(Model):
+    """One LLM endpoint the workers may call."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL, description="Unique name, used in metrics labels."
+    )
+    kind: ProviderKind = Field(default=ProviderKind.ANTHROPIC, description="API dialect of the endpoint.")
+    model: str = Field(min_length=1, max_length=200, description="Model identifier sent to the provider.")
+    base_url: str | None = Field(
+        default=None,
+        alias="baseURL",
+        pattern=r"^https?://",
+        max_length=2048,
+        description="Endpoint base URL; defaults to the provider's public API.",
+    )
+    weight: int = Field(default=1, ge=0, le=100, description="Share of traffic under the weighted strategy.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the API key. Keys are only ever referenced, never copied.",
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "self.kind != 'anthropic' || has(self.baseURL) || has(self.apiKeySecretRef)",
+            "message": "an anthropic provider needs apiKeySecretRef (only a custom baseURL may go without a key)",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _key_for_public_api(self) -> Provider:
+        if self.kind == ProviderKind.ANTHROPIC and self.base_url is None and self.api_key_secret_ref is None:
+            raise CrossFieldError(
+                "apiKeySecretRef",
+                "an anthropic provider needs apiKeySecretRef (only a custom baseURL may go without a key)",
+            )
+        return self
+
+
+class ModelSpec(Model):
+    """Which LLMs serve the agents and how calls are spread across them."""
+
+    providers: list[Provider] = Field(
+        min_length=1,
+        max_length=8,
+        description="Providers in order of preference (order matters for failover).",
+    )
+    strategy: Strategy = Field(default=Strategy.FAILOVER, description="How calls are spread across providers.")
+    system_prompt: str = Field(
+        default="You are a helpful agent. Use the tools when they help, then answer concisely.",
+        max_length=20000,
+        description="System prompt of every task.",
+    )
+    max_output_tokens: int = Field(default=1024, ge=1, le=64000, description="max_tokens of each LLM call.")
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "self.providers.all(p, self.providers.exists_one(q, q.name == p.name))",
+            "message": "provider names must be unique",
+        },
+        {
+            "rule": "self.strategy != 'weighted' || self.providers.exists(p, p.weight > 0)",
+            "message": "the weighted strategy needs at least one provider with weight > 0",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _providers_consistent(self) -> ModelSpec:
+        names = [p.name for p in self.providers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise CrossFieldError("providers", f"provider names must be unique (repeated: {', '.join(duplicates)})")
+        if self.strategy == Strategy.WEIGHTED and not any(p.weight > 0 for p in self.providers):
+            raise CrossFieldError("providers", "the weighted strategy needs at least one provider with weight > 0")
+        return self
+
+
+# --- workloads -----------------------------------------------------------------------------------
+
+
+class ApiSpec(Model):
+    """The task API Deployment."""
+
+    replicas: int = Field(default=2, ge=0, le=100, description="Replicas when autoscaling is disabled.")
+    resources: Resources = Field(default_factory=Resources, description="Container resources.")
+
+
+class WorkerSpec(Model):
+    """The worker Deployment that runs the agent loop."""
+
+    replicas: int = Field(default=2, ge=0, le=1000, description="Replicas when autoscaling is disabled.")
+    concurrency: int = Field(default=8, ge=1, le=1000, description="Tasks one worker pod runs at once.")
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            requests=ResourceList(cpu="200m", memory="256Mi"), limits=ResourceList(memory="1Gi")
+        ),
+        description="Container resources.",
+    )
+    termination_grace_period_seconds: int = Field(
+        default=120,
+        ge=1,
+        le=3600,
+        description="Time a worker gets on shutdown to finish or checkpoint its tasks.",
+    )
+
+
+class AutoscalingEngine(StrEnum):
+    HPA = "hpa"
+    KEDA = "keda"
+
+
+class Autoscaling(Model):
+    """Queue-depth and CPU autoscaling of the workers (and CPU autoscaling of the API)."""
+
+    enabled: bool = Field(default=True, description="Create autoscalers; replicas then come from them.")
+    engine: AutoscalingEngine = Field(
+        default=AutoscalingEngine.HPA,
+        description="`hpa` (autoscaling/v2 on agent_queue_depth via a metrics adapter) or `keda` (Redis Streams).",
+    )
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Lower bound of worker and API replicas.")
+    max_replicas: int = Field(default=10, ge=1, le=1000, description="Upper bound of worker and API replicas.")
+    target_queue_depth_per_replica: int = Field(
+        default=50, ge=1, le=100000, description="Waiting plus pending tasks per worker pod to aim for."
+    )
+    target_cpu_utilization: int = Field(
+        default=70,
+        alias="targetCPUUtilization",
+        ge=1,
+        le=100,
+        description="CPU utilization percent to aim for.",
+    )
+    scale_down_stabilization_seconds: int = Field(
+        default=300, ge=0, le=3600, description="How long load must stay low before replicas are removed."
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "self.minReplicas <= self.maxReplicas",
+            "message": "maxReplicas must be >= minReplicas",
+            "fieldPath": ".maxReplicas",
+        },
+        {
+            "rule": "self.engine != 'hpa' || self.minReplicas >= 1",
+            "message": "the hpa engine cannot scale to zero: set minReplicas >= 1 or use engine keda",
+            "fieldPath": ".minReplicas",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise CrossFieldError("maxReplicas", f"must be >= minReplicas ({self.min_replicas})")
+        if self.engine == AutoscalingEngine.HPA and self.min_replicas < 1:
+            raise CrossFieldError(
+                "minReplicas", "the hpa engine cannot scale to zero: set minReplicas >= 1 or use engine keda"
+            )
+        return self
+
+
+# --- limits, budget, redis -----------------------------------------------------------------------
+
+
+class Limits(Model):
+    """Limits shared by every replica of the service (enforced through Redis)."""
+
+    requests_per_minute: int = Field(default=600, ge=1, le=10_000_000, description="LLM requests per minute.")
+    tokens_per_minute: int = Field(default=400_000, ge=1, le=1_000_000_000, description="LLM tokens per minute.")
+    max_steps_per_task: int = Field(default=20, ge=1, le=500, description="Agent-loop steps before a task stops.")
+    task_timeout_seconds: int = Field(default=600, ge=1, le=86400, description="Wall-clock limit of one task.")
+    max_input_chars: int = Field(default=100_000, ge=1, le=10_000_000, description="Longest accepted task input.")
+
+
+class ModelPrice(Model):
+    """USD per million tokens for one model."""
+
+    input_per_mtok: float = Field(ge=0, description="USD per million input tokens.")
+    output_per_mtok: float = Field(ge=0, description="USD per million output tokens.")
+
+
+class Budget(Model):
+    """Spending limits; the daily one is shared by all replicas."""
+
+    daily_usd: float | None = Field(
+        default=None,
+        alias="dailyUSD",
+        ge=0,
+        description="Daily spend (UTC day) after which submissions get 429.",
+    )
+    per_task_usd: float | None = Field(
+        default=1.0, alias="perTaskUSD", ge=0, description="Spend after which one task stops."
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="Price table override, keyed by model identifier."
+    )
+
+
+class RedisSpec(Model):
+    """Where the queue, limits and checkpoints live."""
+
+    url: str | None = Field(default=None, pattern=r"^rediss?://", description="Redis URL, e.g. redis://redis:6379/0.")
+    url_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the Redis URL (when it carries a password)."
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "has(self.url) != has(self.urlSecretRef)",
+            "message": "set exactly one of url or urlSecretRef",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RedisSpec:
+        if (self.url is None) == (self.url_secret_ref is None):
+            raise CrossFieldError("url", "set exactly one of url or urlSecretRef")
+        return self
+
+
+# --- alerts and canary ---------------------------------------------------------------------------
+
+
+class Alerts(Model):
+    """Thresholds of the PrometheusRule alerts."""
+
+    enabled: bool = Field(default=True, description="Create the PrometheusRule.")
+    error_rate: float = Field(default=0.1, ge=0, le=1, description="Failed task ratio over 5 minutes.")
+    p95_latency_seconds: float = Field(default=60, gt=0, description="p95 task latency over 5 minutes.")
+    hourly_cost_usd: float = Field(default=50, alias="hourlyCostUSD", ge=0, description="LLM spend over 1 hour.")
+    queue_depth: int = Field(default=500, ge=1, description="Waiting plus pending tasks.")
+    all_providers_down: bool = Field(default=True, description="Alert when no provider is healthy.")
+    for_duration: str = Field(
+        default="5m", alias="for", pattern=DURATION, description="How long a condition holds before firing."
+    )
+
+
+class NoDataPolicy(StrEnum):
+    HOLD = "hold"
+    FAIL = "fail"
+
+
+class CanaryCheck(Model):
+    """A user PromQL check; placeholders {{service}}, {{namespace}} and {{track}} are filled in."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Check name, shown in status.")
+    query: str = Field(min_length=1, max_length=4000, description="PromQL returning one scalar-like series.")
+    min: float | None = Field(default=None, description="Lowest passing value.")
+    max: float | None = Field(default=None, description="Highest passing value.")
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {"rule": "has(self.min) || has(self.max)", "message": "a check needs min, max or both"},
+        {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max", "message": "min must be <= max"},
+    ]
+
+    @model_validator(mode="after")
+    def _range(self) -> CanaryCheck:
+        if self.min is None and self.max is None:
+            raise CrossFieldError("max", "a check needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise CrossFieldError("min", f"must be <= max ({self.max})")
+        return self
+
+
+class Canary(Model):
+    """Progressive delivery of pod-template changes, judged from Prometheus."""
+
+    enabled: bool = Field(default=False, description="Roll template changes out as canaries.")
+    steps: list[int] = Field(
+        default_factory=lambda: [10, 50, 100],
+        min_length=1,
+        max_length=20,
+        description="Canary weights in percent, strictly increasing, ending at 100.",
+    )
+    interval: str = Field(default="60s", pattern=DURATION, description="Time between analyses.")
+    max_error_rate: float = Field(default=0.05, ge=0, le=1, description="Highest canary error rate that passes.")
+    max_p95_latency_seconds: float = Field(default=60, gt=0, description="Highest canary p95 latency that passes.")
+    max_error_ratio: float | None = Field(
+        default=None, gt=0, description="Canary error rate may be at most this multiple of stable's."
+    )
+    max_cost_ratio: float | None = Field(
+        default=None, gt=0, description="Canary cost per task may be at most this multiple of stable's."
+    )
+    failure_limit: int = Field(default=2, ge=1, le=100, description="Failed checks that trigger a rollback.")
+    inconclusive_limit: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Inconclusive or errored analyses in a row before the rollout pauses.",
+    )
+    min_requests: int = Field(
+        default=20,
+        ge=0,
+        description="Fewer canary requests in the window than this is inconclusive, not success.",
+    )
+    on_no_data: NoDataPolicy = Field(default=NoDataPolicy.HOLD, description="What an analysis with no data counts as.")
+    checks: list[CanaryCheck] = Field(default_factory=list, max_length=20, description="Extra PromQL checks.")
+    paused: bool = Field(default=False, description="Hold the rollout at its current weight (manual gate).")
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "self.steps[size(self.steps) - 1] == 100",
+            "message": "the last canary step must be 100",
+            "fieldPath": ".steps",
+        },
+        {
+            "rule": "self.steps.all(s, s >= 1 && s <= 100)",
+            "message": "canary steps must be between 1 and 100",
+            "fieldPath": ".steps",
+        },
+        {
+            "rule": "self.steps.isSorted() && self.steps.all(s, self.steps.exists_one(t, t == s))",
+            "message": "canary steps must be strictly increasing",
+            "fieldPath": ".steps",
+        },
+    ]
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[int]) -> list[int]:
+        if any(s < 1 or s > 100 for s in steps):
+            raise ValueError("canary steps must be between 1 and 100")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"canary steps must be strictly increasing (got {steps})")
+        if steps[-1] != 100:
+            raise ValueError(f"the last canary step must be 100 (got {steps[-1]})")
+        return steps
+
+    @property
+    def interval_seconds(self) -> float:
+        return duration_seconds(self.interval)
+
+
+# --- pod-level extras ----------------------------------------------------------------------------
+
+
+class NetworkPolicySpec(Model):
+    """Ingress restrictions for the service's pods."""
+
+    enabled: bool = Field(default=False, description="Create a NetworkPolicy.")
+    allow_from_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces allowed to call the task API (the service's own is always allowed).",
+    )
+    monitoring_namespace: str = Field(
+        default="monitoring",
+        min_length=1,
+        max_length=63,
+        description="Namespace of Prometheus, allowed to scrape.",
+    )
+
+
+class PodDisruptionBudgetSpec(Model):
+    """Voluntary-disruption budget for API and worker pods."""
+
+    enabled: bool = Field(default=True, description="Create PodDisruptionBudgets.")
+    max_unavailable: int = Field(default=1, ge=0, le=1000, description="Pods that may be down at once.")
+
+
+ServiceName = Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class AgentServiceSpec(Model):
+    """Desired state of one LLM-agent service."""
+
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Runtime image; defaults to the bundled runtime of this version.",
+    )
+    image_pull_policy: str = Field(
+        default="IfNotPresent",
+        json_schema_extra={"enum": ["Always", "IfNotPresent", "Never"]},
+        description="Kubernetes image pull policy.",
+    )
+    model: ModelSpec = Field(description="LLM providers and the calling strategy.")
+    api: ApiSpec = Field(default_factory=ApiSpec, description="The task API.")
+    worker: WorkerSpec = Field(default_factory=WorkerSpec, description="The workers.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Autoscaling.")
+    limits: Limits = Field(default_factory=Limits, description="Rate and size limits.")
+    budget: Budget = Field(default_factory=Budget, description="Spending limits.")
+    redis: RedisSpec = Field(description="The Redis that holds queue, limits and checkpoints.")
+    alerts: Alerts = Field(default_factory=Alerts, description="Alert thresholds.")
+    canary: Canary = Field(default_factory=Canary, description="Canary rollouts.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=100, description="Extra environment variables.")
+    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every pod.")
+    service_account_name: ServiceName | None = Field(default=None, description="ServiceAccount of the pods.")
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, description="Network policy.")
+    pod_disruption_budget: PodDisruptionBudgetSpec = Field(
+        default_factory=PodDisruptionBudgetSpec, description="Pod disruption budgets."
+    )
+
+    @field_validator("image_pull_policy")
+    @classmethod
+    def _pull_policy(cls, value: str) -> str:
+        if value not in {"Always", "IfNotPresent", "Never"}:
+            raise ValueError(f"must be one of Always, IfNotPresent, Never (got {value!r})")
+        return value
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL)
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class AgentService(BaseModel):
+    """A whole AgentService object as read from a manifest or the API."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    api_version: str = Field(alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta
+    spec: AgentServiceSpec
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if value != API_VERSION:
+            raise ValueError(f"must be {API_VERSION} (got {value!r})")
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value != KIND:
+            raise ValueError(f"must be {KIND} (got {value!r})")
+        return value
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> AgentService:
+        return cls.model_validate(manifest)
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(BaseModel):
+    """A standard Kubernetes condition (kstatus-compatible)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    type: str = Field(description="Ready, Progressing, Degraded, SpecInvalid, SecretMissing, Promoted, ...")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase machine-readable reason.")
+    message: str = Field(default="", description="What a person should know or do.")
+    last_transition_time: str = Field(default="", description="When the status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="Generation the condition refers to.")
+
+
+class CanaryPhase(StrEnum):
+    IDLE = "Idle"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+
+
+class CheckResult(BaseModel):
+    """One check of one analysis, with everything needed to understand its verdict."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    name: str = Field(description="Check name.")
+    query: str = Field(default="", description="The exact PromQL that was run.")
+    value: float | None = Field(default=None, description="Measured value (absent when there was no data).")
+    samples: float | None = Field(default=None, description="Requests in the window behind the value.")
+    threshold: str = Field(default="", description="The passing range, e.g. `<= 0.05`.")
+    verdict: str = Field(description="success, failure, inconclusive or error.")
+    message: str = Field(default="", description="Why, in words.")
+
+
+class Analysis(BaseModel):
+    """The outcome of one canary analysis."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    time: str = Field(description="When the analysis ran (RFC 3339).")
+    weight: int = Field(description="Canary weight during the analysis.")
+    verdict: str = Field(description="success, failure, inconclusive or error.")
+    checks: list[CheckResult] = Field(default_factory=list, description="Each check's result.")
+
+
+class CanaryStatus(BaseModel):
+    """Where a rollout stands."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    phase: CanaryPhase = Field(default=CanaryPhase.IDLE, description="Idle, Progressing, Paused, Promoted, RolledBack.")
+    weight: int = Field(default=0, description="Desired canary weight in percent.")
+    actual_weight: int = Field(default=0, description="Weight the replica counts actually give.")
+    step_index: int = Field(default=0, description="Index into spec.canary.steps.")
+    stable_revision: str = Field(default="", description="Pod-template hash of the stable track.")
+    canary_revision: str = Field(default="", description="Pod-template hash of the canary track.")
+    consecutive_failures: int = Field(default=0, description="Failed analyses in a row.")
+    total_failures: int = Field(default=0, description="Failed analyses in this rollout.")
+    inconclusive_streak: int = Field(default=0, description="Inconclusive or errored analyses in a row.")
+    message: str = Field(default="", description="Why the rollout is where it is.")
+    last_analysis: Analysis | None = Field(default=None, description="The latest analysis.")
+    history: list[Analysis] = Field(default_factory=list, description="The last 10 analyses.")
+
+
+class AgentServiceStatus(BaseModel):
+    """Observed state, written by the operator."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    phase: Phase = Field(default=Phase.PENDING, description="Pending, Progressing, Ready, Degraded or Failed.")
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions.")
+    replicas: int = Field(default=0, description="Pods wanted across API and worker Deployments.")
+    ready_replicas: int = Field(default=0, description="Ready pods across API and worker Deployments.")
+    revision: str = Field(default="", description="Pod-template hash now served by the stable track.")
+    canary: CanaryStatus = Field(default_factory=CanaryStatus, description="Canary rollout state.")
