@@ -1,0 +1,1 @@
+"""Tests of the AgentService operator and the agent runtime."""
