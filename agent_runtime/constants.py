@@ -16,6 +16,12 @@ METRIC_TOOL_CALLS: Final = "agent_tool_calls_total"  # labels: tool_name, status
 METRIC_QUEUE_DEPTH: Final = "agent_queue_depth"  # gauge: waiting + pending entries
 METRIC_PROVIDER_HEALTHY: Final = "llm_provider_healthy"  # gauge 0/1, label: provider
 METRIC_PROVIDER_FALLBACKS: Final = "agent_provider_fallbacks_total"  # calls moved to another provider
+# Series names as exposed by prometheus_client (counters gain `_total`, histograms `_bucket/_sum/_count`);
+# alert rules, dashboards and canary queries use these.
+SERIES_REQUESTS: Final = "agent_requests_total"
+SERIES_LATENCY_BUCKET: Final = "agent_latency_seconds_bucket"
+SERIES_COST: Final = "agent_cost_usd_total"
+SERIES_FALLBACKS: Final = "agent_provider_fallbacks_total"
 LABEL_SERVICE: Final = "service"
 LABEL_TRACK: Final = "track"
 
@@ -37,6 +43,8 @@ POD_NAME_ENV: Final = "AGENT_POD_NAME"
 
 # --- Redis keys (all prefixed by the service name: several services may share one Redis) ---
 KEY_PREFIX: Final = "agent"
+CONSUMER_GROUP: Final = "workers"
+PRIORITIES: Final = ("high", "normal", "low")
 
 
 def provider_key_env(provider_name: str) -> str:
