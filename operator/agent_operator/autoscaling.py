@@ -1,0 +1,153 @@
+"""Autoscalers of one AgentService: HorizontalPodAutoscalers (autoscaling/v2) and the KEDA ScaledObject.
+
+Workers scale on queue depth: with the `hpa` engine through the Pods metric `agent_queue_depth`
+(served by a Prometheus metrics adapter) plus CPU; with the `keda` engine through one
+`redis-streams` trigger per priority stream, reading the consumer group's pending entries
+directly from Redis. The API always scales on CPU with an HPA. Autoscalers target the stable
+Deployments only: during a rollout the operator sizes the canary explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+from agent_operator import models, naming, workloads
+from agent_runtime import constants
+
+KEDA_API_VERSION: Final = "keda.sh/v1alpha1"
+DEFAULT_REDIS_PORT: Final = 6379
+
+
+def _target_ref(service: str, component: naming.Component) -> dict[str, str]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": naming.deployment_name(service, component)}
+
+
+def _cpu_metric(target_utilization: int) -> dict[str, Any]:
+    return {
+        "type": "Resource",
+        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target_utilization}},
+    }
+
+
+def _queue_depth_metric(target_per_replica: int) -> dict[str, Any]:
+    return {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": constants.METRIC_QUEUE_DEPTH},
+            "target": {"type": "AverageValue", "averageValue": str(target_per_replica)},
+        },
+    }
+
+
+def _behavior(spec: models.Autoscaling) -> dict[str, Any]:
+    return {"scaleDown": {"stabilizationWindowSeconds": spec.scale_down_stabilization_seconds}}
+
+
+def build_hpa(svc: models.AgentService, component: naming.Component, *, version: str) -> dict[str, Any]:
+    """The HPA of one component's stable Deployment (worker: queue depth and CPU; API: CPU)."""
+    name = svc.metadata.name
+    spec = svc.spec.autoscaling
+    metrics = [_cpu_metric(spec.target_cpu_utilization)]
+    if component == naming.Component.WORKER:
+        metrics.insert(0, _queue_depth_metric(spec.target_queue_depth_per_replica))
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": naming.deployment_name(name, component),
+            "namespace": svc.metadata.namespace,
+            "labels": naming.standard_labels(name, component.value, workloads.app_version(svc, version)),
+        },
+        "spec": {
+            "scaleTargetRef": _target_ref(name, component),
+            # An HPA cannot scale to zero (minReplicas >= 1); only the KEDA engine may, for workers.
+            "minReplicas": max(1, spec.min_replicas),
+            "maxReplicas": spec.max_replicas,
+            "metrics": metrics,
+            "behavior": _behavior(spec),
+        },
+    }
+
+
+def redis_trigger_connection(redis: models.RedisSpec) -> dict[str, str]:
+    """The connection metadata of a KEDA Redis trigger, derived from the literal Redis URL.
+
+    KEDA's redis-streams scaler takes `address` as `host:port` (not a URL), so it is derived here;
+    a URL that only exists in a Secret, or one that carries credentials, cannot be turned into
+    trigger metadata without reading the Secret, and is reported as a spec error.
+    """
+    if redis.url is None:
+        raise models.CrossFieldError(
+            "spec.redis.urlSecretRef",
+            "autoscaling engine keda needs a literal spec.redis.url: KEDA's redis-streams trigger takes host:port, "
+            "which cannot be derived from a Secret at render time (use engine hpa, or a password-less url)",
+        )
+    parts = urlsplit(redis.url)
+    if parts.password is not None or parts.username:
+        raise models.CrossFieldError(
+            "spec.redis.url",
+            "autoscaling engine keda cannot pass credentials from a literal url to KEDA; use engine hpa",
+        )
+    host = parts.hostname or ""
+    if not host:
+        raise models.CrossFieldError("spec.redis.url", f"no host in {redis.url!r}")
+    try:
+        port = parts.port or DEFAULT_REDIS_PORT
+    except ValueError as exc:
+        raise models.CrossFieldError("spec.redis.url", f"invalid port in {redis.url!r}") from exc
+    address_host = f"[{host}]" if ":" in host else host
+    database = unquote(parts.path.lstrip("/")) or "0"
+    if not database.isdigit():
+        raise models.CrossFieldError("spec.redis.url", f"the database in {redis.url!r} must be a number")
+    return {
+        "address": f"{address_host}:{port}",
+        "databaseIndex": str(int(database)),
+        "enableTLS": "true" if parts.scheme == "rediss" else "false",
+    }
+
+
+def build_scaled_object(svc: models.AgentService, *, version: str) -> dict[str, Any]:
+    """The KEDA ScaledObject of the stable worker Deployment: one redis-streams trigger per priority."""
+    name = svc.metadata.name
+    spec = svc.spec.autoscaling
+    connection = redis_trigger_connection(svc.spec.redis)
+    triggers = [
+        {
+            "type": "redis-streams",
+            "name": f"queue-{priority}",
+            "metadata": {
+                **connection,
+                "stream": constants.stream_key(name, priority),
+                "consumerGroup": constants.CONSUMER_GROUP,
+                "pendingEntriesCount": str(spec.target_queue_depth_per_replica),
+            },
+        }
+        for priority in constants.PRIORITIES
+    ]
+    return {
+        "apiVersion": KEDA_API_VERSION,
+        "kind": "ScaledObject",
+        "metadata": {
+            "name": naming.deployment_name(name, naming.Component.WORKER),
+            "namespace": svc.metadata.namespace,
+            "labels": naming.standard_labels(name, naming.Component.WORKER.value, workloads.app_version(svc, version)),
+        },
+        "spec": {
+            "scaleTargetRef": _target_ref(name, naming.Component.WORKER),
+            "minReplicaCount": spec.min_replicas,
+            "maxReplicaCount": spec.max_replicas,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(spec)}},
+            "triggers": triggers,
+        },
+    }
+
+
+def build_autoscalers(svc: models.AgentService, *, version: str) -> list[dict[str, Any]]:
+    """Every autoscaler of the service, or none when autoscaling is disabled."""
+    if not svc.spec.autoscaling.enabled:
+        return []
+    api = build_hpa(svc, naming.Component.API, version=version)
+    if svc.spec.autoscaling.engine == models.AutoscalingEngine.KEDA:
+        return [api, build_scaled_object(svc, version=version)]
+    return [api, build_hpa(svc, naming.Component.WORKER, version=version)]
