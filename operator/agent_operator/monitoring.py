@@ -10,15 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from agent_operator import __version__, models, naming
+from agent_operator import __version__, models, naming, workloads
 from agent_runtime import constants
 
 MONITORING_API_VERSION: Final = "monitoring.coreos.com/v1"
 COMPONENT: Final = "monitoring"
-# Container port names of the runtime workloads (see workloads.py): the API serves /metrics on its
-# HTTP port, the worker on a dedicated metrics port.
-API_PORT_NAME: Final = "http"
-WORKER_METRICS_PORT_NAME: Final = "metrics"
 SCRAPE_INTERVAL: Final = "30s"
 
 ALERT_ERROR_RATE: Final = "AgentServiceHighErrorRate"
@@ -186,7 +182,9 @@ def build_service_monitor(svc: models.AgentService, *, version: str | None = Non
             "interval": SCRAPE_INTERVAL,
             "honorLabels": True,
         }
-        for port in (API_PORT_NAME, WORKER_METRICS_PORT_NAME)
+        # The API serves /metrics on its HTTP port (API Service), the worker on its metrics port
+        # (headless worker Service); both Services carry the instance labels selected below.
+        for port in (workloads.API_PORT_NAME, workloads.WORKER_METRICS_PORT_NAME)
     ]
     return {
         "apiVersion": MONITORING_API_VERSION,

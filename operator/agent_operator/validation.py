@@ -1,0 +1,204 @@
+"""User input to AgentService models, with every error turned into a line a person can act on.
+
+The one place that maps pydantic `ValidationError`s and YAML errors into `Problem`s: a field path
+(`spec.autoscaling.maxReplicas`, the camelCase names of the manifest) and the rule it breaks.
+Cross-field rules raise `models.CrossFieldError(field, message)`; its field is appended to the
+location pydantic reports (the model) so the path names the field to change. Used by
+`agentctl render` and by the operator (the SpecInvalid condition), so both say the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import pydantic
+import yaml
+
+from agent_operator import models
+
+STDIN: Final = "-"
+
+# What the spec's patterns mean, in words (pydantic would print the regular expression).
+PATTERN_MEANINGS: Final = {
+    models.DURATION: "must be a duration such as 30s, 5m or 1h30m",
+    models.QUANTITY: "must be a Kubernetes quantity such as 250m, 1 or 512Mi",
+    models.DNS_LABEL: "must be a DNS label: lowercase letters, digits and '-', starting and ending alphanumeric",
+    models.ENV_NAME: "must be a valid environment variable name",
+    r"^https?://": "must be an http:// or https:// URL",
+    r"^rediss?://": "must be a redis:// or rediss:// URL",
+}
+VALUE_ERROR_PREFIX: Final = "Value error, "
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest: where (a field path, empty for the whole document) and why."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+    """One YAML document of an input file."""
+
+    source: str
+    index: int  # 1-based position in the file
+    line: int  # 1-based line where the document starts
+    body: Any
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+class InputError(Exception):
+    """A file that cannot be read or parsed at all; the message names the file (and line)."""
+
+
+class InvalidManifest(Exception):
+    """A document that is not a valid AgentService."""
+
+    def __init__(self, document: Document, problems: Sequence[Problem], headline: str) -> None:
+        super().__init__(headline)
+        self.document = document
+        self.problems = list(problems)
+        self.headline = headline
+
+
+def field_path(loc: Iterable[int | str]) -> str:
+    """Render a pydantic location as a manifest path: `spec.model.providers[0].name`."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif any(ch in part for ch in "./ []"):
+            path += f'["{part}"]'
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def _bound(ctx: dict[str, Any], key: str) -> str:
+    value = ctx[key]
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def _message(error: Any) -> str:
+    """The rule behind one pydantic error, worded for a person."""
+    kind: str = error["type"]
+    ctx: dict[str, Any] = error.get("ctx") or {}
+    got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict | list) else ""
+    simple: dict[str, Callable[[], str]] = {
+        "greater_than_equal": lambda: f"must be >= {_bound(ctx, 'ge')}{got}",
+        "greater_than": lambda: f"must be > {_bound(ctx, 'gt')}{got}",
+        "less_than_equal": lambda: f"must be <= {_bound(ctx, 'le')}{got}",
+        "less_than": lambda: f"must be < {_bound(ctx, 'lt')}{got}",
+        "string_too_long": lambda: f"must be at most {ctx['max_length']} characters",
+        "string_too_short": lambda: f"must be at least {ctx['min_length']} characters",
+        "too_long": lambda: f"must have at most {ctx['max_length']} items",
+        "too_short": lambda: f"must have at least {ctx['min_length']} items",
+        "extra_forbidden": lambda: "unknown field (not part of the AgentService API)",
+        "missing": lambda: "required field is missing",
+    }
+    if kind in simple:
+        return simple[kind]()
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in PATTERN_MEANINGS:
+        return PATTERN_MEANINGS[ctx["pattern"]] + got
+    if kind == "enum":
+        return f"must be one of {ctx['expected'].replace(chr(39), '')}{got}"
+    message: str = error["msg"]
+    return message.removeprefix(VALUE_ERROR_PREFIX)
+
+
+def problems_from(exc: pydantic.ValidationError) -> list[Problem]:
+    """One `Problem` per pydantic error, cross-field errors reported at the field to change."""
+    problems = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, models.CrossFieldError):
+            problems.append(Problem(field_path([*loc, *cause.field.split(".")]), cause.message))
+        else:
+            problems.append(Problem(field_path(loc), _message(error)))
+    return problems
+
+
+def read_text(source: str) -> str:
+    """The text of a file (`-` is standard input), or an `InputError` naming it."""
+    if source == STDIN:
+        return sys.stdin.read()
+    path = Path(source)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{source}: is a directory, not a manifest file") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{source}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read: {exc.strerror}") from None
+
+
+def load_documents(source: str, text: str) -> list[Document]:
+    """Split a YAML stream into documents; a syntax error names the file, line and column."""
+    display = "<stdin>" if source == STDIN else source
+    loader = yaml.SafeLoader(text)
+    documents: list[Document] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            line = node.start_mark.line + 1 if node is not None else 1
+            body = loader.construct_document(node) if node is not None else None
+            if body is not None:
+                documents.append(Document(display, len(documents) + 1, line, body))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{display}:{mark.line + 1}:{mark.column + 1}" if mark is not None else display
+        reason = exc.problem or exc.context or "invalid YAML"
+        raise InputError(f"{where}: YAML syntax error: {reason}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{display}: YAML error: {exc}") from None
+    finally:
+        loader.dispose()
+    return documents
+
+
+def _identity(body: dict[str, Any]) -> str:
+    return f"{body.get('apiVersion', '<no apiVersion>')}/{body.get('kind', '<no kind>')}"
+
+
+def parse_agent_service(document: Document) -> models.AgentService:
+    """Validate one document as an AgentService, or raise `InvalidManifest` listing every problem."""
+    body = document.body
+    wanted = f"{models.API_VERSION}/{models.KIND}"
+    if not isinstance(body, dict):
+        raise InvalidManifest(
+            document, [], f"document {document.index} is a {type(body).__name__}, not a {wanted} object"
+        )
+    if body.get("kind") != models.KIND or body.get("apiVersion") != models.API_VERSION:
+        raise InvalidManifest(document, [], f"document {document.index} is {_identity(body)}, not {wanted}")
+    try:
+        return models.AgentService.from_manifest(body)
+    except pydantic.ValidationError as exc:
+        metadata = body.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        what = f'AgentService "{name}"' if isinstance(name, str) else f"AgentService (document {document.index})"
+        raise InvalidManifest(document, problems_from(exc), f"{what} is invalid:") from None
+
+
+def spec_problems(body: dict[str, Any]) -> list[Problem]:
+    """Every problem of an AgentService object (as the operator reads it), empty when it is valid."""
+    try:
+        models.AgentService.from_manifest(body)
+    except pydantic.ValidationError as exc:
+        return problems_from(exc)
+    return []
