@@ -113,7 +113,8 @@ def _message(error: Any) -> str:
     if kind == "string_pattern_mismatch" and ctx.get("pattern") in PATTERN_MEANINGS:
         return PATTERN_MEANINGS[ctx["pattern"]] + got
     if kind == "enum":
-        return f"must be one of {ctx['expected'].replace(chr(39), '')}{got}"
+        choices = str(ctx["expected"]).replace("'", "").replace(" or ", ", ")
+        return f"must be one of: {choices}{got}"
     message: str = error["msg"]
     return message.removeprefix(VALUE_ERROR_PREFIX)
 
