@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate
 import pytest
 import referencing
@@ -93,7 +93,7 @@ def problems(manifest: dict[str, Any]) -> list[str]:
     ident = f"{manifest.get('kind')}/{manifest.get('metadata', {}).get('name')}"
     key = (manifest.get("apiVersion"), manifest.get("kind"))
     if key in CRD_SCHEMA_FILES:
-        validator = crd_validator(*key)  # type: ignore[arg-type]
+        validator = crd_validator(str(key[0]), str(key[1]))
         return [
             f"{ident}: {'.'.join(map(str, err.absolute_path))}: {err.message}"
             for err in validator.iter_errors(manifest)

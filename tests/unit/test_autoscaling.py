@@ -1,0 +1,121 @@
+"""Unit tests of `agent_operator.autoscaling`: HPAs and the KEDA ScaledObject.
+
+Covers:
+- each HPA targets the Deployment of its component by name (the names `workloads` renders);
+- worker HPA: Pods metric named `constants.METRIC_QUEUE_DEPTH` with averageValue =
+  `targetQueueDepthPerReplica`, plus CPU; API HPA: CPU only; min/max and the scale-down
+  stabilization window from the spec; minReplicas never below 1 for an HPA;
+- engine keda: a ScaledObject instead of the worker HPA, one redis-streams trigger per priority
+  stream (`constants.stream_key`, `constants.CONSUMER_GROUP`, pendingEntriesCount = target), the
+  KEDA address, database and TLS derived from the Redis URL, scale to zero allowed;
+- engine keda with a URL KEDA cannot be given (secret-held or with credentials): a CrossFieldError
+  naming the field;
+- autoscaling disabled: no autoscaler at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from agent_operator import autoscaling, models, naming, workloads
+
+from agent_runtime import constants
+
+V = "1.2.3"
+
+
+def svc(**spec: Any) -> models.AgentService:
+    body: dict[str, Any] = {
+        "model": {"providers": [{"name": "c", "model": "m", "apiKeySecretRef": {"name": "k", "key": "a"}}]},
+        "redis": {"url": "redis://redis.agents.svc:6379/0"},
+    }
+    body.update(spec)
+    return models.AgentService.model_validate(
+        {"apiVersion": models.API_VERSION, "kind": models.KIND, "metadata": {"name": "demo"}, "spec": body}
+    )
+
+
+def test_hpas_target_the_deployments_and_the_runtime_metric() -> None:
+    s = svc(
+        autoscaling={
+            "minReplicas": 2,
+            "maxReplicas": 9,
+            "targetQueueDepthPerReplica": 25,
+            "targetCPUUtilization": 60,
+            "scaleDownStabilizationSeconds": 42,
+        }
+    )
+    api_hpa, worker_hpa = autoscaling.build_autoscalers(s, version=V)
+    for hpa, component in ((api_hpa, naming.Component.API), (worker_hpa, naming.Component.WORKER)):
+        deployment = workloads.build_deployment(s, component, version=V)
+        ref = hpa["spec"]["scaleTargetRef"]
+        assert (ref["apiVersion"], ref["kind"], ref["name"]) == (
+            "apps/v1",
+            "Deployment",
+            deployment["metadata"]["name"],
+        )
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 9)
+        assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 42
+    assert api_hpa["spec"]["metrics"] == [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}
+    ]
+    pods_metric, cpu_metric = worker_hpa["spec"]["metrics"]
+    assert pods_metric["pods"]["metric"]["name"] == constants.METRIC_QUEUE_DEPTH == "agent_queue_depth"
+    assert pods_metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "25"}
+    assert cpu_metric["resource"]["target"]["averageUtilization"] == 60
+
+
+def test_keda_replaces_the_worker_hpa() -> None:
+    s = svc(autoscaling={"engine": "keda", "minReplicas": 0, "maxReplicas": 30, "targetQueueDepthPerReplica": 7})
+    api_hpa, scaled = autoscaling.build_autoscalers(s, version=V)
+    assert api_hpa["kind"] == "HorizontalPodAutoscaler" and api_hpa["spec"]["minReplicas"] == 1
+    assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == naming.deployment_name("demo", naming.Component.WORKER)
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 30)
+    triggers = scaled["spec"]["triggers"]
+    assert [t["metadata"]["stream"] for t in triggers] == [
+        constants.stream_key("demo", p) for p in constants.PRIORITIES
+    ]
+    for trigger in triggers:
+        assert trigger["type"] == "redis-streams"
+        assert trigger["metadata"]["consumerGroup"] == constants.CONSUMER_GROUP
+        assert trigger["metadata"]["pendingEntriesCount"] == "7"
+        assert trigger["metadata"]["address"] == "redis.agents.svc:6379"
+        assert trigger["metadata"]["databaseIndex"] == "0"
+        assert trigger["metadata"]["enableTLS"] == "false"
+        assert all(isinstance(v, str) for v in trigger["metadata"].values())
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://r", {"address": "r:6379", "databaseIndex": "0", "enableTLS": "false"}),
+        ("rediss://r.example.com:6380/3", {"address": "r.example.com:6380", "databaseIndex": "3", "enableTLS": "true"}),
+        ("redis://[::1]:7000/1", {"address": "[::1]:7000", "databaseIndex": "1", "enableTLS": "false"}),
+    ],
+)
+def test_keda_connection_from_url(url: str, expected: dict[str, str]) -> None:
+    assert autoscaling.redis_trigger_connection(models.RedisSpec(url=url)) == expected
+
+
+@pytest.mark.parametrize(
+    ("redis", "field"),
+    [
+        ({"urlSecretRef": {"name": "r", "key": "url"}}, "spec.redis.urlSecretRef"),
+        ({"url": "redis://:pw@r:6379/0"}, "spec.redis.url"),
+        ({"url": "redis://r:6379/queue"}, "spec.redis.url"),
+    ],
+)
+def test_keda_refuses_urls_it_cannot_pass(redis: dict[str, Any], field: str) -> None:
+    with pytest.raises(models.CrossFieldError) as caught:
+        autoscaling.build_autoscalers(svc(redis=redis, autoscaling={"engine": "keda"}), version=V)
+    assert caught.value.field == field
+    # the hpa engine serves the same Redis settings
+    assert len(autoscaling.build_autoscalers(svc(redis=redis), version=V)) == 2
+
+
+def test_disabled_means_no_autoscaler() -> None:
+    assert autoscaling.build_autoscalers(svc(autoscaling={"enabled": False}), version=V) == []
+    assert autoscaling.build_autoscalers(svc(autoscaling={"enabled": False, "engine": "keda"}), version=V) == []
