@@ -520,6 +520,23 @@ class AgentServiceSpec(Model):
         default_factory=PodDisruptionBudgetSpec, description="Pod disruption budgets."
     )
 
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "self.autoscaling.engine != 'keda' || (has(self.redis.url) && !self.redis.url.contains('@'))",
+            "message": "the keda engine needs a literal redis.url without credentials (KEDA connects to Redis itself)",
+            "fieldPath": ".redis.url",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _keda_reaches_redis(self) -> AgentServiceSpec:
+        if self.autoscaling.engine == AutoscalingEngine.KEDA and (self.redis.url is None or "@" in self.redis.url):
+            raise CrossFieldError(
+                "redis.url",
+                "the keda engine needs a literal redis.url without credentials (KEDA connects to Redis itself)",
+            )
+        return self
+
     @field_validator("image_pull_policy")
     @classmethod
     def _pull_policy(cls, value: str) -> str:
