@@ -91,6 +91,10 @@ def _bound(ctx: dict[str, Any], key: str) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
+def _items(count: int) -> str:
+    return f"{count} item" if count == 1 else f"{count} items"
+
+
 def _message(error: Any) -> str:
     """The rule behind one pydantic error, worded for a person."""
     kind: str = error["type"]
@@ -103,8 +107,8 @@ def _message(error: Any) -> str:
         "less_than": lambda: f"must be < {_bound(ctx, 'lt')}{got}",
         "string_too_long": lambda: f"must be at most {ctx['max_length']} characters",
         "string_too_short": lambda: f"must be at least {ctx['min_length']} characters",
-        "too_long": lambda: f"must have at most {ctx['max_length']} items",
-        "too_short": lambda: f"must have at least {ctx['min_length']} items",
+        "too_long": lambda: f"must have at most {_items(ctx['max_length'])}",
+        "too_short": lambda: f"must have at least {_items(ctx['min_length'])}",
         "extra_forbidden": lambda: "unknown field (not part of the AgentService API)",
         "missing": lambda: "required field is missing",
     }
@@ -183,7 +187,7 @@ def parse_agent_service(document: Document) -> models.AgentService:
     wanted = f"{models.API_VERSION}/{models.KIND}"
     if not isinstance(body, dict):
         raise InvalidManifest(
-            document, [], f"document {document.index} is a {type(body).__name__}, not a {wanted} object"
+            document, [], f"document {document.index} is a {type(body).__name__}, not an {wanted} object"
         )
     if body.get("kind") != models.KIND or body.get("apiVersion") != models.API_VERSION:
         raise InvalidManifest(document, [], f"document {document.index} is {_identity(body)}, not {wanted}")
