@@ -360,13 +360,13 @@ def judge(
 
 def summary(analysis: models.Analysis) -> str:
     """One line naming the checks that kept the analysis from passing: query, value, threshold."""
-    verdict = Verdict(analysis.verdict)
+    verdict = analysis.verdict
     if verdict == Verdict.SUCCESS:
         return f"all {len(analysis.checks)} checks passed at weight {analysis.weight}"
     parts = []
     for check in analysis.checks:
-        if check.verdict != verdict.value:
+        if check.verdict != verdict:
             continue
         value = "no data" if check.value is None else number(check.value)
         parts.append(f"{check.name} = {value} (threshold {check.threshold}; {check.message}) from `{check.query}`")
-    return f"{verdict.value} at weight {analysis.weight}: " + "; ".join(parts)
+    return f"{verdict} at weight {analysis.weight}: " + ("; ".join(parts) or "no check has this verdict")

@@ -170,7 +170,7 @@ def split(total: int, weight: int) -> Split:
         return Split(stable=max(total, 0), canary=0, actual_weight=0)
     if weight >= 100:
         return Split(stable=0, canary=total, actual_weight=100)
-    canary = max(1, (total * weight + 49) // 100)
+    canary = min(max(1, (total * weight + 49) // 100), max(total - 1, 1))
     stable = max(1, total - canary)
     actual = (100 * canary + (canary + stable) // 2) // (canary + stable)
     return Split(stable=stable, canary=canary, actual_weight=actual)
