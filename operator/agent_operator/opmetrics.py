@@ -1,0 +1,68 @@
+"""The operator's own Prometheus metrics: reconciles, their duration, errors and API writes.
+
+Every metric lives on an injected registry (tests build a fresh one and assert exact values);
+labels are bounded (a result, an error class, a verb and a kind — never an object name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+PREFIX: Final = "agentservice_operator"
+RESULTS: Final = ("ready", "progressing", "degraded", "invalid", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+    """The operator's metrics on one registry."""
+
+    registry: CollectorRegistry
+    reconciles: Counter
+    reconcile_duration: Histogram
+    errors: Counter
+    writes: Counter
+    services: Gauge
+
+    def exposition(self) -> bytes:
+        """The text exposition format of the registry (the `/metrics` body)."""
+        return generate_latest(self.registry)
+
+
+def create(registry: CollectorRegistry | None = None) -> Metrics:
+    """Register the operator's metrics on `registry` (a fresh one by default)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    return Metrics(
+        registry=registry,
+        reconciles=Counter(
+            f"{PREFIX}_reconciles_total",
+            "Reconciles of AgentServices, by outcome.",
+            ["result"],
+            registry=registry,
+        ),
+        reconcile_duration=Histogram(
+            f"{PREFIX}_reconcile_duration_seconds",
+            "Wall-clock time of one reconcile.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        ),
+        errors=Counter(
+            f"{PREFIX}_errors_total",
+            "Reconcile errors, by class (transient API fault, invalid spec, unexpected).",
+            ["kind"],
+            registry=registry,
+        ),
+        writes=Counter(
+            f"{PREFIX}_api_writes_total",
+            "Write calls made to the Kubernetes API, by verb and object kind.",
+            ["verb", "kind"],
+            registry=registry,
+        ),
+        services=Gauge(
+            f"{PREFIX}_agentservices",
+            "AgentServices the operator currently holds.",
+            registry=registry,
+        ),
+    )

@@ -1,0 +1,235 @@
+"""The level-based reconcile of one AgentService: parse → build → check secrets → apply → status.
+
+Every handler (create, update, resume and the resync timer) calls `Reconciler.reconcile`, which
+reads the actual state, closes the gap and reports it; running it twice in a row changes nothing
+the second time (zero writes). Outcomes map onto kopf's error vocabulary in the handlers:
+`SpecInvalid` → `kopf.PermanentError` (no hot retry loop: the next spec change or resync pass
+looks again), a transient API fault → `kopf.TemporaryError(delay=...)`.
+
+A missing Secret never rolls out Deployments (their pods would crash-loop on an unresolvable
+`secretKeyRef`): everything else is applied, existing Deployments are left as they are, and the
+resync timer picks the service up again once the Secret exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import pydantic
+import structlog
+
+from agent_operator import apply, builders, conditions, models, naming, opmetrics, secrets, validation
+
+log = structlog.get_logger(__name__)
+
+WORKLOAD_KINDS: Final = frozenset({"Deployment"})
+STATUS_KEYS: Final = ("phase", "observedGeneration", "conditions", "replicas", "readyReplicas", "revision")
+DEFAULT_RETRY_DELAY: Final = 10.0
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one reconcile concluded."""
+
+    phase: models.Phase
+    written: tuple[str, ...] = ()
+    spec_error: str = ""
+    missing_secrets: tuple[str, ...] = ()
+    status_written: bool = False
+
+
+class SpecInvalid(Exception):
+    """The spec passed the CRD schema but cannot be served; the message names the field."""
+
+
+@dataclasses.dataclass
+class _Memory:
+    """Per-object bookkeeping that lives as long as the object does."""
+
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    # The status last written and the resourceVersion of the body it was computed from: a body
+    # still at that version is stale (the watch event of our own write has not arrived yet).
+    written_status: dict[str, Any] | None = None
+    written_from: str | None = None
+
+
+class Reconciler:
+    """Closes the gap between an AgentService's spec and its children; writes its status."""
+
+    def __init__(
+        self,
+        client: apply.Client,
+        metrics: opmetrics.Metrics,
+        *,
+        version: str | None = None,
+        clock: Callable[[], str] = utcnow,
+    ) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._version = version
+        self._clock = clock
+        self._memory: dict[str, _Memory] = {}
+
+    def forget(self, uid: str) -> None:
+        """Drop the bookkeeping of a deleted object."""
+        self._memory.pop(uid, None)
+        self._metrics.services.set(len(self._memory))
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        """Reconcile one AgentService body; serialised per object (handlers and timer may overlap)."""
+        uid = str(body.get("metadata", {}).get("uid") or body["metadata"]["name"])
+        memory = self._memory.setdefault(uid, _Memory())
+        self._metrics.services.set(len(self._memory))
+        started = time.perf_counter()
+        async with memory.lock:
+            try:
+                outcome = await self._reconcile(body, memory)
+            except apply.ApiError as exc:
+                self._metrics.errors.labels(kind="transient" if exc.transient else "api").inc()
+                self._metrics.reconciles.labels(result="error").inc()
+                raise
+            except Exception:
+                self._metrics.errors.labels(kind="unexpected").inc()
+                self._metrics.reconciles.labels(result="error").inc()
+                raise
+            finally:
+                self._metrics.reconcile_duration.observe(time.perf_counter() - started)
+        result = "invalid" if outcome.spec_error else outcome.phase.value.lower()
+        self._metrics.reconciles.labels(result=result if result in opmetrics.RESULTS else "progressing").inc()
+        if outcome.spec_error:
+            self._metrics.errors.labels(kind="invalid").inc()
+        return outcome
+
+    async def _reconcile(self, body: Mapping[str, Any], memory: _Memory) -> Outcome:
+        generation = body.get("metadata", {}).get("generation")
+        try:
+            svc, children = self._desired(body)
+        except SpecInvalid as exc:
+            obs = conditions.Observation(generation=generation, spec_error=str(exc))
+            phase, written = await self._write_status(body, obs, memory, revision="")
+            return Outcome(phase, spec_error=str(exc), status_written=written)
+
+        namespace = svc.metadata.namespace
+        missing = await secrets.missing(self._client, namespace, secrets.references(svc.spec))
+        token, new_token = await secrets.auth_token(self._client, svc)
+        children = secrets.with_token(children, svc, token)
+        if missing:  # never roll out pods that would crash-loop; keep what runs
+            children = [c for c in children if c["kind"] not in WORKLOAD_KINDS]
+        desired = apply.adopt(children, owner=body)
+        live = await apply.read_live(self._client, desired)
+        result = await apply.apply_all(self._client, desired, live)
+        if new_token:
+            log.info("auth_token_created", service=svc.metadata.name, namespace=namespace)
+
+        workloads = []
+        for component in builders.COMPONENTS:
+            name = naming.deployment_name(svc.metadata.name, component)
+            deployment = result.live.get(f"Deployment/{name}")
+            if deployment is None and missing:
+                deployment = await self._client.get("apps/v1", "Deployment", namespace, name)
+            if deployment is not None:
+                workloads.append(conditions.workload(deployment))
+        obs = conditions.Observation(
+            generation=generation,
+            missing_secrets=tuple(missing),
+            workloads=tuple(workloads),
+            skipped=result.skipped,
+        )
+        if result.written:
+            created = [k for k in result.written if live.get(k) is None]
+            updated = [k for k in result.written if live.get(k) is not None]
+            message = "; ".join(
+                part
+                for part in (
+                    f"created {', '.join(created)}" if created else "",
+                    f"updated {', '.join(updated)}" if updated else "",
+                )
+                if part
+            )
+            await self._client.event(body, reason="Applied", message=message)
+        revision = builders.revision(svc, version=self._version)
+        phase, written = await self._write_status(body, obs, memory, revision=revision, workloads=workloads)
+        return Outcome(phase, written=result.written, missing_secrets=tuple(missing), status_written=written)
+
+    def _desired(self, body: Mapping[str, Any]) -> tuple[models.AgentService, list[dict[str, Any]]]:
+        """Parse the body and build its children, or raise SpecInvalid naming the field."""
+        try:
+            svc = models.AgentService.model_validate(dict(body))
+        except pydantic.ValidationError as exc:
+            problems = validation.problems_from(exc)
+            raise SpecInvalid("; ".join(str(p) for p in problems)) from None
+        try:
+            children = builders.build_children(svc, version=self._version)
+        except models.CrossFieldError as exc:
+            raise SpecInvalid(f"{exc.field}: {exc.message}") from None
+        except ValueError as exc:
+            raise SpecInvalid(str(exc)) from None
+        return svc, children
+
+    async def _write_status(
+        self,
+        body: Mapping[str, Any],
+        obs: conditions.Observation,
+        memory: _Memory,
+        *,
+        revision: str,
+        workloads: list[conditions.Workload] | None = None,
+    ) -> tuple[models.Phase, bool]:
+        """Patch the status subresource if (and only if) it differs; post Events on flips."""
+        previous = _conditions(body)
+        phase, conds = conditions.derive(obs, previous, now=self._clock())
+        workloads = workloads or []
+        status: dict[str, Any] = {
+            "phase": phase.value,
+            "observedGeneration": obs.generation,
+            "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conds],
+            "replicas": sum(w.desired for w in workloads),
+            "readyReplicas": sum(w.ready for w in workloads),
+            "revision": revision,
+        }
+        live_status = body.get("status") or {}
+        current = {k: live_status.get(k) for k in STATUS_KEYS}
+        version = body.get("metadata", {}).get("resourceVersion")
+        if current == status:
+            return phase, False
+        if memory.written_status == status and memory.written_from == version:
+            return phase, False  # our own write is not in this (stale) body yet
+        await self._client.patch_status(body, status)
+        memory.written_status, memory.written_from = status, version
+        await self._announce(body, previous, conds)
+        return phase, True
+
+    async def _announce(
+        self, body: Mapping[str, Any], before: list[models.Condition], after: list[models.Condition]
+    ) -> None:
+        """An Event for each condition that flipped into a state worth telling a person about."""
+        old = {c.type: c.status for c in before}
+        for cond in after:
+            if old.get(cond.type) == cond.status:
+                continue
+            if cond.type == conditions.READY and cond.status == conditions.TRUE:
+                await self._client.event(body, reason="Ready", message=cond.message)
+            elif cond.type in (conditions.SPEC_INVALID, conditions.SECRET_MISSING, conditions.DEGRADED) and (
+                cond.status == conditions.TRUE
+            ):
+                await self._client.event(body, reason=cond.type, message=cond.message, warning=True)
+
+
+def _conditions(body: Mapping[str, Any]) -> list[models.Condition]:
+    raw = (body.get("status") or {}).get("conditions") or []
+    result = []
+    for item in raw:
+        try:
+            result.append(models.Condition.model_validate(item))
+        except pydantic.ValidationError:
+            continue  # a condition someone else wrote in a shape we do not know: leave it out
+    return result

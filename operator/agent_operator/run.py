@@ -1,0 +1,203 @@
+"""`agentctl operator`: the composition root that wires kopf, the API client and the metrics.
+
+Everything configurable is read here, once, at start-up (flags, then kopf settings); handlers
+get their collaborators through kopf's `memo`. Choices made for kopf:
+- standalone (no peering objects): the chart runs one replica, and the Deployment's `Recreate`
+  strategy keeps two operators from overlapping;
+- kopf's own bookkeeping (handler progress, the last handled spec) lives in `agentops.dev/*`
+  annotations, never in the status, whose schema belongs to the AgentService API;
+- no finalizer on AgentServices (see `handlers`): deletion is the garbage collector's job;
+- kopf posts no Events from log lines; the operator posts its own, for significant steps only;
+- finite API timeouts, so a hung connection turns into a retry instead of a stuck handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
+
+import aiohttp.web
+import kopf
+import structlog
+
+from agent_operator import __version__, apply, handlers, opmetrics, reconcile
+
+log = structlog.get_logger(__name__)
+
+ANNOTATIONS_PREFIX: Final = "agentops.dev"
+DEFAULT_HEALTH_PORT: Final = 8080
+DEFAULT_METRICS_PORT: Final = 9090
+DEFAULT_RESYNC_INTERVAL: Final = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The operator's start-up configuration."""
+
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    health_port: int | None = DEFAULT_HEALTH_PORT
+    metrics_port: int | None = DEFAULT_METRICS_PORT
+    resync_interval: float = DEFAULT_RESYNC_INTERVAL
+    server: str | None = None  # an API server URL without credentials (the dev cluster)
+    version: str | None = None  # the runtime version of the default image (the operator's own)
+    host: str = "0.0.0.0"
+
+    @property
+    def all_namespaces(self) -> bool:
+        return not self.namespaces
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentctl operator", description="Run the AgentService operator.")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", default=[], metavar="NS", help="watch this namespace")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", DEFAULT_HEALTH_PORT)))
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
+    parser.add_argument("--resync-interval", type=float, default=DEFAULT_RESYNC_INTERVAL, metavar="SECONDS")
+    parser.add_argument("--server", default=None, help="API server URL without credentials (development)")
+    parser.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("AGENT_LOG_FORMAT", "json"))
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def settings_for(config: Config) -> kopf.OperatorSettings:
+    """kopf's settings, fixed once at start-up."""
+    settings = kopf.OperatorSettings()
+    settings.peering.standalone = True
+    settings.peering.clusterwide = config.all_namespaces
+    settings.posting.loggers = False
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATIONS_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{ANNOTATIONS_PREFIX}/finalizer"
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.execution.max_workers = 4  # every handler is async; the pool only serves kopf's internals
+    return settings
+
+
+async def login(config: Config, settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """Credentials: the dev server as given, else the pod's service account, else the kubeconfig."""
+    if config.server is not None:
+        return kopf.ConnectionInfo(server=config.server, default_namespace="default")
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no credentials: neither a service account token nor a kubeconfig was found")
+    return info
+
+
+async def _metrics_server(metrics: opmetrics.Metrics, host: str, port: int) -> aiohttp.web.AppRunner:
+    async def serve(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/metrics", serve)
+    runner = aiohttp.web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def operate(
+    config: Config,
+    *,
+    metrics: opmetrics.Metrics | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Run the operator until `stop_flag` is set (or a signal arrives, when in the main thread)."""
+    metrics = metrics if metrics is not None else opmetrics.create()
+    settings = settings_for(config)
+
+    async def credentials() -> kopf.ConnectionInfo:
+        return await login(config, settings)
+
+    client = apply.Client(credentials, metrics)
+    reconciler = reconcile.Reconciler(client, metrics, version=config.version)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, resync_interval=config.resync_interval)
+
+    @kopf.on.login(registry=registry)
+    async def agentservice_login(**_: Any) -> kopf.ConnectionInfo:
+        return await credentials()
+
+    runner = None
+    if config.metrics_port is not None:
+        runner = await _metrics_server(metrics, config.host, config.metrics_port)
+    liveness = f"http://{config.host}:{config.health_port}/healthz" if config.health_port is not None else None
+    log.info(
+        "operator_starting",
+        version=__version__,
+        namespaces=list(config.namespaces) or "all",
+        resync_interval=config.resync_interval,
+    )
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=True,
+            clusterwide=config.all_namespaces,
+            namespaces=list(config.namespaces),
+            liveness_endpoint=liveness,
+            memo=kopf.Memo(reconciler=reconciler),
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        await client.close()
+        if runner is not None:
+            await runner.cleanup()
+
+
+def _configure_logging(log_format: str, verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    namespaces = tuple(getattr(args, "namespace", None) or ())
+    return Config(
+        namespaces=() if getattr(args, "all_namespaces", False) else namespaces,
+        health_port=getattr(args, "health_port", DEFAULT_HEALTH_PORT),
+        metrics_port=getattr(args, "metrics_port", DEFAULT_METRICS_PORT),
+        resync_interval=getattr(args, "resync_interval", DEFAULT_RESYNC_INTERVAL),
+        server=getattr(args, "server", None),
+    )
+
+
+def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
+    """Entry point of `agentctl operator` (argv, or the namespace `agentctl` already parsed)."""
+    args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
+    _configure_logging(getattr(args, "log_format", "json"), getattr(args, "verbose", False))
+    try:
+        asyncio.run(operate(config_from(args)))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Secrets: the operator-managed auth token, and the user Secrets a spec references.
+
+The runtime's auth token is generated once, when the `<svc>-auth` Secret does not exist yet, and
+read back on every later reconcile, so re-applying the Secret never rotates it by accident
+(rotating is deleting the Secret). Provider keys, a Redis URL and `env[].secretKeyRef`s are only
+referenced, never copied: the operator checks that each named Secret and key exists before it
+rolls out pods, because a pod whose `secretKeyRef` does not resolve never starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import secrets as random
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from agent_operator import apply, models, naming, runtimeconfig
+
+TOKEN_BYTES: Final = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A Secret key the spec points at, with the field that points."""
+
+    name: str
+    key: str
+    field: str
+
+
+def references(spec: models.AgentServiceSpec) -> list[Reference]:
+    """Every Secret key the spec references, in spec order."""
+    refs = [
+        Reference(p.api_key_secret_ref.name, p.api_key_secret_ref.key, f"spec.model.providers[{i}].apiKeySecretRef")
+        for i, p in enumerate(spec.model.providers)
+        if p.api_key_secret_ref is not None
+    ]
+    if spec.redis.url_secret_ref is not None:
+        refs.append(Reference(spec.redis.url_secret_ref.name, spec.redis.url_secret_ref.key, "spec.redis.urlSecretRef"))
+    refs.extend(
+        Reference(e.secret_key_ref.name, e.secret_key_ref.key, f"spec.env[{i}].secretKeyRef")
+        for i, e in enumerate(spec.env)
+        if e.secret_key_ref is not None
+    )
+    return refs
+
+
+def problems(refs: Sequence[Reference], live: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """One message per reference whose Secret or key is missing (`live`: Secret name -> object)."""
+    found: list[str] = []
+    for ref in refs:
+        secret = live.get(ref.name)
+        if secret is None:
+            found.append(f"Secret {ref.name!r} not found ({ref.field})")
+        elif apply.decode_secret_value(secret, ref.key) is None:
+            found.append(f"key {ref.key!r} not in Secret {ref.name!r} ({ref.field})")
+    return found
+
+
+async def missing(client: apply.Client, namespace: str, refs: Sequence[Reference]) -> list[str]:
+    """Read each referenced Secret once; describe every missing Secret or key."""
+    live = {name: await client.get("v1", "Secret", namespace, name) for name in dict.fromkeys(r.name for r in refs)}
+    return problems(refs, live)
+
+
+def new_token() -> str:
+    """A fresh random token for the runtime's API."""
+    return random.token_urlsafe(TOKEN_BYTES)
+
+
+async def auth_token(client: apply.Client, svc: models.AgentService) -> tuple[str, bool]:
+    """The service's auth token: the one already stored, or a new one; and whether it is new."""
+    name = naming.auth_secret_name(svc.metadata.name)
+    live = await client.get("v1", "Secret", svc.metadata.namespace, name)
+    current = apply.decode_secret_value(live, runtimeconfig.AUTH_TOKEN_KEY) if live is not None else None
+    if current:
+        return current, False
+    return new_token(), True
+
+
+def with_token(children: Sequence[dict[str, Any]], svc: models.AgentService, token: str) -> list[dict[str, Any]]:
+    """`children` with the auth Secret completed by `token` (the builders render it without)."""
+    name = naming.auth_secret_name(svc.metadata.name)
+    result = []
+    for child in children:
+        if child.get("kind") == "Secret" and child["metadata"]["name"] == name:
+            encoded = base64.b64encode(token.encode()).decode("ascii")
+            result.append({**child, "data": {runtimeconfig.AUTH_TOKEN_KEY: encoded}})
+        else:
+            result.append(child)
+    return result
