@@ -522,17 +522,9 @@ class World:
     stable_at_start: str = ""
 
 
-def check_invariants(
-    world: World, before: models.CanaryStatus, decision: canary.Decision, analysis_verdict: str
-) -> None:
-    s = decision.status
+def check_shape(world: World, s: models.CanaryStatus) -> None:
+    """Counters within their limits; a rollout on a step below 100; at rest, no canary at all."""
     steps = world.spec.steps
-    gated = any(world.annotations.get(key) == "true" for key in (naming.PROMOTE_ANNOTATION, naming.ABORT_ANNOTATION))
-    aborting = world.annotations.get(naming.ABORT_ANNOTATION) == "true"
-    if aborting:
-        assert decision.action != Action.PROMOTE
-        if canary.rollout_active(before) and world.spec.enabled:
-            assert decision.action == Action.ROLL_BACK
     assert s.consecutive_failures <= s.total_failures
     assert s.total_failures <= world.spec.failure_limit
     assert len(s.history) <= canary.HISTORY_LIMIT
@@ -548,22 +540,34 @@ def check_invariants(
         # at rest: fully stable or fully promoted, nothing in between
         assert (s.weight, s.actual_weight) == (0, 0)
         assert s.canary_revision != s.stable_revision
-    if decision.action == Action.PROMOTE:
-        assert s.stable_revision == world.desired
-        if decision.reason == Reason.ANALYSIS_PASSED:
-            assert analysis_verdict == "success"
-            assert world.successes + 1 == len(steps) - 1
-        else:
-            assert decision.reason in {
-                Reason.PROMOTED_BY_ANNOTATION,
-                Reason.CANARY_DISABLED,
-                Reason.NOTHING_TO_ANALYSE,
-                Reason.STEPS_CHANGED,
-            }
-            if decision.reason == Reason.PROMOTED_BY_ANNOTATION:
-                assert gated
-    if analysis_verdict in {"inconclusive", "error"} and not gated:
+
+
+def check_promotion(world: World, decision: canary.Decision, analysis_verdict: str) -> None:
+    """Promotion only after every step passed, or by a gate, a disabled canary or steps of [100]."""
+    promoting = world.annotations.get(naming.PROMOTE_ANNOTATION) == "true"
+    aborting = world.annotations.get(naming.ABORT_ANNOTATION) == "true"
+    if analysis_verdict in {"inconclusive", "error"} and not promoting:
         assert decision.action != Action.PROMOTE
+    if decision.action != Action.PROMOTE:
+        return
+    assert not aborting
+    assert decision.status.stable_revision == world.desired
+    if decision.reason == Reason.ANALYSIS_PASSED:
+        assert analysis_verdict == "success"
+        assert world.successes + 1 == len(world.spec.steps) - 1
+    elif decision.reason == Reason.PROMOTED_BY_ANNOTATION:
+        assert promoting
+    else:
+        assert decision.reason in {Reason.CANARY_DISABLED, Reason.NOTHING_TO_ANALYSE, Reason.STEPS_CHANGED}
+
+
+def check_rollback(world: World, before: models.CanaryStatus, decision: canary.Decision, analysis_verdict: str) -> None:
+    """Roll back only on an abort, the failure limit or a revert; the stable revision is kept."""
+    s = decision.status
+    aborting = world.annotations.get(naming.ABORT_ANNOTATION) == "true"
+    if aborting and canary.rollout_active(before):
+        assert decision.action == Action.ROLL_BACK
+    if analysis_verdict in {"inconclusive", "error"}:
         assert s.total_failures == before.total_failures or before.canary_revision != s.canary_revision
     if decision.action == Action.ROLL_BACK:
         assert decision.reason in {Reason.ABORTED, Reason.FAILURE_LIMIT, Reason.REVERTED}
@@ -571,7 +575,7 @@ def check_invariants(
         if decision.reason == Reason.FAILURE_LIMIT:
             assert s.total_failures == world.spec.failure_limit
         if decision.reason == Reason.ABORTED:
-            assert gated
+            assert aborting
     if s.phase == CanaryPhase.ROLLED_BACK:
         assert s.stable_revision == before.stable_revision or before.phase == CanaryPhase.ROLLED_BACK
 
@@ -603,7 +607,9 @@ def test_random_sequences_keep_the_invariants(canary_spec: models.Canary, events
         decision = canary.decide(
             world.spec, before, Observation(world.desired, dict(world.annotations), analysis_result)
         )
-        check_invariants(world, before, decision, verdict)
+        check_shape(world, decision.status)
+        check_promotion(world, decision, verdict)
+        check_rollback(world, before, decision, verdict)
         for key in decision.consumed:
             world.annotations.pop(key)
         assert not world.annotations, "one-shot gates are always consumed"
