@@ -237,3 +237,13 @@ def test_redis_rules_agree(value: dict[str, Any]) -> None:
 )
 def test_env_rules_agree(value: dict[str, Any]) -> None:
     agree(models.EnvVar, value)
+
+
+@pytest.mark.parametrize("engine", ["hpa", "keda"])
+@pytest.mark.parametrize(
+    "redis",
+    [{"url": "redis://r:6379/0"}, {"url": "redis://:secret@r:6379/0"}, {"urlSecretRef": {"name": "s", "key": "k"}}],
+)
+def test_keda_redis_rule_agrees(engine: str, redis: dict[str, Any]) -> None:
+    spec = manifest(autoscaling={"engine": engine}, redis=redis)["spec"]
+    agree(models.AgentServiceSpec, spec)
