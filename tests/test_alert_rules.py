@@ -7,11 +7,15 @@ Covers:
   severity, service and namespace labels and rendered summary/description; stays silent below
   the threshold, before `for` has elapsed, and for another service's or namespace's series;
 - thresholds come from the spec (a raised queue-depth threshold silences the same series), the
-  all-providers-down alert can be switched off, and `alerts.enabled: false` removes the rule.
+  all-providers-down alert can be switched off, and `alerts.enabled: false` removes the rule;
+- the Grafana dashboard: its panels, every query valid PromQL (parsed by promtool) scoped to the
+  service and naming the runtime's series; the ServiceMonitor selects both runtime Services and
+  scrapes exactly their named metrics ports, which are the containers' ports.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from agent_operator import models, monitoring
+from agent_operator import builders, dashboard, models, monitoring
 
 from agent_runtime import constants
 
@@ -226,3 +230,83 @@ def test_all_providers_down_can_be_switched_off_and_alerts_disabled() -> None:
         "labels": rule["metadata"]["labels"],
     }
     assert rule["metadata"]["labels"]["app.kubernetes.io/instance"] == SERVICE
+
+
+# --- dashboard and ServiceMonitor ----------------------------------------------------------------
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each panel's query (as a recording rule) and each one is scoped to the service."""
+    svc = service()
+    board = json.loads(next(iter(dashboard.build_dashboard(svc)["data"].values())))
+    exprs = [target["expr"] for panel in board["panels"] for target in panel["targets"]]
+    for expr in exprs:
+        assert f'service="{SERVICE}"' in expr and f'namespace="{NAMESPACE}"' in expr, expr
+    rules = [{"record": f"dashboard:query{i}", "expr": expr} for i, expr in enumerate(exprs)]
+    path = tmp_path / "dashboard.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = promtool("check", "rules", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(exprs)} rules found" in result.stdout
+
+
+def test_dashboard_panels_and_config_map() -> None:
+    config_map = dashboard.build_dashboard(service())
+    assert config_map["kind"] == "ConfigMap" and config_map["metadata"]["name"] == f"{SERVICE}-dashboard"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert list(config_map["data"]) == [f"{SERVICE}.json"]
+    board = json.loads(config_map["data"][f"{SERVICE}.json"])
+    titles = [panel["title"] for panel in board["panels"]]
+    assert titles == [
+        "Request rate",
+        "Task latency",
+        "Active agents",
+        "Hourly cost",
+        "Tool-call mix",
+        "Error rate",
+        "Queue depth",
+        "Provider health",
+        "Canary weight",
+    ]
+    queries = " ".join(t["expr"] for panel in board["panels"] for t in panel["targets"])
+    for series in (
+        constants.SERIES_REQUESTS,
+        constants.SERIES_LATENCY_BUCKET,
+        constants.METRIC_ACTIVE,
+        constants.SERIES_COST,
+        constants.METRIC_TOOL_CALLS,
+        constants.METRIC_QUEUE_DEPTH,
+        constants.METRIC_PROVIDER_HEALTHY,
+        dashboard.CANARY_WEIGHT_METRIC,
+    ):
+        assert series + "{" in queries, series
+    latency = next(panel for panel in board["panels"] if panel["title"] == "Task latency")
+    assert [t["legendFormat"] for t in latency["targets"]] == ["p50", "p95", "p99"]
+    assert len({panel["id"] for panel in board["panels"]}) == len(board["panels"])
+    assert len({(p["gridPos"]["x"], p["gridPos"]["y"]) for p in board["panels"]}) == len(board["panels"])
+
+
+def test_service_monitor_scrapes_the_runtime_services() -> None:
+    svc = service()
+    monitor = monitoring.build_service_monitor(svc)
+    children = builders.build_children(svc)
+    services = [c for c in children if c["kind"] == "Service"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    selected = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+    assert len(selected) == len(services) == 2
+    scraped_ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+    service_ports = {p["name"] for s in selected for p in s["spec"]["ports"]}
+    assert scraped_ports == service_ports == {"http", "metrics"}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["path"] == constants.METRICS_PATH
+        assert endpoint["honorLabels"] is True  # keep the runtime's own `service` label
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # The ports the Services name are the containers' metrics ports.
+    deployments = [c for c in children if c["kind"] == "Deployment"]
+    container_ports = {
+        p["name"]: p["containerPort"]
+        for d in deployments
+        for c in d["spec"]["template"]["spec"]["containers"]
+        for p in c.get("ports", [])
+    }
+    assert container_ports == {"http": constants.API_PORT, "metrics": constants.WORKER_METRICS_PORT}
