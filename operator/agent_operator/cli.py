@@ -82,6 +82,11 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference(args: argparse.Namespace) -> int:
+    sys.stdout.write(crd.reference_markdown())
+    return 0
+
+
 def summary_table(rows: Sequence[tuple[str, ...]]) -> str:
     """Left-aligned columns, the first row as header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -147,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     crd_cmd = commands.add_parser("crd", help="print the AgentService CustomResourceDefinition")
     crd_cmd.set_defaults(func=cmd_crd)
+
+    reference = commands.add_parser("reference", help="print the configuration reference (docs/reference.md)")
+    reference.set_defaults(func=cmd_reference)
 
     demo = commands.add_parser("demo", help="render the examples and show what would be created")
     demo.add_argument("--examples", default="examples", metavar="DIR", help="directory of AgentService manifests")

@@ -12,7 +12,8 @@ Covers:
 - every model's `cel_rules` sit on that model's node, compile with a CEL parser, and their
   `fieldPath`s name real properties; the root caps metadata.name at 40 characters;
 - schema defaults agree with the pydantic defaults (defaulting a minimal spec through the schema
-  and parsing it gives the same model as parsing it bare).
+  and parsing it gives the same model as parsing it bare);
+- `docs/reference.md` is exactly `crd.reference_markdown()` and lists every spec field and rule.
 """
 
 from __future__ import annotations
@@ -207,3 +208,17 @@ def test_root_caps_the_name(schema: dict[str, Any]) -> None:
     assert f"size(self.metadata.name) <= {crd.NAME_MAX_LENGTH}" in rules
     assert models.ObjectMeta.model_fields["name"].metadata  # the model caps it too
     assert crd.NAME_MAX_LENGTH == 40
+
+
+def test_committed_reference_is_up_to_date() -> None:
+    reference = ROOT / "docs" / "reference.md"
+    assert reference.read_text() == crd.reference_markdown(), "docs/reference.md is stale: run `agentctl reference`"
+
+
+def test_reference_lists_every_spec_field_and_rule(schema: dict[str, Any]) -> None:
+    text = crd.reference_markdown()
+    for path, node in nodes(schema["properties"]["spec"], "spec"):
+        if not path.endswith(("[]", "{}")):
+            assert f"| `{path.replace('{}', '.<key>')}` |" in text, path
+        for rule in node.get("x-kubernetes-validations", []):
+            assert rule["message"] in text
