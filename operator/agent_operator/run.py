@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -113,10 +114,14 @@ async def operate(
     config: Config,
     *,
     metrics: opmetrics.Metrics | None = None,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
 ) -> None:
-    """Run the operator until `stop_flag` is set (or a signal arrives, when in the main thread)."""
+    """Run the operator until `stop_flag` is set (or a signal arrives, when in the main thread).
+
+    kopf cancels every task created in its event loop after it started, so an embedding program
+    (the tests, the demo) runs this in a thread of its own with `threading.Event` flags.
+    """
     metrics = metrics if metrics is not None else opmetrics.create()
     settings = settings_for(config)
 

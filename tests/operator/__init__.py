@@ -1,0 +1,1 @@
+"""Tests of the operator against kmock's Kubernetes emulator (the dev cluster) over HTTP."""
