@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, TRACK_ENV
+from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, SERVICE_ENV, TRACK_ENV
 
 
 class Track(StrEnum):
@@ -66,16 +66,35 @@ class RuntimeConfig(BaseModel):
     worker_concurrency: int = 8
     shutdown_grace_seconds: float = 110.0
     tools: list[str] = Field(default_factory=list, description="Import paths of extra tool modules.")
+    # --- queue and API tuning (defaults suit production; tests shorten the timeouts) ---
+    priority_weights: dict[str, int] = Field(
+        default_factory=lambda: {"high": 6, "normal": 3, "low": 1},
+        description="Share of reads each priority gets while all wait; every weight > 0, so low is never starved.",
+    )
+    claim_idle_seconds: float = Field(
+        default=60.0, gt=0, description="A task pending this long without a heartbeat is reclaimed by another worker."
+    )
+    max_deliveries: int = Field(default=5, ge=1, description="Deliveries before a task goes to the dead-letter stream.")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    task_ttl_seconds: int = Field(default=7 * 86_400, ge=60, description="How long finished task records are kept.")
+    provider_max_retries: int = Field(default=2, ge=0, description="SDK retries per model call (honours retry-after).")
+    provider_timeout_seconds: float = Field(default=120.0, gt=0)
+    known_intents: list[str] = Field(
+        default_factory=list,
+        description="Values of metadata.intent used as the metric label; others count as 'other' (bounded labels).",
+    )
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
 
 def load(environ: Mapping[str, str] | None = None) -> RuntimeConfig:
-    """Read the mounted config file (if any), then let the environment set the track."""
+    """Read the mounted config file (if any), then let the environment set the track (and the service)."""
     env = os.environ if environ is None else environ
     path = Path(env.get(CONFIG_PATH_ENV, CONFIG_PATH))
     data = json.loads(path.read_text()) if path.exists() else {}
     if TRACK_ENV in env:
         data["track"] = env[TRACK_ENV]
+    if env.get(SERVICE_ENV):
+        data["service"] = env[SERVICE_ENV]
     return RuntimeConfig.model_validate(data)

@@ -55,3 +55,25 @@ def provider_key_env(provider_name: str) -> str:
 def stream_key(service: str, priority: str) -> str:
     """The Redis stream of one priority level of one service."""
     return f"{KEY_PREFIX}:{service}:tasks:{priority}"
+
+
+DEAD_LETTER_SUFFIX: Final = "dead"
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+TASK_ID_HEADER: Final = "x-agent-task-id"  # sent with every model call, so provider logs name the task
+REQUEST_ID_HEADER: Final = "x-request-id"
+TASKS_PATH: Final = "/v1/tasks"
+
+
+def task_key(service: str, task_id: str) -> str:
+    """The Redis hash holding one task's record, checkpoint included."""
+    return f"{KEY_PREFIX}:{service}:task:{task_id}"
+
+
+def idempotency_key(service: str, key: str) -> str:
+    """The Redis string mapping a client's idempotency key to the task it created."""
+    return f"{KEY_PREFIX}:{service}:idem:{key}"
+
+
+def dead_letter_key(service: str) -> str:
+    """The Redis stream receiving tasks that failed too many deliveries, with their last error."""
+    return f"{KEY_PREFIX}:{service}:tasks:{DEAD_LETTER_SUFFIX}"

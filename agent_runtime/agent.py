@@ -1,0 +1,125 @@
+"""The agent loop: model turns and tool calls up to the step limit, with a checkpoint after every step.
+
+A step is one model call. Its reply is checkpointed (transcript, step count, usage) before anything
+else happens, and the tool results that answer it are checkpointed before the next call. Resuming
+from a checkpoint therefore never repeats a model call that completed — it is neither re-run nor
+re-billed — and at most re-runs the tools of the last step, which are side-effect free. The loop
+raises provider and ownership errors; the worker decides what they mean for the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent_runtime import tracing
+from agent_runtime.logging import get_logger
+from agent_runtime.metrics import Metrics
+from agent_runtime.pricing import PriceTable
+from agent_runtime.providers import ProviderSet
+from agent_runtime.tasks import Checkpoint, TaskStatus
+from agent_runtime.tools import ToolError, ToolRegistry
+
+__all__ = ["Agent", "Outcome", "SaveCheckpoint"]
+
+SaveCheckpoint = Callable[[Checkpoint], Awaitable[None]]
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended (the worker stores it)."""
+
+    status: TaskStatus
+    checkpoint: Checkpoint
+    result: str | None = None
+    error: str | None = None
+
+
+class Agent:
+    """Runs one task's conversation against the providers with the tool registry."""
+
+    def __init__(
+        self,
+        *,
+        providers: ProviderSet,
+        tools: ToolRegistry,
+        prices: PriceTable,
+        metrics: Metrics,
+        system_prompt: str,
+        max_output_tokens: int,
+    ) -> None:
+        self.providers = providers
+        self.tools = tools
+        self.prices = prices
+        self.metrics = metrics
+        self.system_prompt = system_prompt
+        self.max_output_tokens = max_output_tokens
+
+    async def run(
+        self, task_id: str, task_input: str, checkpoint: Checkpoint, *, max_steps: int, save: SaveCheckpoint
+    ) -> Outcome:
+        """Continue the task from `checkpoint` (empty for a new task) until a final answer or the step limit."""
+        state = checkpoint if checkpoint.messages else Checkpoint(messages=[{"role": "user", "content": task_input}])
+        if checkpoint.messages:
+            log.info("task_resumed", step=state.step)
+        while True:
+            last = state.messages[-1]
+            if last["role"] == "assistant":
+                uses = [b for b in last["content"] if b.get("type") == "tool_use"]
+                if not uses:
+                    return Outcome(TaskStatus.SUCCEEDED, state, result=_text(last["content"]))
+                results = [await self._call_tool(use) for use in uses]
+                state = state.model_copy(update={"messages": [*state.messages, {"role": "user", "content": results}]})
+                await save(state)
+                continue
+            if state.step >= max_steps:
+                error = f"reached maxStepsPerTask ({max_steps}) without a final answer"
+                return Outcome(TaskStatus.FAILED, state, error=error)
+            state = await self._step(task_id, state)
+            await save(state)
+
+    async def _step(self, task_id: str, state: Checkpoint) -> Checkpoint:
+        with tracing.span("agent.step", step=state.step + 1):
+            reply = await self.providers.complete(
+                system=self.system_prompt,
+                messages=state.messages,
+                tools=self.tools.schemas(),
+                max_tokens=self.max_output_tokens,
+                task_id=task_id,
+            )
+        cost = self.prices.cost(reply.model, reply.input_tokens, reply.output_tokens)
+        self.metrics.spent(cost)  # billed now, whatever happens next
+        log.info(
+            "step_completed",
+            step=state.step + 1,
+            provider=reply.provider,
+            stop_reason=reply.stop_reason,
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
+            cost_usd=cost,
+        )
+        content = reply.content or [{"type": "text", "text": ""}]
+        return Checkpoint(
+            messages=[*state.messages, {"role": "assistant", "content": content}],
+            step=state.step + 1,
+            usage=state.usage.plus(reply.input_tokens, reply.output_tokens, cost),
+        )
+
+    async def _call_tool(self, use: dict[str, Any]) -> dict[str, Any]:
+        name = str(use.get("name"))
+        known = name in self.tools.names()
+        with tracing.span("agent.tool", tool=name):
+            try:
+                output = await self.tools.call(name, dict(use.get("input") or {}))
+            except ToolError as exc:
+                self.metrics.tool_called(name if known else "unknown", ok=False)
+                log.info("tool_failed", tool=name, error=str(exc))
+                return {"type": "tool_result", "tool_use_id": use["id"], "content": str(exc), "is_error": True}
+        self.metrics.tool_called(name, ok=True)
+        return {"type": "tool_result", "tool_use_id": use["id"], "content": output}
+
+
+def _text(content: list[dict[str, Any]]) -> str:
+    return "".join(str(block.get("text", "")) for block in content if block.get("type") == "text")

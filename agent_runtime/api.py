@@ -1,0 +1,292 @@
+"""The task API (FastAPI): submit, inspect and cancel tasks; probes and metrics.
+
+`POST /v1/tasks` answers at once with the task id and its status URL (work happens in the workers);
+`GET /v1/tasks/{id}` shows status, progress, result, error and usage; `DELETE /v1/tasks/{id}`
+cancels. `/v1/*` needs `Authorization: Bearer <AGENT_AUTH_TOKEN>`; `/health`, `/ready` and `/metrics`
+do not (kubelet probes and Prometheus scrapes carry no token). Every error body is
+`{"error": "<what to fix>"}`; Redis trouble is a 503 and `/ready` turns false until it answers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import redis.asyncio
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent_runtime import constants, errors
+from agent_runtime.config import RuntimeConfig
+from agent_runtime.logging import get_logger
+from agent_runtime.metrics import Metrics
+from agent_runtime.queue import TaskQueue
+from agent_runtime.tasks import TaskStatus, TaskView
+
+__all__ = ["SubmitRequest", "SubmitResponse", "create_app"]
+
+log = get_logger(__name__)
+
+
+class SubmitRequest(BaseModel):
+    """The body of `POST /v1/tasks`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(min_length=1, description="The task for the agent, in natural language.")
+    priority: Literal["high", "normal", "low"] = "normal"
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Kept with the task; `intent` labels metrics.")
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=256, description="Resubmitting with the same key returns the same task."
+    )
+
+
+class SubmitResponse(BaseModel):
+    task_id: str
+    status: TaskStatus
+    status_url: str
+    duplicate: bool = False
+
+
+class CancelResponse(BaseModel):
+    task_id: str
+    status: TaskStatus
+
+
+def create_app(
+    config: RuntimeConfig,
+    *,
+    redis: redis.asyncio.Redis,
+    registry: CollectorRegistry,
+    auth_token: str | None,
+    metrics: Metrics | None = None,
+) -> FastAPI:
+    """Build the API on injected clients; `auth_token=None` turns authentication off (local use only)."""
+    queue = TaskQueue.from_config(config, redis)
+    metrics = metrics or Metrics(
+        registry, service=config.service, track=config.track.value, known_intents=config.known_intents
+    )
+    app = FastAPI(title="agent-runtime", version="1", docs_url=None, redoc_url=None)
+    app.state.queue = queue
+    app.state.metrics = metrics
+    app.include_router(_task_routes(config, queue, metrics, auth_token))
+    app.include_router(_probe_routes(queue, metrics))
+    _install_error_handlers(app)
+    app.add_middleware(_RequestId)
+    app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+    return app
+
+
+def _task_routes(config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, auth_token: str | None) -> APIRouter:
+    async def authorize(request: Request) -> None:
+        if auth_token is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), auth_token.encode()):
+            raise _Unauthorized
+
+    router = APIRouter(prefix=constants.TASKS_PATH, dependencies=[Depends(authorize)])
+
+    @router.post("", status_code=202, response_model=SubmitResponse)
+    async def submit(body: SubmitRequest, request: Request, response: Response) -> SubmitResponse:
+        if len(body.input) > config.max_input_chars:
+            limit = config.max_input_chars
+            raise _Rejected(422, f"input is {len(body.input)} characters; the limit is {limit} (max_input_chars)")
+        made = await queue.submit(
+            body.input,
+            priority=body.priority,
+            metadata=body.metadata,
+            idempotency_key=body.idempotency_key,
+            max_steps=config.max_steps_per_task,
+        )
+        url = str(request.url_for("get_task", task_id=made.task_id))
+        response.headers["location"] = url
+        if not made.created:
+            response.status_code = 200
+            record = await queue.get(made.task_id)
+            return SubmitResponse(task_id=made.task_id, status=record.status, status_url=url, duplicate=True)
+        log.info("task_submitted", task_id=made.task_id, priority=body.priority)
+        return SubmitResponse(task_id=made.task_id, status=TaskStatus.QUEUED, status_url=url)
+
+    @router.get("/{task_id}", response_model=TaskView)
+    async def get_task(task_id: str) -> TaskView:
+        return (await queue.get(task_id)).view()
+
+    @router.delete("/{task_id}", response_model=CancelResponse)
+    async def cancel_task(task_id: str) -> CancelResponse:
+        status, changed = await queue.cancel(task_id)
+        if status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+            message = f"task {task_id} already {status.value}; only queued or running tasks can be cancelled"
+            raise _Rejected(409, message)
+        if changed:  # this request made the transition: count it exactly once
+            record = await queue.get(task_id)
+            metrics.task_finished(
+                TaskStatus.CANCELLED,
+                intent=metrics.intent(record.metadata.get("intent")),
+                latency_seconds=time.time() - record.created_at,
+                steps=record.checkpoint.step,
+            )
+            log.info("task_cancelled", task_id=task_id)
+        return CancelResponse(task_id=task_id, status=status)
+
+    return router
+
+
+def _probe_routes(queue: TaskQueue, metrics: Metrics) -> APIRouter:
+    router = APIRouter()
+
+    @router.get(constants.HEALTH_PATH)
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get(constants.READY_PATH)
+    async def ready() -> JSONResponse:
+        try:
+            await queue.ping()
+        except errors.StoreUnavailable as exc:
+            return JSONResponse({"ready": False, "reason": str(exc)}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    @router.get(constants.METRICS_PATH)
+    async def scrape() -> Response:
+        with contextlib.suppress(errors.StoreUnavailable):  # the last known depth stays; /ready says why
+            metrics.set_queue_depth(await queue.depth())
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return router
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _describe(exc: RequestValidationError) -> str:
+    parts = []
+    for item in exc.errors():
+        if item.get("type") == "json_invalid":
+            reason = (item.get("ctx") or {}).get("error", "syntax error")
+            return f"request body is not valid JSON: {reason}"
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {item.get('msg')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {}
+
+    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _describe(exc))
+
+    async def unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
+        message = f"missing or invalid bearer token: send 'Authorization: Bearer <token>' ({constants.AUTH_TOKEN_ENV})"
+        return _error(401, message, {"www-authenticate": "Bearer"})
+
+    async def rejected(request: Request, exc: _Rejected) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    async def not_found(request: Request, exc: errors.TaskNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    async def invalid(request: Request, exc: errors.InvalidTask) -> JSONResponse:
+        return _error(422, str(exc))
+
+    async def unavailable(request: Request, exc: errors.StoreUnavailable) -> JSONResponse:
+        log.warning("store_unavailable", error=str(exc))
+        return _error(503, str(exc), {"retry-after": "1"})
+
+    handlers[RequestValidationError] = validation
+    handlers[_Unauthorized] = unauthorized
+    handlers[_Rejected] = rejected
+    handlers[errors.TaskNotFound] = not_found
+    handlers[errors.InvalidTask] = invalid
+    handlers[errors.StoreUnavailable] = unavailable
+    for kind, handler in handlers.items():
+        app.add_exception_handler(kind, handler)
+
+
+class _RequestId:
+    """Bind a request id (the client's `x-request-id`, or a new one) to every log line, and echo it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(constants.REQUEST_ID_HEADER.encode(), b"").decode()[:128] or uuid.uuid4().hex
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (constants.REQUEST_ID_HEADER.encode(), request_id.encode()),
+                ]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
+
+
+class _BodyLimit:
+    """Answer 413 for bodies over the limit, whether or not they declare a content-length."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body is larger than {self.limit} bytes (max_body_bytes); send a shorter input"
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.limit:
+                await _error(413, message)(scope, receive, send)
+                return
+            await self.app(scope, receive, send)  # the server stops at content-length
+            return
+        # No declared length (chunked): read up to the limit before the app sees anything, then replay.
+        body = bytearray()
+        while True:
+            incoming = await receive()
+            if incoming["type"] != "http.request":
+                await self.app(scope, receive, send)  # disconnected: let the app see it
+                return
+            body += incoming.get("body", b"")
+            if len(body) > self.limit:
+                await _error(413, message)(scope, receive, send)
+                return
+            if not incoming.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,133 @@
+"""`agent-runtime api | worker | localmodel`: the processes the operator's Deployments run.
+
+Configuration comes from the mounted file (`AGENT_CONFIG_PATH`) and the environment
+(`AGENT_REDIS_URL`, `AGENT_AUTH_TOKEN`, provider keys, `AGENT_TRACK`); see `config.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from agent_runtime import config as runtime_config
+from agent_runtime import constants, errors, tracing
+from agent_runtime import logging as runtime_logging
+from agent_runtime.api import create_app
+from agent_runtime.composition import build_worker, connect_redis
+from agent_runtime.localmodel import Faults, LocalModelServer
+from agent_runtime.worker import serve_probes
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agent-runtime", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=os.environ.get("AGENT_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    api = sub.add_parser("api", help="serve the task API, /health, /ready and /metrics")
+    api.add_argument("--host", default="0.0.0.0")
+    api.add_argument("--port", type=int, default=constants.API_PORT)
+
+    worker = sub.add_parser("worker", help="run tasks from the queue")
+    worker.add_argument("--host", default="0.0.0.0")
+    worker.add_argument("--metrics-port", type=int, default=constants.WORKER_METRICS_PORT, help="0: no probe server")
+    worker.add_argument("--concurrency", type=int, default=None, help="overrides worker_concurrency")
+    worker.add_argument("--burst", action="store_true", help="drain the queue, then exit")
+
+    local = sub.add_parser("localmodel", help="serve the local Anthropic-compatible model (offline demo, tests)")
+    local.add_argument("--host", default="127.0.0.1")
+    local.add_argument("--port", type=int, default=8765)
+    local.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
+    local.add_argument("--error-ratio", type=float, default=0.0)
+    local.add_argument("--error-status", type=int, default=500, choices=[429, 500, 503, 529])
+    local.add_argument("--malformed-ratio", type=float, default=0.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    runtime_logging.configure(args.log_level)
+    try:
+        if args.command == "api":
+            return _run_api(args)
+        if args.command == "worker":
+            return asyncio.run(_run_worker(args))
+        return asyncio.run(_run_localmodel(args))
+    except errors.ConfigError as exc:
+        print(f"agent-runtime: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _redis_url() -> str:
+    return os.environ.get(constants.REDIS_URL_ENV, constants.DEFAULT_REDIS_URL)
+
+
+def _run_api(args: argparse.Namespace) -> int:
+    config = runtime_config.load()
+    token = os.environ.get(constants.AUTH_TOKEN_ENV)
+    if not token:
+        raise errors.ConfigError(f"{constants.AUTH_TOKEN_ENV} is not set: the API refuses to serve without a token")
+    tracing.configure(f"{config.service}-api")
+    redis_client = connect_redis(_redis_url())
+    app = create_app(config, redis=redis_client, registry=CollectorRegistry(), auth_token=token)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=args.host, port=args.port, log_config=None, access_log=False, timeout_graceful_shutdown=20
+        )
+    )
+    server.run()
+    return 0
+
+
+async def _run_worker(args: argparse.Namespace) -> int:
+    config = runtime_config.load()
+    tracing.configure(f"{config.service}-worker")
+    redis_client = connect_redis(_redis_url())
+    parts = build_worker(
+        config, redis_client=redis_client, registry=CollectorRegistry(), burst=args.burst, concurrency=args.concurrency
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, parts.worker.stop)
+    probes = None
+    if args.metrics_port:
+        probes = await serve_probes(parts.queue, parts.metrics, parts.worker, host=args.host, port=args.metrics_port)
+    try:
+        await parts.worker.run()
+    finally:
+        if probes is not None:
+            await probes.cleanup()
+        await parts.aclose()
+        await redis_client.aclose()
+    return 0
+
+
+async def _run_localmodel(args: argparse.Namespace) -> int:
+    faults = Faults(
+        latency_seconds=args.latency,
+        error_ratio=args.error_ratio,
+        error_status=args.error_status,
+        malformed_ratio=args.malformed_ratio,
+    )
+    server = LocalModelServer(host=args.host, port=args.port, faults=faults)
+    await server.start()
+    print(f"local model server on {server.url} (POST /v1/messages)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

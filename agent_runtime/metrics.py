@@ -1,0 +1,126 @@
+"""Every Prometheus metric of the runtime, on an injected registry, labelled with service and track.
+
+Names come from `constants` (alert rules, dashboards, the HPA and canary analysis use the same
+ones). Label sets are bounded: `intent` is one of `RuntimeConfig.known_intents`, `default` or
+`other`; never a task id. prometheus_client exposes the counter `agent_cost_usd` as
+`agent_cost_usd_total` and the histogram `agent_latency_seconds` as `_bucket/_sum/_count`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from agent_runtime import constants
+from agent_runtime.tasks import TaskStatus
+
+__all__ = ["DEFAULT_INTENT", "OTHER_INTENT", "Metrics"]
+
+DEFAULT_INTENT = "default"
+OTHER_INTENT = "other"
+_BASE = (constants.LABEL_SERVICE, constants.LABEL_TRACK)
+_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_STEP_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50)
+_FINAL = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class Metrics:
+    """The runtime's metrics for one service and track."""
+
+    def __init__(
+        self, registry: CollectorRegistry, *, service: str, track: str, known_intents: Iterable[str] = ()
+    ) -> None:
+        self.registry = registry
+        self.service = service
+        self.track = track
+        self.known_intents = frozenset(known_intents)
+        self.requests = Counter(
+            constants.METRIC_REQUESTS,
+            "Tasks finished, by final status and intent.",
+            [*_BASE, "status", "intent"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            constants.METRIC_LATENCY,
+            "Task wall-clock time from submission to its final status.",
+            _BASE,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.steps = Histogram(
+            constants.METRIC_STEPS,
+            "Agent-loop steps (model calls) per finished task.",
+            _BASE,
+            buckets=_STEP_BUCKETS,
+            registry=registry,
+        )
+        self.cost = Counter(constants.METRIC_COST, "LLM spend in USD.", _BASE, registry=registry)
+        self.active = Gauge(constants.METRIC_ACTIVE, "Tasks running now in this process.", _BASE, registry=registry)
+        self.tool_calls = Counter(
+            constants.METRIC_TOOL_CALLS,
+            "Tool calls, by tool and outcome.",
+            [*_BASE, "tool_name", "status"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            constants.METRIC_QUEUE_DEPTH,
+            "Tasks waiting or pending in the queue (all priorities).",
+            _BASE,
+            registry=registry,
+        )
+        self.provider_up = Gauge(
+            constants.METRIC_PROVIDER_HEALTHY,
+            "1 while the provider answers, 0 after a failed call.",
+            [*_BASE, "provider"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            constants.METRIC_PROVIDER_FALLBACKS,
+            "Model calls moved to another provider.",
+            [*_BASE, "provider"],
+            registry=registry,
+        )
+        # Create the zero-valued series up front: "no traffic yet" then reads 0, not "no data".
+        for status in _FINAL:
+            self.requests.labels(service, track, status.value, DEFAULT_INTENT)
+        for metric in (self.latency, self.steps, self.cost, self.active, self.queue_depth):
+            metric.labels(service, track)
+
+    def intent(self, value: object) -> str:
+        """The bounded label value for a task's metadata.intent."""
+        if value is None or value == "":
+            return DEFAULT_INTENT
+        return str(value) if value in self.known_intents else OTHER_INTENT
+
+    def task_finished(self, status: TaskStatus, *, intent: str, latency_seconds: float, steps: int) -> None:
+        self.requests.labels(self.service, self.track, status.value, intent).inc()
+        self.latency.labels(self.service, self.track).observe(max(latency_seconds, 0.0))
+        self.steps.labels(self.service, self.track).observe(steps)
+
+    def spent(self, usd: float) -> None:
+        if usd > 0:
+            self.cost.labels(self.service, self.track).inc(usd)
+
+    def task_started(self) -> None:
+        self.active.labels(self.service, self.track).inc()
+
+    def task_stopped(self) -> None:
+        self.active.labels(self.service, self.track).dec()
+
+    def tool_called(self, tool_name: str, ok: bool) -> None:
+        self.tool_calls.labels(self.service, self.track, tool_name, "ok" if ok else "error").inc()
+
+    def set_queue_depth(self, depth: int) -> None:
+        self.queue_depth.labels(self.service, self.track).set(depth)
+
+    def provider_healthy(self, provider: str, healthy: bool) -> None:
+        self.provider_up.labels(self.service, self.track, provider).set(1 if healthy else 0)
+
+    def provider_fallback(self, provider: str) -> None:
+        self.fallbacks.labels(self.service, self.track, provider).inc()
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,488 @@
+"""The task queue: Redis Streams per priority, one consumer group, and every task-state transition.
+
+Each transition that touches both a task record and its stream entry runs as one Lua script, so the
+two never disagree: submit (idempotency key, record, XADD), claim (fence, delivery count, dead
+letter), finish (store the result, then XACK + XDEL in the same script — a task is acknowledged
+only once its result is stored), retry-later, requeue on shutdown and cancel.
+
+Acknowledged entries are deleted, so each stream holds exactly the waiting + pending entries and
+queue depth is the sum of XLEN. A worker that dies leaves its entries pending; another worker takes
+them with XAUTOCLAIM once they have been idle `claim_idle_seconds` (live workers heartbeat theirs).
+Every claim bumps the record's `fence`; checkpoints and results are written only by the holder of
+the current fence, which is what makes a reclaimed task safe even if its old worker is merely slow.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import redis.asyncio
+import redis.exceptions
+
+from agent_runtime import constants, errors
+from agent_runtime.config import RuntimeConfig
+from agent_runtime.tasks import Checkpoint, TaskRecord, TaskStatus
+
+__all__ = [
+    "Claim",
+    "Entry",
+    "FinishOutcome",
+    "PriorityScheduler",
+    "Submission",
+    "TaskQueue",
+]
+
+T = TypeVar("T")
+
+FinishOutcome = Literal["stored", "cancelled", "succeeded", "failed", "lost"]
+
+_TERMINAL_LUA = "status == 'succeeded' or status == 'failed' or status == 'cancelled'"
+
+# KEYS: task, stream, [idem]   ARGV: task_id, idem_ttl, field, value, ...
+_SUBMIT = """
+if #KEYS == 3 then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then return {0, existing} end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local entry = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[1])
+redis.call('HSET', KEYS[1], 'entry_id', entry)
+if #KEYS == 3 then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
+return {1, ARGV[1]}
+"""
+
+# KEYS: task, stream, dead   ARGV: entry, group, consumer, now, max_deliveries, ttl
+_CLAIM = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+local function drop()
+  redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
+  redis.call('XDEL', KEYS[2], ARGV[1])
+end
+if not status then drop() return {{'gone'}} end
+if {_TERMINAL_LUA} then drop() return {{'done', status}} end
+local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+if deliveries > tonumber(ARGV[5]) then
+  local last = redis.call('HGET', KEYS[1], 'last_error')
+  if not last or last == '' then last = 'none recorded (the worker holding it stopped or timed out)' end
+  local message = 'gave up after ' .. (deliveries - 1) .. ' deliveries; last error: ' .. last
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'error', message, 'finished_at', ARGV[4],
+             'deliveries', deliveries - 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'task_id', redis.call('HGET', KEYS[1], 'task_id'),
+             'error', last, 'deliveries', deliveries - 1)
+  drop()
+  return {{'dead', message}}
+end
+redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'consumer', ARGV[3], 'entry_id', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[4])
+return {{'ok', redis.call('HGETALL', KEYS[1])}}
+"""
+
+# KEYS: task   ARGV: fence, field, value, ...
+_CHECKPOINT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return status or 'gone' end
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 'lost' end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 'ok'
+"""
+
+# KEYS: task, stream   ARGV: fence, entry, group, ttl, field, value, ...
+_FINISH = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+local outcome
+if status == 'running' and redis.call('HGET', KEYS[1], 'fence') == ARGV[1] then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  outcome = 'stored'
+elseif status and ({_TERMINAL_LUA}) then
+  outcome = status
+else
+  return 'lost'
+end
+redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+return outcome
+"""
+
+# KEYS: task   ARGV: fence, error   (leave the entry pending: it is reclaimed after the idle timeout)
+_RETRY_LATER = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'last_error', ARGV[2])
+return 1
+"""
+
+# KEYS: task, stream   ARGV: fence, entry, group   (graceful shutdown: hand over at once, delivery not counted)
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+local entry = redis.call('XADD', KEYS[2], '*', 'task_id', redis.call('HGET', KEYS[1], 'task_id'))
+redis.call('HSET', KEYS[1], 'status', 'queued', 'entry_id', entry)
+redis.call('HINCRBY', KEYS[1], 'deliveries', -1)
+redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: task   ARGV: group, now, ttl
+_CANCEL = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {{'gone', 0}} end
+if {_TERMINAL_LUA} then return {{status, 0}} end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local stream = redis.call('HGET', KEYS[1], 'stream')
+local entry = redis.call('HGET', KEYS[1], 'entry_id')
+if stream and entry then
+  redis.call('XACK', stream, ARGV[1], entry)
+  redis.call('XDEL', stream, entry)
+end
+return {{'cancelled', 1}}
+"""
+
+# KEYS: streams, most wanted first   ARGV: group, consumer, count
+_READ = """
+local wanted = tonumber(ARGV[3])
+local out = {}
+for _, stream in ipairs(KEYS) do
+  if wanted <= 0 then break end
+  local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', wanted, 'STREAMS', stream, '>')
+  if not ok then return redis.error_reply(res.err or tostring(res)) end
+  if res then
+    for _, item in ipairs(res[1][2]) do
+      local fields = item[2]
+      local task_id = ''
+      for i = 1, #fields, 2 do if fields[i] == 'task_id' then task_id = fields[i + 1] end end
+      table.insert(out, {stream, item[1], task_id})
+      wanted = wanted - 1
+    end
+  end
+end
+return out
+"""
+
+# KEYS: stream   ARGV: group, consumer, entry ids...   (reset idle time only of entries this consumer still owns)
+_HEARTBEAT = """
+local kept = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry delivered to this consumer."""
+
+    stream: str
+    entry_id: str
+    task_id: str
+
+
+@dataclass(frozen=True)
+class Submission:
+    task_id: str
+    created: bool  # False: the idempotency key named an existing task
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery this worker now owns: the record and the fence its writes must carry."""
+
+    entry: Entry
+    record: TaskRecord
+
+    @property
+    def fence(self) -> int:
+        return self.record.fence
+
+
+class PriorityScheduler:
+    """Smooth weighted round robin over priorities: decides which stream a read tries first.
+
+    With weights 6/3/1, `low` is tried first one read in ten, so it is never starved however
+    busy `high` is, while `high` still gets most reads. Pure and deterministic.
+    """
+
+    def __init__(self, weights: Mapping[str, int]) -> None:
+        if not weights or any(w <= 0 for w in weights.values()):
+            raise errors.ConfigError("priority_weights: every priority needs a weight > 0")
+        self._weights = dict(weights)
+        self._credit = dict.fromkeys(weights, 0)
+        self._by_weight = sorted(weights, key=lambda p: (-weights[p], constants.PRIORITIES.index(p)))
+
+    def order(self) -> list[str]:
+        """Return the priorities in the order the next read should try them."""
+        total = sum(self._weights.values())
+        for name, weight in self._weights.items():
+            self._credit[name] += weight
+        first = max(self._by_weight, key=lambda p: self._credit[p])
+        self._credit[first] -= total
+        return [first, *(p for p in self._by_weight if p != first)]
+
+
+class TaskQueue:
+    """Every Redis operation on tasks of one service: records, streams and the consumer group."""
+
+    def __init__(
+        self,
+        redis_client: redis.asyncio.Redis,
+        *,
+        service: str,
+        max_deliveries: int = 5,
+        claim_idle_seconds: float = 60.0,
+        task_ttl_seconds: int = 7 * 86_400,
+        priority_weights: Mapping[str, int] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis_client
+        self.service = service
+        self.max_deliveries = max_deliveries
+        self.claim_idle_ms = int(claim_idle_seconds * 1000)
+        self.task_ttl_seconds = task_ttl_seconds
+        self.scheduler = PriorityScheduler(priority_weights or {"high": 6, "normal": 3, "low": 1})
+        self.streams = {p: constants.stream_key(service, p) for p in constants.PRIORITIES}
+        self.dead_letter = constants.dead_letter_key(service)
+        self.group = constants.CONSUMER_GROUP
+        self._clock = clock
+        r = redis_client
+        self._submit = r.register_script(_SUBMIT)
+        self._claim = r.register_script(_CLAIM)
+        self._checkpoint = r.register_script(_CHECKPOINT)
+        self._finish = r.register_script(_FINISH)
+        self._retry_later = r.register_script(_RETRY_LATER)
+        self._requeue = r.register_script(_REQUEUE)
+        self._cancel = r.register_script(_CANCEL)
+        self._read = r.register_script(_READ)
+        self._heartbeat = r.register_script(_HEARTBEAT)
+
+    @classmethod
+    def from_config(cls, config: RuntimeConfig, redis_client: redis.asyncio.Redis) -> TaskQueue:
+        return cls(
+            redis_client,
+            service=config.service,
+            max_deliveries=config.max_deliveries,
+            claim_idle_seconds=config.claim_idle_seconds,
+            task_ttl_seconds=config.task_ttl_seconds,
+            priority_weights=config.priority_weights,
+        )
+
+    def task_key(self, task_id: str) -> str:
+        return constants.task_key(self.service, task_id)
+
+    # --- the API side ---
+
+    async def submit(
+        self,
+        task_input: str,
+        *,
+        priority: str = "normal",
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        max_steps: int,
+    ) -> Submission:
+        """Create the task record and enqueue it; with an idempotency key, return the task it already made."""
+        if priority not in self.streams:
+            raise errors.InvalidTask(f"unknown priority {priority!r}; use one of {', '.join(self.streams)}")
+        task_id = uuid.uuid4().hex
+        record = TaskRecord(
+            task_id=task_id,
+            status=TaskStatus.QUEUED,
+            priority=priority,
+            input=task_input,
+            stream=self.streams[priority],
+            metadata=dict(metadata or {}),
+            idempotency_key=idempotency_key,
+            max_steps=max_steps,
+            created_at=self._clock(),
+        )
+        keys = [self.task_key(task_id), self.streams[priority]]
+        if idempotency_key:
+            keys.append(constants.idempotency_key(self.service, idempotency_key))
+        args: list[str | int] = [task_id, self.task_ttl_seconds]
+        for field, value in record.creation_fields().items():
+            args += [field, value]
+        created, existing_id = await self._call(self._submit, keys, args)
+        return Submission(task_id=str(existing_id), created=bool(created))
+
+    async def get(self, task_id: str) -> TaskRecord:
+        raw: dict[str, str] = await self._run(self.redis.hgetall(self.task_key(task_id)))  # type: ignore[arg-type]
+        if not raw:
+            raise errors.TaskNotFound(f"no task {task_id!r} (unknown id, or its record expired)")
+        return TaskRecord.from_hash(raw)
+
+    async def cancel(self, task_id: str) -> tuple[TaskStatus, bool]:
+        """Cancel a queued or running task; return the status it ends in and whether this call cancelled it."""
+        status, changed = await self._call(
+            self._cancel, [self.task_key(task_id)], [self.group, repr(self._clock()), self.task_ttl_seconds]
+        )
+        if status == "gone":
+            raise errors.TaskNotFound(f"no task {task_id!r} (unknown id, or its record expired)")
+        return TaskStatus(status), bool(changed)
+
+    async def depth(self) -> int:
+        """Waiting + pending entries over all priorities (acknowledged entries are deleted)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.streams.values():
+                pipe.xlen(stream)
+            lengths = await self._run(pipe.execute())
+        return int(sum(lengths))
+
+    async def ping(self) -> None:
+        await self._run(self.redis.ping())
+
+    # --- the worker side ---
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group on every priority stream (idempotent; reads from the beginning)."""
+        for stream in self.streams.values():
+            try:
+                await self._run(self.redis.xgroup_create(stream, self.group, id="0", mkstream=True))
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def read(self, consumer: str, count: int, *, block_ms: int = 0) -> list[Entry]:
+        """Take up to `count` new entries, trying priorities in weighted order; block if all are empty."""
+        if count <= 0:
+            return []
+        order = [self.streams[p] for p in self.scheduler.order()]
+        rows = await self._call(self._read, order, [self.group, consumer, count])
+        entries = [Entry(stream=str(s), entry_id=str(e), task_id=str(t)) for s, e, t in rows]
+        if entries or not block_ms:
+            return entries
+        reply = await self._run(
+            self.redis.xreadgroup(self.group, consumer, dict.fromkeys(order, ">"), count=count, block=block_ms)
+        )
+        return [
+            Entry(stream=str(stream), entry_id=str(entry_id), task_id=str(fields.get("task_id", "")))
+            for stream, items in reply or []
+            for entry_id, fields in items
+        ]
+
+    async def reclaim(self, consumer: str, count: int) -> list[Entry]:
+        """Take over up to `count` entries left pending by other consumers for longer than the idle timeout."""
+        found: list[Entry] = []
+        for priority in constants.PRIORITIES:
+            if len(found) >= count:
+                break
+            stream = self.streams[priority]
+            reply = await self._run(
+                self.redis.xautoclaim(stream, self.group, consumer, self.claim_idle_ms, "0-0", count=count - len(found))
+            )
+            for entry_id, fields in reply[1]:
+                if fields is None:  # deleted while pending (e.g. cancelled): XAUTOCLAIM already dropped it
+                    continue
+                found.append(Entry(stream=stream, entry_id=str(entry_id), task_id=str(fields.get("task_id", ""))))
+        return found
+
+    async def heartbeat(self, consumer: str, entries: Iterable[Entry]) -> None:
+        """Reset the idle time of entries this consumer still owns, so nobody reclaims a live task."""
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        for stream, ids in by_stream.items():
+            await self._call(self._heartbeat, [stream], [self.group, consumer, *ids])
+
+    async def claim(self, entry: Entry, consumer: str) -> Claim | None:
+        """Start a delivery: bump the fence and the delivery count; None if there is nothing to run."""
+        reply = await self._call(
+            self._claim,
+            [self.task_key(entry.task_id), entry.stream, self.dead_letter],
+            [entry.entry_id, self.group, consumer, repr(self._clock()), self.max_deliveries, self.task_ttl_seconds],
+        )
+        if reply[0] != "ok":
+            return None
+        flat: Sequence[str] = reply[1]
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        return Claim(entry=entry, record=TaskRecord.from_hash(raw))
+
+    async def checkpoint(self, claim: Claim, checkpoint: Checkpoint) -> None:
+        """Store the state after a completed step; raise `OwnershipLost` if the task was cancelled or taken over."""
+        outcome = await self._call(
+            self._checkpoint,
+            [self.task_key(claim.entry.task_id)],
+            [claim.fence, "checkpoint", checkpoint.model_dump_json()],
+        )
+        if outcome != "ok":
+            raise errors.OwnershipLost(f"task {claim.entry.task_id} is {outcome}; this delivery stops")
+
+    async def finish(
+        self, claim: Claim, status: TaskStatus, *, checkpoint: Checkpoint, result: str | None, error: str | None
+    ) -> FinishOutcome:
+        """Store the final state, then acknowledge the entry — in one script. 'stored' only for the writer that won."""
+        fields = {
+            "status": status.value,
+            "finished_at": repr(self._clock()),
+            "checkpoint": checkpoint.model_dump_json(),
+            "result": result or "",
+            "error": error or "",
+        }
+        args: list[str | int] = [claim.fence, claim.entry.entry_id, self.group, self.task_ttl_seconds]
+        for field, value in fields.items():
+            args += [field, value]
+        outcome: FinishOutcome = await self._call(
+            self._finish, [self.task_key(claim.entry.task_id), claim.entry.stream], args
+        )
+        return outcome
+
+    async def retry_later(self, claim: Claim, error: str) -> None:
+        """Record a transient failure and leave the entry pending, to be reclaimed after the idle timeout."""
+        await self._call(self._retry_later, [self.task_key(claim.entry.task_id)], [claim.fence, error])
+
+    async def requeue(self, claim: Claim) -> bool:
+        """Hand a task back at once (shutdown): its checkpoint stays, the delivery is not counted."""
+        done = await self._call(
+            self._requeue,
+            [self.task_key(claim.entry.task_id), claim.entry.stream],
+            [claim.fence, claim.entry.entry_id, self.group],
+        )
+        return bool(done)
+
+    async def release(self, entry: Entry) -> None:
+        """Drop an entry that names no runnable task (e.g. a malformed entry)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(entry.stream, self.group, entry.entry_id)
+            pipe.xdel(entry.stream, entry.entry_id)
+            await self._run(pipe.execute())
+
+    async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
+        rows = await self._run(self.redis.xrange(self.dead_letter, count=count))
+        return [dict(fields) for _, fields in rows]
+
+    async def forget_idle_consumers(self, idle_seconds: float) -> int:
+        """Delete consumers that hold nothing and have been idle long (dead pods), so the group stays small."""
+        removed = 0
+        for stream in self.streams.values():
+            for info in await self._run(self.redis.xinfo_consumers(stream, self.group)):
+                if int(info["pending"]) == 0 and int(info["idle"]) > idle_seconds * 1000:
+                    await self._run(self.redis.xgroup_delconsumer(stream, self.group, info["name"]))
+                    removed += 1
+        return removed
+
+    # --- error mapping ---
+
+    async def _call(self, script: Any, keys: list[str], args: Sequence[str | int]) -> Any:
+        return await self._run(script(keys=keys, args=list(args)))
+
+    @staticmethod
+    async def _run(awaitable: Awaitable[T]) -> T:
+        try:
+            return await awaitable
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis lost its data (restarted without persistence): the worker recreates it
+                raise errors.StoreUnavailable(f"consumer group missing: {exc}") from exc
+            raise
+        except redis.exceptions.RedisError as exc:
+            raise errors.from_redis(exc) from exc

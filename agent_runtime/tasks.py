@@ -1,0 +1,159 @@
+"""Task records as plain data: statuses, the stored record, the checkpoint, and their Redis-hash encoding.
+
+Pure: no I/O here. `queue.py` moves these through Redis; `api.py` shows them; `agent.py` fills the
+checkpoint. A record is one Redis hash of strings; `from_hash` / `to_hash` are the only codecs.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "TERMINAL",
+    "Checkpoint",
+    "Progress",
+    "TaskRecord",
+    "TaskStatus",
+    "TaskView",
+    "Usage",
+    "checkpoint_fields",
+]
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class Usage(BaseModel):
+    """Tokens and spend accumulated over the task's completed steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def plus(self, input_tokens: int, output_tokens: int, cost_usd: float) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + input_tokens,
+            output_tokens=self.output_tokens + output_tokens,
+            cost_usd=round(self.cost_usd + cost_usd, 10),
+        )
+
+
+class Checkpoint(BaseModel):
+    """The agent loop's state after its last completed step: enough to resume without re-running it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    step: int = 0  # model calls completed (each one billed exactly once)
+    usage: Usage = Field(default_factory=Usage)
+
+
+class Progress(BaseModel):
+    step: int
+    max_steps: int
+
+
+class TaskView(BaseModel):
+    """What `GET /v1/tasks/{id}` answers."""
+
+    task_id: str
+    status: TaskStatus
+    priority: str
+    progress: Progress
+    result: str | None = None
+    error: str | None = None
+    last_error: str | None = None
+    usage: Usage
+    attempts: int
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class TaskRecord(BaseModel):
+    """One task as stored (the Redis hash), checkpoint included."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: str
+    status: TaskStatus
+    priority: str
+    input: str
+    stream: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = None
+    max_steps: int
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: str | None = None
+    error: str | None = None
+    last_error: str | None = None
+    deliveries: int = 0
+    fence: int = 0
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> TaskRecord:
+        """Decode a hash as returned by HGETALL (decoded to str)."""
+        data: dict[str, Any] = dict(raw)
+        data["metadata"] = json.loads(raw.get("metadata") or "{}")
+        data["checkpoint"] = json.loads(raw.get("checkpoint") or "{}")
+        for key in ("started_at", "finished_at", "result", "error", "last_error", "idempotency_key"):
+            if data.get(key) == "":
+                data[key] = None
+        return cls.model_validate(data)
+
+    def creation_fields(self) -> dict[str, str]:
+        """The fields written when the task is submitted."""
+        return {
+            "task_id": self.task_id,
+            "status": self.status.value,
+            "priority": self.priority,
+            "input": self.input,
+            "stream": self.stream,
+            "metadata": json.dumps(self.metadata, separators=(",", ":")),
+            "idempotency_key": self.idempotency_key or "",
+            "max_steps": str(self.max_steps),
+            "created_at": repr(self.created_at),
+            "deliveries": "0",
+            "fence": "0",
+        }
+
+    def view(self) -> TaskView:
+        usage = self.checkpoint.usage
+        return TaskView(
+            task_id=self.task_id,
+            status=self.status,
+            priority=self.priority,
+            progress=Progress(step=self.checkpoint.step, max_steps=self.max_steps),
+            result=self.result,
+            error=self.error,
+            last_error=self.last_error,
+            usage=usage,
+            attempts=self.deliveries,
+            metadata=self.metadata,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
+
+
+def checkpoint_fields(checkpoint: Checkpoint) -> dict[str, str]:
+    """The fields written at each checkpoint."""
+    return {"checkpoint": checkpoint.model_dump_json()}

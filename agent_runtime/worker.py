@@ -1,0 +1,299 @@
+"""The worker: an asyncio pool taking tasks from the queue and running them through the agent loop.
+
+- Up to `concurrency` tasks at once; reads only as many entries as it has free slots.
+- Reclaims entries of dead consumers (XAUTOCLAIM) and heartbeats its own so nobody steals them.
+- `burst=True` drains the queue (waiting and pending entries, those of dead workers included) and
+  returns: deterministic tests and benchmarks need no sleeps.
+- `stop()` (SIGTERM): stop reading, let in-flight tasks finish within the grace period, then hand the
+  rest back to the queue at their last checkpoint; `run()` returns normally so the process exits 0.
+- Redis going away never kills the loop: it backs off and resumes; unacknowledged work stays pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import structlog
+from aiohttp import web
+
+from agent_runtime import constants, errors, tracing
+from agent_runtime.agent import Outcome, SaveCheckpoint
+from agent_runtime.logging import get_logger
+from agent_runtime.metrics import Metrics
+from agent_runtime.queue import Claim, Entry, TaskQueue
+from agent_runtime.tasks import Checkpoint, TaskStatus
+
+__all__ = ["Runner", "Worker", "consumer_name", "serve_probes"]
+
+log = get_logger(__name__)
+
+
+class Runner(Protocol):
+    """What runs a task: `agent.Agent` in production; a no-op in the queue benchmark."""
+
+    async def run(
+        self, task_id: str, task_input: str, checkpoint: Checkpoint, *, max_steps: int, save: SaveCheckpoint
+    ) -> Outcome: ...
+
+
+def consumer_name() -> str:
+    """A consumer name unique to this process: pod (or host) name, pid and a random suffix."""
+    base = os.environ.get(constants.POD_NAME_ENV) or socket.gethostname()
+    return f"{base}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Consumes one service's queue."""
+
+    def __init__(
+        self,
+        *,
+        queue: TaskQueue,
+        runner: Runner,
+        metrics: Metrics,
+        concurrency: int = 8,
+        task_timeout_seconds: float = 600.0,
+        shutdown_grace_seconds: float = 110.0,
+        burst: bool = False,
+        consumer: str | None = None,
+        block_ms: int = 500,
+        depth_interval_seconds: float = 2.0,
+    ) -> None:
+        self.queue = queue
+        self.runner = runner
+        self.metrics = metrics
+        self.concurrency = max(1, concurrency)
+        self.task_timeout_seconds = task_timeout_seconds
+        self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.burst = burst
+        self.consumer = consumer or consumer_name()
+        self.block_ms = block_ms
+        self.depth_interval_seconds = depth_interval_seconds
+        self.claim_interval_seconds = max(queue.claim_idle_ms / 1000 / 3, 0.05)
+        self.processed = 0  # deliveries handled to the end (any outcome), for tests and the benchmark
+        self._stopping = asyncio.Event()
+        self._inflight: dict[asyncio.Task[None], Entry] = {}
+
+    def stop(self) -> None:
+        """Stop reading new tasks; `run()` then drains in-flight ones and returns."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        """Process tasks until stopped (or, in burst mode, until the queue is empty)."""
+        log.info("worker_started", consumer=self.consumer, concurrency=self.concurrency, burst=self.burst)
+        background = [asyncio.create_task(self._every(self.claim_interval_seconds, self._heartbeat))]
+        if not self.burst:
+            background.append(asyncio.create_task(self._every(self.depth_interval_seconds, self.refresh_depth)))
+        try:
+            await self._loop()
+        finally:
+            await self._drain()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            log.info("worker_stopped", consumer=self.consumer, processed=self.processed)
+
+    async def refresh_depth(self) -> None:
+        self.metrics.set_queue_depth(await self.queue.depth())
+
+    async def _loop(self) -> None:
+        backoff = 0.0
+        group_ready = False
+        last_reclaim = 0.0
+        while not self.stopping:
+            try:
+                if not group_ready:
+                    await self.queue.ensure_group()
+                    group_ready = True
+                free = self.concurrency - len(self._inflight)
+                if free <= 0:
+                    await self._wait_for_slot()
+                    continue
+                entries: list[Entry] = []
+                now = time.monotonic()
+                if now - last_reclaim >= self.claim_interval_seconds:
+                    last_reclaim = now
+                    entries = await self.queue.reclaim(self.consumer, free)
+                if not entries:
+                    block = 0 if self.burst or self._inflight else self.block_ms
+                    entries = await self.queue.read(self.consumer, free, block_ms=block)
+                if entries:
+                    backoff = 0.0
+                    for entry in entries:
+                        task = asyncio.create_task(self._handle(entry))
+                        self._inflight[task] = entry
+                elif self._inflight:
+                    await self._wait_for_slot(timeout=self.block_ms / 1000)
+                elif self.burst:
+                    if await self.queue.depth() == 0:
+                        return
+                    # entries pending for a dead consumer: wait until they are idle long enough to reclaim
+                    last_reclaim = 0.0
+                    await self._sleep(min(self.claim_interval_seconds, 0.2))
+            except errors.StoreUnavailable as exc:
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+                group_ready = False
+                log.warning("store_unavailable", error=str(exc), retry_in=backoff)
+                await self._sleep(backoff)
+
+    async def _wait_for_slot(self, timeout: float | None = None) -> None:
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait([*self._inflight, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _drain(self) -> None:
+        if not self._inflight:
+            return
+        log.info("worker_draining", inflight=len(self._inflight), grace_seconds=self.shutdown_grace_seconds)
+        _, pending = await asyncio.wait(list(self._inflight), timeout=self.shutdown_grace_seconds)
+        for task in pending:
+            task.cancel()  # `_handle` hands the task back at its last checkpoint
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        if self._inflight:
+            await self.queue.heartbeat(self.consumer, list(self._inflight.values()))
+
+    async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await action()
+            except errors.StoreUnavailable as exc:
+                log.debug("background_store_unavailable", error=str(exc))
+
+    async def _handle(self, entry: Entry) -> None:
+        try:
+            with (
+                structlog.contextvars.bound_contextvars(task_id=entry.task_id),
+                tracing.span("task", task_id=entry.task_id),
+            ):
+                await self._deliver(entry)
+        finally:
+            self._inflight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+
+    async def _deliver(self, entry: Entry) -> None:
+        try:
+            claim = await self.queue.claim(entry, self.consumer)
+        except errors.StoreUnavailable as exc:
+            log.warning("claim_failed", error=str(exc))  # still pending: reclaimed later
+            return
+        if claim is None:
+            return
+        self.metrics.task_started()
+        try:
+            await self._execute(claim)
+        finally:
+            self.metrics.task_stopped()
+            self.processed += 1
+
+    async def _execute(self, claim: Claim) -> None:
+        record = claim.record
+        latest = record.checkpoint
+
+        async def save(checkpoint: Checkpoint) -> None:
+            nonlocal latest
+            await self.queue.checkpoint(claim, checkpoint)
+            latest = checkpoint
+
+        started = record.started_at or time.time()
+        remaining = self.task_timeout_seconds - (time.time() - started)
+        try:
+            async with asyncio.timeout(max(remaining, 0.001)):
+                outcome = await self.runner.run(
+                    record.task_id, record.input, record.checkpoint, max_steps=record.max_steps, save=save
+                )
+        except asyncio.CancelledError:
+            with contextlib.suppress(errors.AgentRuntimeError):
+                await self.queue.requeue(claim)
+            log.info("task_handed_back", step=latest.step)
+            raise
+        except TimeoutError:
+            outcome = Outcome(TaskStatus.FAILED, latest, error=f"timed out after {self.task_timeout_seconds:g} s")
+        except errors.OwnershipLost as exc:
+            log.info("task_abandoned", reason=str(exc))
+            return
+        except errors.StoreUnavailable as exc:
+            log.warning("task_interrupted", error=str(exc))  # pending: resumed from its checkpoint later
+            return
+        except errors.ProviderUnavailable as exc:
+            log.warning("task_retry_later", error=str(exc))
+            with contextlib.suppress(errors.StoreUnavailable):
+                await self.queue.retry_later(claim, str(exc))
+            return
+        except errors.ProviderResponseError as exc:
+            outcome = Outcome(TaskStatus.FAILED, latest, error=str(exc))
+        except Exception as exc:  # a bug or a tool module misbehaving: retried, dead-lettered after N
+            log.exception("task_crashed")
+            with contextlib.suppress(errors.StoreUnavailable):
+                await self.queue.retry_later(claim, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        await self._finish(claim, outcome)
+
+    async def _finish(self, claim: Claim, outcome: Outcome) -> None:
+        try:
+            stored = await self.queue.finish(
+                claim, outcome.status, checkpoint=outcome.checkpoint, result=outcome.result, error=outcome.error
+            )
+        except errors.StoreUnavailable as exc:
+            log.warning("finish_failed", error=str(exc))  # not acknowledged: another delivery stores it
+            return
+        if stored == "stored":
+            self.metrics.task_finished(
+                outcome.status,
+                intent=self.metrics.intent(claim.record.metadata.get("intent")),
+                latency_seconds=time.time() - claim.record.created_at,
+                steps=outcome.checkpoint.step,
+            )
+        log.info(
+            "task_finished",
+            status=outcome.status.value,
+            stored=stored,
+            steps=outcome.checkpoint.step,
+            error=outcome.error,
+        )
+
+
+async def serve_probes(queue: TaskQueue, metrics: Metrics, worker: Worker, *, host: str, port: int) -> web.AppRunner:
+    """Serve the worker's /health, /ready and /metrics; the caller cleans up the returned runner."""
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "stopping" if worker.stopping else "ok", "consumer": worker.consumer})
+
+    async def ready(request: web.Request) -> web.Response:
+        try:
+            await queue.ping()
+        except errors.StoreUnavailable as exc:
+            return web.json_response({"ready": False, "reason": str(exc)}, status=503)
+        return web.json_response({"ready": not worker.stopping})
+
+    async def scrape(request: web.Request) -> web.Response:
+        with contextlib.suppress(errors.StoreUnavailable):
+            await worker.refresh_depth()
+        return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get(constants.HEALTH_PATH, health)
+    app.router.add_get(constants.READY_PATH, ready)
+    app.router.add_get(constants.METRICS_PATH, scrape)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

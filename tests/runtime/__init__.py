@@ -1,0 +1,1 @@
+"""Tests of the bundled agent runtime (`agent_runtime`)."""
