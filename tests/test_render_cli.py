@@ -8,7 +8,8 @@ Covers:
 - `agentctl crd` prints the committed CRD;
 - `agentctl demo` renders the examples into a summary table (kind/name per AgentService), and
   fails cleanly when there is nothing to render;
-- usage errors (no subcommand, no -f) exit 2 with argparse's usage line.
+- usage errors (no subcommand, no -f, stray options) exit 2 with argparse's usage line;
+- `agentctl operator` hands its options to `agent_operator.run` (`--help` is the operator's).
 """
 
 from __future__ import annotations
@@ -121,3 +122,13 @@ def test_usage_errors() -> None:
         assert result.returncode == 2
         assert result.stderr.startswith("usage: agentctl")
         assert "Traceback" not in result.stderr
+
+
+def test_operator_options_belong_to_the_operator_entry_point() -> None:
+    result = agentctl("operator", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: agentctl operator")
+    assert "--namespace" in result.stdout
+    stray = agentctl("crd", "--namespace", "x")
+    assert stray.returncode == 2
+    assert "unrecognized arguments: --namespace x" in stray.stderr

@@ -126,11 +126,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    """Hand over to `agent_operator.run`, which parses its own options (`agentctl operator --help`)."""
     if importlib.util.find_spec("agent_operator.run") is None:
         print("error: the operator entry point (agent_operator.run) is not part of this build", file=sys.stderr)
         return 1
     run = importlib.import_module("agent_operator.run")
-    result: int = run.main(args)
+    result: int = run.main(list(args.operator_args))
     return result
 
 
@@ -160,14 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--examples", default="examples", metavar="DIR", help="directory of AgentService manifests")
     demo.set_defaults(func=cmd_demo)
 
-    operator = commands.add_parser("operator", help="run the operator (kopf) against the current cluster")
-    operator.add_argument("--namespace", action="append", metavar="NS", help="watch only these namespaces")
+    operator = commands.add_parser(
+        "operator", help="run the operator (kopf) against the current cluster", add_help=False
+    )
     operator.set_defaults(func=cmd_operator)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.func is cmd_operator:
+        args.operator_args = extra  # options of `agent_operator.run`'s own parser
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.func(args)
     except BrokenPipeError:  # `agentctl render ... | head`
