@@ -1,0 +1,1 @@
+"""Integration tests: pure modules proven against real servers (prometheus) on loopback ports."""
