@@ -97,7 +97,16 @@ def _api_error(exc: PrometheusApiClientException) -> str:
             payload = None
         if isinstance(payload, dict) and "error" in payload:
             return f"{prefix}: {payload.get('errorType', 'error')}: {payload['error']}"
-    return f"{prefix}: {text[:300]}"
+    detail = HTTP_STATUS.sub("", text).strip(" ()") if status else text
+    if len(detail) >= 3 and detail[:2] in {"b'", 'b"'} and detail[-1] == detail[1]:
+        detail = detail[2:-1]  # the exception carries repr(bytes) of the body
+    return f"{prefix}: {detail[:300] or 'no body'}"
+
+
+def _reason(exc: Exception) -> str:
+    """The innermost cause of a requests error (`[Errno 111] Connection refused`), not its whole chain."""
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(exc))
+    return errno.group(0) if errno else f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 class Prometheus:
@@ -140,7 +149,7 @@ class Prometheus:
         try:
             result = self._client.custom_query(query=promql)
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise Unreachable(f"Prometheus at {self.url} is unreachable: {type(exc).__name__}: {exc}") from exc
+            raise Unreachable(f"Prometheus at {self.url} is unreachable: {_reason(exc)}") from exc
         except requests.RequestException as exc:
             return analysis.Measurement(error=f"request to Prometheus failed: {type(exc).__name__}: {exc}")
         except PrometheusApiClientException as exc:
