@@ -12,6 +12,7 @@ Covers:
   counted in total, inconclusive and error streaks up to the pause, a paused rollout still analysed
   and resumed by a conclusive result, unknown verdicts counted as errors, the history bound;
 - `needs_analysis`, `rollout_active` and the replica `split` (table and properties);
+- purity: the state machine and the analysis import nothing that does I/O;
 - hypothesis: random sequences of analyses, gates, pauses and revisions keep the invariants: never
   promote on an inconclusive or error result, promotion by analysis only after every step passed,
   counters within their limits, at rest always fully stable or fully promoted.
@@ -664,3 +665,37 @@ def test_failures_roll_back_exactly_at_the_limit(canary_spec: models.Canary, ver
             assert canary.rollout_active(status)
             assert status.weight == canary_spec.steps[successes]
         assert status.total_failures == failures
+
+
+# --- purity ----------------------------------------------------------------------------------------
+
+PURE_IMPORTS = {
+    "__future__",
+    "collections.abc",
+    "dataclasses",
+    "enum",
+    "math",
+    "re",
+    "typing",
+    "agent_operator",
+    "agent_operator.analysis",
+    "agent_operator.models",
+    "agent_operator.naming",
+    "agent_runtime",
+    "agent_runtime.constants",
+}
+
+
+def test_the_state_machine_and_the_analysis_import_nothing_that_does_io() -> None:
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    for module in ("agent_operator.canary", "agent_operator.analysis"):
+        spec_ = importlib.util.find_spec(module)
+        assert spec_ is not None
+        assert spec_.origin is not None
+        tree = ast.parse(Path(spec_.origin).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert imported <= PURE_IMPORTS, (module, imported - PURE_IMPORTS)
