@@ -76,16 +76,23 @@ def schema() -> dict[str, Any]:
 # --- the CRD's schema as a JSON-schema validator -------------------------------------------------
 
 
-def json_schema(node: dict[str, Any]) -> dict[str, Any]:
-    """OpenAPI v3.0 structural schema -> JSON Schema Draft 4 (nullable, strict field validation)."""
+def json_schema(node: dict[str, Any], *, root: bool = False, closed: bool = True) -> dict[str, Any]:
+    """OpenAPI v3.0 structural schema -> JSON Schema Draft 4 (nullable, strict field validation).
+
+    Objects with properties reject unknown fields, as the API server does under kubectl's strict
+    field validation, except `metadata`, which is ObjectMeta (the CRD restricts only its name).
+    """
     out = {key: value for key, value in node.items() if not key.startswith("x-kubernetes-")}
     if out.pop("nullable", False):
         out["type"] = [out["type"], "null"]
         if "enum" in out:
             out["enum"] = [*out["enum"], None]
     if "properties" in out:
-        out["properties"] = {name: json_schema(sub) for name, sub in out["properties"].items()}
-        out["additionalProperties"] = False
+        out["properties"] = {
+            name: json_schema(sub, closed=not (root and name == "metadata")) for name, sub in out["properties"].items()
+        }
+        if closed:
+            out["additionalProperties"] = False
     for key in ("items", "additionalProperties"):
         if isinstance(out.get(key), dict):
             out[key] = json_schema(out[key])
@@ -97,7 +104,7 @@ def display_path(parts: Iterator[Any] | list[Any]) -> str:
 
 
 def schema_errors(body: dict[str, Any], schema: dict[str, Any]) -> list[str]:
-    validator = jsonschema.Draft4Validator(json_schema(schema))
+    validator = jsonschema.Draft4Validator(json_schema(schema, root=True))
     return sorted(f"{display_path(list(e.absolute_path))}: {e.validator}" for e in validator.iter_errors(body))
 
 

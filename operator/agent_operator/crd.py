@@ -64,18 +64,29 @@ ALLOWED_KEYWORDS: Final = frozenset(
 
 KEY_ORDER: Final = ("description", "type", "nullable", "default")
 
-# Root rules: the name feeds every child name (suffixes included, ≤ 63 characters), so it is
-# capped below the Kubernetes limit; see naming.py. Root CEL rules may read metadata.name.
+# The name feeds every child name (suffixes included, <= 63 characters), so it is capped below the
+# Kubernetes limit; see naming.py. A structural schema may restrict metadata.name (and nothing else
+# in metadata): the pattern lives there, because a root CEL `matches()` on a name the CEL cost
+# estimator sees as unbounded could exceed the rule cost budget. The length is also a root CEL rule
+# (constant cost), so `kubectl apply` names the reason.
 ROOT_RULES: Final = [
     {
         "rule": f"size(self.metadata.name) <= {NAME_MAX_LENGTH}",
         "message": f"metadata.name must be at most {NAME_MAX_LENGTH} characters (child names derive from it)",
     },
-    {
-        "rule": f"self.metadata.name.matches('{models.DNS_LABEL}')",
-        "message": "metadata.name must be a DNS label: lowercase letters, digits and '-', no dots",
-    },
 ]
+METADATA_SCHEMA: Final = {
+    "type": "object",
+    "description": f"Object metadata; the name is a DNS label of at most {NAME_MAX_LENGTH} characters.",
+    "properties": {
+        "name": {
+            "type": "string",
+            "description": "Name of the AgentService; every child's name derives from it.",
+            "maxLength": NAME_MAX_LENGTH,
+            "pattern": models.DNS_LABEL,
+        }
+    },
+}
 
 
 class SchemaError(Exception):
@@ -208,10 +219,7 @@ def open_api_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of the object."},
             "kind": {"type": "string", "description": "Kind of the object."},
-            "metadata": {
-                "type": "object",
-                "description": f"Object metadata; the name is a DNS label of at most {NAME_MAX_LENGTH} characters.",
-            },
+            "metadata": copy.deepcopy(METADATA_SCHEMA),
             "spec": structural_schema(models.AgentServiceSpec),
             # Status is written by the operator only: no defaults, so it shows exactly what was written.
             "status": structural_schema(models.AgentServiceStatus, defaults=False),

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from agent_operator import crd, models
 
-from tests.test_examples import apply_defaults, json_schema
+from tests.test_examples import apply_defaults, cel_failures, json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "crds" / "agentservices.agentops.dev.yaml"
@@ -204,10 +204,14 @@ def test_cel_rules_compile_and_field_paths_exist(schema: dict[str, Any]) -> None
 
 
 def test_root_caps_the_name(schema: dict[str, Any]) -> None:
-    rules = [rule["rule"] for rule in schema["x-kubernetes-validations"]]
-    assert f"size(self.metadata.name) <= {crd.NAME_MAX_LENGTH}" in rules
-    assert models.ObjectMeta.model_fields["name"].metadata  # the model caps it too
-    assert crd.NAME_MAX_LENGTH == 40
+    assert crd.NAME_MAX_LENGTH == models.ObjectMeta.model_fields["name"].metadata[1].max_length == 40
+    name = schema["properties"]["metadata"]["properties"]["name"]
+    assert (name["maxLength"], name["pattern"]) == (40, models.DNS_LABEL)
+    assert set(schema["properties"]["metadata"]["properties"]) == {"name"}  # all a CRD may restrict
+    minimal = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
+    for length, failures in [(40, []), (41, ["(root): " + crd.ROOT_RULES[0]["message"]])]:
+        minimal["metadata"]["name"] = "a" * length
+        assert cel_failures(apply_defaults(copy.deepcopy(minimal), schema), schema) == failures
 
 
 def test_committed_reference_is_up_to_date() -> None:
