@@ -313,6 +313,8 @@ def agent_services(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans())
         else {"urlSecretRef": draw(SECRET_REF)}
     )
+    if engine == "keda":  # KEDA dials Redis itself: the model requires a plain URL (see models.AgentServiceSpec)
+        redis = {"url": draw(st.sampled_from(["redis://r:6379/0", "rediss://r.example.com/2"]))}
     env = []
     for var_name in draw(st.lists(ENV_NAME, max_size=4)):
         env.append(

@@ -107,6 +107,7 @@ class EnvVar(Model):
         {
             "rule": "!(has(self.value) && has(self.secretKeyRef))",
             "message": "set value or secretKeyRef, not both",
+            "fieldPath": ".secretKeyRef",
         }
     ]
 
@@ -156,6 +157,7 @@ class Provider(Model):
         {
             "rule": "self.kind != 'anthropic' || has(self.baseURL) || has(self.apiKeySecretRef)",
             "message": "an anthropic provider needs apiKeySecretRef (only a custom baseURL may go without a key)",
+            "fieldPath": ".apiKeySecretRef",
         }
     ]
 
@@ -189,10 +191,12 @@ class ModelSpec(Model):
         {
             "rule": "self.providers.all(p, self.providers.exists_one(q, q.name == p.name))",
             "message": "provider names must be unique",
+            "fieldPath": ".providers",
         },
         {
             "rule": "self.strategy != 'weighted' || self.providers.exists(p, p.weight > 0)",
             "message": "the weighted strategy needs at least one provider with weight > 0",
+            "fieldPath": ".providers",
         },
     ]
 
@@ -329,7 +333,9 @@ class Budget(Model):
 class RedisSpec(Model):
     """Where the queue, limits and checkpoints live."""
 
-    url: str | None = Field(default=None, pattern=r"^rediss?://", description="Redis URL, e.g. redis://redis:6379/0.")
+    url: str | None = Field(
+        default=None, pattern=r"^rediss?://", max_length=2048, description="Redis URL, e.g. redis://redis:6379/0."
+    )
     url_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the Redis URL (when it carries a password)."
     )
@@ -338,6 +344,7 @@ class RedisSpec(Model):
         {
             "rule": "has(self.url) != has(self.urlSecretRef)",
             "message": "set exactly one of url or urlSecretRef",
+            "fieldPath": ".url",
         }
     ]
 
@@ -379,8 +386,12 @@ class CanaryCheck(Model):
     max: float | None = Field(default=None, description="Highest passing value.")
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
-        {"rule": "has(self.min) || has(self.max)", "message": "a check needs min, max or both"},
-        {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max", "message": "min must be <= max"},
+        {"rule": "has(self.min) || has(self.max)", "message": "a check needs min, max or both", "fieldPath": ".max"},
+        {
+            "rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
+            "message": "min must be <= max",
+            "fieldPath": ".min",
+        },
     ]
 
     @model_validator(mode="after")
@@ -410,6 +421,9 @@ class Canary(Model):
     )
     max_cost_ratio: float | None = Field(
         default=None, gt=0, description="Canary cost per task may be at most this multiple of stable's."
+    )
+    max_fallback_ratio: float | None = Field(
+        default=None, gt=0, description="Canary provider fallbacks per task may be at most this multiple of stable's."
     )
     failure_limit: int = Field(default=2, ge=1, le=100, description="Failed checks that trigger a rollback.")
     inconclusive_limit: int = Field(
@@ -522,7 +536,8 @@ class AgentServiceSpec(Model):
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
-            "rule": "self.autoscaling.engine != 'keda' || (has(self.redis.url) && !self.redis.url.contains('@'))",
+            "rule": "!self.autoscaling.enabled || self.autoscaling.engine != 'keda'"
+            " || (has(self.redis.url) && !self.redis.url.contains('@'))",
             "message": "the keda engine needs a literal redis.url without credentials (KEDA connects to Redis itself)",
             "fieldPath": ".redis.url",
         }
@@ -530,7 +545,8 @@ class AgentServiceSpec(Model):
 
     @model_validator(mode="after")
     def _keda_reaches_redis(self) -> AgentServiceSpec:
-        if self.autoscaling.engine == AutoscalingEngine.KEDA and (self.redis.url is None or "@" in self.redis.url):
+        keda = self.autoscaling.enabled and self.autoscaling.engine == AutoscalingEngine.KEDA
+        if keda and (self.redis.url is None or "@" in self.redis.url):
             raise CrossFieldError(
                 "redis.url",
                 "the keda engine needs a literal redis.url without credentials (KEDA connects to Redis itself)",

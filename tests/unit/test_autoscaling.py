@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from agent_operator import autoscaling, models, naming, workloads
+from pydantic import ValidationError
 
 from agent_runtime import constants
 
@@ -101,18 +102,21 @@ def test_keda_connection_from_url(url: str, expected: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("redis", "field"),
-    [
-        ({"urlSecretRef": {"name": "r", "key": "url"}}, "spec.redis.urlSecretRef"),
-        ({"url": "redis://:pw@r:6379/0"}, "spec.redis.url"),
-        ({"url": "redis://r:6379/queue"}, "spec.redis.url"),
-    ],
+    "redis",
+    [{"urlSecretRef": {"name": "r", "key": "url"}}, {"url": "redis://:pw@r:6379/0"}],
 )
-def test_keda_refuses_urls_it_cannot_pass(redis: dict[str, Any], field: str) -> None:
+def test_keda_specs_without_a_plain_url_are_invalid(redis: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match=r"the keda engine needs a literal redis\.url"):
+        svc(redis=redis, autoscaling={"engine": "keda"})
+    # the hpa engine serves the same Redis settings
+    assert len(autoscaling.build_autoscalers(svc(redis=redis), version=V)) == 2
+
+
+def test_keda_refuses_urls_it_cannot_pass() -> None:
+    redis = {"url": "redis://r:6379/queue"}
     with pytest.raises(models.CrossFieldError) as caught:
         autoscaling.build_autoscalers(svc(redis=redis, autoscaling={"engine": "keda"}), version=V)
-    assert caught.value.field == field
-    # the hpa engine serves the same Redis settings
+    assert caught.value.field == "spec.redis.url"
     assert len(autoscaling.build_autoscalers(svc(redis=redis), version=V)) == 2
 
 
