@@ -34,4 +34,4 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
 
 def get_logger(name: str, **bound: Any) -> Any:
     """A logger for one module; `bound` values appear on every line it writes."""
-    return structlog.get_logger(name).bind(logger=name, **bound)
+    return structlog.get_logger(module=name, **bound)  # a lazy proxy: `configure()` may run after import

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.process
 import os
 import signal
 import sys
@@ -17,7 +20,7 @@ from typing import Any
 
 from agent_runtime import constants
 
-__all__ = ["RuntimeProcess", "write_config"]
+__all__ = ["ForkedRuntime", "RuntimeProcess", "write_config"]
 
 
 def write_config(directory: Path, config: Mapping[str, Any]) -> Path:
@@ -70,6 +73,84 @@ class RuntimeProcess:
         if self.process.returncode is None:
             self.process.kill()
         await self.process.wait()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _run_cli(args: list[str], env: dict[str, str], log_path: str) -> None:
+    """Child side of `ForkedRuntime`: send output to the log file, then run the CLI's main."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.update(env)
+    from agent_runtime import cli
+
+    sys.exit(cli.main(args))
+
+
+class ForkedRuntime:
+    """An `agent-runtime` process forked from a fork server that has the runtime already imported.
+
+    Crash tests restart workers twenty times; a fresh interpreter spends ~1.7 s importing the
+    anthropic SDK each time. A fork server (multiprocessing "forkserver", runtime preloaded) makes a
+    start cost milliseconds. The child is still its own OS process running `agent_runtime.cli.main`,
+    killed with a real SIGKILL. The fork server exits with the test process.
+    """
+
+    _context: multiprocessing.context.ForkServerContext | None = None
+
+    def __init__(
+        self, args: list[str], *, config_path: Path, redis_url: str, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.args = args
+        self.log_path = config_path.parent / f"{args[0]}-{id(self)}.log"
+        self.env = {constants.CONFIG_PATH_ENV: str(config_path), constants.REDIS_URL_ENV: redis_url, **(env or {})}
+        self.process: multiprocessing.process.BaseProcess | None = None
+
+    @classmethod
+    def context(cls) -> multiprocessing.context.ForkServerContext:
+        if cls._context is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["agent_runtime.cli", "tests.support.processes"])
+            cls._context = context
+        return cls._context
+
+    async def start(self) -> None:
+        self.process = self.context().Process(target=_run_cli, args=(self.args, self.env, str(self.log_path)))
+        await asyncio.to_thread(self.process.start)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None and self.process.pid is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.exitcode is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    async def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.process.exitcode is None:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{self.args[0]} (pid {self.pid}) still running after {timeout} s")
+            await asyncio.sleep(0.01)
+        return self.process.exitcode
+
+    async def kill(self) -> None:
+        """SIGKILL, reap and release (no-op if it already exited)."""
+        if self.process is None:
+            return
+        if self.process.exitcode is None:
+            self.process.kill()
+        await self.wait(10)
+        self.process.close()
+        self.process = None
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
