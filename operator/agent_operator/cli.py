@@ -65,10 +65,21 @@ def load_services(sources: Sequence[str]) -> list[models.AgentService]:
 
 
 def render_children(services: Sequence[models.AgentService]) -> list[dict[str, Any]]:
-    """What the operator would apply for these services, in order."""
+    """What the operator would apply for these services, in order; a spec no builder can serve exits 2."""
     from agent_operator import builders  # noqa: PLC0415 - keeps `agentctl crd` free of builder imports
 
-    return [child for svc in services for child in builders.build_children(svc)]
+    children: list[dict[str, Any]] = []
+    failed = False
+    for svc in services:
+        try:
+            children.extend(builders.build_children(svc))
+        except models.CrossFieldError as exc:  # rules only a builder can check, e.g. a URL KEDA cannot dial
+            failed = True
+            print(f'error: AgentService "{svc.metadata.name}" cannot be served:', file=sys.stderr)
+            print(f"{exc.field}: {exc.message}", file=sys.stderr)
+    if failed:
+        raise SystemExit(EXIT_INVALID)
+    return children
 
 
 def cmd_render(args: argparse.Namespace) -> int:

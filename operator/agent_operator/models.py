@@ -29,6 +29,12 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# What KEDA's redis-streams trigger can dial: host (or [IPv6]), optional port and numeric database.
+KEDA_REDIS_URL = r"^rediss?://([^@/:\[\]]+|\[[0-9a-fA-F:.]+\])(:[0-9]+)?(/[0-9]+)?$"
+KEDA_REDIS_MESSAGE = (
+    "the keda engine needs a plain redis.url, redis[s]://host[:port][/db] without credentials"
+    " (KEDA connects to Redis itself)"
+)
 
 
 class CrossFieldError(ValueError):
@@ -537,8 +543,8 @@ class AgentServiceSpec(Model):
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
             "rule": "!self.autoscaling.enabled || self.autoscaling.engine != 'keda'"
-            " || (has(self.redis.url) && !self.redis.url.contains('@'))",
-            "message": "the keda engine needs a literal redis.url without credentials (KEDA connects to Redis itself)",
+            f" || (has(self.redis.url) && self.redis.url.matches(r'{KEDA_REDIS_URL}'))",
+            "message": KEDA_REDIS_MESSAGE,
             "fieldPath": ".redis.url",
         }
     ]
@@ -546,11 +552,8 @@ class AgentServiceSpec(Model):
     @model_validator(mode="after")
     def _keda_reaches_redis(self) -> AgentServiceSpec:
         keda = self.autoscaling.enabled and self.autoscaling.engine == AutoscalingEngine.KEDA
-        if keda and (self.redis.url is None or "@" in self.redis.url):
-            raise CrossFieldError(
-                "redis.url",
-                "the keda engine needs a literal redis.url without credentials (KEDA connects to Redis itself)",
-            )
+        if keda and (self.redis.url is None or not re.match(KEDA_REDIS_URL, self.redis.url)):
+            raise CrossFieldError("redis.url", KEDA_REDIS_MESSAGE)
         return self
 
     @field_validator("image_pull_policy")
