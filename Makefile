@@ -22,9 +22,12 @@ typecheck: setup
 test: setup lint typecheck
 	$(BIN)/pytest
 
-# Regenerate the committed generated files (CRD, chart copy, docs reference).
+# Regenerate the committed generated files (CRD, its chart copy, RBAC rules, docs reference).
 crd: setup
 	$(BIN)/agentctl crd > crds/agentservices.agentops.dev.yaml
+	cp crds/agentservices.agentops.dev.yaml charts/agentservice-operator/crds/
+	$(BIN)/agentctl rbac > charts/agentservice-operator/files/rbac-rules.yaml
+	$(BIN)/agentctl reference > docs/reference.md
 
 bench: setup
 	$(BIN)/python bench/render.py
