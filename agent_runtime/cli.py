@@ -1,4 +1,4 @@
-"""`agent-runtime api | worker | localmodel`: the processes the operator's Deployments run.
+"""`agent-runtime api | worker | localmodel | demo`: the processes the operator's Deployments run.
 
 Configuration comes from the mounted file (`AGENT_CONFIG_PATH`) and the environment
 (`AGENT_REDIS_URL`, `AGENT_AUTH_TOKEN`, provider keys, `AGENT_TRACK`); see `config.py`.
@@ -21,6 +21,7 @@ from agent_runtime import constants, errors, tracing
 from agent_runtime import logging as runtime_logging
 from agent_runtime.api import create_app
 from agent_runtime.composition import build_worker, connect_redis
+from agent_runtime.localdemo import run_runtime_demo
 from agent_runtime.localmodel import Faults, LocalModelServer
 from agent_runtime.worker import serve_probes
 
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=None, help="overrides worker_concurrency")
     worker.add_argument("--burst", action="store_true", help="drain the queue, then exit")
 
+    sub.add_parser("demo", help="run Redis, the local model, the API and a worker locally; one task through them")
+
     local = sub.add_parser("localmodel", help="serve the local Anthropic-compatible model (offline demo, tests)")
     local.add_argument("--host", default="127.0.0.1")
     local.add_argument("--port", type=int, default=8765)
@@ -58,6 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_api(args)
         if args.command == "worker":
             return asyncio.run(_run_worker(args))
+        if args.command == "demo":
+            asyncio.run(
+                run_runtime_demo(sys.stdout, log_level=args.log_level if args.log_level != "info" else "warning")
+            )
+            return 0
         return asyncio.run(_run_localmodel(args))
     except errors.ConfigError as exc:
         print(f"agent-runtime: configuration error: {exc}", file=sys.stderr)
