@@ -16,6 +16,7 @@ install_system_packages() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v prometheus >/dev/null || missing+=(prometheus)
     command -v promtool >/dev/null || missing+=(prometheus)
+    command -v shellcheck >/dev/null || missing+=(shellcheck)  # the tests lint scripts/*.sh
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         log "missing ${missing[*]}; run as root or install them: apt-get install ${missing[*]}"
@@ -24,7 +25,9 @@ install_system_packages() {
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    local unique
+    mapfile -t unique < <(printf '%s\n' "${missing[@]}" | sort -u)
+    apt-get install -y -qq --no-install-recommends "${unique[@]}" >/dev/null
 }
 
 install_venv() {
@@ -36,7 +39,7 @@ install_venv() {
     local stamp="$VENV/.installed"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         log "installing the project and its dev extras"
-        "$VENV/bin/python" -m pip install -q -e '.[dev]'
+        "$VENV/bin/python" -m pip install -q -e '.[dev]' 2> >(grep -v "^WARNING: Location" >&2)
         touch "$stamp"
     fi
 }
