@@ -1,0 +1,266 @@
+"""Runtime throughput: the queue with an instant model, next to arq; and 500 tasks at 1 s model latency.
+
+Usage: `python bench/runtime_throughput.py [--tasks N] [--concurrency C] [--slow-tasks 500]`.
+
+One redis-server (no persistence) on a free loopback port serves every part, each on a flushed DB:
+1. Queue, no-op task (the runner returns at once): N tasks submitted through `TaskQueue.submit` (what
+   the API does), then drained by one burst worker with concurrency C → tasks/s. Then per-task queue
+   overhead: tasks submitted one at a time to an idle, blocking worker; overhead = result stored
+   (`finished_at`) - submitted (`created_at`), both stamped by this process → p50 / p99.
+2. arq, the equivalent no-op job on the same Redis: N `enqueue_job` calls, then a burst worker with
+   `max_jobs=C` (results kept, as ours are) → jobs/s, printed as a ratio to ours. Its per-job overhead
+   (finish - enqueue, from arq's own result records) is printed too, with its `poll_delay`.
+3. The real agent (anthropic SDK over HTTP) with an instant local model server in another process:
+   tasks/s of one worker process.
+4. 500 tasks, each one model call of 1 s (local model server in another process), one worker process
+   with concurrency 100 and then 500: wall time against the ideal 1 s x ⌈500 / concurrency⌉.
+Targets (issue 4): overhead p50 ≤ 2 ms, throughput ≥ 1.0x arq, 500 tasks ≈ 1 s x ⌈500 / C⌉.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import redis.asyncio
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.worker import Worker as ArqWorker
+from arq.worker import func
+from prometheus_client import CollectorRegistry
+
+from agent_runtime import logging as runtime_logging
+from agent_runtime.agent import Outcome, SaveCheckpoint
+from agent_runtime.composition import build_worker, connect_redis
+from agent_runtime.config import ProviderConfig, RuntimeConfig
+from agent_runtime.localmodel import MODEL
+from agent_runtime.localredis import LocalRedis, free_port
+from agent_runtime.metrics import Metrics
+from agent_runtime.queue import TaskQueue
+from agent_runtime.tasks import Checkpoint, TaskStatus
+from agent_runtime.worker import Worker
+
+ARQ_POLL_DELAY = 0.001  # arq sleeps poll_delay between polls (default 0.5 s); 1 ms is its best case here
+
+
+class Noop:
+    """A runner that answers at once: measures the queue, not a model."""
+
+    async def run(
+        self, task_id: str, task_input: str, checkpoint: Checkpoint, *, max_steps: int, save: SaveCheckpoint
+    ) -> Outcome:
+        return Outcome(TaskStatus.SUCCEEDED, checkpoint, result="ok")
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def noop_worker(client: redis.asyncio.Redis, concurrency: int, *, burst: bool) -> tuple[TaskQueue, Worker]:
+    queue = TaskQueue(client, service="bench")
+    metrics = Metrics(CollectorRegistry(), service="bench", track="stable")
+    worker = Worker(queue=queue, runner=Noop(), metrics=metrics, concurrency=concurrency, burst=burst, block_ms=1000)
+    return queue, worker
+
+
+async def ours_throughput(client: redis.asyncio.Redis, tasks: int, concurrency: int) -> dict[str, float]:
+    await client.flushdb()
+    queue, worker = noop_worker(client, concurrency, burst=True)
+    await queue.ensure_group()
+    start = time.perf_counter()
+    for i in range(tasks):
+        await queue.submit(f"task {i}", max_steps=1)
+    submitted = time.perf_counter()
+    await worker.run()
+    done = time.perf_counter()
+    assert worker.processed == tasks and await queue.depth() == 0
+    return {
+        "submit_per_s": tasks / (submitted - start),
+        "run_per_s": tasks / (done - submitted),
+        "e2e_per_s": tasks / (done - start),
+    }
+
+
+async def ours_overhead(client: redis.asyncio.Redis, tasks: int) -> list[float]:
+    await client.flushdb()
+    queue, worker = noop_worker(client, 8, burst=False)
+    await queue.ensure_group()
+    running = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.2)  # the worker is now blocked in XREADGROUP, as an idle worker is
+    ids = []
+    for i in range(tasks):
+        ids.append((await queue.submit(f"task {i}", max_steps=1)).task_id)
+        while worker.processed <= i:
+            await asyncio.sleep(0)
+    worker.stop()
+    await running
+    overheads = []
+    for task_id in ids:
+        record = await queue.get(task_id)
+        assert record.finished_at is not None
+        overheads.append(record.finished_at - record.created_at)
+    return overheads
+
+
+async def noop(ctx: dict[str, Any]) -> None:
+    return None
+
+
+async def arq_run(port: int, tasks: int, concurrency: int, *, poll_delay: float) -> dict[str, Any]:
+    settings = RedisSettings(host="127.0.0.1", port=port)
+    pool = await create_pool(settings)
+    await pool.flushdb()
+    start = time.perf_counter()
+    jobs = [await pool.enqueue_job("noop") for _ in range(tasks)]
+    submitted = time.perf_counter()
+    worker = ArqWorker(
+        functions=[func(noop, name="noop")],
+        redis_pool=pool,
+        burst=True,
+        max_jobs=concurrency,
+        handle_signals=False,
+        poll_delay=poll_delay,
+        log_results=False,
+    )
+    await worker.main()
+    done = time.perf_counter()
+    assert worker.jobs_complete == tasks and all(jobs), worker.jobs_complete
+    await worker.close()
+    await pool.aclose()
+    return {
+        "submit_per_s": tasks / (submitted - start),
+        "run_per_s": tasks / (done - submitted),
+        "e2e_per_s": tasks / (done - start),
+    }
+
+
+async def arq_overhead(port: int, tasks: int, *, poll_delay: float) -> list[float]:
+    """Enqueue → finish of jobs sent one at a time to a running arq worker (arq stamps in milliseconds)."""
+    pool = await create_pool(RedisSettings(host="127.0.0.1", port=port))
+    await pool.flushdb()
+    worker = ArqWorker(
+        functions=[func(noop, name="noop")],
+        redis_pool=pool,
+        max_jobs=8,
+        handle_signals=False,
+        poll_delay=poll_delay,
+        log_results=False,
+    )
+    running = asyncio.create_task(worker.main())
+    overheads = []
+    for _ in range(tasks):
+        job = await pool.enqueue_job("noop")
+        assert job is not None
+        await job.result(poll_delay=0.0005)
+        info = await job.result_info()
+        assert info is not None
+        overheads.append((info.finish_time - info.enqueue_time).total_seconds())
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    await worker.close()
+    await pool.aclose()
+    return overheads
+
+
+def start_model_server(latency: float) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    args = [sys.executable, "-m", "agent_runtime.cli", "--log-level", "warning", "localmodel", "--port", str(port),
+            "--latency", str(latency)]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    process.stdout.readline()  # "local model server on ..." once it listens
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def agent_run(client: redis.asyncio.Redis, base_url: str, tasks: int, concurrency: int) -> float:
+    """Seconds for one worker process to finish `tasks` one-step tasks through the real agent."""
+    await client.flushdb()
+    config = RuntimeConfig(
+        service="bench",
+        providers=[ProviderConfig(name="local", model=MODEL, base_url=base_url)],
+        provider_max_retries=0,
+        worker_concurrency=concurrency,
+    )
+    parts = build_worker(config, redis_client=client, registry=CollectorRegistry(), burst=True)
+    ids = [(await parts.queue.submit(f"Say hello to number {i}.", max_steps=2)).task_id for i in range(tasks)]
+    start = time.perf_counter()
+    await parts.worker.run()
+    elapsed = time.perf_counter() - start
+    failed = [r.error for r in [await parts.queue.get(t) for t in ids] if r.status != TaskStatus.SUCCEEDED]
+    assert not failed, failed[:3]
+    await parts.aclose()
+    return elapsed
+
+
+async def main(args: argparse.Namespace) -> None:
+    runtime_logging.configure("error")
+    print(f"runtime_throughput: {args.tasks} tasks, concurrency {args.concurrency}, Python {sys.version.split()[0]}, "
+          f"{os.cpu_count()} cores")  # fmt: skip
+    with LocalRedis(durable=False) as server:
+        client = connect_redis(server.url)
+        # warm-up (script loading, connection pool), then the measured runs
+        await ours_throughput(client, 200, args.concurrency)
+        await arq_run(server.port, 200, args.concurrency, poll_delay=ARQ_POLL_DELAY)
+
+        ours = await ours_throughput(client, args.tasks, args.concurrency)
+        arq = await arq_run(server.port, args.tasks, args.concurrency, poll_delay=ARQ_POLL_DELAY)
+        print(f"\n1-2. no-op task, one worker, same Redis (arq poll_delay {ARQ_POLL_DELAY * 1000:g} ms, max_jobs = C)")
+        print(f"  ours : submit {ours['submit_per_s']:7.0f}/s   drain {ours['run_per_s']:7.0f}/s   "
+              f"end-to-end {ours['e2e_per_s']:7.0f}/s")  # fmt: skip
+        print(f"  arq  : submit {arq['submit_per_s']:7.0f}/s   drain {arq['run_per_s']:7.0f}/s   "
+              f"end-to-end {arq['e2e_per_s']:7.0f}/s")  # fmt: skip
+        print(f"  ratio ours/arq: drain {ours['run_per_s'] / arq['run_per_s']:.2f}x   "
+              f"end-to-end {ours['e2e_per_s'] / arq['e2e_per_s']:.2f}x   (target >= 1.0x)")  # fmt: skip
+
+        overheads = await ours_overhead(client, args.overhead_tasks)
+        print(f"\n  queue overhead per task (submit -> result stored, idle worker, {len(overheads)} tasks):")
+        print(f"  ours : p50 {ms(statistics.median(overheads))}   p99 {ms(percentile(overheads, 0.99))}   "
+              f"(target p50 <= 2 ms)")  # fmt: skip
+        arq_over = await arq_overhead(server.port, args.overhead_tasks, poll_delay=ARQ_POLL_DELAY)
+        print(f"  arq  : p50 {ms(statistics.median(arq_over))}   p99 {ms(percentile(arq_over, 0.99))}   "
+              f"(enqueue -> finish as arq records it, ms resolution)")  # fmt: skip
+
+        model, url = start_model_server(0.0)
+        try:
+            elapsed = await agent_run(client, url, args.agent_tasks, args.concurrency)
+            print(f"\n3. real agent loop, instant local model in another process: {args.agent_tasks} one-step tasks "
+                  f"in {elapsed:.2f} s = {args.agent_tasks / elapsed:.0f} tasks/s")  # fmt: skip
+        finally:
+            model.terminate()
+            model.wait()
+
+        model, url = start_model_server(1.0)
+        try:
+            print(f"\n4. {args.slow_tasks} tasks, one model call of 1 s each, one worker process")
+            for concurrency in (100, 500):
+                elapsed = await agent_run(client, url, args.slow_tasks, concurrency)
+                ideal = 1.0 * math.ceil(args.slow_tasks / concurrency)
+                print(f"  concurrency {concurrency:3d}: {elapsed:.2f} s (ideal {ideal:.0f} s, {elapsed / ideal:.2f}x)")
+        finally:
+            model.terminate()
+            model.wait()
+        await client.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--overhead-tasks", type=int, default=1000)
+    parser.add_argument("--agent-tasks", type=int, default=1000)
+    parser.add_argument("--slow-tasks", type=int, default=500)
+    asyncio.run(main(parser.parse_args()))
