@@ -95,6 +95,7 @@ class Worker:
         background = [asyncio.create_task(self._every(self.claim_interval_seconds, self._heartbeat))]
         if not self.burst:
             background.append(asyncio.create_task(self._every(self.depth_interval_seconds, self.refresh_depth)))
+            background.append(asyncio.create_task(self._every(max(self.claim_interval_seconds * 30, 60.0), self._tidy)))
         try:
             await self._loop()
         finally:
@@ -170,6 +171,12 @@ class Worker:
     async def _heartbeat(self) -> None:
         if self._inflight:
             await self.queue.heartbeat(self.consumer, list(self._inflight.values()))
+
+    async def _tidy(self) -> None:
+        """Forget consumers of dead pods that hold nothing, so the group does not grow forever."""
+        removed = await self.queue.forget_idle_consumers(idle_seconds=self.queue.claim_idle_ms / 1000 * 10)
+        if removed:
+            log.info("consumers_forgotten", count=removed)
 
     async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -282,7 +289,9 @@ async def serve_probes(queue: TaskQueue, metrics: Metrics, worker: Worker, *, ho
             await queue.ping()
         except errors.StoreUnavailable as exc:
             return web.json_response({"ready": False, "reason": str(exc)}, status=503)
-        return web.json_response({"ready": not worker.stopping})
+        if worker.stopping:
+            return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
+        return web.json_response({"ready": True})
 
     async def scrape(request: web.Request) -> web.Response:
         with contextlib.suppress(errors.StoreUnavailable):

@@ -5,8 +5,8 @@ intent, latency and steps histograms, cost, tool calls, active tasks, provider h
 cancellations counted once by the API); the exposition on the API's and the worker's /metrics over
 HTTP carries every series the alert rules, dashboards and canary analysis query (names from
 `constants`), each sample labelled with service and track (here track=canary); the worker's /health
-and /ready; JSON log lines bound to the task id and the request id; tracing stays off without an OTLP
-endpoint and without the `otel` extra.
+and /ready (503 once it is shutting down); JSON log lines bound to the task id and the request id;
+tracing stays off without an OTLP endpoint and without the `otel` extra.
 """
 
 from __future__ import annotations
@@ -103,6 +103,9 @@ async def test_worker_metrics_endpoint_serves_every_queried_series(
             text = (await client.get(constants.METRICS_PATH)).text
             assert (await client.get(constants.HEALTH_PATH)).json()["status"] == "ok"
             assert (await client.get(constants.READY_PATH)).json() == {"ready": True}
+            parts.worker.stop()
+            stopping = await client.get(constants.READY_PATH)
+            assert stopping.status_code == 503 and stopping.json() == {"ready": False, "reason": "shutting down"}
     finally:
         await runner.cleanup()
     samples = [s for family in text_string_to_metric_families(text) for s in family.samples]

@@ -6,7 +6,8 @@ after finish, pending while running); reclaim (XAUTOCLAIM) of a dead consumer's 
 timeout, and none before it; heartbeats keep a live consumer's entry from being reclaimed; fencing
 (a stale delivery can neither checkpoint nor store a result); dead-lettering after N deliveries with
 the last error; depth = waiting + pending; requeue on shutdown keeps the checkpoint and does not count
-as a delivery; cancel of a running task stops its writer.
+as a delivery; cancel of a running task stops its writer; consumers of dead pods that hold
+nothing are forgotten, those holding entries kept.
 """
 
 from __future__ import annotations
@@ -185,3 +186,19 @@ async def test_cancel_running_task_stops_its_writer(redis_client: redis.asyncio.
         await queue.finish(claim, TaskStatus.SUCCEEDED, checkpoint=Checkpoint(), result="x", error=None) == "cancelled"
     )
     assert (await queue.get(made.task_id)).status == TaskStatus.CANCELLED
+
+
+async def test_forget_idle_consumers_keeps_those_holding_tasks(redis_client: redis.asyncio.Redis) -> None:
+    queue = make_queue(redis_client)
+    await queue.ensure_group()
+    await queue.submit("x", max_steps=3)
+    await queue.submit("y", max_steps=3)
+    [done] = await queue.read("finished-pod", 1)
+    claim = await queue.claim(done, "finished-pod")
+    assert claim is not None
+    assert await queue.finish(claim, TaskStatus.SUCCEEDED, checkpoint=Checkpoint(), result="ok", error=None) == "stored"
+    assert await queue.read("busy-pod", 1)
+    await asyncio.sleep(0.1)
+    assert await queue.forget_idle_consumers(idle_seconds=0.05) == 1
+    names = {c["name"] for c in await redis_client.xinfo_consumers(queue.streams["normal"], queue.group)}
+    assert names == {"busy-pod"}
