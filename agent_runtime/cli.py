@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -84,13 +85,23 @@ def _run_api(args: argparse.Namespace) -> int:
     tracing.configure(f"{config.service}-api")
     redis_client = connect_redis(_redis_url())
     app = create_app(config, redis=redis_client, registry=CollectorRegistry(), auth_token=token)
-    server = uvicorn.Server(
+    server = _ApiServer(
         uvicorn.Config(
             app, host=args.host, port=args.port, log_config=None, access_log=False, timeout_graceful_shutdown=20
         )
     )
     server.run()
     return 0
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown (exit 143); the API exits 0 like the worker."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()  # private in uvicorn >= 0.29: what it would re-raise
 
 
 async def _run_worker(args: argparse.Namespace) -> int:
