@@ -71,6 +71,16 @@ PLURALS: Final[dict[tuple[str, str], str]] = {
     (models.API_VERSION, models.KIND): models.PLURAL,
 }
 NAMED_LIST_KEYS: Final = ("name", "containerPort", "port")
+# Children that a spec change can make unwanted (autoscaling off, engine switched, budgets or policy
+# or alerts disabled); they are deleted when owned and no longer desired. Deployments are never
+# pruned here: the canary rollout owns the lifecycle of the canary track.
+PRUNABLE: Final = (
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+)
 
 
 class ApiError(Exception):
@@ -336,6 +346,21 @@ class Client:
         )
         return result or {}
 
+    async def list_objects(
+        self, api_version: str, kind: str, namespace: str, *, selector: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """Objects of one kind in a namespace matching an equality label selector ([] if not served)."""
+        params = {"labelSelector": ",".join(f"{k}={v}" for k, v in selector.items())}
+        result = await self.request("GET", object_path(api_version, kind, namespace), params=params)
+        return list((result or {}).get("items") or [])
+
+    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        try:
+            await self.request("DELETE", object_path(api_version, kind, namespace, name), kind=kind)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
     async def patch_status(self, owner: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Merge-patch the status subresource of an object."""
         meta = owner["metadata"]
@@ -445,6 +470,25 @@ async def apply_all(
             raise
         written.append(name)
     return Result(written=tuple(written), live=result_live, skipped=tuple(sorted(set(skipped))))
+
+
+async def prune(
+    client: Client, owner: Mapping[str, Any], desired: Sequence[Mapping[str, Any]], selector: Mapping[str, str]
+) -> tuple[str, ...]:
+    """Delete owned children of the prunable kinds that are no longer desired; return `Kind/name`s."""
+    meta = owner["metadata"]
+    wanted = {key(c) for c in desired}
+    deleted = []
+    for api_version, kind in PRUNABLE:
+        for obj in await client.list_objects(api_version, kind, meta["namespace"], selector=selector):
+            refs = obj.get("metadata", {}).get("ownerReferences") or []
+            name = f"{kind}/{obj['metadata']['name']}"
+            if name in wanted or not any(ref.get("uid") == meta.get("uid") for ref in refs):
+                continue
+            log.info("prune", child=name)
+            await client.delete(api_version, kind, meta["namespace"], obj["metadata"]["name"])
+            deleted.append(name)
+    return tuple(deleted)
 
 
 def _handover_needed(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:

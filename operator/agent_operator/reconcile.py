@@ -127,6 +127,7 @@ class Reconciler:
         desired = apply.adopt(children, owner=body)
         live = await apply.read_live(self._client, desired)
         result = await apply.apply_all(self._client, desired, live)
+        pruned = await apply.prune(self._client, body, desired, naming.instance_labels(svc.metadata.name))
         if new_token:
             log.info("auth_token_created", service=svc.metadata.name, namespace=namespace)
 
@@ -144,6 +145,8 @@ class Reconciler:
             workloads=tuple(workloads),
             skipped=result.skipped,
         )
+        if pruned:
+            await self._client.event(body, reason="Pruned", message=f"deleted {', '.join(pruned)}")
         if result.written:
             created = [k for k in result.written if live.get(k) is None]
             updated = [k for k in result.written if live.get(k) is not None]
@@ -158,7 +161,7 @@ class Reconciler:
             await self._client.event(body, reason="Applied", message=message)
         revision = builders.revision(svc, version=self._version)
         phase, written = await self._write_status(body, obs, memory, revision=revision, workloads=workloads)
-        return Outcome(phase, written=result.written, missing_secrets=tuple(missing), status_written=written)
+        return Outcome(phase, written=result.written + pruned, missing_secrets=tuple(missing), status_written=written)
 
     def _desired(self, body: Mapping[str, Any]) -> tuple[models.AgentService, list[dict[str, Any]]]:
         """Parse the body and build its children, or raise SpecInvalid naming the field."""

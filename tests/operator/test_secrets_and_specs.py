@@ -7,7 +7,8 @@ Covers:
 - a spec that passes the CRD schema but not the model → SpecInvalid naming the field, phase
   Failed, a Warning Event, no children, and no hot retry loop; fixing it recovers;
 - autoscaling turned on for a Deployment with applied replicas → the HPA is created and the
-  replicas are handed over, not reset; the HPA's later replica changes are never fought.
+  replicas are handed over, not reset; the HPA's later replica changes are never fought;
+  autoscaling and disruption budgets turned off → their children are pruned.
 """
 
 from __future__ import annotations
@@ -134,3 +135,10 @@ async def test_autoscaling_takes_over_replicas_without_a_fight(operator: Operato
     await operator.settle(passes=4)
     assert child_writes(operator.cluster.writes(mark)) == set()
     assert operator.children()["Deployment/demo-worker"]["spec"]["replicas"] == 6
+
+    # Autoscaling off again: the HPAs are pruned, the spec's replicas apply.
+    await operator.put(agent_service(pod_disruption_budget={"enabled": False}))
+    await eventually(
+        lambda: not any(k.startswith(("HorizontalPodAutoscaler/", "PodDisruptionBudget/")) for k in operator.children())
+    )
+    await eventually(lambda: operator.children()["Deployment/demo-worker"]["spec"]["replicas"] == 3)
