@@ -490,6 +490,11 @@ class DevCluster(kmock.KubernetesEmulator):
         assert result is not None
         return result
 
+    async def delete_object(self, plural: str, namespace: str | None, name: str) -> None:
+        """Delete an object as a user would (finalizers and garbage collection included)."""
+        async with self._lock:
+            await self._delete((kmock.resource(plural), namespace, name))
+
     async def simulate_rollouts(self, namespace: str | None = None, *, ready: bool = True) -> int:
         """Play the Deployment controller: report every Deployment rolled out (or not ready)."""
         resource = kmock.resource("apps", "v1", "deployments")

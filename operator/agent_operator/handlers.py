@@ -1,10 +1,11 @@
 """kopf handlers: thin decorators around `Reconciler.reconcile`, registered on an explicit registry.
 
-One reconcile serves create, update and resume; a timer re-runs it every `resync_interval`
-seconds to restore deleted or hand-edited children and to notice Secrets that appeared. No
-finalizer: the children carry ownerReferences, so Kubernetes' garbage collector removes them with
-their AgentService, and nothing outside the cluster needs cleaning up (the delete handler is
-optional, which keeps kopf from adding one; it only forgets the object's bookkeeping).
+One reconcile serves create, update and resume; a resync loop re-runs it for every object each
+`resync_interval` seconds to restore deleted or hand-edited children and to notice Secrets that
+appeared. The loop is one task fed by the watch stream (`on.event`), not a `kopf.timer`: kopf
+puts a finalizer on every object with a timer, and this operator needs none — the children carry
+ownerReferences, so Kubernetes' garbage collector removes them with their AgentService, and
+nothing outside the cluster needs cleaning up.
 
 The reconciler reaches the handlers through kopf's `memo` (injected by `run.py`), and the timer
 interval is a registration argument, so no handler reads configuration.
@@ -12,6 +13,8 @@ interval is a registration argument, so no handler reads configuration.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import kopf
@@ -52,11 +55,22 @@ def register(registry: kopf.OperatorRegistry, *, resync_interval: float) -> None
     async def agentservice_reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
         await _run(body, memo, permanent_invalid=True)
 
-    @kopf.timer(*RESOURCE, interval=resync_interval, initial_delay=resync_interval, registry=registry)
-    async def agentservice_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
-        # An invalid spec already carries its condition; the timer just looks again quietly.
-        await _run(body, memo, permanent_invalid=False)
+    @kopf.on.event(*RESOURCE, registry=registry)
+    async def agentservice_observe(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+        body = event["object"]
+        if event["type"] == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+            _reconciler(memo).forget(str(body.get("metadata", {}).get("uid") or body["metadata"]["name"]))
+        else:
+            _reconciler(memo).observe(body)
 
-    @kopf.on.delete(*RESOURCE, optional=True, registry=registry)
-    async def agentservice_delete(body: kopf.Body, memo: Any, **_: Any) -> None:
-        _reconciler(memo).forget(str(body.get("metadata", {}).get("uid") or body["metadata"]["name"]))
+    @kopf.on.startup(registry=registry)
+    async def agentservice_resync_start(memo: Any, **_: Any) -> None:
+        memo.resync = asyncio.create_task(_reconciler(memo).resync_forever(resync_interval), name="resync")
+
+    @kopf.on.cleanup(registry=registry)
+    async def agentservice_resync_stop(memo: Any, **_: Any) -> None:
+        task: asyncio.Task[None] | None = getattr(memo, "resync", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -14,6 +14,7 @@ resync timer picks the service up again once the Secret exists.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import datetime
 import time
@@ -78,17 +79,46 @@ class Reconciler:
         self._version = version
         self._clock = clock
         self._memory: dict[str, _Memory] = {}
+        self._known: dict[str, dict[str, Any]] = {}
 
     def forget(self, uid: str) -> None:
         """Drop the bookkeeping of a deleted object."""
         self._memory.pop(uid, None)
-        self._metrics.services.set(len(self._memory))
+        self._known.pop(uid, None)
+        self._metrics.services.set(len(self._known))
+
+    def observe(self, body: Mapping[str, Any]) -> None:
+        """Remember the latest body of an object (fed from the watch stream) for the resync loop."""
+        uid = str(body.get("metadata", {}).get("uid") or body["metadata"]["name"])
+        self._known[uid] = copy.deepcopy(dict(body))
+        self._metrics.services.set(len(self._known))
+
+    async def resync_forever(self, interval: float, *, concurrency: int = 16) -> None:
+        """Reconcile every known object every `interval` seconds (level-triggered drift repair).
+
+        One loop for all objects rather than a kopf timer per object: kopf puts a finalizer on
+        every object that has a timer, and nothing outside Kubernetes needs cleaning up here.
+        A failing object is logged and retried on the next pass; the others are not held up.
+        """
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(body: Mapping[str, Any]) -> None:
+            async with gate:
+                try:
+                    await self.reconcile(body)
+                except apply.ApiError as exc:
+                    log.warning("resync_failed", name=body["metadata"].get("name"), error=str(exc))
+                except Exception:
+                    log.exception("resync_crashed", name=body["metadata"].get("name"))
+
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.gather(*(one(body) for body in list(self._known.values())))
 
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         """Reconcile one AgentService body; serialised per object (handlers and timer may overlap)."""
         uid = str(body.get("metadata", {}).get("uid") or body["metadata"]["name"])
         memory = self._memory.setdefault(uid, _Memory())
-        self._metrics.services.set(len(self._memory))
         started = time.perf_counter()
         async with memory.lock:
             try:

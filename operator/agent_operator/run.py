@@ -165,6 +165,37 @@ async def operate(
             await runner.cleanup()
 
 
+class Background:
+    """The operator in a thread with its own event loop, for embedding programs (demo, bench)."""
+
+    def __init__(self, config: Config, metrics: opmetrics.Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else opmetrics.create()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._main, name="agentservice-operator", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(operate(self.config, metrics=self.metrics, stop_flag=self._stop, ready_flag=self._ready))
+        except BaseException as exc:  # surfaced by start()/stop()
+            self._errors.append(exc)
+            self._ready.set()
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self._thread.start()
+        await asyncio.to_thread(self._ready.wait, timeout)
+        if self._errors or not self._ready.is_set():
+            raise RuntimeError(f"the operator did not start: {self._errors or 'timeout'}")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, timeout)
+        if self._errors:
+            raise RuntimeError(f"the operator failed: {self._errors[0]!r}") from self._errors[0]
+
+
 def _configure_logging(log_format: str, verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL)

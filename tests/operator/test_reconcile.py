@@ -83,6 +83,8 @@ async def test_create_builds_every_child_owned_and_labelled(operator: Operator) 
     }
     events = [e for e in operator.cluster.live_objects("v1/events", "default") if e["involvedObject"]["name"] == "demo"]
     assert {e["reason"] for e in events} >= {"Applied", "Ready"}
+    # No finalizer: nothing outside the cluster to clean up, the garbage collector does the rest.
+    assert not (operator.service() or {})["metadata"].get("finalizers")
     # the auth Secret got a token
     secret = children["Secret/demo-auth"]
     assert set(secret["data"]) == {"token"}
