@@ -1,9 +1,11 @@
 """The task API (FastAPI): submit, inspect and cancel tasks; probes and metrics.
 
 `POST /v1/tasks` answers at once with the task id and its status URL (work happens in the workers);
-`GET /v1/tasks/{id}` shows status, progress, result, error and usage; `DELETE /v1/tasks/{id}`
-cancels. `/v1/*` needs `Authorization: Bearer <AGENT_AUTH_TOKEN>`; `/health`, `/ready` and `/metrics`
-do not (kubelet probes and Prometheus scrapes carry no token). Every error body is
+`GET /v1/tasks/{id}` shows status, progress, result, error, usage and the degradation level the
+task ran at; `DELETE /v1/tasks/{id}` cancels. While the service's daily budget is spent, submissions
+answer 429 `budget exhausted until 00:00 UTC` with the figure and a `retry-after` (`budget.py`).
+`/v1/*` needs `Authorization: Bearer <AGENT_AUTH_TOKEN>`; `/health`, `/ready` and `/metrics` do not
+(kubelet probes and Prometheus scrapes carry no token). Every error body is
 `{"error": "<what to fix>"}`; Redis trouble is a 503 and `/ready` turns false until it answers again.
 """
 
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_runtime import constants, errors
+from agent_runtime.budget import DailyBudget
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
@@ -78,15 +81,18 @@ def create_app(
     app = FastAPI(title="agent-runtime", version="1", docs_url=None, redoc_url=None)
     app.state.queue = queue
     app.state.metrics = metrics
-    app.include_router(_task_routes(config, queue, metrics, auth_token))
+    daily = DailyBudget(redis, service=config.service, limit_usd=config.daily_budget_usd)
+    app.include_router(_task_routes(config, queue, metrics, auth_token, daily))
     app.include_router(_probe_routes(queue, metrics))
-    _install_error_handlers(app)
+    _install_error_handlers(app, metrics, daily)
     app.add_middleware(_RequestId)
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
     return app
 
 
-def _task_routes(config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, auth_token: str | None) -> APIRouter:
+def _task_routes(
+    config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, auth_token: str | None, daily: DailyBudget
+) -> APIRouter:
     async def authorize(request: Request) -> None:
         if auth_token is None:
             return
@@ -101,6 +107,7 @@ def _task_routes(config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, auth
         if len(body.input) > config.max_input_chars:
             limit = config.max_input_chars
             raise _Rejected(422, f"input is {len(body.input)} characters; the limit is {limit} (max_input_chars)")
+        await daily.check()
         made = await queue.submit(
             body.input,
             priority=body.priority,
@@ -190,7 +197,7 @@ def _describe(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: DailyBudget) -> None:
     handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {}
 
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -213,7 +220,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.warning("store_unavailable", error=str(exc))
         return _error(503, str(exc), {"retry-after": "1"})
 
+    async def budget_exhausted(request: Request, exc: errors.BudgetExhausted) -> JSONResponse:
+        metrics.budget_rejected("daily")
+        return _error(429, str(exc), {"retry-after": str(daily.retry_after())})
+
     handlers[RequestValidationError] = validation
+    handlers[errors.BudgetExhausted] = budget_exhausted
     handlers[_Unauthorized] = unauthorized
     handlers[_Rejected] = rejected
     handlers[errors.TaskNotFound] = not_found

@@ -12,6 +12,7 @@ import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.agent import Agent
+from agent_runtime.budget import DailyBudget
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
@@ -54,7 +55,7 @@ def build_worker(
 ) -> WorkerParts:
     """Wire one worker; the caller runs `parts.worker.run()` and then `await parts.aclose()`."""
     metrics = Metrics(registry, service=config.service, track=config.track.value, known_intents=config.known_intents)
-    providers = build_providers(config, metrics=metrics, environ=environ)
+    providers = build_providers(config, metrics=metrics, environ=environ, redis_client=redis_client)
     agent = Agent(
         providers=providers,
         tools=load_registry(config.tools),
@@ -62,6 +63,9 @@ def build_worker(
         metrics=metrics,
         system_prompt=config.system_prompt,
         max_output_tokens=config.max_output_tokens,
+        degraded_tools=config.degraded_tools,
+        per_task_budget_usd=config.per_task_budget_usd,
+        daily_budget=DailyBudget(redis_client, service=config.service, limit_usd=config.daily_budget_usd),
     )
     queue = TaskQueue.from_config(config, redis_client)
     worker = Worker(

@@ -34,6 +34,12 @@ class ProviderConfig(BaseModel):
     base_url: str | None = None
     weight: int = 1
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="This provider's request limit; None: RuntimeConfig.requests_per_minute."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="This provider's token limit; None: RuntimeConfig.tokens_per_minute."
+    )
 
 
 class PriceConfig(BaseModel):
@@ -79,6 +85,29 @@ class RuntimeConfig(BaseModel):
     task_ttl_seconds: int = Field(default=7 * 86_400, ge=60, description="How long finished task records are kept.")
     provider_max_retries: int = Field(default=2, ge=0, description="SDK retries per model call (honours retry-after).")
     provider_timeout_seconds: float = Field(default=120.0, gt=0)
+    # --- resilience (ratelimit.py, breaker.py, cache.py, degradation.py, budget.py) ---
+    rate_limit_burst_fraction: float = Field(
+        default=0.1, ge=0, le=1, description="Share of a minute's limits that may go at once after an idle spell."
+    )
+    rate_limit_headroom: float = Field(
+        default=0.02, ge=0, le=0.5, description="Grants are spaced this much wider than the limit, absorbing jitter."
+    )
+    rate_limit_max_wait_seconds: float = Field(
+        default=5.0, ge=0, description="Wait this long for a provider's slot before trying the next provider."
+    )
+    retry_base_seconds: float = Field(default=0.5, ge=0, description="First retry delay (doubles, full jitter).")
+    retry_max_seconds: float = Field(default=8.0, ge=0, description="Longest retry delay.")
+    breaker_failure_threshold: int = Field(
+        default=5, ge=1, description="Consecutive failures (5xx, timeouts) that open a provider's circuit."
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=30.0, ge=0, description="Time an open circuit waits before letting one probe call through."
+    )
+    degraded_tools: list[str] = Field(
+        default_factory=list, description="Tools kept when degraded (reduced_tools and below); others are withheld."
+    )
+    cache_enabled: bool = Field(default=False, description="Serve identical model requests from the response cache.")
+    cache_ttl_seconds: int = Field(default=3600, ge=1, description="How long a cached model reply is served.")
     known_intents: list[str] = Field(
         default_factory=list,
         description="Values of metadata.intent used as the metric label; others count as 'other' (bounded labels).",

@@ -16,6 +16,12 @@ METRIC_TOOL_CALLS: Final = "agent_tool_calls_total"  # labels: tool_name, status
 METRIC_QUEUE_DEPTH: Final = "agent_queue_depth"  # gauge: waiting + pending entries
 METRIC_PROVIDER_HEALTHY: Final = "llm_provider_healthy"  # gauge 0/1, label: provider
 METRIC_PROVIDER_FALLBACKS: Final = "agent_provider_fallbacks_total"  # calls moved to another provider
+METRIC_CIRCUIT_STATE: Final = "llm_circuit_state"  # gauge 0 closed, 1 half-open, 2 open; label: provider
+METRIC_PROVIDER_CALLS: Final = "llm_provider_calls_total"  # labels: provider, outcome (ok|unavailable|rate_limited)
+METRIC_RATELIMIT_WAIT: Final = "llm_ratelimit_wait_seconds"  # histogram of time spent waiting for a slot
+METRIC_DEGRADATION: Final = "agent_degradation_level"  # gauge 0 full, 1 reduced_tools, 2 fallback_only, 3 static
+METRIC_CACHE: Final = "agent_cache_requests_total"  # label: result (hit|miss)
+METRIC_BUDGET_REJECTIONS: Final = "agent_budget_rejections_total"  # label: budget (daily|per_task)
 # Series names as exposed by prometheus_client (counters gain `_total`, histograms `_bucket/_sum/_count`);
 # alert rules, dashboards and canary queries use these.
 SERIES_REQUESTS: Final = "agent_requests_total"
@@ -72,6 +78,21 @@ def task_key(service: str, task_id: str) -> str:
 def idempotency_key(service: str, key: str) -> str:
     """The Redis string mapping a client's idempotency key to the task it created."""
     return f"{KEY_PREFIX}:{service}:idem:{key}"
+
+
+def ratelimit_key(service: str, provider: str, part: str) -> str:
+    """A provider's shared limiter state: `requests` / `tokens` (GCRA arrival times) or `backoff` (retry-after)."""
+    return f"{KEY_PREFIX}:{service}:ratelimit:{provider}:{part}"
+
+
+def cache_key(service: str, digest: str) -> str:
+    """A cached model reply, by the hash of its request."""
+    return f"{KEY_PREFIX}:{service}:cache:{digest}"
+
+
+def spend_key(service: str, day: str) -> str:
+    """The service's LLM spend (USD) of one UTC day (`YYYY-MM-DD`), shared by every replica."""
+    return f"{KEY_PREFIX}:{service}:spend:{day}"
 
 
 def dead_letter_key(service: str) -> str:

@@ -8,12 +8,16 @@ can act on).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import anthropic
+import httpx
 import redis.exceptions
 
 __all__ = [
     "AgentRuntimeError",
+    "AllProvidersUnavailable",
+    "BudgetExhausted",
     "ConfigError",
     "InvalidTask",
     "OwnershipLost",
@@ -24,8 +28,11 @@ __all__ = [
     "TaskFailed",
     "TaskNotFound",
     "TaskStateConflict",
+    "from_http_status",
+    "from_httpx",
     "from_provider",
     "from_redis",
+    "retry_after_seconds",
 ]
 
 
@@ -66,7 +73,24 @@ class ProviderError(AgentRuntimeError):
 
 
 class ProviderUnavailable(ProviderError):
-    """The provider is down, overloaded or rate limiting after the SDK's own retries: try later or elsewhere."""
+    """The provider is down, overloaded, timing out or rate limiting: try later or elsewhere."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status, when there was one
+        self.retry_after = retry_after  # seconds the provider asked for (429/529 `retry-after`)
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.status == 429
+
+
+class AllProvidersUnavailable(ProviderError):
+    """Every provider's circuit is open: the task fails at once instead of waiting for a recovery."""
+
+
+class BudgetExhausted(AgentRuntimeError):
+    """A spending limit is reached (the message names the figure and the limit)."""
 
 
 class ProviderResponseError(ProviderError):
@@ -85,15 +109,47 @@ def from_redis(exc: redis.exceptions.RedisError) -> AgentRuntimeError:
 def from_provider(provider: str, exc: Exception) -> ProviderError:
     """Map an error raised by an `anthropic` client call (SDK errors, and JSON errors on malformed bodies)."""
     if isinstance(exc, anthropic.APIStatusError):
-        status = exc.status_code
-        if status == 429 or status >= 500:
-            return ProviderUnavailable(f"provider {provider!r} answered HTTP {status}: {_api_message(exc)}")
-        return ProviderResponseError(f"provider {provider!r} rejected the request (HTTP {status}): {_api_message(exc)}")
+        return from_http_status(provider, exc.status_code, _api_message(exc), exc.response.headers)
     if isinstance(exc, anthropic.APIConnectionError):  # includes APITimeoutError
         return ProviderUnavailable(f"provider {provider!r} unreachable: {type(exc).__name__}: {exc}")
     if isinstance(exc, anthropic.APIResponseValidationError | json.JSONDecodeError | ValueError | TypeError):
         return ProviderResponseError(f"provider {provider!r} sent a malformed reply: {type(exc).__name__}: {exc}")
     return ProviderResponseError(f"provider {provider!r} call failed: {type(exc).__name__}: {exc}")
+
+
+def from_http_status(provider: str, status: int, message: str, headers: Mapping[str, str]) -> ProviderError:
+    """Map an HTTP error answer of any provider dialect: 429 and 5xx are transient, other 4xx final."""
+    if status == 429 or status >= 500:
+        return ProviderUnavailable(
+            f"provider {provider!r} answered HTTP {status}: {message}",
+            status=status,
+            retry_after=retry_after_seconds(headers),
+        )
+    return ProviderResponseError(f"provider {provider!r} rejected the request (HTTP {status}): {message}")
+
+
+def from_httpx(provider: str, exc: Exception) -> ProviderError:
+    """Map an error raised while calling an OpenAI-compatible endpoint with httpx."""
+    if isinstance(exc, httpx.TransportError):  # connect, read, write and pool errors and timeouts
+        return ProviderUnavailable(f"provider {provider!r} unreachable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, json.JSONDecodeError | ValueError | TypeError | KeyError):
+        return ProviderResponseError(f"provider {provider!r} sent a malformed reply: {type(exc).__name__}: {exc}")
+    return ProviderResponseError(f"provider {provider!r} call failed: {type(exc).__name__}: {exc}")
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The delay a 429/5xx asks for: `retry-after-ms`, else `retry-after` in seconds (dates are ignored)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) * scale
+        except ValueError:
+            continue
+        if 0 <= value <= 3600:
+            return value
+    return None
 
 
 def _api_message(exc: anthropic.APIStatusError) -> str:

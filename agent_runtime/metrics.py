@@ -8,7 +8,7 @@ ones). Label sets are bounded: `intent` is one of `RuntimeConfig.known_intents`,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
@@ -24,6 +24,7 @@ _BASE = (constants.LABEL_SERVICE, constants.LABEL_TRACK)
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _STEP_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50)
 _FINAL = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
@@ -82,11 +83,53 @@ class Metrics:
             [*_BASE, "provider"],
             registry=registry,
         )
+        self.circuit = Gauge(
+            constants.METRIC_CIRCUIT_STATE,
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open (per process).",
+            [*_BASE, "provider"],
+            registry=registry,
+        )
+        self.provider_calls = Counter(
+            constants.METRIC_PROVIDER_CALLS,
+            "Model calls sent to a provider, by outcome (ok, unavailable, rate_limited, error).",
+            [*_BASE, "provider", "outcome"],
+            registry=registry,
+        )
+        self.ratelimit_wait = Histogram(
+            constants.METRIC_RATELIMIT_WAIT,
+            "Time a model call waited for its shared rate-limit slot (and any provider backoff).",
+            [*_BASE, "provider"],
+            buckets=_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.degradation = Gauge(
+            constants.METRIC_DEGRADATION,
+            "Degradation level: 0 full, 1 reduced_tools, 2 fallback_only, 3 static.",
+            _BASE,
+            registry=registry,
+        )
+        self.cache = Counter(
+            constants.METRIC_CACHE,
+            "Response cache lookups, by result (hit, miss).",
+            [*_BASE, "result"],
+            registry=registry,
+        )
+        self.budget_rejections = Counter(
+            constants.METRIC_BUDGET_REJECTIONS,
+            "Submissions refused (daily) and tasks stopped (per_task) by a budget.",
+            [*_BASE, "budget"],
+            registry=registry,
+        )
+        self._refreshers: list[Callable[[], None]] = []
         # Create the zero-valued series up front: "no traffic yet" then reads 0, not "no data".
         for status in _FINAL:
             self.requests.labels(service, track, status.value, DEFAULT_INTENT)
-        for metric in (self.latency, self.steps, self.cost, self.active, self.queue_depth):
+        for metric in (self.latency, self.steps, self.cost, self.active, self.queue_depth, self.degradation):
             metric.labels(service, track)
+        for result in ("hit", "miss"):
+            self.cache.labels(service, track, result)
+        for budget in ("daily", "per_task"):
+            self.budget_rejections.labels(service, track, budget)
 
     def intent(self, value: object) -> str:
         """The bounded label value for a task's metadata.intent."""
@@ -121,6 +164,30 @@ class Metrics:
     def provider_fallback(self, provider: str) -> None:
         self.fallbacks.labels(self.service, self.track, provider).inc()
 
+    def circuit_state(self, provider: str, state: int) -> None:
+        self.circuit.labels(self.service, self.track, provider).set(state)
+
+    def provider_call(self, provider: str, outcome: str) -> None:
+        self.provider_calls.labels(self.service, self.track, provider, outcome).inc()
+
+    def waited_for_slot(self, provider: str, seconds: float) -> None:
+        self.ratelimit_wait.labels(self.service, self.track, provider).observe(max(seconds, 0.0))
+
+    def degradation_level(self, level: int) -> None:
+        self.degradation.labels(self.service, self.track).set(level)
+
+    def cache_lookup(self, hit: bool) -> None:
+        self.cache.labels(self.service, self.track, "hit" if hit else "miss").inc()
+
+    def budget_rejected(self, budget: str) -> None:
+        self.budget_rejections.labels(self.service, self.track, budget).inc()
+
+    def on_scrape(self, refresh: Callable[[], None]) -> None:
+        """Run `refresh` before each exposition (time-driven values such as a circuit's cool-down)."""
+        self._refreshers.append(refresh)
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
+        for refresh in self._refreshers:
+            refresh()
         return generate_latest(self.registry)

@@ -1,53 +1,82 @@
-"""LLM providers: one `AsyncAnthropic` client per configured endpoint, and the order they are tried in.
+"""LLM providers, and how one model call finds its way through them.
 
-The SDK does the per-call retries (exponential backoff, honouring `retry-after`); what is still
-failing after them moves to the next provider (`failover`, or the next in a `round_robin` /
-`weighted` order), counted in `agent_provider_fallbacks_total`, and marks the provider unhealthy in
-`llm_provider_healthy`. Replies are turned into plain dicts here, so nothing above this module sees
-SDK types, and a reply that is not a valid Messages API answer becomes `ProviderResponseError`.
+A provider is one endpoint of either dialect: `anthropic` (the official SDK, `AnthropicProvider`)
+or `openai-compatible` (httpx, `openai_compat.OpenAICompatProvider`). Replies become plain
+`ModelReply` data here, so nothing above this module sees SDK types; a reply that is not a valid
+answer becomes `ProviderResponseError` (final: retrying elsewhere will not make it valid).
+
+`ProviderSet.complete` makes one call:
+
+1. the strategy orders the providers (`failover`: as configured; `round_robin`; `weighted`);
+   providers whose circuit is open are skipped (`breaker.py`);
+2. the response cache is asked first (`cache.py`); a hit makes no provider call;
+3. the shared rate limiter reserves a slot (`ratelimit.py`); a provider whose slot is more than
+   `rate_limit_max_wait_seconds` away is passed over for the next one (the last one waits);
+4. on a 5xx, timeout, connection error or 429 the call moves on to the next provider at once
+   (counted in `agent_provider_fallbacks_total`); a 429's `retry-after` becomes the shared backoff;
+5. when every candidate failed, the next round starts after an exponential backoff with full
+   jitter, up to `provider_max_retries` more rounds (the SDK's own retries are off: each attempt
+   goes through the limiter and the breaker);
+6. when no circuit can take a call, it fails at once with `AllProvidersUnavailable`
+   ("all providers unavailable"): a fast failure, not a hang.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import anthropic
+import redis.asyncio
 from anthropic.types import Message
 
 from agent_runtime import constants, errors
+from agent_runtime.breaker import Breaker, BreakerState
+from agent_runtime.cache import ResponseCache, request_digest
 from agent_runtime.config import ProviderConfig, RuntimeConfig
+from agent_runtime.degradation import Level, level_of
+from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
+from agent_runtime.openai_compat import OpenAICompatProvider
+from agent_runtime.ratelimit import Limit, RateLimited, RateLimiter, estimate_tokens
+from agent_runtime.replies import ModelReply
 
-__all__ = ["ModelReply", "Provider", "ProviderSet", "build_providers"]
+__all__ = ["AnthropicProvider", "ModelReply", "Provider", "ProviderSet", "build_providers"]
 
 _NO_KEY = "none"  # local Anthropic-compatible servers accept any key; the SDK insists on one
+_DEFAULT_RETRY_AFTER = 1.0  # a 429 without retry-after still backs every replica off this long
+log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class ModelReply:
-    """One model turn, as plain data."""
+class Provider(Protocol):
+    """One endpoint: a name, a model, a weight, and a call."""
 
-    provider: str
+    name: str
     model: str
-    content: list[dict[str, Any]]
-    stop_reason: str
-    input_tokens: int
-    output_tokens: int
+    weight: int
 
-    def tool_uses(self) -> list[dict[str, Any]]:
-        return [block for block in self.content if block["type"] == "tool_use"]
+    async def complete(
+        self,
+        *,
+        system: str,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        max_tokens: int,
+        task_id: str,
+    ) -> ModelReply: ...
 
-    def text(self) -> str:
-        return "".join(block["text"] for block in self.content if block["type"] == "text")
+    async def aclose(self) -> None: ...
 
 
-class Provider:
-    """One endpoint: a name, a model and its client."""
+class AnthropicProvider:
+    """An Anthropic Messages API endpoint, through the official SDK."""
+
+    kind = "anthropic"
 
     def __init__(self, name: str, model: str, client: anthropic.AsyncAnthropic, weight: int = 1) -> None:
         self.name = name
@@ -78,6 +107,9 @@ class Provider:
             raise errors.from_provider(self.name, exc) from exc
         return self._reply(message)
 
+    async def aclose(self) -> None:
+        await self.client.close()
+
     def _reply(self, message: Any) -> ModelReply:
         if not isinstance(message, Message) or message.usage is None or message.content is None:
             raise errors.ProviderResponseError(
@@ -104,10 +136,24 @@ class Provider:
 
 
 class ProviderSet:
-    """The configured providers and the strategy choosing the order to try them in."""
+    """The configured providers, their circuits, the strategy, and the call policy described above."""
 
     def __init__(
-        self, providers: Sequence[Provider], *, strategy: str, metrics: Metrics, rng: random.Random | None = None
+        self,
+        providers: Sequence[Provider],
+        *,
+        strategy: str,
+        metrics: Metrics,
+        limiter: RateLimiter | None = None,
+        cache: ResponseCache | None = None,
+        breakers: Mapping[str, Breaker] | None = None,
+        max_retries: int = 0,
+        retry_base_seconds: float = 0.5,
+        retry_max_seconds: float = 8.0,
+        max_wait_seconds: float = 5.0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not providers:
             raise errors.ConfigError("providers: configure at least one model provider")
@@ -116,13 +162,27 @@ class ProviderSet:
         self.providers = list(providers)
         self.strategy = strategy
         self.metrics = metrics
+        self.limiter = limiter
+        self.cache = cache
+        self.breakers = {p.name: (breakers or {}).get(p.name) or Breaker() for p in self.providers}
+        self.max_retries = max_retries
+        self.retry_base_seconds = retry_base_seconds
+        self.retry_max_seconds = retry_max_seconds
+        self.max_wait_seconds = max_wait_seconds
         self._rng = rng or random.Random()
+        self._clock = clock
+        self._sleep = sleep
         self._turn = itertools.count()
         for provider in self.providers:
             metrics.provider_healthy(provider.name, True)
+        self.refresh_metrics()
+        metrics.on_scrape(self._refresh_on_scrape)
+
+    def _refresh_on_scrape(self) -> None:
+        self.refresh_metrics()
 
     def order(self) -> list[Provider]:
-        """The providers in the order the next call tries them."""
+        """The providers in the order the next call tries them (circuits not considered)."""
         if self.strategy == "round_robin":
             start = next(self._turn) % len(self.providers)
             return self.providers[start:] + self.providers[:start]
@@ -136,6 +196,24 @@ class ProviderSet:
             return ordered
         return list(self.providers)
 
+    def level(self) -> Level:
+        """The degradation level the circuits allow now (`degradation.py`)."""
+        now = self._clock()
+        states = [
+            BreakerState.OPEN if not b.available(now) else b.observed_state(now)
+            for b in (self.breakers[p.name] for p in self.providers)
+        ]
+        return level_of(states)
+
+    def refresh_metrics(self) -> Level:
+        """Export every circuit's state and the degradation level; return the level."""
+        now = self._clock()
+        for name, breaker in self.breakers.items():
+            self.metrics.circuit_state(name, int(breaker.observed_state(now)))
+        level = self.level()
+        self.metrics.degradation_level(int(level))
+        return level
+
     async def complete(
         self,
         *,
@@ -145,56 +223,199 @@ class ProviderSet:
         max_tokens: int,
         task_id: str,
     ) -> ModelReply:
-        """Call the providers in order until one answers; malformed replies are not retried elsewhere."""
+        """One model call through cache, circuits, limiter, failover and retries (see the module docstring)."""
         failures: list[str] = []
-        for index, provider in enumerate(self.order()):
-            if index:
-                self.metrics.provider_fallback(provider.name)
-            try:
-                reply = await provider.complete(
-                    system=system, messages=messages, tools=tools, max_tokens=max_tokens, task_id=task_id
-                )
-            except errors.ProviderUnavailable as exc:
-                self.metrics.provider_healthy(provider.name, False)
-                failures.append(str(exc))
-                continue
-            self.metrics.provider_healthy(provider.name, True)
-            return reply
+        request = {"system": system, "messages": messages, "tools": tools, "max_tokens": max_tokens, "task_id": task_id}
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                delay = self._rng.uniform(0, min(self.retry_max_seconds, self.retry_base_seconds * 2 ** (attempt - 1)))
+                await self._sleep(delay)
+            now = self._clock()
+            candidates = [p for p in self.order() if self.breakers[p.name].available(now)]
+            if not candidates:
+                break
+            for index, provider in enumerate(candidates):
+                if index:
+                    self.metrics.provider_fallback(provider.name)
+                last = index == len(candidates) - 1
+                try:
+                    reply = await self._attempt(provider, request, max_wait=None if last else self.max_wait_seconds)
+                except (errors.ProviderUnavailable, RateLimited) as exc:
+                    failures.append(str(exc))
+                    continue
+                if reply is not None:
+                    return reply
+        self.refresh_metrics()
+        if not any(b.available(self._clock()) for b in self.breakers.values()):
+            raise errors.AllProvidersUnavailable(self._all_down_message(failures))
         if len(failures) == 1:
             raise errors.ProviderUnavailable(failures[0])
-        raise errors.ProviderUnavailable("all providers unavailable: " + "; ".join(failures))
+        raise errors.ProviderUnavailable("no provider answered: " + "; ".join(failures[-len(self.providers) :]))
+
+    async def _attempt(
+        self, provider: Provider, request: dict[str, Any], *, max_wait: float | None
+    ) -> ModelReply | None:
+        """Call one provider; None when its circuit refused (someone else holds the half-open probe)."""
+        digest = None
+        if self.cache is not None:
+            digest = request_digest(
+                model=provider.model,
+                system=request["system"],
+                messages=request["messages"],
+                tools=request["tools"],
+                parameters={"max_tokens": request["max_tokens"]},
+            )
+            hit = await self.cache.get(digest)
+            if hit is not None:
+                return hit
+        estimate = estimate_tokens([request["system"], request["messages"], request["tools"]])
+        if self.limiter is not None and provider.name in self.limiter.limits:
+            wait = float("inf") if max_wait is None else max_wait
+            grant = await self.limiter.acquire(provider.name, estimate, max_wait=wait)
+            self.metrics.waited_for_slot(provider.name, grant.waited)
+        breaker = self.breakers[provider.name]
+        if not breaker.allow(self._clock()):
+            return None
+        try:
+            reply = await provider.complete(**request)
+        except errors.ProviderUnavailable as exc:
+            await self._failed(provider, breaker, exc)
+            raise
+        except BaseException as exc:  # malformed reply, cancellation: says nothing about the provider's health
+            if breaker.state == BreakerState.HALF_OPEN:
+                breaker.probe_started = None  # let the next caller probe
+            if isinstance(exc, errors.ProviderError):
+                self.metrics.provider_call(provider.name, "error")
+            raise
+        breaker.record_success(self._clock())
+        self.metrics.provider_call(provider.name, "ok")
+        self.metrics.provider_healthy(provider.name, True)
+        self.refresh_metrics()
+        if self.limiter is not None and provider.name in self.limiter.limits:
+            await self.limiter.settle(provider.name, reply.input_tokens + reply.output_tokens - estimate)
+        if self.cache is not None and digest is not None:
+            await self.cache.put(digest, reply)
+        return reply
+
+    async def _failed(self, provider: Provider, breaker: Breaker, exc: errors.ProviderUnavailable) -> None:
+        self.metrics.provider_healthy(provider.name, False)
+        if exc.rate_limited:
+            self.metrics.provider_call(provider.name, "rate_limited")
+            if breaker.state == BreakerState.HALF_OPEN:
+                breaker.probe_started = None
+            if self.limiter is not None and provider.name in self.limiter.limits:
+                seconds = exc.retry_after if exc.retry_after is not None else _DEFAULT_RETRY_AFTER
+                await self.limiter.backoff(provider.name, seconds)
+                log.info("provider_backoff", provider=provider.name, seconds=seconds)
+        else:
+            self.metrics.provider_call(provider.name, "unavailable")
+            breaker.record_failure(self._clock())
+        self.refresh_metrics()
+
+    def _all_down_message(self, failures: Sequence[str]) -> str:
+        now = self._clock()
+        waits = []
+        for name, breaker in self.breakers.items():
+            left = max(breaker.cooldown_seconds - (now - breaker.opened_at), 0.0)
+            waits.append(f"{name} (next probe in {left:.0f} s)")
+        message = "all providers unavailable: circuit open for " + ", ".join(waits)
+        if failures:
+            message += f"; last error: {failures[-1]}"
+        return message
 
     async def aclose(self) -> None:
         for provider in self.providers:
-            await provider.client.close()
+            await provider.aclose()
 
 
-def _client(provider: ProviderConfig, config: RuntimeConfig, environ: Mapping[str, str]) -> anthropic.AsyncAnthropic:
+def _api_key(provider: ProviderConfig, environ: Mapping[str, str]) -> str | None:
     env_name = provider.api_key_env or constants.provider_key_env(provider.name)
     key = environ.get(env_name)
     if not key and provider.base_url is None:
         raise errors.ConfigError(
             f"providers[{provider.name}]: no API key; set the environment variable {env_name} (from apiKeySecretRef)"
         )
-    return anthropic.AsyncAnthropic(
-        api_key=key or _NO_KEY,
-        base_url=provider.base_url,
-        max_retries=config.provider_max_retries,
-        timeout=config.provider_timeout_seconds,
-        _strict_response_validation=True,
+    return key
+
+
+def _build_one(provider: ProviderConfig, config: RuntimeConfig, environ: Mapping[str, str]) -> Provider:
+    key = _api_key(provider, environ)
+    if provider.kind == "anthropic":
+        client = anthropic.AsyncAnthropic(
+            api_key=key or _NO_KEY,
+            base_url=provider.base_url,
+            max_retries=0,  # retries are ours: each attempt goes through the limiter and the breaker
+            timeout=config.provider_timeout_seconds,
+            _strict_response_validation=True,
+        )
+        return AnthropicProvider(provider.name, provider.model, client, provider.weight)
+    if provider.kind == "openai-compatible":
+        if provider.base_url is None:
+            raise errors.ConfigError(f"providers[{provider.name}].baseURL: an openai-compatible provider needs one")
+        return OpenAICompatProvider(
+            provider.name,
+            provider.model,
+            base_url=provider.base_url,
+            api_key=key,
+            timeout=config.provider_timeout_seconds,
+            weight=provider.weight,
+        )
+    raise errors.ConfigError(
+        f"providers[{provider.name}].kind: {provider.kind!r} is not one of anthropic, openai-compatible"
     )
 
 
+def limits_of(config: RuntimeConfig) -> dict[str, Limit]:
+    """Each provider's shared limits (its own, else the service's)."""
+    return {
+        p.name: Limit(
+            requests_per_minute=p.requests_per_minute or config.requests_per_minute,
+            tokens_per_minute=p.tokens_per_minute or config.tokens_per_minute,
+            burst_fraction=config.rate_limit_burst_fraction,
+            headroom=config.rate_limit_headroom,
+        )
+        for p in config.providers
+    }
+
+
 def build_providers(
-    config: RuntimeConfig, *, metrics: Metrics, environ: Mapping[str, str] | None = None
+    config: RuntimeConfig,
+    *,
+    metrics: Metrics,
+    environ: Mapping[str, str] | None = None,
+    redis_client: redis.asyncio.Redis | None = None,
 ) -> ProviderSet:
-    """Build the clients of every configured provider (API keys from `provider_key_env(name)`)."""
+    """Build every configured provider (API keys from `provider_key_env(name)`).
+
+    With a Redis client the rate limits are enforced and, when enabled, the response cache is used;
+    without one (unit tests of the agent loop) neither is.
+    """
     env = os.environ if environ is None else environ
-    built = []
-    for provider in config.providers:
-        if provider.kind != "anthropic":
-            raise errors.ConfigError(
-                f"providers[{provider.name}].kind: {provider.kind!r} is not supported yet (use anthropic)"
+    built = [_build_one(p, config, env) for p in config.providers]
+    limiter = cache = None
+    if redis_client is not None:
+        limiter = RateLimiter(redis_client, service=config.service, limits=limits_of(config))
+        if config.cache_enabled:
+            cache = ResponseCache(
+                redis_client, service=config.service, ttl_seconds=config.cache_ttl_seconds, metrics=metrics
             )
-        built.append(Provider(provider.name, provider.model, _client(provider, config, env), provider.weight))
-    return ProviderSet(built, strategy=config.strategy, metrics=metrics)
+    breakers = {
+        p.name: Breaker(
+            failure_threshold=config.breaker_failure_threshold,
+            cooldown_seconds=config.breaker_cooldown_seconds,
+            probe_timeout_seconds=config.provider_timeout_seconds,
+        )
+        for p in config.providers
+    }
+    return ProviderSet(
+        built,
+        strategy=config.strategy,
+        metrics=metrics,
+        limiter=limiter,
+        cache=cache,
+        breakers=breakers,
+        max_retries=config.provider_max_retries,
+        retry_base_seconds=config.retry_base_seconds,
+        retry_max_seconds=config.retry_max_seconds,
+        max_wait_seconds=config.rate_limit_max_wait_seconds,
+    )

@@ -419,7 +419,14 @@ class TaskQueue:
             raise errors.OwnershipLost(f"task {claim.entry.task_id} is {outcome}; this delivery stops")
 
     async def finish(
-        self, claim: Claim, status: TaskStatus, *, checkpoint: Checkpoint, result: str | None, error: str | None
+        self,
+        claim: Claim,
+        status: TaskStatus,
+        *,
+        checkpoint: Checkpoint,
+        result: str | None,
+        error: str | None,
+        degradation: str | None = None,
     ) -> FinishOutcome:
         """Store the final state, then acknowledge the entry — in one script. 'stored' only for the writer that won."""
         fields = {
@@ -428,6 +435,7 @@ class TaskQueue:
             "checkpoint": checkpoint.model_dump_json(),
             "result": result or "",
             "error": error or "",
+            "degradation": degradation or "",
         }
         args: list[str | int] = [claim.fence, claim.entry.entry_id, self.group, self.task_ttl_seconds]
         for field, value in fields.items():

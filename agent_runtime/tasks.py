@@ -78,6 +78,7 @@ class TaskView(BaseModel):
     error: str | None = None
     last_error: str | None = None
     usage: Usage
+    degradation: str | None = None  # worst degradation level the task ran at (full … static)
     attempts: int
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: float
@@ -104,6 +105,7 @@ class TaskRecord(BaseModel):
     result: str | None = None
     error: str | None = None
     last_error: str | None = None
+    degradation: str | None = None
     deliveries: int = 0
     fence: int = 0
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
@@ -114,7 +116,7 @@ class TaskRecord(BaseModel):
         data: dict[str, Any] = dict(raw)
         data["metadata"] = json.loads(raw.get("metadata") or "{}")
         data["checkpoint"] = json.loads(raw.get("checkpoint") or "{}")
-        for key in ("started_at", "finished_at", "result", "error", "last_error", "idempotency_key"):
+        for key in ("started_at", "finished_at", "result", "error", "last_error", "idempotency_key", "degradation"):
             if data.get(key) == "":
                 data[key] = None
         return cls.model_validate(data)
@@ -146,6 +148,7 @@ class TaskRecord(BaseModel):
             error=self.error,
             last_error=self.last_error,
             usage=usage,
+            degradation=self.degradation,
             attempts=self.deliveries,
             metadata=self.metadata,
             created_at=self.created_at,

@@ -257,7 +257,12 @@ class Worker:
     async def _finish(self, claim: Claim, outcome: Outcome) -> None:
         try:
             stored = await self.queue.finish(
-                claim, outcome.status, checkpoint=outcome.checkpoint, result=outcome.result, error=outcome.error
+                claim,
+                outcome.status,
+                checkpoint=outcome.checkpoint,
+                result=outcome.result,
+                error=outcome.error,
+                degradation=outcome.degradation,
             )
         except errors.StoreUnavailable as exc:
             log.warning("finish_failed", error=str(exc))  # not acknowledged: another delivery stores it
@@ -275,6 +280,7 @@ class Worker:
             stored=stored,
             steps=outcome.checkpoint.step,
             error=outcome.error,
+            degradation=outcome.degradation,
         )
 
 

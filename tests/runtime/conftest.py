@@ -53,6 +53,9 @@ def config(model_server: LocalModelServer) -> RuntimeConfig:
         max_deliveries=3,
         provider_max_retries=0,
         provider_timeout_seconds=10,
+        requests_per_minute=600_000,  # limits are exercised in test_ratelimit; elsewhere they stay out of the way
+        tokens_per_minute=1_000_000_000,
+        retry_base_seconds=0.05,
         max_input_chars=2000,
         max_body_bytes=8192,
         worker_concurrency=4,
