@@ -8,14 +8,17 @@ input checking is `validation`, the CRD is `crd`. Exit codes: 0 success, 2 inval
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import importlib.util
+import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
 import yaml
 
 from agent_operator import __version__, crd, models, validation
@@ -111,6 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     started = time.perf_counter()
     services = load_services([str(path) for path in examples])
+    print("=== 1. What the operator would create for examples/*.yaml (agentctl render) ===\n")
     rows: list[tuple[str, ...]] = [("AGENTSERVICE", "KIND", "NAME", "API VERSION")]
     count = 0
     for svc in services:
@@ -129,10 +133,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"\n{len(services)} AgentServices from {args.examples} -> {count} objects, rendered in {elapsed * 1000:.0f} ms"
     )
-    if importlib.util.find_spec("agent_operator.demo") is not None:
-        demo = importlib.import_module("agent_operator.demo")
-        result: int = demo.main(args)
-        return result
+    # The demo prints its own narrative; the operator's and runtime's logs would drown it.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger("kopf").setLevel(logging.WARNING)
+    print("\n=== 2. The operator on an embedded dev cluster (kmock's Kubernetes emulator) ===\n")
+    demo = importlib.import_module("agent_operator.demo")
+    demo.main(args)
+    print("\n=== 3. The agent runtime: redis-server, the local model, the task API and a worker ===\n")
+    localdemo = importlib.import_module("agent_runtime.localdemo")
+    asyncio.run(localdemo.run_runtime_demo(sys.stdout))
     return 0
 
 

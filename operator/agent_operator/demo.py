@@ -106,7 +106,7 @@ def conditions_table(status: dict[str, Any]) -> str:
     return table(rows)
 
 
-async def _until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+async def _until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := check()):
         if time.monotonic() > deadline:
