@@ -1,6 +1,8 @@
-"""A local Anthropic-compatible model server: the offline model of the demo, and the LLM of the tests.
+"""A local model server speaking both provider dialects: the offline model of the demo, the LLM of the tests.
 
-`POST /v1/messages` answers like the Messages API (non-streaming), deterministically: when the
+`POST /v1/messages` answers like the Messages API (non-streaming) and `POST /v1/chat/completions`
+like the OpenAI chat-completions API (the `openai-compatible` kind: the request is read into the
+Messages form, answered by the same `respond`, and written back), deterministically: when the
 first user message contains arithmetic and the request offers the `calculator` tool, it asks for one
 calculation per turn (a `tool_use` turn), then answers with the results; otherwise it answers with
 text. `usage` is counted from the request and reply sizes (about four characters per token).
@@ -28,8 +30,9 @@ from typing import Any
 from aiohttp import web
 
 from agent_runtime import constants
+from agent_runtime.openai_compat import TOOL_ERROR_PREFIX
 
-__all__ = ["CallRecord", "Faults", "LocalModelServer", "respond"]
+__all__ = ["CallRecord", "Faults", "LocalModelServer", "chat_to_messages", "messages_to_chat", "respond"]
 
 MODEL = "claude-sonnet-5-5"
 _EXPRESSION = re.compile(r"\d+(?:\.\d+)?(?:\s*(?:\*\*|//|[-+*/%])\s*\d+(?:\.\d+)?)+")
@@ -62,6 +65,8 @@ class CallRecord:
     finished: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    dialect: str = "anthropic"  # or "openai" (POST /v1/chat/completions)
+    tools: list[str] = field(default_factory=list)  # names of the tools the request offered
 
 
 def _tokens(text: str) -> int:
@@ -161,6 +166,7 @@ class LocalModelServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/_local/calls", self._list_calls)
         app.router.add_put("/_local/faults", self._set_faults)
         return app
@@ -197,7 +203,15 @@ class LocalModelServer:
         return "ok"
 
     async def _messages(self, request: web.Request) -> web.Response:
-        record = CallRecord(task_id=request.headers.get(constants.TASK_ID_HEADER), step=0, started=time.time())
+        return await self._serve(request, "anthropic")
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        return await self._serve(request, "openai")
+
+    async def _serve(self, request: web.Request, dialect: str) -> web.Response:
+        record = CallRecord(
+            task_id=request.headers.get(constants.TASK_ID_HEADER), step=0, started=time.time(), dialect=dialect
+        )
         self.calls.append(record)
         try:
             return await self._answer(request, record)
@@ -208,16 +222,20 @@ class LocalModelServer:
             record.finished = time.time()
 
     async def _answer(self, request: web.Request, record: CallRecord) -> web.Response:
+        openai = record.dialect == "openai"
+        error_body = _chat_error_body if openai else _error_body
         try:
-            body = await request.json()
-        except ValueError:
+            raw = await request.json()
+            body = chat_to_messages(raw) if openai else raw
+        except (ValueError, TypeError, KeyError) as exc:
             record.outcome = "bad_request"
-            return web.json_response(_error_body(400, "request body is not valid JSON"), status=400)
+            return web.json_response(error_body(400, f"request body is not a valid request: {exc}"), status=400)
         problem = _validate(body)
         if problem:
             record.outcome = "bad_request"
-            return web.json_response(_error_body(400, problem), status=400)
+            return web.json_response(error_body(400, problem), status=400)
         record.step = sum(1 for m in body["messages"] if m.get("role") == "assistant")
+        record.tools = [str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)]
         if self.faults.latency_seconds:
             await asyncio.sleep(self.faults.latency_seconds)
         outcome = self._outcome()
@@ -231,13 +249,13 @@ class LocalModelServer:
             headers = {}
             if status in (429, 529) and self.faults.retry_after is not None:
                 headers["retry-after"] = f"{self.faults.retry_after:g}"
-            return web.json_response(
-                _error_body(status, f"injected fault: HTTP {status}"), status=status, headers=headers
-            )
+            message = f"injected fault: HTTP {status}"
+            return web.json_response(error_body(status, message), status=status, headers=headers)
         reply = respond(body, message_id=f"msg_local_{len(self.calls):06d}")
         record.input_tokens = reply["usage"]["input_tokens"]
         record.output_tokens = reply["usage"]["output_tokens"]
-        return web.json_response(reply, headers={"request-id": f"req_local_{len(self.calls):06d}"})
+        payload = messages_to_chat(reply) if openai else reply
+        return web.json_response(payload, headers={"request-id": f"req_local_{len(self.calls):06d}"})
 
     async def _list_calls(self, request: web.Request) -> web.Response:
         return web.json_response([asdict(c) for c in self.calls])
@@ -249,6 +267,91 @@ class LocalModelServer:
             return web.json_response(_error_body(400, f"bad faults: {exc}"), status=400)
         self._rng = random.Random(self.faults.seed)
         return web.json_response(asdict(self.faults))
+
+
+def chat_to_messages(body: dict[str, Any]) -> dict[str, Any]:
+    """Read a chat-completions request into the Messages API form `respond` answers. Pure."""
+    system: list[str] = []
+    messages: list[dict[str, Any]] = []
+    for message in body["messages"]:
+        role = message["role"]
+        if role == "system":
+            system.append(str(message.get("content") or ""))
+        elif role == "tool":
+            text = str(message.get("content") or "")
+            is_error = text.startswith(TOOL_ERROR_PREFIX)
+            block = {
+                "type": "tool_result",
+                "tool_use_id": message["tool_call_id"],
+                "content": text.removeprefix(TOOL_ERROR_PREFIX),
+                "is_error": is_error,
+            }
+            if messages and messages[-1]["role"] == "user" and isinstance(messages[-1]["content"], list):
+                messages[-1]["content"].append(block)
+            else:
+                messages.append({"role": "user", "content": [block]})
+        elif role == "assistant":
+            content: list[dict[str, Any]] = []
+            if message.get("content"):
+                content.append({"type": "text", "text": str(message["content"])})
+            for call in message.get("tool_calls") or []:
+                content.append(
+                    {
+                        "type": "tool_use",
+                        "id": call["id"],
+                        "name": call["function"]["name"],
+                        "input": json.loads(call["function"]["arguments"] or "{}"),
+                    }
+                )
+            messages.append({"role": "assistant", "content": content})
+        else:
+            messages.append({"role": "user", "content": str(message.get("content") or "")})
+    tools = [
+        {
+            "name": t["function"]["name"],
+            "description": t["function"].get("description", ""),
+            "input_schema": t["function"].get("parameters") or {"type": "object"},
+        }
+        for t in body.get("tools") or []
+    ]
+    return {
+        "model": body.get("model"),
+        "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or 1024,
+        "system": "\n".join(system),
+        "messages": messages,
+        "tools": tools,
+    }
+
+
+def messages_to_chat(reply: dict[str, Any]) -> dict[str, Any]:
+    """Write a Messages API reply as a chat completion. Pure."""
+    text = "".join(b["text"] for b in reply["content"] if b["type"] == "text")
+    calls = [
+        {"id": b["id"], "type": "function", "function": {"name": b["name"], "arguments": json.dumps(b["input"])}}
+        for b in reply["content"]
+        if b["type"] == "tool_use"
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    usage = reply["usage"]
+    return {
+        "id": reply["id"].replace("msg_", "chatcmpl_", 1),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": reply["model"],
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+        "usage": {
+            "prompt_tokens": usage["input_tokens"],
+            "completion_tokens": usage["output_tokens"],
+            "total_tokens": usage["input_tokens"] + usage["output_tokens"],
+        },
+    }
+
+
+def _chat_error_body(status: int, message: str) -> dict[str, Any]:
+    kind = {429: "rate_limit_exceeded", 400: "invalid_request_error"}.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "code": str(status)}}
 
 
 def _validate(body: Any) -> str | None:
