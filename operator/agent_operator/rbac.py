@@ -1,0 +1,105 @@
+"""Least-privilege RBAC for the operator, derived from the code rather than kept by hand.
+
+Where each rule comes from:
+- the children: every kind that `builders.build_children` emits for specs that switch on every
+  optional child (both autoscaling engines, PDBs, NetworkPolicy, alerts), with the verbs the
+  apply layer uses on a child: `get` to compare with the live object, `create` and `patch`
+  for server-side apply (which creates an absent object); `list` and `delete` for the kinds
+  `apply.prune` removes (`apply.PRUNABLE`); `delete` for the canary track's objects;
+- referenced Secrets are read (`get`) by `secrets.py`; Events are posted (`create`);
+- the AgentService itself: kopf lists and watches it and keeps its bookkeeping in annotations
+  (`patch`); the operator writes its status subresource (`patch`) and never reads single objects;
+- cluster scope: kopf watches CustomResourceDefinitions.
+
+`agentctl rbac` prints this document; the Helm chart grants exactly it (a test compares the
+rendered chart with it), and an audit test replays the operator against the dev cluster and
+checks that every request it makes is granted here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Any
+
+from agent_operator import apply, builders, models
+
+CHILD_VERBS = ("create", "get", "patch")
+PRUNE_VERBS = ("delete", "list")
+# The canary track's objects (workloads.build_deployment(track=CANARY), runtimeconfig's canary
+# ConfigMap) exist only during a rollout and are deleted at promotion or rollback.
+CANARY_KINDS = (("apps/v1", "Deployment"), ("v1", "ConfigMap"))
+AGENTSERVICE_VERBS = ("list", "patch", "watch")
+
+_BASE_SPEC: dict[str, Any] = {
+    "model": {"providers": [{"name": "p", "model": "m", "apiKeySecretRef": {"name": "k", "key": "k"}}]},
+    "redis": {"url": "redis://redis:6379/0"},
+    "networkPolicy": {"enabled": True},
+    "podDisruptionBudget": {"enabled": True},
+    "alerts": {"enabled": True},
+}
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
+
+
+def _specs_with_every_child() -> list[models.AgentService]:
+    services = []
+    for engine, canary in itertools.product(models.AutoscalingEngine, (False, True)):
+        spec = {**_BASE_SPEC, "autoscaling": {"engine": engine.value, "minReplicas": 1}, "canary": {"enabled": canary}}
+        manifest = {"apiVersion": models.API_VERSION, "kind": models.KIND, "metadata": {"name": "x"}, "spec": spec}
+        services.append(models.AgentService.model_validate(manifest))
+    return services
+
+
+def child_kinds() -> set[tuple[str, str]]:
+    """(apiVersion, kind) of everything the builders can emit."""
+    return {
+        (child["apiVersion"], child["kind"])
+        for svc in _specs_with_every_child()
+        for child in builders.build_children(svc)
+    }
+
+
+def _namespaced_grants() -> dict[tuple[str, str], set[str]]:
+    grants: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for api_version, kind in child_kinds():
+        grants[(_group(api_version), apply.PLURALS[(api_version, kind)])].update(CHILD_VERBS)
+    for api_version, kind in apply.PRUNABLE:
+        grants[(_group(api_version), apply.PLURALS[(api_version, kind)])].update(PRUNE_VERBS)
+    for api_version, kind in CANARY_KINDS:
+        grants[(_group(api_version), apply.PLURALS[(api_version, kind)])].add("delete")
+    grants[("", "secrets")].add("get")
+    grants[("", "events")].add("create")
+    grants[(models.GROUP, models.PLURAL)].update(AGENTSERVICE_VERBS)
+    grants[(models.GROUP, f"{models.PLURAL}/status")].add("patch")
+    return grants
+
+
+def _rules(grants: dict[tuple[str, str], set[str]]) -> list[dict[str, Any]]:
+    """One rule per (group, verb set), resources sorted: stable output for diffs and tests."""
+    by_verbs: dict[tuple[str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for (group, resource), verbs in grants.items():
+        by_verbs[(group, tuple(sorted(verbs)))].append(resource)
+    return [
+        {"apiGroups": [group], "resources": sorted(resources), "verbs": list(verbs)}
+        for (group, verbs), resources in sorted(by_verbs.items())
+    ]
+
+
+def rules_document() -> dict[str, list[dict[str, Any]]]:
+    """`cluster`: cluster-scoped needs; `namespaced`: granted cluster-wide or per watched namespace."""
+    # kopf watches CRDs to learn its resources; it watches namespaces only for glob patterns,
+    # which `agentctl operator` never passes (exact names or cluster-wide).
+    cluster = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+    return {"cluster": _rules(cluster), "namespaced": _rules(_namespaced_grants())}
+
+
+def allows(document: dict[str, list[dict[str, Any]]], group: str, resource: str, verb: str) -> bool:
+    """Whether some rule of the document grants `verb` on `group/resource`."""
+    return any(
+        group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+        for rules in document.values()
+        for rule in rules
+    )
