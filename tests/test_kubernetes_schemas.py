@@ -270,7 +270,7 @@ def test_validators_reject_what_the_api_server_would() -> None:
     assert any("expr" in p for p in problems(rule))
     scaled = _by_kind(manifests, "ScaledObject")
     scaled["metadata"]["labels"] = {"a": 1}
-    scaled["spec"]["triggers"][0]["metadata"]["pendingEntriesCount"] = 50
+    scaled["spec"]["triggers"][0]["metadata"]["streamLength"] = 50
     assert len(problems(scaled)) == 2
     del scaled["spec"]["triggers"]
     assert any("triggers" in p for p in problems(scaled))

@@ -30,10 +30,19 @@ def _cpu_metric(target_utilization: int) -> dict[str, Any]:
     }
 
 
-def _queue_depth_metric(target_per_replica: int) -> dict[str, Any]:
+def _queue_depth_metric(service: str, target_per_replica: int) -> dict[str, Any]:
+    """Queue depth as an Object metric of the AgentService, averaged over the worker pods.
+
+    Every runtime pod reports the *whole* queue's depth (waiting + pending, one figure for the
+    service), so a `Pods` metric would average N copies of the total and ask for N times too many
+    replicas. An `Object` metric with an `AverageValue` target is divided by the pod count by the
+    HPA itself: desired = ceil(depth / targetQueueDepthPerReplica), which is what KEDA does too.
+    The metrics adapter maps the series' `service` label to the AgentService (docs/autoscaling.md).
+    """
     return {
-        "type": "Pods",
-        "pods": {
+        "type": "Object",
+        "object": {
+            "describedObject": {"apiVersion": models.API_VERSION, "kind": models.KIND, "name": service},
             "metric": {"name": constants.METRIC_QUEUE_DEPTH},
             "target": {"type": "AverageValue", "averageValue": str(target_per_replica)},
         },
@@ -50,7 +59,7 @@ def build_hpa(svc: models.AgentService, component: naming.Component, *, version:
     spec = svc.spec.autoscaling
     metrics = [_cpu_metric(spec.target_cpu_utilization)]
     if component == naming.Component.WORKER:
-        metrics.insert(0, _queue_depth_metric(spec.target_queue_depth_per_replica))
+        metrics.insert(0, _queue_depth_metric(name, spec.target_queue_depth_per_replica))
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -120,7 +129,9 @@ def build_scaled_object(svc: models.AgentService, *, version: str) -> dict[str, 
                 **connection,
                 "stream": constants.stream_key(name, priority),
                 "consumerGroup": constants.CONSUMER_GROUP,
-                "pendingEntriesCount": str(spec.target_queue_depth_per_replica),
+                # The runtime deletes an entry when it acknowledges it, so XLEN is waiting + pending:
+                # the same figure as agent_queue_depth (for one priority stream).
+                "streamLength": str(spec.target_queue_depth_per_replica),
             },
         }
         for priority in constants.PRIORITIES

@@ -2,11 +2,12 @@
 
 Covers:
 - each HPA targets the Deployment of its component by name (the names `workloads` renders);
-- worker HPA: Pods metric named `constants.METRIC_QUEUE_DEPTH` with averageValue =
-  `targetQueueDepthPerReplica`, plus CPU; API HPA: CPU only; min/max and the scale-down
+- worker HPA: an Object metric of the AgentService named `constants.METRIC_QUEUE_DEPTH` with
+  averageValue = `targetQueueDepthPerReplica` (the HPA divides the service-wide depth by the pod
+  count), plus CPU; API HPA: CPU only; min/max and the scale-down
   stabilization window from the spec; minReplicas never below 1 for an HPA;
 - engine keda: a ScaledObject instead of the worker HPA, one redis-streams trigger per priority
-  stream (`constants.stream_key`, `constants.CONSUMER_GROUP`, pendingEntriesCount = target), the
+  stream (`constants.stream_key`, `constants.CONSUMER_GROUP`, streamLength = target), the
   KEDA address, database and TLS derived from the Redis URL, scale to zero allowed;
 - engine keda with a URL KEDA cannot be given (secret-held or with credentials): a CrossFieldError
   naming the field;
@@ -62,9 +63,15 @@ def test_hpas_target_the_deployments_and_the_runtime_metric() -> None:
     assert api_hpa["spec"]["metrics"] == [
         {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}
     ]
-    pods_metric, cpu_metric = worker_hpa["spec"]["metrics"]
-    assert pods_metric["pods"]["metric"]["name"] == constants.METRIC_QUEUE_DEPTH == "agent_queue_depth"
-    assert pods_metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "25"}
+    depth_metric, cpu_metric = worker_hpa["spec"]["metrics"]
+    assert depth_metric["type"] == "Object"
+    assert depth_metric["object"]["metric"]["name"] == constants.METRIC_QUEUE_DEPTH == "agent_queue_depth"
+    assert depth_metric["object"]["describedObject"] == {
+        "apiVersion": "agentops.dev/v1alpha1",
+        "kind": "AgentService",
+        "name": s.metadata.name,
+    }
+    assert depth_metric["object"]["target"] == {"type": "AverageValue", "averageValue": "25"}
     assert cpu_metric["resource"]["target"]["averageUtilization"] == 60
 
 
@@ -82,7 +89,7 @@ def test_keda_replaces_the_worker_hpa() -> None:
     for trigger in triggers:
         assert trigger["type"] == "redis-streams"
         assert trigger["metadata"]["consumerGroup"] == constants.CONSUMER_GROUP
-        assert trigger["metadata"]["pendingEntriesCount"] == "7"
+        assert trigger["metadata"]["streamLength"] == "7"
         assert trigger["metadata"]["address"] == "redis.agents.svc:6379"
         assert trigger["metadata"]["databaseIndex"] == "0"
         assert trigger["metadata"]["enableTLS"] == "false"
