@@ -221,8 +221,10 @@ def fill_placeholders(query: str, scope: Scope, track: str) -> tuple[str, list[s
 def plan(canary: models.Canary, scope: Scope, *, max_fallback_ratio: float | None = None) -> AnalysisPlan:
     """Every check `spec.canary` asks for, as queries over `scope`.
 
-    `max_fallback_ratio` enables the fallback-ratio check; `spec.canary` has no field for it yet.
+    `max_fallback_ratio` overrides `spec.canary.maxFallbackRatio` (which enables the check).
     """
+    if max_fallback_ratio is None:
+        max_fallback_ratio = canary.max_fallback_ratio
     checks = [
         CheckPlan(CHECK_ERROR_RATE, error_rate_expr(scope, CANARY), "canary error rate", max=canary.max_error_rate),
         CheckPlan(

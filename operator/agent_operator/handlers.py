@@ -2,7 +2,9 @@
 
 One reconcile serves create, update and resume; a resync loop re-runs it for every object each
 `resync_interval` seconds to restore deleted or hand-edited children and to notice Secrets that
-appeared. The loop is one task fed by the watch stream (`on.event`), not a `kopf.timer`: kopf
+appeared, and a second loop reconciles, every `analysis_tick` seconds, only the objects whose
+canary rollout has an analysis due (`spec.canary.interval` is usually much shorter than the
+resync). Each loop is one task fed by the watch stream (`on.event`), not a `kopf.timer`: kopf
 puts a finalizer on every object with a timer, and this operator needs none — the children carry
 ownerReferences, so Kubernetes' garbage collector removes them with their AgentService, and
 nothing outside the cluster needs cleaning up.
@@ -46,7 +48,9 @@ async def _run(body: kopf.Body, memo: Any, *, permanent_invalid: bool) -> reconc
     return outcome
 
 
-def register(registry: kopf.OperatorRegistry, *, resync_interval: float) -> None:
+def register(
+    registry: kopf.OperatorRegistry, *, resync_interval: float, analysis_tick: float = reconcile.ANALYSIS_TICK
+) -> None:
     """Register the AgentService handlers on `registry`."""
 
     @kopf.on.resume(*RESOURCE, registry=registry)
@@ -66,11 +70,13 @@ def register(registry: kopf.OperatorRegistry, *, resync_interval: float) -> None
     @kopf.on.startup(registry=registry)
     async def agentservice_resync_start(memo: Any, **_: Any) -> None:
         memo.resync = asyncio.create_task(_reconciler(memo).resync_forever(resync_interval), name="resync")
+        memo.analysis = asyncio.create_task(_reconciler(memo).analyse_forever(analysis_tick), name="canary-analysis")
 
     @kopf.on.cleanup(registry=registry)
     async def agentservice_resync_stop(memo: Any, **_: Any) -> None:
-        task: asyncio.Task[None] | None = getattr(memo, "resync", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for name in ("resync", "analysis"):
+            task: asyncio.Task[None] | None = getattr(memo, name, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

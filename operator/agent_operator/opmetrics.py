@@ -1,4 +1,4 @@
-"""The operator's own Prometheus metrics: reconciles, their duration, errors and API writes.
+"""The operator's own Prometheus metrics: reconciles, their duration, errors, API writes and canaries.
 
 Every metric lives on an injected registry (tests build a fresh one and assert exact values);
 labels are bounded (a result, an error class, a verb and a kind — never an object name).
@@ -12,6 +12,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 PREFIX: Final = "agentservice_operator"
+CANARY_PREFIX: Final = "agentservice_canary"  # the Grafana dashboard reads `agentservice_canary_weight`
 RESULTS: Final = ("ready", "progressing", "degraded", "invalid", "error")
 
 
@@ -25,6 +26,11 @@ class Metrics:
     errors: Counter
     writes: Counter
     services: Gauge
+    canary_weight: Gauge
+    promotions: Counter
+    rollbacks: Counter
+    analyses: Counter
+    analysis_duration: Histogram
 
     def exposition(self) -> bytes:
         """The text exposition format of the registry (the `/metrics` body)."""
@@ -63,6 +69,37 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         services=Gauge(
             f"{PREFIX}_agentservices",
             "AgentServices the operator currently holds.",
+            registry=registry,
+        ),
+        # One series per AgentService (the dashboard's canary panel); removed when it is deleted.
+        canary_weight=Gauge(
+            f"{CANARY_PREFIX}_weight",
+            "Desired canary weight in percent (0 when no rollout is active).",
+            ["service", "namespace"],
+            registry=registry,
+        ),
+        promotions=Counter(
+            f"{CANARY_PREFIX}_promotions_total",
+            "Canary revisions promoted to stable, by reason (AnalysisPassed, PromotedByAnnotation, ...).",
+            ["reason"],
+            registry=registry,
+        ),
+        rollbacks=Counter(
+            f"{CANARY_PREFIX}_rollbacks_total",
+            "Canary rollouts rolled back or cancelled, by reason (FailureLimitReached, Aborted, Reverted).",
+            ["reason"],
+            registry=registry,
+        ),
+        analyses=Counter(
+            f"{CANARY_PREFIX}_analyses_total",
+            "Canary analyses run, by verdict (success, failure, inconclusive, error).",
+            ["verdict"],
+            registry=registry,
+        ),
+        analysis_duration=Histogram(
+            f"{CANARY_PREFIX}_analysis_duration_seconds",
+            "Wall-clock time of one canary analysis (every Prometheus query of it).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry,
         ),
     )

@@ -9,6 +9,12 @@ looks again), a transient API fault → `kopf.TemporaryError(delay=...)`.
 A missing Secret never rolls out Deployments (their pods would crash-loop on an unresolvable
 `secretKeyRef`): everything else is applied, existing Deployments are left as they are, and the
 resync timer picks the service up again once the Secret exists.
+
+Canary rollouts (`rollout.py`) sit between build and apply: they read what runs, may run an
+analysis, decide, and lay out the children of both tracks; the canary status, conditions and
+Events are written with the rest of the status. A second loop, `analyse_forever`, reconciles only
+the objects whose rollout has an analysis due, so analyses follow `spec.canary.interval` and not
+the (much longer) resync interval.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ from typing import Any, Final
 import pydantic
 import structlog
 
-from agent_operator import apply, builders, conditions, models, naming, opmetrics, secrets, validation
+from agent_operator import apply, builders, conditions, models, naming, opmetrics, rollout, secrets, validation
 
 log = structlog.get_logger(__name__)
 
 WORKLOAD_KINDS: Final = frozenset({"Deployment"})
-STATUS_KEYS: Final = ("phase", "observedGeneration", "conditions", "replicas", "readyReplicas", "revision")
+STATUS_KEYS: Final = ("phase", "observedGeneration", "conditions", "replicas", "readyReplicas", "revision", "canary")
 DEFAULT_RETRY_DELAY: Final = 10.0
+ANALYSIS_TICK: Final = 1.0  # how often the analysis loop looks for due canary analyses
 
 
 def utcnow() -> str:
@@ -73,11 +80,13 @@ class Reconciler:
         *,
         version: str | None = None,
         clock: Callable[[], str] = utcnow,
+        rollouts: rollout.Rollouts | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._version = version
         self._clock = clock
+        self._rollouts = rollouts if rollouts is not None else rollout.Rollouts(client, metrics, version=version)
         self._memory: dict[str, _Memory] = {}
         self._known: dict[str, dict[str, Any]] = {}
 
@@ -85,6 +94,7 @@ class Reconciler:
         """Drop the bookkeeping of a deleted object."""
         self._memory.pop(uid, None)
         self._known.pop(uid, None)
+        self._rollouts.forget(uid)
         self._metrics.services.set(len(self._known))
 
     def observe(self, body: Mapping[str, Any]) -> None:
@@ -101,19 +111,27 @@ class Reconciler:
         A failing object is logged and retried on the next pass; the others are not held up.
         """
         gate = asyncio.Semaphore(concurrency)
-
-        async def one(body: Mapping[str, Any]) -> None:
-            async with gate:
-                try:
-                    await self.reconcile(body)
-                except apply.ApiError as exc:
-                    log.warning("resync_failed", name=body["metadata"].get("name"), error=str(exc))
-                except Exception:
-                    log.exception("resync_crashed", name=body["metadata"].get("name"))
-
         while True:
             await asyncio.sleep(interval)
-            await asyncio.gather(*(one(body) for body in list(self._known.values())))
+            await asyncio.gather(*(self._reconcile_logged(body, gate) for body in list(self._known.values())))
+
+    async def analyse_forever(self, tick: float = ANALYSIS_TICK, *, concurrency: int = 16) -> None:
+        """Every `tick` seconds, reconcile the objects whose canary rollout has an analysis due."""
+        gate = asyncio.Semaphore(concurrency)
+        while True:
+            await asyncio.sleep(tick)
+            due = [body for uid, body in list(self._known.items()) if self._rollouts.due(uid)]
+            await asyncio.gather(*(self._reconcile_logged(body, gate) for body in due))
+
+    async def _reconcile_logged(self, body: Mapping[str, Any], gate: asyncio.Semaphore) -> None:
+        """Reconcile from a loop: a failure is logged and retried on the next pass."""
+        async with gate:
+            try:
+                await self.reconcile(body)
+            except apply.ApiError as exc:
+                log.warning("resync_failed", name=body["metadata"].get("name"), error=str(exc))
+            except Exception:
+                log.exception("resync_crashed", name=body["metadata"].get("name"))
 
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
         """Reconcile one AgentService body; serialised per object (handlers and timer may overlap)."""
@@ -141,29 +159,40 @@ class Reconciler:
 
     async def _reconcile(self, body: Mapping[str, Any], memory: _Memory) -> Outcome:
         generation = body.get("metadata", {}).get("generation")
+        prior = rollout.canary_status(self._previous_status(body, memory).get("canary"))
         try:
             svc, children = self._desired(body)
         except SpecInvalid as exc:
             obs = conditions.Observation(generation=generation, spec_error=str(exc))
-            phase, written = await self._write_status(body, obs, memory, revision="")
+            phase, written = await self._write_status(
+                body, obs, memory, revision=prior.stable_revision, canary=prior, canary_conditions=None
+            )
             return Outcome(phase, spec_error=str(exc), status_written=written)
 
         namespace = svc.metadata.namespace
+        uid = str(body.get("metadata", {}).get("uid") or svc.metadata.name)
         missing = await secrets.missing(self._client, namespace, secrets.references(svc.spec))
         token, new_token = await secrets.auth_token(self._client, svc)
         children = secrets.with_token(children, svc, token)
-        if missing:  # never roll out pods that would crash-loop; keep what runs
+        plan: rollout.Plan | None = None
+        if missing:  # never roll out pods that would crash-loop; keep what runs (and the rollout where it is)
             children = [c for c in children if c["kind"] not in WORKLOAD_KINDS]
+            live = await apply.read_live(self._client, children)
+        else:
+            live = await apply.read_live(self._client, children)
+            plan = await self._rollouts.plan(uid, body, svc, children=children, live=live, prior=prior)
+            children, live = plan.children, {**live, **plan.live}
         desired = apply.adopt(children, owner=body)
-        live = await apply.read_live(self._client, desired)
         result = await apply.apply_all(self._client, desired, live)
         pruned = await apply.prune(self._client, body, desired, naming.instance_labels(svc.metadata.name))
+        if plan is not None:
+            pruned += await self._rollouts.remove(body, plan)
         if new_token:
             log.info("auth_token_created", service=svc.metadata.name, namespace=namespace)
 
         workloads = []
-        for component in builders.COMPONENTS:
-            name = naming.deployment_name(svc.metadata.name, component)
+        names = plan.deployments if plan is not None else self._stable_deployments(svc)
+        for name in names:
             deployment = result.live.get(f"Deployment/{name}")
             if deployment is None and missing:
                 deployment = await self._client.get("apps/v1", "Deployment", namespace, name)
@@ -189,9 +218,38 @@ class Reconciler:
                 if part
             )
             await self._client.event(body, reason="Applied", message=message)
-        revision = builders.revision(svc, version=self._version)
-        phase, written = await self._write_status(body, obs, memory, revision=revision, workloads=workloads)
+        canary_status = plan.status if plan is not None else prior
+        wanted = None
+        if plan is not None:
+            wanted = rollout.wanted_conditions(
+                svc.spec.canary, plan.status, plan.desired_revision, prometheus_url=self._rollouts.prometheus_url
+            )
+        revision = canary_status.stable_revision or builders.revision(svc, version=self._version)
+        phase, written = await self._write_status(
+            body,
+            obs,
+            memory,
+            revision=revision,
+            workloads=workloads,
+            canary=canary_status,
+            canary_conditions=wanted if plan is not None else None,
+            keep_canary_conditions=plan is None,
+        )
+        if plan is not None:
+            await self._rollouts.announce(body, plan)
         return Outcome(phase, written=result.written + pruned, missing_secrets=tuple(missing), status_written=written)
+
+    @staticmethod
+    def _stable_deployments(svc: models.AgentService) -> tuple[str, ...]:
+        return tuple(naming.deployment_name(svc.metadata.name, c) for c in builders.COMPONENTS)
+
+    @staticmethod
+    def _previous_status(body: Mapping[str, Any], memory: _Memory) -> dict[str, Any]:
+        """The status this reconcile starts from: ours if the body predates our last write."""
+        version = body.get("metadata", {}).get("resourceVersion")
+        if memory.written_status is not None and memory.written_from == version:
+            return memory.written_status
+        return dict(body.get("status") or {})
 
     def _desired(self, body: Mapping[str, Any]) -> tuple[models.AgentService, list[dict[str, Any]]]:
         """Parse the body and build its children, or raise SpecInvalid naming the field."""
@@ -216,10 +274,16 @@ class Reconciler:
         *,
         revision: str,
         workloads: list[conditions.Workload] | None = None,
+        canary: models.CanaryStatus | None = None,
+        canary_conditions: list[tuple[str, models.ConditionStatus, str, str]] | None = None,
+        keep_canary_conditions: bool = True,
     ) -> tuple[models.Phase, bool]:
         """Patch the status subresource if (and only if) it differs; post Events on flips."""
         previous = _conditions(body)
-        phase, conds = conditions.derive(obs, previous, now=self._clock())
+        now = self._clock()
+        phase, conds = conditions.derive(obs, previous, now=now)
+        if not keep_canary_conditions:
+            conds = rollout.with_conditions(conds, canary_conditions, generation=obs.generation, now=now)
         workloads = workloads or []
         status: dict[str, Any] = {
             "phase": phase.value,
@@ -229,14 +293,20 @@ class Reconciler:
             "readyReplicas": sum(w.ready for w in workloads),
             "revision": revision,
         }
+        if canary is not None:
+            status["canary"] = rollout.status_json(canary)
         live_status = body.get("status") or {}
-        current = {k: live_status.get(k) for k in STATUS_KEYS}
+        current = {k: live_status.get(k) for k in status}
         version = body.get("metadata", {}).get("resourceVersion")
         if current == status:
             return phase, False
         if memory.written_status == status and memory.written_from == version:
             return phase, False  # our own write is not in this (stale) body yet
-        await self._client.patch_status(body, status)
+        patch = dict(status)
+        if canary is not None and isinstance(live_status.get("canary"), Mapping):
+            # a merge patch keeps keys it does not mention: null out the ones the new status dropped
+            patch["canary"] = {**dict.fromkeys(live_status["canary"]), **status["canary"]}
+        await self._client.patch_status(body, patch)
         memory.written_status, memory.written_from = status, version
         await self._announce(body, previous, conds)
         return phase, True

@@ -9,6 +9,11 @@ get their collaborators through kopf's `memo`. Choices made for kopf:
 - no finalizer on AgentServices (see `handlers`): deletion is the garbage collector's job;
 - kopf posts no Events from log lines; the operator posts its own, for significant steps only;
 - finite API timeouts, so a hung connection turns into a retry instead of a stuck handler.
+
+Canary analyses need a Prometheus: `--prometheus-url` (or `PROMETHEUS_URL`). Without it the
+operator still runs, and a canary rollout holds, then pauses, with a condition saying so.
+`--prometheus-scrape-interval` is the scrape interval of the runtime's metrics, which sets the
+shortest analysis window (four scrapes).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import aiohttp.web
 import kopf
 import structlog
 
-from agent_operator import __version__, apply, handlers, opmetrics, reconcile
+from agent_operator import __version__, apply, handlers, opmetrics, reconcile, rollout
+from agent_operator.prometheus import Prometheus
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +54,9 @@ class Config:
     server: str | None = None  # an API server URL without credentials (the dev cluster)
     version: str | None = None  # the runtime version of the default image (the operator's own)
     host: str = "0.0.0.0"
+    prometheus_url: str | None = None  # where canary analyses query; None: analyses cannot run
+    prometheus_scrape_interval: float = rollout.DEFAULT_SCRAPE_INTERVAL
+    analysis_tick: float = reconcile.ANALYSIS_TICK
 
     @property
     def all_namespaces(self) -> bool:
@@ -63,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
     parser.add_argument("--resync-interval", type=float, default=DEFAULT_RESYNC_INTERVAL, metavar="SECONDS")
     parser.add_argument("--server", default=None, help="API server URL without credentials (development)")
+    parser.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("PROMETHEUS_URL") or None,
+        metavar="URL",
+        help="Prometheus HTTP API for canary analyses (default: $PROMETHEUS_URL; without it rollouts pause)",
+    )
+    parser.add_argument(
+        "--prometheus-scrape-interval",
+        type=float,
+        default=rollout.DEFAULT_SCRAPE_INTERVAL,
+        metavar="SECONDS",
+        help="scrape interval of the runtime metrics (an analysis window spans at least four)",
+    )
     parser.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("AGENT_LOG_FORMAT", "json"))
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -129,9 +151,17 @@ async def operate(
         return await login(config, settings)
 
     client = apply.Client(credentials, metrics)
-    reconciler = reconcile.Reconciler(client, metrics, version=config.version)
+    prometheus = Prometheus(config.prometheus_url) if config.prometheus_url else None
+    rollouts = rollout.Rollouts(
+        client,
+        metrics,
+        prometheus=prometheus,
+        scrape_interval_seconds=config.prometheus_scrape_interval,
+        version=config.version,
+    )
+    reconciler = reconcile.Reconciler(client, metrics, version=config.version, rollouts=rollouts)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, resync_interval=config.resync_interval)
+    handlers.register(registry, resync_interval=config.resync_interval, analysis_tick=config.analysis_tick)
 
     @kopf.on.login(registry=registry)
     async def agentservice_login(**_: Any) -> kopf.ConnectionInfo:
@@ -146,6 +176,7 @@ async def operate(
         version=__version__,
         namespaces=list(config.namespaces) or "all",
         resync_interval=config.resync_interval,
+        prometheus=config.prometheus_url or "not configured: canary rollouts cannot be analysed",
     )
     try:
         await kopf.operator(
@@ -161,6 +192,8 @@ async def operate(
         )
     finally:
         await client.close()
+        if prometheus is not None:
+            prometheus.close()
         if runner is not None:
             await runner.cleanup()
 
@@ -221,6 +254,8 @@ def config_from(args: argparse.Namespace) -> Config:
         metrics_port=getattr(args, "metrics_port", DEFAULT_METRICS_PORT),
         resync_interval=getattr(args, "resync_interval", DEFAULT_RESYNC_INTERVAL),
         server=getattr(args, "server", None),
+        prometheus_url=getattr(args, "prometheus_url", None) or None,
+        prometheus_scrape_interval=getattr(args, "prometheus_scrape_interval", rollout.DEFAULT_SCRAPE_INTERVAL),
     )
 
 
