@@ -19,6 +19,7 @@ Covers:
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -125,15 +126,25 @@ class Fleet:
         self.redis_server = redis_server
         self.processes: list[ForkedRuntime] = []
 
-    async def run(self, cfg: RuntimeConfig, count: int = 4) -> None:
-        """Start `count` workers that drain the queue, and wait for all of them to exit 0."""
+    async def start(self, cfg: RuntimeConfig, *, burst: bool, count: int = 4) -> None:
         path = write_config(self.directory, cfg.model_dump(mode="json"))
+        args = ["worker", "--metrics-port", "0", *(["--burst"] if burst else [])]
         for _ in range(count):
-            process = ForkedRuntime(
-                ["worker", "--burst", "--metrics-port", "0"], config_path=path, redis_url=self.redis_server.url
-            )
+            process = ForkedRuntime(args, config_path=path, redis_url=self.redis_server.url)
             await process.start()
             self.processes.append(process)
+
+    async def run(self, cfg: RuntimeConfig, count: int = 4) -> None:
+        """Start `count` burst workers that drain the queue, and wait for all of them to exit 0."""
+        await self.start(cfg, burst=True, count=count)
+        await self.wait()
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            process.signal(signal.SIGTERM)
+        await self.wait()
+
+    async def wait(self) -> None:
         for process in self.processes:
             assert await process.wait(60) == 0, process.logs()[-2000:]
 
@@ -188,14 +199,23 @@ async def test_four_workers_share_one_limit(
 async def test_429_storm_backs_off_every_replica(
     config: RuntimeConfig, redis_client: redis.asyncio.Redis, model_server: LocalModelServer, fleet: Fleet
 ) -> None:
-    model_server.faults.retry_after = 1.0
-    model_server.faults.script = ["429"] * 10
-    model_server.faults.latency_seconds = 0.02
     cfg = config.model_copy(update={"provider_max_retries": 6, "worker_concurrency": 4})
     queue = TaskQueue.from_config(cfg, redis_client)
     await queue.ensure_group()
+    await fleet.start(cfg, burst=False)
+    warm_up = [(await queue.submit(f"Warm up {n}", max_steps=2)).task_id for n in range(8)]
+    while len(model_server.completed()) < len(warm_up):
+        await asyncio.sleep(0.05)
+    while len(await redis_client.xinfo_consumers(queue.streams["normal"], queue.group)) < 4:
+        await asyncio.sleep(0.05)  # every process up and reading
+    model_server.calls.clear()
+    model_server.faults.retry_after = 1.0
+    model_server.faults.script = ["429"] * 10
+    model_server.faults.latency_seconds = 0.02
     ids = [(await queue.submit(f"Say hello {n}", max_steps=2)).task_id for n in range(40)]
-    await fleet.run(cfg)
+    while len(model_server.completed()) < len(ids):
+        await asyncio.sleep(0.05)
+    await fleet.stop()
 
     statuses = [(await queue.get(t)).status for t in ids]
     assert statuses == [TaskStatus.SUCCEEDED] * len(ids)
