@@ -203,11 +203,11 @@ async def test_429_storm_backs_off_every_replica(
     queue = TaskQueue.from_config(cfg, redis_client)
     await queue.ensure_group()
     await fleet.start(cfg, burst=False)
+    while not all("worker_started" in p.logs() for p in fleet.processes):
+        await asyncio.sleep(0.05)  # every process up and reading
     warm_up = [(await queue.submit(f"Warm up {n}", max_steps=2)).task_id for n in range(8)]
     while len(model_server.completed()) < len(warm_up):
         await asyncio.sleep(0.05)
-    while len(await redis_client.xinfo_consumers(queue.streams["normal"], queue.group)) < 4:
-        await asyncio.sleep(0.05)  # every process up and reading
     model_server.calls.clear()
     model_server.faults.retry_after = 1.0
     model_server.faults.script = ["429"] * 10
