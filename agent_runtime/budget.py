@@ -28,6 +28,7 @@ __all__ = [
     "per_task_exceeded",
     "per_task_message",
     "seconds_until_midnight",
+    "usd",
 ]
 
 _KEEP_SECONDS = 2 * 86_400
@@ -45,9 +46,14 @@ def seconds_until_midnight(timestamp: float) -> int:
     return max(1, int((midnight - now).total_seconds() + 0.999))
 
 
+def usd(amount: float) -> str:
+    """Dollars with cents, or with four decimals below one dollar (small budgets stay readable). Pure."""
+    return f"${amount:.2f}" if abs(amount) >= 1 else f"${amount:.4f}"
+
+
 def daily_message(spent: float, limit: float) -> str:
     """What a refused submission is told. Pure."""
-    return f"budget exhausted until 00:00 UTC: spent ${spent:.2f} of the ${limit:.2f} daily budget (budget.dailyUSD)"
+    return f"budget exhausted until 00:00 UTC: spent {usd(spent)} of the {usd(limit)} daily budget (budget.dailyUSD)"
 
 
 def per_task_exceeded(spent: float, limit: float | None) -> bool:
@@ -56,7 +62,7 @@ def per_task_exceeded(spent: float, limit: float | None) -> bool:
 
 def per_task_message(spent: float, limit: float, steps: int) -> str:
     return (
-        f"per-task budget exhausted: spent ${spent:.4f} of ${limit:.4f} (budget.perTaskUSD) after {steps} steps; "
+        f"per-task budget exhausted: spent {usd(spent)} of {usd(limit)} (budget.perTaskUSD) after {steps} steps; "
         "the transcript so far is kept"
     )
 

@@ -1,7 +1,13 @@
-"""Fixtures of the runtime tests: a real redis-server, the local model server, config, and the API client."""
+"""Fixtures of the runtime tests: a real redis-server, the local model server, config, the API client, workers.
+
+`make_worker` builds in-process burst workers; `fleet` runs real worker processes (forked, see
+`tests.support.processes`) that share the test's Redis.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +21,7 @@ from agent_runtime.composition import WorkerParts, build_worker, connect_redis
 from agent_runtime.config import ProviderConfig, RuntimeConfig
 from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.localredis import LocalRedis
+from tests.support.processes import ForkedRuntime, write_config
 from tests.support.redis_server import running_redis
 
 TOKEN = "test-token"
@@ -99,3 +106,47 @@ async def make_worker(config: RuntimeConfig, redis_client: redis.asyncio.Redis) 
     yield make
     for parts in made:
         await parts.aclose()
+
+
+class Fleet:
+    """Worker processes on the test's Redis (burst or long-running); all killed at the end of the test."""
+
+    def __init__(self, directory: Path, redis_server: LocalRedis) -> None:
+        self.directory = directory
+        self.redis_server = redis_server
+        self.processes: list[ForkedRuntime] = []
+
+    async def start(self, cfg: RuntimeConfig, *, burst: bool, count: int = 4) -> None:
+        path = write_config(self.directory, cfg.model_dump(mode="json"))
+        args = ["worker", "--metrics-port", "0", *(["--burst"] if burst else [])]
+        for _ in range(count):
+            process = ForkedRuntime(args, config_path=path, redis_url=self.redis_server.url)
+            await process.start()
+            self.processes.append(process)
+
+    async def run(self, cfg: RuntimeConfig, count: int = 4) -> None:
+        """Start `count` burst workers that drain the queue, and wait for all of them to exit 0."""
+        await self.start(cfg, burst=True, count=count)
+        await self.wait()
+
+    async def started(self) -> None:
+        """Wait until every process is up and reading (its `worker_started` log line)."""
+        while not all("worker_started" in p.logs() for p in self.processes):
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            process.signal(signal.SIGTERM)
+        await self.wait()
+
+    async def wait(self) -> None:
+        for process in self.processes:
+            assert await process.wait(60) == 0, process.logs()[-2000:]
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, redis_server: LocalRedis) -> AsyncIterator[Fleet]:
+    made = Fleet(tmp_path, redis_server)
+    yield made
+    for process in made.processes:
+        await process.kill()

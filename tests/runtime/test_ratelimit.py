@@ -19,10 +19,7 @@ Covers:
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -33,7 +30,7 @@ from agent_runtime.localredis import LocalRedis
 from agent_runtime.queue import TaskQueue
 from agent_runtime.ratelimit import Limit, RateLimited, RateLimiter
 from agent_runtime.tasks import TaskStatus
-from tests.support.processes import ForkedRuntime, write_config
+from tests.runtime.conftest import Fleet
 
 
 def limiter(client: redis.asyncio.Redis, **limit: float) -> RateLimiter:
@@ -118,45 +115,6 @@ async def test_backoff_is_shared_and_never_shortened(redis_server: LocalRedis) -
         await two.aclose()
 
 
-class Fleet:
-    """Burst worker processes on the test's Redis; all killed at the end of the test."""
-
-    def __init__(self, directory: Path, redis_server: LocalRedis) -> None:
-        self.directory = directory
-        self.redis_server = redis_server
-        self.processes: list[ForkedRuntime] = []
-
-    async def start(self, cfg: RuntimeConfig, *, burst: bool, count: int = 4) -> None:
-        path = write_config(self.directory, cfg.model_dump(mode="json"))
-        args = ["worker", "--metrics-port", "0", *(["--burst"] if burst else [])]
-        for _ in range(count):
-            process = ForkedRuntime(args, config_path=path, redis_url=self.redis_server.url)
-            await process.start()
-            self.processes.append(process)
-
-    async def run(self, cfg: RuntimeConfig, count: int = 4) -> None:
-        """Start `count` burst workers that drain the queue, and wait for all of them to exit 0."""
-        await self.start(cfg, burst=True, count=count)
-        await self.wait()
-
-    async def stop(self) -> None:
-        for process in self.processes:
-            process.signal(signal.SIGTERM)
-        await self.wait()
-
-    async def wait(self) -> None:
-        for process in self.processes:
-            assert await process.wait(60) == 0, process.logs()[-2000:]
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path, redis_server: LocalRedis) -> AsyncIterator[Fleet]:
-    made = Fleet(tmp_path, redis_server)
-    yield made
-    for process in made.processes:
-        await process.kill()
-
-
 def window_counts(starts: list[float], window: float) -> list[int]:
     """Requests in [t, t + window) for every request time t whose window ends before the last request."""
     starts = sorted(starts)
@@ -203,8 +161,7 @@ async def test_429_storm_backs_off_every_replica(
     queue = TaskQueue.from_config(cfg, redis_client)
     await queue.ensure_group()
     await fleet.start(cfg, burst=False)
-    while not all("worker_started" in p.logs() for p in fleet.processes):
-        await asyncio.sleep(0.05)  # every process up and reading
+    await fleet.started()
     warm_up = [(await queue.submit(f"Warm up {n}", max_steps=2)).task_id for n in range(8)]
     while len(model_server.completed()) < len(warm_up):
         await asyncio.sleep(0.05)
