@@ -158,6 +158,18 @@ class Provider(Model):
         default=None,
         description="Secret key holding the API key. Keys are only ever referenced, never copied.",
     )
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="This provider's request limit, shared by all replicas; defaults to limits.requestsPerMinute.",
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="This provider's token limit, shared by all replicas; defaults to limits.tokensPerMinute.",
+    )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
@@ -177,6 +189,17 @@ class Provider(Model):
         return self
 
 
+class CircuitBreaker(Model):
+    """Per-provider circuit breakers (state per replica)."""
+
+    failure_threshold: int = Field(
+        default=5, ge=1, le=100, description="Consecutive failures (5xx, timeouts) that open a provider's circuit."
+    )
+    cooldown_seconds: int = Field(
+        default=30, ge=1, le=3600, description="Seconds an open circuit waits before letting one probe call through."
+    )
+
+
 class ModelSpec(Model):
     """Which LLMs serve the agents and how calls are spread across them."""
 
@@ -192,6 +215,12 @@ class ModelSpec(Model):
         description="System prompt of every task.",
     )
     max_output_tokens: int = Field(default=1024, ge=1, le=64000, description="max_tokens of each LLM call.")
+    circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker, description="Per-provider breakers.")
+    degraded_tools: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Tools still offered while degraded (a circuit not closed); the others are withheld.",
+    )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
@@ -334,6 +363,13 @@ class Budget(Model):
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict, description="Price table override, keyed by model identifier."
     )
+
+
+class Cache(Model):
+    """The exact-match response cache, shared by all replicas through Redis."""
+
+    enabled: bool = Field(default=False, description="Serve identical model requests from the cache.")
+    ttl_seconds: int = Field(default=3600, ge=1, le=604_800, description="Seconds a cached reply is served.")
 
 
 class RedisSpec(Model):
@@ -529,6 +565,7 @@ class AgentServiceSpec(Model):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Autoscaling.")
     limits: Limits = Field(default_factory=Limits, description="Rate and size limits.")
     budget: Budget = Field(default_factory=Budget, description="Spending limits.")
+    cache: Cache = Field(default_factory=Cache, description="Response cache.")
     redis: RedisSpec = Field(description="The Redis that holds queue, limits and checkpoints.")
     alerts: Alerts = Field(default_factory=Alerts, description="Alert thresholds.")
     canary: Canary = Field(default_factory=Canary, description="Canary rollouts.")

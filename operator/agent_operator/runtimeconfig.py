@@ -62,6 +62,8 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
             base_url=p.base_url,
             weight=p.weight,
             api_key_env=constants.provider_key_env(p.name) if p.api_key_secret_ref is not None else None,
+            requests_per_minute=p.requests_per_minute,
+            tokens_per_minute=p.tokens_per_minute,
         )
         for p in spec.model.providers
     ]
@@ -84,6 +86,11 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         daily_budget_usd=spec.budget.daily_usd,
         per_task_budget_usd=spec.budget.per_task_usd,
         prices=prices,
+        breaker_failure_threshold=spec.model.circuit_breaker.failure_threshold,
+        breaker_cooldown_seconds=float(spec.model.circuit_breaker.cooldown_seconds),
+        degraded_tools=list(spec.model.degraded_tools),
+        cache_enabled=spec.cache.enabled,
+        cache_ttl_seconds=spec.cache.ttl_seconds,
         worker_concurrency=spec.worker.concurrency,
         shutdown_grace_seconds=shutdown_grace_seconds(spec.worker.termination_grace_period_seconds),
     )
