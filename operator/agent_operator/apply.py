@@ -36,6 +36,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -131,22 +132,42 @@ _SUFFIXES: Final = {
 }
 
 
+# The quantity grammar of k8s.io/apimachinery (resource.Quantity): a signed decimal number with
+# a binary suffix, a decimal suffix or a decimal exponent. Anything else (`NaN`, `1_000`, ` 1`,
+# all of which Python's Decimal would accept) is not a quantity and compares as plain text.
+_QUANTITY: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?")
+
+
 def quantity(text: str) -> Decimal | None:
     """The value of a Kubernetes quantity (`250m`, `1Gi`, `1e3`), or None if it is not one."""
+    if not _QUANTITY.fullmatch(text):
+        return None
     for suffix in sorted(_SUFFIXES, key=len, reverse=True):
         if text.endswith(suffix) and text[: -len(suffix)]:
-            try:
-                return Decimal(text[: -len(suffix)]) * _SUFFIXES[suffix]
-            except InvalidOperation:
-                return None
+            return Decimal(text[: -len(suffix)]) * _SUFFIXES[suffix]
     try:
         return Decimal(text)
-    except InvalidOperation:
+    except InvalidOperation:  # pragma: no cover - the grammar admits only decimals
         return None
 
 
 def _empty(value: Any) -> bool:
-    return value is None or value in ({}, [])
+    """A value the API server drops from its answer: null, `{}`, `[]`, and `""` (omitempty)."""
+    return value is None or value in ({}, [], "")
+
+
+def _same_scalar(desired: Any, live: Any) -> bool:
+    """Equal, or the same quantity in two spellings (`0.5` and `500m`; `2` and "2")."""
+    if desired == live and type(desired) is type(live):
+        return True
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is live  # True == 1 in Python, not in an API object
+    if isinstance(desired, str | int | float) and isinstance(live, str | int | float):
+        if isinstance(desired, str) or isinstance(live, str):
+            a, b = quantity(str(desired)), quantity(str(live))
+            return a is not None and a == b
+        return bool(desired == live)
+    return bool(desired == live)
 
 
 def _list_key(items: Sequence[Any]) -> str | None:
@@ -174,13 +195,7 @@ def drift(desired: Any, live: Any, path: str = "") -> list[str]:
         return found
     if isinstance(desired, list):
         return _list_drift(desired, live, path)
-    if desired == live:
-        return []
-    if isinstance(desired, str) and isinstance(live, str | int | float):
-        a, b = quantity(desired), quantity(str(live))
-        if a is not None and a == b:
-            return []
-    return [path]
+    return [] if _same_scalar(desired, live) else [path]
 
 
 def _list_drift(desired: list[Any], live: Any, path: str) -> list[str]:
@@ -200,6 +215,15 @@ def _list_drift(desired: list[Any], live: Any, path: str) -> list[str]:
 
 def manifest_hash(manifest: Mapping[str, Any]) -> str:
     """A short, stable fingerprint of a desired manifest (without the fingerprint itself)."""
+    annotations = manifest.get("metadata", {}).get("annotations") or {}
+    if APPLIED_HASH_ANNOTATION in annotations:
+        meta = dict(manifest["metadata"])
+        rest = {k: v for k, v in annotations.items() if k != APPLIED_HASH_ANNOTATION}
+        if rest:
+            meta["annotations"] = rest
+        else:
+            del meta["annotations"]
+        manifest = {**manifest, "metadata": meta}
     text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -272,6 +296,8 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
         self._lock = asyncio.Lock()
+        # Owner uid -> the prunable children known to exist, once a list has established them.
+        self._prunable: dict[str, set[tuple[str, str, str]]] = {}
 
     async def _ensure(self, *, renew: bool = False) -> aiohttp.ClientSession:
         async with self._lock:
@@ -293,6 +319,26 @@ class Client:
             )
             self._server = info.server.rstrip("/")
             return self._session
+
+    def known_prunable(self, owner_uid: str) -> set[tuple[str, str, str]] | None:
+        """(apiVersion, kind, name) of the owner's prunable children, None until listed once."""
+        return self._prunable.get(owner_uid)
+
+    def remember_prunable(self, owner_uid: str, children: set[tuple[str, str, str]]) -> None:
+        self._prunable[owner_uid] = children
+
+    def note_prunable(self, child: Mapping[str, Any]) -> None:
+        """Remember that `child` (adopted) exists, if its kind is prunable and its owner listed."""
+        if (child["apiVersion"], child["kind"]) not in PRUNABLE:
+            return
+        for ref in child["metadata"].get("ownerReferences") or []:
+            known = self._prunable.get(str(ref.get("uid"))) if ref.get("controller") else None
+            if known is not None:
+                known.add((child["apiVersion"], child["kind"], child["metadata"]["name"]))
+
+    def forget(self, owner_uid: str) -> None:
+        """Drop what the client remembers about an owner's children (the owner was deleted)."""
+        self._prunable.pop(owner_uid, None)
 
     async def close(self) -> None:
         async with self._lock:
@@ -424,7 +470,10 @@ def adopt(children: Sequence[Mapping[str, Any]], owner: Mapping[str, Any]) -> li
     """Copies of `children` owned by `owner` (controller ownerReference), hash-stamped."""
     adopted = [json.loads(json.dumps(child)) for child in children]
     kopf.append_owner_reference(adopted, owner=kopf.Body(cast(kopf.RawBody, dict(owner))))
-    return [stamped(child) for child in adopted]
+    for child in adopted:  # already private copies: stamp in place rather than copy again
+        digest = manifest_hash(child)
+        child.setdefault("metadata", {}).setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = digest
+    return adopted
 
 
 def key(manifest: Mapping[str, Any]) -> str:
@@ -469,25 +518,41 @@ async def apply_all(
                 continue
             raise
         written.append(name)
+    for child in desired:
+        if key(child) in result_live:
+            client.note_prunable(child)
     return Result(written=tuple(written), live=result_live, skipped=tuple(sorted(set(skipped))))
 
 
 async def prune(
     client: Client, owner: Mapping[str, Any], desired: Sequence[Mapping[str, Any]], selector: Mapping[str, str]
 ) -> tuple[str, ...]:
-    """Delete owned children of the prunable kinds that are no longer desired; return `Kind/name`s."""
+    """Delete owned children of the prunable kinds that are no longer desired; return `Kind/name`s.
+
+    The first prune of an owner after start-up lists each prunable kind (five LIST calls); from
+    then on the client remembers which of them exist (`apply_all` notes every one it applies or
+    finds), so a resync pass over N services costs no LIST calls instead of 5 N.
+    """
     meta = owner["metadata"]
+    uid = str(meta.get("uid"))
     wanted = {key(c) for c in desired}
+    known = client.known_prunable(uid)
+    if known is None:
+        known = set()
+        for api_version, kind in PRUNABLE:
+            for obj in await client.list_objects(api_version, kind, meta["namespace"], selector=selector):
+                refs = obj.get("metadata", {}).get("ownerReferences") or []
+                if any(ref.get("uid") == meta.get("uid") for ref in refs):
+                    known.add((api_version, kind, obj["metadata"]["name"]))
+        client.remember_prunable(uid, known)
     deleted = []
-    for api_version, kind in PRUNABLE:
-        for obj in await client.list_objects(api_version, kind, meta["namespace"], selector=selector):
-            refs = obj.get("metadata", {}).get("ownerReferences") or []
-            name = f"{kind}/{obj['metadata']['name']}"
-            if name in wanted or not any(ref.get("uid") == meta.get("uid") for ref in refs):
-                continue
-            log.info("prune", child=name)
-            await client.delete(api_version, kind, meta["namespace"], obj["metadata"]["name"])
-            deleted.append(name)
+    for api_version, kind, name in sorted(known):
+        if f"{kind}/{name}" in wanted:
+            continue
+        log.info("prune", child=f"{kind}/{name}")
+        await client.delete(api_version, kind, meta["namespace"], name)
+        known.discard((api_version, kind, name))
+        deleted.append(f"{kind}/{name}")
     return tuple(deleted)
 
 
