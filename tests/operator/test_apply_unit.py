@@ -208,7 +208,7 @@ def test_extra_live_keys_are_not_drift(desired: dict[str, Any], extra: Any) -> N
 
 @given(st.dictionaries(st.text("xyz", min_size=1, max_size=2), st.text("ab", min_size=1, max_size=3), min_size=1))
 def test_stamping_is_deterministic_and_sensitive(data: dict[str, str]) -> None:
-    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data}
+    manifest: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data}
     assert apply.stamped(manifest) == apply.stamped(copy.deepcopy(manifest))
     first = next(iter(data))
     changed = copy.deepcopy(manifest)
