@@ -166,7 +166,7 @@ async def test_template_change_starts_a_rollout_beside_the_kept_stable(op: Canar
     assert status["stableRevision"] != status["canaryRevision"]
     assert op.status()["revision"] == status["stableRevision"]
     assert op.condition("Promoted")["status"] == "False"
-    assert sample(op, "agentservice_canary_weight", service="demo", namespace="default") == 10
+    await eventually(lambda: sample(op, "agentservice_canary_weight", service="demo", namespace="default") == 10)
 
     # no Prometheus URL: every analysis is an error; the rollout holds, then pauses, never promotes
     analysis_ready = await eventually(lambda: (c := op.condition("AnalysisReady")).get("status") == "False" and c)

@@ -1,0 +1,299 @@
+"""End-to-end machinery: the operator's Deployments run as real runtime processes, scraped by a real Prometheus.
+
+Nothing here fakes the code under test; it plays the parts of a cluster the dev cluster lacks:
+
+- `DiscoveringPrometheus`: the real `prometheus` (tests/support) with file-based service discovery,
+  1 s scrapes, and a `namespace` target label on every target, as Kubernetes discovery would add;
+- `Kubelet`: for every Deployment of a namespace, runs one runtime process per replica
+  (`agent-runtime api|worker`, forked from a preloaded fork server), configured the way a pod would
+  be: the ConfigMap its template mounts becomes the config file, its env is resolved (literals,
+  Secret keys, the pod name), so `AGENT_TRACK` and `AGENT_SERVICE` come from the operator's
+  template. A template change restarts the pods, a replica change adds or stops some, a deleted
+  Deployment stops them. Once its pods answer `/health` it plays the Deployment controller
+  (`simulate_rollouts`), and it keeps Prometheus's target file in step. The only test-only change
+  to a pod's config (`OVERLAY`) is a short drain when it is stopped;
+- `LoadGenerator`: submits tasks at a steady rate to the API pods of both tracks in turn (the
+  Service's replica-ratio split);
+- `pattern`: a deterministic fault script for the local model server (exactly k errors in 10 calls).
+
+Model faults are HTTP 400 answers: final errors, so each one fails its task. A 5xx would not: the
+runtime retries it (the task is redelivered), so it shows as latency rather than as failed tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+from agent_operator import devcluster, naming
+
+from agent_runtime import constants
+from agent_runtime.localredis import free_port
+from tests.support.processes import ForkedRuntime
+from tests.support.prometheus_server import SCRAPE_INTERVAL, PrometheusServer
+
+NAMESPACE: Final = "default"
+# Test-only tuning of every pod's runtime config: a stopped worker drains briefly.
+OVERLAY: Final[dict[str, Any]] = {"shutdown_grace_seconds": 2}
+FAULT_STATUS: Final = 400  # a final model error: its task fails (see the module docstring)
+STOP_GRACE: Final = 4.0
+START_TIMEOUT: Final = 30.0
+
+
+def pattern(errors_per_ten: int, length: int = 6000) -> list[str]:
+    """A fault script with exactly `errors_per_ten` HTTP 400s in every 10 calls, spread out."""
+    block = ["ok"] * 10
+    for i in range(errors_per_ten):
+        block[(i * 10) // max(errors_per_ten, 1)] = str(FAULT_STATUS)
+    return list(itertools.islice(itertools.cycle(block), length))
+
+
+class DiscoveringPrometheus(PrometheusServer):
+    """A real prometheus scraping the targets of a JSON file (file_sd), re-read as it changes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.targets_path = directory / "targets.json"
+        self.targets_path.write_text("[]")
+        super().__init__(directory, [])
+
+    def config(self, targets: Sequence[str]) -> dict[str, Any]:  # type: ignore[override]
+        base = PrometheusServer.config(targets)
+        base["scrape_configs"] = [
+            {
+                "job_name": "runtime",
+                "honor_labels": True,  # the runtime's own `service` and `track` labels win
+                "file_sd_configs": [{"files": [str(self.targets_path)], "refresh_interval": SCRAPE_INTERVAL}],
+            }
+        ]
+        return base
+
+    def set_targets(self, targets: Mapping[str, Mapping[str, str]]) -> None:
+        """`host:port` -> target labels; written atomically (prometheus watches the file)."""
+        groups = [{"targets": [target], "labels": dict(labels)} for target, labels in sorted(targets.items())]
+        temporary = self.targets_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(groups))
+        os.replace(temporary, self.targets_path)
+
+
+@dataclasses.dataclass
+class Pod:
+    """One runtime process standing in for one pod of a Deployment."""
+
+    name: str
+    deployment: str
+    component: str
+    track: str
+    revision: str
+    port: int
+    process: ForkedRuntime
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class Kubelet:
+    """Runs the Deployments of one namespace of the dev cluster as runtime processes (see the module doc)."""
+
+    def __init__(
+        self,
+        cluster: devcluster.DevCluster,
+        directory: Path,
+        prometheus: DiscoveringPrometheus | None,
+        *,
+        namespace: str = NAMESPACE,
+        overlay: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.directory = directory
+        self.prometheus = prometheus
+        self.namespace = namespace
+        self.overlay = dict(OVERLAY if overlay is None else overlay)
+        self.pods: dict[str, Pod] = {}
+        self.started: list[tuple[float, str, str]] = []  # (monotonic time ready, deployment, revision)
+        self.errors: list[BaseException] = []  # pods that could not start (the sync goes on)
+        self._serial = itertools.count()
+        self._http = httpx.AsyncClient(timeout=2.0)
+
+    async def run(self, period: float = 0.2) -> None:
+        """Sync forever (cancel to stop; `close` stops the pods); failures are kept in `errors`."""
+        while True:
+            try:
+                await self.sync()
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                self.errors.append(exc)
+            await asyncio.sleep(period)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self._stop(pod) for pod in list(self.pods.values())))
+        self.pods.clear()
+        self._publish()
+        await self._http.aclose()
+
+    def api_pods(self, track: str | None = None) -> list[Pod]:
+        return [p for p in self.pods.values() if p.component == "api" and (track is None or p.track == track)]
+
+    def ready_at(self, deployment: str, revision: str | None = None) -> float | None:
+        """When the pods of a Deployment (at a revision) last became ready (monotonic), if they did."""
+        times = [t for t, name, rev in self.started if name == deployment and (revision is None or rev == revision)]
+        return max(times) if times else None
+
+    async def sync(self) -> None:
+        """Close the gap between the Deployments and the pods; then report the Deployments rolled out."""
+        wanted: dict[str, tuple[dict[str, Any], int, str]] = {}
+        for deployment in self.cluster.live_objects("apps/v1/deployments", self.namespace):
+            template = deployment["spec"]["template"]
+            revision = template["metadata"]["annotations"].get(naming.TEMPLATE_HASH_ANNOTATION, "")
+            wanted[deployment["metadata"]["name"]] = (deployment, int(deployment["spec"].get("replicas", 1)), revision)
+        stopping = []
+        for pod in list(self.pods.values()):
+            spec = wanted.get(pod.deployment)
+            if spec is None or spec[2] != pod.revision:
+                stopping.append(self.pods.pop(pod.name))
+        for name, (_, replicas, _) in wanted.items():
+            mine = sorted((p for p in self.pods.values() if p.deployment == name), key=lambda p: p.name)
+            for pod in mine[replicas:]:
+                stopping.append(self.pods.pop(pod.name))
+        if stopping:
+            self._publish()
+            await asyncio.gather(*(self._stop(pod) for pod in stopping))
+        starting = []
+        for name, (deployment, replicas, revision) in wanted.items():
+            have = sum(1 for p in self.pods.values() if p.deployment == name)
+            starting += [self._start(deployment, revision) for _ in range(replicas - have)]
+        if starting:
+            outcomes = await asyncio.gather(*starting, return_exceptions=True)
+            now = time.monotonic()
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self.pods[outcome.name] = outcome
+                self.started.append((now, outcome.deployment, outcome.revision))
+            self._publish()
+        await self.cluster.simulate_rollouts(self.namespace)
+
+    async def _start(self, deployment: Mapping[str, Any], revision: str) -> Pod:
+        meta, template = deployment["metadata"], deployment["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        component = container["args"][0]
+        track = template["metadata"]["labels"][naming.TRACK_LABEL]
+        name = f"{meta['name']}-{revision}-{next(self._serial)}"
+        home = self.directory / name
+        home.mkdir(parents=True)
+        config_path = home / "config.json"
+        config_path.write_text(json.dumps({**self._mounted_config(template), **self.overlay}))
+        env = self._environment(container, name)
+        env[constants.CONFIG_PATH_ENV] = str(config_path)
+        port = free_port()
+        flag = "--port" if component == "api" else "--metrics-port"
+        args = ["--log-level", "warning", component, "--host", "127.0.0.1", flag, str(port)]
+        process = ForkedRuntime(args, config_path=config_path, redis_url=env[constants.REDIS_URL_ENV], env=env)
+        await process.start()
+        pod = Pod(name, meta["name"], component, track, revision, port, process)
+        try:
+            await self._wait_healthy(pod)
+        except BaseException:
+            await process.kill()
+            raise
+        return pod
+
+    def _mounted_config(self, template: Mapping[str, Any]) -> dict[str, Any]:
+        volume = next(v for v in template["spec"]["volumes"] if "configMap" in v)
+        config_map = self.cluster.live("v1/configmaps", self.namespace, volume["configMap"]["name"])
+        if config_map is None:
+            raise RuntimeError(f"ConfigMap {volume['configMap']['name']} is not there: the pod cannot start")
+        data: dict[str, Any] = json.loads(config_map["data"]["config.json"])
+        return data
+
+    def _environment(self, container: Mapping[str, Any], pod_name: str) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for var in container.get("env") or []:
+            source = var.get("valueFrom") or {}
+            if "value" in var:
+                env[var["name"]] = str(var["value"])
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                secret = self.cluster.live("v1/secrets", self.namespace, ref["name"]) or {}
+                env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+            elif source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                env[var["name"]] = pod_name
+        return env
+
+    async def _wait_healthy(self, pod: Pod) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        url = f"http://{pod.address}{constants.HEALTH_PATH}"
+        while time.monotonic() < deadline:
+            if not pod.process.alive():
+                raise RuntimeError(f"pod {pod.name} exited:\n{pod.process.logs()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await self._http.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"pod {pod.name} not healthy after {START_TIMEOUT} s:\n{pod.process.logs()[-3000:]}")
+
+    async def _stop(self, pod: Pod) -> None:
+        pod.process.signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await pod.process.wait(STOP_GRACE)
+        await pod.process.kill()
+
+    def _publish(self) -> None:
+        if self.prometheus is not None:
+            labels = {"namespace": self.namespace}
+            self.prometheus.set_targets({pod.address: {**labels, "pod": pod.name} for pod in self.pods.values()})
+
+
+class LoadGenerator:
+    """Submits tasks at `rate` per second to the API pods in turn, counting the answers."""
+
+    def __init__(self, kubelet: Kubelet, token: str, *, rate: float, prompt: str = "Say hello.") -> None:
+        self.kubelet = kubelet
+        self.token = token
+        self.rate = rate
+        self.prompt = prompt
+        self.accepted = 0
+        self.refused = 0
+        self._http = httpx.AsyncClient(timeout=5.0, headers={"authorization": f"Bearer {token}"})
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        turn = itertools.count()
+        period = 1.0 / self.rate
+        next_at = time.monotonic()
+        try:
+            while True:
+                pods = self.kubelet.api_pods()
+                if pods:
+                    pod = pods[next(turn) % len(pods)]
+                    task = asyncio.create_task(self._submit(pod))
+                    self._pending.add(task)
+                    task.add_done_callback(self._pending.discard)
+                next_at += period
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        finally:
+            for task in list(self._pending):
+                task.cancel()
+            await asyncio.gather(*self._pending, return_exceptions=True)
+            await self._http.aclose()
+
+    async def _submit(self, pod: Pod) -> None:
+        try:
+            response = await self._http.post(f"http://{pod.address}{constants.TASKS_PATH}", json={"input": self.prompt})
+        except httpx.HTTPError:
+            self.refused += 1  # a pod being stopped: a real client would retry elsewhere
+            return
+        if response.status_code in {202, 200, 201}:
+            self.accepted += 1
+        else:
+            self.refused += 1
