@@ -86,6 +86,10 @@ class DiscoveringPrometheus(PrometheusServer):
         os.replace(temporary, self.targets_path)
 
 
+class Pending(Exception):
+    """A pod cannot start yet (its ConfigMap is not there): tried again at the next sync, as a kubelet would."""
+
+
 @dataclasses.dataclass
 class Pod:
     """One runtime process standing in for one pod of a Deployment."""
@@ -176,11 +180,13 @@ class Kubelet:
             outcomes = await asyncio.gather(*starting, return_exceptions=True)
             now = time.monotonic()
             for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                self.pods[outcome.name] = outcome
-                self.started.append((now, outcome.deployment, outcome.revision))
+                if isinstance(outcome, Pod):
+                    self.pods[outcome.name] = outcome
+                    self.started.append((now, outcome.deployment, outcome.revision))
             self._publish()
+            failures = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, Pending)]
+            if failures:
+                raise failures[0]
         await self.cluster.simulate_rollouts(self.namespace)
 
     async def _start(self, deployment: Mapping[str, Any], revision: str) -> Pod:
@@ -188,11 +194,12 @@ class Kubelet:
         container = template["spec"]["containers"][0]
         component = container["args"][0]
         track = template["metadata"]["labels"][naming.TRACK_LABEL]
+        mounted = self._mounted_config(template)
         name = f"{meta['name']}-{revision}-{next(self._serial)}"
         home = self.directory / name
         home.mkdir(parents=True)
         config_path = home / "config.json"
-        config_path.write_text(json.dumps({**self._mounted_config(template), **self.overlay}))
+        config_path.write_text(json.dumps({**mounted, **self.overlay}))
         env = self._environment(container, name)
         env[constants.CONFIG_PATH_ENV] = str(config_path)
         port = free_port()
@@ -212,7 +219,7 @@ class Kubelet:
         volume = next(v for v in template["spec"]["volumes"] if "configMap" in v)
         config_map = self.cluster.live("v1/configmaps", self.namespace, volume["configMap"]["name"])
         if config_map is None:
-            raise RuntimeError(f"ConfigMap {volume['configMap']['name']} is not there: the pod cannot start")
+            raise Pending(f"ConfigMap {volume['configMap']['name']} is not there")
         data: dict[str, Any] = json.loads(config_map["data"]["config.json"])
         return data
 
