@@ -12,8 +12,9 @@ answer becomes `ProviderResponseError` (final: retrying elsewhere will not make 
 2. the response cache is asked first (`cache.py`); a hit makes no provider call;
 3. the shared rate limiter reserves a slot (`ratelimit.py`); a provider whose slot is more than
    `rate_limit_max_wait_seconds` away is passed over for the next one (the last one waits);
-4. on a 5xx, timeout, connection error or 429 the call moves on to the next provider at once
-   (counted in `agent_provider_fallbacks_total`); a 429's `retry-after` becomes the shared backoff;
+4. on a 5xx, timeout, connection error or 429 the call moves on to the next provider at once; a
+   429's `retry-after` becomes the shared backoff. A call served by any provider but the strategy's
+   first choice (which just failed, or whose circuit is open) counts in `agent_provider_fallbacks_total`;
 5. when every candidate failed, the next round starts after an exponential backoff with full
    jitter, up to `provider_max_retries` more rounds (the SDK's own retries are off: each attempt
    goes through the limiter and the breaker);
@@ -231,11 +232,11 @@ class ProviderSet:
                 delay = self._rng.uniform(0, min(self.retry_max_seconds, self.retry_base_seconds * 2 ** (attempt - 1)))
                 await self._sleep(delay)
             now = self._clock()
-            candidates = [p for p in self.order() if self.breakers[p.name].available(now)]
+            candidates = [(rank, p) for rank, p in enumerate(self.order()) if self.breakers[p.name].available(now)]
             if not candidates:
                 break
-            for index, provider in enumerate(candidates):
-                if index:
+            for index, (rank, provider) in enumerate(candidates):
+                if rank:  # not the strategy's first choice: it failed just now, or its circuit is open
                     self.metrics.provider_fallback(provider.name)
                 last = index == len(candidates) - 1
                 try:
@@ -248,6 +249,8 @@ class ProviderSet:
         self.refresh_metrics()
         if not any(b.available(self._clock()) for b in self.breakers.values()):
             raise errors.AllProvidersUnavailable(self._all_down_message(failures))
+        if not failures:
+            raise errors.ProviderUnavailable("no provider could take the call: their circuits are being probed")
         if len(failures) == 1:
             raise errors.ProviderUnavailable(failures[0])
         raise errors.ProviderUnavailable("no provider answered: " + "; ".join(failures[-len(self.providers) :]))
