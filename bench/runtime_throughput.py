@@ -193,6 +193,9 @@ async def agent_run(client: redis.asyncio.Redis, base_url: str, tasks: int, conc
         service="bench",
         providers=[ProviderConfig(name="local", model=MODEL, base_url=base_url)],
         provider_max_retries=0,
+        # The shared rate limiter (issue 5) would pace this to 600 calls a minute: measure the queue and loop.
+        requests_per_minute=10_000_000,
+        tokens_per_minute=1_000_000_000,
         worker_concurrency=concurrency,
     )
     parts = build_worker(config, redis_client=client, registry=CollectorRegistry(), burst=True)
