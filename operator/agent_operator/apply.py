@@ -55,6 +55,7 @@ HANDOVER_MANAGER: Final = f"{naming.FIELD_MANAGER}-handover"
 APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE: Final = "application/merge-patch+json"
 REQUEST_TIMEOUT: Final = 30.0
+CONNECT_TIMEOUT: Final = 10.0
 
 # (apiVersion, kind) -> plural: every kind the builders emit, plus the AgentService itself.
 PLURALS: Final[dict[tuple[str, str], str]] = {
@@ -315,7 +316,10 @@ class Client:
                 connector=aiohttp.TCPConnector(limit=64, ssl=info.as_ssl_context()),
                 headers=headers,
                 auth=auth,
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+                # Per socket operation, not per request: a request queued behind the pool's 64
+                # connections during a burst (a thousand services created at once) is waiting,
+                # not failing; a hung connection still times out.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=REQUEST_TIMEOUT),
             )
             self._server = info.server.rstrip("/")
             return self._session

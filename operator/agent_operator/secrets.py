@@ -9,6 +9,7 @@ rolls out pods, because a pod whose `secretKeyRef` does not resolve never starts
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import secrets as random
@@ -59,9 +60,10 @@ def problems(refs: Sequence[Reference], live: Mapping[str, Mapping[str, Any] | N
 
 
 async def missing(client: apply.Client, namespace: str, refs: Sequence[Reference]) -> list[str]:
-    """Read each referenced Secret once; describe every missing Secret or key."""
-    live = {name: await client.get("v1", "Secret", namespace, name) for name in dict.fromkeys(r.name for r in refs)}
-    return problems(refs, live)
+    """Read each referenced Secret once (concurrently); describe every missing Secret or key."""
+    names = list(dict.fromkeys(r.name for r in refs))
+    secrets = await asyncio.gather(*(client.get("v1", "Secret", namespace, name) for name in names))
+    return problems(refs, dict(zip(names, secrets, strict=True)))
 
 
 def new_token() -> str:
