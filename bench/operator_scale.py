@@ -1,14 +1,22 @@
-"""Operator scale on the dev cluster: create latency, 1,000 services, RSS, steady-state writes.
+"""Operator scale on the dev cluster: create latency, 1,000 services, RSS, CPU, steady-state writes.
 
 Three processes, as in production: the dev cluster (kmock's emulator, `python -m
 agent_operator.devcluster`), the operator (`python -m agent_operator.run --server URL`, the same
-code as `agentctl operator`), and this driver, which talks HTTP to both.
+code as `agentctl operator`), and this driver, which talks HTTP to both. Separate processes keep
+the figures apart: RSS and CPU seconds are read from `/proc/<pid>` of each process, so the
+operator's own cost is reported beside the emulator's (which a real cluster would not charge to
+the operator), and the wall-clock figures say how much of the machine each side used.
 
-Figures printed:
+Figures printed (JSON):
 - p50/p99 seconds from creating one AgentService to all of its children present (sequential);
-- seconds to reconcile N AgentServices created at once (until every status has observedGeneration);
-- the operator's RSS with all of them held;
-- operator write calls over two resync passes at steady state (its own metrics counter).
+- seconds to reconcile N AgentServices created at once: until every status has
+  `observedGeneration == metadata.generation` AND every expected child exists; with the CPU
+  seconds the operator and the emulator each spent over that window;
+- the operator's RSS (and peak RSS) with all of them held, after the steady-state window;
+- the operator's write calls at steady state, by verb and kind, counted from the moment the
+  reconcile is complete until the operator's own `reconciles_total` has grown by `passes + 1`
+  times N: whatever pass was in flight at that moment, `passes` full resync passes over every
+  service fall inside the window.
 Targets (issue 3): p50 <= 0.2 s, 1,000 reconciled <= 60 s, RSS <= 200 MB, 0 steady-state writes.
 """
 
@@ -17,11 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -32,6 +42,19 @@ SPEC: dict[str, Any] = {
     "model": {"providers": [{"name": "primary", "model": "m", "baseURL": "http://llm.local/"}]},
     "redis": {"url": "redis://redis:6379/0"},
 }
+# Collections the children of SPEC live in (every kind the builders emit for it).
+CHILD_COLLECTIONS = (
+    "/api/v1/namespaces/{ns}/configmaps",
+    "/api/v1/namespaces/{ns}/secrets",
+    "/api/v1/namespaces/{ns}/services",
+    "/apis/apps/v1/namespaces/{ns}/deployments",
+    "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
+    "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+    "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+    "/apis/monitoring.coreos.com/v1/namespaces/{ns}/prometheusrules",
+    "/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors",
+)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -49,22 +72,44 @@ def body(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
-def rss_mb(pid: int) -> float:
+def memory_mb(pid: int) -> dict[str, float]:
+    """Current and peak resident set size of a process, in MiB."""
+    found = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                found[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return {"rss": round(found["VmRSS"], 1), "peak": round(found["VmHWM"], 1)}
 
 
-async def writes(http: aiohttp.ClientSession, metrics_url: str) -> float:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+async def samples(http: aiohttp.ClientSession, metrics_url: str) -> dict[str, float]:
+    """The operator's counters: `reconciles`, and `writes:<verb>/<kind>` per label set."""
     async with http.get(metrics_url) as response:
         text = await response.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("agentservice_operator_api_writes_total{")
-    )
+    found: dict[str, float] = {"reconciles": 0.0}
+    for line in text.splitlines():
+        if line.startswith("agentservice_operator_reconciles_total{"):
+            found["reconciles"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("agentservice_operator_api_writes_total{"):
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+            name = f"writes:{labels['verb'].strip(chr(34))}/{labels['kind'].strip(chr(34))}"
+            found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def writes_between(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, int]:
+    return {
+        name.removeprefix("writes:"): int(value - before.get(name, 0.0))
+        for name, value in sorted(after.items())
+        if name.startswith("writes:") and value - before.get(name, 0.0) > 0
+    }
 
 
 async def create(http: aiohttp.ClientSession, url: str, name: str, namespace: str) -> None:
@@ -72,10 +117,45 @@ async def create(http: aiohttp.ClientSession, url: str, name: str, namespace: st
         assert r.status == 201, await r.text()
 
 
-async def drive(url: str, metrics_url: str, *, count: int, samples: int, resync: float, pid: int) -> dict[str, Any]:
+async def count(http: aiohttp.ClientSession, url: str) -> int:
+    async with http.get(url) as response:
+        return len((await response.json())["items"])
+
+
+async def complete(http: aiohttp.ClientSession, url: str, namespace: str, services: int, children: int) -> bool:
+    """Every status observed its generation and every child of every service exists."""
+    async with http.get(f"{url}{AGSVC}/namespaces/{namespace}/{models.PLURAL}") as response:
+        items = (await response.json())["items"]
+    observed = sum(
+        1
+        for item in items
+        if (item.get("status") or {}).get("observedGeneration") == item["metadata"].get("generation")
+    )
+    if observed < services:
+        return False
+    found = 0
+    for collection in CHILD_COLLECTIONS:
+        found += await count(http, url + collection.format(ns=namespace))
+    return found >= services * children
+
+
+async def children_per_service(http: aiohttp.ClientSession, url: str, namespace: str) -> int:
+    """How many children one service of SPEC has (read from the latency namespace, one service)."""
+    total = 0
+    for collection in CHILD_COLLECTIONS:
+        async with http.get(
+            url + collection.format(ns=namespace), params={"labelSelector": "app.kubernetes.io/instance=lat-0"}
+        ) as r:
+            total += len((await r.json())["items"])
+    return total
+
+
+async def drive(
+    url: str, metrics_url: str, *, services: int, latency_samples: int, passes: int, pids: Mapping[str, int]
+) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http:
         latencies = []
-        for index in range(samples):
+        for index in range(latency_samples):
             name = f"lat-{index}"
             started = time.perf_counter()
             await create(http, url, name, "latency")
@@ -86,32 +166,56 @@ async def drive(url: str, metrics_url: str, *, count: int, samples: int, resync:
                         break
                 await asyncio.sleep(0.005)
             latencies.append(time.perf_counter() - started)
+        per_service = await children_per_service(http, url, "latency")
 
+        cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
         started = time.perf_counter()
-        for chunk in range(0, count, 50):
+        for chunk in range(0, services, 50):
             await asyncio.gather(
-                *(create(http, url, f"svc-{i}", "scale") for i in range(chunk, min(chunk + 50, count)))
+                *(create(http, url, f"svc-{i}", "scale") for i in range(chunk, min(chunk + 50, services)))
             )
-        while True:
-            async with http.get(f"{url}{AGSVC}/namespaces/scale/{models.PLURAL}") as response:
-                items = (await response.json())["items"]
-            done = sum(1 for item in items if (item.get("status") or {}).get("observedGeneration") == 1)
-            if done == count:
-                break
-            await asyncio.sleep(0.25)
+        created = time.perf_counter() - started
+        while not await complete(http, url, "scale", services, per_service):
+            await asyncio.sleep(1.0)
         reconcile_all = time.perf_counter() - started
-        await asyncio.sleep(resync + 2)  # let a resync pass over everything settle
-        before = await writes(http, metrics_url)
-        await asyncio.sleep(resync * 2 + 1)
-        steady = await writes(http, metrics_url) - before
+        cpu1 = {name: cpu_s(pid) for name, pid in pids.items()}
+
+        before = await samples(http, metrics_url)
+        steady_started = time.perf_counter()
+        goal = before["reconciles"] + (passes + 1) * (services + latency_samples)
+        while (after := await samples(http, metrics_url))["reconciles"] < goal:
+            await asyncio.sleep(1.0)
+        steady = time.perf_counter() - steady_started
+        cpu2 = {name: cpu_s(pid) for name, pid in pids.items()}
         return {
             "create_to_children_p50_s": round(statistics.median(latencies), 3),
             "create_to_children_p99_s": round(statistics.quantiles(latencies, n=100)[98], 3),
-            "services": count,
+            "children_per_service": per_service,
+            "services": services,
+            "create_requests_s": round(created, 1),
             "reconcile_all_s": round(reconcile_all, 1),
-            "operator_rss_mb": round(rss_mb(pid), 1),
-            "steady_state_writes_over_2_resyncs": steady,
+            "reconcile_all_cpu_s": {name: round(cpu1[name] - cpu0[name], 1) for name in pids},
+            "memory_mb": {name: memory_mb(pid) for name, pid in pids.items()},
+            "steady_window_s": round(steady, 1),
+            "steady_reconciles": int(after["reconciles"] - before["reconciles"]),
+            "steady_cpu_s": {name: round(cpu2[name] - cpu1[name], 1) for name in pids},
+            "steady_state_writes": writes_between(before, after),
         }
+
+
+async def wait_healthy(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the operator did not become healthy at {url}")
+            await asyncio.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--resync", type=float, default=20.0)
+    parser.add_argument("--passes", type=int, default=2, help="full resync passes inside the steady-state window")
+    parser.add_argument("--operator-log", default=os.devnull, help="file for the operator's stderr (JSON logs)")
     args = parser.parse_args(argv)
     cluster = subprocess.Popen(
         [sys.executable, "-m", "agent_operator.devcluster", "--port", str(free_port())],
@@ -130,35 +236,37 @@ def main(argv: list[str] | None = None) -> int:
         assert cluster.stdout is not None
         url = json.loads(cluster.stdout.readline())["url"]
         metrics_port, health_port = free_port(), free_port()
-        operator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent_operator.run",
-                "--server",
-                url,
-                "--all-namespaces",
-                "--metrics-port",
-                str(metrics_port),
-                "--health-port",
-                str(health_port),
-                "--resync-interval",
-                str(args.resync),
-                "--log-format",
-                "json",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(3)  # kopf's start-up: discovery, watches
+        with open(args.operator_log, "w") as log:
+            operator = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent_operator.run",
+                    "--server",
+                    url,
+                    "--all-namespaces",
+                    "--metrics-port",
+                    str(metrics_port),
+                    "--health-port",
+                    str(health_port),
+                    "--resync-interval",
+                    str(args.resync),
+                    "--log-format",
+                    "json",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        print(json.dumps({"operator_pid": operator.pid, "cluster_pid": cluster.pid}), file=sys.stderr, flush=True)
+        asyncio.run(wait_healthy(f"http://127.0.0.1:{health_port}/healthz"))
         result = asyncio.run(
             drive(
                 url,
                 f"http://127.0.0.1:{metrics_port}/metrics",
-                count=args.services,
-                samples=args.samples,
-                resync=args.resync,
-                pid=operator.pid,
+                services=args.services,
+                latency_samples=args.samples,
+                passes=args.passes,
+                pids={"operator": operator.pid, "emulator": cluster.pid},
             )
         )
         print(json.dumps(result, indent=2))
