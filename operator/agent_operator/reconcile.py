@@ -245,9 +245,15 @@ class Reconciler:
 
     @staticmethod
     def _previous_status(body: Mapping[str, Any], memory: _Memory) -> dict[str, Any]:
-        """The status this reconcile starts from: ours if the body predates our last write."""
-        version = body.get("metadata", {}).get("resourceVersion")
-        if memory.written_status is not None and memory.written_from == version:
+        """The status this reconcile starts from: the last one we wrote, else the body's.
+
+        Only the operator writes the status, so what it wrote last is never older than a body's
+        copy, while a body may well be older: the watch event of our own write may not have
+        arrived, and a resync pass may hold a body read before the latest change. Deciding a
+        rollout from a stale `status.canary` could step it back. After a restart the body is all
+        there is, and it is read fresh.
+        """
+        if memory.written_status is not None:
             return memory.written_status
         return dict(body.get("status") or {})
 
