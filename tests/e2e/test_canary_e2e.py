@@ -26,11 +26,14 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from agent_operator import naming
 
 from agent_runtime.localmodel import Faults, LocalModelServer
 from tests.e2e.conftest import Stack, eventually, running_stack, service_body
 from tests.e2e.harness import FAULT_STATUS, DiscoveringPrometheus, pattern
+
+pytestmark = pytest.mark.slow
 
 RATE = 16.0  # tasks per second submitted across the API pods of both tracks
 VERDICTS = ("success", "failure", "inconclusive", "error")
