@@ -2,9 +2,9 @@
 
 Covers: every request the real operator (kopf and the apply layer) sends to the dev cluster —
 through create with every optional child, an update that prunes children, a missing Secret and
-its recovery, and deletion — is granted by the generated rules (`agentctl rbac`, the chart's
-copy); and the rules grant nothing the code paths above do not use, beyond the few verbs the
-scenario cannot reach here, each named with its reason.
+its recovery, deletion, and a canary rollout that is aborted — is granted by the generated rules
+(`agentctl rbac`, the chart's copy); and the rules grant nothing the code paths above do not use,
+beyond the few verbs the scenario cannot reach here, each named with its reason.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from agent_operator import models, rbac
 
 from tests.operator.conftest import Operator, agent_service, eventually, ready_service
+from tests.operator.test_canary_rollout import annotate, canary_of, canary_service, deployments, op, start_rollout
 
 EVERY_CHILD = {
     "autoscaling": {"enabled": True, "engine": "hpa", "minReplicas": 1, "maxReplicas": 4},
@@ -23,8 +24,8 @@ EVERY_CHILD = {
     "alerts": {"enabled": True},
     "model": {"providers": [{"name": "primary", "model": "m", "apiKeySecretRef": {"name": "llm", "key": "key"}}]},
 }
-# Granted but not reached by this scenario: the canary track's Deployments and ConfigMap are
-# deleted only when a rollout ends, KEDA objects are used only with engine keda.
+# Granted but not reached by the first scenario: the canary track's Deployments and ConfigMap are
+# deleted only when a rollout ends (the canary scenario below), KEDA objects only with engine keda.
 NOT_EXERCISED = {
     ("apps", "deployments", "delete"),
     ("keda.sh", "scaledobjects", "create"),
@@ -33,6 +34,7 @@ NOT_EXERCISED = {
     ("keda.sh", "scaledobjects", "delete"),
     ("", "configmaps", "delete"),
 }
+__all__ = ["op"]  # the canary operator fixture, used below
 
 
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -111,3 +113,15 @@ async def test_ready_service_requests_are_granted(operator: Operator) -> None:
     document = rbac.rules_document()
     denied = sorted(need for need in observed(operator.cluster._requests[mark:]) if not rbac.allows(document, *need))
     assert denied == []
+
+
+async def test_canary_rollout_requests_are_granted(op: Operator) -> None:
+    """A rollout creates canary objects and an abort deletes them: both are granted."""
+    await start_rollout(op, canary_service())
+    await annotate(op, **{"agentops.dev/abort": "true"})
+    await eventually(lambda: canary_of(op).get("phase") == "RolledBack", timeout=15)
+    await eventually(lambda: not any(name.endswith("-canary") for name in deployments(op)), timeout=15)
+    used = observed(op.cluster._requests)
+    document = rbac.rules_document()
+    assert sorted(need for need in used if not rbac.allows(document, *need)) == []
+    assert {("apps", "deployments", "delete"), ("", "configmaps", "delete")} <= used

@@ -61,12 +61,25 @@ def test_namespaced_install_uses_roles_per_namespace() -> None:
     assert "--all-namespaces" not in args
 
 
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=lambda v: v.name if v else "defaults")
+def test_operator_arguments_are_understood_by_agentctl_operator(values: Path | None) -> None:
+    from agent_operator import run
+
+    deployment = next(doc for doc in render(values) if doc["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["agentctl"] and container["args"][0] == "operator"
+    parsed = run.build_parser().parse_args(container["args"][1:])  # exits (fails the test) on an unknown flag
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (parsed.health_port, parsed.metrics_port) == (ports["health"], ports["metrics"])
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
         ("watch.allNamespaces=maybe", "allNamespaces"),
         ("logFormat=xml", "logFormat"),
         ("metrics.port=70000", "port"),
+        ("prometheus.url=prometheus:9090", "url"),
         ("unknownKey=1", "unknownKey"),
     ],
 )
