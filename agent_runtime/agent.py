@@ -126,7 +126,7 @@ class Agent:
         return [schema for schema in schemas if schema["name"] in self.degraded_tools]
 
     async def _step(self, task_id: str, state: Checkpoint, level: Level) -> tuple[Checkpoint, float]:
-        with tracing.span("agent.step", step=state.step + 1):
+        with tracing.span("agent.step", {"agent.step": state.step + 1, "agent.degradation": level.label}) as span:
             reply = await self.providers.complete(
                 system=self.system_prompt,
                 messages=state.messages,
@@ -134,7 +134,19 @@ class Agent:
                 max_tokens=self.max_output_tokens,
                 task_id=task_id,
             )
-        cost = 0.0 if reply.cached else self.prices.cost(reply.model, reply.input_tokens, reply.output_tokens)
+            cost = 0.0 if reply.cached else self.prices.cost(reply.model, reply.input_tokens, reply.output_tokens)
+            span.set(
+                {  # names from the OpenTelemetry GenAI conventions; figures only, never the messages
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": reply.provider,
+                    "gen_ai.response.model": reply.model,
+                    "gen_ai.response.finish_reasons": [reply.stop_reason],
+                    "gen_ai.usage.input_tokens": reply.input_tokens,
+                    "gen_ai.usage.output_tokens": reply.output_tokens,
+                    "agent.cost_usd": cost,
+                    "agent.cached": reply.cached,
+                }
+            )
         self.metrics.spent(cost)  # billed now, whatever happens next
         log.info(
             "step_completed",
@@ -158,12 +170,13 @@ class Agent:
     async def _call_tool(self, use: dict[str, Any]) -> dict[str, Any]:
         name = str(use.get("name"))
         known = name in self.tools.names()
-        with tracing.span("agent.tool", tool=name):
+        with tracing.span("agent.tool", {"gen_ai.tool.name": name if known else "unknown"}) as span:
             try:
                 output = await self.tools.call(name, dict(use.get("input") or {}))
             except ToolError as exc:
                 self.metrics.tool_called(name if known else "unknown", ok=False)
                 log.info("tool_failed", tool=name, error=str(exc))
+                span.fail("tool error")  # the message may quote the model's arguments: logs only
                 return {"type": "tool_result", "tool_use_id": use["id"], "content": str(exc), "is_error": True}
         self.metrics.tool_called(name, ok=True)
         return {"type": "tool_result", "tool_use_id": use["id"], "content": output}

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_runtime import constants, errors
+from agent_runtime import constants, errors, tracing
 from agent_runtime.budget import DailyBudget
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.logging import get_logger
@@ -87,6 +87,7 @@ def create_app(
     _install_error_handlers(app, metrics, daily)
     app.add_middleware(_RequestId)
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(_Traced)
     return app
 
 
@@ -108,13 +109,15 @@ def _task_routes(
             limit = config.max_input_chars
             raise _Rejected(422, f"input is {len(body.input)} characters; the limit is {limit} (max_input_chars)")
         await daily.check()
+        metadata = tracing.with_context(body.metadata)  # the worker's task span continues this request's trace
         made = await queue.submit(
             body.input,
             priority=body.priority,
-            metadata=body.metadata,
+            metadata=metadata,
             idempotency_key=body.idempotency_key,
             max_steps=config.max_steps_per_task,
         )
+        tracing.annotate({"task.id": made.task_id, "task.priority": body.priority})
         url = str(request.url_for("get_task", task_id=made.task_id))
         response.headers["location"] = url
         if not made.created:
@@ -126,10 +129,14 @@ def _task_routes(
 
     @router.get("/{task_id}", response_model=TaskView)
     async def get_task(task_id: str) -> TaskView:
-        return (await queue.get(task_id)).view()
+        tracing.annotate({"task.id": task_id})
+        view = (await queue.get(task_id)).view()
+        view.metadata.pop(tracing.CONTEXT_KEY, None)  # ours, not the client's
+        return view
 
     @router.delete("/{task_id}", response_model=CancelResponse)
     async def cancel_task(task_id: str) -> CancelResponse:
+        tracing.annotate({"task.id": task_id})
         status, changed = await queue.cancel(task_id)
         if status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
             message = f"task {task_id} already {status.value}; only queued or running tasks can be cancelled"
@@ -258,6 +265,46 @@ class _RequestId:
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             await self.app(scope, receive, send_with_id)
+
+
+class _Traced:
+    """A server span per `/v1` request (probes and scrapes are not traced), continuing a client's `traceparent`.
+
+    The span is named after the route template (`GET /v1/tasks/{task_id}`), never the raw path, and
+    carries no header: the bearer token stays out of traces. Handlers add the task id (`tracing.annotate`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not tracing.enabled() or not scope["path"].startswith(constants.TASKS_PATH):
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        carrier = {k: v for k, v in headers.items() if k in ("traceparent", "tracestate")}
+        status = 0
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        attributes = {"http.request.method": method, "url.path": scope["path"]}
+        with tracing.span(method, attributes, kind="server", parent=carrier or None) as span:
+            try:
+                await self.app(scope, receive, send_with_status)
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if route:
+                    span.rename(f"{method} {route}")
+                    span.set({"http.route": route})
+                if status:
+                    span.set({"http.response.status_code": status})
+                if status >= 500:
+                    span.fail(f"HTTP {status}")
 
 
 class _BodyLimit:

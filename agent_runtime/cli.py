@@ -82,7 +82,7 @@ def _run_api(args: argparse.Namespace) -> int:
     token = os.environ.get(constants.AUTH_TOKEN_ENV)
     if not token:
         raise errors.ConfigError(f"{constants.AUTH_TOKEN_ENV} is not set: the API refuses to serve without a token")
-    tracing.configure(f"{config.service}-api")
+    _configure_tracing(config, "api")
     redis_client = connect_redis(_redis_url())
     app = create_app(config, redis=redis_client, registry=CollectorRegistry(), auth_token=token)
     server = _ApiServer(
@@ -90,8 +90,16 @@ def _run_api(args: argparse.Namespace) -> int:
             app, host=args.host, port=args.port, log_config=None, access_log=False, timeout_graceful_shutdown=20
         )
     )
-    server.run()
+    try:
+        server.run()
+    finally:
+        tracing.shutdown()
     return 0
+
+
+def _configure_tracing(config: runtime_config.RuntimeConfig, component: str) -> None:
+    resource = {"agent.service": config.service, "agent.track": config.track.value, "agent.component": component}
+    tracing.configure(f"{config.service}-{component}", resource=resource)
 
 
 class _ApiServer(uvicorn.Server):
@@ -106,7 +114,7 @@ class _ApiServer(uvicorn.Server):
 
 async def _run_worker(args: argparse.Namespace) -> int:
     config = runtime_config.load()
-    tracing.configure(f"{config.service}-worker")
+    _configure_tracing(config, "worker")
     redis_client = connect_redis(_redis_url())
     parts = build_worker(
         config, redis_client=redis_client, registry=CollectorRegistry(), burst=args.burst, concurrency=args.concurrency
@@ -124,6 +132,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
             await probes.cleanup()
         await parts.aclose()
         await redis_client.aclose()
+        tracing.shutdown()
     return 0
 
 

@@ -188,10 +188,7 @@ class Worker:
 
     async def _handle(self, entry: Entry) -> None:
         try:
-            with (
-                structlog.contextvars.bound_contextvars(task_id=entry.task_id),
-                tracing.span("task", task_id=entry.task_id),
-            ):
+            with structlog.contextvars.bound_contextvars(task_id=entry.task_id):
                 await self._deliver(entry)
         finally:
             self._inflight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
@@ -205,8 +202,16 @@ class Worker:
         if claim is None:
             return
         self.metrics.task_started()
+        record = claim.record
+        attributes: tracing.Attributes = {
+            "task.id": record.task_id,
+            "task.priority": record.priority,
+            "task.delivery": record.deliveries,
+        }
         try:
-            await self._execute(claim)
+            # a child of the submitting request's span (stored with the task): one trace per task
+            with tracing.span("task.run", attributes, kind="consumer", parent=tracing.stored_context(record.metadata)):
+                await self._execute(claim)
         finally:
             self.metrics.task_stopped()
             self.processed += 1
@@ -267,6 +272,7 @@ class Worker:
         except errors.StoreUnavailable as exc:
             log.warning("finish_failed", error=str(exc))  # not acknowledged: another delivery stores it
             return
+        tracing.annotate({"task.status": outcome.status.value, "task.steps": outcome.checkpoint.step})
         if stored == "stored":
             self.metrics.task_finished(
                 outcome.status,
