@@ -12,7 +12,8 @@ with `opentelemetry-proto`), on a real redis-server and the local model server:
 - resource attributes: `service.name` per component, service, track;
 - no attribute, event or resource value contains the task input or the bearer token;
 - spans are flushed on exit: the batch delay is set far beyond the test, so only the shutdown
-  flush of each process can deliver them.
+  flush of each process can deliver them;
+- tracing off (in-process API): a client cannot plant a trace context in the task metadata.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from agent_runtime import constants, tracing
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.localredis import LocalRedis, free_port
+from tests.runtime.conftest import AUTH
 from tests.support.processes import ForkedRuntime, write_config
 
 TOKEN = "tok-9f3c1e7d-never-in-traces"
@@ -248,3 +250,12 @@ async def test_task_traced_across_api_and_worker(
     for span in spans:
         for text in span.texts:
             assert TOKEN not in text and "mauve-walrus" not in text and "6*7" not in text, (span.name, text)
+
+
+async def test_client_cannot_plant_a_stored_trace_context(api: httpx.AsyncClient) -> None:
+    assert not tracing.enabled()
+    metadata = {tracing.CONTEXT_KEY: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "intent": "math"}
+    made = await api.post("/v1/tasks", json={"input": "hello", "metadata": metadata}, headers=AUTH)
+    assert made.status_code == 202, made.text
+    view = (await api.get(made.json()["status_url"], headers=AUTH)).json()
+    assert view["metadata"] == {"intent": "math"}
