@@ -30,7 +30,18 @@ from typing import Any, Final
 import pydantic
 import structlog
 
-from agent_operator import apply, builders, conditions, models, naming, opmetrics, rollout, secrets, validation
+from agent_operator import (
+    apply,
+    builders,
+    conditions,
+    models,
+    naming,
+    opmetrics,
+    rollout,
+    runtimeconfig,
+    secrets,
+    validation,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +49,7 @@ WORKLOAD_KINDS: Final = frozenset({"Deployment"})
 STATUS_KEYS: Final = ("phase", "observedGeneration", "conditions", "replicas", "readyReplicas", "revision", "canary")
 DEFAULT_RETRY_DELAY: Final = 10.0
 ANALYSIS_TICK: Final = 1.0  # how often the analysis loop looks for due canary analyses
+MAX_CONCURRENT_RECONCILES: Final = 32
 
 
 def utcnow() -> str:
@@ -89,12 +101,16 @@ class Reconciler:
         self._rollouts = rollouts if rollouts is not None else rollout.Rollouts(client, metrics, version=version)
         self._memory: dict[str, _Memory] = {}
         self._known: dict[str, dict[str, Any]] = {}
+        # One limit shared by kopf's handlers and both loops: without it a burst of creations runs
+        # every reconcile at once, and the peak stays in the process's RSS (bench/RESULTS.md).
+        self._gate = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
 
     def forget(self, uid: str) -> None:
         """Drop the bookkeeping of a deleted object."""
         self._memory.pop(uid, None)
         self._known.pop(uid, None)
         self._rollouts.forget(uid)
+        self._client.forget(uid)
         self._metrics.services.set(len(self._known))
 
     def observe(self, body: Mapping[str, Any]) -> None:
@@ -113,19 +129,23 @@ class Reconciler:
         gate = asyncio.Semaphore(concurrency)
         while True:
             await asyncio.sleep(interval)
-            await asyncio.gather(*(self._reconcile_logged(body, gate) for body in list(self._known.values())))
+            await asyncio.gather(*(self._reconcile_logged(uid, gate) for uid in list(self._known)))
 
     async def analyse_forever(self, tick: float = ANALYSIS_TICK, *, concurrency: int = 16) -> None:
         """Every `tick` seconds, reconcile the objects whose canary rollout has an analysis due."""
         gate = asyncio.Semaphore(concurrency)
         while True:
             await asyncio.sleep(tick)
-            due = [body for uid, body in list(self._known.items()) if self._rollouts.due(uid)]
-            await asyncio.gather(*(self._reconcile_logged(body, gate) for body in due))
+            due = [uid for uid in list(self._known) if self._rollouts.due(uid)]
+            await asyncio.gather(*(self._reconcile_logged(uid, gate) for uid in due))
 
-    async def _reconcile_logged(self, body: Mapping[str, Any], gate: asyncio.Semaphore) -> None:
+    async def _reconcile_logged(self, uid: str, gate: asyncio.Semaphore) -> None:
         """Reconcile from a loop: a failure is logged and retried on the next pass."""
         async with gate:
+            # The newest body when this object's turn comes, not the one known when the pass began.
+            body = self._known.get(uid)
+            if body is None:
+                return  # deleted meanwhile
             try:
                 await self.reconcile(body)
             except apply.ApiError as exc:
@@ -138,7 +158,7 @@ class Reconciler:
         uid = str(body.get("metadata", {}).get("uid") or body["metadata"]["name"])
         memory = self._memory.setdefault(uid, _Memory())
         started = time.perf_counter()
-        async with memory.lock:
+        async with self._gate, memory.lock:  # gate first: a lock holder always holds a slot
             try:
                 outcome = await self._reconcile(body, memory)
             except apply.ApiError as exc:
@@ -176,8 +196,7 @@ class Reconciler:
         children = secrets.with_token(children, svc, token)
         plan: rollout.Plan | None = None
         if missing:  # never roll out pods that would crash-loop; keep what runs (and the rollout where it is)
-            children = [c for c in children if c["kind"] not in WORKLOAD_KINDS]
-            live = await apply.read_live(self._client, children)
+            children, live = await self._held_back(children, svc.metadata.name)
         else:
             live = await apply.read_live(self._client, children)
             plan = await self._rollouts.plan(uid, body, svc, children=children, live=live, prior=prior)
@@ -239,6 +258,14 @@ class Reconciler:
             await self._rollouts.announce(body, plan)
         return Outcome(phase, written=result.written + pruned, missing_secrets=tuple(missing), status_written=written)
 
+    async def _held_back(
+        self, children: list[dict[str, Any]], service: str
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
+        """What may be applied while a Secret is missing: no workloads, no change to mounted config."""
+        children = [c for c in children if c["kind"] not in WORKLOAD_KINDS]
+        live = await apply.read_live(self._client, children)
+        return _without_mounted_config(children, live, service), live
+
     @staticmethod
     def _stable_deployments(svc: models.AgentService) -> tuple[str, ...]:
         return tuple(naming.deployment_name(svc.metadata.name, c) for c in builders.COMPONENTS)
@@ -285,6 +312,10 @@ class Reconciler:
         keep_canary_conditions: bool = True,
     ) -> tuple[models.Phase, bool]:
         """Patch the status subresource if (and only if) it differs; post Events on flips."""
+        if memory.written_status is not None and memory.written_from == body.get("metadata", {}).get("resourceVersion"):
+            # A body older than our own last status write (a resync pass or a late watch event):
+            # start from what we wrote, or fresh timestamps would look like a change and be written.
+            body = {**body, "status": {**(body.get("status") or {}), **memory.written_status}}
         previous = _conditions(body)
         now = self._clock()
         phase, conds = conditions.derive(obs, previous, now=now)
@@ -331,6 +362,22 @@ class Reconciler:
                 cond.status == conditions.TRUE
             ):
                 await self._client.event(body, reason=cond.type, message=cond.message, warning=True)
+
+
+def _without_mounted_config(
+    children: list[dict[str, Any]], live: Mapping[str, Any], service: str
+) -> list[dict[str, Any]]:
+    """Children less the runtime ConfigMaps that already exist (held while a Secret is missing).
+
+    A runtime ConfigMap that exists is mounted into running pods: a new config naming a provider
+    whose key is missing would crash them at their next restart, so it waits for the Secret too.
+    """
+    held = {runtimeconfig.config_map_name(service, track) for track in naming.Track}
+    return [
+        c
+        for c in children
+        if not (c["kind"] == "ConfigMap" and c["metadata"]["name"] in held and live.get(apply.key(c)))
+    ]
 
 
 def _conditions(body: Mapping[str, Any]) -> list[models.Condition]:
