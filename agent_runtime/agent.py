@@ -106,9 +106,11 @@ class Agent:
                 return Outcome(
                     TaskStatus.FAILED, state, result=STATIC_MESSAGE, error=str(exc), degradation=Level.STATIC.label
                 )
-            await save(state)
+            # Spend reaches the shared daily budget before the checkpoint: a crash or a lost claim
+            # between the two must not leave a paid call uncounted.
             if self.daily_budget is not None and cost > 0:
                 await self.daily_budget.record(cost)
+            await save(state)
 
     def _over_budget(self, state: Checkpoint) -> bool:
         return budget.per_task_exceeded(state.usage.cost_usd, self.per_task_budget_usd)

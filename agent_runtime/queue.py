@@ -265,6 +265,7 @@ class TaskQueue:
         self._requeue = r.register_script(_REQUEUE)
         self._cancel = r.register_script(_CANCEL)
         self._read = r.register_script(_READ)
+        self._overflow: dict[str, list[Entry]] = {}  # delivered to a consumer beyond what it asked for
         self._heartbeat = r.register_script(_HEARTBEAT)
 
     @classmethod
@@ -357,6 +358,10 @@ class TaskQueue:
         """Take up to `count` new entries, trying priorities in weighted order; block if all are empty."""
         if count <= 0:
             return []
+        held = self._overflow.get(consumer)
+        if held:
+            self._overflow[consumer] = held[count:]
+            return held[:count]
         order = [self.streams[p] for p in self.scheduler.order()]
         rows = await self._call(self._read, order, [self.group, consumer, count])
         entries = [Entry(stream=str(s), entry_id=str(e), task_id=str(t)) for s, e, t in rows]
@@ -365,11 +370,15 @@ class TaskQueue:
         reply = await self._run(
             self.redis.xreadgroup(self.group, consumer, dict.fromkeys(order, ">"), count=count, block=block_ms)
         )
-        return [
+        entries = [
             Entry(stream=str(stream), entry_id=str(entry_id), task_id=str(fields.get("task_id", "")))
             for stream, items in reply or []
             for entry_id, fields in items
         ]
+        # COUNT applies per stream, so a read over the priority streams may deliver up to three
+        # times `count`: the rest are ours already (pending) and go out on the next reads.
+        self._overflow[consumer] = entries[count:]
+        return entries[:count]
 
     async def reclaim(self, consumer: str, count: int) -> list[Entry]:
         """Take over up to `count` entries left pending by other consumers for longer than the idle timeout."""

@@ -202,3 +202,25 @@ async def test_forget_idle_consumers_keeps_those_holding_tasks(redis_client: red
     assert await queue.forget_idle_consumers(idle_seconds=0.05) == 1
     names = {c["name"] for c in await redis_client.xinfo_consumers(queue.streams["normal"], queue.group)}
     assert names == {"busy-pod"}
+
+
+async def test_a_blocking_read_never_hands_out_more_than_asked(redis_client: redis.asyncio.Redis) -> None:
+    """A worker's free slots bound what one read hands out, even when several streams fill at once.
+
+    XREADGROUP's COUNT applies per stream; the redis-server used here wakes a blocked reader with
+    the stream that got data only, but `TaskQueue.read` does not rely on that (it keeps extras).
+    """
+    queue = make_queue(redis_client)
+    await queue.ensure_group()
+    reader = asyncio.create_task(queue.read("c1", 1, block_ms=5000))
+    await asyncio.sleep(0.2)  # the read is blocked on the three empty priority streams
+    async with redis_client.pipeline(transaction=True) as pipe:  # all three arrive before it wakes
+        for priority in ("high", "normal", "low"):
+            pipe.xadd(queue.streams[priority], {"task_id": f"t-{priority}"})
+        await pipe.execute()
+    first = await asyncio.wait_for(reader, 5)
+    assert len(first) == 1
+    rest = [await queue.read("c1", 1), await queue.read("c1", 5)]
+    assert [len(r) for r in rest] == [1, 1]
+    assert sorted(e.task_id for e in [*first, *rest[0], *rest[1]]) == ["t-high", "t-low", "t-normal"]
+    assert await queue.read("c1", 5) == []
