@@ -214,7 +214,10 @@ def layout(
             continue
         if total is None:
             deployment = live.get(f"Deployment/{naming.deployment_name(name, component)}") or {}
-            stable = int(deployment.get("spec", {}).get("replicas") or 1)
+            replicas = deployment.get("spec", {}).get("replicas")
+            # Kubernetes' default is 1; 0 is real (KEDA scaled the stable workers to zero) and is
+            # kept, so the actual weight reads 100 % rather than pretending stable has a pod.
+            stable = 1 if replicas is None else int(replicas)
             count = _canary_count(stable, status.weight)
             counts[component] = (None, count, round(100 * count / (count + stable)))
         else:

@@ -376,3 +376,22 @@ def test_conditions_follow_the_canary_phase() -> None:
     assert wanted(errored)["AnalysisReady"] == ("False", "AnalysisError")
     disabled = models.Canary.model_validate({**CANARY, "enabled": False})
     assert rollout.wanted_conditions(disabled, models.CanaryStatus(), "x", prometheus_url=url) is None
+
+
+def test_layout_beside_workers_scaled_to_zero_reports_the_real_weight() -> None:
+    """KEDA may scale stable workers to 0: the canary's one pod then takes all the work, and says so."""
+    svc = _svc(
+        autoscaling={"enabled": True, "engine": "keda", "minReplicas": 0, "maxReplicas": 20},
+        redis={"url": "redis://redis:6379/0"},
+    )
+    live = _live_stable(svc, OLD_IMAGE)
+    live["Deployment/demo-worker"]["spec"]["replicas"] = 0
+    live["Deployment/demo-api"]["spec"]["replicas"] = 0
+    desired = builders.revision(svc)
+    status = models.CanaryStatus(
+        phase=models.CanaryPhase.PROGRESSING, weight=10, stable_revision="old", canary_revision=desired
+    )
+    laid = rollout.layout(svc, builders.build_children(svc), status, desired, live)
+    out = {apply.key(c): c for c in laid.children}
+    assert out["Deployment/demo-worker-canary"]["spec"]["replicas"] == 1
+    assert laid.actual_weight == 100
