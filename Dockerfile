@@ -12,7 +12,7 @@ COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY agent_runtime/ agent_runtime/
 RUN /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install .
+ && /opt/venv/bin/pip install '.[otel]'
 
 FROM python:3.11-slim AS runtime
 LABEL org.opencontainers.image.title="agentservice-operator" \
