@@ -12,7 +12,6 @@ import base64
 import contextlib
 import copy
 import dataclasses
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from agent_operator import devcluster, models, opmetrics, run
 
 from agent_runtime.localredis import LocalRedis
 from tests.e2e.harness import NAMESPACE, DiscoveringPrometheus, Kubelet, LoadGenerator
+from tests.support import waiting
+from tests.support.prometheus_server import serving
 from tests.support.redis_server import running_redis
 
 AGSVC = f"{models.GROUP}/{models.VERSION}/{models.PLURAL}"
@@ -30,15 +31,8 @@ RESYNC = 1.0
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Poll `check` until it returns a truthy value; fail with its last value after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
-        await asyncio.sleep(interval)
+    """`tests.support.waiting.eventually` with the longer default a whole stack needs."""
+    return await waiting.eventually(check, timeout, interval)
 
 
 def service_body(name: str, model_url: str, redis_url: str, **canary: Any) -> dict[str, Any]:
@@ -145,13 +139,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedi
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DiscoveringPrometheus]:
-    server = DiscoveringPrometheus(tmp_path_factory.mktemp("prometheus"))
-    server.start()
-    try:
-        server.wait_ready()
+    with serving(DiscoveringPrometheus(tmp_path_factory.mktemp("prometheus"))) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @contextlib.asynccontextmanager

@@ -1,7 +1,8 @@
 """Fixtures: a dev cluster (kmock's emulator over HTTP on loopback) and the real operator in-process.
 
-The operator is `run.operate` — the same coroutine `agentctl operator` runs — with a short resync
-interval, cluster-wide (kmock 0.8 cannot serve kopf's namespace listing), against the cluster's URL.
+The operator is `run.Background` (`run.operate`, the coroutine `agentctl operator` runs, in a thread)
+with a short resync interval, cluster-wide (kmock 0.8 cannot serve kopf's namespace listing), against the
+cluster's URL.
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from agent_operator import devcluster, models, opmetrics, run
+
+from tests.support.waiting import eventually
 
 RESYNC = 0.3
 AGSVC = f"{models.GROUP}/{models.VERSION}/{models.PLURAL}"
@@ -51,55 +52,36 @@ def agent_service(name: str = "demo", namespace: str = "default", **spec: Any) -
     }
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll `check` until it returns a truthy value; fail with its last value after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
-        await asyncio.sleep(interval)
-
-
 @dataclasses.dataclass
 class Operator:
-    """A running in-process operator and the cluster it serves."""
+    """A running in-process operator (`run.Background`, as the demo embeds it) and the cluster it serves."""
 
     cluster: devcluster.DevCluster
     url: str
     metrics: opmetrics.Metrics
-    thread: threading.Thread | None = None
-    stop: threading.Event | None = None
-    failure: list[BaseException] = dataclasses.field(default_factory=list)
+    background: run.Background | None = None
+
+    def config(self, resync: float) -> run.Config:
+        """The operator's configuration; subclasses override it (the canary tests add analysis settings)."""
+        return run.Config(server=self.url, health_port=None, metrics_port=None, resync_interval=resync)
 
     async def start(self, resync: float = RESYNC) -> None:
-        """Run the operator in a thread with its own event loop (kopf owns its loop's tasks)."""
-        self.stop, ready = threading.Event(), threading.Event()
-        config = run.Config(server=self.url, health_port=None, metrics_port=None, resync_interval=resync)
-
-        def target() -> None:
-            try:
-                asyncio.run(run.operate(config, metrics=self.metrics, stop_flag=self.stop, ready_flag=ready))
-            except BaseException as exc:  # reported by halt()
-                self.failure.append(exc)
-
-        self.thread = threading.Thread(target=target, name="operator", daemon=True)
-        self.thread.start()
-        await eventually(ready.is_set, timeout=15)
+        """Run the operator in a thread with its own event loop (kopf owns its loop's tasks); wait until ready."""
+        self.background = run.Background(self.config(resync), self.metrics)
+        await self.background.start(timeout=15)
 
     async def halt(self) -> None:
-        if self.thread is None or self.stop is None:
+        """Stop the operator; fail if it raised, or if its thread is still running 15 s later."""
+        if self.background is None:
             return
-        self.stop.set()
-        await eventually(lambda: not self.thread.is_alive(), timeout=15)  # type: ignore[union-attr]
-        self.thread = None
-        assert not self.failure, self.failure
+        background, self.background = self.background, None
+        await background.stop(timeout=15)  # raises what the operator raised
+        assert not background._thread.is_alive(), "the operator did not stop within 15 s"
 
     @property
     def alive(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        # Background has no public liveness; its thread is the one thing that says the operator still runs
+        return self.background is not None and self.background._thread.is_alive()
 
     def service(self, name: str = "demo", namespace: str = "default") -> dict[str, Any] | None:
         return self.cluster.live(AGSVC, namespace, name)

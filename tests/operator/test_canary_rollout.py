@@ -27,14 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import threading
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from agent_operator import apply, builders, devcluster, models, naming, opmetrics, rollout, run
 
-from tests.operator.conftest import AGSVC, RESYNC, Operator, agent_service, child_writes, eventually
+from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes, eventually
 
 CANARY = {"enabled": True, "steps": [10, 50, 100], "interval": "1s", "inconclusiveLimit": 2, "failureLimit": 2}
 OLD_IMAGE = "registry.example/agent-runtime:1.0"
@@ -46,27 +46,13 @@ class CanaryOperator(Operator):
 
     prometheus_url: str | None = None
 
-    async def start(self, resync: float = RESYNC) -> None:
-        self.stop, ready = threading.Event(), threading.Event()
-        config = run.Config(
-            server=self.url,
-            health_port=None,
-            metrics_port=None,
-            resync_interval=resync,
+    def config(self, resync: float) -> run.Config:
+        return dataclasses.replace(
+            super().config(resync),
             prometheus_url=self.prometheus_url,
             prometheus_scrape_interval=1.0,
             analysis_tick=0.2,
         )
-
-        def target() -> None:
-            try:
-                asyncio.run(run.operate(config, metrics=self.metrics, stop_flag=self.stop, ready_flag=ready))
-            except BaseException as exc:  # reported by halt()
-                self.failure.append(exc)
-
-        self.thread = threading.Thread(target=target, name="operator", daemon=True)
-        self.thread.start()
-        await eventually(ready.is_set, timeout=15)
 
 
 @pytest.fixture

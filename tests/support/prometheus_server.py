@@ -1,8 +1,9 @@
 """A real `prometheus` server for tests: a free loopback port, a temporary config and data directory,
 a 1 s scrape and evaluation interval, stopped (and reaped) on exit.
 
-`running_prometheus(directory, targets)` is the context manager tests use; `PrometheusServer` is the
-process itself, with `wait_ready()` and a blocking `wait_for()` helper for "until the data is in".
+`running_prometheus(directory, targets)` is the context manager tests use (`serving(server)` runs a
+subclass the same way); `PrometheusServer` is the process itself, with `wait_ready()` and a blocking
+`wait_for()` helper for "until the data is in".
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import yaml
 
 from agent_runtime.localredis import free_port
 
-__all__ = ["PrometheusServer", "running_prometheus"]
+__all__ = ["PrometheusServer", "running_prometheus", "serving"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound="PrometheusServer")
 BINARY = "prometheus"
 SCRAPE_INTERVAL = "1s"
 
@@ -128,12 +130,18 @@ class PrometheusServer:
 
 
 @contextlib.contextmanager
-def running_prometheus(directory: Path, targets: Sequence[str]) -> Iterator[PrometheusServer]:
-    """A ready prometheus scraping `targets` every second; stopped on exit."""
-    server = PrometheusServer(directory, targets)
+def serving(server: S) -> Iterator[S]:
+    """Start `server` and wait until it is ready; stopped (and reaped) on exit."""
     server.start()
     try:
         server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def running_prometheus(directory: Path, targets: Sequence[str]) -> Iterator[PrometheusServer]:
+    """A ready prometheus scraping `targets` every second; stopped on exit."""
+    with serving(PrometheusServer(directory, targets)) as server:
+        yield server
