@@ -222,6 +222,11 @@ class Background:
         if self._errors or not self._ready.is_set():
             raise RuntimeError(f"the operator did not start: {self._errors or 'timeout'}")
 
+    @property
+    def alive(self) -> bool:
+        """Whether the operator's thread is still running."""
+        return self._thread.is_alive()
+
     async def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         await asyncio.to_thread(self._thread.join, timeout)

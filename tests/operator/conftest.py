@@ -76,12 +76,12 @@ class Operator:
             return
         background, self.background = self.background, None
         await background.stop(timeout=15)  # raises what the operator raised
-        assert not background._thread.is_alive(), "the operator did not stop within 15 s"
+        assert not background.alive, "the operator did not stop within 15 s"
 
     @property
     def alive(self) -> bool:
         # Background has no public liveness; its thread is the one thing that says the operator still runs
-        return self.background is not None and self.background._thread.is_alive()
+        return self.background is not None and self.background.alive
 
     def service(self, name: str = "demo", namespace: str = "default") -> dict[str, Any] | None:
         return self.cluster.live(AGSVC, namespace, name)
