@@ -167,8 +167,12 @@ async def test_template_change_starts_a_rollout_beside_the_kept_stable(op: Canar
     assert status["lastAnalysis"]["verdict"] == "error"
     assert status["lastAnalysis"]["checks"][0]["message"].startswith("the operator runs without a Prometheus URL")
     assert "inconclusive or errored analyses in a row" in op.condition("Promoted")["message"]
-    reasons = {e["reason"] for e in op.cluster.live_objects("v1/events", "default")}
-    assert {"RolloutStarted", "AnalysisError", "InconclusiveLimitReached"} <= reasons
+    await eventually(
+        lambda: (
+            {"RolloutStarted", "AnalysisError", "InconclusiveLimitReached"}
+            <= {e["reason"] for e in op.cluster.live_objects("v1/events", "default")}
+        )
+    )
     assert sample(op, "agentservice_canary_analyses_total", verdict="error") >= 2
     assert sample(op, "agentservice_canary_analysis_duration_seconds_count") >= 2
     # still analysed while paused (a conclusive result would resume it), still not promoted
@@ -250,8 +254,9 @@ async def test_newer_revision_restarts_the_rollout_on_it(op: CanaryOperator) -> 
     body["spec"]["image"] = "registry.example/agent-runtime:3.0"
     await op.put(body)
     await eventually(lambda: image_of(deployments(op)["demo-api-canary"]) == "registry.example/agent-runtime:3.0")
-    status = canary_of(op)
-    assert status["canaryRevision"] != first and status["weight"] == 10
+    # the status is written after the children are applied: wait for it rather than race it
+    status = await eventually(lambda: canary_of(op)["canaryRevision"] != first and canary_of(op))
+    assert status["weight"] == 10
     assert image_of(deployments(op)["demo-api"]) == OLD_IMAGE
 
 

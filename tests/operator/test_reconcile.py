@@ -81,8 +81,12 @@ async def test_create_builds_every_child_owned_and_labelled(operator: Operator) 
         "SpecInvalid",
         "SecretMissing",
     }
-    events = [e for e in operator.cluster.live_objects("v1/events", "default") if e["involvedObject"]["name"] == "demo"]
-    assert {e["reason"] for e in events} >= {"Applied", "Ready"}
+
+    def reasons() -> set[str]:
+        events = operator.cluster.live_objects("v1/events", "default")
+        return {e["reason"] for e in events if e["involvedObject"]["name"] == "demo"}
+
+    await eventually(lambda: reasons() >= {"Applied", "Ready"})  # posted right after the status write
     # No finalizer: nothing outside the cluster to clean up, the garbage collector does the rest.
     assert not (operator.service() or {})["metadata"].get("finalizers")
     # the auth Secret got a token

@@ -51,8 +51,10 @@ async def test_missing_secret_blocks_pods_until_it_appears(operator: Operator) -
     assert "'llm'" in missing["message"] and "spec.model.providers[0].apiKeySecretRef" in missing["message"]
     assert operator.status()["phase"] == "Degraded"
     assert operator.condition("Ready")["status"] == "False"
-    events = [e for e in operator.cluster.live_objects("v1/events", "default") if e["reason"] == "SecretMissing"]
-    assert events and events[0]["type"] == "Warning" and "'llm'" in events[0]["message"]
+    events = await eventually(  # posted right after the status write
+        lambda: [e for e in operator.cluster.live_objects("v1/events", "default") if e["reason"] == "SecretMissing"]
+    )
+    assert events[0]["type"] == "Warning" and "'llm'" in events[0]["message"]
     await operator.settle(passes=3)
     assert deployments(operator) == []
     assert "ConfigMap/demo-config" in operator.children()  # everything but the pods is in place
@@ -100,7 +102,10 @@ async def test_invalid_spec_gets_a_condition_and_no_hot_loop(operator: Operator)
     assert "spec.autoscaling.maxReplicas" in invalid["message"]
     assert operator.status()["phase"] == "Failed"
     assert operator.children() == {}
-    events = [e for e in operator.cluster.live_objects("v1/events", "default") if e["reason"] == "SpecInvalid"]
+    # the Event is posted right after the status write: wait for it rather than race it
+    events = await eventually(
+        lambda: [e for e in operator.cluster.live_objects("v1/events", "default") if e["reason"] == "SpecInvalid"]
+    )
     assert len(events) == 1 and events[0]["type"] == "Warning"
     mark = operator.cluster.request_count
     await operator.settle(passes=5)
