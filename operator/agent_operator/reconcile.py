@@ -192,13 +192,9 @@ class Reconciler:
         namespace = svc.metadata.namespace
         uid = str(body.get("metadata", {}).get("uid") or svc.metadata.name)
         missing = await secrets.missing(self._client, namespace, secrets.references(svc.spec))
-        token, new_token = await secrets.auth_token(self._client, svc)
-        children = secrets.with_token(children, svc, token)
+        children, live, new_token = await self._with_live(svc, children, missing=bool(missing))
         plan: rollout.Plan | None = None
-        if missing:  # never roll out pods that would crash-loop; keep what runs (and the rollout where it is)
-            children, live = await self._held_back(children, svc.metadata.name)
-        else:
-            live = await apply.read_live(self._client, children)
+        if not missing:
             plan = await self._rollouts.plan(uid, body, svc, children=children, live=live, prior=prior)
             children, live = plan.children, {**live, **plan.live}
         desired = apply.adopt(children, owner=body)
@@ -257,6 +253,21 @@ class Reconciler:
         if plan is not None:
             await self._rollouts.announce(body, plan)
         return Outcome(phase, written=result.written + pruned, missing_secrets=tuple(missing), status_written=written)
+
+    async def _with_live(
+        self, svc: models.AgentService, children: list[dict[str, Any]], *, missing: bool
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None], bool]:
+        """The children to apply, their live objects, and whether the auth token is new.
+
+        With a Secret missing, pods would crash-loop: what runs is kept (`_held_back`). The auth
+        Secret is one of the children, so its token comes from this read, not a second GET.
+        """
+        if missing:
+            children, live = await self._held_back(children, svc.metadata.name)
+        else:
+            live = await apply.read_live(self._client, children)
+        token, new_token = secrets.auth_token(live.get(f"Secret/{naming.auth_secret_name(svc.metadata.name)}"))
+        return secrets.with_token(children, svc, token), live, new_token
 
     async def _held_back(
         self, children: list[dict[str, Any]], service: str

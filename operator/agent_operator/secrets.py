@@ -71,10 +71,8 @@ def new_token() -> str:
     return random.token_urlsafe(TOKEN_BYTES)
 
 
-async def auth_token(client: apply.Client, svc: models.AgentService) -> tuple[str, bool]:
-    """The service's auth token: the one already stored, or a new one; and whether it is new."""
-    name = naming.auth_secret_name(svc.metadata.name)
-    live = await client.get("v1", "Secret", svc.metadata.namespace, name)
+def auth_token(live: Mapping[str, Any] | None) -> tuple[str, bool]:
+    """The token stored in the live auth Secret, or a new one; and whether it is new."""
     current = apply.decode_secret_value(live, runtimeconfig.AUTH_TOKEN_KEY) if live is not None else None
     if current:
         return current, False
