@@ -23,6 +23,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; always reaped."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class LocalRedis:
     """Start, stop, kill and restart one redis-server process (synchronous: a few milliseconds each)."""
 
@@ -69,13 +80,8 @@ class LocalRedis:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Shut down cleanly (SIGTERM)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process, timeout)
         self.process = None
 
     def kill(self) -> None:

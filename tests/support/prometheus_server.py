@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from agent_runtime import localredis
 from agent_runtime.localredis import free_port
 
 __all__ = ["PrometheusServer", "running_prometheus", "serving"]
@@ -116,13 +117,7 @@ class PrometheusServer:
         """SIGTERM, then SIGKILL after `timeout`; always reaped."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        localredis.terminate(self.process, timeout)
         self.process = None
 
     def logs(self) -> str:
