@@ -4,10 +4,14 @@ BIN   := $(VENV)/bin
 TOOLS := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo test lint typecheck unit crd bench clean
+.PHONY: setup setup-test demo test lint typecheck unit crd bench clean
 
 setup:
 	@bash scripts/setup.sh
+
+# The tests also need the real Kubernetes control plane (built once from Go modules, cached in .tools/).
+setup-test:
+	@SETUP_CONTROLPLANE=1 bash scripts/setup.sh
 
 demo: setup
 	$(BIN)/agentctl demo
@@ -19,7 +23,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: setup lint typecheck
+test: setup-test lint typecheck
 	$(BIN)/pytest
 
 # Regenerate the committed generated files (CRD, its chart copy, RBAC rules, docs reference).

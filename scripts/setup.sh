@@ -77,7 +77,27 @@ PY
     "$TOOLS/bin/kubectl" version --client >/dev/null
 }
 
+# The real control plane of the cluster tests (`make test` asks for it with SETUP_CONTROLPLANE=1;
+# `make demo` does not need it). Built from Go modules into .tools/, once per pinned version.
+install_controlplane() {
+    [ "${SETUP_CONTROLPLANE:-0}" = 1 ] || return 0
+    if bash scripts/controlplane.sh built; then
+        return 0
+    fi
+    if ! command -v go >/dev/null; then
+        if [ "${CI:-}" = true ]; then
+            log "Go is missing: CI must build the control plane for the cluster tests"
+            return 1
+        fi
+        log "Go not found: the cluster tests will be skipped (install Go 1.25+ to run them)"
+        return 0
+    fi
+    log "building the Kubernetes control plane from its Go modules (first time only: about 15 minutes on 2 cores)"
+    bash scripts/controlplane.sh build
+}
+
 install_system_packages
 install_venv
 install_helm_kubectl
+install_controlplane
 log "ready"

@@ -1,0 +1,85 @@
+"""Fixtures of the `cluster` tests: the real control plane, a harness kubelet, the chart, the operator.
+
+- `controlplane` (session): etcd, kube-apiserver, kube-controller-manager and kube-scheduler from
+  `scripts/controlplane.sh`, the CRD applied and Established. Without Go, outside CI, every test
+  here skips naming the reason; with `CI=true` a missing Go or a failed build fails them.
+- `kubelet` (session): a Node whose bound pods are reported Running and Ready.
+- `installed_operator` (module): the chart installed cluster-wide into `agent-system`, and the
+  operator as a real `agentctl operator` process with the chart's own arguments, authenticated by
+  a TokenRequest token of the chart's ServiceAccount (not as cluster-admin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.cluster.harness import (
+    CHART,
+    CRD,
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    THIRD_PARTY_CRDS,
+    OperatorProcess,
+    helm,
+    run_operator_as_chart,
+)
+from tests.support import controlplane as cp
+from tests.support.kubelet import HarnessKubelet
+
+
+@pytest.fixture(scope="session")
+def controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cp.ControlPlane]:
+    reason = cp.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    directory = tmp_path_factory.mktemp("controlplane")
+    try:
+        plane = cp.start(directory)
+    except cp.ControlPlaneError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        plane.kubectl("apply", "--server-side", "-f", str(CRD))
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/agentservices.agentops.dev")
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def third_party_crds(controlplane: cp.ControlPlane) -> None:
+    """prometheus-operator's and KEDA's own CRDs (copied from their Go modules, see crds/README.md)."""
+    controlplane.kubectl("apply", "--server-side", "-f", str(THIRD_PARTY_CRDS))
+    names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in sorted(THIRD_PARTY_CRDS.glob("*.yaml"))]
+    controlplane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+
+
+@pytest.fixture(scope="session")
+def kubelet(controlplane: cp.ControlPlane) -> Iterator[HarnessKubelet]:
+    harness = HarnessKubelet(controlplane.kubeconfig).start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+@pytest.fixture(scope="module")
+def installed_operator(
+    controlplane: cp.ControlPlane,
+    third_party_crds: None,
+    kubelet: HarnessKubelet,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    """The chart installed cluster-wide and its operator running as the chart's ServiceAccount."""
+    workdir = tmp_path_factory.mktemp("operator")
+    helm(controlplane, "install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
+         "--set", "resyncIntervalSeconds=3", "--set", "logFormat=json")  # fmt: skip
+    operator = run_operator_as_chart(controlplane, workdir, release=RELEASE, namespace=OPERATOR_NAMESPACE)
+    try:
+        yield operator
+    finally:
+        operator.stop()
+        helm(controlplane, "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
+    assert not operator.forbidden_lines(), "the operator was refused:\n" + "\n".join(operator.forbidden_lines()[:10])
