@@ -1,4 +1,4 @@
-"""Operator scale on the dev cluster: create latency, 1,000 services, RSS, CPU, steady-state writes.
+"""Operator scale on the dev cluster or the real control plane: create latency, 1,000 services, RSS, CPU, writes.
 
 Three processes, as in production: the dev cluster (kmock's emulator, `python -m
 agent_operator.devcluster`), the operator (`python -m agent_operator.run --server URL`, the same
@@ -18,6 +18,13 @@ Figures printed (JSON):
   times N: whatever pass was in flight at that moment, `passes` full resync passes over every
   service fall inside the window.
 Targets (issue 3): p50 <= 0.2 s, 1,000 reconciled <= 60 s, RSS <= 200 MB, 0 steady-state writes.
+
+`--controlplane DIR` runs the same drive against the real control plane (`scripts/controlplane.sh
+start DIR`: etcd, kube-apiserver, controller manager, scheduler) instead of the emulator: the CRD
+and prometheus-operator's CRDs applied, the chart installed for its ServiceAccount and RBAC, and the
+operator authenticated with that ServiceAccount's token. The steady-state writes are then also
+counted from the API server's audit log (every write of the operator's user in the window), and
+the CPU and RSS of kube-apiserver and etcd are reported beside the operator's.
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -55,6 +64,7 @@ CHILD_COLLECTIONS = (
     "/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors",
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -151,9 +161,19 @@ async def children_per_service(http: aiohttp.ClientSession, url: str, namespace:
 
 
 async def drive(
-    url: str, metrics_url: str, *, services: int, latency_samples: int, passes: int, pids: Mapping[str, int]
+    url: str,
+    metrics_url: str,
+    *,
+    services: int,
+    latency_samples: int,
+    passes: int,
+    pids: Mapping[str, int],
+    ssl_context: ssl.SSLContext | None = None,
+    audit_writes: Callable[[int], dict[str, int]] | None = None,
+    audit_mark: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http:
+    connector = aiohttp.TCPConnector(ssl=ssl_context) if ssl_context is not None else None
+    async with aiohttp.ClientSession(connector=connector) as http:
         latencies = []
         for index in range(latency_samples):
             name = f"lat-{index}"
@@ -181,12 +201,14 @@ async def drive(
         cpu1 = {name: cpu_s(pid) for name, pid in pids.items()}
 
         before = await samples(http, metrics_url)
+        mark = audit_mark() if audit_mark is not None else 0
         steady_started = time.perf_counter()
         goal = before["reconciles"] + (passes + 1) * (services + latency_samples)
         while (after := await samples(http, metrics_url))["reconciles"] < goal:
             await asyncio.sleep(1.0)
         steady = time.perf_counter() - steady_started
         cpu2 = {name: cpu_s(pid) for name, pid in pids.items()}
+        audited = {"steady_state_writes_audit_log": audit_writes(mark)} if audit_writes is not None else {}
         return {
             "create_to_children_p50_s": round(statistics.median(latencies), 3),
             "create_to_children_p99_s": round(statistics.quantiles(latencies, n=100)[98], 3),
@@ -200,6 +222,7 @@ async def drive(
             "steady_reconciles": int(after["reconciles"] - before["reconciles"]),
             "steady_cpu_s": {name: round(cpu2[name] - cpu1[name], 1) for name in pids},
             "steady_state_writes": writes_between(before, after),
+            **audited,
         }
 
 
@@ -218,14 +241,15 @@ async def wait_healthy(url: str, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.2)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--services", type=int, default=1000)
-    parser.add_argument("--samples", type=int, default=100)
-    parser.add_argument("--resync", type=float, default=20.0)
-    parser.add_argument("--passes", type=int, default=2, help="full resync passes inside the steady-state window")
-    parser.add_argument("--operator-log", default=os.devnull, help="file for the operator's stderr (JSON logs)")
-    args = parser.parse_args(argv)
+def operator_command(metrics_port: int, health_port: int, resync: float) -> list[str]:
+    return [
+        sys.executable, "-m", "agent_operator.run", "--all-namespaces",
+        "--metrics-port", str(metrics_port), "--health-port", str(health_port),
+        "--resync-interval", str(resync), "--log-format", "json",
+    ]  # fmt: skip
+
+
+def run_dev_cluster(args: argparse.Namespace) -> dict[str, Any]:
     cluster = subprocess.Popen(
         [sys.executable, "-m", "agent_operator.devcluster", "--port", str(free_port())],
         stdout=subprocess.PIPE,
@@ -238,28 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port, health_port = free_port(), free_port()
         with open(args.operator_log, "w") as log:
             operator = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "agent_operator.run",
-                    "--server",
-                    url,
-                    "--all-namespaces",
-                    "--metrics-port",
-                    str(metrics_port),
-                    "--health-port",
-                    str(health_port),
-                    "--resync-interval",
-                    str(args.resync),
-                    "--log-format",
-                    "json",
-                ],
+                [*operator_command(metrics_port, health_port, args.resync), "--server", url],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
         print(json.dumps({"operator_pid": operator.pid, "cluster_pid": cluster.pid}), file=sys.stderr, flush=True)
         asyncio.run(wait_healthy(f"http://127.0.0.1:{health_port}/healthz"))
-        result = asyncio.run(
+        return asyncio.run(
             drive(
                 url,
                 f"http://127.0.0.1:{metrics_port}/metrics",
@@ -269,12 +278,90 @@ def main(argv: list[str] | None = None) -> int:
                 pids={"operator": operator.pid, "emulator": cluster.pid},
             )
         )
-        print(json.dumps(result, indent=2))
     finally:
         for process in (operator, cluster):
             if process is not None:
                 process.terminate()
                 process.wait(30)
+
+
+def run_control_plane(args: argparse.Namespace) -> dict[str, Any]:
+    """The same drive on the real control plane, the operator as the chart's ServiceAccount."""
+    sys.path.insert(0, str(ROOT))
+    from tests.cluster.harness import CHART, CRD, THIRD_PARTY_CRDS, helm
+    from tests.support import controlplane
+
+    directory = Path(args.controlplane).resolve()
+    plane = controlplane.start(directory)
+    operator = None
+    try:
+        plane.kubectl("apply", "--server-side", "-f", str(CRD), "-f", str(THIRD_PARTY_CRDS))
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        for namespace in ("latency", "scale"):
+            plane.kubectl("create", "namespace", namespace)
+        helm(plane, "install", "bench", str(CHART), "--namespace", "agent-system", "--create-namespace")
+        service_account = plane.get("serviceaccounts", "-n", "agent-system", "-l", "app.kubernetes.io/instance=bench")
+        account = service_account["items"][0]["metadata"]["name"]
+        kubeconfig = plane.token_kubeconfig("agent-system", account, directory / "operator.kubeconfig")
+        user = f"system:serviceaccount:agent-system:{account}"
+        metrics_port, health_port = free_port(), free_port()
+        with open(args.operator_log, "w") as log:
+            operator = subprocess.Popen(
+                operator_command(metrics_port, health_port, args.resync),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            )
+        asyncio.run(wait_healthy(f"http://127.0.0.1:{health_port}/healthz"))
+        context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
+        context.load_cert_chain(str(directory / "admin.crt"), str(directory / "admin.key"))
+
+        def audit_writes(mark: int) -> dict[str, int]:
+            found: dict[str, int] = {}
+            for event in plane.audit_since(mark):
+                if event.get("user", {}).get("username") != user or event.get("verb") in ("get", "list", "watch"):
+                    continue
+                ref = event.get("objectRef", {})
+                key = (
+                    f"{event['verb']}/{ref.get('resource')}{'/' + ref['subresource'] if ref.get('subresource') else ''}"
+                )
+                found[key] = found.get(key, 0) + 1
+            return found
+
+        pids = {"operator": operator.pid}
+        for name in ("kube-apiserver", "etcd"):
+            pids[name] = int((directory / "pids" / f"{name}.pid").read_text())
+        return asyncio.run(
+            drive(
+                plane.server,
+                f"http://127.0.0.1:{metrics_port}/metrics",
+                services=args.services,
+                latency_samples=args.samples,
+                passes=args.passes,
+                pids=pids,
+                ssl_context=context,
+                audit_writes=audit_writes,
+                audit_mark=plane.audit_mark,
+            )
+        )
+    finally:
+        if operator is not None:
+            operator.terminate()
+            operator.wait(30)
+        plane.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--resync", type=float, default=20.0)
+    parser.add_argument("--passes", type=int, default=2, help="full resync passes inside the steady-state window")
+    parser.add_argument("--operator-log", default=os.devnull, help="file for the operator's stderr (JSON logs)")
+    parser.add_argument("--controlplane", metavar="DIR", help="run on the real control plane, its data under DIR")
+    args = parser.parse_args(argv)
+    result = run_control_plane(args) if args.controlplane else run_dev_cluster(args)
+    print(json.dumps(result, indent=2))
     return 0
 
 

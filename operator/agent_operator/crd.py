@@ -75,9 +75,10 @@ ROOT_RULES: Final = [
         "message": f"metadata.name must be at most {NAME_MAX_LENGTH} characters (child names derive from it)",
     },
 ]
+# Only `type` and `properties.name`/`generateName`: kube-apiserver refuses a CRD whose metadata
+# schema says anything else, a description included.
 METADATA_SCHEMA: Final = {
     "type": "object",
-    "description": f"Object metadata; the name is a DNS label of at most {NAME_MAX_LENGTH} characters.",
     "properties": {
         "name": {
             "type": "string",
@@ -107,17 +108,17 @@ def _property_name(name: str, field: FieldInfo) -> str:
 
 
 def _factory_default(field: FieldInfo) -> Any:
-    """The JSON form of a `default_factory` default, `{}` when nested defaults already produce it."""
+    """The JSON form of a `default_factory` default, every nested default written out.
+
+    Not `{}`: kube-apiserver checks an object's default against the object's CEL rules as written,
+    without applying the nested defaults first, so `{}` fails every rule that reads a field
+    (`no such key: minReplicas`) and the CRD is refused.
+    """
     assert field.default_factory is not None
     assert field.annotation is not None
     value = field.default_factory()  # type: ignore[call-arg]
     adapter: TypeAdapter[Any] = TypeAdapter(field.annotation)
-    dumped = adapter.dump_python(value, mode="json", by_alias=True, exclude_none=True)
-    if isinstance(value, BaseModel):
-        implied = type(value)().model_dump(mode="json", by_alias=True, exclude_none=True)
-        if implied == dumped:
-            return {}
-    return dumped
+    return adapter.dump_python(value, mode="json", by_alias=True, exclude_none=True)
 
 
 class _Converter:
