@@ -26,11 +26,24 @@ die() { log "$*"; exit 1; }
 
 # The cache key: the pinned Kubernetes version plus a digest of the module's files, so a change
 # of any pin (or of the etcd main) builds into a new folder and a stale binary is never reused.
+k8s_version() {
+    awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$MODULE/go.mod"
+}
+
+# The version the binaries report (/version, and so `helm install`'s kubeVersion check): a module
+# build carries no git metadata, so it is stamped the way the Kubernetes release build does.
+ldflags() {
+    local version major minor pkg=k8s.io/component-base/version
+    version=$(k8s_version)
+    major=${version#v}; major=${major%%.*}
+    minor=${version#v"$major".}; minor=${minor%%.*}
+    echo "-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+}
+
 cache_dir() {
-    local k8s digest
-    k8s=$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$MODULE/go.mod")
-    digest=$(cat "$MODULE/go.mod" "$MODULE/go.sum" "$MODULE/cmd/etcd/main.go" | sha256sum | cut -c1-12)
-    echo "${CONTROLPLANE_TOOLS:-$ROOT/.tools}/controlplane/${k8s}-${digest}"
+    local digest
+    digest=$( (cat "$MODULE/go.mod" "$MODULE/go.sum" "$MODULE/cmd/etcd/main.go"; ldflags) | sha256sum | cut -c1-12)
+    echo "${CONTROLPLANE_TOOLS:-$ROOT/.tools}/controlplane/$(k8s_version)-${digest}"
 }
 
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler)
@@ -55,7 +68,7 @@ cmd_build() {
     mkdir -p "$tmp"
     # -trimpath and no debug info: smaller binaries, the same code. GOFLAGS=-mod=mod lets the
     # module proxy serve what go.sum pins; nothing else is downloaded.
-    (cd "$MODULE" && GOFLAGS=-mod=mod go build -trimpath -ldflags='-s -w' -o "$tmp/" \
+    (cd "$MODULE" && GOFLAGS=-mod=mod go build -trimpath -ldflags="$(ldflags)" -o "$tmp/" \
         k8s.io/kubernetes/cmd/kube-apiserver \
         k8s.io/kubernetes/cmd/kube-controller-manager \
         k8s.io/kubernetes/cmd/kube-scheduler \

@@ -95,6 +95,9 @@ def settings_for(config: Config) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.peering.standalone = True
     settings.peering.clusterwide = config.all_namespaces
+    # Watching given namespaces needs no namespace scan: kopf would otherwise list and watch every
+    # namespace cluster-wide, which a namespaced install's RBAC rightly forbids (a 403 at start).
+    settings.scanning.disabled = not config.all_namespaces
     settings.posting.loggers = False
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATIONS_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

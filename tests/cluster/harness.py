@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.support import controlplane as cp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +27,13 @@ THIRD_PARTY_CRDS = Path(__file__).resolve().parent / "crds"
 AGENTCTL = Path(sys.executable).parent / "agentctl"
 RELEASE = "agentops"
 OPERATOR_NAMESPACE = "agent-system"
+
+
+def example_in(name: str, namespace: str) -> str:
+    """An example manifest moved into `namespace` (the examples name their own), as YAML for stdin."""
+    body = yaml.safe_load((EXAMPLES_DIR / name).read_text())
+    body["metadata"]["namespace"] = namespace
+    return yaml.safe_dump(body)
 
 
 def free_port() -> int:

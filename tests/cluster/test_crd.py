@@ -10,10 +10,13 @@ with the message its `# cel:` or `# schema:` comment states.
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.cluster.harness import example_in
 from tests.support import controlplane as cp
 
 pytestmark = pytest.mark.cluster
@@ -57,7 +60,7 @@ def test_crd_is_established_explained_and_has_printer_columns(controlplane: cp.C
     assert re.search(r"DESCRIPTION:\s+\S", explained), explained
 
     controlplane.kubectl("create", "namespace", "printer-columns")
-    controlplane.kubectl("apply", "-n", "printer-columns", "-f", str(EXAMPLES / "minimal.yaml"))
+    controlplane.kubectl("apply", "-f", "-", input=example_in("minimal.yaml", "printer-columns"))
     table = controlplane.kubectl("get", "agsvc", "-n", "printer-columns").stdout
     header = table.splitlines()[0].split()
     assert header[:1] == ["NAME"], table
@@ -66,9 +69,24 @@ def test_crd_is_established_explained_and_has_printer_columns(controlplane: cp.C
     assert "support-agent" in table
 
 
+@pytest.fixture(scope="module")
+def examples_namespace(controlplane: cp.ControlPlane) -> str:
+    controlplane.kubectl("create", "namespace", "examples")
+    return "examples"
+
+
+def dry_run(plane: cp.ControlPlane, path: Path, namespace: str) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply --dry-run=server` of the example, moved into `namespace`."""
+    body = yaml.safe_load(path.read_text())
+    body.setdefault("metadata", {})["namespace"] = namespace
+    return plane.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(body), check=False)
+
+
 @pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
-def test_valid_example_accepted_by_the_apiserver(controlplane: cp.ControlPlane, path: Path) -> None:
-    result = controlplane.kubectl("apply", "--dry-run=server", "-n", "default", "-f", str(path), check=False)
+def test_valid_example_accepted_by_the_apiserver(
+    controlplane: cp.ControlPlane, examples_namespace: str, path: Path
+) -> None:
+    result = dry_run(controlplane, path, examples_namespace)
     assert result.returncode == 0, result.stderr
 
 
@@ -78,8 +96,10 @@ def test_every_invalid_example_has_a_server_side_expectation() -> None:
 
 
 @pytest.mark.parametrize("path", [p for p in INVALID if p.name not in CLIENT_SIDE_ONLY], ids=lambda p: p.name)
-def test_invalid_example_refused_by_the_apiserver(controlplane: cp.ControlPlane, path: Path) -> None:
-    result = controlplane.kubectl("apply", "--dry-run=server", "-n", "default", "-f", str(path), check=False)
+def test_invalid_example_refused_by_the_apiserver(
+    controlplane: cp.ControlPlane, examples_namespace: str, path: Path
+) -> None:
+    result = dry_run(controlplane, path, examples_namespace)
     assert result.returncode != 0, f"the API server accepted {path.name}"
     error = result.stderr
     assert "is invalid" in error or "unknown field" in error or "strict decoding error" in error, error

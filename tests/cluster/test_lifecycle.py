@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.cluster.harness import OperatorProcess, wait_for
+from tests.cluster.harness import AGENTCTL, OperatorProcess, wait_for
 from tests.support import controlplane as cp
 
 pytestmark = pytest.mark.cluster
@@ -60,9 +63,17 @@ def children(plane: cp.ControlPlane, namespace: str, name: str) -> dict[str, dic
     listing = plane.get(
         "deployments,services,configmaps,secrets,horizontalpodautoscalers,prometheusrules,servicemonitors,"
         "poddisruptionbudgets,networkpolicies,scaledobjects",
-        "-n", namespace, "-l", f"app.kubernetes.io/instance={name}",
+        "-n", namespace, "-l", f"app.kubernetes.io/instance={name}", "--show-managed-fields",
     )  # fmt: skip
     return {f"{o['kind']}/{o['metadata']['name']}": o for o in listing["items"]}
+
+
+def rendered(body: dict[str, Any], directory: Path) -> dict[str, dict[str, Any]]:
+    """Every child `agentctl render` prints for this AgentService, by `kind/name`."""
+    path = directory / "agentservice.json"
+    path.write_text(json.dumps(body))
+    output = subprocess.run([str(AGENTCTL), "render", "-f", str(path)], capture_output=True, text=True, check=True)
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in yaml.safe_load_all(output.stdout) if doc}
 
 
 def api_image(plane: cp.ControlPlane, namespace: str, name: str) -> str:
@@ -122,13 +133,16 @@ def namespace(controlplane: cp.ControlPlane, request: pytest.FixtureRequest) -> 
 
 
 def test_create_edit_drift_and_delete(
-    controlplane: cp.ControlPlane, installed_operator: OperatorProcess, namespace: str
+    controlplane: cp.ControlPlane, installed_operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     plane = controlplane
-    apply(plane, agent_service("life", namespace))
-    expected = {"Deployment/life-api", "Deployment/life-worker", "Service/life-api", "ConfigMap/life-config",
-                "Secret/life-auth", "PrometheusRule/life-alerts", "ServiceMonitor/life"}  # fmt: skip
-    found = wait_for(lambda: (c := children(plane, namespace, "life")) and expected <= c.keys() and c, what="children")
+    body = agent_service("life", namespace)
+    apply(plane, body)
+    expected = rendered(body, tmp_path)
+    assert {"Deployment/life-api", "Deployment/life-worker", "Secret/life-auth"} <= expected.keys()
+    found = wait_for(
+        lambda: (c := children(plane, namespace, "life")) and expected.keys() <= c.keys() and c, what="children"
+    )
     for key, child in found.items():
         managers = {m["manager"] for m in child["metadata"].get("managedFields", [])}
         assert FIELD_MANAGER in managers, (key, managers)
@@ -138,9 +152,15 @@ def test_create_edit_drift_and_delete(
     # Ready comes from the Deployment controller's own status (the harness kubelet reports the pods).
     plane.kubectl("wait", "--for=condition=Ready", "agsvc/life", "-n", namespace, "--timeout=90s", timeout=120)
 
-    # A spec edit touching only the worker: every other child keeps its resourceVersion.
+    # A spec edit touching only the worker: the children whose rendering changes are rewritten, and
+    # every other child keeps its resourceVersion.
     before = {k: v["metadata"]["resourceVersion"] for k, v in children(plane, namespace, "life").items()}
-    apply(plane, agent_service("life", namespace, worker={"replicas": 3}))
+    mark = plane.audit_mark()
+    edited = agent_service("life", namespace, worker={"replicas": 3})
+    after_render = rendered(edited, tmp_path)
+    affected = {k for k, v in after_render.items() if expected.get(k) != v}
+    assert "Deployment/life-worker" in affected and "Deployment/life-api" not in affected, affected
+    apply(plane, edited)
     wait_for(
         lambda: children(plane, namespace, "life")["Deployment/life-worker"]["spec"]["replicas"] == 3,
         what="worker scaled",
@@ -149,8 +169,20 @@ def test_create_edit_drift_and_delete(
         lambda: condition(plane, namespace, "life", "Ready").get("status") == "True", timeout=90, what="Ready again"
     )
     after = {k: v["metadata"]["resourceVersion"] for k, v in children(plane, namespace, "life").items()}
-    changed = {k for k in before if before[k] != after.get(k)}
-    assert changed == {"Deployment/life-worker"}, changed
+    # Controllers write the status of Deployments, HPAs and PDBs (new resourceVersions); what the
+    # operator wrote is in the audit log: the affected children, and its own AgentService.
+    written = {
+        w.split("/")[0].split(" ")[1] + "/" + w.rsplit("/", 1)[1] for w in operator_writes(plane, mark, namespace)
+    }
+    kinds = {"deployments": "Deployment", "poddisruptionbudgets": "PodDisruptionBudget", "configmaps": "ConfigMap",
+             "secrets": "Secret", "services": "Service", "horizontalpodautoscalers": "HorizontalPodAutoscaler",
+             "prometheusrules": "PrometheusRule", "servicemonitors": "ServiceMonitor"}  # fmt: skip
+    children_written = {f"{kinds[r]}/{n}" for r, n in (w.split("/") for w in written) if r in kinds}
+    assert children_written == affected, (children_written, affected)
+    statusless = {
+        k for k in before if k.split("/")[0] in ("ConfigMap", "Secret", "Service", "PrometheusRule", "ServiceMonitor")
+    }
+    assert {k for k in statusless if before[k] != after.get(k)} == set()
 
     # Drift: a deleted child comes back, and so does a field someone else changed.
     plane.kubectl("delete", "configmap", "life-config", "-n", namespace)
