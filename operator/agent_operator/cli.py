@@ -54,6 +54,9 @@ def load_services(sources: Sequence[str]) -> list[models.AgentService]:
             print(f"error: {exc}", file=sys.stderr)
             failed = True
             continue
+        if not documents:  # empty, or only comments: rendering nothing would look like success
+            print(f"error: no AgentService in {'<stdin>' if source == validation.STDIN else source}", file=sys.stderr)
+            failed = True
         for document in documents:
             try:
                 services.append(validation.parse_agent_service(document))
@@ -61,7 +64,8 @@ def load_services(sources: Sequence[str]) -> list[models.AgentService]:
                 failed = True
                 print(f"error: {document.where}: {exc.headline}", file=sys.stderr)
                 for problem in exc.problems:
-                    print(problem, file=sys.stderr)
+                    where = f"{document.source}:{problem.line}: " if problem.line is not None else ""
+                    print(f"{where}{problem}", file=sys.stderr)
     if failed:
         raise SystemExit(EXIT_INVALID)
     return services
