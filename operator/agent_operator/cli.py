@@ -192,8 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     rbac = commands.add_parser("rbac", help="print the operator's least-privilege RBAC rules (the chart's copy)")
     rbac.set_defaults(func=cmd_rbac)
 
-    demo = commands.add_parser("demo", help="render the examples and show what would be created")
-    demo.add_argument("--examples", default="examples", metavar="DIR", help="directory of AgentService manifests")
+    demo_help = (
+        "the local tour, no cluster or API key needed: 1. render the examples (a table of every object); "
+        "2. run the real operator on an embedded dev cluster (apply, edit, steady state); "
+        "3. run the runtime (redis-server, the local model, the task API and a worker) on one task"
+    )
+    demo = commands.add_parser("demo", help=demo_help, description=demo_help)
+    demo.add_argument(
+        "--examples",
+        default="examples",
+        metavar="DIR",
+        help="directory of the AgentService manifests part 1 renders (part 2 applies examples/full.yaml)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     operator = commands.add_parser(
