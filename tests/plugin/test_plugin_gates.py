@@ -40,32 +40,32 @@ async def one_line(kubeconfig: Path, *args: str) -> str:
 async def test_promote_step_by_step_then_history(op: CanaryOperator, kubeconfig: Path) -> None:
     body: dict[str, Any] = canary_service(inconclusiveLimit=100)
     await start_rollout(op, body)
-    await eventually(lambda: canary_of(op).get("weight") == 10, timeout=15)
+    await eventually(lambda: canary_of(op).get("weight") == 10, timeout=30)
     revision = canary_of(op)["canaryRevision"]
 
     line = await one_line(kubeconfig, "promote", "demo")
     assert line == (
         f"agentservice/demo: promote revision {revision} one step: weight 10% -> 50% (agentops.dev/promote=step:10)\n"
     )
-    await eventually(lambda: canary_of(op).get("weight") == 50, timeout=15)
+    await eventually(lambda: canary_of(op).get("weight") == 50, timeout=30)
     # the operator removes the one-shot gate once it has acted
     await eventually(lambda: "agentops.dev/promote" not in ((op.service() or {})["metadata"].get("annotations") or {}))
 
     assert (
         await one_line(kubeconfig, "pause", "demo") == "agentservice/demo: paused (spec.canary.paused: false -> true)\n"
     )
-    await eventually(lambda: canary_of(op).get("phase") == "Paused", timeout=15)
+    await eventually(lambda: canary_of(op).get("phase") == "Paused", timeout=30)
     assert await one_line(kubeconfig, "pause", "demo") == (
         "agentservice/demo: already paused (spec.canary.paused is true)\n"
     )
     assert await one_line(kubeconfig, "resume", "demo") == (
         "agentservice/demo: resumed (spec.canary.paused: true -> false)\n"
     )
-    await eventually(lambda: canary_of(op).get("phase") == "Progressing", timeout=15)
+    await eventually(lambda: canary_of(op).get("phase") == "Progressing", timeout=30)
 
     line = await one_line(kubeconfig, "promote", "demo")
     assert "in full" in line and line.endswith("(agentops.dev/promote=step:50)\n"), line
-    await eventually(lambda: canary_of(op).get("phase") == "Promoted", timeout=15)
+    await eventually(lambda: canary_of(op).get("phase") == "Promoted", timeout=30)
     assert outcomes(op) == [("Promoted", "StepPromotedByAnnotation")]
 
     history = await plugin(kubeconfig, "history", "demo")
@@ -88,18 +88,18 @@ async def test_promote_step_by_step_then_history(op: CanaryOperator, kubeconfig:
 async def test_abort_then_promote_full(op: CanaryOperator, kubeconfig: Path) -> None:
     body: dict[str, Any] = canary_service(inconclusiveLimit=100)
     await start_rollout(op, body)
-    await eventually(lambda: canary_of(op).get("phase") == "Progressing", timeout=15)
+    await eventually(lambda: canary_of(op).get("phase") == "Progressing", timeout=30)
     status = canary_of(op)
     line = await one_line(kubeconfig, "abort", "demo")
     assert line == (
         f"agentservice/demo: abort: revision {status['canaryRevision']} rolled back, "
         f"{status['stableRevision']} kept (agentops.dev/abort=true)\n"
     )
-    await eventually(lambda: canary_of(op).get("phase") == "RolledBack", timeout=15)
+    await eventually(lambda: canary_of(op).get("phase") == "RolledBack", timeout=30)
 
     await new_image(op, NEW_IMAGE + "-fixed")
-    await eventually(lambda: canary_of(op).get("phase") == "Progressing", timeout=15)
+    await eventually(lambda: canary_of(op).get("phase") == "Progressing", timeout=30)
     line = await one_line(kubeconfig, "promote", "demo", "--full")
     assert line.endswith("(agentops.dev/promote=true)\n") and "in full" in line, line
-    await eventually(lambda: canary_of(op).get("phase") == "Promoted", timeout=15)
+    await eventually(lambda: canary_of(op).get("phase") == "Promoted", timeout=30)
     assert outcomes(op) == [("RolledBack", "Aborted"), ("Promoted", "PromotedByAnnotation")]
