@@ -11,8 +11,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
+import urllib.parse
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -25,6 +28,8 @@ from agent_runtime.composition import build_worker, connect_redis
 from agent_runtime.localdemo import run_runtime_demo
 from agent_runtime.localmodel import Faults, LocalModelServer
 from agent_runtime.worker import serve_probes
+
+_log = runtime_logging.get_logger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +82,20 @@ def _redis_url() -> str:
     return os.environ.get(constants.REDIS_URL_ENV, constants.DEFAULT_REDIS_URL)
 
 
+def _redis_location(url: str) -> str:
+    """`redis://host:port/db` without credentials: the URL may carry a password, a log line must not."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _address(sockname: Any) -> str:
+    """`http://host:port` of a bound socket (IPv6 hosts bracketed)."""
+    host, port = sockname[0], sockname[1]
+    return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+
+
 def _run_api(args: argparse.Namespace) -> int:
     config = runtime_config.load()
     token = os.environ.get(constants.AUTH_TOKEN_ENV)
@@ -103,7 +122,17 @@ def _configure_tracing(config: runtime_config.RuntimeConfig, component: str) -> 
 
 
 class _ApiServer(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its graceful shutdown (exit 143); the API exits 0 like the worker."""
+    """uvicorn re-raises SIGTERM after its graceful shutdown (exit 143); the API exits 0 like the worker.
+
+    uvicorn's own "Uvicorn running on" line goes to the standard logging it is told not to configure
+    (`log_config=None`), so the API says where it listens itself, once, in the runtime's JSON logs.
+    """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            addresses = [_address(s.getsockname()) for server in self.servers for s in server.sockets]
+            _log.info("listening", component="api", addresses=addresses)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -123,8 +152,11 @@ async def _run_worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, parts.worker.stop)
     probes = None
+    addresses: list[str] = []
     if args.metrics_port:
         probes = await serve_probes(parts.queue, parts.metrics, parts.worker, host=args.host, port=args.metrics_port)
+        addresses = [_address(address) for address in probes.addresses]
+    _log.info("started", component="worker", probes=addresses, redis=_redis_location(_redis_url()))
     try:
         await parts.worker.run()
     finally:

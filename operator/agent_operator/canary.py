@@ -20,6 +20,8 @@ Deployments take the new template and the canaries go. `steps: [100]` therefore 
 4. spec back on the stable rev.  → roll back (Idle, Reverted): nothing failed, nothing to keep
 5. a newer revision in the spec  → restart at the first step on it (NewRevision), counters reset
 6. totalFailures >= failureLimit → roll back (FailureLimitReached; e.g. after the limit was lowered)
+6b. promote annotation `step:<weight>` at the current weight → the next step, or promote after the
+   last step below 100, without an analysis (StepPromotedByAnnotation); also while paused by spec
 7. `spec.canary.paused: true`    → pause (PausedBySpec); analyses are not run, nor counted
 8. steps edited under the rollout → set the weight of the same step index (StepsChanged)
 9. no analysis, or one taken at another weight (stale) → wait; resumes Progressing after a
@@ -56,7 +58,9 @@ Gates are annotations on the AgentService itself. `"true"` (or an empty value) a
 revision the spec holds and is one-shot: the decision lists it in `consumed` for the operator to
 remove, so a stale gate cannot hit the next rollout. A value equal to a revision hash acts only on
 that revision and is never consumed (safe to keep in Git). `false`, `0`, `no`, `off` mean unset.
-Abort wins over promote.
+Abort wins over promote. The value `step:<weight>` promotes one step instead of all of them: it
+acts only while the rollout stands at that weight, so a removal that failed and a second look at
+the same annotation cannot skip two steps; it is always consumed.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ HISTORY_LIMIT: Final = 10
 ACTIVE_PHASES: Final = frozenset({models.CanaryPhase.PROGRESSING, models.CanaryPhase.PAUSED})
 UNSET_VALUES: Final = frozenset({"false", "0", "no", "off"})
 ONE_SHOT_VALUES: Final = frozenset({"", "true", "yes", "1"})
+STEP_PREFIX: Final = "step:"  # agentops.dev/promote=step:<weight>: promote one step, from that weight
 
 
 class Action(StrEnum):
@@ -98,6 +103,7 @@ class Reason(StrEnum):
     REVERTED = "Reverted"
     ABORTED = "Aborted"
     PROMOTED_BY_ANNOTATION = "PromotedByAnnotation"
+    STEP_PROMOTED_BY_ANNOTATION = "StepPromotedByAnnotation"
     CANARY_DISABLED = "CanaryDisabled"
     PAUSED_BY_SPEC = "PausedBySpec"
     STEPS_CHANGED = "StepsChanged"
@@ -147,6 +153,7 @@ class _Gates:
     promote: bool
     abort: bool
     consumed: tuple[str, ...]
+    step_from: int | None = None  # promote one step, when the rollout stands at this weight
 
 
 def rollout_active(status: models.CanaryStatus) -> bool:
@@ -195,6 +202,12 @@ def decide(spec: models.Canary, status: models.CanaryStatus, observed: Observati
 # --- rules -----------------------------------------------------------------------------------------
 
 
+def _step_from(value: str) -> int | None:
+    """The weight of a `step:<weight>` gate value (-1 when the weight is not a number: never matches)."""
+    weight = value.removeprefix(STEP_PREFIX).strip()
+    return int(weight) if weight.isdigit() else -1
+
+
 def _gates(annotations: Mapping[str, str], desired: str) -> _Gates:
     def gate(key: str) -> tuple[bool, bool]:  # (acts, consumed)
         if key not in annotations:
@@ -206,14 +219,20 @@ def _gates(annotations: Mapping[str, str], desired: str) -> _Gates:
             return True, True
         return value == desired.lower(), False
 
-    promote, promote_consumed = gate(naming.PROMOTE_ANNOTATION)
+    step_from = None
+    promote_value = annotations.get(naming.PROMOTE_ANNOTATION, "").strip().lower()
+    if promote_value.startswith(STEP_PREFIX):
+        step_from = _step_from(promote_value)
+        promote, promote_consumed = False, True
+    else:
+        promote, promote_consumed = gate(naming.PROMOTE_ANNOTATION)
     abort, abort_consumed = gate(naming.ABORT_ANNOTATION)
     consumed = tuple(
         key
         for key, used in ((naming.PROMOTE_ANNOTATION, promote_consumed), (naming.ABORT_ANNOTATION, abort_consumed))
         if used
     )
-    return _Gates(promote=promote, abort=abort, consumed=consumed)
+    return _Gates(promote=promote, abort=abort, consumed=consumed, step_from=step_from)
 
 
 def _at_rest(spec: models.Canary, status: models.CanaryStatus, desired: str, gates: _Gates) -> Decision:
@@ -254,6 +273,8 @@ def _during_rollout(spec: models.Canary, status: models.CanaryStatus, observed: 
     if status.total_failures >= spec.failure_limit:
         message = f"{status.total_failures} failed analyses reach failureLimit {spec.failure_limit}"
         return _roll_back(status, desired, Reason.FAILURE_LIMIT, message)
+    if gates.step_from is not None and gates.step_from == status.weight and len(spec.steps) > 1:
+        return _step(spec, status, desired)
     if spec.paused:
         message = f"paused by spec.canary.paused at weight {status.weight}"
         return Decision(Action.PAUSE, Reason.PAUSED_BY_SPEC, _update(status, models.CanaryPhase.PAUSED, message))
@@ -308,6 +329,19 @@ def _judged(spec: models.Canary, status: models.CanaryStatus, result: models.Ana
     reason = Reason.ANALYSIS_ERROR if verdict == analysis.Verdict.ERROR else Reason.ANALYSIS_INCONCLUSIVE
     held = _update(counted, models.CanaryPhase.PROGRESSING, f"holding at weight {status.weight}, {counts}: {summary}")
     return Decision(Action.WAIT, reason, held)
+
+
+def _step(spec: models.Canary, status: models.CanaryStatus, desired: str) -> Decision:
+    """One step further by hand, as a passed analysis would move it (a person settled the streak too)."""
+    index = min(status.step_index, len(spec.steps) - 2) + 1
+    if index >= len(spec.steps) - 1:
+        message = f"promoted by annotation from weight {status.weight}, the last step"
+        return _promote(status, desired, Reason.STEP_PROMOTED_BY_ANNOTATION, message)
+    weight = spec.steps[index]
+    moved = status.model_copy(update={"step_index": index, "weight": weight, "inconclusive_streak": 0})
+    phase = models.CanaryPhase.PAUSED if spec.paused else models.CanaryPhase.PROGRESSING
+    message = f"weight {status.weight} -> {weight}: promoted one step by annotation"
+    return Decision(Action.SET_WEIGHT, Reason.STEP_PROMOTED_BY_ANNOTATION, _update(moved, phase, message))
 
 
 def _verdict(value: str) -> analysis.Verdict:

@@ -54,6 +54,9 @@ def load_services(sources: Sequence[str]) -> list[models.AgentService]:
             print(f"error: {exc}", file=sys.stderr)
             failed = True
             continue
+        if not documents:  # empty, or only comments: rendering nothing would look like success
+            print(f"error: no AgentService in {'<stdin>' if source == validation.STDIN else source}", file=sys.stderr)
+            failed = True
         for document in documents:
             try:
                 services.append(validation.parse_agent_service(document))
@@ -61,7 +64,8 @@ def load_services(sources: Sequence[str]) -> list[models.AgentService]:
                 failed = True
                 print(f"error: {document.where}: {exc.headline}", file=sys.stderr)
                 for problem in exc.problems:
-                    print(problem, file=sys.stderr)
+                    where = f"{document.source}:{problem.line}: " if problem.line is not None else ""
+                    print(f"{where}{problem}", file=sys.stderr)
     if failed:
         raise SystemExit(EXIT_INVALID)
     return services
@@ -188,8 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     rbac = commands.add_parser("rbac", help="print the operator's least-privilege RBAC rules (the chart's copy)")
     rbac.set_defaults(func=cmd_rbac)
 
-    demo = commands.add_parser("demo", help="render the examples and show what would be created")
-    demo.add_argument("--examples", default="examples", metavar="DIR", help="directory of AgentService manifests")
+    demo_help = (
+        "the local tour, no cluster or API key needed: 1. render the examples (a table of every object); "
+        "2. run the real operator on an embedded dev cluster (apply, edit, steady state); "
+        "3. run the runtime (redis-server, the local model, the task API and a worker) on one task"
+    )
+    demo = commands.add_parser("demo", help=demo_help, description=demo_help)
+    demo.add_argument(
+        "--examples",
+        default="examples",
+        metavar="DIR",
+        help="directory of the AgentService manifests part 1 renders (part 2 applies examples/full.yaml)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     operator = commands.add_parser(

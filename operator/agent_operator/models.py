@@ -706,6 +706,19 @@ class Analysis(BaseModel):
     checks: list[CheckResult] = Field(default_factory=list, description="Each check's result.")
 
 
+class RolloutRecord(BaseModel):
+    """How one past rollout ended (`status.canary.rollouts`, for `kubectl agentservice history`)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    revision: str = Field(description="Pod-template hash the rollout shipped or rejected.")
+    stable_revision: str = Field(default="", description="Revision the stable track ran when it started.")
+    outcome: str = Field(description="Promoted, RolledBack, Reverted or Superseded.")
+    reason: str = Field(default="", description="The decision that ended it, e.g. AnalysisPassed, FailureLimitReached.")
+    message: str = Field(default="", description="Why, in words.")
+    finished_time: str = Field(default="", description="When it ended (RFC 3339).")
+
+
 class CanaryStatus(BaseModel):
     """Where a rollout stands."""
 
@@ -723,6 +736,9 @@ class CanaryStatus(BaseModel):
     message: str = Field(default="", description="Why the rollout is where it is.")
     last_analysis: Analysis | None = Field(default=None, description="The latest analysis.")
     history: list[Analysis] = Field(default_factory=list, description="The last 10 analyses.")
+    rollouts: list[RolloutRecord] = Field(
+        default_factory=list, description="The last 10 finished rollouts, oldest first."
+    )
 
 
 class AgentServiceStatus(BaseModel):

@@ -57,6 +57,7 @@ from agent_operator import (
     models,
     naming,
     opmetrics,
+    rollouthistory,
     runtimeconfig,
     templatehash,
     workloads,
@@ -440,7 +441,8 @@ class Rollouts:
         )
         decision = canary.decide(spec, prior, observed)
         laid = layout(svc, children, decision.status, desired, everything, version=self._version)
-        status = decision.status.model_copy(update={"actual_weight": laid.actual_weight})
+        rollouts = rollouthistory.updated(prior, decision, self._now)
+        status = decision.status.model_copy(update={"actual_weight": laid.actual_weight, "rollouts": rollouts})
         memory.watching = canary.needs_analysis(spec, status)
         return Plan(
             children=laid.children,

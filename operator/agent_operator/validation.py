@@ -40,6 +40,7 @@ class Problem:
 
     path: str
     message: str
+    line: int | None = None  # 1-based line of the field in its file, when read from one
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
@@ -53,6 +54,7 @@ class Document:
     index: int  # 1-based position in the file
     line: int  # 1-based line where the document starts
     body: Any
+    node: yaml.Node | None = None  # the composed document: where each field is (`field_line`)
 
     @property
     def where(self) -> str:
@@ -120,20 +122,58 @@ def _message(error: Any) -> str:
         choices = str(ctx["expected"]).replace("'", "").replace(" or ", ", ")
         return f"must be one of: {choices}{got}"
     message: str = error["msg"]
+    if kind.endswith(("_type", "_parsing")) and "input" in error:
+        return f"{message} (got {_given(error['input'])})"
     return message.removeprefix(VALUE_ERROR_PREFIX)
 
 
-def problems_from(exc: pydantic.ValidationError) -> list[Problem]:
-    """One `Problem` per pydantic error, cross-field errors reported at the field to change."""
+def _given(value: Any) -> str:
+    """The value a type error was given, as the manifest wrote it (a mapping or list named, not dumped)."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def problems_from(exc: pydantic.ValidationError, node: yaml.Node | None = None) -> list[Problem]:
+    """One `Problem` per pydantic error, cross-field errors reported at the field to change; with the
+    document's `node`, each names the line of its field."""
     problems = []
     for error in exc.errors():
         loc = list(error["loc"])
         cause = (error.get("ctx") or {}).get("error")
         if isinstance(cause, models.CrossFieldError):
-            problems.append(Problem(field_path([*loc, *cause.field.split(".")]), cause.message))
+            loc = [*loc, *cause.field.split(".")]
+            message = cause.message
         else:
-            problems.append(Problem(field_path(loc), _message(error)))
+            message = _message(error)
+        line = field_line(node, loc) if node is not None else None
+        problems.append(Problem(field_path(loc), message, line))
     return problems
+
+
+def field_line(node: yaml.Node, loc: Sequence[int | str]) -> int:
+    """The 1-based line of the field at `loc` (a pydantic location: keys and list indexes).
+
+    Follows the composed YAML node by node: a mapping key is found by its text, a list item by its
+    index. A field that is missing, or whose path ends inside something else, gets the line of the
+    deepest part that exists (the mapping that lacks the key), which is where it must be added.
+    """
+    line = node.start_mark.line + 1
+    current: yaml.Node = node
+    for part in loc:
+        if isinstance(current, yaml.MappingNode) and isinstance(part, str):
+            found = next(((k, v) for k, v in current.value if getattr(k, "value", None) == part), None)
+            if found is None:
+                break
+            line, current = found[0].start_mark.line + 1, found[1]
+        elif isinstance(current, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(current.value):
+            current = current.value[part]
+            line = current.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 def read_text(source: str) -> str:
@@ -164,7 +204,7 @@ def load_documents(source: str, text: str) -> list[Document]:
             line = node.start_mark.line + 1 if node is not None else 1
             body = loader.construct_document(node) if node is not None else None
             if body is not None:
-                documents.append(Document(display, len(documents) + 1, line, body))
+                documents.append(Document(display, len(documents) + 1, line, body, node))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{display}:{mark.line + 1}:{mark.column + 1}" if mark is not None else display
@@ -197,7 +237,7 @@ def parse_agent_service(document: Document) -> models.AgentService:
         metadata = body.get("metadata")
         name = metadata.get("name") if isinstance(metadata, dict) else None
         what = f'AgentService "{name}"' if isinstance(name, str) else f"AgentService (document {document.index})"
-        raise InvalidManifest(document, problems_from(exc), f"{what} is invalid:") from None
+        raise InvalidManifest(document, problems_from(exc, document.node), f"{what} is invalid:") from None
 
 
 def spec_problems(body: dict[str, Any]) -> list[Problem]:

@@ -112,7 +112,7 @@ def test_problems_from_maps_every_error() -> None:
     with pytest.raises(pydantic.ValidationError) as info:
         models.AgentService.from_manifest(body(autoscaling={"minReplicas": 4, "maxReplicas": 2}, image=1))
     assert [str(p) for p in validation.problems_from(info.value)] == [
-        "spec.image: Input should be a valid string",
+        "spec.image: Input should be a valid string (got 1)",
         "spec.autoscaling.maxReplicas: must be >= minReplicas (4)",
     ]
 

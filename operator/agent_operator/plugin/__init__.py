@@ -1,0 +1,1 @@
+"""`kubectl agentservice`, the kubectl plugin (`cli.py`: commands and the cluster; `views.py`: the text)."""
