@@ -138,7 +138,8 @@ EOF
 }
 
 # Every write at level Metadata, and every request of anyone but the control plane's own
-# components (whose reads would drown the log); RequestReceived is left out: one line a request.
+# components and the admin (the tests' and benches' own reads, which would drown the log);
+# RequestReceived is left out: one line a request.
 write_audit_policy() {
     cat > "$1" <<'EOF'
 apiVersion: audit.k8s.io/v1
@@ -146,7 +147,7 @@ kind: Policy
 omitStages: ["RequestReceived"]
 rules:
 - level: None
-  users: ["system:kube-controller-manager", "system:kube-scheduler", "system:apiserver"]
+  users: ["system:kube-controller-manager", "system:kube-scheduler", "system:apiserver", "admin"]
   verbs: ["get", "list", "watch"]
 - level: None
   userGroups: ["system:nodes"]
@@ -235,7 +236,9 @@ EOF
         sleep 0.1
     done
 
-    # --endpoint-reconciler-type none: the `kubernetes` Service's endpoint would be 127.0.0.1, which
+    # --audit-log-maxsize: one file for the whole run (readers keep byte offsets into it), not a
+# rotation at the default 100 MB.
+# --endpoint-reconciler-type none: the `kubernetes` Service's endpoint would be 127.0.0.1, which
 # Endpoints refuse (loopback); nothing here reaches the API server through that Service.
 # --enable-aggregator-routing: aggregated APIs (prometheus-adapter, KEDA's metrics server) are
     # reached at their endpoints' addresses, as there is no kube-proxy for Service IPs here.
@@ -256,6 +259,7 @@ EOF
         --allow-privileged=true \
         --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" \
         --audit-log-format json --audit-log-mode blocking \
+        --audit-log-maxsize 100000 --audit-log-maxbackup 1 \
         --requestheader-client-ca-file "$dir/front-proxy-ca.crt" \
         --requestheader-allowed-names front-proxy-client \
         --requestheader-extra-headers-prefix X-Remote-Extra- \
