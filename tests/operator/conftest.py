@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -142,14 +143,42 @@ async def operator(cluster: tuple[devcluster.DevCluster, str]) -> AsyncIterator[
         await handle.halt()
 
 
+def events(op: Operator, reason: str, name: str = "demo", namespace: str = "default") -> list[dict[str, Any]]:
+    """The Events with `reason` about the live AgentService `name` (this object, by uid)."""
+    uid = ((op.service(name, namespace) or {}).get("metadata") or {}).get("uid")
+    return [
+        e
+        for e in op.cluster.live_objects("v1/events", namespace)
+        if e["reason"] == reason and e["involvedObject"].get("uid") == uid
+    ]
+
+
+def kopf_handled(op: Operator, name: str = "demo", namespace: str = "default") -> bool:
+    """Whether kopf's bookkeeping write for the live spec has landed.
+
+    kopf records the spec it handled (the `last-handled-configuration` annotation) in a patch of its
+    own, after the handler returns; under load that write lands after the status and Events the
+    handler wrote, so a test that marks the request log must wait for it first.
+    """
+    live = op.service(name, namespace) or {}
+    raw = (live.get("metadata", {}).get("annotations") or {}).get(f"{models.GROUP}/last-handled-configuration")
+    return raw is not None and json.loads(raw).get("spec") == live.get("spec")
+
+
 async def ready_service(op: Operator, body: dict[str, Any]) -> dict[str, Any]:
-    """Create `body`, play the Deployment controller, wait until the service is Ready."""
+    """Create `body`, play the Deployment controller, wait until the service is Ready and quiet.
+
+    Quiet: the "Ready" Event (posted right after the status write) and kopf's bookkeeping write
+    have landed, so no write of this creation can arrive after a caller's `request_count` mark.
+    """
     await op.put(body)
     name = body["metadata"]["name"]
     namespace = body["metadata"]["namespace"]
     await eventually(lambda: len([k for k in op.children(name, namespace) if k.startswith("Deployment/")]) == 2)
     await op.cluster.simulate_rollouts(namespace)
     await eventually(lambda: op.status(name, namespace).get("phase") == "Ready")
+    await eventually(lambda: events(op, "Ready", name, namespace))
+    await eventually(lambda: kopf_handled(op, name, namespace))
     return op.children(name, namespace)
 
 
