@@ -597,6 +597,13 @@ class AgentServiceSpec(Model):
     service_account_name: ServiceAccountName | None = Field(
         default=None, description="ServiceAccount of the pods, in the AgentService's namespace."
     )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description=(
+            "Mount the ServiceAccount's API token into the pods. Off unless set: the runtime never calls the"
+            " Kubernetes API, and a mounted token is a credential a compromised pod could use."
+        ),
+    )
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, description="Network policy.")
     pod_disruption_budget: PodDisruptionBudgetSpec = Field(
         default_factory=PodDisruptionBudgetSpec, description="Pod disruption budgets."
