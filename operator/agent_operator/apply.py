@@ -37,6 +37,7 @@ import datetime
 import hashlib
 import json
 import re
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -267,11 +268,28 @@ def _plural(api_version: str, kind: str) -> str:
         raise ValueError(f"the operator does not manage {kind} ({api_version})") from None
 
 
+class InvalidName(ValueError):
+    """A namespace or object name that is not one a Kubernetes object can have; never sent."""
+
+
+def _segment(value: str, pattern: str, what: str) -> str:
+    """`value` as exactly one URL path segment, or InvalidName.
+
+    Quoting alone is not enough: the API server decodes the path before it splits it, so a `%2F`
+    would still climb out, and `.`/`..` are not quoted at all. A name the API server itself would
+    accept (a DNS subdomain; a namespace is a DNS label) has none of those, so anything else is
+    refused before a request is made; the quoting is then a second fence, not the only one.
+    """
+    if len(value) > models.NAME_MAX_LENGTH or re.fullmatch(pattern, value) is None:
+        raise InvalidName(f"{value!r} is not a valid {what}")
+    return urllib.parse.quote(value, safe="")
+
+
 def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
-    """The URL path of an object (or of its collection when `name` is None)."""
+    """The URL path of an object (or of its collection when `name` is None); every segment quoted."""
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    scope = f"/namespaces/{namespace}" if namespace else ""
-    tail = f"/{name}" if name else ""
+    scope = f"/namespaces/{_segment(namespace, models.DNS_LABEL, 'namespace')}" if namespace is not None else ""
+    tail = f"/{_segment(name, models.DNS_SUBDOMAIN, f'{kind} name')}" if name is not None else ""
     return f"{base}{scope}/{_plural(api_version, kind)}{tail}"
 
 
@@ -368,14 +386,16 @@ class Client:
             data = None if body is None else json.dumps(body)
             headers = {"Content-Type": content_type} if body is not None else {}
             try:
+                # No redirects: the API server never redirects a resource request, and following
+                # one would take the operator's rights to a path nobody built.
                 async with session.request(
-                    method, self._server + path, data=data, params=params, headers=headers
+                    method, self._server + path, data=data, params=params, headers=headers, allow_redirects=False
                 ) as response:
                     if response.status == 401 and attempt == 1:
                         continue
                     if response.status == 404 and method == "GET":
                         return None
-                    if response.status >= 400:
+                    if response.status >= 300:  # a redirect (not followed) is a refusal too
                         raise await _api_error(response)
                     payload = await response.json(content_type=None)
                     return payload if isinstance(payload, dict) else None
@@ -384,7 +404,22 @@ class Client:
         raise ApiError(401, "Unauthorized", "the API server rejected the operator's credentials twice")
 
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        if kind == "Secret":
+            raise TypeError("Secrets are read with read_secret, which keeps them to the AgentService's namespace")
         return await self.request("GET", object_path(api_version, kind, namespace, name))
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The one read of a Secret the operator makes: `name` in `namespace`, the AgentService's own.
+
+        The operator may read Secrets cluster-wide, a tenant may not: whatever a spec names, the
+        request must stay inside the tenant's namespace, or its conditions would tell the tenant
+        about Secrets it cannot read. Checked on the path actually sent, not only on its inputs.
+        """
+        path = object_path("v1", "Secret", namespace, name)
+        inside = f"/api/v1/namespaces/{urllib.parse.quote(namespace, safe='')}/secrets/"
+        if not path.startswith(inside) or "/" in path[len(inside) :]:
+            raise InvalidName(f"Secret {name!r} is not an object of namespace {namespace!r}")
+        return await self.request("GET", path)
 
     async def apply(self, manifest: Mapping[str, Any], *, manager: str | None = None) -> dict[str, Any]:
         """Server-side apply `manifest` (force: the operator owns these fields)."""
@@ -485,14 +520,17 @@ def key(manifest: Mapping[str, Any]) -> str:
     return f"{manifest['kind']}/{manifest['metadata']['name']}"
 
 
+async def read_child(client: Client, child: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The live object of one child (None when absent); a Secret through `Client.read_secret`."""
+    meta = child["metadata"]
+    if child["kind"] == "Secret":
+        return await client.read_secret(meta["namespace"], meta["name"])
+    return await client.get(child["apiVersion"], child["kind"], meta.get("namespace"), meta["name"])
+
+
 async def read_live(client: Client, children: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any] | None]:
     """The live object of every child (None when absent), read concurrently."""
-    lives = await asyncio.gather(
-        *(
-            client.get(c["apiVersion"], c["kind"], c["metadata"].get("namespace"), c["metadata"]["name"])
-            for c in children
-        )
-    )
+    lives = await asyncio.gather(*(read_child(client, c) for c in children))
     return {key(c): live for c, live in zip(children, lives, strict=True)}
 
 

@@ -5,6 +5,10 @@ read back on every later reconcile, so re-applying the Secret never rotates it b
 (rotating is deleting the Secret). Provider keys, a Redis URL and `env[].secretKeyRef`s are only
 referenced, never copied: the operator checks that each named Secret and key exists before it
 rolls out pods, because a pod whose `secretKeyRef` does not resolve never starts.
+
+Every Secret the operator reads is in the AgentService's own namespace (`Client.read_secret`, the
+one reader): the operator may read Secrets cluster-wide, a tenant may not, so neither a read nor
+a condition message may depend on another namespace.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import re
 import secrets as random
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -60,10 +65,27 @@ def problems(refs: Sequence[Reference], live: Mapping[str, Mapping[str, Any] | N
 
 
 async def missing(client: apply.Client, namespace: str, refs: Sequence[Reference]) -> list[str]:
-    """Read each referenced Secret once (concurrently); describe every missing Secret or key."""
-    names = list(dict.fromkeys(r.name for r in refs))
-    secrets = await asyncio.gather(*(client.get("v1", "Secret", namespace, name) for name in names))
-    return problems(refs, dict(zip(names, secrets, strict=True)))
+    """Read each referenced Secret once (concurrently); describe every missing Secret or key.
+
+    `namespace` is the AgentService's: every read stays there (`Client.read_secret`). A name that
+    is not a Kubernetes name is reported as such without a request (the models refuse it first;
+    this is the second fence), so no answer ever depends on another namespace's Secrets.
+    """
+    names = list(dict.fromkeys(r.name for r in refs if valid_name(r.name)))
+    secrets = await asyncio.gather(*(client.read_secret(namespace, name) for name in names))
+    live = dict(zip(names, secrets, strict=True))
+    found: list[str] = []
+    for ref in refs:
+        if valid_name(ref.name):
+            found.extend(problems([ref], live))
+        else:
+            found.append(f"Secret name {ref.name!r} is not a valid object name ({ref.field})")
+    return found
+
+
+def valid_name(name: str) -> bool:
+    """Whether `name` can name a Secret (a DNS subdomain of at most 253 characters)."""
+    return len(name) <= models.NAME_MAX_LENGTH and re.fullmatch(models.DNS_SUBDOMAIN, name) is not None
 
 
 def new_token() -> str:
