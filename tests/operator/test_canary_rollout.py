@@ -111,6 +111,9 @@ async def start_rollout(op: Operator, body: dict[str, Any]) -> dict[str, dict[st
     body["spec"]["image"] = NEW_IMAGE
     await op.put(body)
     await eventually(lambda: {"demo-api-canary", "demo-worker-canary"} <= set(deployments(op)), timeout=15)
+    # the canary children are applied first, then the status and the Event say so: wait for both
+    await eventually(lambda: canary_of(op).get("phase") in ("Progressing", "Paused"), timeout=15)
+    await eventually(lambda: events(op, "RolloutStarted"))
     return before
 
 
