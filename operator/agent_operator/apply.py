@@ -20,6 +20,13 @@ and written only on a difference, so a reconcile with nothing changed makes zero
 - the hash of the whole desired manifest rides along as an annotation, so a field the operator
   stops setting (an env var, a label) is noticed although "desired ⊆ live" still holds.
 
+Ownership. A child is written only when it is absent or already controlled by its AgentService
+(a controller ownerReference with the same uid). An object of a child's name that someone else
+created is left exactly as it is, never adopted: an apply with `force` would take its fields
+over, and a controller ownerReference would have the garbage collector delete it with the
+AgentService. `apply_all` reports it as a conflict (the `ChildConflict` condition), and the
+next reconcile after its owner removes it creates the operator's own.
+
 A write is a server-side apply (`PATCH ...?fieldManager=agentservice-operator&force=true`):
 the API server merges what the operator owns and leaves other managers' fields alone. Replicas
 under an autoscaler: the builders leave `spec.replicas` out, so the operator never writes it;
@@ -258,6 +265,34 @@ def owns_field(live: Mapping[str, Any], manager: str, *path: str) -> bool:
     return False
 
 
+def controlled_by(live: Mapping[str, Any] | None, owner_uid: str | None) -> bool:
+    """Whether `live` carries a controller ownerReference to the object with `owner_uid`."""
+    if live is None or not owner_uid:
+        return False
+    refs = live.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("controller") is True and ref.get("uid") == owner_uid for ref in refs)
+
+
+def owned(live: Mapping[str, dict[str, Any] | None], owner_uid: str | None) -> dict[str, dict[str, Any] | None]:
+    """`live` with every object the owner does not control replaced by None (as if absent).
+
+    What the decisions of a reconcile (the auth token, the canary layout, the workloads' state)
+    read: an object someone else controls says nothing about this AgentService.
+    """
+    return {k: v if v is not None and controlled_by(v, owner_uid) else None for k, v in live.items()}
+
+
+def conflicts(
+    desired: Sequence[Mapping[str, Any]], live: Mapping[str, Mapping[str, Any] | None], owner_uid: str | None
+) -> tuple[str, ...]:
+    """`Kind/name` of each desired child that exists but is not controlled by the owner."""
+    return tuple(
+        key(child)
+        for child in desired
+        if (current := live.get(key(child))) is not None and not controlled_by(current, owner_uid)
+    )
+
+
 # --- the client -----------------------------------------------------------------------------------
 
 
@@ -303,6 +338,7 @@ class Result:
     written: tuple[str, ...] = ()  # `Kind/name` of each child written
     live: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # `Kind/name` -> live object
     skipped: tuple[str, ...] = ()  # kinds the cluster does not serve
+    conflicts: tuple[str, ...] = ()  # `Kind/name` of children left alone: someone else's object
 
 
 class Client:
@@ -535,15 +571,30 @@ async def read_live(client: Client, children: Sequence[Mapping[str, Any]]) -> di
 
 
 async def apply_all(
-    client: Client, desired: Sequence[Mapping[str, Any]], live: Mapping[str, dict[str, Any] | None]
+    client: Client,
+    desired: Sequence[Mapping[str, Any]],
+    live: Mapping[str, dict[str, Any] | None],
+    *,
+    owner_uid: str | None,
 ) -> Result:
-    """Apply each desired child whose live object differs; in order, one write per changed child."""
+    """Apply each desired child whose live object differs; in order, one write per changed child.
+
+    A child is written only when it is absent or already controlled by the owner (`owner_uid`).
+    An object of that name that someone else created is never touched (an apply with `force`
+    would take its fields over and a controller ownerReference would hand it to the garbage
+    collector with the AgentService): it is reported in `Result.conflicts` instead.
+    """
     written: list[str] = []
     result_live: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
+    foreign: list[str] = []
     for child in desired:
         name = key(child)
         current = live.get(name)
+        if current is not None and not controlled_by(current, owner_uid):
+            log.warning("child_conflict", child=name, owners=current.get("metadata", {}).get("ownerReferences"))
+            foreign.append(name)
+            continue
         reasons = needs_write(child, current)
         if not reasons:
             assert current is not None
@@ -563,7 +614,9 @@ async def apply_all(
     for child in desired:
         if key(child) in result_live:
             client.note_prunable(child)
-    return Result(written=tuple(written), live=result_live, skipped=tuple(sorted(set(skipped))))
+    return Result(
+        written=tuple(written), live=result_live, skipped=tuple(sorted(set(skipped))), conflicts=tuple(foreign)
+    )
 
 
 async def prune(
@@ -583,8 +636,7 @@ async def prune(
         known = set()
         for api_version, kind in PRUNABLE:
             for obj in await client.list_objects(api_version, kind, meta["namespace"], selector=selector):
-                refs = obj.get("metadata", {}).get("ownerReferences") or []
-                if any(ref.get("uid") == meta.get("uid") for ref in refs):
+                if controlled_by(obj, meta.get("uid")):  # never someone else's object
                     known.add((api_version, kind, obj["metadata"]["name"]))
         client.remember_prunable(uid, known)
     deleted = []

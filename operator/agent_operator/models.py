@@ -697,7 +697,9 @@ class Condition(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
-    type: str = Field(description="Ready, Progressing, Degraded, SpecInvalid, SecretMissing, Promoted, ...")
+    type: str = Field(
+        description="Ready, Progressing, Degraded, SpecInvalid, SecretMissing, ChildConflict, Promoted, ..."
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase machine-readable reason.")
     message: str = Field(default="", description="What a person should know or do.")
