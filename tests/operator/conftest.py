@@ -176,10 +176,24 @@ async def ready_service(op: Operator, body: dict[str, Any]) -> dict[str, Any]:
     namespace = body["metadata"]["namespace"]
     await eventually(lambda: len([k for k in op.children(name, namespace) if k.startswith("Deployment/")]) == 2)
     await op.cluster.simulate_rollouts(namespace)
-    await eventually(lambda: op.status(name, namespace).get("phase") == "Ready")
-    await eventually(lambda: events(op, "Ready", name, namespace))
-    await eventually(lambda: kopf_handled(op, name, namespace))
+    await quiet_and_ready(op, name, namespace)
     return op.children(name, namespace)
+
+
+async def quiet_and_ready(op: Operator, name: str = "demo", namespace: str = "default") -> None:
+    """Wait until the service is Ready, the Event of its latest flip to Ready is posted, and kopf's
+    bookkeeping write has landed: the writes that follow a status write, which a caller's
+    `request_count` mark must not race."""
+
+    def ready_event_posted() -> bool:
+        ready = op.condition("Ready", name, namespace)
+        if op.status(name, namespace).get("phase") != "Ready" or ready.get("status") != "True":
+            return False
+        since = ready.get("lastTransitionTime", "")  # RFC 3339 in UTC: compares as text
+        return any(e.get("firstTimestamp", "") >= since for e in events(op, "Ready", name, namespace))
+
+    await eventually(ready_event_posted)
+    await eventually(lambda: kopf_handled(op, name, namespace))
 
 
 Waiter = Callable[[], Awaitable[None]]

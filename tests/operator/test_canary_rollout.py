@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 from agent_operator import apply, builders, devcluster, models, naming, opmetrics, rollout, run
 
-from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes, events, eventually, kopf_handled
+from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes, events, eventually, quiet_and_ready
 
 CANARY = {"enabled": True, "steps": [10, 50, 100], "interval": "1s", "inconclusiveLimit": 2, "failureLimit": 2}
 OLD_IMAGE = "registry.example/agent-runtime:1.0"
@@ -238,9 +238,10 @@ async def test_paused_holds_with_zero_writes_then_resumes(op: CanaryOperator) ->
     await set_canary(op, paused=True)
     paused = await eventually(lambda: (c := op.condition("Paused")).get("status") == "True" and c)
     assert paused["reason"] == "PausedBySpec" and canary_of(op)["phase"] == "Paused"
-    # the writes that follow the paused status: its Event, and kopf's record of the handled spec
+    # the writes that follow the paused status: its Event, the canaries reported ready (the
+    # status back to Ready, and that Event), and kopf's record of the handled spec
     await eventually(lambda: events(op, "PausedBySpec"))
-    await eventually(lambda: kopf_handled(op))
+    await quiet_and_ready(op)
     analyses = sum(sample(op, "agentservice_canary_analyses_total", verdict=v) for v in ("error", "success"))
     mark = op.cluster.request_count
     await op.settle(passes=5)
