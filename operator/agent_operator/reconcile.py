@@ -201,12 +201,13 @@ class Reconciler:
         # every decision below, and apply_all leaves it alone (a ChildConflict).
         mine = apply.owned(live, owner_uid)
         held = bool(missing) or bool(set(apply.conflicts(children, live, owner_uid)) & _pod_inputs(svc))
-        children, new_token = self._with_token(svc, children, mine, held=held)
+        children, token, new_token = self._with_token(svc, children, mine, held=held)
         plan: rollout.Plan | None = None
         if not held:
             plan = await self._rollouts.plan(uid, body, svc, children=children, live=mine, prior=prior)
             children, live = plan.children, {**live, **plan.live}
-        desired = apply.adopt(children, owner=body)
+        # After the rollout's layout, so kept stable templates and new canaries alike take the token.
+        desired = apply.adopt(secrets.with_token_digest(children, token), owner=body)
         result = await apply.apply_all(self._client, desired, live, owner_uid=owner_uid)
         pruned = await apply.prune(self._client, body, desired, naming.instance_labels(svc.metadata.name))
         if plan is not None:
@@ -271,8 +272,8 @@ class Reconciler:
         mine: Mapping[str, dict[str, Any] | None],
         *,
         held: bool,
-    ) -> tuple[list[dict[str, Any]], bool]:
-        """The children to apply, and whether the auth token is new.
+    ) -> tuple[list[dict[str, Any]], str, bool]:
+        """The children to apply, the auth token, and whether it is new.
 
         Held (a Secret missing, or an object the pods consume belonging to someone else): pods
         would crash-loop or run on someone else's data, so what runs is kept: no workloads, no
@@ -284,7 +285,7 @@ class Reconciler:
                 [c for c in children if c["kind"] not in WORKLOAD_KINDS], mine, svc.metadata.name
             )
         token, new_token = secrets.auth_token(mine.get(f"Secret/{naming.auth_secret_name(svc.metadata.name)}"))
-        return secrets.with_token(children, svc, token), new_token
+        return secrets.with_token(children, svc, token), token, new_token
 
     @staticmethod
     def _stable_deployments(svc: models.AgentService) -> tuple[str, ...]:

@@ -1,10 +1,13 @@
 """Secrets: the operator-managed auth token, and the user Secrets a spec references.
 
 The runtime's auth token is generated once, when the `<svc>-auth` Secret does not exist yet, and
-read back on every later reconcile, so re-applying the Secret never rotates it by accident
-(rotating is deleting the Secret). Provider keys, a Redis URL and `env[].secretKeyRef`s are only
-referenced, never copied: the operator checks that each named Secret and key exists before it
-rolls out pods, because a pod whose `secretKeyRef` does not resolve never starts.
+read back on every later reconcile, so re-applying the Secret never rotates it by accident.
+Rotating is writing a new token into the Secret (or deleting it, and a new one is generated): the
+pod templates carry the token's digest (`with_token_digest`), so the pods roll onto the new token.
+
+Provider keys, a Redis URL and `env[].secretKeyRef`s are only referenced, never copied: the
+operator checks that each named Secret and key exists before it rolls out pods, because a pod
+whose `secretKeyRef` does not resolve never starts.
 
 Every Secret the operator reads is in the AgentService's own namespace (`Client.read_secret`, the
 one reader): the operator may read Secrets cluster-wide, a tenant may not, so neither a read nor
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import dataclasses
+import hashlib
 import re
 import secrets as random
 from collections.abc import Mapping, Sequence
@@ -24,6 +29,14 @@ from typing import Any, Final
 from agent_operator import apply, models, naming, runtimeconfig
 
 TOKEN_BYTES: Final = 32
+# On every pod template: a fingerprint of the auth token, so that a new token (written into the
+# auth Secret, or a deleted Secret regenerated) rolls the pods, which read it from their env only
+# at start. It is not part of the template hash: a credential change is not a new revision to
+# analyse as a canary, every pod of both tracks takes it at once.
+TOKEN_DIGEST_ANNOTATION: Final = "agentops.dev/auth-token-digest"
+TOKEN_DIGEST_LENGTH: Final = 16
+# Domain separation: the digest is a fingerprint of this token for this purpose, nothing else.
+TOKEN_DIGEST_SALT: Final = b"agentops.dev/auth-token-digest/v1\x00"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +112,30 @@ def auth_token(live: Mapping[str, Any] | None) -> tuple[str, bool]:
     if current:
         return current, False
     return new_token(), True
+
+
+def token_digest(token: str) -> str:
+    """A short fingerprint of `token` (salted, truncated SHA-256): it moves with the token, reveals nothing.
+
+    The token is 256 random bits, so 64 bits of a salted digest cannot be turned back into it; a
+    reader of the Deployment (who may not read the Secret) learns only that the token changed.
+    """
+    return hashlib.sha256(TOKEN_DIGEST_SALT + token.encode()).hexdigest()[:TOKEN_DIGEST_LENGTH]
+
+
+def with_token_digest(children: Sequence[dict[str, Any]], token: str) -> list[dict[str, Any]]:
+    """`children` with every Deployment's pod template carrying `token`'s digest (copies where changed)."""
+    digest = token_digest(token)
+    result = []
+    for child in children:
+        if child.get("kind") != "Deployment":
+            result.append(child)
+            continue
+        stamped = copy.deepcopy(child)
+        meta = stamped["spec"]["template"].setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), TOKEN_DIGEST_ANNOTATION: digest}
+        result.append(stamped)
+    return result
 
 
 def with_token(children: Sequence[dict[str, Any]], svc: models.AgentService, token: str) -> list[dict[str, Any]]:
