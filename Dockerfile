@@ -3,18 +3,32 @@
 # agentops/agent-runtime:<package version>.
 #
 # Build:  docker build -t agentops/agent-runtime:0.1.0 .
+#
+# Pinned inputs. The base image is a full version tag, the Python the test suite runs on; pin it
+# by digest at build time where your registry policy asks for one (the digest of a tag is only
+# known by resolving it against the registry, which this repository's CI cannot reach):
+#   docker build --build-arg PYTHON_IMAGE=python:3.11.7-slim-bookworm@sha256:<digest> .
+# The Python dependencies are pinned by constraints.txt (`make constraints`, from the test venv).
+#
+# Health. No HEALTHCHECK: the one image runs three servers on different ports and paths (the
+# operator's /healthz on 8080, the API's /health and /ready on 8080, the worker's /health and
+# /ready on 9090), and Kubernetes ignores Docker health checks anyway. The health source is the
+# Kubernetes probes: the operator renders startup, liveness and readiness probes for the API and
+# worker pods, and the chart gives the operator liveness and readiness probes on /healthz. A test
+# starts each entry point and checks that it serves the path its probes use.
 
-FROM python:3.11-slim AS build
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY operator/ operator/
 COPY agent_runtime/ agent_runtime/
-RUN /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install '.[otel]'
+RUN /opt/venv/bin/pip install -c constraints.txt '.[otel]'
 
-FROM python:3.11-slim AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="agentservice-operator" \
       org.opencontainers.image.description="AgentService operator and agent runtime" \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -28,7 +42,5 @@ RUN groupadd --system --gid 10001 agent \
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 EXPOSE 8080 9090
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HEALTH_PORT', '8080') + '/health', timeout=4)"]
 ENTRYPOINT ["agent-runtime"]
 CMD ["api"]

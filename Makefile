@@ -4,7 +4,7 @@ BIN   := $(VENV)/bin
 TOOLS := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup setup-test demo test lint typecheck unit crd bench clean
+.PHONY: setup setup-test demo test lint typecheck unit crd constraints bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -32,6 +32,10 @@ crd: setup
 	cp crds/agentservices.agentops.dev.yaml charts/agentservice-operator/crds/
 	$(BIN)/agentctl rbac > charts/agentservice-operator/files/rbac-rules.yaml
 	$(BIN)/agentctl reference > docs/reference.md
+
+# Pin the image's Python dependencies to the versions of the test venv (the Dockerfile uses it).
+constraints: setup
+	$(BIN)/python scripts/constraints.py > constraints.txt
 
 bench: setup
 	$(BIN)/python bench/render.py

@@ -41,7 +41,7 @@ if generation ~= nil and (status.observedGeneration == nil or status.observedGen
   return hs
 end
 
-for _, ctype in ipairs({"SpecInvalid", "SecretMissing"}) do
+for _, ctype in ipairs({"SpecInvalid", "SecretMissing", "ChildConflict"}) do
   local c = condition(status, ctype)
   if is_true(c) then
     hs.status = "Degraded"

@@ -20,6 +20,13 @@ and written only on a difference, so a reconcile with nothing changed makes zero
 - the hash of the whole desired manifest rides along as an annotation, so a field the operator
   stops setting (an env var, a label) is noticed although "desired ⊆ live" still holds.
 
+Ownership. A child is written only when it is absent or already controlled by its AgentService
+(a controller ownerReference with the same uid). An object of a child's name that someone else
+created is left exactly as it is, never adopted: an apply with `force` would take its fields
+over, and a controller ownerReference would have the garbage collector delete it with the
+AgentService. `apply_all` reports it as a conflict (the `ChildConflict` condition), and the
+next reconcile after its owner removes it creates the operator's own.
+
 A write is a server-side apply (`PATCH ...?fieldManager=agentservice-operator&force=true`):
 the API server merges what the operator owns and leaves other managers' fields alone. Replicas
 under an autoscaler: the builders leave `spec.replicas` out, so the operator never writes it;
@@ -37,6 +44,7 @@ import datetime
 import hashlib
 import json
 import re
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -257,6 +265,34 @@ def owns_field(live: Mapping[str, Any], manager: str, *path: str) -> bool:
     return False
 
 
+def controlled_by(live: Mapping[str, Any] | None, owner_uid: str | None) -> bool:
+    """Whether `live` carries a controller ownerReference to the object with `owner_uid`."""
+    if live is None or not owner_uid:
+        return False
+    refs = live.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("controller") is True and ref.get("uid") == owner_uid for ref in refs)
+
+
+def owned(live: Mapping[str, dict[str, Any] | None], owner_uid: str | None) -> dict[str, dict[str, Any] | None]:
+    """`live` with every object the owner does not control replaced by None (as if absent).
+
+    What the decisions of a reconcile (the auth token, the canary layout, the workloads' state)
+    read: an object someone else controls says nothing about this AgentService.
+    """
+    return {k: v if v is not None and controlled_by(v, owner_uid) else None for k, v in live.items()}
+
+
+def conflicts(
+    desired: Sequence[Mapping[str, Any]], live: Mapping[str, Mapping[str, Any] | None], owner_uid: str | None
+) -> tuple[str, ...]:
+    """`Kind/name` of each desired child that exists but is not controlled by the owner."""
+    return tuple(
+        key(child)
+        for child in desired
+        if (current := live.get(key(child))) is not None and not controlled_by(current, owner_uid)
+    )
+
+
 # --- the client -----------------------------------------------------------------------------------
 
 
@@ -267,11 +303,28 @@ def _plural(api_version: str, kind: str) -> str:
         raise ValueError(f"the operator does not manage {kind} ({api_version})") from None
 
 
+class InvalidName(ValueError):
+    """A namespace or object name that is not one a Kubernetes object can have; never sent."""
+
+
+def _segment(value: str, pattern: str, what: str) -> str:
+    """`value` as exactly one URL path segment, or InvalidName.
+
+    Quoting alone is not enough: the API server decodes the path before it splits it, so a `%2F`
+    would still climb out, and `.`/`..` are not quoted at all. A name the API server itself would
+    accept (a DNS subdomain; a namespace is a DNS label) has none of those, so anything else is
+    refused before a request is made; the quoting is then a second fence, not the only one.
+    """
+    if len(value) > models.NAME_MAX_LENGTH or re.fullmatch(pattern, value) is None:
+        raise InvalidName(f"{value!r} is not a valid {what}")
+    return urllib.parse.quote(value, safe="")
+
+
 def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
-    """The URL path of an object (or of its collection when `name` is None)."""
+    """The URL path of an object (or of its collection when `name` is None); every segment quoted."""
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-    scope = f"/namespaces/{namespace}" if namespace else ""
-    tail = f"/{name}" if name else ""
+    scope = f"/namespaces/{_segment(namespace, models.DNS_LABEL, 'namespace')}" if namespace is not None else ""
+    tail = f"/{_segment(name, models.DNS_SUBDOMAIN, f'{kind} name')}" if name is not None else ""
     return f"{base}{scope}/{_plural(api_version, kind)}{tail}"
 
 
@@ -285,6 +338,7 @@ class Result:
     written: tuple[str, ...] = ()  # `Kind/name` of each child written
     live: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # `Kind/name` -> live object
     skipped: tuple[str, ...] = ()  # kinds the cluster does not serve
+    conflicts: tuple[str, ...] = ()  # `Kind/name` of children left alone: someone else's object
 
 
 class Client:
@@ -368,14 +422,16 @@ class Client:
             data = None if body is None else json.dumps(body)
             headers = {"Content-Type": content_type} if body is not None else {}
             try:
+                # No redirects: the API server never redirects a resource request, and following
+                # one would take the operator's rights to a path nobody built.
                 async with session.request(
-                    method, self._server + path, data=data, params=params, headers=headers
+                    method, self._server + path, data=data, params=params, headers=headers, allow_redirects=False
                 ) as response:
                     if response.status == 401 and attempt == 1:
                         continue
                     if response.status == 404 and method == "GET":
                         return None
-                    if response.status >= 400:
+                    if response.status >= 300:  # a redirect (not followed) is a refusal too
                         raise await _api_error(response)
                     payload = await response.json(content_type=None)
                     return payload if isinstance(payload, dict) else None
@@ -384,7 +440,22 @@ class Client:
         raise ApiError(401, "Unauthorized", "the API server rejected the operator's credentials twice")
 
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        if kind == "Secret":
+            raise TypeError("Secrets are read with read_secret, which keeps them to the AgentService's namespace")
         return await self.request("GET", object_path(api_version, kind, namespace, name))
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The one read of a Secret the operator makes: `name` in `namespace`, the AgentService's own.
+
+        The operator may read Secrets cluster-wide, a tenant may not: whatever a spec names, the
+        request must stay inside the tenant's namespace, or its conditions would tell the tenant
+        about Secrets it cannot read. Checked on the path actually sent, not only on its inputs.
+        """
+        path = object_path("v1", "Secret", namespace, name)
+        inside = f"/api/v1/namespaces/{urllib.parse.quote(namespace, safe='')}/secrets/"
+        if not path.startswith(inside) or "/" in path[len(inside) :]:
+            raise InvalidName(f"Secret {name!r} is not an object of namespace {namespace!r}")
+        return await self.request("GET", path)
 
     async def apply(self, manifest: Mapping[str, Any], *, manager: str | None = None) -> dict[str, Any]:
         """Server-side apply `manifest` (force: the operator owns these fields)."""
@@ -485,27 +556,45 @@ def key(manifest: Mapping[str, Any]) -> str:
     return f"{manifest['kind']}/{manifest['metadata']['name']}"
 
 
+async def read_child(client: Client, child: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The live object of one child (None when absent); a Secret through `Client.read_secret`."""
+    meta = child["metadata"]
+    if child["kind"] == "Secret":
+        return await client.read_secret(meta["namespace"], meta["name"])
+    return await client.get(child["apiVersion"], child["kind"], meta.get("namespace"), meta["name"])
+
+
 async def read_live(client: Client, children: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any] | None]:
     """The live object of every child (None when absent), read concurrently."""
-    lives = await asyncio.gather(
-        *(
-            client.get(c["apiVersion"], c["kind"], c["metadata"].get("namespace"), c["metadata"]["name"])
-            for c in children
-        )
-    )
+    lives = await asyncio.gather(*(read_child(client, c) for c in children))
     return {key(c): live for c, live in zip(children, lives, strict=True)}
 
 
 async def apply_all(
-    client: Client, desired: Sequence[Mapping[str, Any]], live: Mapping[str, dict[str, Any] | None]
+    client: Client,
+    desired: Sequence[Mapping[str, Any]],
+    live: Mapping[str, dict[str, Any] | None],
+    *,
+    owner_uid: str | None,
 ) -> Result:
-    """Apply each desired child whose live object differs; in order, one write per changed child."""
+    """Apply each desired child whose live object differs; in order, one write per changed child.
+
+    A child is written only when it is absent or already controlled by the owner (`owner_uid`).
+    An object of that name that someone else created is never touched (an apply with `force`
+    would take its fields over and a controller ownerReference would hand it to the garbage
+    collector with the AgentService): it is reported in `Result.conflicts` instead.
+    """
     written: list[str] = []
     result_live: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
+    foreign: list[str] = []
     for child in desired:
         name = key(child)
         current = live.get(name)
+        if current is not None and not controlled_by(current, owner_uid):
+            log.warning("child_conflict", child=name, owners=current.get("metadata", {}).get("ownerReferences"))
+            foreign.append(name)
+            continue
         reasons = needs_write(child, current)
         if not reasons:
             assert current is not None
@@ -525,7 +614,9 @@ async def apply_all(
     for child in desired:
         if key(child) in result_live:
             client.note_prunable(child)
-    return Result(written=tuple(written), live=result_live, skipped=tuple(sorted(set(skipped))))
+    return Result(
+        written=tuple(written), live=result_live, skipped=tuple(sorted(set(skipped))), conflicts=tuple(foreign)
+    )
 
 
 async def prune(
@@ -545,8 +636,7 @@ async def prune(
         known = set()
         for api_version, kind in PRUNABLE:
             for obj in await client.list_objects(api_version, kind, meta["namespace"], selector=selector):
-                refs = obj.get("metadata", {}).get("ownerReferences") or []
-                if any(ref.get("uid") == meta.get("uid") for ref in refs):
+                if controlled_by(obj, meta.get("uid")):  # never someone else's object
                     known.add((api_version, kind, obj["metadata"]["name"]))
         client.remember_prunable(uid, known)
     deleted = []

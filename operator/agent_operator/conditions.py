@@ -3,7 +3,7 @@
 kstatus-compatible: every condition carries type/status/reason/message/lastTransitionTime and
 `observedGeneration`; `lastTransitionTime` moves only when a condition's status flips, so a
 reconcile that observes the same state produces byte-identical conditions (and therefore no
-status write). The five conditions are always present, so `kubectl wait --for=condition=Ready`
+status write). The six conditions are always present, so `kubectl wait --for=condition=Ready`
 and Argo CD's health check can rely on them.
 """
 
@@ -20,7 +20,8 @@ PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 SPEC_INVALID: Final = "SpecInvalid"
 SECRET_MISSING: Final = "SecretMissing"
-ORDER: Final = (READY, PROGRESSING, DEGRADED, SPEC_INVALID, SECRET_MISSING)
+CHILD_CONFLICT: Final = "ChildConflict"
+ORDER: Final = (READY, PROGRESSING, DEGRADED, SPEC_INVALID, SECRET_MISSING, CHILD_CONFLICT)
 
 TRUE = models.ConditionStatus.TRUE
 FALSE = models.ConditionStatus.FALSE
@@ -53,6 +54,7 @@ class Observation:
     workloads: tuple[Workload, ...] = ()
     apply_error: str = ""
     skipped: tuple[str, ...] = ()  # children whose API the cluster does not serve
+    conflicts: tuple[str, ...] = ()  # `Kind/name` of children that exist but belong to someone else
 
 
 def workload(deployment: Mapping[str, Any]) -> Workload:
@@ -96,7 +98,7 @@ def set_condition(conditions: Sequence[models.Condition], new: models.Condition,
 
 
 def _wanted(obs: Observation) -> list[tuple[str, models.ConditionStatus, str, str]]:
-    """(type, status, reason, message) of the five conditions for one observation."""
+    """(type, status, reason, message) of the six conditions for one observation."""
     if obs.spec_error:
         return [
             (READY, FALSE, "SpecInvalid", "the spec cannot be served; see SpecInvalid"),
@@ -104,7 +106,13 @@ def _wanted(obs: Observation) -> list[tuple[str, models.ConditionStatus, str, st
             (DEGRADED, FALSE, "SpecInvalid", ""),
             (SPEC_INVALID, TRUE, "ValidationFailed", obs.spec_error),
             (SECRET_MISSING, UNKNOWN, "SpecInvalid", "not checked while the spec is invalid"),
+            (CHILD_CONFLICT, UNKNOWN, "SpecInvalid", "not checked while the spec is invalid"),
         ]
+    conflict = (
+        (CHILD_CONFLICT, TRUE, "ChildConflict", conflict_message(obs.conflicts))
+        if obs.conflicts
+        else (CHILD_CONFLICT, FALSE, "NoConflict", "every child is absent or controlled by this AgentService")
+    )
     missing = "; ".join(obs.missing_secrets)
     secret = (
         (SECRET_MISSING, TRUE, "SecretNotFound", f"{missing}; pods are not rolled out until it exists")
@@ -116,6 +124,8 @@ def _wanted(obs: Observation) -> list[tuple[str, models.ConditionStatus, str, st
     pending = [w for w in obs.workloads if not w.rolled_out]
     if obs.apply_error:
         degraded = (DEGRADED, TRUE, "ApplyFailed", obs.apply_error)
+    elif obs.conflicts:
+        degraded = (DEGRADED, TRUE, "ChildConflict", conflict_message(obs.conflicts))
     elif missing:
         degraded = (DEGRADED, TRUE, "SecretMissing", missing)
     elif failures:
@@ -135,7 +145,17 @@ def _wanted(obs: Observation) -> list[tuple[str, models.ConditionStatus, str, st
     else:
         total = sum(w.desired for w in obs.workloads)
         ready = (READY, TRUE, "AllReplicasReady", f"{total} replicas ready{skipped}")
-    return [ready, progressing, degraded, invalid, secret]
+    return [ready, progressing, degraded, invalid, secret, conflict]
+
+
+def conflict_message(conflicts: Sequence[str]) -> str:
+    """What a person reads about children that exist but are not this AgentService's."""
+    which = ", ".join(conflicts)
+    return (
+        f"{which} already exist{'s' if len(conflicts) == 1 else ''} and {'is' if len(conflicts) == 1 else 'are'}"
+        " not controlled by this AgentService: left untouched; delete or rename "
+        f"{'it' if len(conflicts) == 1 else 'them'} and the operator creates its own"
+    )
 
 
 def derive(

@@ -26,6 +26,14 @@ SINGULAR = "agentservice"
 SHORT_NAMES = ["agsvc"]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# The names of the objects a spec references (Secrets, ServiceAccounts) are DNS subdomains, as the
+# API server requires (k8s.io/apimachinery IsDNS1123Subdomain, at most 253 characters). The rule
+# also keeps a name from ever being more than one URL path segment: no '/', '%', '.' or '..'.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A Secret or ConfigMap data key (IsConfigMapKey): `[-._a-zA-Z0-9]+`, neither `.` nor `..`, nor
+# starting with `..`; written without lookahead, which the API server's RE2 patterns lack.
+DATA_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
+NAME_MAX_LENGTH = 253
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
@@ -76,8 +84,18 @@ def duration_seconds(text: str) -> float:
 class SecretKeyRef(Model):
     """A key inside a Secret in the AgentService's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
-    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
+    name: str = Field(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the Secret, in the AgentService's namespace (a DNS subdomain).",
+    )
+    key: str = Field(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DATA_KEY,
+        description="Key inside the Secret (letters, digits, '-', '_' and '.').",
+    )
 
 
 class ResourceList(Model):
@@ -520,18 +538,23 @@ class Canary(Model):
 # --- pod-level extras ----------------------------------------------------------------------------
 
 
+NamespaceName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+
+
 class NetworkPolicySpec(Model):
     """Ingress restrictions for the service's pods."""
 
     enabled: bool = Field(default=False, description="Create a NetworkPolicy.")
-    allow_from_namespaces: list[str] = Field(
+    allow_from_namespaces: list[NamespaceName] = Field(
         default_factory=list,
+        max_length=100,
         description="Namespaces allowed to call the task API (the service's own is always allowed).",
     )
     monitoring_namespace: str = Field(
         default="monitoring",
         min_length=1,
         max_length=63,
+        pattern=DNS_LABEL,
         description="Namespace of Prometheus, allowed to scrape.",
     )
 
@@ -543,7 +566,7 @@ class PodDisruptionBudgetSpec(Model):
     max_unavailable: int = Field(default=1, ge=0, le=1000, description="Pods that may be down at once.")
 
 
-ServiceName = Annotated[str, Field(min_length=1, max_length=253)]
+ServiceAccountName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=DNS_SUBDOMAIN)]
 
 
 class AgentServiceSpec(Model):
@@ -571,7 +594,16 @@ class AgentServiceSpec(Model):
     canary: Canary = Field(default_factory=Canary, description="Canary rollouts.")
     env: list[EnvVar] = Field(default_factory=list, max_length=100, description="Extra environment variables.")
     pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every pod.")
-    service_account_name: ServiceName | None = Field(default=None, description="ServiceAccount of the pods.")
+    service_account_name: ServiceAccountName | None = Field(
+        default=None, description="ServiceAccount of the pods, in the AgentService's namespace."
+    )
+    automount_service_account_token: bool = Field(
+        default=False,
+        description=(
+            "Mount the ServiceAccount's API token into the pods. Off unless set: the runtime never calls the"
+            " Kubernetes API, and a mounted token is a credential a compromised pod could use."
+        ),
+    )
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, description="Network policy.")
     pod_disruption_budget: PodDisruptionBudgetSpec = Field(
         default_factory=PodDisruptionBudgetSpec, description="Pod disruption budgets."
@@ -665,7 +697,9 @@ class Condition(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
-    type: str = Field(description="Ready, Progressing, Degraded, SpecInvalid, SecretMissing, Promoted, ...")
+    type: str = Field(
+        description="Ready, Progressing, Degraded, SpecInvalid, SecretMissing, ChildConflict, Promoted, ..."
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase machine-readable reason.")
     message: str = Field(default="", description="What a person should know or do.")

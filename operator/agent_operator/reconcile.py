@@ -8,7 +8,10 @@ looks again), a transient API fault → `kopf.TemporaryError(delay=...)`.
 
 A missing Secret never rolls out Deployments (their pods would crash-loop on an unresolvable
 `secretKeyRef`): everything else is applied, existing Deployments are left as they are, and the
-resync timer picks the service up again once the Secret exists.
+resync timer picks the service up again once the Secret exists. The same holds while an object
+the pods consume (the auth Secret, the runtime ConfigMap) exists under someone else's control:
+it is never written (`apply.apply_all`), the `ChildConflict` condition names it, and the pods do
+not run on it.
 
 Canary rollouts (`rollout.py`) sit between build and apply: they read what runs, may run an
 analysis, decide, and lay out the children of both tracks; the canary status, conditions and
@@ -191,14 +194,21 @@ class Reconciler:
 
         namespace = svc.metadata.namespace
         uid = str(body.get("metadata", {}).get("uid") or svc.metadata.name)
+        owner_uid = body.get("metadata", {}).get("uid")
         missing = await secrets.missing(self._client, namespace, secrets.references(svc.spec))
-        children, live, new_token = await self._with_live(svc, children, missing=bool(missing))
+        live = await apply.read_live(self._client, children)
+        # What this AgentService controls; a foreign object of a child's name counts as absent for
+        # every decision below, and apply_all leaves it alone (a ChildConflict).
+        mine = apply.owned(live, owner_uid)
+        held = bool(missing) or bool(set(apply.conflicts(children, live, owner_uid)) & _pod_inputs(svc))
+        children, token, new_token = self._with_token(svc, children, mine, held=held)
         plan: rollout.Plan | None = None
-        if not missing:
-            plan = await self._rollouts.plan(uid, body, svc, children=children, live=live, prior=prior)
+        if not held:
+            plan = await self._rollouts.plan(uid, body, svc, children=children, live=mine, prior=prior)
             children, live = plan.children, {**live, **plan.live}
-        desired = apply.adopt(children, owner=body)
-        result = await apply.apply_all(self._client, desired, live)
+        # After the rollout's layout, so kept stable templates and new canaries alike take the token.
+        desired = apply.adopt(secrets.with_token_digest(children, token), owner=body)
+        result = await apply.apply_all(self._client, desired, live, owner_uid=owner_uid)
         pruned = await apply.prune(self._client, body, desired, naming.instance_labels(svc.metadata.name))
         if plan is not None:
             pruned += await self._rollouts.remove(body, plan)
@@ -209,8 +219,8 @@ class Reconciler:
         names = plan.deployments if plan is not None else self._stable_deployments(svc)
         for name in names:
             deployment = result.live.get(f"Deployment/{name}")
-            if deployment is None and missing:
-                deployment = await self._client.get("apps/v1", "Deployment", namespace, name)
+            if deployment is None and held:
+                deployment = mine.get(f"Deployment/{name}")  # kept as it runs
             if deployment is not None:
                 workloads.append(conditions.workload(deployment))
         obs = conditions.Observation(
@@ -218,6 +228,7 @@ class Reconciler:
             missing_secrets=tuple(missing),
             workloads=tuple(workloads),
             skipped=result.skipped,
+            conflicts=result.conflicts,
         )
         if pruned:
             await self._client.event(body, reason="Pruned", message=f"deleted {', '.join(pruned)}")
@@ -254,28 +265,27 @@ class Reconciler:
             await self._rollouts.announce(body, plan)
         return Outcome(phase, written=result.written + pruned, missing_secrets=tuple(missing), status_written=written)
 
-    async def _with_live(
-        self, svc: models.AgentService, children: list[dict[str, Any]], *, missing: bool
-    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None], bool]:
-        """The children to apply, their live objects, and whether the auth token is new.
+    @staticmethod
+    def _with_token(
+        svc: models.AgentService,
+        children: list[dict[str, Any]],
+        mine: Mapping[str, dict[str, Any] | None],
+        *,
+        held: bool,
+    ) -> tuple[list[dict[str, Any]], str, bool]:
+        """The children to apply, the auth token, and whether it is new.
 
-        With a Secret missing, pods would crash-loop: what runs is kept (`_held_back`). The auth
-        Secret is one of the children, so its token comes from this read, not a second GET.
+        Held (a Secret missing, or an object the pods consume belonging to someone else): pods
+        would crash-loop or run on someone else's data, so what runs is kept: no workloads, no
+        change to mounted config. The auth Secret is one of the children, so its token comes from
+        the live read of the children (only from our own Secret), not a second GET.
         """
-        if missing:
-            children, live = await self._held_back(children, svc.metadata.name)
-        else:
-            live = await apply.read_live(self._client, children)
-        token, new_token = secrets.auth_token(live.get(f"Secret/{naming.auth_secret_name(svc.metadata.name)}"))
-        return secrets.with_token(children, svc, token), live, new_token
-
-    async def _held_back(
-        self, children: list[dict[str, Any]], service: str
-    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any] | None]]:
-        """What may be applied while a Secret is missing: no workloads, no change to mounted config."""
-        children = [c for c in children if c["kind"] not in WORKLOAD_KINDS]
-        live = await apply.read_live(self._client, children)
-        return _without_mounted_config(children, live, service), live
+        if held:
+            children = _without_mounted_config(
+                [c for c in children if c["kind"] not in WORKLOAD_KINDS], mine, svc.metadata.name
+            )
+        token, new_token = secrets.auth_token(mine.get(f"Secret/{naming.auth_secret_name(svc.metadata.name)}"))
+        return secrets.with_token(children, svc, token), token, new_token
 
     @staticmethod
     def _stable_deployments(svc: models.AgentService) -> tuple[str, ...]:
@@ -369,10 +379,20 @@ class Reconciler:
                 continue
             if cond.type == conditions.READY and cond.status == conditions.TRUE:
                 await self._client.event(body, reason="Ready", message=cond.message)
-            elif cond.type in (conditions.SPEC_INVALID, conditions.SECRET_MISSING, conditions.DEGRADED) and (
-                cond.status == conditions.TRUE
-            ):
+            elif cond.type in (
+                conditions.SPEC_INVALID,
+                conditions.SECRET_MISSING,
+                conditions.CHILD_CONFLICT,
+                conditions.DEGRADED,
+            ) and (cond.status == conditions.TRUE):
                 await self._client.event(body, reason=cond.type, message=cond.message, warning=True)
+
+
+def _pod_inputs(svc: models.AgentService) -> set[str]:
+    """`Kind/name` of the children the pods consume (their token and their mounted config)."""
+    service = svc.metadata.name
+    configs = {f"ConfigMap/{runtimeconfig.config_map_name(service, track)}" for track in naming.Track}
+    return {f"Secret/{naming.auth_secret_name(service)}", *configs}
 
 
 def _without_mounted_config(

@@ -430,7 +430,9 @@ class Rollouts:
         if spec.enabled or canary.rollout_active(prior):
             for api_version, kind, name in canary_keys(svc.metadata.name):
                 canary_live[f"{kind}/{name}"] = await self._client.get(api_version, kind, svc.metadata.namespace, name)
-        everything = {**live, **canary_live}
+        # Decide from the objects this AgentService controls only: a foreign object of a canary
+        # name is neither this rollout's canary nor something to delete (apply reports it).
+        everything = {**live, **apply.owned(canary_live, body.get("metadata", {}).get("uid"))}
         result = await self._maybe_analyse(memory, svc, prior, desired, everything)
         annotations = dict(body.get("metadata", {}).get("annotations") or {})
         observed = canary.Observation(
@@ -512,9 +514,7 @@ class Rollouts:
         uid = body["metadata"].get("uid")
         deleted = []
         for api_version, kind, name in plan.remove:
-            current = plan.live.get(f"{kind}/{name}") or {}
-            refs = current.get("metadata", {}).get("ownerReferences") or []
-            if uid and not any(ref.get("uid") == uid for ref in refs):
+            if not apply.controlled_by(plan.live.get(f"{kind}/{name}"), uid):
                 continue  # not ours: leave it alone
             await self._client.delete(api_version, kind, namespace, name)
             deleted.append(f"{kind}/{name}")

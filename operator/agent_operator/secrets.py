@@ -1,17 +1,27 @@
 """Secrets: the operator-managed auth token, and the user Secrets a spec references.
 
 The runtime's auth token is generated once, when the `<svc>-auth` Secret does not exist yet, and
-read back on every later reconcile, so re-applying the Secret never rotates it by accident
-(rotating is deleting the Secret). Provider keys, a Redis URL and `env[].secretKeyRef`s are only
-referenced, never copied: the operator checks that each named Secret and key exists before it
-rolls out pods, because a pod whose `secretKeyRef` does not resolve never starts.
+read back on every later reconcile, so re-applying the Secret never rotates it by accident.
+Rotating is writing a new token into the Secret (or deleting it, and a new one is generated): the
+pod templates carry the token's digest (`with_token_digest`), so the pods roll onto the new token.
+
+Provider keys, a Redis URL and `env[].secretKeyRef`s are only referenced, never copied: the
+operator checks that each named Secret and key exists before it rolls out pods, because a pod
+whose `secretKeyRef` does not resolve never starts.
+
+Every Secret the operator reads is in the AgentService's own namespace (`Client.read_secret`, the
+one reader): the operator may read Secrets cluster-wide, a tenant may not, so neither a read nor
+a condition message may depend on another namespace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import dataclasses
+import hashlib
+import re
 import secrets as random
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -19,6 +29,14 @@ from typing import Any, Final
 from agent_operator import apply, models, naming, runtimeconfig
 
 TOKEN_BYTES: Final = 32
+# On every pod template: a fingerprint of the auth token, so that a new token (written into the
+# auth Secret, or a deleted Secret regenerated) rolls the pods, which read it from their env only
+# at start. It is not part of the template hash: a credential change is not a new revision to
+# analyse as a canary, every pod of both tracks takes it at once.
+TOKEN_DIGEST_ANNOTATION: Final = "agentops.dev/auth-token-digest"
+TOKEN_DIGEST_LENGTH: Final = 16
+# Domain separation: the digest is a fingerprint of this token for this purpose, nothing else.
+TOKEN_DIGEST_SALT: Final = b"agentops.dev/auth-token-digest/v1\x00"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +78,27 @@ def problems(refs: Sequence[Reference], live: Mapping[str, Mapping[str, Any] | N
 
 
 async def missing(client: apply.Client, namespace: str, refs: Sequence[Reference]) -> list[str]:
-    """Read each referenced Secret once (concurrently); describe every missing Secret or key."""
-    names = list(dict.fromkeys(r.name for r in refs))
-    secrets = await asyncio.gather(*(client.get("v1", "Secret", namespace, name) for name in names))
-    return problems(refs, dict(zip(names, secrets, strict=True)))
+    """Read each referenced Secret once (concurrently); describe every missing Secret or key.
+
+    `namespace` is the AgentService's: every read stays there (`Client.read_secret`). A name that
+    is not a Kubernetes name is reported as such without a request (the models refuse it first;
+    this is the second fence), so no answer ever depends on another namespace's Secrets.
+    """
+    names = list(dict.fromkeys(r.name for r in refs if valid_name(r.name)))
+    secrets = await asyncio.gather(*(client.read_secret(namespace, name) for name in names))
+    live = dict(zip(names, secrets, strict=True))
+    found: list[str] = []
+    for ref in refs:
+        if valid_name(ref.name):
+            found.extend(problems([ref], live))
+        else:
+            found.append(f"Secret name {ref.name!r} is not a valid object name ({ref.field})")
+    return found
+
+
+def valid_name(name: str) -> bool:
+    """Whether `name` can name a Secret (a DNS subdomain of at most 253 characters)."""
+    return len(name) <= models.NAME_MAX_LENGTH and re.fullmatch(models.DNS_SUBDOMAIN, name) is not None
 
 
 def new_token() -> str:
@@ -77,6 +112,30 @@ def auth_token(live: Mapping[str, Any] | None) -> tuple[str, bool]:
     if current:
         return current, False
     return new_token(), True
+
+
+def token_digest(token: str) -> str:
+    """A short fingerprint of `token` (salted, truncated SHA-256): it moves with the token, reveals nothing.
+
+    The token is 256 random bits, so 64 bits of a salted digest cannot be turned back into it; a
+    reader of the Deployment (who may not read the Secret) learns only that the token changed.
+    """
+    return hashlib.sha256(TOKEN_DIGEST_SALT + token.encode()).hexdigest()[:TOKEN_DIGEST_LENGTH]
+
+
+def with_token_digest(children: Sequence[dict[str, Any]], token: str) -> list[dict[str, Any]]:
+    """`children` with every Deployment's pod template carrying `token`'s digest (copies where changed)."""
+    digest = token_digest(token)
+    result = []
+    for child in children:
+        if child.get("kind") != "Deployment":
+            result.append(child)
+            continue
+        stamped = copy.deepcopy(child)
+        meta = stamped["spec"]["template"].setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), TOKEN_DIGEST_ANNOTATION: digest}
+        result.append(stamped)
+    return result
 
 
 def with_token(children: Sequence[dict[str, Any]], svc: models.AgentService, token: str) -> list[dict[str, Any]]:

@@ -203,8 +203,9 @@ def pod_template(
     }
     if svc.spec.service_account_name is not None:
         pod_spec["serviceAccountName"] = svc.spec.service_account_name
-    else:
-        pod_spec["automountServiceAccountToken"] = False
+    # Explicit either way: naming a ServiceAccount (for image pull secrets, workload identity) does
+    # not by itself hand the pods an API token.
+    pod_spec["automountServiceAccountToken"] = svc.spec.automount_service_account_token
     return {
         "metadata": {
             "labels": pod_labels(name, component, track, app_version(svc, version)),

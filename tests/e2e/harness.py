@@ -8,10 +8,10 @@ Nothing here fakes the code under test; it plays the parts of a cluster the dev 
   (`agent-runtime api|worker`, forked from a preloaded fork server), configured the way a pod would
   be: the ConfigMap its template mounts becomes the config file, its env is resolved (literals,
   Secret keys, the pod name), so `AGENT_TRACK` and `AGENT_SERVICE` come from the operator's
-  template. A template change restarts the pods, a replica change adds or stops some, a deleted
-  Deployment stops them. Once its pods answer `/health` it plays the Deployment controller
-  (`simulate_rollouts`), and it keeps Prometheus's target file in step. The only test-only change
-  to a pod's config (`OVERLAY`) is a short drain when it is stopped;
+  template. A template change (any field: a Deployment rolls on any) restarts the pods, a replica
+  change adds or stops some, a deleted Deployment stops them. Once its pods answer `/health` it
+  plays the Deployment controller (`simulate_rollouts`), and it keeps Prometheus's target file in
+  step. The only test-only change to a pod's config (`OVERLAY`) is a short drain when it is stopped;
 - `LoadGenerator`: submits tasks at a steady rate to the API pods of both tracks in turn (the
   Service's replica-ratio split);
 - `pattern`: a deterministic fault script for the local model server (exactly k errors in 10 calls).
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-from agent_operator import devcluster, naming
+from agent_operator import devcluster, naming, templatehash
 
 from agent_runtime import constants
 from agent_runtime.localredis import free_port
@@ -101,6 +101,7 @@ class Pod:
     revision: str
     port: int
     process: ForkedRuntime
+    template: str = ""  # digest of the whole pod template it was started from
 
     @property
     def address(self) -> str:
@@ -163,7 +164,7 @@ class Kubelet:
         stopping = []
         for pod in list(self.pods.values()):
             spec = wanted.get(pod.deployment)
-            if spec is None or spec[2] != pod.revision:
+            if spec is None or templatehash.template_hash(spec[0]["spec"]["template"]) != pod.template:
                 stopping.append(self.pods.pop(pod.name))
         for name, (_, replicas, _) in wanted.items():
             mine = sorted((p for p in self.pods.values() if p.deployment == name), key=lambda p: p.name)
@@ -207,7 +208,7 @@ class Kubelet:
         args = ["--log-level", "warning", component, "--host", "127.0.0.1", flag, str(port)]
         process = ForkedRuntime(args, config_path=config_path, redis_url=env[constants.REDIS_URL_ENV], env=env)
         await process.start()
-        pod = Pod(name, meta["name"], component, track, revision, port, process)
+        pod = Pod(name, meta["name"], component, track, revision, port, process, templatehash.template_hash(template))
         try:
             await self._wait_healthy(pod)
         except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -142,15 +143,57 @@ async def operator(cluster: tuple[devcluster.DevCluster, str]) -> AsyncIterator[
         await handle.halt()
 
 
+def events(op: Operator, reason: str, name: str = "demo", namespace: str = "default") -> list[dict[str, Any]]:
+    """The Events with `reason` about the live AgentService `name` (this object, by uid)."""
+    uid = ((op.service(name, namespace) or {}).get("metadata") or {}).get("uid")
+    return [
+        e
+        for e in op.cluster.live_objects("v1/events", namespace)
+        if e["reason"] == reason and e["involvedObject"].get("uid") == uid
+    ]
+
+
+def kopf_handled(op: Operator, name: str = "demo", namespace: str = "default") -> bool:
+    """Whether kopf's bookkeeping write for the live spec has landed.
+
+    kopf records the spec it handled (the `last-handled-configuration` annotation) in a patch of its
+    own, after the handler returns; under load that write lands after the status and Events the
+    handler wrote, so a test that marks the request log must wait for it first.
+    """
+    live = op.service(name, namespace) or {}
+    raw = (live.get("metadata", {}).get("annotations") or {}).get(f"{models.GROUP}/last-handled-configuration")
+    return raw is not None and json.loads(raw).get("spec") == live.get("spec")
+
+
 async def ready_service(op: Operator, body: dict[str, Any]) -> dict[str, Any]:
-    """Create `body`, play the Deployment controller, wait until the service is Ready."""
+    """Create `body`, play the Deployment controller, wait until the service is Ready and quiet.
+
+    Quiet: the "Ready" Event (posted right after the status write) and kopf's bookkeeping write
+    have landed, so no write of this creation can arrive after a caller's `request_count` mark.
+    """
     await op.put(body)
     name = body["metadata"]["name"]
     namespace = body["metadata"]["namespace"]
     await eventually(lambda: len([k for k in op.children(name, namespace) if k.startswith("Deployment/")]) == 2)
     await op.cluster.simulate_rollouts(namespace)
-    await eventually(lambda: op.status(name, namespace).get("phase") == "Ready")
+    await quiet_and_ready(op, name, namespace)
     return op.children(name, namespace)
+
+
+async def quiet_and_ready(op: Operator, name: str = "demo", namespace: str = "default") -> None:
+    """Wait until the service is Ready, the Event of its latest flip to Ready is posted, and kopf's
+    bookkeeping write has landed: the writes that follow a status write, which a caller's
+    `request_count` mark must not race."""
+
+    def ready_event_posted() -> bool:
+        ready = op.condition("Ready", name, namespace)
+        if op.status(name, namespace).get("phase") != "Ready" or ready.get("status") != "True":
+            return False
+        since = ready.get("lastTransitionTime", "")  # RFC 3339 in UTC: compares as text
+        return any(e.get("firstTimestamp", "") >= since for e in events(op, "Ready", name, namespace))
+
+    await eventually(ready_event_posted)
+    await eventually(lambda: kopf_handled(op, name, namespace))
 
 
 Waiter = Callable[[], Awaitable[None]]

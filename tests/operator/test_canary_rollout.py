@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 from agent_operator import apply, builders, devcluster, models, naming, opmetrics, rollout, run
 
-from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes, eventually
+from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes, events, eventually, quiet_and_ready
 
 CANARY = {"enabled": True, "steps": [10, 50, 100], "interval": "1s", "inconclusiveLimit": 2, "failureLimit": 2}
 OLD_IMAGE = "registry.example/agent-runtime:1.0"
@@ -111,6 +111,9 @@ async def start_rollout(op: Operator, body: dict[str, Any]) -> dict[str, dict[st
     body["spec"]["image"] = NEW_IMAGE
     await op.put(body)
     await eventually(lambda: {"demo-api-canary", "demo-worker-canary"} <= set(deployments(op)), timeout=15)
+    # the canary children are applied first, then the status and the Event say so: wait for both
+    await eventually(lambda: canary_of(op).get("phase") in ("Progressing", "Paused"), timeout=15)
+    await eventually(lambda: events(op, "RolloutStarted"))
     return before
 
 
@@ -235,7 +238,10 @@ async def test_paused_holds_with_zero_writes_then_resumes(op: CanaryOperator) ->
     await set_canary(op, paused=True)
     paused = await eventually(lambda: (c := op.condition("Paused")).get("status") == "True" and c)
     assert paused["reason"] == "PausedBySpec" and canary_of(op)["phase"] == "Paused"
-    await op.settle(passes=2)
+    # the writes that follow the paused status: its Event, the canaries reported ready (the
+    # status back to Ready, and that Event), and kopf's record of the handled spec
+    await eventually(lambda: events(op, "PausedBySpec"))
+    await quiet_and_ready(op)
     analyses = sum(sample(op, "agentservice_canary_analyses_total", verdict=v) for v in ("error", "success"))
     mark = op.cluster.request_count
     await op.settle(passes=5)

@@ -5,8 +5,9 @@ Covers:
   while reason/message/observedGeneration update; a flip moves it; other conditions untouched;
 - `derive` for every verdict: spec invalid (Failed), Secret missing (Degraded, SecretMissing
   True with the Secret named), rolling out (Progressing), rolled out (Ready with the replica
-  count and the kinds the cluster skipped), rollout failure and apply error (Degraded); the five
-  conditions always present in a fixed order, unrelated conditions (a canary's) kept after them;
+  count and the kinds the cluster skipped), rollout failure and apply error (Degraded), a child
+  that belongs to someone else (ChildConflict True naming kind and name, Degraded, Ready False);
+  the six conditions always present in a fixed order, unrelated conditions (a canary's) kept after them;
 - the zero-write property (hypothesis): deriving again from the same observation, later, gives
   byte-identical conditions, so a steady reconcile never writes the status;
 - `phase` precedence (Failed > Degraded > Ready > Progressing > Pending);
@@ -77,9 +78,10 @@ def test_set_condition_fills_a_missing_time_and_leaves_the_others() -> None:
 # --- derive -------------------------------------------------------------------------------------
 
 
-def test_every_verdict_has_the_five_conditions_in_order() -> None:
+def test_every_verdict_has_the_six_conditions_in_order() -> None:
     observations = [
         conditions.Observation(generation=1, spec_error="spec.api.replicas: too many"),
+        conditions.Observation(generation=1, conflicts=("ConfigMap/demo-config",)),
         conditions.Observation(generation=1, missing_secrets=("Secret 'llm' not found",)),
         conditions.Observation(generation=1, workloads=(pending("a"),)),
         conditions.Observation(generation=1, workloads=(ready("a"),)),
@@ -106,6 +108,22 @@ def test_missing_secret_degrades_and_names_it() -> None:
     assert phase == models.Phase.DEGRADED
     assert state["SecretMissing"].status == TRUE and "'llm'" in state["SecretMissing"].message
     assert state["Degraded"].reason == "SecretMissing" and state["Ready"].status == FALSE
+
+
+def test_a_foreign_child_is_a_conflict_naming_kind_and_name() -> None:
+    obs = conditions.Observation(
+        generation=1, conflicts=("ConfigMap/demo-config", "Secret/demo-auth"), workloads=(ready("a"),)
+    )
+    phase, conds = conditions.derive(obs, [], now=T0)
+    state = by_type(conds)
+    assert phase == models.Phase.DEGRADED
+    conflict = state["ChildConflict"]
+    assert conflict.status == TRUE and conflict.reason == "ChildConflict"
+    assert "ConfigMap/demo-config, Secret/demo-auth" in conflict.message and "left untouched" in conflict.message
+    assert (state["Ready"].status, state["Ready"].reason) == (FALSE, "ChildConflict")
+    assert state["Degraded"].reason == "ChildConflict"
+    _, clear = conditions.derive(conditions.Observation(generation=1, workloads=(ready("a"),)), conds, now=T0)
+    assert by_type(clear)["ChildConflict"].status == FALSE and by_type(clear)["Ready"].status == TRUE
 
 
 def test_rolling_out_progresses_with_counts() -> None:
@@ -155,7 +173,14 @@ def test_a_flip_moves_only_the_flipped_conditions() -> None:
     _, first = conditions.derive(conditions.Observation(generation=1, workloads=(pending("a"),)), [], now=T0)
     _, second = conditions.derive(conditions.Observation(generation=1, workloads=(ready("a"),)), first, now=T1)
     times = {c.type: c.last_transition_time for c in second}
-    assert times == {"Ready": T1, "Progressing": T1, "Degraded": T0, "SpecInvalid": T0, "SecretMissing": T0}
+    assert times == {
+        "Ready": T1,
+        "Progressing": T1,
+        "Degraded": T0,
+        "SpecInvalid": T0,
+        "SecretMissing": T0,
+        "ChildConflict": T0,
+    }
 
 
 WORKLOADS = st.builds(

@@ -80,7 +80,9 @@ async def test_create_builds_every_child_owned_and_labelled(operator: Operator) 
         "Degraded",
         "SpecInvalid",
         "SecretMissing",
+        "ChildConflict",
     }
+    assert operator.condition("ChildConflict")["status"] == "False"
 
     def reasons() -> set[str]:
         events = operator.cluster.live_objects("v1/events", "default")

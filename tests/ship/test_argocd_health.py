@@ -63,6 +63,14 @@ def agentservice(status: dict[str, Any] | None, generation: int = 3) -> dict[str
         (
             {
                 "observedGeneration": 3,
+                "conditions": [condition("ChildConflict", "True", "ConfigMap/demo-config already exists")],
+            },
+            "Degraded",
+            "ConfigMap/demo-config",
+        ),
+        (
+            {
+                "observedGeneration": 3,
                 "conditions": [condition("Ready", "True")],
                 "canary": {"phase": "RolledBack", "weight": 0, "message": "error rate 0.31 > 0.05"},
             },

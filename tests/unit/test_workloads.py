@@ -9,7 +9,8 @@ Covers:
 - env: identity, pod name from the downward API, auth token from the operator Secret, Redis URL
   literal or secretKeyRef, provider keys only as secretKeyRefs, `spec.env` appended without
   duplicating a reserved name;
-- service-account token automount only with `serviceAccountName`; `podAnnotations` on the pod;
+- the service-account token is never mounted unless `automountServiceAccountToken: true`, with or
+  without `serviceAccountName`; `podAnnotations` on the pod;
 - replicas omitted under autoscaling, from the spec without it, explicit counts always written;
 - the template hash: on the Deployment and its template, stable across re-renders and replica
   changes, changed by image, env, config and pod-annotation changes, equal for the canary and the
@@ -163,7 +164,8 @@ def test_service_account_and_pod_annotations() -> None:
     s = svc(serviceAccountName="runner", podAnnotations={"example.com/team": "a"})
     template = workloads.build_deployment(s, API, version=V)["spec"]["template"]
     assert template["spec"]["serviceAccountName"] == "runner"
-    assert "automountServiceAccountToken" not in template["spec"]
+    # naming a ServiceAccount does not hand the pods its API token
+    assert template["spec"]["automountServiceAccountToken"] is False
     assert template["metadata"]["annotations"]["example.com/team"] == "a"
     assert runtimeconfig.CONFIG_HASH_ANNOTATION in template["metadata"]["annotations"]
 
@@ -260,3 +262,12 @@ def test_builders_do_not_mutate_their_input() -> None:
     before = copy.deepcopy(s.model_dump())
     workloads.build_deployment(s, API, version=V)
     assert s.model_dump() == before
+
+
+def test_service_account_token_only_when_asked_for() -> None:
+    for spec in (
+        {"automountServiceAccountToken": True},
+        {"serviceAccountName": "runner", "automountServiceAccountToken": True},
+    ):
+        template = workloads.build_deployment(svc(**spec), WORKER, version=V)["spec"]["template"]
+        assert template["spec"]["automountServiceAccountToken"] is True, spec
