@@ -81,7 +81,7 @@ def create_app(
     app = FastAPI(title="agent-runtime", version="1", docs_url=None, redoc_url=None)
     app.state.queue = queue
     app.state.metrics = metrics
-    daily = DailyBudget(redis, service=config.service, limit_usd=config.daily_budget_usd)
+    daily = DailyBudget(redis, keys=config.keys(), limit_usd=config.daily_budget_usd)
     app.include_router(_task_routes(config, queue, metrics, auth_token, daily))
     app.include_router(_probe_routes(queue, metrics))
     _install_error_handlers(app, metrics, daily)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, SERVICE_ENV, TRACK_ENV
+from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, SERVICE_ENV, TRACK_ENV, ServiceKeys
+
+_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
 class Track(StrEnum):
@@ -54,8 +56,10 @@ class RuntimeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    service: str = "agent"
-    namespace: str = "default"
+    # Kubernetes names (the AgentService's name and namespace): they form the hash tag of every
+    # Redis key (`constants.ServiceKeys`), so they may not hold braces or slashes.
+    service: str = Field(default="agent", pattern=_NAME, max_length=253)
+    namespace: str = Field(default="default", pattern=_NAME, max_length=63)
     track: Track = Track.STABLE
     providers: list[ProviderConfig] = Field(default_factory=list)
     strategy: str = "failover"
@@ -112,6 +116,10 @@ class RuntimeConfig(BaseModel):
         default_factory=list,
         description="Values of metadata.intent used as the metric label; others count as 'other' (bounded labels).",
     )
+
+    def keys(self) -> ServiceKeys:
+        """The service's Redis keys (namespace and service in one hash tag)."""
+        return ServiceKeys(namespace=self.namespace, service=self.service)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)

@@ -130,7 +130,8 @@ redis.call('XDEL', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: task   ARGV: group, now, ttl
+# KEYS: task, priority streams...   ARGV: group, now, ttl
+# (the streams are declared, not read from the record, so the script touches only keys it was given)
 _CANCEL = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {{'gone', 0}} end
@@ -139,9 +140,11 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local stream = redis.call('HGET', KEYS[1], 'stream')
 local entry = redis.call('HGET', KEYS[1], 'entry_id')
-if stream and entry then
-  redis.call('XACK', stream, ARGV[1], entry)
-  redis.call('XDEL', stream, entry)
+for i = 2, #KEYS do
+  if KEYS[i] == stream and entry then
+    redis.call('XACK', stream, ARGV[1], entry)
+    redis.call('XDEL', stream, entry)
+  end
 end
 return {{'cancelled', 1}}
 """
@@ -239,7 +242,7 @@ class TaskQueue:
         self,
         redis_client: redis.asyncio.Redis,
         *,
-        service: str,
+        keys: constants.ServiceKeys,
         max_deliveries: int = 5,
         claim_idle_seconds: float = 60.0,
         task_ttl_seconds: int = 7 * 86_400,
@@ -247,13 +250,13 @@ class TaskQueue:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis_client
-        self.service = service
+        self.keys = keys
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
         self.task_ttl_seconds = task_ttl_seconds
         self.scheduler = PriorityScheduler(priority_weights or {"high": 6, "normal": 3, "low": 1})
-        self.streams = {p: constants.stream_key(service, p) for p in constants.PRIORITIES}
-        self.dead_letter = constants.dead_letter_key(service)
+        self.streams = {p: keys.stream(p) for p in constants.PRIORITIES}
+        self.dead_letter = keys.dead_letter()
         self.group = constants.CONSUMER_GROUP
         self._clock = clock
         r = redis_client
@@ -272,7 +275,7 @@ class TaskQueue:
     def from_config(cls, config: RuntimeConfig, redis_client: redis.asyncio.Redis) -> TaskQueue:
         return cls(
             redis_client,
-            service=config.service,
+            keys=config.keys(),
             max_deliveries=config.max_deliveries,
             claim_idle_seconds=config.claim_idle_seconds,
             task_ttl_seconds=config.task_ttl_seconds,
@@ -280,7 +283,7 @@ class TaskQueue:
         )
 
     def task_key(self, task_id: str) -> str:
-        return constants.task_key(self.service, task_id)
+        return self.keys.task(task_id)
 
     # --- the API side ---
 
@@ -310,7 +313,7 @@ class TaskQueue:
         )
         keys = [self.task_key(task_id), self.streams[priority]]
         if idempotency_key:
-            keys.append(constants.idempotency_key(self.service, idempotency_key))
+            keys.append(self.keys.idempotency(idempotency_key))
         args: list[str | int] = [task_id, self.task_ttl_seconds]
         for field, value in record.creation_fields().items():
             args += [field, value]
@@ -326,7 +329,9 @@ class TaskQueue:
     async def cancel(self, task_id: str) -> tuple[TaskStatus, bool]:
         """Cancel a queued or running task; return the status it ends in and whether this call cancelled it."""
         status, changed = await self._call(
-            self._cancel, [self.task_key(task_id)], [self.group, repr(self._clock()), self.task_ttl_seconds]
+            self._cancel,
+            [self.task_key(task_id), *self.streams.values()],
+            [self.group, repr(self._clock()), self.task_ttl_seconds],
         )
         if status == "gone":
             raise errors.TaskNotFound(f"no task {task_id!r} (unknown id, or its record expired)")

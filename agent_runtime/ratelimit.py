@@ -140,12 +140,12 @@ class RateLimiter:
         self,
         redis_client: redis.asyncio.Redis,
         *,
-        service: str,
+        keys: constants.ServiceKeys,
         limits: Mapping[str, Limit],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.redis = redis_client
-        self.service = service
+        self.keys = keys
         self.limits = dict(limits)
         self._sleep = sleep
         self._reserve = redis_client.register_script(_RESERVE)
@@ -155,9 +155,9 @@ class RateLimiter:
 
     def _keys(self, provider: str) -> list[str]:
         return [
-            constants.ratelimit_key(self.service, provider, "requests"),
-            constants.ratelimit_key(self.service, provider, "tokens"),
-            constants.ratelimit_key(self.service, provider, "backoff"),
+            self.keys.ratelimit(provider, "requests"),
+            self.keys.ratelimit(provider, "tokens"),
+            self.keys.ratelimit(provider, "backoff"),
         ]
 
     async def acquire(self, provider: str, tokens: int, *, max_wait: float = math.inf) -> Grant:

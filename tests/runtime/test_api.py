@@ -189,5 +189,5 @@ async def test_submission_survives_in_redis(api: httpx.AsyncClient, redis_client
     record = await queue.get(str(task["task_id"]))
     assert record.status == TaskStatus.QUEUED
     assert record.priority == "high" and record.metadata == {"intent": "greeting"}
-    assert record.stream == "agent:svc:tasks:high"
+    assert record.stream == "agent:{default/svc}:tasks:high"
     assert await queue.depth() == 1

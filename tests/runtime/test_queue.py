@@ -19,13 +19,14 @@ import pytest
 import redis.asyncio
 
 from agent_runtime import errors
+from agent_runtime.constants import ServiceKeys
 from agent_runtime.queue import PriorityScheduler, TaskQueue
 from agent_runtime.tasks import Checkpoint, TaskStatus, Usage
 from tests.runtime.conftest import MakeWorker
 
 
 def make_queue(client: redis.asyncio.Redis, **kwargs: object) -> TaskQueue:
-    return TaskQueue(client, service="q", claim_idle_seconds=0.3, max_deliveries=3, **kwargs)  # type: ignore[arg-type]
+    return TaskQueue(client, keys=ServiceKeys("default", "q"), claim_idle_seconds=0.3, max_deliveries=3, **kwargs)  # type: ignore[arg-type]
 
 
 def test_scheduler_weights_and_no_starvation() -> None:
