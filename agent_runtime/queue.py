@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -385,8 +385,15 @@ class TaskQueue:
         self._overflow[consumer] = entries[count:]
         return entries[:count]
 
-    async def reclaim(self, consumer: str, count: int) -> list[Entry]:
-        """Take over up to `count` entries left pending by other consumers for longer than the idle timeout."""
+    async def reclaim(self, consumer: str, count: int, *, running: Collection[str] = ()) -> list[Entry]:
+        """Take over up to `count` entries left pending longer than the idle timeout (those of dead consumers).
+
+        XAUTOCLAIM also matches this consumer's own entries when a heartbeat came late (a busy
+        machine, a slow event loop). Those still held here — `running` (entry ids of the tasks this
+        consumer is running) and entries delivered beyond what a read asked for — are not handed
+        out again: a second delivery would repeat the running task's model call.
+        """
+        held = {entry.entry_id for entry in self._overflow.get(consumer, ())}
         found: list[Entry] = []
         for priority in constants.PRIORITIES:
             if len(found) >= count:
@@ -398,13 +405,19 @@ class TaskQueue:
             for entry_id, fields in reply[1]:
                 if fields is None:  # deleted while pending (e.g. cancelled): XAUTOCLAIM already dropped it
                     continue
+                if entry_id in running or entry_id in held:  # ours and alive: the claim only refreshed it
+                    continue
                 found.append(Entry(stream=stream, entry_id=str(entry_id), task_id=str(fields.get("task_id", ""))))
         return found
 
     async def heartbeat(self, consumer: str, entries: Iterable[Entry]) -> None:
-        """Reset the idle time of entries this consumer still owns, so nobody reclaims a live task."""
+        """Reset the idle time of entries this consumer still owns, so nobody reclaims a live task.
+
+        Entries delivered beyond what a read asked for are this consumer's too (pending, not yet
+        started): they are kept fresh as well, or another worker would take them meanwhile.
+        """
         by_stream: dict[str, list[str]] = {}
-        for entry in entries:
+        for entry in [*entries, *self._overflow.get(consumer, ())]:
             by_stream.setdefault(entry.stream, []).append(entry.entry_id)
         for stream, ids in by_stream.items():
             await self._call(self._heartbeat, [stream], [self.group, consumer, *ids])

@@ -180,3 +180,26 @@ async def test_sigterm_hands_back_or_finishes_in_flight_tasks(
         await patient.kill()
     assert [(await queue.get(t)).status for t in ids] == [TaskStatus.SUCCEEDED] * 2
     assert await queue.depth() == 0
+
+
+async def test_a_worker_never_reclaims_its_own_running_task(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, model_server: LocalModelServer
+) -> None:
+    """Regression: XAUTOCLAIM also matches the worker's own in-flight entry once it is idle past the
+    threshold (a heartbeat that came late on a busy machine), and the worker ran the task a second
+    time — a duplicate model call. A threshold of 1 ms makes every reclaim pass see the running
+    task's entry as idle, so the old code repeated step 1 every time; only the model server's own
+    log of requests counts the calls."""
+    model_server.faults.latency_seconds = 0.6  # each step outlasts several reclaim passes
+    cfg = config.model_copy(update={"claim_idle_seconds": 0.001})
+    queue = TaskQueue.from_config(cfg, redis_client)
+    made = await queue.submit("What is 6*7?", max_steps=cfg.max_steps_per_task)
+    parts = build_worker(cfg, redis_client=redis_client, registry=CollectorRegistry(), burst=True)
+    try:
+        await parts.worker.run()
+    finally:
+        await parts.aclose()
+    assert [(c.task_id, c.step) for c in model_server.calls] == [(made.task_id, 0), (made.task_id, 1)]
+    record = await queue.get(made.task_id)
+    assert record.status == TaskStatus.SUCCEEDED and record.result == "The answer: 6*7 = 42."
+    assert record.deliveries == 1
