@@ -6,7 +6,9 @@ task ran at; `DELETE /v1/tasks/{id}` cancels. While the service's daily budget i
 answer 429 `budget exhausted until 00:00 UTC` with the figure and a `retry-after` (`budget.py`).
 `/v1/*` needs `Authorization: Bearer <AGENT_AUTH_TOKEN>`; `/health`, `/ready` and `/metrics` do not
 (kubelet probes and Prometheus scrapes carry no token). Every error body is
-`{"error": "<what to fix>"}`; Redis trouble is a 503 and `/ready` turns false until it answers again.
+`{"error": "<what to fix>"}`. Redis unreachable or refusing commands for now (READONLY, OOM,
+LOADING, MASTERDOWN, BUSY, ...) is a 503 with `retry-after`, and `/ready` answers 503 until Redis
+accepts writes again.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def _probe_routes(queue: TaskQueue, metrics: Metrics) -> APIRouter:
     @router.get(constants.READY_PATH)
     async def ready() -> JSONResponse:
         try:
-            await queue.ping()
+            await queue.probe()  # a write: a replica or a full Redis answers PING but refuses our writes
         except errors.StoreUnavailable as exc:
             return JSONResponse({"ready": False, "reason": str(exc)}, status_code=503)
         return JSONResponse({"ready": True})

@@ -22,9 +22,11 @@ from typing import Any, Literal, TypeVar
 
 import redis.asyncio
 import redis.exceptions
+from redis.commands.core import AsyncScript
 
 from agent_runtime import constants, errors
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.scripts import run_script
 from agent_runtime.tasks import Checkpoint, TaskRecord, TaskStatus
 
 __all__ = [
@@ -345,8 +347,9 @@ class TaskQueue:
             lengths = await self._run(pipe.execute())
         return int(sum(lengths))
 
-    async def ping(self) -> None:
-        await self._run(self.redis.ping())
+    async def probe(self) -> None:
+        """Raise `StoreUnavailable` unless Redis accepts a write now (what readiness means for us)."""
+        await self._run(self.redis.set(self.keys.probe(), repr(self._clock()), px=60_000))
 
     # --- the worker side ---
 
@@ -508,8 +511,8 @@ class TaskQueue:
 
     # --- error mapping ---
 
-    async def _call(self, script: Any, keys: list[str], args: Sequence[str | int]) -> Any:
-        return await self._run(script(keys=keys, args=list(args)))
+    async def _call(self, script: AsyncScript, keys: list[str], args: Sequence[str | int]) -> Any:
+        return await self._run(run_script(script, keys, args))
 
     @staticmethod
     async def _run(awaitable: Awaitable[T]) -> T:
@@ -518,6 +521,8 @@ class TaskQueue:
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis lost its data (restarted without persistence): the worker recreates it
                 raise errors.StoreUnavailable(f"consumer group missing: {exc}") from exc
-            raise
+            if errors.redis_refusal(exc) is not None:  # READONLY, OOM, BUSY, ...: refused for now, not wrong
+                raise errors.from_redis(exc) from exc
+            raise  # a bug (wrong type, bad script): surface it as it is
         except redis.exceptions.RedisError as exc:
             raise errors.from_redis(exc) from exc

@@ -301,7 +301,7 @@ async def serve_probes(queue: TaskQueue, metrics: Metrics, worker: Worker, *, ho
 
     async def ready(request: web.Request) -> web.Response:
         try:
-            await queue.ping()
+            await queue.probe()
         except errors.StoreUnavailable as exc:
             return web.json_response({"ready": False, "reason": str(exc)}, status=503)
         if worker.stopping:
