@@ -86,6 +86,11 @@ class RuntimeConfig(BaseModel):
     )
     max_deliveries: int = Field(default=5, ge=1, description="Deliveries before a task goes to the dead-letter stream.")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    max_queued_tasks: int | None = Field(
+        default=None,
+        ge=1,
+        description="Submit answers 429 while this many tasks are queued or running (None: no bound).",
+    )
     task_ttl_seconds: int = Field(default=7 * 86_400, ge=60, description="How long finished task records are kept.")
     provider_max_retries: int = Field(default=2, ge=0, description="SDK retries per model call (honours retry-after).")
     provider_timeout_seconds: float = Field(default=120.0, gt=0)

@@ -103,7 +103,7 @@ class ServiceKeys:
         return self.key("task", task_id)
 
     def idempotency(self, key: str) -> str:
-        """The string mapping a client's idempotency key to the task it created."""
+        """The hash mapping a client's idempotency key to the task it created and a digest of that request."""
         return self.key("idem", key)
 
     def ratelimit(self, provider: str, part: str) -> str:

@@ -19,11 +19,13 @@ __all__ = [
     "AllProvidersUnavailable",
     "BudgetExhausted",
     "ConfigError",
+    "IdempotencyConflict",
     "InvalidTask",
     "OwnershipLost",
     "ProviderError",
     "ProviderResponseError",
     "ProviderUnavailable",
+    "QueueFull",
     "StoreUnavailable",
     "TaskFailed",
     "TaskNotFound",
@@ -51,6 +53,14 @@ class StoreUnavailable(AgentRuntimeError):
 
 class InvalidTask(AgentRuntimeError):
     """The submission cannot be accepted (names the field to fix)."""
+
+
+class IdempotencyConflict(AgentRuntimeError):
+    """An idempotency key was reused with a different input or priority (its first request is kept)."""
+
+
+class QueueFull(AgentRuntimeError):
+    """The service's queue holds `max_queued_tasks` (the message names the figure and the limit)."""
 
 
 class TaskNotFound(AgentRuntimeError):

@@ -14,6 +14,7 @@ the current fence, which is what makes a reclaimed task safe even if its old wor
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -36,6 +37,7 @@ __all__ = [
     "PriorityScheduler",
     "Submission",
     "TaskQueue",
+    "request_digest",
 ]
 
 T = TypeVar("T")
@@ -44,16 +46,31 @@ FinishOutcome = Literal["stored", "cancelled", "succeeded", "failed", "lost"]
 
 _TERMINAL_LUA = "status == 'succeeded' or status == 'failed' or status == 'cancelled'"
 
-# KEYS: task, stream, [idem]   ARGV: task_id, idem_ttl, field, value, ...
+# KEYS: task, stream, idem, priority streams...
+# ARGV: task_id, idem_ttl, use_idem (0|1), max_queued (0: unbounded), request digest, field, value, ...
+# Returns {1, task_id} created, {0, task_id} the key's task (made from the same request),
+# {2, task_id} the key's task was made from another request, {3, depth} the queue is full.
 _SUBMIT = """
-if #KEYS == 3 then
-  local existing = redis.call('GET', KEYS[3])
-  if existing then return {0, existing} end
+if ARGV[3] == '1' then
+  local existing = redis.call('HMGET', KEYS[3], 'task_id', 'request')
+  if existing[1] then
+    if existing[2] ~= ARGV[5] then return {2, existing[1]} end
+    return {0, existing[1]}
+  end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local limit = tonumber(ARGV[4])
+if limit > 0 then
+  local depth = 0
+  for i = 4, #KEYS do depth = depth + redis.call('XLEN', KEYS[i]) end
+  if depth >= limit then return {3, tostring(depth)} end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 local entry = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[1])
 redis.call('HSET', KEYS[1], 'entry_id', entry)
-if #KEYS == 3 then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[3], 'task_id', ARGV[1], 'request', ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
 return {1, ARGV[1]}
 """
 
@@ -213,6 +230,11 @@ class Claim:
         return self.record.fence
 
 
+def request_digest(task_input: str, priority: str) -> str:
+    """What an idempotency key remembers of the request that made its task. Pure."""
+    return hashlib.sha256(f"{priority}\0{task_input}".encode()).hexdigest()
+
+
 class PriorityScheduler:
     """Smooth weighted round robin over priorities: decides which stream a read tries first.
 
@@ -249,10 +271,12 @@ class TaskQueue:
         claim_idle_seconds: float = 60.0,
         task_ttl_seconds: int = 7 * 86_400,
         priority_weights: Mapping[str, int] | None = None,
+        max_queued_tasks: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis_client
         self.keys = keys
+        self.max_queued_tasks = max_queued_tasks
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
         self.task_ttl_seconds = task_ttl_seconds
@@ -282,6 +306,7 @@ class TaskQueue:
             claim_idle_seconds=config.claim_idle_seconds,
             task_ttl_seconds=config.task_ttl_seconds,
             priority_weights=config.priority_weights,
+            max_queued_tasks=config.max_queued_tasks,
         )
 
     def task_key(self, task_id: str) -> str:
@@ -298,7 +323,11 @@ class TaskQueue:
         idempotency_key: str | None = None,
         max_steps: int,
     ) -> Submission:
-        """Create the task record and enqueue it; with an idempotency key, return the task it already made."""
+        """Create the task record and enqueue it; with an idempotency key, return the task it already made.
+
+        Raises `IdempotencyConflict` when the key's task was made from another input or priority
+        (the key's first request is the one kept), and `QueueFull` at `max_queued_tasks`.
+        """
         if priority not in self.streams:
             raise errors.InvalidTask(f"unknown priority {priority!r}; use one of {', '.join(self.streams)}")
         task_id = uuid.uuid4().hex
@@ -313,14 +342,29 @@ class TaskQueue:
             max_steps=max_steps,
             created_at=self._clock(),
         )
-        keys = [self.task_key(task_id), self.streams[priority]]
-        if idempotency_key:
-            keys.append(self.keys.idempotency(idempotency_key))
-        args: list[str | int] = [task_id, self.task_ttl_seconds]
+        idem = self.keys.idempotency(idempotency_key) if idempotency_key else self.keys.idempotency("")
+        keys = [self.task_key(task_id), self.streams[priority], idem, *self.streams.values()]
+        args: list[str | int] = [
+            task_id,
+            self.task_ttl_seconds,
+            1 if idempotency_key else 0,
+            self.max_queued_tasks or 0,
+            request_digest(task_input, priority),
+        ]
         for field, value in record.creation_fields().items():
             args += [field, value]
-        created, existing_id = await self._call(self._submit, keys, args)
-        return Submission(task_id=str(existing_id), created=bool(created))
+        outcome, value = await self._call(self._submit, keys, args)
+        if outcome == 2:
+            raise errors.IdempotencyConflict(
+                f"idempotency_key {idempotency_key!r} was used for task {value} with a different input or "
+                "priority; use a new key for a new task"
+            )
+        if outcome == 3:
+            raise errors.QueueFull(
+                f"queue full: {value} tasks queued or running, the limit is {self.max_queued_tasks} "
+                "(limits.maxQueuedTasks); retry later"
+            )
+        return Submission(task_id=str(value), created=outcome == 1)
 
     async def get(self, task_id: str) -> TaskRecord:
         raw: dict[str, str] = await self._run(self.redis.hgetall(self.task_key(task_id)))  # type: ignore[arg-type]
