@@ -29,6 +29,7 @@ from agent_runtime.localredis import LocalRedis
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskStatus
 from tests.support.processes import ForkedRuntime, write_config
+from tests.support.waiting import eventually
 
 KILLS = 20
 
@@ -158,7 +159,11 @@ async def test_sigterm_hands_back_or_finishes_in_flight_tasks(
     try:
         while not await holds_tasks(redis_client, queue, short.pid):
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.45)  # one step done, the next in flight
+
+        async def a_step_checkpointed() -> bool:  # one step done (stored), the next in flight
+            return max([(await queue.get(t)).checkpoint.step for t in ids]) >= 1
+
+        await eventually(a_step_checkpointed)
         short.signal(signal.SIGTERM)
         assert await short.wait(10) == 0, short.logs()
     finally:
