@@ -6,7 +6,10 @@ task ran at; `DELETE /v1/tasks/{id}` cancels. While the service's daily budget i
 answer 429 `budget exhausted until 00:00 UTC` with the figure and a `retry-after` (`budget.py`).
 `/v1/*` needs `Authorization: Bearer <AGENT_AUTH_TOKEN>`; `/health`, `/ready` and `/metrics` do not
 (kubelet probes and Prometheus scrapes carry no token). Every error body is
-`{"error": "<what to fix>"}`; Redis trouble is a 503 and `/ready` turns false until it answers again.
+`{"error": "<what to fix>"}`, the framework's own 404, 405 and 422 included. Redis unreachable or
+refusing commands for now (READONLY, OOM, LOADING, MASTERDOWN, BUSY, ...) is a 503 with
+`retry-after`, and `/ready` answers 503 until Redis accepts writes again. `Location` and
+`status_url` are relative paths: nothing in a response echoes the request's Host header.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_runtime import constants, errors, tracing
@@ -33,11 +38,15 @@ from agent_runtime.config import RuntimeConfig
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
 from agent_runtime.queue import TaskQueue
-from agent_runtime.tasks import TaskStatus, TaskView
+from agent_runtime.tasks import MAX_METADATA_DEPTH, TaskStatus, TaskView, metadata_problem
 
 __all__ = ["SubmitRequest", "SubmitResponse", "create_app"]
 
 log = get_logger(__name__)
+
+_METADATA_DEPTH_RULE = f"task metadata is limited to {MAX_METADATA_DEPTH} levels (metadata depth)"
+# A full queue drains at the workers' pace: ask clients to come back after a few seconds.
+QUEUE_FULL_RETRY_AFTER_SECONDS = 5
 
 
 class SubmitRequest(BaseModel):
@@ -47,10 +56,26 @@ class SubmitRequest(BaseModel):
 
     input: str = Field(min_length=1, description="The task for the agent, in natural language.")
     priority: Literal["high", "normal", "low"] = "normal"
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Kept with the task; `intent` labels metrics.")
-    idempotency_key: str | None = Field(
-        default=None, min_length=1, max_length=256, description="Resubmitting with the same key returns the same task."
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Kept with the task; `intent` labels metrics. At most 32 levels deep and 64 KiB as JSON.",
     )
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Resubmitting with the same key returns the same task; with another input or priority: 409.",
+    )
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        # Before pydantic walks the value: the depth is measured iteratively, so even metadata
+        # nested past the recursion limit gets this 422 naming the bound.
+        problem = metadata_problem(value) if isinstance(value, dict) else None
+        if problem is not None:
+            raise PydanticCustomError("metadata_bounds", problem)
+        return value
 
 
 class SubmitResponse(BaseModel):
@@ -81,7 +106,7 @@ def create_app(
     app = FastAPI(title="agent-runtime", version="1", docs_url=None, redoc_url=None)
     app.state.queue = queue
     app.state.metrics = metrics
-    daily = DailyBudget(redis, service=config.service, limit_usd=config.daily_budget_usd)
+    daily = DailyBudget(redis, keys=config.keys(), limit_usd=config.daily_budget_usd)
     app.include_router(_task_routes(config, queue, metrics, auth_token, daily))
     app.include_router(_probe_routes(queue, metrics))
     _install_error_handlers(app, metrics, daily)
@@ -104,7 +129,7 @@ def _task_routes(
     router = APIRouter(prefix=constants.TASKS_PATH, dependencies=[Depends(authorize)])
 
     @router.post("", status_code=202, response_model=SubmitResponse)
-    async def submit(body: SubmitRequest, request: Request, response: Response) -> SubmitResponse:
+    async def submit(body: SubmitRequest, response: Response) -> SubmitResponse:
         if len(body.input) > config.max_input_chars:
             limit = config.max_input_chars
             raise _Rejected(422, f"input is {len(body.input)} characters; the limit is {limit} (max_input_chars)")
@@ -118,7 +143,7 @@ def _task_routes(
             max_steps=config.max_steps_per_task,
         )
         tracing.annotate({"task.id": made.task_id, "task.priority": body.priority})
-        url = str(request.url_for("get_task", task_id=made.task_id))
+        url = status_path(made.task_id)  # relative: a Host header must not choose where clients go next
         response.headers["location"] = url
         if not made.created:
             response.status_code = 200
@@ -165,7 +190,7 @@ def _probe_routes(queue: TaskQueue, metrics: Metrics) -> APIRouter:
     @router.get(constants.READY_PATH)
     async def ready() -> JSONResponse:
         try:
-            await queue.ping()
+            await queue.probe()  # a write: a replica or a full Redis answers PING but refuses our writes
         except errors.StoreUnavailable as exc:
             return JSONResponse({"ready": False, "reason": str(exc)}, status_code=503)
         return JSONResponse({"ready": True})
@@ -189,6 +214,11 @@ class _Unauthorized(Exception):
     pass
 
 
+def status_path(task_id: str) -> str:
+    """Where a task's status is served: a path relative to the API's own origin. Pure."""
+    return f"{constants.TASKS_PATH}/{task_id}"
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -204,8 +234,21 @@ def _describe(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def _plain(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    """A handler answering `status` with the exception's message as the error."""
+
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return _error(status, str(exc))
+
+    return handler
+
+
 def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: DailyBudget) -> None:
-    handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {}
+    handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
+        errors.TaskNotFound: _plain(404),
+        errors.InvalidTask: _plain(422),
+        errors.IdempotencyConflict: _plain(409),
+    }
 
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, _describe(exc))
@@ -217,27 +260,35 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: DailyBudget) 
     async def rejected(request: Request, exc: _Rejected) -> JSONResponse:
         return _error(exc.status, str(exc))
 
-    async def not_found(request: Request, exc: errors.TaskNotFound) -> JSONResponse:
-        return _error(404, str(exc))
-
-    async def invalid(request: Request, exc: errors.InvalidTask) -> JSONResponse:
-        return _error(422, str(exc))
-
     async def unavailable(request: Request, exc: errors.StoreUnavailable) -> JSONResponse:
         log.warning("store_unavailable", error=str(exc))
         return _error(503, str(exc), {"retry-after": "1"})
+
+    async def queue_full(request: Request, exc: errors.QueueFull) -> JSONResponse:
+        return _error(429, str(exc), {"retry-after": str(QUEUE_FULL_RETRY_AFTER_SECONDS)})
 
     async def budget_exhausted(request: Request, exc: errors.BudgetExhausted) -> JSONResponse:
         metrics.budget_rejected("daily")
         return _error(429, str(exc), {"retry-after": str(daily.retry_after())})
 
+    async def framework(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # the router's own 404 (unknown path) and 405 (wrong method, with its `allow`), body parse failures (400)
+        if isinstance(exc.__cause__, RecursionError):  # JSON nested past the parser's limit: say which bound
+            return _error(422, f"request body nests too deeply to parse; {_METADATA_DEPTH_RULE}")
+        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request_failed", error=f"{type(exc).__name__}: {exc}")
+        return _error(500, "internal error; the API's log has the details (look for request_failed)")
+
     handlers[RequestValidationError] = validation
-    handlers[errors.BudgetExhausted] = budget_exhausted
     handlers[_Unauthorized] = unauthorized
     handlers[_Rejected] = rejected
-    handlers[errors.TaskNotFound] = not_found
-    handlers[errors.InvalidTask] = invalid
     handlers[errors.StoreUnavailable] = unavailable
+    handlers[errors.QueueFull] = queue_full
+    handlers[errors.BudgetExhausted] = budget_exhausted
+    handlers[StarletteHTTPException] = framework
+    handlers[Exception] = internal
     for kind, handler in handlers.items():
         app.add_exception_handler(kind, handler)
 

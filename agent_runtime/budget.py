@@ -4,7 +4,7 @@
   (`per_task_exceeded`); past it the task stops as failed with `per_task_message`, its transcript
   kept (the step that crossed the limit is billed and stored: a call cannot be un-made).
 - **Daily.** Every billed step adds its cost to the service's spend of the UTC day (one Redis
-  `INCRBYFLOAT` on `constants.spend_key(service, day)`, kept two days). While that spend is at or
+  `INCRBYFLOAT` on `ServiceKeys.spend(day)`, kept two days). While that spend is at or
   over `daily_budget_usd`, the API answers new submissions 429 `budget exhausted until 00:00 UTC`
   with the figure and a `retry-after` of the seconds left in the day. Tasks already accepted run
   to completion (they were promised), so the day can end slightly over the budget.
@@ -74,17 +74,17 @@ class DailyBudget:
         self,
         redis_client: redis.asyncio.Redis,
         *,
-        service: str,
+        keys: constants.ServiceKeys,
         limit_usd: float | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis_client
-        self.service = service
+        self.keys = keys
         self.limit_usd = limit_usd
         self._clock = clock
 
     def _key(self) -> str:
-        return constants.spend_key(self.service, day_of(self._clock()))
+        return self.keys.spend(day_of(self._clock()))
 
     async def record(self, usd: float) -> float:
         """Add one step's cost to today's spend; return the new total."""

@@ -50,15 +50,17 @@ def request_digest(
 class ResponseCache:
     """Replies of one service, by request digest."""
 
-    def __init__(self, redis_client: redis.asyncio.Redis, *, service: str, ttl_seconds: int, metrics: Metrics) -> None:
+    def __init__(
+        self, redis_client: redis.asyncio.Redis, *, keys: constants.ServiceKeys, ttl_seconds: int, metrics: Metrics
+    ) -> None:
         self.redis = redis_client
-        self.service = service
+        self.keys = keys
         self.ttl_seconds = ttl_seconds
         self.metrics = metrics
 
     async def get(self, digest: str) -> ModelReply | None:
         try:
-            raw = await self.redis.get(constants.cache_key(self.service, digest))
+            raw = await self.redis.get(self.keys.cache(digest))
         except redis.exceptions.RedisError as exc:
             log.warning("cache_read_failed", error=f"{type(exc).__name__}: {exc}")
             raw = None
@@ -72,8 +74,6 @@ class ResponseCache:
         if reply.cached:
             return
         try:
-            await self.redis.set(
-                constants.cache_key(self.service, digest), json.dumps(reply.to_dict()), ex=self.ttl_seconds
-            )
+            await self.redis.set(self.keys.cache(digest), json.dumps(reply.to_dict()), ex=self.ttl_seconds)
         except redis.exceptions.RedisError as exc:
             log.warning("cache_write_failed", error=f"{type(exc).__name__}: {exc}")

@@ -65,7 +65,7 @@ def build_worker(
         max_output_tokens=config.max_output_tokens,
         degraded_tools=config.degraded_tools,
         per_task_budget_usd=config.per_task_budget_usd,
-        daily_budget=DailyBudget(redis_client, service=config.service, limit_usd=config.daily_budget_usd),
+        daily_budget=DailyBudget(redis_client, keys=config.keys(), limit_usd=config.daily_budget_usd),
     )
     queue = TaskQueue.from_config(config, redis_client)
     worker = Worker(

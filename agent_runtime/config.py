@@ -15,7 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, SERVICE_ENV, TRACK_ENV
+from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, SERVICE_ENV, TRACK_ENV, ServiceKeys
+
+_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
 class Track(StrEnum):
@@ -54,8 +56,10 @@ class RuntimeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    service: str = "agent"
-    namespace: str = "default"
+    # Kubernetes names (the AgentService's name and namespace): they form the hash tag of every
+    # Redis key (`constants.ServiceKeys`), so they may not hold braces or slashes.
+    service: str = Field(default="agent", pattern=_NAME, max_length=253)
+    namespace: str = Field(default="default", pattern=_NAME, max_length=63)
     track: Track = Track.STABLE
     providers: list[ProviderConfig] = Field(default_factory=list)
     strategy: str = "failover"
@@ -82,6 +86,11 @@ class RuntimeConfig(BaseModel):
     )
     max_deliveries: int = Field(default=5, ge=1, description="Deliveries before a task goes to the dead-letter stream.")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    max_queued_tasks: int | None = Field(
+        default=None,
+        ge=1,
+        description="Submit answers 429 while this many tasks are queued or running (None: no bound).",
+    )
     task_ttl_seconds: int = Field(default=7 * 86_400, ge=60, description="How long finished task records are kept.")
     provider_max_retries: int = Field(default=2, ge=0, description="SDK retries per model call (honours retry-after).")
     provider_timeout_seconds: float = Field(default=120.0, gt=0)
@@ -112,6 +121,10 @@ class RuntimeConfig(BaseModel):
         default_factory=list,
         description="Values of metadata.intent used as the metric label; others count as 'other' (bounded labels).",
     )
+
+    def keys(self) -> ServiceKeys:
+        """The service's Redis keys (namespace and service in one hash tag)."""
+        return ServiceKeys(namespace=self.namespace, service=self.service)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)

@@ -4,6 +4,7 @@ The operator's builders (alert rules, dashboards, autoscalers, Deployments) impo
 so that a rename cannot leave a dashboard or an HPA pointing at a metric that no longer exists.
 """
 
+from dataclasses import dataclass
 from typing import Final
 
 # --- metrics (labels: service and track on every one) ---
@@ -47,10 +48,11 @@ TRACK_ENV: Final = "AGENT_TRACK"
 SERVICE_ENV: Final = "AGENT_SERVICE"
 POD_NAME_ENV: Final = "AGENT_POD_NAME"
 
-# --- Redis keys (all prefixed by the service name: several services may share one Redis) ---
+# --- Redis keys: `ServiceKeys` below builds every one of them ---
 KEY_PREFIX: Final = "agent"
 CONSUMER_GROUP: Final = "workers"
 PRIORITIES: Final = ("high", "normal", "low")
+DEAD_LETTER_SUFFIX: Final = "dead"
 
 
 def provider_key_env(provider_name: str) -> str:
@@ -58,43 +60,64 @@ def provider_key_env(provider_name: str) -> str:
     return "AGENT_PROVIDER_" + provider_name.upper().replace("-", "_") + "_API_KEY"
 
 
-def stream_key(service: str, priority: str) -> str:
-    """The Redis stream of one priority level of one service."""
-    return f"{KEY_PREFIX}:{service}:tasks:{priority}"
-
-
-DEAD_LETTER_SUFFIX: Final = "dead"
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 TASK_ID_HEADER: Final = "x-agent-task-id"  # sent with every model call, so provider logs name the task
 REQUEST_ID_HEADER: Final = "x-request-id"
 TASKS_PATH: Final = "/v1/tasks"
 
 
-def task_key(service: str, task_id: str) -> str:
-    """The Redis hash holding one task's record, checkpoint included."""
-    return f"{KEY_PREFIX}:{service}:task:{task_id}"
+@dataclass(frozen=True)
+class ServiceKeys:
+    """Every Redis key of one service: `agent:{<namespace>/<service>}:<concept>:…`.
 
+    Several services, in several namespaces, may share one Redis: the namespace is part of every
+    key, so two services of the same name in two namespaces share nothing (tasks, queue,
+    idempotency keys, cache, budget, limiter). The braces are a Redis Cluster hash tag: all keys
+    of a service hash to one slot, so the multi-key Lua scripts stay valid on a Cluster.
+    Namespace and service are Kubernetes names (no braces), and whatever a client supplies
+    (task ids, idempotency keys) comes after the tag, so it cannot move a key to another slot.
+    """
 
-def idempotency_key(service: str, key: str) -> str:
-    """The Redis string mapping a client's idempotency key to the task it created."""
-    return f"{KEY_PREFIX}:{service}:idem:{key}"
+    namespace: str
+    service: str
 
+    @property
+    def tag(self) -> str:
+        """The hash tag shared by every key of the service."""
+        return f"{{{self.namespace}/{self.service}}}"
 
-def ratelimit_key(service: str, provider: str, part: str) -> str:
-    """A provider's shared limiter state: `requests` / `tokens` (GCRA arrival times) or `backoff` (retry-after)."""
-    return f"{KEY_PREFIX}:{service}:ratelimit:{provider}:{part}"
+    def key(self, *parts: str) -> str:
+        """The one rule: every key below is made here."""
+        return ":".join((KEY_PREFIX, self.tag, *parts))
 
+    def stream(self, priority: str) -> str:
+        """The Redis stream of one priority level."""
+        return self.key("tasks", priority)
 
-def cache_key(service: str, digest: str) -> str:
-    """A cached model reply, by the hash of its request."""
-    return f"{KEY_PREFIX}:{service}:cache:{digest}"
+    def dead_letter(self) -> str:
+        """The stream receiving tasks that failed too many deliveries, with their last error."""
+        return self.key("tasks", DEAD_LETTER_SUFFIX)
 
+    def task(self, task_id: str) -> str:
+        """The hash holding one task's record, checkpoint included."""
+        return self.key("task", task_id)
 
-def spend_key(service: str, day: str) -> str:
-    """The service's LLM spend (USD) of one UTC day (`YYYY-MM-DD`), shared by every replica."""
-    return f"{KEY_PREFIX}:{service}:spend:{day}"
+    def idempotency(self, key: str) -> str:
+        """The hash mapping a client's idempotency key to the task it created and a digest of that request."""
+        return self.key("idem", key)
 
+    def ratelimit(self, provider: str, part: str) -> str:
+        """A provider's shared limiter state: `requests` / `tokens` (GCRA arrival times) or `backoff`."""
+        return self.key("ratelimit", provider, part)
 
-def dead_letter_key(service: str) -> str:
-    """The Redis stream receiving tasks that failed too many deliveries, with their last error."""
-    return f"{KEY_PREFIX}:{service}:tasks:{DEAD_LETTER_SUFFIX}"
+    def cache(self, digest: str) -> str:
+        """A cached model reply, by the hash of its request."""
+        return self.key("cache", digest)
+
+    def spend(self, day: str) -> str:
+        """The service's LLM spend (USD) of one UTC day (`YYYY-MM-DD`), shared by every replica."""
+        return self.key("spend", day)
+
+    def probe(self) -> str:
+        """Written by the readiness probes: a replica is ready only while Redis accepts writes."""
+        return self.key("probe")

@@ -19,11 +19,13 @@ __all__ = [
     "AllProvidersUnavailable",
     "BudgetExhausted",
     "ConfigError",
+    "IdempotencyConflict",
     "InvalidTask",
     "OwnershipLost",
     "ProviderError",
     "ProviderResponseError",
     "ProviderUnavailable",
+    "QueueFull",
     "StoreUnavailable",
     "TaskFailed",
     "TaskNotFound",
@@ -32,6 +34,7 @@ __all__ = [
     "from_httpx",
     "from_provider",
     "from_redis",
+    "redis_refusal",
     "retry_after_seconds",
 ]
 
@@ -45,11 +48,19 @@ class ConfigError(AgentRuntimeError):
 
 
 class StoreUnavailable(AgentRuntimeError):
-    """Redis, which holds the queue and the task records, is not answering."""
+    """Redis, which holds the queue and the task records, is not answering or refuses the command for now."""
 
 
 class InvalidTask(AgentRuntimeError):
     """The submission cannot be accepted (names the field to fix)."""
+
+
+class IdempotencyConflict(AgentRuntimeError):
+    """An idempotency key was reused with a different input or priority (its first request is kept)."""
+
+
+class QueueFull(AgentRuntimeError):
+    """The service's queue holds `max_queued_tasks` (the message names the figure and the limit)."""
 
 
 class TaskNotFound(AgentRuntimeError):
@@ -97,11 +108,65 @@ class ProviderResponseError(ProviderError):
     """The provider answered with something that is not a valid Messages API reply: retrying will not help."""
 
 
+# Error codes with which a healthy Redis refuses a command for a while, and what each means: a
+# replica (READONLY), full memory (OOM), a dataset still loading (LOADING), a replica cut off from
+# its master (MASTERDOWN), a script running past the busy threshold (BUSY), the script cache
+# flushed (NOSCRIPT; the script objects reload and retry, so this surfaces only in a race), a
+# blocking read cut short because the server turned replica (UNBLOCKED), and the Cluster's
+# failover codes. The command can succeed later unchanged: nothing to fix in it.
+_REFUSALS: dict[str, str] = {
+    "READONLY": "Redis refuses writes (READONLY: it is a replica)",
+    "OOM": "Redis is out of memory (OOM: maxmemory reached with noeviction)",
+    "LOADING": "Redis is loading its dataset (LOADING)",
+    "MASTERDOWN": "Redis lost its master (MASTERDOWN)",
+    "BUSY": "Redis is busy running a script (BUSY)",
+    "NOSCRIPT": "Redis flushed its script cache (NOSCRIPT)",
+    "UNBLOCKED": "Redis ended a blocking read as it turned replica (UNBLOCKED)",
+    "TRYAGAIN": "Redis asks to try again (TRYAGAIN)",
+    "CLUSTERDOWN": "Redis Cluster is down (CLUSTERDOWN)",
+    "NOREPLICAS": "Redis has too few replicas to accept writes (NOREPLICAS)",
+}
+# redis-py strips the code from the message of the errors it has a class for; put it back.
+_CODE_OF_CLASS: tuple[tuple[type[redis.exceptions.RedisError], str], ...] = (
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.OutOfMemoryError, "OOM"),
+    (redis.exceptions.BusyLoadingError, "LOADING"),
+    (redis.exceptions.NoScriptError, "NOSCRIPT"),
+    (redis.exceptions.MasterDownError, "MASTERDOWN"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+)
+
+
+def redis_refusal(exc: redis.exceptions.RedisError) -> str | None:
+    """Why Redis refused a command for now (see `_REFUSALS`), or None if the error is not one of those. Pure.
+
+    Redis 7 answers a refusal inside a Lua script with the refused command's own code; Redis 6
+    wraps it (`ERR Error running script ...: @user_script:1: -OOM command not allowed ...`), so
+    the code is also looked for after a script error's prefix.
+    """
+    for kind, code in _CODE_OF_CLASS:
+        if isinstance(exc, kind):
+            return _REFUSALS[code]
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        return None
+    message = str(exc)
+    words = message.split(maxsplit=1)
+    if words and words[0] in _REFUSALS:  # exact: BUSYGROUP and NOGROUP are not refusals
+        return _REFUSALS[words[0]]
+    if "script" in message.lower():
+        for code, reason in _REFUSALS.items():
+            if f": -{code} " in message:
+                return reason
+    return None
+
+
 def from_redis(exc: redis.exceptions.RedisError) -> AgentRuntimeError:
-    """Map a redis-py error: connection trouble is `StoreUnavailable`, anything else is a bug worth surfacing."""
-    if isinstance(
-        exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | redis.exceptions.BusyLoadingError
-    ):
+    """Map a redis-py error: unreachable or refusing for now is `StoreUnavailable`; anything else is a bug."""
+    refusal = redis_refusal(exc)
+    if refusal is not None:
+        return StoreUnavailable(f"task store unavailable: {refusal}: {exc}")
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return StoreUnavailable(f"task store unavailable: Redis is not answering ({type(exc).__name__}: {exc})")
     return AgentRuntimeError(f"Redis error: {type(exc).__name__}: {exc}")
 

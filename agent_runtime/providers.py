@@ -397,10 +397,10 @@ def build_providers(
     built = [_build_one(p, config, env) for p in config.providers]
     limiter = cache = None
     if redis_client is not None:
-        limiter = RateLimiter(redis_client, service=config.service, limits=limits_of(config))
+        limiter = RateLimiter(redis_client, keys=config.keys(), limits=limits_of(config))
         if config.cache_enabled:
             cache = ResponseCache(
-                redis_client, service=config.service, ttl_seconds=config.cache_ttl_seconds, metrics=metrics
+                redis_client, keys=config.keys(), ttl_seconds=config.cache_ttl_seconds, metrics=metrics
             )
     breakers = {
         p.name: Breaker(

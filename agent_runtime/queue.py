@@ -14,17 +14,20 @@ the current fence, which is what makes a reclaimed task safe even if its old wor
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import redis.asyncio
 import redis.exceptions
+from redis.commands.core import AsyncScript
 
 from agent_runtime import constants, errors
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.scripts import run_script
 from agent_runtime.tasks import Checkpoint, TaskRecord, TaskStatus
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "PriorityScheduler",
     "Submission",
     "TaskQueue",
+    "request_digest",
 ]
 
 T = TypeVar("T")
@@ -42,16 +46,31 @@ FinishOutcome = Literal["stored", "cancelled", "succeeded", "failed", "lost"]
 
 _TERMINAL_LUA = "status == 'succeeded' or status == 'failed' or status == 'cancelled'"
 
-# KEYS: task, stream, [idem]   ARGV: task_id, idem_ttl, field, value, ...
+# KEYS: task, stream, idem, priority streams...
+# ARGV: task_id, idem_ttl, use_idem (0|1), max_queued (0: unbounded), request digest, field, value, ...
+# Returns {1, task_id} created, {0, task_id} the key's task (made from the same request),
+# {2, task_id} the key's task was made from another request, {3, depth} the queue is full.
 _SUBMIT = """
-if #KEYS == 3 then
-  local existing = redis.call('GET', KEYS[3])
-  if existing then return {0, existing} end
+if ARGV[3] == '1' then
+  local existing = redis.call('HMGET', KEYS[3], 'task_id', 'request')
+  if existing[1] then
+    if existing[2] ~= ARGV[5] then return {2, existing[1]} end
+    return {0, existing[1]}
+  end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local limit = tonumber(ARGV[4])
+if limit > 0 then
+  local depth = 0
+  for i = 4, #KEYS do depth = depth + redis.call('XLEN', KEYS[i]) end
+  if depth >= limit then return {3, tostring(depth)} end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 local entry = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[1])
 redis.call('HSET', KEYS[1], 'entry_id', entry)
-if #KEYS == 3 then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[3], 'task_id', ARGV[1], 'request', ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
 return {1, ARGV[1]}
 """
 
@@ -130,7 +149,8 @@ redis.call('XDEL', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: task   ARGV: group, now, ttl
+# KEYS: task, priority streams...   ARGV: group, now, ttl
+# (the streams are declared, not read from the record, so the script touches only keys it was given)
 _CANCEL = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {{'gone', 0}} end
@@ -139,9 +159,11 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 local stream = redis.call('HGET', KEYS[1], 'stream')
 local entry = redis.call('HGET', KEYS[1], 'entry_id')
-if stream and entry then
-  redis.call('XACK', stream, ARGV[1], entry)
-  redis.call('XDEL', stream, entry)
+for i = 2, #KEYS do
+  if KEYS[i] == stream and entry then
+    redis.call('XACK', stream, ARGV[1], entry)
+    redis.call('XDEL', stream, entry)
+  end
 end
 return {{'cancelled', 1}}
 """
@@ -208,6 +230,11 @@ class Claim:
         return self.record.fence
 
 
+def request_digest(task_input: str, priority: str) -> str:
+    """What an idempotency key remembers of the request that made its task. Pure."""
+    return hashlib.sha256(f"{priority}\0{task_input}".encode()).hexdigest()
+
+
 class PriorityScheduler:
     """Smooth weighted round robin over priorities: decides which stream a read tries first.
 
@@ -239,21 +266,23 @@ class TaskQueue:
         self,
         redis_client: redis.asyncio.Redis,
         *,
-        service: str,
+        keys: constants.ServiceKeys,
         max_deliveries: int = 5,
         claim_idle_seconds: float = 60.0,
         task_ttl_seconds: int = 7 * 86_400,
         priority_weights: Mapping[str, int] | None = None,
+        max_queued_tasks: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis_client
-        self.service = service
+        self.keys = keys
+        self.max_queued_tasks = max_queued_tasks
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
         self.task_ttl_seconds = task_ttl_seconds
         self.scheduler = PriorityScheduler(priority_weights or {"high": 6, "normal": 3, "low": 1})
-        self.streams = {p: constants.stream_key(service, p) for p in constants.PRIORITIES}
-        self.dead_letter = constants.dead_letter_key(service)
+        self.streams = {p: keys.stream(p) for p in constants.PRIORITIES}
+        self.dead_letter = keys.dead_letter()
         self.group = constants.CONSUMER_GROUP
         self._clock = clock
         r = redis_client
@@ -272,15 +301,16 @@ class TaskQueue:
     def from_config(cls, config: RuntimeConfig, redis_client: redis.asyncio.Redis) -> TaskQueue:
         return cls(
             redis_client,
-            service=config.service,
+            keys=config.keys(),
             max_deliveries=config.max_deliveries,
             claim_idle_seconds=config.claim_idle_seconds,
             task_ttl_seconds=config.task_ttl_seconds,
             priority_weights=config.priority_weights,
+            max_queued_tasks=config.max_queued_tasks,
         )
 
     def task_key(self, task_id: str) -> str:
-        return constants.task_key(self.service, task_id)
+        return self.keys.task(task_id)
 
     # --- the API side ---
 
@@ -293,7 +323,11 @@ class TaskQueue:
         idempotency_key: str | None = None,
         max_steps: int,
     ) -> Submission:
-        """Create the task record and enqueue it; with an idempotency key, return the task it already made."""
+        """Create the task record and enqueue it; with an idempotency key, return the task it already made.
+
+        Raises `IdempotencyConflict` when the key's task was made from another input or priority
+        (the key's first request is the one kept), and `QueueFull` at `max_queued_tasks`.
+        """
         if priority not in self.streams:
             raise errors.InvalidTask(f"unknown priority {priority!r}; use one of {', '.join(self.streams)}")
         task_id = uuid.uuid4().hex
@@ -308,14 +342,29 @@ class TaskQueue:
             max_steps=max_steps,
             created_at=self._clock(),
         )
-        keys = [self.task_key(task_id), self.streams[priority]]
-        if idempotency_key:
-            keys.append(constants.idempotency_key(self.service, idempotency_key))
-        args: list[str | int] = [task_id, self.task_ttl_seconds]
+        idem = self.keys.idempotency(idempotency_key) if idempotency_key else self.keys.idempotency("")
+        keys = [self.task_key(task_id), self.streams[priority], idem, *self.streams.values()]
+        args: list[str | int] = [
+            task_id,
+            self.task_ttl_seconds,
+            1 if idempotency_key else 0,
+            self.max_queued_tasks or 0,
+            request_digest(task_input, priority),
+        ]
         for field, value in record.creation_fields().items():
             args += [field, value]
-        created, existing_id = await self._call(self._submit, keys, args)
-        return Submission(task_id=str(existing_id), created=bool(created))
+        outcome, value = await self._call(self._submit, keys, args)
+        if outcome == 2:
+            raise errors.IdempotencyConflict(
+                f"idempotency_key {idempotency_key!r} was used for task {value} with a different input or "
+                "priority; use a new key for a new task"
+            )
+        if outcome == 3:
+            raise errors.QueueFull(
+                f"queue full: {value} tasks queued or running, the limit is {self.max_queued_tasks} "
+                "(limits.maxQueuedTasks); retry later"
+            )
+        return Submission(task_id=str(value), created=outcome == 1)
 
     async def get(self, task_id: str) -> TaskRecord:
         raw: dict[str, str] = await self._run(self.redis.hgetall(self.task_key(task_id)))  # type: ignore[arg-type]
@@ -326,7 +375,9 @@ class TaskQueue:
     async def cancel(self, task_id: str) -> tuple[TaskStatus, bool]:
         """Cancel a queued or running task; return the status it ends in and whether this call cancelled it."""
         status, changed = await self._call(
-            self._cancel, [self.task_key(task_id)], [self.group, repr(self._clock()), self.task_ttl_seconds]
+            self._cancel,
+            [self.task_key(task_id), *self.streams.values()],
+            [self.group, repr(self._clock()), self.task_ttl_seconds],
         )
         if status == "gone":
             raise errors.TaskNotFound(f"no task {task_id!r} (unknown id, or its record expired)")
@@ -340,8 +391,9 @@ class TaskQueue:
             lengths = await self._run(pipe.execute())
         return int(sum(lengths))
 
-    async def ping(self) -> None:
-        await self._run(self.redis.ping())
+    async def probe(self) -> None:
+        """Raise `StoreUnavailable` unless Redis accepts a write now (what readiness means for us)."""
+        await self._run(self.redis.set(self.keys.probe(), repr(self._clock()), px=60_000))
 
     # --- the worker side ---
 
@@ -380,8 +432,15 @@ class TaskQueue:
         self._overflow[consumer] = entries[count:]
         return entries[:count]
 
-    async def reclaim(self, consumer: str, count: int) -> list[Entry]:
-        """Take over up to `count` entries left pending by other consumers for longer than the idle timeout."""
+    async def reclaim(self, consumer: str, count: int, *, running: Collection[str] = ()) -> list[Entry]:
+        """Take over up to `count` entries left pending longer than the idle timeout (those of dead consumers).
+
+        XAUTOCLAIM also matches this consumer's own entries when a heartbeat came late (a busy
+        machine, a slow event loop). Those still held here — `running` (entry ids of the tasks this
+        consumer is running) and entries delivered beyond what a read asked for — are not handed
+        out again: a second delivery would repeat the running task's model call.
+        """
+        held = {entry.entry_id for entry in self._overflow.get(consumer, ())}
         found: list[Entry] = []
         for priority in constants.PRIORITIES:
             if len(found) >= count:
@@ -393,13 +452,19 @@ class TaskQueue:
             for entry_id, fields in reply[1]:
                 if fields is None:  # deleted while pending (e.g. cancelled): XAUTOCLAIM already dropped it
                     continue
+                if entry_id in running or entry_id in held:  # ours and alive: the claim only refreshed it
+                    continue
                 found.append(Entry(stream=stream, entry_id=str(entry_id), task_id=str(fields.get("task_id", ""))))
         return found
 
     async def heartbeat(self, consumer: str, entries: Iterable[Entry]) -> None:
-        """Reset the idle time of entries this consumer still owns, so nobody reclaims a live task."""
+        """Reset the idle time of entries this consumer still owns, so nobody reclaims a live task.
+
+        Entries delivered beyond what a read asked for are this consumer's too (pending, not yet
+        started): they are kept fresh as well, or another worker would take them meanwhile.
+        """
         by_stream: dict[str, list[str]] = {}
-        for entry in entries:
+        for entry in [*entries, *self._overflow.get(consumer, ())]:
             by_stream.setdefault(entry.stream, []).append(entry.entry_id)
         for stream, ids in by_stream.items():
             await self._call(self._heartbeat, [stream], [self.group, consumer, *ids])
@@ -490,8 +555,8 @@ class TaskQueue:
 
     # --- error mapping ---
 
-    async def _call(self, script: Any, keys: list[str], args: Sequence[str | int]) -> Any:
-        return await self._run(script(keys=keys, args=list(args)))
+    async def _call(self, script: AsyncScript, keys: list[str], args: Sequence[str | int]) -> Any:
+        return await self._run(run_script(script, keys, args))
 
     @staticmethod
     async def _run(awaitable: Awaitable[T]) -> T:
@@ -500,6 +565,8 @@ class TaskQueue:
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis lost its data (restarted without persistence): the worker recreates it
                 raise errors.StoreUnavailable(f"consumer group missing: {exc}") from exc
-            raise
+            if errors.redis_refusal(exc) is not None:  # READONLY, OOM, BUSY, ...: refused for now, not wrong
+                raise errors.from_redis(exc) from exc
+            raise  # a bug (wrong type, bad script): surface it as it is
         except redis.exceptions.RedisError as exc:
             raise errors.from_redis(exc) from exc

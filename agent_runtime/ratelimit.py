@@ -34,6 +34,7 @@ import redis.asyncio
 import redis.exceptions
 
 from agent_runtime import constants, errors
+from agent_runtime.scripts import run_script
 
 __all__ = ["Grant", "Limit", "RateLimited", "RateLimiter", "estimate_tokens"]
 
@@ -140,12 +141,12 @@ class RateLimiter:
         self,
         redis_client: redis.asyncio.Redis,
         *,
-        service: str,
+        keys: constants.ServiceKeys,
         limits: Mapping[str, Limit],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.redis = redis_client
-        self.service = service
+        self.keys = keys
         self.limits = dict(limits)
         self._sleep = sleep
         self._reserve = redis_client.register_script(_RESERVE)
@@ -155,9 +156,9 @@ class RateLimiter:
 
     def _keys(self, provider: str) -> list[str]:
         return [
-            constants.ratelimit_key(self.service, provider, "requests"),
-            constants.ratelimit_key(self.service, provider, "tokens"),
-            constants.ratelimit_key(self.service, provider, "backoff"),
+            self.keys.ratelimit(provider, "requests"),
+            self.keys.ratelimit(provider, "tokens"),
+            self.keys.ratelimit(provider, "backoff"),
         ]
 
     async def acquire(self, provider: str, tokens: int, *, max_wait: float = math.inf) -> Grant:
@@ -176,7 +177,7 @@ class RateLimiter:
                 max(int(tokens), 0),
                 f"{max(budget_us, 0):.0f}",
             ]
-            granted, wait_us = await _run(self._reserve(keys=keys, args=args))
+            granted, wait_us = await _run(run_script(self._reserve, keys, args))
             trips += 1
             wait = int(wait_us) / _MICROS
             if not int(granted):
@@ -186,7 +187,7 @@ class RateLimiter:
             await self._sleep(wait)
             waited += wait
             # A 429 seen by another replica while we slept moves our start past its backoff.
-            left = int(await _run(self._backoff_left(keys=[keys[2]]))) / _MICROS
+            left = int(await _run(run_script(self._backoff_left, [keys[2]]))) / _MICROS
             trips += 1
             if left <= 0:
                 return Grant(waited=waited, round_trips=trips)
@@ -199,16 +200,16 @@ class RateLimiter:
             return
         limit = self.limits[provider]
         args: list[str | int] = [f"{limit.token_interval_us():.6f}", extra_tokens]
-        await _run(self._settle(keys=[self._keys(provider)[1]], args=args))
+        await _run(run_script(self._settle, [self._keys(provider)[1]], args))
 
     async def backoff(self, provider: str, seconds: float) -> float:
         """Make every replica hold calls to `provider` for `seconds` (never shortens one already set)."""
-        left = await _run(self._backoff(keys=[self._keys(provider)[2]], args=[f"{max(seconds, 0.0):.6f}"]))
+        left = await _run(run_script(self._backoff, [self._keys(provider)[2]], [f"{max(seconds, 0.0):.6f}"]))
         return int(left) / _MICROS
 
     async def backoff_left(self, provider: str) -> float:
         """Seconds until the provider's shared backoff ends (0 when none)."""
-        return int(await _run(self._backoff_left(keys=[self._keys(provider)[2]]))) / _MICROS
+        return int(await _run(run_script(self._backoff_left, [self._keys(provider)[2]]))) / _MICROS
 
 
 async def _run(awaitable: Awaitable[T]) -> T:

@@ -13,6 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
     "TERMINAL",
     "Checkpoint",
     "Progress",
@@ -21,6 +23,8 @@ __all__ = [
     "TaskView",
     "Usage",
     "checkpoint_fields",
+    "json_depth",
+    "metadata_problem",
 ]
 
 
@@ -33,6 +37,42 @@ class TaskStatus(StrEnum):
 
 
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+# Bounds of a task's metadata. Without them a client could store metadata that every later
+# read fails to serialise (pydantic stops at a few hundred levels): a task nobody can read.
+MAX_METADATA_DEPTH = 32  # nested objects and arrays, the metadata object itself included
+MAX_METADATA_BYTES = 65_536  # as compact JSON, UTF-8
+
+
+def json_depth(value: Any) -> int:
+    """How deeply objects and arrays nest in a decoded JSON value ({} is 1, a scalar 0). Pure, iterative.
+
+    Iterative on purpose: the values it guards against are deep enough to exhaust the recursion limit.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def metadata_problem(metadata: Any) -> str | None:
+    """Why this metadata cannot be stored (naming the bound), or None. Pure."""
+    depth = json_depth(metadata)
+    if depth > MAX_METADATA_DEPTH:
+        return f"metadata nests {depth} levels deep; the limit is {MAX_METADATA_DEPTH} levels (metadata depth)"
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        return f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES} bytes (metadata size)"
+    return None
 
 
 class Usage(BaseModel):
@@ -114,7 +154,7 @@ class TaskRecord(BaseModel):
     def from_hash(cls, raw: dict[str, str]) -> TaskRecord:
         """Decode a hash as returned by HGETALL (decoded to str)."""
         data: dict[str, Any] = dict(raw)
-        data["metadata"] = json.loads(raw.get("metadata") or "{}")
+        data["metadata"] = _stored_metadata(raw.get("metadata") or "{}")
         data["checkpoint"] = json.loads(raw.get("checkpoint") or "{}")
         for key in ("started_at", "finished_at", "result", "error", "last_error", "idempotency_key", "degradation"):
             if data.get(key) == "":
@@ -155,6 +195,24 @@ class TaskRecord(BaseModel):
             started_at=self.started_at,
             finished_at=self.finished_at,
         )
+
+
+def _stored_metadata(raw: str) -> dict[str, Any]:
+    """Decode stored metadata; metadata the API would refuse today is replaced by a note, never a failed read.
+
+    Records written before the bounds existed may hold metadata too deep to serialise: the task stays
+    readable (status, result, usage) and its metadata says why it is not shown.
+    """
+    try:
+        metadata = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {"unreadable": "the stored metadata is not valid JSON; not shown"}
+    if not isinstance(metadata, dict):
+        return {"unreadable": "the stored metadata is not a JSON object; not shown"}
+    depth = json_depth(metadata)  # the size is no threat to a read; the depth is
+    if depth > MAX_METADATA_DEPTH:
+        return {"unreadable": f"the stored metadata nests {depth} levels deep, over {MAX_METADATA_DEPTH}; not shown"}
+    return metadata
 
 
 def checkpoint_fields(checkpoint: Checkpoint) -> dict[str, str]:

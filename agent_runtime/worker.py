@@ -1,7 +1,8 @@
 """The worker: an asyncio pool taking tasks from the queue and running them through the agent loop.
 
 - Up to `concurrency` tasks at once; reads only as many entries as it has free slots.
-- Reclaims entries of dead consumers (XAUTOCLAIM) and heartbeats its own so nobody steals them.
+- Reclaims entries of dead consumers (XAUTOCLAIM) and heartbeats its own so nobody steals them;
+  the reclaim pass never hands out an entry this worker is running (no second model call).
 - `burst=True` drains the queue (waiting and pending entries, those of dead workers included) and
   returns: deterministic tests and benchmarks need no sleeps.
 - `stop()` (SIGTERM): stop reading, let in-flight tasks finish within the grace period, then hand the
@@ -125,7 +126,8 @@ class Worker:
                 now = time.monotonic()
                 if now - last_reclaim >= self.claim_interval_seconds:
                     last_reclaim = now
-                    entries = await self.queue.reclaim(self.consumer, free)
+                    running = {entry.entry_id for entry in self._inflight.values()}
+                    entries = await self.queue.reclaim(self.consumer, free, running=running)
                 if not entries:
                     block = 0 if self.burst or self._inflight else self.block_ms
                     entries = await self.queue.read(self.consumer, free, block_ms=block)
@@ -169,8 +171,7 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _heartbeat(self) -> None:
-        if self._inflight:
-            await self.queue.heartbeat(self.consumer, list(self._inflight.values()))
+        await self.queue.heartbeat(self.consumer, list(self._inflight.values()))
 
     async def _tidy(self) -> None:
         """Forget consumers of dead pods that hold nothing, so the group does not grow forever."""
@@ -185,6 +186,8 @@ class Worker:
                 await action()
             except errors.StoreUnavailable as exc:
                 log.debug("background_store_unavailable", error=str(exc))
+            except Exception:  # a heartbeat that died silently would let live tasks be reclaimed
+                log.exception("background_action_failed", action=getattr(action, "__name__", repr(action)))
 
     async def _handle(self, entry: Entry) -> None:
         try:
@@ -298,7 +301,7 @@ async def serve_probes(queue: TaskQueue, metrics: Metrics, worker: Worker, *, ho
 
     async def ready(request: web.Request) -> web.Response:
         try:
-            await queue.ping()
+            await queue.probe()
         except errors.StoreUnavailable as exc:
             return web.json_response({"ready": False, "reason": str(exc)}, status=503)
         if worker.stopping:

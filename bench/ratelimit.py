@@ -24,6 +24,7 @@ import time
 
 import redis.asyncio
 
+from agent_runtime.constants import ServiceKeys
 from agent_runtime.localredis import LocalRedis
 from agent_runtime.ratelimit import Limit, RateLimiter
 
@@ -33,7 +34,7 @@ def _caller_process(url: str, limit: Limit, run: tuple[int, float, float], out: 
 
     async def main() -> list[float]:
         client = redis.asyncio.Redis.from_url(url, decode_responses=True)
-        limiter = RateLimiter(client, service="bench", limits={"p": limit})
+        limiter = RateLimiter(client, keys=ServiceKeys("bench", "bench"), limits={"p": limit})
         grants: list[float] = []
 
         async def loop() -> None:
@@ -86,7 +87,9 @@ def accuracy(
 async def cost(url: str, n: int) -> None:
     client = redis.asyncio.Redis.from_url(url, decode_responses=True)
     fast = RateLimiter(
-        client, service="bench", limits={"p": Limit(requests_per_minute=10**9, tokens_per_minute=10**12)}
+        client,
+        keys=ServiceKeys("bench", "bench"),
+        limits={"p": Limit(requests_per_minute=10**9, tokens_per_minute=10**12)},
     )
     await fast.acquire("p", 100)  # load the scripts
     await client.config_resetstat()
@@ -109,7 +112,7 @@ async def cost(url: str, n: int) -> None:
 
     waits = RateLimiter(
         client,
-        service="bench2",
+        keys=ServiceKeys("bench", "bench2"),
         limits={"p": Limit(requests_per_minute=60_000, tokens_per_minute=10**12, headroom=0.0)},
     )
     m = 200

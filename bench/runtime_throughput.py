@@ -41,6 +41,7 @@ from agent_runtime import logging as runtime_logging
 from agent_runtime.agent import Outcome, SaveCheckpoint
 from agent_runtime.composition import build_worker, connect_redis
 from agent_runtime.config import ProviderConfig, RuntimeConfig
+from agent_runtime.constants import ServiceKeys
 from agent_runtime.localmodel import MODEL
 from agent_runtime.localredis import LocalRedis, free_port
 from agent_runtime.metrics import Metrics
@@ -70,7 +71,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def noop_worker(client: redis.asyncio.Redis, concurrency: int, *, burst: bool) -> tuple[TaskQueue, Worker]:
-    queue = TaskQueue(client, service="bench")
+    queue = TaskQueue(client, keys=ServiceKeys("bench", "bench"))
     metrics = Metrics(CollectorRegistry(), service="bench", track="stable")
     worker = Worker(queue=queue, runner=Noop(), metrics=metrics, concurrency=concurrency, burst=burst, block_ms=1000)
     return queue, worker

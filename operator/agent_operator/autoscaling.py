@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
-from agent_operator import models, naming, workloads
+from agent_operator import models, naming, runtimeconfig, workloads
 from agent_runtime import constants
 
 KEDA_API_VERSION: Final = "keda.sh/v1alpha1"
@@ -121,13 +121,14 @@ def build_scaled_object(svc: models.AgentService, *, version: str) -> dict[str, 
     name = svc.metadata.name
     spec = svc.spec.autoscaling
     connection = redis_trigger_connection(svc.spec.redis)
+    keys = runtimeconfig.runtime_config(svc).keys()  # the very keys the runtime uses (namespace and service)
     triggers = [
         {
             "type": "redis-streams",
             "name": f"queue-{priority}",
             "metadata": {
                 **connection,
-                "stream": constants.stream_key(name, priority),
+                "stream": keys.stream(priority),
                 "consumerGroup": constants.CONSUMER_GROUP,
                 # The runtime deletes an entry when it acknowledges it, so XLEN is waiting + pending:
                 # the same figure as agent_queue_depth (for one priority stream).

@@ -357,6 +357,12 @@ class Limits(Model):
     max_steps_per_task: int = Field(default=20, ge=1, le=500, description="Agent-loop steps before a task stops.")
     task_timeout_seconds: int = Field(default=600, ge=1, le=86400, description="Wall-clock limit of one task.")
     max_input_chars: int = Field(default=100_000, ge=1, le=10_000_000, description="Longest accepted task input.")
+    max_queued_tasks: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Tasks queued or running at which new submissions get 429 (naming the figure); unset: no bound.",
+    )
 
 
 class ModelPrice(Model):

@@ -83,6 +83,7 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         max_steps_per_task=spec.limits.max_steps_per_task,
         task_timeout_seconds=spec.limits.task_timeout_seconds,
         max_input_chars=spec.limits.max_input_chars,
+        max_queued_tasks=spec.limits.max_queued_tasks,
         daily_budget_usd=spec.budget.daily_usd,
         per_task_budget_usd=spec.budget.per_task_usd,
         prices=prices,

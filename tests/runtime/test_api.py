@@ -10,15 +10,21 @@ field, unknown task id); /health and /ready; the request id echoed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
+import redis.asyncio
+from prometheus_client import CollectorRegistry
 
+from agent_runtime.api import create_app
+from agent_runtime.config import RuntimeConfig
 from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskStatus
-from tests.runtime.conftest import AUTH, MakeWorker
+from tests.runtime.conftest import AUTH, TOKEN, MakeWorker
 
 
 async def submit(api: httpx.AsyncClient, text: str, **extra: object) -> dict[str, object]:
@@ -35,7 +41,7 @@ async def test_submit_then_result(
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "queued"
-    assert body["status_url"] == f"http://api/v1/tasks/{body['task_id']}"
+    assert body["status_url"] == f"/v1/tasks/{body['task_id']}"  # relative: never built from the Host header
     assert response.headers["location"] == body["status_url"]
 
     queued = (await api.get(f"/v1/tasks/{body['task_id']}", headers=AUTH)).json()
@@ -189,5 +195,125 @@ async def test_submission_survives_in_redis(api: httpx.AsyncClient, redis_client
     record = await queue.get(str(task["task_id"]))
     assert record.status == TaskStatus.QUEUED
     assert record.priority == "high" and record.metadata == {"intent": "greeting"}
-    assert record.stream == "agent:svc:tasks:high"
+    assert record.stream == "agent:{default/svc}:tasks:high"
     assert await queue.depth() == 1
+
+
+def nested(depth: int) -> dict[str, object]:
+    """An object nesting `depth` levels deep (itself included)."""
+    value: dict[str, object] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+@contextlib.asynccontextmanager
+async def api_with(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, **changes: object
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        config.model_copy(update=changes), redis=redis_client, registry=CollectorRegistry(), auth_token=TOKEN
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        yield client
+
+
+@pytest.mark.parametrize("depth", [33, 500, 950, 1200])
+async def test_deep_metadata_is_refused_naming_the_bound(api: httpx.AsyncClient, depth: int) -> None:
+    """Before the bound, depth 500-950 got 202 and then every GET of the task answered 500, forever."""
+    body = '{"input":"hi","metadata":' + '{"a":' * (depth - 1) + "{}" + "}" * (depth - 1) + "}"
+    response = await api.post("/v1/tasks", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    if depth <= 500:
+        assert response.json() == {
+            "error": f"invalid request: metadata: metadata nests {depth} levels deep; the limit is 32 levels "
+            "(metadata depth)"
+        }
+    else:  # near or past the JSON parser's own recursion limit, where it may refuse before any field is read
+        assert set(response.json()) == {"error"}
+        assert "32 levels (metadata depth)" in response.json()["error"]
+
+
+async def test_metadata_at_the_bounds_is_kept_and_readable(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis
+) -> None:
+    async with api_with(config, redis_client, max_body_bytes=1_000_000) as client:
+        made = await submit(client, "hi", metadata=nested(32))
+        view = await client.get(f"/v1/tasks/{made['task_id']}", headers=AUTH)
+        assert view.status_code == 200 and view.json()["metadata"] == nested(32)
+
+        big = {"blob": "x" * 65_600}
+        refused = await client.post("/v1/tasks", json={"input": "hi", "metadata": big}, headers=AUTH)
+        assert refused.status_code == 422
+        assert "metadata is 65611 bytes as JSON; the limit is 65536 bytes (metadata size)" in refused.json()["error"]
+
+
+async def test_a_stored_task_is_always_readable(api: httpx.AsyncClient, redis_client: redis.asyncio.Redis) -> None:
+    """A record written before the bound (or by hand) with metadata too deep to serialise still answers 200."""
+    made = await submit(api, "hi")
+    queue: TaskQueue = api._transport.app.state.queue  # type: ignore[attr-defined]
+    key = queue.task_key(str(made["task_id"]))
+    for stored in (json.dumps(nested(600)), "{not json", "[1, 2]"):
+        await redis_client.hset(key, "metadata", stored)  # type: ignore[misc]
+        view = await api.get(f"/v1/tasks/{made['task_id']}", headers=AUTH)
+        assert view.status_code == 200, view.text
+        assert view.json()["status"] == "queued"
+        assert "not shown" in view.json()["metadata"]["unreadable"]
+
+
+async def test_every_error_body_is_an_error_object(api: httpx.AsyncClient) -> None:
+    unknown_path = await api.get("/v2/nothing")
+    assert unknown_path.status_code == 404 and unknown_path.json() == {"error": "Not Found"}
+    wrong_method = await api.put("/v1/tasks/abc", headers=AUTH)
+    assert wrong_method.status_code == 405 and wrong_method.json() == {"error": "Method Not Allowed"}
+    assert "GET" in wrong_method.headers["allow"]
+    missing_input = await api.post("/v1/tasks", json={}, headers=AUTH)
+    assert missing_input.status_code == 422 and missing_input.json() == {
+        "error": "invalid request: input: Field required"
+    }
+    not_an_object = await api.post("/v1/tasks", json={"input": "hi", "metadata": [1]}, headers=AUTH)
+    assert not_an_object.status_code == 422 and set(not_an_object.json()) == {"error"}
+
+
+async def test_location_never_reflects_the_host_header(api: httpx.AsyncClient) -> None:
+    response = await api.post("/v1/tasks", json={"input": "hi"}, headers={**AUTH, "host": "evil.example"})
+    assert response.status_code == 202
+    task_id = response.json()["task_id"]
+    assert response.headers["location"] == response.json()["status_url"] == f"/v1/tasks/{task_id}"
+
+
+async def test_idempotency_key_reused_for_another_request_is_a_conflict(api: httpx.AsyncClient) -> None:
+    request = {"input": "What is 2+3?", "priority": "normal", "idempotency_key": "order-9"}
+    first = await api.post("/v1/tasks", json=request, headers=AUTH)
+    assert first.status_code == 202
+    task_id = first.json()["task_id"]
+    for changed in ({"input": "What is 2+4?"}, {"priority": "high"}):
+        conflict = await api.post("/v1/tasks", json={**request, **changed}, headers=AUTH)
+        assert conflict.status_code == 409, changed
+        assert conflict.json() == {
+            "error": f"idempotency_key 'order-9' was used for task {task_id} with a different input or priority; "
+            "use a new key for a new task"
+        }
+    again = await api.post("/v1/tasks", json=request, headers=AUTH)  # the first request is the one kept
+    assert again.status_code == 200 and again.json()["task_id"] == task_id and again.json()["duplicate"] is True
+    queue: TaskQueue = api._transport.app.state.queue  # type: ignore[attr-defined]
+    assert await queue.depth() == 1
+
+
+async def test_max_queued_tasks_refuses_with_the_figure(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, make_worker: MakeWorker
+) -> None:
+    async with api_with(config, redis_client, max_queued_tasks=2) as client:
+        first = await submit(client, "What is 1+1?", idempotency_key="k1")
+        await submit(client, "What is 2+2?")
+        full = await client.post("/v1/tasks", json={"input": "What is 3+3?"}, headers=AUTH)
+        assert full.status_code == 429
+        assert full.json() == {
+            "error": "queue full: 2 tasks queued or running, the limit is 2 (limits.maxQueuedTasks); retry later"
+        }
+        assert full.headers["retry-after"] == "5"
+        # a retry of an accepted submission still gets its task, full queue or not
+        retried = await client.post("/v1/tasks", json={"input": "What is 1+1?", "idempotency_key": "k1"}, headers=AUTH)
+        assert retried.status_code == 200 and retried.json()["task_id"] == first["task_id"]
+        await make_worker().worker.run()
+        assert (await client.post("/v1/tasks", json={"input": "What is 3+3?"}, headers=AUTH)).status_code == 202

@@ -22,6 +22,7 @@ from agent_runtime import budget, constants
 from agent_runtime.api import create_app
 from agent_runtime.composition import connect_redis
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.constants import ServiceKeys
 from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.localredis import LocalRedis
 from agent_runtime.pricing import PriceTable
@@ -105,7 +106,7 @@ async def test_daily_budget_shared_by_two_replicas(
         consumers = {await redis_client.hget(queue.task_key(t), "consumer") for t in ids}  # type: ignore[misc]
         assert len(consumers) == 2  # both worker replicas spent
         spent = sum(r.checkpoint.usage.cost_usd for r in records)
-        daily = budget.DailyBudget(redis_client, service="svc", limit_usd=0.002)
+        daily = budget.DailyBudget(redis_client, keys=ServiceKeys("default", "svc"), limit_usd=0.002)
         assert await daily.spent() == pytest.approx(spent) and spent > 0.002
 
         for client, registry in zip(clients, registries, strict=True):

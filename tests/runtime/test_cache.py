@@ -23,6 +23,7 @@ from agent_runtime.metrics import Metrics
 from agent_runtime.providers import build_providers
 from agent_runtime.tasks import TaskStatus
 from tests.runtime.conftest import MakeWorker
+from tests.support.waiting import eventually
 
 LABELS = {"service": "svc", "track": "stable"}
 BASE = {
@@ -80,14 +81,18 @@ async def test_errors_are_not_cached_and_entries_expire(
     try:
         with pytest.raises(errors.ProviderUnavailable, match="HTTP 500"):
             await providers.complete(**request, task_id="t")  # type: ignore[arg-type]
-        assert await redis_client.keys("agent:svc:cache:*") == []  # the error was not stored
+        assert await redis_client.keys("agent:{default/svc}:cache:*") == []  # the error was not stored
         fresh = await providers.complete(**request, task_id="t")  # type: ignore[arg-type]
         cached = await providers.complete(**request, task_id="t")  # type: ignore[arg-type]
         assert not fresh.cached and cached.cached and cached.content == fresh.content
         assert len(model_server.calls) == 2
-        (key,) = await redis_client.keys("agent:svc:cache:*")
+        (key,) = await redis_client.keys("agent:{default/svc}:cache:*")
         assert 0 < await redis_client.pttl(key) <= 1000
-        await asyncio.sleep(1.1)
+
+        async def expired() -> bool:  # the entry's TTL ran out: Redis dropped it
+            return not await redis_client.exists(key)
+
+        await eventually(expired, timeout=5)
         again = await providers.complete(**request, task_id="t")  # type: ignore[arg-type]
         assert not again.cached and len(model_server.calls) == 3
     finally:
@@ -101,4 +106,4 @@ async def test_errors_are_not_cached_and_entries_expire(
         await disabled.complete(**request, task_id="t")  # type: ignore[arg-type]
     finally:
         await disabled.aclose()
-    assert await redis_client.keys("agent:svc:cache:*") == []
+    assert await redis_client.keys("agent:{default/svc}:cache:*") == []

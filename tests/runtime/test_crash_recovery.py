@@ -29,6 +29,7 @@ from agent_runtime.localredis import LocalRedis
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskStatus
 from tests.support.processes import ForkedRuntime, write_config
+from tests.support.waiting import eventually
 
 KILLS = 20
 
@@ -158,7 +159,11 @@ async def test_sigterm_hands_back_or_finishes_in_flight_tasks(
     try:
         while not await holds_tasks(redis_client, queue, short.pid):
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.45)  # one step done, the next in flight
+
+        async def a_step_checkpointed() -> bool:  # one step done (stored), the next in flight
+            return max([(await queue.get(t)).checkpoint.step for t in ids]) >= 1
+
+        await eventually(a_step_checkpointed)
         short.signal(signal.SIGTERM)
         assert await short.wait(10) == 0, short.logs()
     finally:
@@ -180,3 +185,26 @@ async def test_sigterm_hands_back_or_finishes_in_flight_tasks(
         await patient.kill()
     assert [(await queue.get(t)).status for t in ids] == [TaskStatus.SUCCEEDED] * 2
     assert await queue.depth() == 0
+
+
+async def test_a_worker_never_reclaims_its_own_running_task(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, model_server: LocalModelServer
+) -> None:
+    """Regression: XAUTOCLAIM also matches the worker's own in-flight entry once it is idle past the
+    threshold (a heartbeat that came late on a busy machine), and the worker ran the task a second
+    time — a duplicate model call. A threshold of 1 ms makes every reclaim pass see the running
+    task's entry as idle, so the old code repeated step 1 every time; only the model server's own
+    log of requests counts the calls."""
+    model_server.faults.latency_seconds = 0.6  # each step outlasts several reclaim passes
+    cfg = config.model_copy(update={"claim_idle_seconds": 0.001})
+    queue = TaskQueue.from_config(cfg, redis_client)
+    made = await queue.submit("What is 6*7?", max_steps=cfg.max_steps_per_task)
+    parts = build_worker(cfg, redis_client=redis_client, registry=CollectorRegistry(), burst=True)
+    try:
+        await parts.worker.run()
+    finally:
+        await parts.aclose()
+    assert [(c.task_id, c.step) for c in model_server.calls] == [(made.task_id, 0), (made.task_id, 1)]
+    record = await queue.get(made.task_id)
+    assert record.status == TaskStatus.SUCCEEDED and record.result == "The answer: 6*7 = 42."
+    assert record.deliveries == 1

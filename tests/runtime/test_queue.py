@@ -19,13 +19,15 @@ import pytest
 import redis.asyncio
 
 from agent_runtime import errors
+from agent_runtime.constants import ServiceKeys
 from agent_runtime.queue import PriorityScheduler, TaskQueue
 from agent_runtime.tasks import Checkpoint, TaskStatus, Usage
 from tests.runtime.conftest import MakeWorker
+from tests.support.waiting import eventually
 
 
 def make_queue(client: redis.asyncio.Redis, **kwargs: object) -> TaskQueue:
-    return TaskQueue(client, service="q", claim_idle_seconds=0.3, max_deliveries=3, **kwargs)  # type: ignore[arg-type]
+    return TaskQueue(client, keys=ServiceKeys("default", "q"), claim_idle_seconds=0.3, max_deliveries=3, **kwargs)  # type: ignore[arg-type]
 
 
 def test_scheduler_weights_and_no_starvation() -> None:
@@ -213,7 +215,11 @@ async def test_a_blocking_read_never_hands_out_more_than_asked(redis_client: red
     queue = make_queue(redis_client)
     await queue.ensure_group()
     reader = asyncio.create_task(queue.read("c1", 1, block_ms=5000))
-    await asyncio.sleep(0.2)  # the read is blocked on the three empty priority streams
+
+    async def blocked() -> bool:  # the read is blocked on the three empty priority streams
+        return any(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in await redis_client.client_list())
+
+    await eventually(blocked)
     async with redis_client.pipeline(transaction=True) as pipe:  # all three arrive before it wakes
         for priority in ("high", "normal", "low"):
             pipe.xadd(queue.streams[priority], {"task_id": f"t-{priority}"})

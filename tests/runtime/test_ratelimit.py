@@ -25,6 +25,7 @@ import pytest
 import redis.asyncio
 
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.constants import ServiceKeys
 from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.localredis import LocalRedis
 from agent_runtime.queue import TaskQueue
@@ -35,7 +36,7 @@ from tests.runtime.conftest import Fleet
 
 def limiter(client: redis.asyncio.Redis, **limit: float) -> RateLimiter:
     settings = {"requests_per_minute": 600, "tokens_per_minute": 10**9, "headroom": 0.0, **limit}
-    return RateLimiter(client, service="svc", limits={"p": Limit(**settings)})  # type: ignore[arg-type]
+    return RateLimiter(client, keys=ServiceKeys("default", "svc"), limits={"p": Limit(**settings)})  # type: ignore[arg-type]
 
 
 async def test_grants_are_spaced_by_the_limit(redis_client: redis.asyncio.Redis) -> None:
@@ -59,7 +60,7 @@ async def test_burst_fraction_and_tokens(redis_client: redis.asyncio.Redis) -> N
 
     tokens = RateLimiter(
         redis_client,
-        service="svc",
+        keys=ServiceKeys("default", "svc"),
         limits={"t": Limit(requests_per_minute=10**6, tokens_per_minute=6000, headroom=0.0)},  # 100 tokens/s
     )
     await tokens.acquire("t", 50)  # 0.5 s of tokens

@@ -18,6 +18,7 @@ from agent_runtime.config import RuntimeConfig
 from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.localredis import LocalRedis
 from tests.runtime.conftest import AUTH
+from tests.support.waiting import eventually
 
 
 async def wait_for(predicate: object, timeout: float) -> None:
@@ -46,6 +47,7 @@ async def test_redis_outage_then_recovery(
             return any(v["status"] == "running" and v["progress"]["step"] >= 1 for v in views)
 
         await wait_for(some_running, 10)
+        handled_before = parts.worker.processed
         redis_server.stop()
 
         down = await api.post("/v1/tasks", json={"input": "while down"}, headers=AUTH)
@@ -60,7 +62,8 @@ async def test_redis_outage_then_recovery(
         assert "Redis is not answering" in ready.json()["reason"]
         assert (await api.get("/health")).status_code == 200
         assert (await api.get("/metrics")).status_code == 200
-        await asyncio.sleep(1.0)  # the worker keeps retrying meanwhile
+        # the deliveries in flight meet the outage and end (their entries stay pending), the worker lives on
+        await eventually(lambda: parts.worker.processed >= handled_before + 1, timeout=10)
         assert not running.done()
 
         redis_server.start()

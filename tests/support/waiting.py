@@ -1,8 +1,12 @@
-"""Waiting for a condition in async tests: `eventually(check)` polls until `check()` is truthy."""
+"""Waiting for a condition in async tests: `eventually(check)` polls until `check()` is truthy.
+
+`check` may be a plain function or a coroutine function (e.g. one asking the API over HTTP).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,10 +15,12 @@ __all__ = ["eventually"]
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll `check` until it returns a truthy value; fail with its last value after `timeout`."""
+    """Poll `check` (awaiting its result if awaitable) until truthy; fail with its last value after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

@@ -7,7 +7,8 @@ Covers:
   count), plus CPU; API HPA: CPU only; min/max and the scale-down
   stabilization window from the spec; minReplicas never below 1 for an HPA;
 - engine keda: a ScaledObject instead of the worker HPA, one redis-streams trigger per priority
-  stream (`constants.stream_key`, `constants.CONSUMER_GROUP`, streamLength = target), the
+  stream (the runtime's own keys: `agent:{<namespace>/<name>}:tasks:<priority>`, the group
+  `constants.CONSUMER_GROUP`, streamLength = target), the
   KEDA address, database and TLS derived from the Redis URL, scale to zero allowed;
 - engine keda with a URL KEDA cannot be given (secret-held or with credentials): a CrossFieldError
   naming the field;
@@ -77,14 +78,18 @@ def test_hpas_target_the_deployments_and_the_runtime_metric() -> None:
 
 def test_keda_replaces_the_worker_hpa() -> None:
     s = svc(autoscaling={"engine": "keda", "minReplicas": 0, "maxReplicas": 30, "targetQueueDepthPerReplica": 7})
+    s = s.model_copy(update={"metadata": s.metadata.model_copy(update={"namespace": "team-a"})})
     api_hpa, scaled = autoscaling.build_autoscalers(s, version=V)
     assert api_hpa["kind"] == "HorizontalPodAutoscaler" and api_hpa["spec"]["minReplicas"] == 1
     assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
     assert scaled["spec"]["scaleTargetRef"]["name"] == naming.deployment_name("demo", naming.Component.WORKER)
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 30)
     triggers = scaled["spec"]["triggers"]
+    # the namespace is part of the key: a same-named service in another namespace has its own queue
     assert [t["metadata"]["stream"] for t in triggers] == [
-        constants.stream_key("demo", p) for p in constants.PRIORITIES
+        "agent:{team-a/demo}:tasks:high",
+        "agent:{team-a/demo}:tasks:normal",
+        "agent:{team-a/demo}:tasks:low",
     ]
     for trigger in triggers:
         assert trigger["type"] == "redis-streams"

@@ -166,6 +166,13 @@ def test_config_map_is_the_runtime_config_and_keys_match_env() -> None:
         assert all("secretKeyRef" in e["valueFrom"] for e in env if e["name"] in key_envs)
     secret = children[1]
     assert secret["kind"] == "Secret" and "data" not in secret and "stringData" not in secret
+    assert loaded.max_queued_tasks is None  # unset: no bound
+
+
+def test_max_queued_tasks_reaches_the_runtime_config() -> None:
+    config_map = builders.build_children(svc(limits={"maxQueuedTasks": 250}))[0]
+    loaded = config.RuntimeConfig.model_validate_json(config_map["data"][runtimeconfig.CONFIG_KEY])
+    assert loaded.max_queued_tasks == 250
 
 
 def test_service_monitor_finds_its_ports() -> None:
