@@ -22,7 +22,8 @@ Targets (issue 3): p50 <= 0.2 s, 1,000 reconciled <= 60 s, RSS <= 200 MB, 0 stea
 `--controlplane DIR` runs the same drive against the real control plane (`scripts/controlplane.sh
 start DIR`: etcd, kube-apiserver, controller manager, scheduler) instead of the emulator: the CRD
 and prometheus-operator's CRDs applied, the chart installed for its ServiceAccount and RBAC, and the
-operator authenticated with that ServiceAccount's token. The steady-state writes are then also
+operator authenticated with that ServiceAccount's token, and the harness kubelet's node reporting
+the pods Ready (tests/support/kubelet.py). The steady-state writes are then also
 counted from the API server's audit log (every write of the operator's user in the window), and
 the CPU and RSS of kube-apiserver and etcd are reported beside the operator's.
 """
@@ -290,10 +291,14 @@ def run_control_plane(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from tests.cluster.harness import CHART, CRD, THIRD_PARTY_CRDS, helm
     from tests.support import controlplane
+    from tests.support.kubelet import HarnessKubelet
 
     directory = Path(args.controlplane).resolve()
     plane = controlplane.start(directory)
     operator = None
+    # A node whose pods are reported Ready: without one every Deployment passes its progress
+    # deadline mid-run, and the resulting (real) Degraded transitions would count as steady writes.
+    kubelet = HarnessKubelet(plane.kubeconfig).start()
     try:
         plane.kubectl("apply", "--server-side", "-f", str(CRD), "-f", str(THIRD_PARTY_CRDS))
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
@@ -348,6 +353,7 @@ def run_control_plane(args: argparse.Namespace) -> dict[str, Any]:
         if operator is not None:
             operator.terminate()
             operator.wait(30)
+        kubelet.stop()
         plane.stop()
 
 
