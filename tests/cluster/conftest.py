@@ -35,6 +35,9 @@ def controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cp.Contro
     reason = cp.unavailable()
     if reason is not None:
         pytest.skip(reason)
+    if not cp.built():
+        # A build takes minutes, far past a test's timeout: it belongs to the set-up, not a fixture.
+        pytest.fail("the control plane is not built: run `make setup-test` or `scripts/controlplane.sh build`")
     directory = tmp_path_factory.mktemp("controlplane")
     try:
         plane = cp.start(directory)

@@ -34,13 +34,14 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
-def _built() -> bool:
+def built() -> bool:
+    """Whether the binaries are in the cache (`scripts/controlplane.sh built`)."""
     return subprocess.run(["bash", str(SCRIPT), "built"], capture_output=True, check=False).returncode == 0
 
 
 def unavailable() -> str | None:
     """Why the control plane cannot be had on this machine (None: it can, or CI demands it)."""
-    if in_ci() or shutil.which("go") is not None or _built():
+    if in_ci() or shutil.which("go") is not None or built():
         return None
     return "Go is not installed: the cluster tests build kube-apiserver and etcd from their Go modules (Go 1.25+)"
 
