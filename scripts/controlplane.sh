@@ -19,7 +19,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODULE="$ROOT/tests/controlplane"
-START_TIMEOUT=${CONTROLPLANE_START_TIMEOUT:-60}
+START_TIMEOUT=${CONTROLPLANE_START_TIMEOUT:-180}
 
 log() { echo "controlplane: $*" >&2; }
 die() { log "$*"; exit 1; }

@@ -20,7 +20,8 @@ from tests.cluster.harness import AGENTCTL, CHART, EXAMPLES_DIR, example_in, hel
 from tests.support import controlplane as cp
 from tests.support.kubelet import HarnessKubelet
 
-pytestmark = pytest.mark.cluster
+# The first test of a session also starts the control plane: a slow machine needs more than 120 s.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 RELEASE_KINDS = "deployments,serviceaccounts,services,roles,rolebindings,clusterroles,clusterrolebindings"
 

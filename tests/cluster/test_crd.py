@@ -19,7 +19,8 @@ import yaml
 from tests.cluster.harness import example_in
 from tests.support import controlplane as cp
 
-pytestmark = pytest.mark.cluster
+# The first test of a session also starts the control plane: a slow machine needs more than 120 s.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

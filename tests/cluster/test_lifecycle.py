@@ -22,7 +22,8 @@ import yaml
 from tests.cluster.harness import AGENTCTL, OperatorProcess, wait_for
 from tests.support import controlplane as cp
 
-pytestmark = pytest.mark.cluster
+# The first test of a session also starts the control plane: a slow machine needs more than 120 s.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 FIELD_MANAGER = "agentservice-operator"
 RESYNC = 3.0  # the chart value the installed operator runs with (conftest)
