@@ -120,6 +120,30 @@ class Metrics:
             [*_BASE, "budget"],
             registry=registry,
         )
+        self.budget_spent = Gauge(
+            constants.METRIC_BUDGET_SPENT,
+            "Settled LLM spend of the UTC day, service-wide (read from Redis at scrape).",
+            _BASE,
+            registry=registry,
+        )
+        self.budget_reserved = Gauge(
+            constants.METRIC_BUDGET_RESERVED,
+            "USD reserved by model calls in flight (their worst case), service-wide.",
+            _BASE,
+            registry=registry,
+        )
+        self.budget_remaining = Gauge(
+            constants.METRIC_BUDGET_REMAINING,
+            "Daily budget minus spent and reserved, service-wide (absent without a daily budget).",
+            _BASE,
+            registry=registry,
+        )
+        self.budget_held = Gauge(
+            constants.METRIC_BUDGET_HELD,
+            "Tasks waiting for the daily budget to come back (budget.onExhausted: hold), service-wide.",
+            _BASE,
+            registry=registry,
+        )
         self._refreshers: list[Callable[[], None]] = []
         # Create the zero-valued series up front: "no traffic yet" then reads 0, not "no data".
         for status in _FINAL:
@@ -181,6 +205,14 @@ class Metrics:
 
     def budget_rejected(self, budget: str) -> None:
         self.budget_rejections.labels(self.service, self.track, budget).inc()
+
+    def budget(self, *, spent_usd: float, reserved_usd: float, remaining_usd: float | None, held: int) -> None:
+        """Export the day's money as last read from Redis."""
+        self.budget_spent.labels(self.service, self.track).set(spent_usd)
+        self.budget_reserved.labels(self.service, self.track).set(reserved_usd)
+        if remaining_usd is not None:
+            self.budget_remaining.labels(self.service, self.track).set(remaining_usd)
+        self.budget_held.labels(self.service, self.track).set(held)
 
     def on_scrape(self, refresh: Callable[[], None]) -> None:
         """Run `refresh` before each exposition (time-driven values such as a circuit's cool-down)."""
