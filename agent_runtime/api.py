@@ -1,9 +1,11 @@
 """The task API (FastAPI): submit, inspect and cancel tasks; probes and metrics.
 
 `POST /v1/tasks` answers at once with the task id and its status URL (work happens in the workers);
-`GET /v1/tasks/{id}` shows status, progress, result, error, usage and the degradation level the
-task ran at; `DELETE /v1/tasks/{id}` cancels. While the service's daily budget is spent, submissions
-answer 429 `budget exhausted until 00:00 UTC` with the figure and a `retry-after` (`budget.py`).
+`GET /v1/tasks/{id}` shows status, progress, result, error, usage, the degradation level the
+task ran at and, for a queued task put aside by the daily budget, why it waits (`waiting`: the
+figures and when money comes back); `DELETE /v1/tasks/{id}` cancels. While the service's daily
+budget is spent or tasks wait for it, submissions answer 429 `budget exhausted until 00:00 UTC`
+with the figure and a `retry-after` (`budget.py`). `/metrics` also exports the day's budget figures.
 `/v1/*` needs `Authorization: Bearer <AGENT_AUTH_TOKEN>`; `/health`, `/ready` and `/metrics` do not
 (kubelet probes and Prometheus scrapes carry no token). Every error body is
 `{"error": "<what to fix>"}`, the framework's own 404, 405 and 422 included. Redis unreachable or
