@@ -116,7 +116,8 @@ class Metrics:
         )
         self.budget_rejections = Counter(
             constants.METRIC_BUDGET_REJECTIONS,
-            "Submissions refused (daily) and tasks stopped (per_task) by a budget.",
+            "Submissions refused and tasks held or failed by the daily budget (daily);"
+            " tasks stopped by their own (per_task).",
             [*_BASE, "budget"],
             registry=registry,
         )
