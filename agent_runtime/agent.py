@@ -4,10 +4,16 @@ A step is one model call. Its reply is checkpointed (transcript, step count, usa
 else happens, and the tool results that answer it are checkpointed before the next call. Resuming
 from a checkpoint therefore never repeats a model call that completed — it is neither re-run nor
 re-billed — and at most re-runs the tools of the last step, which are side-effect free. The loop
-raises provider and ownership errors; the worker decides what they mean for the task — except two
+raises provider and ownership errors; the worker decides what they mean for the task — except the
 endings the loop decides itself: when no provider's circuit can take a call (`static` degradation)
-the task fails at once with `all providers unavailable` and an honest static message, and when the
-task's spend reaches `per_task_budget_usd` it stops with a clear error, its transcript kept.
+the task fails at once with `all providers unavailable` and an honest static message; and budgets.
+
+Budgets (`budget.py`): before every model call the loop reserves the call's worst case against
+the task's and the day's budget, and after it settles to the real cost (before the checkpoint, so
+no paid call goes uncounted). A call whose reservation does not fit is not made: over the
+per-task budget the task stops failed, its transcript kept; over the daily one it raises
+`BudgetHeld` for the worker to put the task aside (`budget_on_exhausted: hold`) or fails with the
+figure (`fail`).
 
 Before each step the loop asks the providers for the degradation level (`degradation.py`): below
 `full` only the `degraded_tools` are offered. The worst level a task ran at is stored with it.
@@ -15,18 +21,19 @@ Before each step the loop asks the providers for the degradation level (`degrada
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from agent_runtime import budget, errors, tracing
-from agent_runtime.budget import DailyBudget
+from agent_runtime.budget import BudgetLedger, Reservation, Scope, Verdict
 from agent_runtime.degradation import STATIC_MESSAGE, Level
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
 from agent_runtime.providers import ProviderSet
-from agent_runtime.tasks import Checkpoint, TaskStatus
+from agent_runtime.tasks import Checkpoint, TaskStatus, Waiting
 from agent_runtime.tools import ToolError, ToolRegistry
 
 __all__ = ["Agent", "Outcome", "SaveCheckpoint"]
@@ -60,7 +67,8 @@ class Agent:
         max_output_tokens: int,
         degraded_tools: Iterable[str] = (),
         per_task_budget_usd: float | None = None,
-        daily_budget: DailyBudget | None = None,
+        ledger: BudgetLedger | None = None,
+        on_exhausted: Literal["hold", "fail"] = "hold",
     ) -> None:
         self.providers = providers
         self.tools = tools
@@ -70,10 +78,20 @@ class Agent:
         self.max_output_tokens = max_output_tokens
         self.degraded_tools = frozenset(degraded_tools)
         self.per_task_budget_usd = per_task_budget_usd
-        self.daily_budget = daily_budget
+        self.ledger = ledger
+        self.on_exhausted = on_exhausted
+        # Failover may send a call to any provider: its worst case is at the dearest of their prices.
+        self.call_prices = [prices.price(p.model) for p in providers.providers]
 
     async def run(
-        self, task_id: str, task_input: str, checkpoint: Checkpoint, *, max_steps: int, save: SaveCheckpoint
+        self,
+        task_id: str,
+        task_input: str,
+        checkpoint: Checkpoint,
+        *,
+        max_steps: int,
+        save: SaveCheckpoint,
+        fence: int = 0,
     ) -> Outcome:
         """Continue the task from `checkpoint` (empty for a new task) until a final answer or the step limit."""
         state = checkpoint if checkpoint.messages else Checkpoint(messages=[{"role": "user", "content": task_input}])
@@ -99,18 +117,80 @@ class Agent:
                 return self._budget_outcome(state, worst)
             level = self.providers.refresh_metrics()
             worst = max(worst, level)
+            verdict, reservation = await self._reserve(task_id, fence, state, level)
+            if not verdict.fits:
+                return self._not_made(verdict, state, worst)
             try:
                 state, cost = await self._step(task_id, state, level)
             except errors.AllProvidersUnavailable as exc:
+                await self._release(reservation)
                 log.warning("all_providers_unavailable", error=str(exc))
                 return Outcome(
                     TaskStatus.FAILED, state, result=STATIC_MESSAGE, error=str(exc), degradation=Level.STATIC.label
                 )
-            # Spend reaches the shared daily budget before the checkpoint: a crash or a lost claim
-            # between the two must not leave a paid call uncounted.
-            if self.daily_budget is not None and cost > 0:
-                await self.daily_budget.record(cost)
+            except BaseException:
+                # No reply: the call failed, was refused or was cancelled, and is not billed. If the
+                # release fails (Redis away) the reservation's expiry brings the money back.
+                await self._release(reservation)
+                raise
+            # Settled before the checkpoint: a crash or a lost claim between the two must not
+            # leave a paid call uncounted.
+            if reservation is not None and self.ledger is not None:
+                await self.ledger.settle(reservation, budget.micros(cost))
             await save(state)
+
+    async def _reserve(
+        self, task_id: str, fence: int, state: Checkpoint, level: Level
+    ) -> tuple[Verdict, Reservation | None]:
+        """Reserve the next call's worst case (see `budget.py`); without a ledger, only the per-task cap."""
+        bound = budget.input_token_bound(self.system_prompt, state.messages, self._tool_schemas(level))
+        amount = budget.worst_case(self.call_prices, bound, self.max_output_tokens)
+        spent = budget.micros(state.usage.cost_usd)
+        if self.ledger is None:
+            limit = None if self.per_task_budget_usd is None else budget.micros(self.per_task_budget_usd)
+            verdict = budget.decide(
+                amount=amount, day_spent=0, day_reserved=0, day_limit=None,
+                task_spent=spent, task_reserved=0, task_limit=limit,
+            )  # fmt: skip
+            return verdict, None
+        return await self.ledger.reserve(task_id, fence=fence, amount=amount, task_floor=spent)
+
+    async def _release(self, reservation: Reservation | None) -> None:
+        if reservation is not None and self.ledger is not None:
+            with contextlib.suppress(errors.AgentRuntimeError):
+                await self.ledger.settle(reservation, 0)
+
+    def _not_made(self, verdict: Verdict, state: Checkpoint, worst: Level) -> Outcome:
+        """The call did not fit a budget, so it is not made: stop, fail or (raise to) hold."""
+        if verdict.scope == Scope.PER_TASK:
+            assert self.per_task_budget_usd is not None
+            self.metrics.budget_rejected("per_task")
+            limit = budget.micros(self.per_task_budget_usd)
+            error = budget.per_task_stop_message(verdict, limit, state.step)
+            log.info("budget_per_task_stop", needed_micros=verdict.amount, spent_micros=verdict.task_spent)
+            return Outcome(TaskStatus.FAILED, state, error=error, degradation=worst.label)
+        assert self.ledger is not None and self.ledger.daily_limit is not None
+        limit = self.ledger.daily_limit
+        self.metrics.budget_rejected("daily")
+        if verdict.scope == Scope.DAILY and self.on_exhausted == "hold":
+            now = self.ledger.now()
+            until = budget.next_midnight(now)
+            message = budget.held_message(verdict, limit, until)
+            waiting = Waiting(
+                reason="budget_exhausted",
+                message=message,
+                until=until,
+                needed_usd=verdict.amount / budget.MICROS,
+                spent_usd=verdict.day_spent / budget.MICROS,
+                reserved_usd=verdict.day_reserved / budget.MICROS,
+                limit_usd=limit / budget.MICROS,
+                since=now,
+            )
+            raise errors.BudgetHeld(message, waiting=waiting)
+        log.info("budget_daily_stop", scope=verdict.scope.value, needed_micros=verdict.amount)
+        return Outcome(
+            TaskStatus.FAILED, state, error=budget.daily_stop_message(verdict, limit), degradation=worst.label
+        )
 
     def _over_budget(self, state: Checkpoint) -> bool:
         return budget.per_task_exceeded(state.usage.cost_usd, self.per_task_budget_usd)

@@ -1,9 +1,11 @@
 """The task API (FastAPI): submit, inspect and cancel tasks; probes and metrics.
 
 `POST /v1/tasks` answers at once with the task id and its status URL (work happens in the workers);
-`GET /v1/tasks/{id}` shows status, progress, result, error, usage and the degradation level the
-task ran at; `DELETE /v1/tasks/{id}` cancels. While the service's daily budget is spent, submissions
-answer 429 `budget exhausted until 00:00 UTC` with the figure and a `retry-after` (`budget.py`).
+`GET /v1/tasks/{id}` shows status, progress, result, error, usage, the degradation level the
+task ran at and, for a queued task put aside by the daily budget, why it waits (`waiting`: the
+figures and when money comes back); `DELETE /v1/tasks/{id}` cancels. While the service's daily
+budget is spent or tasks wait for it, submissions answer 429 `budget exhausted until 00:00 UTC`
+with the figure and a `retry-after` (`budget.py`). `/metrics` also exports the day's budget figures.
 `/v1/*` needs `Authorization: Bearer <AGENT_AUTH_TOKEN>`; `/health`, `/ready` and `/metrics` do not
 (kubelet probes and Prometheus scrapes carry no token). Every error body is
 `{"error": "<what to fix>"}`, the framework's own 404, 405 and 422 included. Redis unreachable or
@@ -32,8 +34,8 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_runtime import constants, errors, tracing
-from agent_runtime.budget import DailyBudget
+from agent_runtime import budget, constants, errors, tracing
+from agent_runtime.budget import BudgetLedger
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
@@ -106,9 +108,14 @@ def create_app(
     app = FastAPI(title="agent-runtime", version="1", docs_url=None, redoc_url=None)
     app.state.queue = queue
     app.state.metrics = metrics
-    daily = DailyBudget(redis, keys=config.keys(), limit_usd=config.daily_budget_usd)
+    daily = BudgetLedger(
+        redis,
+        keys=config.keys(),
+        daily_limit_usd=config.daily_budget_usd,
+        per_task_limit_usd=config.per_task_budget_usd,
+    )
     app.include_router(_task_routes(config, queue, metrics, auth_token, daily))
-    app.include_router(_probe_routes(queue, metrics))
+    app.include_router(_probe_routes(queue, metrics, daily))
     _install_error_handlers(app, metrics, daily)
     app.add_middleware(_RequestId)
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
@@ -117,7 +124,7 @@ def create_app(
 
 
 def _task_routes(
-    config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, auth_token: str | None, daily: DailyBudget
+    config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, auth_token: str | None, daily: BudgetLedger
 ) -> APIRouter:
     async def authorize(request: Request) -> None:
         if auth_token is None:
@@ -180,7 +187,7 @@ def _task_routes(
     return router
 
 
-def _probe_routes(queue: TaskQueue, metrics: Metrics) -> APIRouter:
+def _probe_routes(queue: TaskQueue, metrics: Metrics, daily: BudgetLedger) -> APIRouter:
     router = APIRouter()
 
     @router.get(constants.HEALTH_PATH)
@@ -199,6 +206,7 @@ def _probe_routes(queue: TaskQueue, metrics: Metrics) -> APIRouter:
     async def scrape() -> Response:
         with contextlib.suppress(errors.StoreUnavailable):  # the last known depth stays; /ready says why
             metrics.set_queue_depth(await queue.depth())
+            budget.export(metrics, await daily.snapshot())
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return router
@@ -243,7 +251,7 @@ def _plain(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse
     return handler
 
 
-def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: DailyBudget) -> None:
+def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: BudgetLedger) -> None:
     handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
         errors.TaskNotFound: _plain(404),
         errors.InvalidTask: _plain(422),

@@ -5,14 +5,16 @@ The CLI, the demo and the tests all assemble the runtime here, so they run the s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import redis.asyncio
 from prometheus_client import CollectorRegistry
 
+from agent_runtime import budget
 from agent_runtime.agent import Agent
-from agent_runtime.budget import DailyBudget
+from agent_runtime.budget import BudgetLedger, BudgetWatch
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
@@ -21,7 +23,7 @@ from agent_runtime.queue import TaskQueue
 from agent_runtime.tools import load_registry
 from agent_runtime.worker import Worker
 
-__all__ = ["WorkerParts", "build_worker", "connect_redis"]
+__all__ = ["WorkerParts", "build_ledger", "build_worker", "connect_redis"]
 
 
 def connect_redis(url: str) -> redis.asyncio.Redis:
@@ -30,6 +32,23 @@ def connect_redis(url: str) -> redis.asyncio.Redis:
         url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=2.0, health_check_interval=10
     )
     return client
+
+
+def build_ledger(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, *, clock: Callable[[], float] = time.time
+) -> BudgetLedger:
+    """The service's budgets in Redis, as the API and the workers share them."""
+    return BudgetLedger(
+        redis_client,
+        keys=config.keys(),
+        daily_limit_usd=config.daily_budget_usd,
+        per_task_limit_usd=config.per_task_budget_usd,
+        # Longer than a task may run (the worker cancels it then, releasing its reservation), with
+        # room for that release's own round trip: a live worker's reservation never expires under it.
+        hold_ttl_seconds=config.task_timeout_seconds + 10.0,
+        task_ttl_seconds=config.task_ttl_seconds,
+        clock=clock,
+    )
 
 
 @dataclass
@@ -52,22 +71,33 @@ def build_worker(
     burst: bool = False,
     concurrency: int | None = None,
     consumer: str | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> WorkerParts:
     """Wire one worker; the caller runs `parts.worker.run()` and then `await parts.aclose()`."""
     metrics = Metrics(registry, service=config.service, track=config.track.value, known_intents=config.known_intents)
     providers = build_providers(config, metrics=metrics, environ=environ, redis_client=redis_client)
+    prices = PriceTable(config.prices)
+    ledger = build_ledger(config, redis_client, clock=clock)
     agent = Agent(
         providers=providers,
         tools=load_registry(config.tools),
-        prices=PriceTable(config.prices),
+        prices=prices,
         metrics=metrics,
         system_prompt=config.system_prompt,
         max_output_tokens=config.max_output_tokens,
         degraded_tools=config.degraded_tools,
         per_task_budget_usd=config.per_task_budget_usd,
-        daily_budget=DailyBudget(redis_client, keys=config.keys(), limit_usd=config.daily_budget_usd),
+        ledger=ledger,
+        on_exhausted=config.budget_on_exhausted,
     )
     queue = TaskQueue.from_config(config, redis_client)
+    watch = BudgetWatch(
+        ledger,
+        queue,
+        metrics,
+        smallest_call=budget.smallest_call(agent.call_prices, config.max_output_tokens),
+        interval_seconds=config.budget_check_seconds,
+    )
     worker = Worker(
         queue=queue,
         runner=agent,
@@ -77,5 +107,6 @@ def build_worker(
         shutdown_grace_seconds=config.shutdown_grace_seconds,
         burst=burst,
         consumer=consumer,
+        budget=watch,
     )
     return WorkerParts(worker=worker, queue=queue, metrics=metrics, providers=providers)

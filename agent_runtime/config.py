@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,6 +73,13 @@ class RuntimeConfig(BaseModel):
     max_input_chars: int = 100_000
     daily_budget_usd: float | None = None
     per_task_budget_usd: float | None = 1.0
+    budget_on_exhausted: Literal["hold", "fail"] = Field(
+        default="hold",
+        description="A task whose next call does not fit the daily budget waits for money (hold) or fails (fail).",
+    )
+    budget_check_seconds: float = Field(
+        default=5.0, gt=0, description="How often workers look whether held tasks can go back to the queue."
+    )
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     worker_concurrency: int = 8
     shutdown_grace_seconds: float = 110.0

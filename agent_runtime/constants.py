@@ -23,6 +23,11 @@ METRIC_RATELIMIT_WAIT: Final = "llm_ratelimit_wait_seconds"  # histogram of time
 METRIC_DEGRADATION: Final = "agent_degradation_level"  # gauge 0 full, 1 reduced_tools, 2 fallback_only, 3 static
 METRIC_CACHE: Final = "agent_cache_requests_total"  # label: result (hit|miss)
 METRIC_BUDGET_REJECTIONS: Final = "agent_budget_rejections_total"  # label: budget (daily|per_task)
+# The day's money as Redis holds it, service-wide (every replica exports the same figure: use max()).
+METRIC_BUDGET_SPENT: Final = "agent_budget_spent_usd"  # gauge: settled spend of the UTC day
+METRIC_BUDGET_RESERVED: Final = "agent_budget_reserved_usd"  # gauge: reserved by calls in flight
+METRIC_BUDGET_REMAINING: Final = "agent_budget_remaining_usd"  # gauge: daily budget - spent - reserved
+METRIC_BUDGET_HELD: Final = "agent_budget_held_tasks"  # gauge: tasks waiting for money (onExhausted: hold)
 # Series names as exposed by prometheus_client (counters gain `_total`, histograms `_bucket/_sum/_count`);
 # alert rules, dashboards and canary queries use these.
 SERIES_REQUESTS: Final = "agent_requests_total"
@@ -115,8 +120,28 @@ class ServiceKeys:
         return self.key("cache", digest)
 
     def spend(self, day: str) -> str:
-        """The service's LLM spend (USD) of one UTC day (`YYYY-MM-DD`), shared by every replica."""
+        """The day's spend in USD as a float, as written before reservations (read once to seed `budget_spent`)."""
         return self.key("spend", day)
+
+    def budget_spent(self, day: str) -> str:
+        """Micro-USD the service spent (settled) on one UTC day (`YYYY-MM-DD`), shared by every replica."""
+        return self.key("budget", "spent", day)
+
+    def budget_task(self, task_id: str) -> str:
+        """Micro-USD one task has spent (settled), across all its deliveries."""
+        return self.key("budget", "task", task_id)
+
+    def budget_holds(self) -> str:
+        """The hash of live reservations: id → `day|task|fence|micro-USD`."""
+        return self.key("budget", "holds")
+
+    def budget_expiry(self) -> str:
+        """The sorted set of live reservations by expiry (Redis time, µs): a dead worker's come back."""
+        return self.key("budget", "expiry")
+
+    def budget_held(self) -> str:
+        """The sorted set of tasks put aside until money comes back (`budget.onExhausted: hold`)."""
+        return self.key("budget", "held")
 
     def probe(self) -> str:
         """Written by the readiness probes: a replica is ready only while Redis accepts writes."""

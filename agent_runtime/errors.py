@@ -14,10 +14,13 @@ import anthropic
 import httpx
 import redis.exceptions
 
+from agent_runtime.tasks import Waiting
+
 __all__ = [
     "AgentRuntimeError",
     "AllProvidersUnavailable",
     "BudgetExhausted",
+    "BudgetHeld",
     "ConfigError",
     "IdempotencyConflict",
     "InvalidTask",
@@ -102,6 +105,14 @@ class AllProvidersUnavailable(ProviderError):
 
 class BudgetExhausted(AgentRuntimeError):
     """A spending limit is reached (the message names the figure and the limit)."""
+
+
+class BudgetHeld(BudgetExhausted):
+    """The task's next call does not fit the day's budget and the spec says hold: the worker puts it aside."""
+
+    def __init__(self, message: str, *, waiting: Waiting) -> None:
+        super().__init__(message)
+        self.waiting = waiting
 
 
 class ProviderResponseError(ProviderError):

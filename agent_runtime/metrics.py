@@ -116,8 +116,33 @@ class Metrics:
         )
         self.budget_rejections = Counter(
             constants.METRIC_BUDGET_REJECTIONS,
-            "Submissions refused (daily) and tasks stopped (per_task) by a budget.",
+            "Submissions refused and tasks held or failed by the daily budget (daily);"
+            " tasks stopped by their own (per_task).",
             [*_BASE, "budget"],
+            registry=registry,
+        )
+        self.budget_spent = Gauge(
+            constants.METRIC_BUDGET_SPENT,
+            "Settled LLM spend of the UTC day, service-wide (read from Redis at scrape).",
+            _BASE,
+            registry=registry,
+        )
+        self.budget_reserved = Gauge(
+            constants.METRIC_BUDGET_RESERVED,
+            "USD reserved by model calls in flight (their worst case), service-wide.",
+            _BASE,
+            registry=registry,
+        )
+        self.budget_remaining = Gauge(
+            constants.METRIC_BUDGET_REMAINING,
+            "Daily budget minus spent and reserved, service-wide (absent without a daily budget).",
+            _BASE,
+            registry=registry,
+        )
+        self.budget_held = Gauge(
+            constants.METRIC_BUDGET_HELD,
+            "Tasks waiting for the daily budget to come back (budget.onExhausted: hold), service-wide.",
+            _BASE,
             registry=registry,
         )
         self._refreshers: list[Callable[[], None]] = []
@@ -181,6 +206,14 @@ class Metrics:
 
     def budget_rejected(self, budget: str) -> None:
         self.budget_rejections.labels(self.service, self.track, budget).inc()
+
+    def budget(self, *, spent_usd: float, reserved_usd: float, remaining_usd: float | None, held: int) -> None:
+        """Export the day's money as last read from Redis."""
+        self.budget_spent.labels(self.service, self.track).set(spent_usd)
+        self.budget_reserved.labels(self.service, self.track).set(reserved_usd)
+        if remaining_usd is not None:
+            self.budget_remaining.labels(self.service, self.track).set(remaining_usd)
+        self.budget_held.labels(self.service, self.track).set(held)
 
     def on_scrape(self, refresh: Callable[[], None]) -> None:
         """Run `refresh` before each exposition (time-driven values such as a circuit's cool-down)."""

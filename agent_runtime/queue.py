@@ -28,7 +28,7 @@ from redis.commands.core import AsyncScript
 from agent_runtime import constants, errors
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.scripts import run_script
-from agent_runtime.tasks import Checkpoint, TaskRecord, TaskStatus
+from agent_runtime.tasks import Checkpoint, TaskRecord, TaskStatus, Waiting
 
 __all__ = [
     "Claim",
@@ -149,7 +149,7 @@ redis.call('XDEL', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: task, priority streams...   ARGV: group, now, ttl
+# KEYS: task, held, priority streams...   ARGV: group, now, ttl
 # (the streams are declared, not read from the record, so the script touches only keys it was given)
 _CANCEL = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -157,15 +157,51 @@ if not status then return {{'gone', 0}} end
 if {_TERMINAL_LUA} then return {{status, 0}} end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'task_id'))
 local stream = redis.call('HGET', KEYS[1], 'stream')
 local entry = redis.call('HGET', KEYS[1], 'entry_id')
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   if KEYS[i] == stream and entry then
     redis.call('XACK', stream, ARGV[1], entry)
     redis.call('XDEL', stream, entry)
   end
 end
 return {{'cancelled', 1}}
+"""
+
+# KEYS: task, stream, held   ARGV: fence, entry, group, now, waiting (JSON)
+# Put a task aside until money comes back: queued, out of the stream (it neither counts as queue
+# depth nor drives autoscaling: more workers cannot make money), delivery not counted.
+_HOLD = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'waiting', ARGV[5])
+redis.call('HDEL', KEYS[1], 'entry_id')
+redis.call('HINCRBY', KEYS[1], 'deliveries', -1)
+redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[4], redis.call('HGET', KEYS[1], 'task_id'))
+return 1
+"""
+
+# KEYS: held, high, normal, low stream, task keys...   ARGV: task ids (in the order of their keys)
+# Send held tasks back to their stream (those cancelled meanwhile are only dropped from the set).
+_RELEASE = """
+local released = 0
+for i = 1, #ARGV do
+  local key = KEYS[4 + i]
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 and redis.call('HGET', key, 'status') == 'queued' then
+    local stream = redis.call('HGET', key, 'stream')
+    for s = 2, 4 do
+      if KEYS[s] == stream then
+        redis.call('HSET', key, 'entry_id', redis.call('XADD', stream, '*', 'task_id', ARGV[i]))
+        redis.call('HDEL', key, 'waiting')
+        released = released + 1
+      end
+    end
+  end
+end
+return released
 """
 
 # KEYS: streams, most wanted first   ARGV: group, consumer, count
@@ -296,6 +332,9 @@ class TaskQueue:
         self._read = r.register_script(_READ)
         self._overflow: dict[str, list[Entry]] = {}  # delivered to a consumer beyond what it asked for
         self._heartbeat = r.register_script(_HEARTBEAT)
+        self._hold = r.register_script(_HOLD)
+        self._release = r.register_script(_RELEASE)
+        self.held = keys.budget_held()
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, redis_client: redis.asyncio.Redis) -> TaskQueue:
@@ -376,7 +415,7 @@ class TaskQueue:
         """Cancel a queued or running task; return the status it ends in and whether this call cancelled it."""
         status, changed = await self._call(
             self._cancel,
-            [self.task_key(task_id), *self.streams.values()],
+            [self.task_key(task_id), self.keys.budget_held(), *self.streams.values()],
             [self.group, repr(self._clock()), self.task_ttl_seconds],
         )
         if status == "gone":
@@ -531,6 +570,33 @@ class TaskQueue:
             [claim.fence, claim.entry.entry_id, self.group],
         )
         return bool(done)
+
+    async def hold(self, claim: Claim, waiting: Waiting) -> bool:
+        """Put a task aside until money comes back (`budget.onExhausted: hold`): queued, with why it waits.
+
+        Its checkpoint stays, so it resumes where it stopped; the delivery is not counted (a wait for
+        money is no failure and must not lead to the dead-letter stream).
+        """
+        done = await self._call(
+            self._hold,
+            [self.task_key(claim.entry.task_id), claim.entry.stream, self.held],
+            [claim.fence, claim.entry.entry_id, self.group, repr(self._clock()), waiting.model_dump_json()],
+        )
+        return bool(done)
+
+    async def held_ids(self, count: int) -> list[str]:
+        """The `count` tasks held longest (first put aside, first sent back)."""
+        if count <= 0:
+            return []
+        ids: list[str] = await self._run(self.redis.zrange(self.held, 0, count - 1))
+        return [str(i) for i in ids]
+
+    async def release_held(self, task_ids: Sequence[str]) -> int:
+        """Send held tasks back to their streams; return how many went (cancelled ones are just dropped)."""
+        if not task_ids:
+            return 0
+        keys = [self.held, *self.streams.values(), *(self.task_key(t) for t in task_ids)]
+        return int(await self._call(self._release, keys, list(task_ids)))
 
     async def release(self, entry: Entry) -> None:
         """Drop an entry that names no runnable task (e.g. a malformed entry)."""

@@ -22,6 +22,7 @@ __all__ = [
     "TaskStatus",
     "TaskView",
     "Usage",
+    "Waiting",
     "checkpoint_fields",
     "json_depth",
     "metadata_problem",
@@ -102,6 +103,21 @@ class Checkpoint(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
+class Waiting(BaseModel):
+    """Why a queued task is not running: put aside until money comes back (`budget.onExhausted: hold`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    reason: str = Field(description="budget_exhausted")
+    message: str = Field(description="The figures, and when the task may run again.")
+    until: float = Field(description="Unix time money comes back (the next 00:00 UTC), unless the budget is raised.")
+    needed_usd: float = Field(description="What the task's next model call could cost (its reservation).")
+    spent_usd: float = Field(description="The day's spend when the task was put aside.")
+    reserved_usd: float = Field(description="Reserved by calls in flight then.")
+    limit_usd: float = Field(description="The daily budget (budget.dailyUSD).")
+    since: float = Field(description="Unix time the task was put aside.")
+
+
 class Progress(BaseModel):
     step: int
     max_steps: int
@@ -119,6 +135,7 @@ class TaskView(BaseModel):
     last_error: str | None = None
     usage: Usage
     degradation: str | None = None  # worst degradation level the task ran at (full … static)
+    waiting: Waiting | None = None  # why a queued task waits (only while queued)
     attempts: int
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: float
@@ -146,6 +163,7 @@ class TaskRecord(BaseModel):
     error: str | None = None
     last_error: str | None = None
     degradation: str | None = None
+    waiting: Waiting | None = None
     deliveries: int = 0
     fence: int = 0
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
@@ -156,6 +174,7 @@ class TaskRecord(BaseModel):
         data: dict[str, Any] = dict(raw)
         data["metadata"] = _stored_metadata(raw.get("metadata") or "{}")
         data["checkpoint"] = json.loads(raw.get("checkpoint") or "{}")
+        data["waiting"] = json.loads(raw["waiting"]) if raw.get("waiting") else None
         for key in ("started_at", "finished_at", "result", "error", "last_error", "idempotency_key", "degradation"):
             if data.get(key) == "":
                 data[key] = None
@@ -189,6 +208,7 @@ class TaskRecord(BaseModel):
             last_error=self.last_error,
             usage=usage,
             degradation=self.degradation,
+            waiting=self.waiting if self.status == TaskStatus.QUEUED else None,
             attempts=self.deliveries,
             metadata=self.metadata,
             created_at=self.created_at,

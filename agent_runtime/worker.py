@@ -26,6 +26,7 @@ from aiohttp import web
 
 from agent_runtime import constants, errors, tracing
 from agent_runtime.agent import Outcome, SaveCheckpoint
+from agent_runtime.budget import BudgetWatch
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
 from agent_runtime.queue import Claim, Entry, TaskQueue
@@ -40,7 +41,14 @@ class Runner(Protocol):
     """What runs a task: `agent.Agent` in production; a no-op in the queue benchmark."""
 
     async def run(
-        self, task_id: str, task_input: str, checkpoint: Checkpoint, *, max_steps: int, save: SaveCheckpoint
+        self,
+        task_id: str,
+        task_input: str,
+        checkpoint: Checkpoint,
+        *,
+        max_steps: int,
+        save: SaveCheckpoint,
+        fence: int = 0,
     ) -> Outcome: ...
 
 
@@ -66,6 +74,7 @@ class Worker:
         consumer: str | None = None,
         block_ms: int = 500,
         depth_interval_seconds: float = 2.0,
+        budget: BudgetWatch | None = None,
     ) -> None:
         self.queue = queue
         self.runner = runner
@@ -77,6 +86,7 @@ class Worker:
         self.consumer = consumer or consumer_name()
         self.block_ms = block_ms
         self.depth_interval_seconds = depth_interval_seconds
+        self.budget = budget
         self.claim_interval_seconds = max(queue.claim_idle_ms / 1000 / 3, 0.05)
         self.processed = 0  # deliveries handled to the end (any outcome), for tests and the benchmark
         self._stopping = asyncio.Event()
@@ -97,6 +107,8 @@ class Worker:
         if not self.burst:
             background.append(asyncio.create_task(self._every(self.depth_interval_seconds, self.refresh_depth)))
             background.append(asyncio.create_task(self._every(max(self.claim_interval_seconds * 30, 60.0), self._tidy)))
+            if self.budget is not None:
+                background.append(asyncio.create_task(self._every(self.budget.interval_seconds, self.release_held)))
         try:
             await self._loop()
         finally:
@@ -108,6 +120,16 @@ class Worker:
 
     async def refresh_depth(self) -> None:
         self.metrics.set_queue_depth(await self.queue.depth())
+        if self.budget is not None:
+            await self.budget.refresh_metrics()
+
+    async def release_held(self) -> None:
+        """Send tasks held for money back to the queue when the day has room again (a new day, a raised budget)."""
+        if self.budget is None:
+            return
+        released = await self.budget.release_held(most=self.concurrency)
+        if released:
+            log.info("held_tasks_released", count=released)
 
     async def _loop(self) -> None:
         backoff = 0.0
@@ -233,7 +255,12 @@ class Worker:
         try:
             async with asyncio.timeout(max(remaining, 0.001)):
                 outcome = await self.runner.run(
-                    record.task_id, record.input, record.checkpoint, max_steps=record.max_steps, save=save
+                    record.task_id,
+                    record.input,
+                    record.checkpoint,
+                    max_steps=record.max_steps,
+                    save=save,
+                    fence=claim.fence,
                 )
         except asyncio.CancelledError:
             with contextlib.suppress(errors.AgentRuntimeError):
@@ -244,6 +271,14 @@ class Worker:
             outcome = Outcome(TaskStatus.FAILED, latest, error=f"timed out after {self.task_timeout_seconds:g} s")
         except errors.OwnershipLost as exc:
             log.info("task_abandoned", reason=str(exc))
+            return
+        except errors.BudgetHeld as exc:
+            try:
+                await self.queue.hold(claim, exc.waiting)
+            except errors.StoreUnavailable as store:
+                log.warning("hold_failed", error=str(store))  # still pending: reclaimed (and held) later
+                return
+            log.info("task_held", step=latest.step, reason=exc.waiting.reason, until=exc.waiting.until)
             return
         except errors.StoreUnavailable as exc:
             log.warning("task_interrupted", error=str(exc))  # pending: resumed from its checkpoint later

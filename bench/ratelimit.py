@@ -12,6 +12,10 @@ One redis-server (no persistence) on a free loopback port.
    that wait (reserve, sleep, re-check the backoff: two round trips), and `settle` (one) → µs each.
    Round trips are counted by the limiter (`Grant.round_trips`) and cross-checked against Redis's
    own `INFO commandstats` (`evalsha` calls).
+3. Budget: sequential `reserve` + `settle` pairs of the budget ledger (`agent_runtime/budget.py`),
+   the two calls every model call also pays, with 0 and with 200 other reservations live (the
+   reserve script adds up the live ones, so its cost grows with the calls in flight) → µs each and
+   `EVALSHA` per call from `INFO commandstats`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 
 import redis.asyncio
 
+from agent_runtime.budget import BudgetLedger
 from agent_runtime.constants import ServiceKeys
 from agent_runtime.localredis import LocalRedis
 from agent_runtime.ratelimit import Limit, RateLimiter
@@ -102,7 +107,8 @@ async def cost(url: str, n: int) -> None:
     evals = stats.get("cmdstat_evalsha", {}).get("calls", 0)
     print(
         f"  acquire, fast path: {elapsed / n * 1e6:.0f} µs each, {trips / n:.2f} round trips "
-        f"(limiter count; Redis saw {evals / n:.2f} EVALSHA per acquire)"
+        f"(limiter count; Redis saw {evals / n:.2f} EVALSHA per acquire, "
+        f"{stats.get('cmdstat_evalsha', {}).get('usec_per_call', 0):.1f} µs of Redis CPU each)"
     )
 
     started = time.perf_counter()
@@ -130,6 +136,35 @@ async def cost(url: str, n: int) -> None:
     await client.aclose()
 
 
+async def budget_cost(url: str, n: int) -> None:
+    client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    for live in (0, 200):
+        await client.flushdb()
+        ledger = BudgetLedger(
+            client, keys=ServiceKeys("bench", "budget"), daily_limit_usd=10**6, per_task_limit_usd=10.0
+        )
+        for k in range(live):  # calls in flight elsewhere in the fleet
+            await ledger.reserve(f"other-{k}", fence=1, amount=10_000)
+        await client.config_resetstat()
+        reserve_s = settle_s = 0.0
+        for k in range(n):
+            started = time.perf_counter()
+            _, held = await ledger.reserve(f"task-{k % 50}", fence=1, amount=20_000)
+            reserve_s += time.perf_counter() - started
+            assert held is not None
+            started = time.perf_counter()
+            await ledger.settle(held, 1_234)
+            settle_s += time.perf_counter() - started
+        stats = await client.info("commandstats")
+        evalsha = stats.get("cmdstat_evalsha", {})
+        print(
+            f"  {live} other reservations live: reserve {reserve_s / n * 1e6:.0f} µs, "
+            f"settle {settle_s / n * 1e6:.0f} µs; Redis saw {evalsha.get('calls', 0) / (2 * n):.2f} EVALSHA "
+            f"per call, {evalsha.get('usec_per_call', 0):.1f} µs of Redis CPU each (reserve and settle averaged)"
+        )
+    await client.aclose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=4)
@@ -138,9 +173,14 @@ def main() -> None:
     parser.add_argument("--rpm", type=int, default=3000)
     parser.add_argument("--window", type=float, default=2.0)
     parser.add_argument("--acquires", type=int, default=5000)
+    parser.add_argument("--budget-only", action="store_true", help="run part 3 (the budget ledger) alone")
     args = parser.parse_args()
     with LocalRedis(durable=False) as server:
         print(f"redis-server on {server.url}")
+        if args.budget_only:
+            print("3. budget reserve and settle:")
+            asyncio.run(budget_cost(server.url, args.acquires))
+            return
         print("1. accuracy (grant times, sliding windows):")
         for headroom in (0.02, 0.0):
             asyncio.run(redis.asyncio.Redis.from_url(server.url).flushdb())
@@ -148,6 +188,8 @@ def main() -> None:
                      rpm=args.rpm, window=args.window, headroom=headroom)  # fmt: skip
         print("2. cost:")
         asyncio.run(cost(server.url, args.acquires))
+        print("3. budget reserve and settle:")
+        asyncio.run(budget_cost(server.url, args.acquires))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,14 @@ class Noop:
     """A runner that answers at once: measures the queue, not a model."""
 
     async def run(
-        self, task_id: str, task_input: str, checkpoint: Checkpoint, *, max_steps: int, save: SaveCheckpoint
+        self,
+        task_id: str,
+        task_input: str,
+        checkpoint: Checkpoint,
+        *,
+        max_steps: int,
+        save: SaveCheckpoint,
+        fence: int = 0,
     ) -> Outcome:
         return Outcome(TaskStatus.SUCCEEDED, checkpoint, result="ok")
 

@@ -179,7 +179,10 @@ FULL_SPEC: dict[str, Any] = {
     "budget": {
         "dailyUSD": 200,
         "perTaskUSD": 2.5,
-        "prices": {"claude-sonnet-4-5": {"inputPerMtok": 3, "outputPerMtok": 15}},
+        "prices": {
+            "claude-sonnet-4-5": {"inputPerMtok": 3, "outputPerMtok": 15},
+            "llama-3": {"inputPerMtok": 0.6, "outputPerMtok": 0.6},
+        },
     },
     "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
     "alerts": {"enabled": True, "errorRate": 0.05, "p95LatencySeconds": 30, "hourlyCostUSD": 20, "queueDepth": 100},
@@ -339,7 +342,10 @@ def agent_services(draw: st.DrawFn) -> dict[str, Any]:
         },
         "budget": {
             "dailyUSD": draw(st.none() | st.floats(0, 1000)),
-            "prices": {"m1": {"inputPerMtok": draw(st.floats(0, 50)), "outputPerMtok": 1}},
+            "prices": {
+                "m1": {"inputPerMtok": draw(st.floats(0, 50)), "outputPerMtok": 1},
+                "claude-x": {"inputPerMtok": 3, "outputPerMtok": 15},  # a budget needs every model priced
+            },
         },
         "redis": redis,
         "alerts": {"enabled": draw(st.booleans()), "errorRate": draw(st.floats(0, 1))},

@@ -17,6 +17,9 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from agent_runtime.config import PriceConfig
+from agent_runtime.pricing import PriceTable
+
 GROUP = "agentops.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -372,17 +375,35 @@ class ModelPrice(Model):
     output_per_mtok: float = Field(ge=0, description="USD per million output tokens.")
 
 
+class OnExhausted(StrEnum):
+    HOLD = "hold"
+    FAIL = "fail"
+
+
 class Budget(Model):
-    """Spending limits; the daily one is shared by all replicas."""
+    """Spending limits, hard caps: each model call reserves its worst case first (docs/budgets.md)."""
 
     daily_usd: float | None = Field(
         default=None,
         alias="dailyUSD",
         ge=0,
-        description="Daily spend (UTC day) after which submissions get 429.",
+        description=(
+            "Cap on the UTC day's spend, shared by all replicas: a call that could cross it is not made"
+            " (see onExhausted) and submissions get 429."
+        ),
     )
     per_task_usd: float | None = Field(
-        default=1.0, alias="perTaskUSD", ge=0, description="Spend after which one task stops."
+        default=1.0,
+        alias="perTaskUSD",
+        ge=0,
+        description="Cap on one task's spend: the task stops before a call that could cross it.",
+    )
+    on_exhausted: OnExhausted = Field(
+        default=OnExhausted.HOLD,
+        description=(
+            "When a task's next call does not fit dailyUSD: `hold` (it waits, queued, until 00:00 UTC or a raised"
+            " budget, then resumes from its checkpoint) or `fail` (it ends failed, its transcript kept)."
+        ),
     )
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict, description="Price table override, keyed by model identifier."
@@ -623,6 +644,31 @@ class AgentServiceSpec(Model):
             "fieldPath": ".redis.url",
         }
     ]
+
+    @model_validator(mode="after")
+    def _budgeted_models_are_priced(self) -> AgentServiceSpec:
+        # A daily cap on money needs the price of every call: a model the runtime cannot price would
+        # be counted at a guess. perTaskUSD alone does not trigger the rule: it defaults to 1.0 (and
+        # the API server stores that default), so it would refuse every spec naming a model outside
+        # the built-in table; such a model is counted at the runtime's fallback price, never as free.
+        # The built-in table lives in the runtime, so this rule has no CEL twin.
+        if self.budget.daily_usd is None:
+            return self
+        table = PriceTable(
+            {
+                m: PriceConfig(input_per_mtok=p.input_per_mtok, output_per_mtok=p.output_per_mtok)
+                for m, p in self.budget.prices.items()
+            }
+        )
+        unpriced = sorted({p.model for p in self.model.providers if not table.is_known(p.model)})
+        if unpriced:
+            names = ", ".join(repr(m) for m in unpriced)
+            raise CrossFieldError(
+                "budget.prices",
+                f"no price for model {names}: a budget cannot cap spend it cannot price; add it to budget.prices"
+                " (inputPerMtok, outputPerMtok in USD per million tokens)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _keda_reaches_redis(self) -> AgentServiceSpec:

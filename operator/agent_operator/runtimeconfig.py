@@ -86,6 +86,7 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         max_queued_tasks=spec.limits.max_queued_tasks,
         daily_budget_usd=spec.budget.daily_usd,
         per_task_budget_usd=spec.budget.per_task_usd,
+        budget_on_exhausted=str(spec.budget.on_exhausted),
         prices=prices,
         breaker_failure_threshold=spec.model.circuit_breaker.failure_threshold,
         breaker_cooldown_seconds=float(spec.model.circuit_breaker.cooldown_seconds),

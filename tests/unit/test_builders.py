@@ -20,6 +20,8 @@ import json
 import re
 from typing import Any
 
+import pydantic
+import pytest
 from agent_operator import __version__, builders, models, naming, runtimeconfig, workloads
 
 from agent_runtime import config, constants
@@ -147,15 +149,26 @@ def test_names_and_labels_valid_for_the_longest_name() -> None:
                 assert len(value) <= 63 and LABEL_VALUE.match(value), (key, value)
 
 
+PRICED = {m: {"inputPerMtok": 3, "outputPerMtok": 15} for m in ("m", "b", "s")}
+
+
+def test_a_budget_refuses_models_it_cannot_price() -> None:
+    with pytest.raises(pydantic.ValidationError, match=r"budget\.prices: no price for model 'b', 's': a budget cannot"):
+        svc(budget={"dailyUSD": 10, "prices": {"m": PRICED["m"]}})
+    # Without a daily cap unpriced models are served, counted at the runtime's fallback price
+    # (never as free): perTaskUSD defaults to 1.0 and the API server stores that default.
+    assert svc(budget={"perTaskUSD": 2}).spec.budget.on_exhausted == "hold"
+    assert svc(budget={"dailyUSD": 10, "prices": PRICED}).spec.budget.daily_usd == 10
+
+
 def test_config_map_is_the_runtime_config_and_keys_match_env() -> None:
-    children = builders.build_children(
-        svc(budget={"dailyUSD": 10, "prices": {"m": {"inputPerMtok": 3, "outputPerMtok": 15}}})
-    )
+    children = builders.build_children(svc(budget={"dailyUSD": 10, "onExhausted": "fail", "prices": PRICED}))
     config_map = children[0]
     loaded = config.RuntimeConfig.model_validate_json(config_map["data"][runtimeconfig.CONFIG_KEY])
     assert loaded.service == "demo" and loaded.namespace == "agents"
     assert [p.name for p in loaded.providers] == ["claude", "backup-llm", "second"]
     assert loaded.daily_budget_usd == 10 and loaded.prices["m"].output_per_mtok == 15
+    assert loaded.budget_on_exhausted == "fail"
     assert loaded.worker_concurrency == 8 and loaded.max_steps_per_task == 20
     key_envs = {p.api_key_env for p in loaded.providers if p.api_key_env}
     assert key_envs == {constants.provider_key_env("claude"), constants.provider_key_env("second")}
