@@ -20,6 +20,7 @@ import redis.asyncio
 import redis.exceptions
 
 from agent_runtime import constants, errors
+from agent_runtime.scripts import run_script
 
 __all__ = [
     "DailyBudget",
@@ -32,6 +33,12 @@ __all__ = [
 ]
 
 _KEEP_SECONDS = 2 * 86_400
+# KEYS: spend   ARGV: usd, keep seconds. A script rather than MULTI: a Cluster client has no transactions.
+_ADD = """
+local total = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return total
+"""
 
 
 def day_of(timestamp: float) -> str:
@@ -82,6 +89,7 @@ class DailyBudget:
         self.keys = keys
         self.limit_usd = limit_usd
         self._clock = clock
+        self._add = redis_client.register_script(_ADD)
 
     def _key(self) -> str:
         return self.keys.spend(day_of(self._clock()))
@@ -92,10 +100,7 @@ class DailyBudget:
             return await self.spent()
         key = self._key()
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.incrbyfloat(key, usd)
-                pipe.expire(key, _KEEP_SECONDS)
-                total, _ = await pipe.execute()
+            total = await run_script(self._add, [key], [repr(usd), _KEEP_SECONDS])
         except redis.exceptions.RedisError as exc:
             raise errors.from_redis(exc) from exc
         return float(total)
