@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import sys
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import config as runtime_config
-from agent_runtime import constants, errors, tracing
+from agent_runtime import constants, errors, redisconn, tracing
 from agent_runtime import logging as runtime_logging
 from agent_runtime.api import create_app
 from agent_runtime.composition import build_worker, connect_redis
@@ -83,11 +82,8 @@ def _redis_url() -> str:
 
 
 def _redis_location(url: str) -> str:
-    """`redis://host:port/db` without credentials: the URL may carry a password, a log line must not."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    """The URL without credentials: the URL may carry a password, a log line must not."""
+    return redisconn.location(url)
 
 
 def _address(sockname: Any) -> str:
@@ -102,7 +98,7 @@ def _run_api(args: argparse.Namespace) -> int:
     if not token:
         raise errors.ConfigError(f"{constants.AUTH_TOKEN_ENV} is not set: the API refuses to serve without a token")
     _configure_tracing(config, "api")
-    redis_client = connect_redis(_redis_url())
+    redis_client = connect_redis(_redis_url(), config.redis)
     app = create_app(config, redis=redis_client, registry=CollectorRegistry(), auth_token=token)
     server = _ApiServer(
         uvicorn.Config(
@@ -144,7 +140,7 @@ class _ApiServer(uvicorn.Server):
 async def _run_worker(args: argparse.Namespace) -> int:
     config = runtime_config.load()
     _configure_tracing(config, "worker")
-    redis_client = connect_redis(_redis_url())
+    redis_client = connect_redis(_redis_url(), config.redis)
     parts = build_worker(
         config, redis_client=redis_client, registry=CollectorRegistry(), burst=args.burst, concurrency=args.concurrency
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis.asyncio
 from prometheus_client import CollectorRegistry
 
-from agent_runtime import budget
+from agent_runtime import budget, redisconn
 from agent_runtime.agent import Agent
 from agent_runtime.budget import BudgetLedger, BudgetWatch
 from agent_runtime.config import RuntimeConfig
@@ -20,18 +20,18 @@ from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
 from agent_runtime.providers import ProviderSet, build_providers
 from agent_runtime.queue import TaskQueue
+from agent_runtime.redisconn import RedisSettings
 from agent_runtime.tools import load_registry
 from agent_runtime.worker import Worker
 
 __all__ = ["WorkerParts", "build_ledger", "build_worker", "connect_redis"]
 
 
-def connect_redis(url: str) -> redis.asyncio.Redis:
-    """A client with short timeouts, so an outage shows up as fast errors (503s), not hangs."""
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-        url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=2.0, health_check_interval=10
-    )
-    return client
+def connect_redis(
+    url: str, settings: RedisSettings | None = None, environ: Mapping[str, str] | None = None
+) -> redis.asyncio.Redis:
+    """The runtime's Redis client (standalone, Cluster or Sentinel; see `redisconn.connect`)."""
+    return redisconn.connect(url, settings, environ)
 
 
 def build_ledger(

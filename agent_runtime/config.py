@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, SERVICE_ENV, TRACK_ENV, ServiceKeys
+from agent_runtime.redisconn import RedisSettings
 
 _NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
@@ -125,6 +126,9 @@ class RuntimeConfig(BaseModel):
     )
     cache_enabled: bool = Field(default=False, description="Serve identical model requests from the response cache.")
     cache_ttl_seconds: int = Field(default=3600, ge=1, description="How long a cached model reply is served.")
+    redis: RedisSettings = Field(
+        default_factory=RedisSettings, description="Kind of Redis (standalone, cluster, sentinel), TLS, replica waits."
+    )
     known_intents: list[str] = Field(
         default_factory=list,
         description="Values of metadata.intent used as the metric label; others count as 'other' (bounded labels).",

@@ -27,6 +27,7 @@ from redis.commands.core import AsyncScript
 
 from agent_runtime import constants, errors
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.redisconn import run_replicated
 from agent_runtime.scripts import run_script
 from agent_runtime.tasks import Checkpoint, TaskRecord, TaskStatus, Waiting
 
@@ -204,6 +205,13 @@ end
 return released
 """
 
+# KEYS: stream   ARGV: group, entry   (a Lua script, not MULTI: a Cluster client has no transactions)
+_ACK_DELETE = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
 # KEYS: streams, most wanted first   ARGV: group, consumer, count
 _READ = """
 local wanted = tonumber(ARGV[3])
@@ -308,12 +316,18 @@ class TaskQueue:
         task_ttl_seconds: int = 7 * 86_400,
         priority_weights: Mapping[str, int] | None = None,
         max_queued_tasks: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis_client
         self.keys = keys
         self.max_queued_tasks = max_queued_tasks
         self.max_deliveries = max_deliveries
+        # Replicas that must hold a promised write (submit, checkpoint, result) before it is
+        # acknowledged, so that a failover cannot take it back (see `redisconn.run_replicated`).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
         self.task_ttl_seconds = task_ttl_seconds
         self.scheduler = PriorityScheduler(priority_weights or {"high": 6, "normal": 3, "low": 1})
@@ -335,6 +349,7 @@ class TaskQueue:
         self._hold = r.register_script(_HOLD)
         self._release = r.register_script(_RELEASE)
         self.held = keys.budget_held()
+        self._ack_delete = r.register_script(_ACK_DELETE)
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, redis_client: redis.asyncio.Redis) -> TaskQueue:
@@ -346,6 +361,8 @@ class TaskQueue:
             task_ttl_seconds=config.task_ttl_seconds,
             priority_weights=config.priority_weights,
             max_queued_tasks=config.max_queued_tasks,
+            wait_replicas=config.redis.wait_replicas,
+            wait_timeout_ms=config.redis.wait_timeout_ms,
         )
 
     def task_key(self, task_id: str) -> str:
@@ -392,7 +409,7 @@ class TaskQueue:
         ]
         for field, value in record.creation_fields().items():
             args += [field, value]
-        outcome, value = await self._call(self._submit, keys, args)
+        outcome, value = await self._promise(self._submit, keys, args)
         if outcome == 2:
             raise errors.IdempotencyConflict(
                 f"idempotency_key {idempotency_key!r} was used for task {value} with a different input or "
@@ -523,7 +540,7 @@ class TaskQueue:
 
     async def checkpoint(self, claim: Claim, checkpoint: Checkpoint) -> None:
         """Store the state after a completed step; raise `OwnershipLost` if the task was cancelled or taken over."""
-        outcome = await self._call(
+        outcome = await self._promise(
             self._checkpoint,
             [self.task_key(claim.entry.task_id)],
             [claim.fence, "checkpoint", checkpoint.model_dump_json()],
@@ -553,7 +570,7 @@ class TaskQueue:
         args: list[str | int] = [claim.fence, claim.entry.entry_id, self.group, self.task_ttl_seconds]
         for field, value in fields.items():
             args += [field, value]
-        outcome: FinishOutcome = await self._call(
+        outcome: FinishOutcome = await self._promise(
             self._finish, [self.task_key(claim.entry.task_id), claim.entry.stream], args
         )
         return outcome
@@ -600,10 +617,7 @@ class TaskQueue:
 
     async def release(self, entry: Entry) -> None:
         """Drop an entry that names no runnable task (e.g. a malformed entry)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(entry.stream, self.group, entry.entry_id)
-            pipe.xdel(entry.stream, entry.entry_id)
-            await self._run(pipe.execute())
+        await self._call(self._ack_delete, [entry.stream], [self.group, entry.entry_id])
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         rows = await self._run(self.redis.xrange(self.dead_letter, count=count))
@@ -623,6 +637,15 @@ class TaskQueue:
 
     async def _call(self, script: AsyncScript, keys: list[str], args: Sequence[str | int]) -> Any:
         return await self._run(run_script(script, keys, args))
+
+    async def _promise(self, script: AsyncScript, keys: list[str], args: Sequence[str | int]) -> Any:
+        """A write the caller acknowledges to someone: with `wait_replicas`, only once replicas hold it."""
+        if not self.wait_replicas:
+            return await self._call(script, keys, args)
+        source = script.script if isinstance(script.script, str) else bytes(script.script).decode()
+        return await self._run(
+            run_replicated(self.redis, source, keys, args, replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms)
+        )
 
     @staticmethod
     async def _run(awaitable: Awaitable[T]) -> T:

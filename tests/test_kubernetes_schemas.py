@@ -203,6 +203,17 @@ def representative_specs() -> dict[str, models.AgentService]:
         "minimal": agent_service(),
         "full": agent_service(**FULL_SPEC),
         "keda": agent_service(autoscaling={"engine": "keda", "minReplicas": 0, "maxReplicas": 50}),
+        "keda-cluster": agent_service(
+            redis={"url": "redis+cluster://r-0:6379,r-1:6379", "passwordSecretRef": {"name": "r", "key": "pw"}},
+            autoscaling={"engine": "keda"},
+        ),
+        "keda-sentinel": agent_service(
+            redis={
+                "url": "rediss+sentinel://s-0:26379,s-1:26379/agents",
+                "tls": {"caSecretRef": {"name": "ca", "key": "ca.crt"}},
+            },
+            autoscaling={"engine": "keda"},
+        ),
         "keda-tls": agent_service(
             redis={"url": "rediss://redis.example.com:6380/3"}, autoscaling={"engine": "keda", "maxReplicas": 5}
         ),

@@ -2,7 +2,8 @@
 
 Workers scale on queue depth: with the `hpa` engine through the Pods metric `agent_queue_depth`
 (served by a Prometheus metrics adapter) plus CPU; with the `keda` engine through one
-`redis-streams` trigger per priority stream, reading the consumer group's pending entries
+`redis-streams` trigger (`redis-cluster-streams`, `redis-sentinel-streams` by the Redis mode) per
+priority stream, reading the consumer group's pending entries
 directly from Redis. The API always scales on CPU with an HPA. Autoscalers target the stable
 Deployments only: during a rollout the operator sizes the canary explicitly.
 """
@@ -10,13 +11,11 @@ Deployments only: during a rollout the operator sizes the canary explicitly.
 from __future__ import annotations
 
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
-from agent_operator import models, naming, runtimeconfig, workloads
+from agent_operator import models, naming, redisconfig, runtimeconfig, workloads
 from agent_runtime import constants
 
 KEDA_API_VERSION: Final = "keda.sh/v1alpha1"
-DEFAULT_REDIS_PORT: Final = 6379
 
 
 def _target_ref(service: str, component: naming.Component) -> dict[str, str]:
@@ -80,51 +79,19 @@ def build_hpa(svc: models.AgentService, component: naming.Component, *, version:
 
 
 def redis_trigger_connection(redis: models.RedisSpec) -> dict[str, str]:
-    """The connection metadata of a KEDA Redis trigger, derived from the literal Redis URL.
-
-    KEDA's redis-streams scaler takes `address` as `host:port` (not a URL), so it is derived here;
-    a URL that only exists in a Secret, or one that carries credentials, cannot be turned into
-    trigger metadata without reading the Secret, and is reported as a spec error.
-    """
-    if redis.url is None:
-        raise models.CrossFieldError(
-            "spec.redis.urlSecretRef",
-            "autoscaling engine keda needs a literal spec.redis.url: KEDA's redis-streams trigger takes host:port, "
-            "which cannot be derived from a Secret at render time (use engine hpa, or a password-less url)",
-        )
-    parts = urlsplit(redis.url)
-    if parts.password is not None or parts.username:
-        raise models.CrossFieldError(
-            "spec.redis.url",
-            "autoscaling engine keda cannot pass credentials from a literal url to KEDA; use engine hpa",
-        )
-    host = parts.hostname or ""
-    if not host:
-        raise models.CrossFieldError("spec.redis.url", f"no host in {redis.url!r}")
-    try:
-        port = parts.port or DEFAULT_REDIS_PORT
-    except ValueError as exc:
-        raise models.CrossFieldError("spec.redis.url", f"invalid port in {redis.url!r}") from exc
-    address_host = f"[{host}]" if ":" in host else host
-    database = unquote(parts.path.lstrip("/")) or "0"
-    if not database.isdigit():
-        raise models.CrossFieldError("spec.redis.url", f"the database in {redis.url!r} must be a number")
-    return {
-        "address": f"{address_host}:{port}",
-        "databaseIndex": str(int(database)),
-        "enableTLS": "true" if parts.scheme == "rediss" else "false",
-    }
+    """The connection metadata of a KEDA Redis trigger (see `redisconfig.keda_trigger`)."""
+    return redisconfig.keda_trigger(redis)[1]
 
 
 def build_scaled_object(svc: models.AgentService, *, version: str) -> dict[str, Any]:
     """The KEDA ScaledObject of the stable worker Deployment: one redis-streams trigger per priority."""
     name = svc.metadata.name
     spec = svc.spec.autoscaling
-    connection = redis_trigger_connection(svc.spec.redis)
+    trigger_type, connection = redisconfig.keda_trigger(svc.spec.redis)  # by mode: -streams, -cluster-, -sentinel-
     keys = runtimeconfig.runtime_config(svc).keys()  # the very keys the runtime uses (namespace and service)
     triggers = [
         {
-            "type": "redis-streams",
+            "type": trigger_type,
             "name": f"queue-{priority}",
             "metadata": {
                 **connection,

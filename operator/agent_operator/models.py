@@ -40,11 +40,22 @@ NAME_MAX_LENGTH = 253
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
-# What KEDA's redis-streams trigger can dial: host (or [IPv6]), optional port and numeric database.
-KEDA_REDIS_URL = r"^rediss?://([^@/:\[\]]+|\[[0-9a-fA-F:.]+\])(:[0-9]+)?(/[0-9]+)?$"
+# Schemes of spec.redis.url: standalone, cluster and sentinel, each plain or TLS (`rediss`).
+REDIS_URL = r"^rediss?(\+(cluster|sentinel))?://"
+REDIS_MASTER_NAME = r"^[-._a-zA-Z0-9]+$"
+REDIS_USERNAME = r"^[^\s@:]+$"
+_REDIS_HOST = r"([^@/:,\[\]]+|\[[0-9a-fA-F:.]+\])(:[0-9]+)?"
+# What KEDA's redis(-cluster|-sentinel)-streams triggers can dial: hosts (or [IPv6]) with optional
+# ports, then (sentinel only) a master name, and a numeric database; no credentials in the URL.
+_REDIS_HOSTS = rf"{_REDIS_HOST}(,{_REDIS_HOST})*"
+KEDA_REDIS_URL = (
+    rf"^(rediss?(\+cluster)?://{_REDIS_HOSTS}(/[0-9]+)?"
+    rf"|rediss?\+sentinel://{_REDIS_HOSTS}(/[-._a-zA-Z0-9]+)?(/[0-9]+)?)$"
+)
 KEDA_REDIS_MESSAGE = (
-    "the keda engine needs a plain redis.url, redis[s]://host[:port][/db] without credentials"
-    " (KEDA connects to Redis itself)"
+    "the keda engine needs a plain redis.url (redis[s]://, redis[s]+cluster:// or redis[s]+sentinel://"
+    " host[:port][,host[:port]...][/db]) without credentials"
+    " (KEDA connects to Redis itself; put the password in redis.passwordSecretRef)"
 )
 
 
@@ -417,14 +428,64 @@ class Cache(Model):
     ttl_seconds: int = Field(default=3600, ge=1, le=604_800, description="Seconds a cached reply is served.")
 
 
+class RedisMode(StrEnum):
+    STANDALONE = "standalone"
+    CLUSTER = "cluster"
+    SENTINEL = "sentinel"
+
+
+class RedisTLS(Model):
+    """TLS to Redis (a `rediss` URL turns it on as well)."""
+
+    enabled: bool = Field(default=True, description="Connect with TLS.")
+    ca_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the PEM CA bundle that signs the server certificate (default: system CAs).",
+    )
+
+
 class RedisSpec(Model):
-    """Where the queue, limits and checkpoints live."""
+    """Where the queue, limits and checkpoints live: a standalone Redis, a Redis Cluster or a Sentinel group."""
 
     url: str | None = Field(
-        default=None, pattern=r"^rediss?://", max_length=2048, description="Redis URL, e.g. redis://redis:6379/0."
+        default=None,
+        pattern=REDIS_URL,
+        max_length=2048,
+        description=(
+            "Redis URL: redis://host:6379/0 (standalone), redis+cluster://h1:6379,h2:6379 (Cluster seed nodes),"
+            " redis+sentinel://s1:26379,s2:26379/<master>/0 (sentinels); rediss… for TLS. See docs/redis.md."
+        ),
     )
     url_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the Redis URL (when it carries a password)."
+    )
+    mode: RedisMode | None = Field(
+        default=None, description="standalone, cluster or sentinel; unset: the URL's scheme decides."
+    )
+    master_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=REDIS_MASTER_NAME,
+        description="Sentinel: name of the monitored primary (else the URL's path names it).",
+    )
+    username: str | None = Field(
+        default=None, max_length=253, pattern=REDIS_USERNAME, description="ACL user (with passwordSecretRef)."
+    )
+    password_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the password of `username` (or of the default user)."
+    )
+    tls: RedisTLS | None = Field(default=None, description="TLS options (CA bundle).")
+    wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description=(
+            "Submit, checkpoint and result are acknowledged only once this many replicas hold them (Redis WAIT),"
+            " so a failover cannot take them back; 0: do not wait (see docs/redis.md)."
+        ),
+    )
+    wait_timeout_ms: int = Field(
+        default=500, ge=1, le=60_000, description="How long such a write waits for replicas before answering 503."
     )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [

@@ -20,7 +20,7 @@ import base64
 import hashlib
 from typing import Any, Final
 
-from agent_operator import models, naming
+from agent_operator import models, naming, redisconfig
 from agent_runtime import config, constants
 
 CONFIG_KEY: Final = "config.json"
@@ -95,6 +95,7 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         cache_ttl_seconds=spec.cache.ttl_seconds,
         worker_concurrency=spec.worker.concurrency,
         shutdown_grace_seconds=shutdown_grace_seconds(spec.worker.termination_grace_period_seconds),
+        redis=redisconfig.runtime_settings(spec.redis),
     )
 
 

@@ -57,6 +57,12 @@ def references(spec: models.AgentServiceSpec) -> list[Reference]:
     ]
     if spec.redis.url_secret_ref is not None:
         refs.append(Reference(spec.redis.url_secret_ref.name, spec.redis.url_secret_ref.key, "spec.redis.urlSecretRef"))
+    if spec.redis.password_secret_ref is not None:
+        ref = spec.redis.password_secret_ref
+        refs.append(Reference(ref.name, ref.key, "spec.redis.passwordSecretRef"))
+    if spec.redis.tls is not None and spec.redis.tls.ca_secret_ref is not None:
+        ref = spec.redis.tls.ca_secret_ref
+        refs.append(Reference(ref.name, ref.key, "spec.redis.tls.caSecretRef"))
     refs.extend(
         Reference(e.secret_key_ref.name, e.secret_key_ref.key, f"spec.env[{i}].secretKeyRef")
         for i, e in enumerate(spec.env)

@@ -34,7 +34,9 @@ PATTERN_MEANINGS: Final = {
     models.DATA_KEY: "must be a Secret key: letters, digits, '-', '_' and '.', and not '.', '..' or '..'-prefixed",
     models.ENV_NAME: "must be a valid environment variable name",
     r"^https?://": "must be an http:// or https:// URL",
-    r"^rediss?://": "must be a redis:// or rediss:// URL",
+    models.REDIS_MASTER_NAME: "must be a Sentinel master name: letters, digits, '-', '_' and '.'",
+    models.REDIS_USERNAME: "must be a Redis user name: no spaces, '@' or ':'",
+    models.REDIS_URL: "must be a redis[s]:// URL, or redis[s]+cluster:// or redis[s]+sentinel://",
 }
 VALUE_ERROR_PREFIX: Final = "Value error, "
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Final
 
-from agent_operator import models, naming, runtimeconfig, templatehash
+from agent_operator import models, naming, redisconfig, runtimeconfig, templatehash
 from agent_runtime import constants
 
 DEFAULT_IMAGE_REPOSITORY: Final = "agentops/agent-runtime"
@@ -101,6 +101,7 @@ def env(svc: models.AgentService, track: naming.Track) -> list[dict[str, Any]]:
         out.append(_secret_env(constants.REDIS_URL_ENV, spec.redis.url_secret_ref))
     else:
         out.append({"name": constants.REDIS_URL_ENV, "value": spec.redis.url})
+    out.extend(redisconfig.env(spec.redis))
     for provider in spec.model.providers:
         if provider.api_key_secret_ref is not None:
             out.append(_secret_env(constants.provider_key_env(provider.name), provider.api_key_secret_ref))
@@ -160,6 +161,7 @@ def container(
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": posixpath.dirname(constants.CONFIG_PATH), "readOnly": True},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *redisconfig.volume_mounts(svc.spec.redis),
         ],
     }
 
@@ -199,6 +201,7 @@ def pod_template(
                 },
             },
             {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
+            *redisconfig.volumes(svc.spec.redis),
         ],
     }
     if svc.spec.service_account_name is not None:

@@ -134,3 +134,49 @@ def test_keda_refuses_urls_it_cannot_pass() -> None:
 def test_disabled_means_no_autoscaler() -> None:
     assert autoscaling.build_autoscalers(svc(autoscaling={"enabled": False}), version=V) == []
     assert autoscaling.build_autoscalers(svc(autoscaling={"enabled": False, "engine": "keda"}), version=V) == []
+
+
+@pytest.mark.parametrize(
+    ("redis", "trigger_type", "expected"),
+    [
+        (
+            {"url": "redis+cluster://r-0:6379,r-1", "username": "svc", "passwordSecretRef": {"name": "r", "key": "pw"}},
+            "redis-cluster-streams",
+            {
+                "addresses": "r-0:6379,r-1:6379",
+                "enableTLS": "false",
+                "usernameFromEnv": "AGENT_REDIS_USERNAME",
+                "passwordFromEnv": "AGENT_REDIS_PASSWORD",
+            },
+        ),
+        (
+            {"url": "rediss://cfg.example.com:6379", "mode": "cluster"},
+            "redis-cluster-streams",
+            {"addresses": "cfg.example.com:6379", "enableTLS": "true"},
+        ),
+        (
+            {"url": "redis+sentinel://s-0,s-1:26380/agents/2"},
+            "redis-sentinel-streams",
+            {
+                "addresses": "s-0:26379,s-1:26380",
+                "sentinelMaster": "agents",
+                "databaseIndex": "2",
+                "enableTLS": "false",
+            },
+        ),
+        (
+            {"url": "redis://s-0:26379", "mode": "sentinel", "masterName": "m", "tls": {"enabled": True}},
+            "redis-sentinel-streams",
+            {"addresses": "s-0:26379", "sentinelMaster": "m", "databaseIndex": "0", "enableTLS": "true"},
+        ),
+    ],
+)
+def test_keda_trigger_type_follows_the_redis_mode(
+    redis: dict[str, Any], trigger_type: str, expected: dict[str, str]
+) -> None:
+    scaled = autoscaling.build_autoscalers(svc(redis=redis, autoscaling={"engine": "keda"}), version=V)[1]
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["type"] == trigger_type
+        assert {
+            k: v for k, v in trigger["metadata"].items() if k not in {"stream", "consumerGroup", "streamLength"}
+        } == (expected)

@@ -80,7 +80,10 @@ def test_value_error_prefix_is_stripped() -> None:
             {"api": {"resources": {"requests": {"cpu": "lots"}}}},
             "spec.api.resources.requests.cpu: must be a Kubernetes quantity such as 250m, 1 or 512Mi (got 'lots')",
         ),
-        ({"redis": {"url": "http://r"}}, "spec.redis.url: must be a redis:// or rediss:// URL (got 'http://r')"),
+        (
+            {"redis": {"url": "http://r"}},
+            "spec.redis.url: must be a redis[s]:// URL, or redis[s]+cluster:// or redis[s]+sentinel:// (got 'http://r')",
+        ),
         (
             {"env": [{"name": "1 A", "value": "x"}]},
             "spec.env[0].name: must be a valid environment variable name (got '1 A')",
