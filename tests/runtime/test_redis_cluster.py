@@ -17,8 +17,7 @@ import redis.asyncio
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.api import create_app
-from agent_runtime.budget import DailyBudget
-from agent_runtime.composition import build_worker, connect_redis
+from agent_runtime.composition import build_ledger, build_worker, connect_redis
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.localmodel import Faults, LocalModelServer
 from agent_runtime.providers import limits_of
@@ -97,7 +96,7 @@ async def test_every_key_path_works_on_a_cluster_and_stays_in_one_slot(
         assert await queue.depth() == 0
 
     # The shared limits and budget keep working (scripts with Redis's TIME, INCRBYFLOAT).
-    assert await DailyBudget(cluster_client, keys=keys, limit_usd=100.0).spent() > 0
+    assert (await build_ledger(cfg, cluster_client).snapshot()).spent > 0
     limiter = RateLimiter(cluster_client, keys=keys, limits=limits_of(cfg))
     await limiter.acquire("local", 10)
     assert await limiter.backoff("local", 2.0) > 0
