@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import socket
@@ -115,7 +116,9 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def forbidden_lines(self) -> list[str]:
-        return [line for line in self.logs().splitlines() if "403" in line or "Forbidden" in line]
+        """Log lines about a refused request: a 403 status (not the digits inside a timestamp)."""
+        refused = re.compile(r"(?<![\d.:])403(?!\d)|Forbidden")
+        return [line for line in self.logs().splitlines() if refused.search(line)]
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
