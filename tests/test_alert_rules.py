@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
-from agent_operator import builders, dashboard, models, monitoring
+from agent_operator.api import models
+from agent_operator.build import builders, dashboard, monitoring
 
 from agent_runtime import constants
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from agent_operator import crd
+from agent_operator.api import crd
 
 from tests.test_examples import cel_failures
 

@@ -31,7 +31,7 @@ import jsonschema
 import pydantic
 import pytest
 import yaml
-from agent_operator import crd, models, validation
+from agent_operator.api import crd, models, validation
 from celpy import celtypes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,7 +30,8 @@ import kubernetes_validate
 import pytest
 import referencing
 import yaml
-from agent_operator import builders, models
+from agent_operator.api import models
+from agent_operator.build import builders
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes_validate import utils as kv_utils

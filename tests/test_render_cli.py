@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from agent_operator import builders, models
+from agent_operator.api import models
+from agent_operator.build import builders
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENTCTL = Path(sys.executable).parent / "agentctl"

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import yaml
+from agent_operator import run
+from agent_operator.api import models
+from agent_operator.kube import secrets
 
-from agent_operator import devcluster, models, run, secrets
+from agentops_dev import devcluster
 
 EXAMPLE: Final = Path("examples/full.yaml")
 AGSVC: Final = f"{models.GROUP}/{models.VERSION}/{models.PLURAL}"

@@ -43,9 +43,8 @@ import attrs
 import jsonpatch  # kmock's own dependency
 import kmock
 import yaml
+from agent_operator.api import models
 from kmock._internal import rendering  # Request type for the overridden hooks
-
-from agent_operator import models
 
 APPLY_PATCH: Final = "application/apply-patch+yaml"
 JSON_PATCH: Final = "application/json-patch+json"
@@ -571,7 +570,7 @@ async def _serve_forever(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agent_operator.devcluster --port N`: serve an empty dev cluster until stopped."""
+    """`python -m agentops_dev.devcluster --port N`: serve an empty dev cluster until stopped."""
     parser = argparse.ArgumentParser(prog="devcluster", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

@@ -25,10 +25,10 @@ from agent_runtime import logging as runtime_logging
 from agent_runtime.api import create_app
 from agent_runtime.composition import build_worker, connect_redis
 from agent_runtime.config import ProviderConfig, RuntimeConfig
-from agent_runtime.localmodel import MODEL, Faults, LocalModelServer
-from agent_runtime.localredis import LocalRedis, free_port
 from agent_runtime.tasks import TERMINAL
 from agent_runtime.worker import serve_probes
+from agentops_dev.localmodel import MODEL, Faults, LocalModelServer
+from agentops_dev.localredis import LocalRedis, free_port
 
 __all__ = ["DEMO_PROMPT", "run_runtime_demo"]
 

@@ -21,7 +21,9 @@ from typing import Any
 
 import kopf
 
-from agent_operator import apply, models, reconcile
+from agent_operator import reconcile
+from agent_operator.api import models
+from agent_operator.kube import apply
 
 RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
 

@@ -22,7 +22,9 @@ import itertools
 from collections import defaultdict
 from typing import Any
 
-from agent_operator import apply, builders, models
+from agent_operator.api import models
+from agent_operator.build import builders
+from agent_operator.kube import apply
 
 CHILD_VERBS = ("create", "get", "patch")
 PRUNE_VERBS = ("delete", "list")

@@ -33,18 +33,11 @@ from typing import Any, Final
 import pydantic
 import structlog
 
-from agent_operator import (
-    apply,
-    builders,
-    conditions,
-    models,
-    naming,
-    opmetrics,
-    rollout,
-    runtimeconfig,
-    secrets,
-    validation,
-)
+from agent_operator import opmetrics, status
+from agent_operator.api import models, validation
+from agent_operator.build import builders, naming, runtimeconfig
+from agent_operator.canary import rollouts
+from agent_operator.kube import apply, secrets
 
 log = structlog.get_logger(__name__)
 
@@ -95,13 +88,13 @@ class Reconciler:
         *,
         version: str | None = None,
         clock: Callable[[], str] = utcnow,
-        rollouts: rollout.Rollouts | None = None,
+        canary: rollouts.Rollouts | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._version = version
         self._clock = clock
-        self._rollouts = rollouts if rollouts is not None else rollout.Rollouts(client, metrics, version=version)
+        self._rollouts = canary if canary is not None else rollouts.Rollouts(client, metrics, version=version)
         self._memory: dict[str, _Memory] = {}
         self._known: dict[str, dict[str, Any]] = {}
         # One limit shared by kopf's handlers and both loops: without it a burst of creations runs
@@ -182,11 +175,11 @@ class Reconciler:
 
     async def _reconcile(self, body: Mapping[str, Any], memory: _Memory) -> Outcome:
         generation = body.get("metadata", {}).get("generation")
-        prior = rollout.canary_status(self._previous_status(body, memory).get("canary"))
+        prior = rollouts.canary_status(self._previous_status(body, memory).get("canary"))
         try:
             svc, children = self._desired(body)
         except SpecInvalid as exc:
-            obs = conditions.Observation(generation=generation, spec_error=str(exc))
+            obs = status.Observation(generation=generation, spec_error=str(exc))
             phase, written = await self._write_status(
                 body, obs, memory, revision=prior.stable_revision, canary=prior, canary_conditions=None
             )
@@ -202,7 +195,7 @@ class Reconciler:
         mine = apply.owned(live, owner_uid)
         held = bool(missing) or bool(set(apply.conflicts(children, live, owner_uid)) & _pod_inputs(svc))
         children, token, new_token = self._with_token(svc, children, mine, held=held)
-        plan: rollout.Plan | None = None
+        plan: rollouts.Plan | None = None
         if not held:
             plan = await self._rollouts.plan(uid, body, svc, children=children, live=mine, prior=prior)
             children, live = plan.children, {**live, **plan.live}
@@ -222,8 +215,8 @@ class Reconciler:
             if deployment is None and held:
                 deployment = mine.get(f"Deployment/{name}")  # kept as it runs
             if deployment is not None:
-                workloads.append(conditions.workload(deployment))
-        obs = conditions.Observation(
+                workloads.append(status.workload(deployment))
+        obs = status.Observation(
             generation=generation,
             missing_secrets=tuple(missing),
             workloads=tuple(workloads),
@@ -247,7 +240,7 @@ class Reconciler:
         canary_status = plan.status if plan is not None else prior
         wanted = None
         if plan is not None:
-            wanted = rollout.wanted_conditions(
+            wanted = rollouts.wanted_conditions(
                 svc.spec.canary, plan.status, plan.desired_revision, prometheus_url=self._rollouts.prometheus_url
             )
         revision = canary_status.stable_revision or builders.revision(svc, version=self._version)
@@ -323,11 +316,11 @@ class Reconciler:
     async def _write_status(
         self,
         body: Mapping[str, Any],
-        obs: conditions.Observation,
+        obs: status.Observation,
         memory: _Memory,
         *,
         revision: str,
-        workloads: list[conditions.Workload] | None = None,
+        workloads: list[status.Workload] | None = None,
         canary: models.CanaryStatus | None = None,
         canary_conditions: list[tuple[str, models.ConditionStatus, str, str]] | None = None,
         keep_canary_conditions: bool = True,
@@ -339,11 +332,11 @@ class Reconciler:
             body = {**body, "status": {**(body.get("status") or {}), **memory.written_status}}
         previous = _conditions(body)
         now = self._clock()
-        phase, conds = conditions.derive(obs, previous, now=now)
+        phase, conds = status.derive(obs, previous, now=now)
         if not keep_canary_conditions:
-            conds = rollout.with_conditions(conds, canary_conditions, generation=obs.generation, now=now)
+            conds = rollouts.with_conditions(conds, canary_conditions, generation=obs.generation, now=now)
         workloads = workloads or []
-        status: dict[str, Any] = {
+        new_status: dict[str, Any] = {
             "phase": phase.value,
             "observedGeneration": obs.generation,
             "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conds],
@@ -352,20 +345,20 @@ class Reconciler:
             "revision": revision,
         }
         if canary is not None:
-            status["canary"] = rollout.status_json(canary)
+            new_status["canary"] = rollouts.status_json(canary)
         live_status = body.get("status") or {}
-        current = {k: live_status.get(k) for k in status}
+        current = {k: live_status.get(k) for k in new_status}
         version = body.get("metadata", {}).get("resourceVersion")
-        if current == status:
+        if current == new_status:
             return phase, False
-        if memory.written_status == status and memory.written_from == version:
+        if memory.written_status == new_status and memory.written_from == version:
             return phase, False  # our own write is not in this (stale) body yet
-        patch = dict(status)
+        patch = dict(new_status)
         if canary is not None and isinstance(live_status.get("canary"), Mapping):
             # a merge patch keeps keys it does not mention: null out the ones the new status dropped
-            patch["canary"] = {**dict.fromkeys(live_status["canary"]), **status["canary"]}
+            patch["canary"] = {**dict.fromkeys(live_status["canary"]), **new_status["canary"]}
         await self._client.patch_status(body, patch)
-        memory.written_status, memory.written_from = status, version
+        memory.written_status, memory.written_from = new_status, version
         await self._announce(body, previous, conds)
         return phase, True
 
@@ -377,14 +370,14 @@ class Reconciler:
         for cond in after:
             if old.get(cond.type) == cond.status:
                 continue
-            if cond.type == conditions.READY and cond.status == conditions.TRUE:
+            if cond.type == status.READY and cond.status == status.TRUE:
                 await self._client.event(body, reason="Ready", message=cond.message)
             elif cond.type in (
-                conditions.SPEC_INVALID,
-                conditions.SECRET_MISSING,
-                conditions.CHILD_CONFLICT,
-                conditions.DEGRADED,
-            ) and (cond.status == conditions.TRUE):
+                status.SPEC_INVALID,
+                status.SECRET_MISSING,
+                status.CHILD_CONFLICT,
+                status.DEGRADED,
+            ) and (cond.status == status.TRUE):
                 await self._client.event(body, reason=cond.type, message=cond.message, warning=True)
 
 

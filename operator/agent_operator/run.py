@@ -32,8 +32,10 @@ import aiohttp.web
 import kopf
 import structlog
 
-from agent_operator import __version__, apply, handlers, opmetrics, reconcile, rollout
-from agent_operator.prometheus import Prometheus
+from agent_operator import __version__, handlers, opmetrics, reconcile
+from agent_operator.canary import rollouts
+from agent_operator.canary.prometheus import Prometheus
+from agent_operator.kube import apply
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +57,7 @@ class Config:
     version: str | None = None  # the runtime version of the default image (the operator's own)
     host: str = "0.0.0.0"
     prometheus_url: str | None = None  # where canary analyses query; None: analyses cannot run
-    prometheus_scrape_interval: float = rollout.DEFAULT_SCRAPE_INTERVAL
+    prometheus_scrape_interval: float = rollouts.DEFAULT_SCRAPE_INTERVAL
     analysis_tick: float = reconcile.ANALYSIS_TICK
 
     @property
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prometheus-scrape-interval",
         type=float,
-        default=rollout.DEFAULT_SCRAPE_INTERVAL,
+        default=rollouts.DEFAULT_SCRAPE_INTERVAL,
         metavar="SECONDS",
         help="scrape interval of the runtime metrics (an analysis window spans at least four)",
     )
@@ -155,14 +157,14 @@ async def operate(
 
     client = apply.Client(credentials, metrics)
     prometheus = Prometheus(config.prometheus_url) if config.prometheus_url else None
-    rollouts = rollout.Rollouts(
+    canary_rollouts = rollouts.Rollouts(
         client,
         metrics,
         prometheus=prometheus,
         scrape_interval_seconds=config.prometheus_scrape_interval,
         version=config.version,
     )
-    reconciler = reconcile.Reconciler(client, metrics, version=config.version, rollouts=rollouts)
+    reconciler = reconcile.Reconciler(client, metrics, version=config.version, canary=canary_rollouts)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, resync_interval=config.resync_interval, analysis_tick=config.analysis_tick)
 
@@ -263,7 +265,7 @@ def config_from(args: argparse.Namespace) -> Config:
         resync_interval=getattr(args, "resync_interval", DEFAULT_RESYNC_INTERVAL),
         server=getattr(args, "server", None),
         prometheus_url=getattr(args, "prometheus_url", None) or None,
-        prometheus_scrape_interval=getattr(args, "prometheus_scrape_interval", rollout.DEFAULT_SCRAPE_INTERVAL),
+        prometheus_scrape_interval=getattr(args, "prometheus_scrape_interval", rollouts.DEFAULT_SCRAPE_INTERVAL),
     )
 
 

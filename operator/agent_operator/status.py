@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from agent_operator import models
+from agent_operator.api import models
 
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"

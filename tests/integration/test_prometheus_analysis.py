@@ -24,10 +24,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from agent_operator import analysis, canary, models
-from agent_operator.prometheus import Prometheus, parse_result
+from agent_operator.api import models
+from agent_operator.canary import analysis, machine
+from agent_operator.canary.prometheus import Prometheus, parse_result
+from agentops_dev.localredis import free_port
 
-from agent_runtime.localredis import free_port
 from tests.support.metrics_exporter import MetricsExporter, Traffic
 from tests.support.prometheus_server import PrometheusServer, running_prometheus
 
@@ -213,21 +214,25 @@ def test_prometheus_down_is_an_error_never_a_success() -> None:
     assert elapsed < 5
 
 
-def decide_with_real_analyses(client: Prometheus, service: str, canary_spec: models.Canary) -> list[canary.Decision]:
+def decide_with_real_analyses(client: Prometheus, service: str, canary_spec: models.Canary) -> list[machine.Decision]:
     """What the operator's interval timer does: analyse at the current weight, then decide."""
     plan = analysis.plan(canary_spec, analysis.Scope(service=service, window=WINDOW))
-    status = canary.decide(canary_spec, models.CanaryStatus(), canary.Observation("v1")).status
-    decisions = [canary.decide(canary_spec, status, canary.Observation("v2"))]
-    while canary.needs_analysis(canary_spec, decisions[-1].status):
+    status = machine.decide(canary_spec, models.CanaryStatus(), machine.Observation("v1")).status
+    decisions = [machine.decide(canary_spec, status, machine.Observation("v2"))]
+    while machine.needs_analysis(canary_spec, decisions[-1].status):
         status = decisions[-1].status
-        observed = canary.Observation("v2", analysis=client.analyse(plan, weight=status.weight))
-        decisions.append(canary.decide(canary_spec, status, observed))
+        observed = machine.Observation("v2", analysis=client.analyse(plan, weight=status.weight))
+        decisions.append(machine.decide(canary_spec, status, observed))
     return decisions
 
 
 def test_real_analyses_promote_a_healthy_canary_through_every_step(client: Prometheus) -> None:
     decisions = decide_with_real_analyses(client, "healthy", spec(steps=[10, 50, 100]))
-    assert [d.action for d in decisions] == [canary.Action.SET_WEIGHT, canary.Action.SET_WEIGHT, canary.Action.PROMOTE]
+    assert [d.action for d in decisions] == [
+        machine.Action.SET_WEIGHT,
+        machine.Action.SET_WEIGHT,
+        machine.Action.PROMOTE,
+    ]
     final = decisions[-1].status
     assert (final.phase, final.stable_revision, final.weight) == (models.CanaryPhase.PROMOTED, "v2", 0)
     assert [a.weight for a in final.history] == [10, 50]
@@ -235,7 +240,7 @@ def test_real_analyses_promote_a_healthy_canary_through_every_step(client: Prome
 
 def test_real_analyses_roll_a_faulty_canary_back_with_the_reason(client: Prometheus) -> None:
     decisions = decide_with_real_analyses(client, "faulty", spec(failure_limit=2))
-    assert [d.action for d in decisions] == [canary.Action.SET_WEIGHT, canary.Action.WAIT, canary.Action.ROLL_BACK]
+    assert [d.action for d in decisions] == [machine.Action.SET_WEIGHT, machine.Action.WAIT, machine.Action.ROLL_BACK]
     final = decisions[-1].status
     assert (final.phase, final.stable_revision, final.weight) == (models.CanaryPhase.ROLLED_BACK, "v1", 0)
     assert final.last_analysis is not None

@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from agent_operator import devcluster, models, opmetrics, run
+from agent_operator import opmetrics, run
+from agent_operator.api import models
+from agentops_dev import devcluster
 
 from tests.support.waiting import eventually
 

@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from agent_operator import apply
+from agent_operator.kube import apply
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -32,7 +32,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from agent_operator import apply, builders, devcluster, models, naming, opmetrics, rollout, run
+from agent_operator import opmetrics, run
+from agent_operator.api import models
+from agent_operator.build import builders, naming
+from agent_operator.canary import rollouts
+from agent_operator.kube import apply
+from agentops_dev import devcluster
 
 from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes, events, eventually, quiet_and_ready
 
@@ -278,7 +283,7 @@ async def test_without_canary_the_stable_track_updates_directly(op: CanaryOperat
     assert canary_of(op)["phase"] == "Idle"
 
 
-# --- the pure layout and conditions of rollout.py ----------------------------------------------------
+# --- the pure layout and conditions of rollouts.py ----------------------------------------------------
 
 
 def _svc(**spec: Any) -> models.AgentService:
@@ -300,7 +305,7 @@ def test_layout_keeps_the_live_stable_and_splits_replicas() -> None:
     status = models.CanaryStatus(
         phase=models.CanaryPhase.PROGRESSING, weight=50, stable_revision="old", canary_revision=desired
     )
-    laid = rollout.layout(svc, builders.build_children(svc), status, desired, live)
+    laid = rollouts.layout(svc, builders.build_children(svc), status, desired, live)
     out = {apply.key(c): c for c in laid.children}
     stable_api = out["Deployment/demo-api"]
     assert stable_api["spec"]["template"] == live["Deployment/demo-api"]["spec"]["template"]
@@ -314,7 +319,7 @@ def test_layout_keeps_the_live_stable_and_splits_replicas() -> None:
     assert laid.actual_weight == 33 and laid.remove == () and not laid.warnings
     assert set(laid.deployments) == {"demo-api", "demo-worker", "demo-api-canary", "demo-worker-canary"}
     # deterministic: the same status lays out the same children
-    again = rollout.layout(svc, builders.build_children(svc), status, desired, live)
+    again = rollouts.layout(svc, builders.build_children(svc), status, desired, live)
     assert again.children == laid.children
 
 
@@ -326,7 +331,7 @@ def test_layout_under_an_autoscaler_leaves_stable_replicas_alone() -> None:
     status = models.CanaryStatus(
         phase=models.CanaryPhase.PROGRESSING, weight=10, stable_revision="old", canary_revision=desired
     )
-    out = {apply.key(c): c for c in rollout.layout(svc, builders.build_children(svc), status, desired, live).children}
+    out = {apply.key(c): c for c in rollouts.layout(svc, builders.build_children(svc), status, desired, live).children}
     assert "replicas" not in out["Deployment/demo-worker"]["spec"]
     assert out["Deployment/demo-worker-canary"]["spec"]["replicas"] == 1  # 1 beside 9 is 10 %
 
@@ -336,7 +341,7 @@ def test_layout_at_rest_removes_canaries_and_warns_about_a_lost_stable() -> None
     desired = builders.revision(svc)
     live: dict[str, Any] = {"Deployment/demo-api-canary": {"metadata": {}}, "ConfigMap/demo-config-canary": {}}
     rolled = models.CanaryStatus(phase=models.CanaryPhase.ROLLED_BACK, stable_revision="old", canary_revision=desired)
-    laid = rollout.layout(svc, builders.build_children(svc), rolled, desired, live)
+    laid = rollouts.layout(svc, builders.build_children(svc), rolled, desired, live)
     assert set(laid.remove) == {
         ("apps/v1", "Deployment", "demo-api-canary"),
         ("v1", "ConfigMap", "demo-config-canary"),
@@ -350,7 +355,7 @@ def test_conditions_follow_the_canary_phase() -> None:
     url = "http://prometheus:9090"
 
     def wanted(status: models.CanaryStatus, revision: str = "new", prometheus: str | None = url) -> dict[str, Any]:
-        result = rollout.wanted_conditions(spec, status, revision, prometheus_url=prometheus)
+        result = rollouts.wanted_conditions(spec, status, revision, prometheus_url=prometheus)
         assert result is not None
         return {type_: (state.value, reason) for type_, state, reason, _ in result}
 
@@ -372,7 +377,7 @@ def test_conditions_follow_the_canary_phase() -> None:
     )
     assert wanted(errored)["AnalysisReady"] == ("False", "AnalysisError")
     disabled = models.Canary.model_validate({**CANARY, "enabled": False})
-    assert rollout.wanted_conditions(disabled, models.CanaryStatus(), "x", prometheus_url=url) is None
+    assert rollouts.wanted_conditions(disabled, models.CanaryStatus(), "x", prometheus_url=url) is None
 
 
 def test_layout_beside_workers_scaled_to_zero_reports_the_real_weight() -> None:
@@ -388,7 +393,7 @@ def test_layout_beside_workers_scaled_to_zero_reports_the_real_weight() -> None:
     status = models.CanaryStatus(
         phase=models.CanaryPhase.PROGRESSING, weight=10, stable_revision="old", canary_revision=desired
     )
-    laid = rollout.layout(svc, builders.build_children(svc), status, desired, live)
+    laid = rollouts.layout(svc, builders.build_children(svc), status, desired, live)
     out = {apply.key(c): c for c in laid.children}
     assert out["Deployment/demo-worker-canary"]["spec"]["replicas"] == 1
     assert laid.actual_weight == 100

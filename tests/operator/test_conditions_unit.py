@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from agent_operator import conditions, models
+from agent_operator import status
+from agent_operator.api import models
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,38 +40,38 @@ def by_type(conds: list[models.Condition]) -> dict[str, models.Condition]:
     return {c.type: c for c in conds}
 
 
-def ready(name: str, replicas: int = 2) -> conditions.Workload:
-    return conditions.Workload(name=name, desired=replicas, ready=replicas, updated=replicas, current=True)
+def ready(name: str, replicas: int = 2) -> status.Workload:
+    return status.Workload(name=name, desired=replicas, ready=replicas, updated=replicas, current=True)
 
 
-def pending(name: str, ready_: int = 0, replicas: int = 2) -> conditions.Workload:
-    return conditions.Workload(name=name, desired=replicas, ready=ready_, updated=replicas, current=True)
+def pending(name: str, ready_: int = 0, replicas: int = 2) -> status.Workload:
+    return status.Workload(name=name, desired=replicas, ready=ready_, updated=replicas, current=True)
 
 
 # --- set_condition ------------------------------------------------------------------------------
 
 
 def test_set_condition_adds_a_new_condition_at_now() -> None:
-    (added,) = conditions.set_condition([], cond("Ready", TRUE), now=T1)
+    (added,) = status.set_condition([], cond("Ready", TRUE), now=T1)
     assert added.last_transition_time == T1 and added.status == TRUE
 
 
 def test_set_condition_keeps_the_time_while_the_status_holds() -> None:
     before = [cond("Ready", FALSE, reason="RollingOut", since=T0, gen=1)]
     new = models.Condition(type="Ready", status=FALSE, reason="SecretMissing", message="m", observed_generation=2)
-    (after,) = conditions.set_condition(before, new, now=T1)
+    (after,) = status.set_condition(before, new, now=T1)
     assert after.last_transition_time == T0  # no flip: the transition happened at T0
     assert (after.reason, after.message, after.observed_generation) == ("SecretMissing", "m", 2)
 
 
 def test_set_condition_moves_the_time_on_a_flip() -> None:
-    (after,) = conditions.set_condition([cond("Ready", FALSE, since=T0)], cond("Ready", TRUE), now=T1)
+    (after,) = status.set_condition([cond("Ready", FALSE, since=T0)], cond("Ready", TRUE), now=T1)
     assert after.last_transition_time == T1 and after.status == TRUE
 
 
 def test_set_condition_fills_a_missing_time_and_leaves_the_others() -> None:
     other = cond("Promoted", TRUE, since=T0)
-    result = conditions.set_condition([other, cond("Ready", TRUE, since="")], cond("Ready", TRUE), now=T1)
+    result = status.set_condition([other, cond("Ready", TRUE, since="")], cond("Ready", TRUE), now=T1)
     assert result[0] == other
     assert result[1].last_transition_time == T1
 
@@ -80,21 +81,21 @@ def test_set_condition_fills_a_missing_time_and_leaves_the_others() -> None:
 
 def test_every_verdict_has_the_six_conditions_in_order() -> None:
     observations = [
-        conditions.Observation(generation=1, spec_error="spec.api.replicas: too many"),
-        conditions.Observation(generation=1, conflicts=("ConfigMap/demo-config",)),
-        conditions.Observation(generation=1, missing_secrets=("Secret 'llm' not found",)),
-        conditions.Observation(generation=1, workloads=(pending("a"),)),
-        conditions.Observation(generation=1, workloads=(ready("a"),)),
+        status.Observation(generation=1, spec_error="spec.api.replicas: too many"),
+        status.Observation(generation=1, conflicts=("ConfigMap/demo-config",)),
+        status.Observation(generation=1, missing_secrets=("Secret 'llm' not found",)),
+        status.Observation(generation=1, workloads=(pending("a"),)),
+        status.Observation(generation=1, workloads=(ready("a"),)),
     ]
     for obs in observations:
-        _, conds = conditions.derive(obs, [], now=T0)
-        assert [c.type for c in conds] == list(conditions.ORDER)
+        _, conds = status.derive(obs, [], now=T0)
+        assert [c.type for c in conds] == list(status.ORDER)
         assert all(c.last_transition_time == T0 and c.observed_generation == 1 for c in conds)
 
 
 def test_spec_invalid_fails_and_names_the_field() -> None:
-    obs = conditions.Observation(generation=3, spec_error="spec.api.replicas: must be <= 100")
-    phase, conds = conditions.derive(obs, [], now=T0)
+    obs = status.Observation(generation=3, spec_error="spec.api.replicas: must be <= 100")
+    phase, conds = status.derive(obs, [], now=T0)
     state = by_type(conds)
     assert phase == models.Phase.FAILED
     assert state["SpecInvalid"].status == TRUE and state["SpecInvalid"].message == "spec.api.replicas: must be <= 100"
@@ -102,8 +103,8 @@ def test_spec_invalid_fails_and_names_the_field() -> None:
 
 
 def test_missing_secret_degrades_and_names_it() -> None:
-    obs = conditions.Observation(generation=1, missing_secrets=("Secret 'llm' not found (spec.model.providers[0])",))
-    phase, conds = conditions.derive(obs, [], now=T0)
+    obs = status.Observation(generation=1, missing_secrets=("Secret 'llm' not found (spec.model.providers[0])",))
+    phase, conds = status.derive(obs, [], now=T0)
     state = by_type(conds)
     assert phase == models.Phase.DEGRADED
     assert state["SecretMissing"].status == TRUE and "'llm'" in state["SecretMissing"].message
@@ -111,10 +112,10 @@ def test_missing_secret_degrades_and_names_it() -> None:
 
 
 def test_a_foreign_child_is_a_conflict_naming_kind_and_name() -> None:
-    obs = conditions.Observation(
+    obs = status.Observation(
         generation=1, conflicts=("ConfigMap/demo-config", "Secret/demo-auth"), workloads=(ready("a"),)
     )
-    phase, conds = conditions.derive(obs, [], now=T0)
+    phase, conds = status.derive(obs, [], now=T0)
     state = by_type(conds)
     assert phase == models.Phase.DEGRADED
     conflict = state["ChildConflict"]
@@ -122,13 +123,13 @@ def test_a_foreign_child_is_a_conflict_naming_kind_and_name() -> None:
     assert "ConfigMap/demo-config, Secret/demo-auth" in conflict.message and "left untouched" in conflict.message
     assert (state["Ready"].status, state["Ready"].reason) == (FALSE, "ChildConflict")
     assert state["Degraded"].reason == "ChildConflict"
-    _, clear = conditions.derive(conditions.Observation(generation=1, workloads=(ready("a"),)), conds, now=T0)
+    _, clear = status.derive(status.Observation(generation=1, workloads=(ready("a"),)), conds, now=T0)
     assert by_type(clear)["ChildConflict"].status == FALSE and by_type(clear)["Ready"].status == TRUE
 
 
 def test_rolling_out_progresses_with_counts() -> None:
-    obs = conditions.Observation(generation=1, workloads=(pending("demo-api", 1), ready("demo-worker")))
-    phase, conds = conditions.derive(obs, [], now=T0)
+    obs = status.Observation(generation=1, workloads=(pending("demo-api", 1), ready("demo-worker")))
+    phase, conds = status.derive(obs, [], now=T0)
     state = by_type(conds)
     assert phase == models.Phase.PROGRESSING
     assert state["Progressing"].status == TRUE and state["Progressing"].message == "demo-api 1/2 ready"
@@ -136,10 +137,10 @@ def test_rolling_out_progresses_with_counts() -> None:
 
 
 def test_rolled_out_is_ready_and_mentions_skipped_kinds() -> None:
-    obs = conditions.Observation(
+    obs = status.Observation(
         generation=1, workloads=(ready("a", 2), ready("b", 3)), skipped=("PrometheusRule", "ServiceMonitor")
     )
-    phase, conds = conditions.derive(obs, [], now=T0)
+    phase, conds = status.derive(obs, [], now=T0)
     state = by_type(conds)
     assert phase == models.Phase.READY
     assert state["Ready"].reason == "AllReplicasReady"
@@ -151,27 +152,25 @@ def test_rolled_out_is_ready_and_mentions_skipped_kinds() -> None:
 
 
 def test_a_failed_rollout_and_an_apply_error_degrade() -> None:
-    broken = conditions.Workload(
-        name="a", desired=2, ready=0, updated=2, current=True, failure="ProgressDeadlineExceeded"
-    )
-    phase, conds = conditions.derive(conditions.Observation(generation=1, workloads=(broken,)), [], now=T0)
+    broken = status.Workload(name="a", desired=2, ready=0, updated=2, current=True, failure="ProgressDeadlineExceeded")
+    phase, conds = status.derive(status.Observation(generation=1, workloads=(broken,)), [], now=T0)
     assert phase == models.Phase.DEGRADED
     assert by_type(conds)["Degraded"].message == "a: ProgressDeadlineExceeded"
     assert by_type(conds)["Progressing"].reason == "RolloutFailed"
-    phase, conds = conditions.derive(conditions.Observation(generation=1, apply_error="403 Forbidden"), [], now=T0)
+    phase, conds = status.derive(status.Observation(generation=1, apply_error="403 Forbidden"), [], now=T0)
     assert phase == models.Phase.DEGRADED and by_type(conds)["Degraded"].reason == "ApplyFailed"
 
 
 def test_derive_keeps_unrelated_conditions_after_its_own() -> None:
     canary = cond("Promoted", TRUE, since=T0)
-    _, conds = conditions.derive(conditions.Observation(generation=1, workloads=(ready("a"),)), [canary], now=T1)
-    assert [c.type for c in conds] == [*conditions.ORDER, "Promoted"]
+    _, conds = status.derive(status.Observation(generation=1, workloads=(ready("a"),)), [canary], now=T1)
+    assert [c.type for c in conds] == [*status.ORDER, "Promoted"]
     assert conds[-1] == canary
 
 
 def test_a_flip_moves_only_the_flipped_conditions() -> None:
-    _, first = conditions.derive(conditions.Observation(generation=1, workloads=(pending("a"),)), [], now=T0)
-    _, second = conditions.derive(conditions.Observation(generation=1, workloads=(ready("a"),)), first, now=T1)
+    _, first = status.derive(status.Observation(generation=1, workloads=(pending("a"),)), [], now=T0)
+    _, second = status.derive(status.Observation(generation=1, workloads=(ready("a"),)), first, now=T1)
     times = {c.type: c.last_transition_time for c in second}
     assert times == {
         "Ready": T1,
@@ -184,7 +183,7 @@ def test_a_flip_moves_only_the_flipped_conditions() -> None:
 
 
 WORKLOADS = st.builds(
-    conditions.Workload,
+    status.Workload,
     name=st.sampled_from(["a", "b"]),
     desired=st.integers(0, 3),
     ready=st.integers(0, 3),
@@ -193,7 +192,7 @@ WORKLOADS = st.builds(
     failure=st.sampled_from(["", "ProgressDeadlineExceeded"]),
 )
 OBSERVATIONS = st.builds(
-    conditions.Observation,
+    status.Observation,
     generation=st.one_of(st.none(), st.integers(1, 5)),
     spec_error=st.sampled_from(["", "spec.x: bad"]),
     missing_secrets=st.lists(st.sampled_from(["Secret 'a' not found", "key 'k' not in Secret 'b'"]), max_size=2).map(
@@ -205,13 +204,13 @@ OBSERVATIONS = st.builds(
 )
 
 
-@given(OBSERVATIONS, st.lists(st.sampled_from(conditions.ORDER), unique=True))
-def test_the_same_observation_later_gives_identical_conditions(obs: conditions.Observation, seen: list[str]) -> None:
+@given(OBSERVATIONS, st.lists(st.sampled_from(status.ORDER), unique=True))
+def test_the_same_observation_later_gives_identical_conditions(obs: status.Observation, seen: list[str]) -> None:
     previous = [cond(t, UNKNOWN, since=T0) for t in seen]
-    phase, first = conditions.derive(obs, previous, now=T1)
-    again, second = conditions.derive(obs, first, now=T2)
+    phase, first = status.derive(obs, previous, now=T1)
+    again, second = status.derive(obs, first, now=T2)
     assert (again, second) == (phase, first)  # nothing to write on a steady reconcile
-    assert phase == conditions.phase(first)
+    assert phase == status.phase(first)
 
 
 # --- phase --------------------------------------------------------------------------------------
@@ -229,7 +228,7 @@ def test_the_same_observation_later_gives_identical_conditions(obs: conditions.O
     ],
 )
 def test_phase_precedence(state: dict[str, models.ConditionStatus], expected: models.Phase) -> None:
-    assert conditions.phase([cond(t, s) for t, s in state.items()]) == expected
+    assert status.phase([cond(t, s) for t, s in state.items()]) == expected
 
 
 # --- workload -----------------------------------------------------------------------------------
@@ -243,26 +242,24 @@ def deployment(spec: dict[str, Any], status: dict[str, Any] | None, generation: 
 
 
 def test_workload_reads_the_controllers_fields() -> None:
-    status = {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3}
-    w = conditions.workload(deployment({"replicas": 3}, status))
+    live = {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3}
+    w = status.workload(deployment({"replicas": 3}, live))
     assert (w.name, w.desired, w.ready, w.updated, w.current, w.failure) == ("demo-api", 3, 3, 3, True, "")
     assert w.rolled_out
 
 
 def test_workload_defaults_and_stale_generations() -> None:
-    fresh = conditions.workload(deployment({}, None))  # just created: no status, replicas defaulted to 1
+    fresh = status.workload(deployment({}, None))  # just created: no status, replicas defaulted to 1
     assert (fresh.desired, fresh.ready, fresh.current, fresh.rolled_out) == (1, 0, False, False)
-    stale = conditions.workload(deployment({"replicas": 1}, {"observedGeneration": 1, "readyReplicas": 1}))
+    stale = status.workload(deployment({"replicas": 1}, {"observedGeneration": 1, "readyReplicas": 1}))
     assert not stale.current and not stale.rolled_out  # the controller has not seen generation 2 yet
-    assert conditions.workload(deployment({"replicas": 0}, {}, generation=None)).rolled_out
+    assert status.workload(deployment({"replicas": 0}, {}, generation=None)).rolled_out
 
 
 def test_workload_reports_the_controllers_failures() -> None:
     deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}
     quota = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate"}
     fine = {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
-    assert (
-        conditions.workload(deployment({}, {"conditions": [deadline]})).failure == "ProgressDeadlineExceeded: too slow"
-    )
-    assert conditions.workload(deployment({}, {"conditions": [quota]})).failure == "FailedCreate"
-    assert conditions.workload(deployment({}, {"conditions": [fine]})).failure == ""
+    assert status.workload(deployment({}, {"conditions": [deadline]})).failure == "ProgressDeadlineExceeded: too slow"
+    assert status.workload(deployment({}, {"conditions": [quota]})).failure == "FailedCreate"
+    assert status.workload(deployment({}, {"conditions": [fine]})).failure == ""

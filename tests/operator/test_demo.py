@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 
-from agent_operator import demo
+from agentops_dev import demo
 
 
 async def test_cluster_demo_runs_end_to_end() -> None:

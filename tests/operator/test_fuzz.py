@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from agent_operator import crd, devcluster, models, opmetrics
+from agent_operator import opmetrics
+from agent_operator.api import crd, models
+from agentops_dev import devcluster
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 

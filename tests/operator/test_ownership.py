@@ -18,7 +18,7 @@ import base64
 import copy
 from typing import Any
 
-from agent_operator import models
+from agent_operator.api import models
 
 from tests.operator.conftest import AGSVC, Operator, agent_service, events, eventually
 

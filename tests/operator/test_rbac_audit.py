@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from agent_operator import models, rbac
+from agent_operator import rbac
+from agent_operator.api import models
 
 from tests.operator.conftest import Operator, agent_service, eventually, ready_service
 from tests.operator.test_canary_rollout import annotate, canary_of, canary_service, deployments, op, start_rollout

@@ -18,7 +18,9 @@ import copy
 from typing import Any
 
 import aiohttp
-from agent_operator import apply, builders, models, naming
+from agent_operator.api import models
+from agent_operator.build import builders, naming
+from agent_operator.kube import apply
 
 from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes, eventually, ready_service
 

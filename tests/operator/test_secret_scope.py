@@ -24,7 +24,9 @@ from typing import Any
 import aiohttp.web
 import kopf
 import pytest
-from agent_operator import apply, devcluster, opmetrics, secrets
+from agent_operator import opmetrics
+from agent_operator.kube import apply, secrets
+from agentops_dev import devcluster
 
 from tests.operator.conftest import Operator, agent_service, eventually
 

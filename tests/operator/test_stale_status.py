@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 
 import kopf
-from agent_operator import apply, devcluster, opmetrics, reconcile
+from agent_operator import opmetrics, reconcile
+from agent_operator.kube import apply
+from agentops_dev import devcluster
 
 from tests.operator.conftest import AGSVC, agent_service
 

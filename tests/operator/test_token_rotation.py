@@ -14,7 +14,7 @@ import base64
 from typing import Any
 
 import aiohttp
-from agent_operator import secrets
+from agent_operator.kube import secrets
 
 from tests.operator.conftest import Operator, agent_service, child_writes, eventually, ready_service
 

@@ -11,8 +11,8 @@ import io
 from pathlib import Path
 
 import pytest
-from agent_operator import devcluster
 from agent_operator.plugin import cli
+from agentops_dev import devcluster
 
 from tests.operator.conftest import cluster  # noqa: F401 - the dev cluster fixture, shared
 from tests.operator.test_canary_rollout import op  # noqa: F401 - the canary operator fixture, shared

@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 import kmock
 import pytest
-from agent_operator import devcluster, models
+from agent_operator.api import models
 from agent_operator.plugin import views
+from agentops_dev import devcluster
 
 from tests.operator.conftest import AGSVC, agent_service
 from tests.plugin.conftest import plugin
@@ -312,7 +313,7 @@ async def test_forbidden_is_one_line(
 
 
 async def test_an_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
-    from agent_runtime.localredis import free_port
+    from agentops_dev.localredis import free_port
 
     path = tmp_path / "kubeconfig"
     from tests.plugin.conftest import KUBECONFIG

@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 
 import httpx
-from agent_operator import devcluster
+from agentops_dev import devcluster
 
 from tests.operator.conftest import eventually
 from tests.plugin.test_plugin_snapshots import world  # noqa: F401 - the snapshot objects, as a fixture

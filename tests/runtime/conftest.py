@@ -14,13 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 import redis.asyncio
+from agentops_dev.localmodel import LocalModelServer
+from agentops_dev.localredis import LocalRedis
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.api import create_app
 from agent_runtime.composition import WorkerParts, build_worker, connect_redis
 from agent_runtime.config import ProviderConfig, RuntimeConfig
-from agent_runtime.localmodel import LocalModelServer
-from agent_runtime.localredis import LocalRedis
 from tests.support.processes import ForkedRuntime, write_config
 from tests.support.redis_server import running_redis
 

@@ -16,12 +16,12 @@ import sys
 import types
 
 import pytest
+from agentops_dev.localmodel import LocalModelServer
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import errors
 from agent_runtime.agent import Agent
 from agent_runtime.config import ProviderConfig, RuntimeConfig
-from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
 from agent_runtime.providers import build_providers

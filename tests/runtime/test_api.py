@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import redis.asyncio
+from agentops_dev.localmodel import LocalModelServer
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.api import create_app
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskStatus
 from tests.runtime.conftest import AUTH, TOKEN, MakeWorker

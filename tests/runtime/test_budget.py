@@ -16,6 +16,8 @@ import datetime
 import httpx
 import pytest
 import redis.asyncio
+from agentops_dev.localmodel import LocalModelServer
+from agentops_dev.localredis import LocalRedis
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import budget, constants
@@ -23,8 +25,6 @@ from agent_runtime.api import create_app
 from agent_runtime.composition import connect_redis
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.constants import ServiceKeys
-from agent_runtime.localmodel import LocalModelServer
-from agent_runtime.localredis import LocalRedis
 from agent_runtime.pricing import PriceTable
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskStatus

@@ -13,12 +13,12 @@ import asyncio
 
 import pytest
 import redis.asyncio
+from agentops_dev.localmodel import LocalModelServer
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import errors
 from agent_runtime.cache import request_digest
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.metrics import Metrics
 from agent_runtime.providers import build_providers
 from agent_runtime.tasks import TaskStatus

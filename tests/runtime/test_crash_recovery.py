@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+from agentops_dev.localmodel import CallRecord, LocalModelServer
+from agentops_dev.localredis import LocalRedis
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.composition import build_worker
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.localmodel import CallRecord, LocalModelServer
-from agent_runtime.localredis import LocalRedis
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskStatus
 from tests.support.processes import ForkedRuntime, write_config

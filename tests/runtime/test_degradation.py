@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 
+from agentops_dev.localmodel import LocalModelServer
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.breaker import BreakerState
 from agent_runtime.config import ProviderConfig, RuntimeConfig
 from agent_runtime.degradation import STATIC_MESSAGE, Level, level_of
-from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.tasks import TaskRecord, TaskStatus
 from tests.runtime.conftest import MakeWorker
 

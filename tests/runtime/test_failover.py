@@ -22,11 +22,11 @@ import random
 import time
 
 import pytest
+from agentops_dev.localmodel import LocalModelServer
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import errors
 from agent_runtime.config import ProviderConfig, RuntimeConfig
-from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.metrics import Metrics
 from agent_runtime.providers import build_providers
 from agent_runtime.tasks import TaskRecord, TaskStatus

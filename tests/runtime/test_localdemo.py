@@ -13,7 +13,7 @@ import re
 import socket
 from pathlib import Path
 
-from agent_runtime.localdemo import run_runtime_demo
+from agentops_dev.localdemo import run_runtime_demo
 
 
 def child_processes() -> list[str]:

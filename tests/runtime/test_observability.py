@@ -19,14 +19,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import structlog
+from agentops_dev.localmodel import LocalModelServer
+from agentops_dev.localredis import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_runtime import constants, tracing
 from agent_runtime import logging as runtime_logging
 from agent_runtime.config import RuntimeConfig, Track
-from agent_runtime.localmodel import LocalModelServer
-from agent_runtime.localredis import free_port
 from agent_runtime.worker import serve_probes
 from tests.runtime.conftest import AUTH, MakeWorker
 

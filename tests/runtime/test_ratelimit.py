@@ -23,11 +23,11 @@ import time
 
 import pytest
 import redis.asyncio
+from agentops_dev.localmodel import LocalModelServer
+from agentops_dev.localredis import LocalRedis
 
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.constants import ServiceKeys
-from agent_runtime.localmodel import LocalModelServer
-from agent_runtime.localredis import LocalRedis
 from agent_runtime.queue import TaskQueue
 from agent_runtime.ratelimit import Limit, RateLimited, RateLimiter
 from agent_runtime.tasks import TaskStatus

@@ -29,11 +29,11 @@ import pytest
 import redis
 import redis.asyncio
 import redis.exceptions
+from agentops_dev.localmodel import LocalModelServer
+from agentops_dev.localredis import LocalRedis, free_port
 
 from agent_runtime import errors
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.localmodel import LocalModelServer
-from agent_runtime.localredis import LocalRedis, free_port
 from agent_runtime.queue import TaskQueue
 from tests.runtime.conftest import AUTH, Fleet
 from tests.support.waiting import eventually

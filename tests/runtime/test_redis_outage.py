@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from agentops_dev.localmodel import LocalModelServer
+from agentops_dev.localredis import LocalRedis
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.composition import build_worker, connect_redis
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.localmodel import LocalModelServer
-from agent_runtime.localredis import LocalRedis
 from tests.runtime.conftest import AUTH
 from tests.support.waiting import eventually
 

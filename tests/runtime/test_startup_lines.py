@@ -12,9 +12,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from agentops_dev.localredis import LocalRedis, free_port
+
 from agent_runtime import constants
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.localredis import LocalRedis, free_port
 from tests.support.processes import ForkedRuntime, write_config
 from tests.support.waiting import eventually
 

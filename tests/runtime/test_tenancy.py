@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import redis.asyncio
+from agentops_dev.localmodel import LocalModelServer
 from prometheus_client import CollectorRegistry
 from redis.crc import key_slot
 
 from agent_runtime.api import create_app
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.localmodel import LocalModelServer
 from agent_runtime.queue import TaskQueue
 from tests.runtime.conftest import AUTH, TOKEN, MakeWorker
 

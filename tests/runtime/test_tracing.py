@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+from agentops_dev.localredis import LocalRedis, free_port
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
@@ -35,7 +36,6 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from agent_runtime import constants, tracing
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.localredis import LocalRedis, free_port
 from tests.runtime.conftest import AUTH
 from tests.support.processes import ForkedRuntime, write_config
 

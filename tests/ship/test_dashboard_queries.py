@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_operator import dashboard, models, monitoring
+from agent_operator.api import models
+from agent_operator.build import dashboard, monitoring
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 

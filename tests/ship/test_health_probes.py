@@ -27,10 +27,12 @@ from typing import Any
 
 import httpx
 import pytest
-from agent_operator import builders, devcluster, models, runtimeconfig
+from agent_operator.api import models
+from agent_operator.build import builders, runtimeconfig
+from agentops_dev import devcluster
+from agentops_dev.localredis import free_port
 
 from agent_runtime import constants
-from agent_runtime.localredis import free_port
 from tests.ship.test_chart import render
 from tests.ship.test_dockerfile import final_stage
 from tests.support.redis_server import running_redis

@@ -1,4 +1,4 @@
-"""Canary analysis (`agent_operator.analysis`): the PromQL of each check and the judgement of values.
+"""Canary analysis (`agent_operator.canary.analysis`): the PromQL of each check and the judgement of values.
 
 Covers:
 - selectors: service and track always, namespace only when known, label values escaped;
@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 
-from agent_operator import analysis, models
-from agent_operator.analysis import Measurement, Scope, Verdict
+from agent_operator.api import models
+from agent_operator.canary import analysis
+from agent_operator.canary.analysis import Measurement, Scope, Verdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

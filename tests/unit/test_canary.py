@@ -1,4 +1,4 @@
-"""The canary state machine (`agent_operator.canary`), transition by transition.
+"""The canary state machine (`agent_operator.canary.machine`), transition by transition.
 
 Covers:
 - at rest: first deploy, adoption of a live stable revision, steady states, revert after a rollback
@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent_operator import canary, models, naming
-from agent_operator.canary import Action, Observation, Reason
-from agent_operator.models import CanaryPhase
+from agent_operator.api import models
+from agent_operator.api.models import CanaryPhase
+from agent_operator.build import naming
+from agent_operator.canary import machine
+from agent_operator.canary.machine import Action, Observation, Reason
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,9 +85,9 @@ def decide(
     analysis: models.Analysis | None = None,
     annotations: dict[str, str] | None = None,
     live: str = "",
-) -> canary.Decision:
+) -> machine.Decision:
     observed = Observation(desired, annotations or {}, analysis, live)
-    return canary.decide(canary_spec or spec(), status, observed)
+    return machine.decide(canary_spec or spec(), status, observed)
 
 
 # --- at rest ---------------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ def test_abort_rolls_back_and_leaves_the_service_fully_stable() -> None:
     status = decision.status
     assert (status.phase, status.weight, status.actual_weight) == (CanaryPhase.ROLLED_BACK, 0, 0)
     assert (status.stable_revision, status.canary_revision) == (OLD, NEW)
-    assert not canary.rollout_active(status)
+    assert not machine.rollout_active(status)
     assert decision.consumed == (naming.ABORT_ANNOTATION,)
 
 
@@ -276,7 +278,7 @@ def test_spec_paused_holds_and_ignores_analyses() -> None:
     assert (decision.action, decision.reason) == (Action.PAUSE, Reason.PAUSED_BY_SPEC)
     assert (decision.status.phase, decision.status.weight) == (CanaryPhase.PAUSED, 10)
     assert decision.status.history == []
-    assert not canary.needs_analysis(spec(paused=True), decision.status)
+    assert not machine.needs_analysis(spec(paused=True), decision.status)
 
 
 def test_unpausing_resumes_the_rollout() -> None:
@@ -307,7 +309,7 @@ def test_no_analysis_waits_at_the_current_weight() -> None:
     decision = decide(status)
     assert (decision.action, decision.reason) == (Action.WAIT, Reason.WAITING)
     assert decision.status == status
-    assert canary.needs_analysis(spec(), status)
+    assert machine.needs_analysis(spec(), status)
 
 
 def test_an_analysis_taken_at_another_weight_is_ignored() -> None:
@@ -338,7 +340,7 @@ def test_passing_the_last_step_below_100_promotes() -> None:
     assert (status.phase, status.stable_revision, status.canary_revision) == (CanaryPhase.PROMOTED, NEW, "")
     assert (status.weight, status.actual_weight) == (0, 0)
     assert status.last_analysis == result("success", weight=50)
-    assert not canary.rollout_active(status)
+    assert not machine.rollout_active(status)
 
 
 def test_a_failure_below_the_limit_holds_the_weight_and_counts() -> None:
@@ -397,7 +399,7 @@ def test_the_inconclusive_limit_pauses_with_a_reason() -> None:
 
 def test_an_inconclusive_pause_is_still_analysed_and_stays_paused_without_results() -> None:
     paused = decide(progressing(inconclusive_streak=2), analysis=result("inconclusive")).status
-    assert canary.needs_analysis(spec(), paused)
+    assert machine.needs_analysis(spec(), paused)
     decision = decide(paused)
     assert (decision.action, decision.status.phase) == (Action.PAUSE, CanaryPhase.PAUSED)
     again = decide(paused, analysis=result("inconclusive"))
@@ -433,7 +435,7 @@ def test_a_healthy_rollout_goes_through_every_step_to_promotion() -> None:
     canary_spec = spec(steps=[5, 25, 50, 100])
     status = decide(at_rest(), NEW, canary_spec=canary_spec).status
     weights = [status.weight]
-    while canary.rollout_active(status):
+    while machine.rollout_active(status):
         status = decide(status, canary_spec=canary_spec, analysis=result("success", weight=status.weight)).status
         weights.append(status.weight)
     assert weights == [5, 25, 50, 0]
@@ -457,12 +459,12 @@ def test_split_table() -> None:
         (0, 10): (0, 0, 0),
     }
     for (total, weight), (stable, canary_pods, actual) in cases.items():
-        assert canary.split(total, weight) == canary.Split(stable, canary_pods, actual), (total, weight)
+        assert machine.split(total, weight) == machine.Split(stable, canary_pods, actual), (total, weight)
 
 
 @given(st.integers(min_value=0, max_value=500), st.integers(min_value=0, max_value=100))
 def test_split_properties(total: int, weight: int) -> None:
-    result_split = canary.split(total, weight)
+    result_split = machine.split(total, weight)
     assert result_split.stable >= 0
     assert result_split.canary >= 0
     if total > 0 and weight > 0:
@@ -528,8 +530,8 @@ def check_shape(world: World, s: models.CanaryStatus) -> None:
     steps = world.spec.steps
     assert s.consecutive_failures <= s.total_failures
     assert s.total_failures <= world.spec.failure_limit
-    assert len(s.history) <= canary.HISTORY_LIMIT
-    if canary.rollout_active(s):
+    assert len(s.history) <= machine.HISTORY_LIMIT
+    if machine.rollout_active(s):
         assert s.weight == steps[s.step_index]
         assert s.weight < 100
         assert s.step_index < len(steps) - 1
@@ -543,7 +545,7 @@ def check_shape(world: World, s: models.CanaryStatus) -> None:
         assert s.canary_revision != s.stable_revision
 
 
-def check_promotion(world: World, decision: canary.Decision, analysis_verdict: str) -> None:
+def check_promotion(world: World, decision: machine.Decision, analysis_verdict: str) -> None:
     """Promotion only after every step passed, or by a gate, a disabled canary or steps of [100]."""
     promoting = world.annotations.get(naming.PROMOTE_ANNOTATION) == "true"
     aborting = world.annotations.get(naming.ABORT_ANNOTATION) == "true"
@@ -562,11 +564,13 @@ def check_promotion(world: World, decision: canary.Decision, analysis_verdict: s
         assert decision.reason in {Reason.CANARY_DISABLED, Reason.NOTHING_TO_ANALYSE, Reason.STEPS_CHANGED}
 
 
-def check_rollback(world: World, before: models.CanaryStatus, decision: canary.Decision, analysis_verdict: str) -> None:
+def check_rollback(
+    world: World, before: models.CanaryStatus, decision: machine.Decision, analysis_verdict: str
+) -> None:
     """Roll back only on an abort, the failure limit or a revert; the stable revision is kept."""
     s = decision.status
     aborting = world.annotations.get(naming.ABORT_ANNOTATION) == "true"
-    if aborting and canary.rollout_active(before):
+    if aborting and machine.rollout_active(before):
         assert decision.action == Action.ROLL_BACK
     if analysis_verdict in {"inconclusive", "error"}:
         assert s.total_failures == before.total_failures or before.canary_revision != s.canary_revision
@@ -591,7 +595,7 @@ def apply_event(world: World, event: tuple[str, object]) -> tuple[models.Analysi
         world.spec = world.spec.model_copy(update={"enabled": value})
     elif kind == "revision":
         world.desired = str(value)
-    elif kind in {"analysis", "stale"} and canary.rollout_active(world.status):
+    elif kind in {"analysis", "stale"} and machine.rollout_active(world.status):
         weight = world.status.weight if kind == "analysis" else world.status.weight + 1
         return result(str(value), weight=weight), str(value) if kind == "analysis" else ""
     return None, ""
@@ -601,11 +605,11 @@ def apply_event(world: World, event: tuple[str, object]) -> tuple[models.Analysi
 @given(canary_specs(), st.lists(EVENTS, max_size=40))
 def test_random_sequences_keep_the_invariants(canary_spec: models.Canary, events: list[tuple[str, object]]) -> None:
     world = World(spec=canary_spec)
-    world.status = canary.decide(world.spec, world.status, Observation(world.desired)).status
+    world.status = machine.decide(world.spec, world.status, Observation(world.desired)).status
     for event in events:
         analysis_result, verdict = apply_event(world, event)
         before = world.status
-        decision = canary.decide(
+        decision = machine.decide(
             world.spec, before, Observation(world.desired, dict(world.annotations), analysis_result)
         )
         check_shape(world, decision.status)
@@ -614,12 +618,12 @@ def test_random_sequences_keep_the_invariants(canary_spec: models.Canary, events
         for key in decision.consumed:
             world.annotations.pop(key)
         assert not world.annotations, "one-shot gates are always consumed"
-        if decision.status.canary_revision != before.canary_revision and canary.rollout_active(decision.status):
+        if decision.status.canary_revision != before.canary_revision and machine.rollout_active(decision.status):
             world.successes = 0
             world.stable_at_start = decision.status.stable_revision
         elif decision.reason == Reason.ANALYSIS_PASSED:
             world.successes += 1
-        if canary.rollout_active(decision.status) and world.stable_at_start:
+        if machine.rollout_active(decision.status) and world.stable_at_start:
             assert decision.status.stable_revision == world.stable_at_start
         world.status = decision.status
 
@@ -629,29 +633,29 @@ def test_random_sequences_keep_the_invariants(canary_spec: models.Canary, events
 def test_an_inconclusive_or_error_streak_never_promotes_nor_rolls_back(
     canary_spec: models.Canary, verdicts: list[str]
 ) -> None:
-    status = canary.decide(canary_spec, at_rest(), Observation(NEW)).status
-    if not canary.rollout_active(status):
+    status = machine.decide(canary_spec, at_rest(), Observation(NEW)).status
+    if not machine.rollout_active(status):
         return  # steps: [100] has nothing to analyse
     for i, verdict in enumerate(verdicts, start=1):
-        decision = canary.decide(canary_spec, status, Observation(NEW, {}, result(verdict, status.weight)))
+        decision = machine.decide(canary_spec, status, Observation(NEW, {}, result(verdict, status.weight)))
         assert decision.action in {Action.WAIT, Action.PAUSE}
         status = decision.status
         assert status.weight == canary_spec.steps[0]
         assert status.inconclusive_streak == i
         paused = i >= canary_spec.inconclusive_limit
         assert status.phase == (CanaryPhase.PAUSED if paused else CanaryPhase.PROGRESSING)
-        assert canary.needs_analysis(canary_spec, status)
+        assert machine.needs_analysis(canary_spec, status)
 
 
 @settings(max_examples=200, deadline=None)
 @given(canary_specs(), st.lists(st.sampled_from(["success", "failure"]), min_size=1, max_size=30))
 def test_failures_roll_back_exactly_at_the_limit(canary_spec: models.Canary, verdicts: list[str]) -> None:
-    status = canary.decide(canary_spec, at_rest(), Observation(NEW)).status
+    status = machine.decide(canary_spec, at_rest(), Observation(NEW)).status
     failures = successes = 0
     for verdict in verdicts:
-        if not canary.rollout_active(status):
+        if not machine.rollout_active(status):
             break
-        decision = canary.decide(canary_spec, status, Observation(NEW, {}, result(verdict, status.weight)))
+        decision = machine.decide(canary_spec, status, Observation(NEW, {}, result(verdict, status.weight)))
         failures += verdict == "failure"
         successes += verdict == "success"
         status = decision.status
@@ -662,7 +666,7 @@ def test_failures_roll_back_exactly_at_the_limit(canary_spec: models.Canary, ver
             assert decision.action == Action.PROMOTE
             assert (status.phase, status.stable_revision) == (CanaryPhase.PROMOTED, NEW)
         else:
-            assert canary.rollout_active(status)
+            assert machine.rollout_active(status)
             assert status.weight == canary_spec.steps[successes]
         assert status.total_failures == failures
 
@@ -677,11 +681,9 @@ PURE_IMPORTS = {
     "math",
     "re",
     "typing",
-    "agent_operator",
-    "agent_operator.analysis",
-    "agent_operator.models",
-    "agent_operator.naming",
-    "agent_runtime",
+    "agent_operator.canary.analysis",
+    "agent_operator.api.models",
+    "agent_operator.build.naming",
     "agent_runtime.constants",
 }
 
@@ -691,11 +693,16 @@ def test_the_state_machine_and_the_analysis_import_nothing_that_does_io() -> Non
     import importlib.util
     from pathlib import Path
 
-    for module in ("agent_operator.canary", "agent_operator.analysis"):
+    for module in ("agent_operator.canary.machine", "agent_operator.canary.analysis"):
         spec_ = importlib.util.find_spec(module)
         assert spec_ is not None
         assert spec_.origin is not None
         tree = ast.parse(Path(spec_.origin).read_text())
-        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported = {
+            f"{node.module}.{alias.name}" if node.module.split(".")[0] in ("agent_operator", "agent_runtime") else node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names
+        }
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         assert imported <= PURE_IMPORTS, (module, imported - PURE_IMPORTS)

@@ -1,5 +1,5 @@
 """The one-step promote gate (`agentops.dev/promote=step:<weight>`) and the rollout record
-(`status.canary.rollouts`, `agent_operator.rollouthistory`).
+(`status.canary.rollouts`, `agent_operator.canary.rollouthistory`).
 
 Covers:
 - `step:<weight>` at the current weight moves one step (streak reset, failures kept), promotes from
@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import itertools
 
-from agent_operator import canary, models, naming, rollouthistory
-from agent_operator.canary import Action, Observation, Reason
-from agent_operator.models import CanaryPhase
+from agent_operator.api import models
+from agent_operator.api.models import CanaryPhase
+from agent_operator.build import naming
+from agent_operator.canary import machine, rollouthistory
+from agent_operator.canary.machine import Action, Observation, Reason
 
 OLD = "aaaaaaaaaa"
 NEW = "bbbbbbbbbb"
@@ -53,8 +55,8 @@ def decide(
     desired: str = NEW,
     canary_spec: models.Canary | None = None,
     analysis: models.Analysis | None = None,
-) -> canary.Decision:
-    return canary.decide(canary_spec or spec(), status, Observation(desired, annotations or {}, analysis))
+) -> machine.Decision:
+    return machine.decide(canary_spec or spec(), status, Observation(desired, annotations or {}, analysis))
 
 
 def result(verdict: str, weight: int = 10) -> models.Analysis:
@@ -132,7 +134,7 @@ def test_abort_wins_over_a_step_gate() -> None:
 # --- the rollout record ---------------------------------------------------------------------------
 
 
-def stamped(prior: models.CanaryStatus, decision: canary.Decision) -> list[models.RolloutRecord]:
+def stamped(prior: models.CanaryStatus, decision: machine.Decision) -> list[models.RolloutRecord]:
     return rollouthistory.updated(prior, decision, lambda: "2026-01-01T12:00:00Z")
 
 

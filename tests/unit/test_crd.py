@@ -28,7 +28,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from agent_operator import crd, models
+from agent_operator.api import crd, models
 
 from tests.test_examples import apply_defaults, cel_failures, json_schema
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pydantic
 import pytest
-from agent_operator import crd, models
+from agent_operator.api import crd, models
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

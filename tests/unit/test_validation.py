@@ -17,7 +17,7 @@ from typing import Any
 
 import pydantic
 import pytest
-from agent_operator import crd, models, validation
+from agent_operator.api import crd, models, validation
 
 from tests.unit.test_crd import nodes
 

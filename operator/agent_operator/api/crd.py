@@ -16,10 +16,9 @@ import json
 from typing import Any, Final
 
 import yaml
+from agent_operator.api import models
 from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
-
-from agent_operator import models
 
 CRD_NAME: Final = f"{models.PLURAL}.{models.GROUP}"
 CATEGORIES: Final = ["all"]

@@ -17,8 +17,7 @@ from typing import Any, Final
 
 import pydantic
 import yaml
-
-from agent_operator import models
+from agent_operator.api import models
 
 STDIN: Final = "-"
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
-from agent_operator import models, naming, runtimeconfig, workloads
+from agent_operator.api import models
+from agent_operator.build import naming, runtimeconfig, workloads
 from agent_runtime import constants
 
 KEDA_API_VERSION: Final = "keda.sh/v1alpha1"

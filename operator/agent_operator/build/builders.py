@@ -14,17 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_operator import (
-    __version__,
-    autoscaling,
-    dashboard,
-    models,
-    monitoring,
-    naming,
-    runtimeconfig,
-    templatehash,
-    workloads,
-)
+from agent_operator import __version__
+from agent_operator.build import autoscaling, dashboard, monitoring, naming, runtimeconfig, templatehash, workloads
+from agent_operator.api import models
 
 COMPONENTS = (naming.Component.API, naming.Component.WORKER)
 

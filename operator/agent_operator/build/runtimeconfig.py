@@ -20,7 +20,8 @@ import base64
 import hashlib
 from typing import Any, Final
 
-from agent_operator import models, naming
+from agent_operator.api import models
+from agent_operator.build import naming
 from agent_runtime import config, constants
 
 CONFIG_KEY: Final = "config.json"

@@ -18,7 +18,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any, Final
 
-from agent_operator import models, naming, runtimeconfig, templatehash
+from agent_operator.api import models
+from agent_operator.build import naming, runtimeconfig, templatehash
 from agent_runtime import constants
 
 DEFAULT_IMAGE_REPOSITORY: Final = "agentops/agent-runtime"

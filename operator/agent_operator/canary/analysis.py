@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from agent_operator import models
+from agent_operator.api import models
+
 from agent_runtime import constants
 
 

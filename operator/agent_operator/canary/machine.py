@@ -71,7 +71,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from agent_operator import analysis, models, naming
+from agent_operator.api import models
+from agent_operator.build import naming
+from agent_operator.canary import analysis
 
 HISTORY_LIMIT: Final = 10
 ACTIVE_PHASES: Final = frozenset({models.CanaryPhase.PROGRESSING, models.CanaryPhase.PAUSED})

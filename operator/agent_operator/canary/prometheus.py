@@ -27,11 +27,11 @@ from typing import Any, Final
 
 import requests
 import structlog
+from agent_operator.api import models
+from agent_operator.canary import analysis
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.util.retry import Retry
-
-from agent_operator import analysis, models
 
 logger = structlog.get_logger(__name__)
 

@@ -16,27 +16,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from agent_operator import canary, models
+from agent_operator.api import models
+from agent_operator.canary import machine
 
 LIMIT: Final = 10
 
 
-def outcome(prior: models.CanaryStatus, decision: canary.Decision) -> models.RolloutRecord | None:
+def outcome(prior: models.CanaryStatus, decision: machine.Decision) -> models.RolloutRecord | None:
     """The record of the rollout this decision ends (without its time), or None."""
     new = decision.status
-    if decision.action == canary.Action.PROMOTE:
+    if decision.action == machine.Action.PROMOTE:
         return _record(prior, new.stable_revision, "Promoted", decision)
-    if decision.action == canary.Action.ROLL_BACK:
+    if decision.action == machine.Action.ROLL_BACK:
         # Reverted: the spec went back to the stable revision during the rollout; nothing failed.
-        kind = "Reverted" if decision.reason == canary.Reason.REVERTED else "RolledBack"
+        kind = "Reverted" if decision.reason == machine.Reason.REVERTED else "RolledBack"
         return _record(prior, new.canary_revision, kind, decision)
-    if decision.reason == canary.Reason.NEW_REVISION and canary.rollout_active(prior):
+    if decision.reason == machine.Reason.NEW_REVISION and machine.rollout_active(prior):
         return _record(prior, prior.canary_revision, "Superseded", decision)
     return None
 
 
 def updated(
-    prior: models.CanaryStatus, decision: canary.Decision, now: Callable[[], str]
+    prior: models.CanaryStatus, decision: machine.Decision, now: Callable[[], str]
 ) -> list[models.RolloutRecord]:
     """`prior.rollouts`, plus the rollout this decision ends (stamped `now()`), the oldest dropped."""
     ended = outcome(prior, decision)
@@ -45,7 +46,7 @@ def updated(
     return [*prior.rollouts, ended.model_copy(update={"finished_time": now()})][-LIMIT:]
 
 
-def _record(prior: models.CanaryStatus, revision: str, kind: str, decision: canary.Decision) -> models.RolloutRecord:
+def _record(prior: models.CanaryStatus, revision: str, kind: str, decision: machine.Decision) -> models.RolloutRecord:
     return models.RolloutRecord(
         revision=revision,
         stable_revision=prior.stable_revision,

@@ -46,23 +46,12 @@ from typing import Any, Final
 
 import pydantic
 import structlog
-
-from agent_operator import (
-    __version__,
-    analysis,
-    apply,
-    builders,
-    canary,
-    conditions,
-    models,
-    naming,
-    opmetrics,
-    rollouthistory,
-    runtimeconfig,
-    templatehash,
-    workloads,
-)
-from agent_operator.prometheus import Prometheus, rfc3339
+from agent_operator import __version__, opmetrics, status
+from agent_operator.api import models
+from agent_operator.build import builders, naming, runtimeconfig, templatehash, workloads
+from agent_operator.canary import analysis, machine, rollouthistory
+from agent_operator.canary.prometheus import Prometheus, rfc3339
+from agent_operator.kube import apply
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +66,7 @@ NO_PROMETHEUS: Final = (
 )
 # Scrape interval of the ServiceMonitor the operator renders: the analysis window spans >= 4 scrapes.
 DEFAULT_SCRAPE_INTERVAL: Final = 30.0
-ROLLED_BACK_REASONS: Final = frozenset({canary.Reason.FAILURE_LIMIT, canary.Reason.ABORTED, canary.Reason.REVERTED})
+ROLLED_BACK_REASONS: Final = frozenset({machine.Reason.FAILURE_LIMIT, machine.Reason.ABORTED, machine.Reason.REVERTED})
 EVENT_LIMIT: Final = 1000
 
 Clock = Callable[[], float]
@@ -114,7 +103,7 @@ class Plan:
     remove: tuple[Removal, ...]
     prior: models.CanaryStatus
     status: models.CanaryStatus
-    decision: canary.Decision
+    decision: machine.Decision
     analysis: models.Analysis | None
     deployments: tuple[str, ...]
     desired_revision: str
@@ -205,7 +194,7 @@ def layout(
     name = svc.metadata.name
     operator_version = version or __version__
     keep = status.stable_revision != desired_revision
-    active = canary.rollout_active(status)
+    active = machine.rollout_active(status)
     stable_names = {naming.deployment_name(name, c): c for c in builders.COMPONENTS}
     config_key = f"ConfigMap/{runtimeconfig.config_map_name(name)}"
     counts: dict[naming.Component, tuple[int | None, int, int]] = {}  # stable, canary, actual weight
@@ -222,7 +211,7 @@ def layout(
             count = _canary_count(stable, status.weight)
             counts[component] = (None, count, round(100 * count / (count + stable)))
         else:
-            split = canary.split(total, status.weight)
+            split = machine.split(total, status.weight)
             counts[component] = (split.stable, split.canary, split.actual_weight)
 
     out: list[dict[str, Any]] = []
@@ -304,7 +293,7 @@ def wanted_conditions(
         available = (ANALYSIS_READY, false, "PrometheusNotConfigured", NO_PROMETHEUS)
     else:
         errors = []
-        if canary.rollout_active(status) and status.last_analysis is not None:
+        if machine.rollout_active(status) and status.last_analysis is not None:
             errors = [
                 f"{c.name}: {c.message}" for c in status.last_analysis.checks if c.verdict == analysis.Verdict.ERROR
             ]
@@ -331,7 +320,7 @@ def with_conditions(
         new = models.Condition(
             type=type_, status=state, reason=reason, message=message[:EVENT_LIMIT], observed_generation=generation
         )
-        result = conditions.set_condition(result, new, now=now)
+        result = status.set_condition(result, new, now=now)
     return result
 
 
@@ -349,7 +338,7 @@ def analysis_message(result: models.Analysis) -> str:
     return f"analysis at weight {result.weight}: {result.verdict}; " + "; ".join(parts)
 
 
-def decision_event(prior: models.CanaryStatus, decision: canary.Decision) -> tuple[str, str, bool] | None:
+def decision_event(prior: models.CanaryStatus, decision: machine.Decision) -> tuple[str, str, bool] | None:
     """(reason, message, warning) of a decision worth an Event: one that moved the rollout."""
     new = decision.status
     moved = (prior.phase, prior.weight, prior.stable_revision, prior.canary_revision) != (
@@ -358,7 +347,7 @@ def decision_event(prior: models.CanaryStatus, decision: canary.Decision) -> tup
         new.stable_revision,
         new.canary_revision,
     )
-    if not moved or decision.reason == canary.Reason.FIRST_DEPLOY:
+    if not moved or decision.reason == machine.Reason.FIRST_DEPLOY:
         return None
     warning = new.phase in (models.CanaryPhase.ROLLED_BACK, models.CanaryPhase.PAUSED)
     return decision.reason.value, new.message, warning
@@ -427,7 +416,7 @@ class Rollouts:
         spec = svc.spec.canary
         desired = builders.revision(svc, version=self._version)
         canary_live: dict[str, dict[str, Any] | None] = {}
-        if spec.enabled or canary.rollout_active(prior):
+        if spec.enabled or machine.rollout_active(prior):
             for api_version, kind, name in canary_keys(svc.metadata.name):
                 canary_live[f"{kind}/{name}"] = await self._client.get(api_version, kind, svc.metadata.namespace, name)
         # Decide from the objects this AgentService controls only: a foreign object of a canary
@@ -435,17 +424,17 @@ class Rollouts:
         everything = {**live, **apply.owned(canary_live, body.get("metadata", {}).get("uid"))}
         result = await self._maybe_analyse(memory, svc, prior, desired, everything)
         annotations = dict(body.get("metadata", {}).get("annotations") or {})
-        observed = canary.Observation(
+        observed = machine.Observation(
             desired_revision=desired,
             annotations=annotations,
             analysis=result,
             live_stable_revision=live_revision(svc, live),
         )
-        decision = canary.decide(spec, prior, observed)
+        decision = machine.decide(spec, prior, observed)
         laid = layout(svc, children, decision.status, desired, everything, version=self._version)
         rollouts = rollouthistory.updated(prior, decision, self._now)
         status = decision.status.model_copy(update={"actual_weight": laid.actual_weight, "rollouts": rollouts})
-        memory.watching = canary.needs_analysis(spec, status)
+        memory.watching = machine.needs_analysis(spec, status)
         return Plan(
             children=laid.children,
             live=canary_live,
@@ -472,7 +461,7 @@ class Rollouts:
         spec = svc.spec.canary
         interval = spec.interval_seconds
         now = self._monotonic()
-        wanted = canary.needs_analysis(spec, prior) and prior.canary_revision == desired
+        wanted = machine.needs_analysis(spec, prior) and prior.canary_revision == desired
         if not wanted or not self._canary_ready(svc, live):
             memory.timer = None
             return None
@@ -491,7 +480,7 @@ class Rollouts:
             deployment = live.get(
                 f"Deployment/{naming.deployment_name(svc.metadata.name, component, naming.Track.CANARY)}"
             )
-            if deployment is None or not conditions.workload(deployment).rolled_out:
+            if deployment is None or not status.workload(deployment).rolled_out:
                 return False
         return True
 
@@ -537,11 +526,11 @@ class Rollouts:
             log.info("canary", service=name, namespace=namespace, reason=event[0], message=event[1][:300])
         for warning_text in plan.warnings:
             await self._client.event(body, reason="StableTemplateLost", message=warning_text, warning=True)
-        if decision.action == canary.Action.PROMOTE and event is not None:
+        if decision.action == machine.Action.PROMOTE and event is not None:
             self._metrics.promotions.labels(reason=decision.reason.value).inc()
-        if decision.action == canary.Action.ROLL_BACK and event is not None:
+        if decision.action == machine.Action.ROLL_BACK and event is not None:
             self._metrics.rollbacks.labels(reason=decision.reason.value).inc()
-        if plan.spec.enabled or canary.rollout_active(status):
+        if plan.spec.enabled or machine.rollout_active(status):
             self._metrics.canary_weight.labels(service=name, namespace=namespace).set(status.weight)
         else:
             self._drop_weight(namespace, name)

@@ -53,8 +53,9 @@ from typing import Any, Final, cast
 import aiohttp
 import kopf
 import structlog
-
-from agent_operator import models, naming, opmetrics
+from agent_operator import opmetrics
+from agent_operator.api import models
+from agent_operator.build import naming
 
 log = structlog.get_logger(__name__)
 

@@ -26,7 +26,9 @@ import secrets as random
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from agent_operator import apply, models, naming, runtimeconfig
+from agent_operator.api import models
+from agent_operator.build import naming, runtimeconfig
+from agent_operator.kube import apply
 
 TOKEN_BYTES: Final = 32
 # On every pod template: a fingerprint of the auth token, so that a new token (written into the
