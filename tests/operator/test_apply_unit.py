@@ -22,9 +22,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from agent_operator.kube import apply
+from agent_operator.kube import apply, diff
 from hypothesis import given
 from hypothesis import strategies as st
+
+
+def stamped(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A stamped copy of `manifest`."""
+    return diff.stamp(copy.deepcopy(manifest))
 
 
 @pytest.mark.parametrize(
@@ -49,12 +54,12 @@ from hypothesis import strategies as st
     ],
 )
 def test_quantity_reads_the_kubernetes_grammar(text: str, value: Decimal) -> None:
-    assert apply.quantity(text) == value
+    assert diff.quantity(text) == value
 
 
 @pytest.mark.parametrize("text", ["", "m", "Ki", "NaN", "Infinity", "1_000", " 1", "1 ", "1e", "1Kb", "0x10", "abc"])
 def test_quantity_refuses_what_is_not_one(text: str) -> None:
-    assert apply.quantity(text) is None
+    assert diff.quantity(text) is None
 
 
 def test_drift_ignores_what_the_server_adds() -> None:
@@ -68,13 +73,13 @@ def test_drift_ignores_what_the_server_adds() -> None:
         },
         "status": {"readyReplicas": 2},
     }
-    assert apply.drift(desired, live) == []
+    assert diff.drift(desired, live) == []
 
 
 def test_drift_names_each_differing_path() -> None:
     desired = {"spec": {"replicas": 2, "paused": False}, "data": {"a": "1", "b": "2"}}
     live = {"spec": {"replicas": 3}, "data": {"a": "1", "b": "x"}}
-    assert apply.drift(desired, live) == [".spec.replicas", ".spec.paused", ".data.b"]
+    assert diff.drift(desired, live) == [".spec.replicas", ".spec.paused", ".data.b"]
 
 
 @pytest.mark.parametrize(
@@ -82,7 +87,7 @@ def test_drift_names_each_differing_path() -> None:
     [("500m", "0.5"), ("0.5", "500m"), ("1Gi", "1024Mi"), ("2", 2), (2, "2"), ("1", 1.0), ("1000m", "1")],
 )
 def test_drift_compares_quantities_by_value_both_ways(desired: Any, live: Any) -> None:
-    assert apply.drift({"cpu": desired}, {"cpu": live}) == []
+    assert diff.drift({"cpu": desired}, {"cpu": live}) == []
 
 
 @pytest.mark.parametrize(
@@ -101,74 +106,74 @@ def test_drift_compares_quantities_by_value_both_ways(desired: Any, live: Any) -
     ],
 )
 def test_drift_sees_different_scalars(desired: Any, live: Any) -> None:
-    assert apply.drift({"x": desired}, {"x": live}) == [".x"]
+    assert diff.drift({"x": desired}, {"x": live}) == [".x"]
 
 
 @pytest.mark.parametrize("empty", [None, {}, [], ""])
 def test_empty_desired_values_equal_absent_ones(empty: Any) -> None:
     # A real API server drops empty maps, lists and omitempty strings (EnvVar.value == "")
     # from its answers: comparing them to "absent" must not start a write on every pass.
-    assert apply.drift({"value": empty, "name": "X"}, {"name": "X"}) == []
-    assert apply.drift({"env": [{"name": "X", "value": empty}]}, {"env": [{"name": "X"}]}) == []
+    assert diff.drift({"value": empty, "name": "X"}, {"name": "X"}) == []
+    assert diff.drift({"env": [{"name": "X", "value": empty}]}, {"env": [{"name": "X"}]}) == []
 
 
 def test_empty_map_against_a_null_or_a_scalar() -> None:
-    assert apply.drift({"labels": {}}, {"labels": None}) == []
-    assert apply.drift({"labels": {"a": "b"}}, {"labels": None}) == [".labels"]
-    assert apply.drift({"labels": {}}, {"labels": "x"}) == [".labels"]
+    assert diff.drift({"labels": {}}, {"labels": None}) == []
+    assert diff.drift({"labels": {"a": "b"}}, {"labels": None}) == [".labels"]
+    assert diff.drift({"labels": {}}, {"labels": "x"}) == [".labels"]
 
 
 def test_named_lists_match_by_name_and_keep_order() -> None:
     desired = {"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}
-    assert apply.drift(desired, {"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}) == []
+    assert diff.drift(desired, {"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}) == []
     # Another manager (a mutating webhook, a sidecar injector) may add items: not a difference.
     injected = {"env": [{"name": "A", "value": "1"}, {"name": "ISTIO", "value": "x"}, {"name": "B", "value": "2"}]}
-    assert apply.drift(desired, injected) == []
+    assert diff.drift(desired, injected) == []
     edited = {"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "3"}]}
-    assert apply.drift(desired, edited) == [".env[B].value"]
-    assert apply.drift(desired, {"env": [{"name": "A", "value": "1"}]}) == [".env"]  # B missing
-    assert apply.drift(desired, {"env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]}) == [".env"]
+    assert diff.drift(desired, edited) == [".env[B].value"]
+    assert diff.drift(desired, {"env": [{"name": "A", "value": "1"}]}) == [".env"]  # B missing
+    assert diff.drift(desired, {"env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}]}) == [".env"]
 
 
 def test_ports_match_by_their_key_when_unnamed() -> None:
     desired = {"ports": [{"containerPort": 8000}, {"containerPort": 9090}]}
-    assert apply.drift(desired, {"ports": [{"containerPort": 8000, "protocol": "TCP"}, {"containerPort": 9090}]}) == []
-    assert apply.drift(desired, {"ports": [{"containerPort": 8000}]}) == [".ports"]
+    assert diff.drift(desired, {"ports": [{"containerPort": 8000, "protocol": "TCP"}, {"containerPort": 9090}]}) == []
+    assert diff.drift(desired, {"ports": [{"containerPort": 8000}]}) == [".ports"]
 
 
 def test_other_lists_compare_by_position_and_length() -> None:
-    assert apply.drift({"args": ["a", "b"]}, {"args": ["a", "b"]}) == []
-    assert apply.drift({"args": ["a", "b"]}, {"args": ["b", "a"]}) == [".args[0]", ".args[1]"]
-    assert apply.drift({"args": ["a"]}, {"args": ["a", "b"]}) == [".args"]
-    assert apply.drift({"args": ["a"]}, {"args": "a"}) == [".args"]
-    assert apply.drift({"args": []}, {}) == []
+    assert diff.drift({"args": ["a", "b"]}, {"args": ["a", "b"]}) == []
+    assert diff.drift({"args": ["a", "b"]}, {"args": ["b", "a"]}) == [".args[0]", ".args[1]"]
+    assert diff.drift({"args": ["a"]}, {"args": ["a", "b"]}) == [".args"]
+    assert diff.drift({"args": ["a"]}, {"args": "a"}) == [".args"]
+    assert diff.drift({"args": []}, {}) == []
 
 
 def test_needs_write_when_absent_or_different() -> None:
-    desired = apply.stamped({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}})
-    assert apply.needs_write(desired, None) == ["absent"]
+    desired = stamped({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}})
+    assert diff.needs_write(desired, None) == ["absent"]
     live = copy.deepcopy(desired)
     live["metadata"].update(uid="u", resourceVersion="3", creationTimestamp="2026-01-01T00:00:00Z")
-    assert apply.needs_write(desired, live) == []
+    assert diff.needs_write(desired, live) == []
     live["data"]["k"] = "edited"
-    assert apply.needs_write(desired, live) == [".data.k"]
+    assert diff.needs_write(desired, live) == [".data.k"]
 
 
 def test_the_hash_notices_a_field_the_operator_stopped_setting() -> None:
     before = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}}
     after = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}}
-    live = apply.stamped(before)
+    live = stamped(before)
     # desired ⊆ live still holds for the smaller manifest; only the hash tells them apart.
-    assert apply.drift({"data": after["data"]}, live) == []
-    assert apply.needs_write(apply.stamped(after), live) == [f".metadata.annotations.{apply.APPLIED_HASH_ANNOTATION}"]
+    assert diff.drift({"data": after["data"]}, live) == []
+    assert diff.needs_write(stamped(after), live) == [f".metadata.annotations.{diff.APPLIED_HASH_ANNOTATION}"]
 
 
 def test_stamped_copies_and_does_not_hash_its_own_stamp() -> None:
     manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
-    stamp = apply.stamped(manifest)
+    stamp = stamped(manifest)
     assert "annotations" not in manifest["metadata"]  # the input is untouched
-    assert apply.stamped(stamp) == stamp  # re-stamping a stamped manifest is stable
-    assert stamp["metadata"]["annotations"][apply.APPLIED_HASH_ANNOTATION] == apply.manifest_hash(manifest)
+    assert stamped(stamp) == stamp  # re-stamping a stamped manifest is stable
+    assert stamp["metadata"]["annotations"][diff.APPLIED_HASH_ANNOTATION] == diff.manifest_hash(manifest)
 
 
 def test_adopt_owns_and_stamps_private_copies() -> None:
@@ -184,7 +189,7 @@ def test_adopt_owns_and_stamps_private_copies() -> None:
     assert adopted["metadata"]["ownerReferences"][0]["controller"] is True
     unstamped = copy.deepcopy(adopted)
     del unstamped["metadata"]["annotations"]
-    assert adopted == apply.stamped(unstamped)  # the hash covers the ownerReference too
+    assert adopted == stamped(unstamped)  # the hash covers the ownerReference too
 
 
 KEYS = st.text("xyz", min_size=1, max_size=2)
@@ -197,24 +202,24 @@ JSON = st.recursive(
 
 @given(JSON)
 def test_nothing_drifts_from_itself(value: Any) -> None:
-    assert apply.drift(value, copy.deepcopy(value)) == []
+    assert diff.drift(value, copy.deepcopy(value)) == []
 
 
 @given(st.dictionaries(st.text("xyz", min_size=1, max_size=2), JSON, max_size=4), JSON)
 def test_extra_live_keys_are_not_drift(desired: dict[str, Any], extra: Any) -> None:
     live = {**copy.deepcopy(desired), "serverSide": extra}
-    assert apply.drift(desired, live) == []
+    assert diff.drift(desired, live) == []
 
 
 @given(st.dictionaries(st.text("xyz", min_size=1, max_size=2), st.text("ab", min_size=1, max_size=3), min_size=1))
 def test_stamping_is_deterministic_and_sensitive(data: dict[str, str]) -> None:
     manifest: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data}
-    assert apply.stamped(manifest) == apply.stamped(copy.deepcopy(manifest))
+    assert stamped(manifest) == stamped(copy.deepcopy(manifest))
     first = next(iter(data))
     changed = copy.deepcopy(manifest)
     changed["data"][first] = data[first] + "!"
-    assert apply.manifest_hash(changed) != apply.manifest_hash(manifest)
-    assert apply.needs_write(apply.stamped(changed), apply.stamped(manifest)) != []
+    assert diff.manifest_hash(changed) != diff.manifest_hash(manifest)
+    assert diff.needs_write(stamped(changed), stamped(manifest)) != []
 
 
 def test_owns_field_reads_apply_entries_by_manager_and_path() -> None:
@@ -226,8 +231,8 @@ def test_owns_field_reads_apply_entries_by_manager_and_path() -> None:
             ]
         }
     }
-    assert apply.owns_field(live, "agentservice-operator", "spec", "replicas")
-    assert apply.owns_field(live, "agentservice-operator", "spec")
-    assert not apply.owns_field(live, "agentservice-operator", "spec", "paused")
-    assert not apply.owns_field(live, "kubectl", "spec", "paused")  # an Update, not an Apply
-    assert not apply.owns_field({"metadata": {}}, "agentservice-operator", "spec")
+    assert diff.owns_field(live, "agentservice-operator", "spec", "replicas")
+    assert diff.owns_field(live, "agentservice-operator", "spec")
+    assert not diff.owns_field(live, "agentservice-operator", "spec", "paused")
+    assert not diff.owns_field(live, "kubectl", "spec", "paused")  # an Update, not an Apply
+    assert not diff.owns_field({"metadata": {}}, "agentservice-operator", "spec")

@@ -20,7 +20,8 @@ from typing import Any
 import aiohttp
 from agent_operator.api import models
 from agent_operator.build import builders, naming
-from agent_operator.kube import apply
+from agent_operator.kube import client as kube_client
+from agent_operator.kube import diff
 
 from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes, eventually, ready_service
 
@@ -28,7 +29,8 @@ from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes
 def rendered(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     svc = models.AgentService.model_validate(body)
     return {
-        f"{apply.PLURALS[c['apiVersion'], c['kind']]}/{c['metadata']['name']}": c for c in builders.build_children(svc)
+        f"{kube_client.PLURALS[c['apiVersion'], c['kind']]}/{c['metadata']['name']}": c
+        for c in builders.build_children(svc)
     }
 
 
@@ -61,7 +63,7 @@ async def test_create_builds_every_child_owned_and_labelled(operator: Operator) 
         assert labels["app.kubernetes.io/managed-by"] == naming.MANAGED_BY, key
         assert labels["app.kubernetes.io/name"] == naming.APP_NAME, key
         assert {"app.kubernetes.io/component", "app.kubernetes.io/version"} <= set(labels), key
-        assert apply.APPLIED_HASH_ANNOTATION in child["metadata"]["annotations"], key
+        assert diff.APPLIED_HASH_ANNOTATION in child["metadata"]["annotations"], key
 
     # No controller runs in the emulator: nothing is ready until the "Deployment controller" says so.
     status = await eventually(lambda: operator.status().get("phase") == "Progressing" and operator.status())

@@ -25,7 +25,8 @@ import aiohttp.web
 import kopf
 import pytest
 from agent_operator import opmetrics
-from agent_operator.kube import apply, secrets
+from agent_operator.kube import client as kube_client
+from agent_operator.kube import secrets
 from agentops_dev import devcluster
 
 from tests.operator.conftest import Operator, agent_service, eventually
@@ -58,15 +59,15 @@ def secret(namespace: str, name: str, **data: str) -> dict[str, Any]:
     }
 
 
-def client_for(url: str) -> apply.Client:
+def client_for(url: str) -> kube_client.Client:
     async def login() -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=url, default_namespace="default")
 
-    return apply.Client(login, opmetrics.create())
+    return kube_client.Client(login, opmetrics.create())
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[devcluster.DevCluster, apply.Client]]:
+async def served() -> AsyncIterator[tuple[devcluster.DevCluster, kube_client.Client]]:
     async with devcluster.running() as (cluster, url):
         await cluster.put_object("v1/secrets", secret(TEAM, "llm", key="sk-team-a"))
         client = client_for(url)
@@ -81,25 +82,27 @@ def paths_since(cluster: devcluster.DevCluster, mark: int) -> list[str]:
     return [str(r.url.raw_path) for r in cluster._requests[mark:]]
 
 
-async def test_a_hostile_name_never_becomes_a_request(served: tuple[devcluster.DevCluster, apply.Client]) -> None:
+async def test_a_hostile_name_never_becomes_a_request(served: tuple[devcluster.DevCluster, kube_client.Client]) -> None:
     cluster, client = served
     for name in HOSTILE:
         mark = cluster.request_count
-        with pytest.raises(apply.InvalidName):
+        with pytest.raises(kube_client.InvalidName):
             await client.read_secret(TEAM, name)
         for kind, api_version in (("ConfigMap", "v1"), ("Deployment", "apps/v1")):
-            with pytest.raises(apply.InvalidName):
+            with pytest.raises(kube_client.InvalidName):
                 await client.get(api_version, kind, TEAM, name)
-        with pytest.raises(apply.InvalidName):
+        with pytest.raises(kube_client.InvalidName):
             await client.delete("v1", "ConfigMap", TEAM, name)
-        with pytest.raises(apply.InvalidName):
+        with pytest.raises(kube_client.InvalidName):
             await client.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": TEAM}})
-        with pytest.raises(apply.InvalidName):
+        with pytest.raises(kube_client.InvalidName):
             await client.read_secret(name or "..", "llm")  # a hostile namespace, too
         assert paths_since(cluster, mark) == [], name
 
 
-async def test_a_valid_name_reads_inside_the_namespace_only(served: tuple[devcluster.DevCluster, apply.Client]) -> None:
+async def test_a_valid_name_reads_inside_the_namespace_only(
+    served: tuple[devcluster.DevCluster, kube_client.Client],
+) -> None:
     cluster, client = served
     mark = cluster.request_count
     live = await client.read_secret(TEAM, "llm")
@@ -111,7 +114,7 @@ async def test_a_valid_name_reads_inside_the_namespace_only(served: tuple[devclu
 
 @pytest.mark.parametrize("name", HOSTILE, ids=repr)
 async def test_no_secret_missing_oracle_about_other_namespaces(
-    served: tuple[devcluster.DevCluster, apply.Client], name: str
+    served: tuple[devcluster.DevCluster, kube_client.Client], name: str
 ) -> None:
     cluster, client = served
     refs = [
@@ -148,7 +151,7 @@ async def test_the_client_never_follows_a_redirect() -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     client = client_for(f"http://127.0.0.1:{port}")
     try:
-        with pytest.raises(apply.ApiError) as refused:
+        with pytest.raises(kube_client.ApiError) as refused:
             await client.read_secret(TEAM, "llm")
         assert refused.value.status == 301
     finally:

@@ -11,7 +11,7 @@ import copy
 
 import kopf
 from agent_operator import opmetrics, reconcile
-from agent_operator.kube import apply
+from agent_operator.kube import client as kube_client
 from agentops_dev import devcluster
 
 from tests.operator.conftest import AGSVC, agent_service
@@ -25,7 +25,7 @@ async def test_stale_body_after_own_status_write_writes_nothing(cluster: tuple[d
     async def login() -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=url, default_namespace="default")
 
-    client = apply.Client(login, metrics)
+    client = kube_client.Client(login, metrics)
     reconciler = reconcile.Reconciler(client, metrics, clock=lambda: next(times))
     try:
         body = copy.deepcopy(await emulator.put_object(AGSVC, agent_service()))  # a snapshot: version V1, no status

@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from agent_operator.api import models
-from agent_operator.build import naming, runtimeconfig
-from agent_operator.kube import apply
+from agent_operator.build import runtimeconfig
+from agent_operator.kube.client import Client
+from agent_operator.objects import ObjectRef
 
 TOKEN_BYTES: Final = 32
 # On every pod template: a fingerprint of the auth token, so that a new token (written into the
@@ -74,12 +75,12 @@ def problems(refs: Sequence[Reference], live: Mapping[str, Mapping[str, Any] | N
         secret = live.get(ref.name)
         if secret is None:
             found.append(f"Secret {ref.name!r} not found ({ref.field})")
-        elif apply.decode_secret_value(secret, ref.key) is None:
+        elif decode_secret_value(secret, ref.key) is None:
             found.append(f"key {ref.key!r} not in Secret {ref.name!r} ({ref.field})")
     return found
 
 
-async def missing(client: apply.Client, namespace: str, refs: Sequence[Reference]) -> list[str]:
+async def missing(client: Client, namespace: str, refs: Sequence[Reference]) -> list[str]:
     """Read each referenced Secret once (concurrently); describe every missing Secret or key.
 
     `namespace` is the AgentService's: every read stays there (`Client.read_secret`). A name that
@@ -110,7 +111,7 @@ def new_token() -> str:
 
 def auth_token(live: Mapping[str, Any] | None) -> tuple[str, bool]:
     """The token stored in the live auth Secret, or a new one; and whether it is new."""
-    current = apply.decode_secret_value(live, runtimeconfig.AUTH_TOKEN_KEY) if live is not None else None
+    current = decode_secret_value(live, runtimeconfig.AUTH_TOKEN_KEY) if live is not None else None
     if current:
         return current, False
     return new_token(), True
@@ -140,14 +141,23 @@ def with_token_digest(children: Sequence[dict[str, Any]], token: str) -> list[di
     return result
 
 
-def with_token(children: Sequence[dict[str, Any]], svc: models.AgentService, token: str) -> list[dict[str, Any]]:
-    """`children` with the auth Secret completed by `token` (the builders render it without)."""
-    name = naming.auth_secret_name(svc.metadata.name)
+def with_token(children: Sequence[dict[str, Any]], auth: ObjectRef, token: str) -> list[dict[str, Any]]:
+    """`children` with the auth Secret `auth` completed by `token` (the builders render it without)."""
     result = []
     for child in children:
-        if child.get("kind") == "Secret" and child["metadata"]["name"] == name:
+        if ObjectRef.of(child) == auth:
             encoded = base64.b64encode(token.encode()).decode("ascii")
             result.append({**child, "data": {runtimeconfig.AUTH_TOKEN_KEY: encoded}})
         else:
             result.append(child)
     return result
+
+
+def decode_secret_value(secret: Mapping[str, Any], key_name: str) -> str | None:
+    """A Secret key's value (from `data` or `stringData`), or None when the key is absent."""
+    data = secret.get("data") or {}
+    if key_name in data:
+        return base64.b64decode(data[key_name]).decode(errors="replace")
+    string_data = secret.get("stringData") or {}
+    value = string_data.get(key_name)
+    return str(value) if value is not None else None
