@@ -50,9 +50,9 @@ def test_hpas_target_the_deployments_and_the_runtime_metric() -> None:
             "scaleDownStabilizationSeconds": 42,
         }
     )
-    api_hpa, worker_hpa = autoscaling.build_autoscalers(s, version=V)
+    api_hpa, worker_hpa = autoscaling.build_autoscalers(s, operator_version=V)
     for hpa, component in ((api_hpa, naming.Component.API), (worker_hpa, naming.Component.WORKER)):
-        deployment = workloads.build_deployment(s, component, version=V)
+        deployment = workloads.build_deployment(s, component, operator_version=V)
         ref = hpa["spec"]["scaleTargetRef"]
         assert (ref["apiVersion"], ref["kind"], ref["name"]) == (
             "apps/v1",
@@ -80,7 +80,7 @@ def test_hpas_target_the_deployments_and_the_runtime_metric() -> None:
 def test_keda_replaces_the_worker_hpa() -> None:
     s = svc(autoscaling={"engine": "keda", "minReplicas": 0, "maxReplicas": 30, "targetQueueDepthPerReplica": 7})
     s = s.model_copy(update={"metadata": s.metadata.model_copy(update={"namespace": "team-a"})})
-    api_hpa, scaled = autoscaling.build_autoscalers(s, version=V)
+    api_hpa, scaled = autoscaling.build_autoscalers(s, operator_version=V)
     assert api_hpa["kind"] == "HorizontalPodAutoscaler" and api_hpa["spec"]["minReplicas"] == 1
     assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
     assert scaled["spec"]["scaleTargetRef"]["name"] == naming.deployment_name("demo", naming.Component.WORKER)
@@ -122,7 +122,7 @@ def test_keda_specs_without_a_plain_url_are_invalid(redis: dict[str, Any]) -> No
     with pytest.raises(ValidationError, match=r"the keda engine needs a plain redis\.url"):
         svc(redis=redis, autoscaling={"engine": "keda"})
     # the hpa engine serves the same Redis settings
-    assert len(autoscaling.build_autoscalers(svc(redis=redis), version=V)) == 2
+    assert len(autoscaling.build_autoscalers(svc(redis=redis), operator_version=V)) == 2
 
 
 def test_keda_refuses_urls_it_cannot_pass() -> None:
@@ -133,5 +133,7 @@ def test_keda_refuses_urls_it_cannot_pass() -> None:
 
 
 def test_disabled_means_no_autoscaler() -> None:
-    assert autoscaling.build_autoscalers(svc(autoscaling={"enabled": False}), version=V) == []
-    assert autoscaling.build_autoscalers(svc(autoscaling={"enabled": False, "engine": "keda"}), version=V) == []
+    assert autoscaling.build_autoscalers(svc(autoscaling={"enabled": False}), operator_version=V) == []
+    assert (
+        autoscaling.build_autoscalers(svc(autoscaling={"enabled": False, "engine": "keda"}), operator_version=V) == []
+    )

@@ -138,8 +138,10 @@ def test_names_and_labels_valid_for_the_longest_name() -> None:
     longest = "a" * 40 + ""  # the CRD caps AgentService names at 40 characters
     s = svc(name=longest, namespace="n" * 63, networkPolicy={"enabled": True}, image="r.io/x:" + "v" * 128)
     children = builders.build_children(s)
-    children.append(workloads.build_deployment(s, naming.Component.WORKER, version="1", track=naming.Track.CANARY))
-    children.append(runtimeconfig.build_config_map(s, version="1", track=naming.Track.CANARY))
+    children.append(
+        workloads.build_deployment(s, naming.Component.WORKER, operator_version="1", track=naming.Track.CANARY)
+    )
+    children.append(runtimeconfig.build_config_map(s, app_version="1", track=naming.Track.CANARY))
     for child in children:
         name = child["metadata"]["name"]
         assert len(name) <= 63 and DNS_LABEL.match(name), name
@@ -195,8 +197,10 @@ def test_version_default_and_revision() -> None:
     s = svc()
     deployment = next(c for c in builders.build_children(s) if c["kind"] == "Deployment")
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == f"agentops/agent-runtime:{__version__}"
-    assert builders.revision(s) == builders.revision(svc())
-    assert builders.revision(s) == builders.revision(svc(api={"replicas": 9}, alerts={"queueDepth": 3}))
-    assert builders.revision(s) != builders.revision(svc(image="me/rt:v2"))
-    assert builders.revision(s) != builders.revision(svc(worker={"concurrency": 3}))
-    assert builders.revision(s, version="0.0.1") != builders.revision(s, version="0.0.2")
+    assert builders.desired(s).revision == builders.desired(svc()).revision
+    assert builders.desired(s).revision == builders.desired(svc(api={"replicas": 9}, alerts={"queueDepth": 3})).revision
+    assert builders.desired(s).revision != builders.desired(svc(image="me/rt:v2")).revision
+    assert builders.desired(s).revision != builders.desired(svc(worker={"concurrency": 3})).revision
+    assert (
+        builders.desired(s, operator_version="0.0.1").revision != builders.desired(s, operator_version="0.0.2").revision
+    )

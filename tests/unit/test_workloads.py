@@ -26,6 +26,8 @@ from typing import Any
 
 from agent_operator.api import models
 from agent_operator.build import naming, runtimeconfig, workloads
+from agent_operator.kube import secrets
+from agent_operator.objects import ObjectRef
 
 from agent_runtime import constants
 
@@ -66,29 +68,33 @@ def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_selectors_match_pod_labels_and_tracks_never_overlap() -> None:
     s = svc()
     for component in (API, WORKER):
-        stable = workloads.build_deployment(s, component, version=V)
-        canary = workloads.build_deployment(s, component, version=V, track=CANARY, replicas=1)
+        stable = workloads.build_deployment(s, component, operator_version=V)
+        canary = workloads.build_deployment(s, component, operator_version=V, track=CANARY, replicas=1)
         for dep in (stable, canary):
             assert matches(dep["spec"]["selector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
         assert not matches(stable["spec"]["selector"]["matchLabels"], canary["spec"]["template"]["metadata"]["labels"])
         assert not matches(canary["spec"]["selector"]["matchLabels"], stable["spec"]["template"]["metadata"]["labels"])
         assert canary["metadata"]["name"] == naming.deployment_name("demo", component, CANARY)
         assert canary["spec"]["template"]["metadata"]["labels"][naming.TRACK_LABEL] == "canary"
-    api_service = workloads.build_api_service(s, version=V)
+    api_service = workloads.build_api_service(s, operator_version=V)
     for track in (STABLE, CANARY):
-        api_pods = workloads.build_deployment(s, API, version=V, track=track)["spec"]["template"]["metadata"]["labels"]
-        worker_pods = workloads.build_deployment(s, WORKER, version=V, track=track)["spec"]["template"]["metadata"]
+        api_pods = workloads.build_deployment(s, API, operator_version=V, track=track)["spec"]["template"]["metadata"][
+            "labels"
+        ]
+        worker_pods = workloads.build_deployment(s, WORKER, operator_version=V, track=track)["spec"]["template"][
+            "metadata"
+        ]
         assert matches(api_service["spec"]["selector"], api_pods)
         assert not matches(api_service["spec"]["selector"], worker_pods["labels"])
-        metrics = workloads.build_worker_metrics_service(s, version=V)
+        metrics = workloads.build_worker_metrics_service(s, operator_version=V)
         assert matches(metrics["spec"]["selector"], worker_pods["labels"])
         for component, labels in ((API, api_pods), (WORKER, worker_pods["labels"])):
-            pdb = workloads.build_pod_disruption_budget(s, component, version=V)
+            pdb = workloads.build_pod_disruption_budget(s, component, operator_version=V)
             assert matches(pdb["spec"]["selector"]["matchLabels"], labels)
 
 
 def test_container_runs_the_runtime_hardened() -> None:
-    dep = workloads.build_deployment(svc(), API, version=V)
+    dep = workloads.build_deployment(svc(), API, operator_version=V)
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == f"agentops/agent-runtime:{V}"
@@ -112,7 +118,7 @@ def test_container_runs_the_runtime_hardened() -> None:
     assert mounts["tmp"]["mountPath"] == "/tmp" and "emptyDir" in volumes["tmp"]
     assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
 
-    worker = workloads.build_deployment(svc(image="me/rt:v9"), WORKER, version=V)
+    worker = workloads.build_deployment(svc(image="me/rt:v9"), WORKER, operator_version=V)
     (container,) = worker["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "me/rt:v9" and container["args"] == ["worker"]
     assert container["ports"][0]["containerPort"] == constants.WORKER_METRICS_PORT
@@ -129,7 +135,7 @@ def test_env_references_secrets_and_never_copies_keys() -> None:
             {"name": "EXTRA", "secretKeyRef": {"name": "x", "key": "y"}},
         ]
     )
-    env = env_of(workloads.build_deployment(s, WORKER, version=V, track=CANARY, replicas=1))
+    env = env_of(workloads.build_deployment(s, WORKER, operator_version=V, track=CANARY, replicas=1))
     assert env[constants.SERVICE_ENV]["value"] == "demo"
     assert env[constants.TRACK_ENV]["value"] == "canary"
     assert env[constants.POD_NAME_ENV]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -149,21 +155,21 @@ def test_env_references_secrets_and_never_copies_keys() -> None:
     assert env["EXTRA"]["valueFrom"]["secretKeyRef"] == {"name": "x", "key": "y"}
 
     secret_redis = svc(redis={"urlSecretRef": {"name": "redis", "key": "url"}})
-    env = env_of(workloads.build_deployment(secret_redis, API, version=V))
+    env = env_of(workloads.build_deployment(secret_redis, API, operator_version=V))
     assert env[constants.REDIS_URL_ENV]["valueFrom"]["secretKeyRef"] == {"name": "redis", "key": "url"}
 
 
 def test_provider_keys_only_as_secret_key_refs() -> None:
     s = svc()
     for component in (API, WORKER):
-        for name, entry in env_of(workloads.build_deployment(s, component, version=V)).items():
+        for name, entry in env_of(workloads.build_deployment(s, component, operator_version=V)).items():
             if name.startswith("AGENT_PROVIDER_"):
                 assert "value" not in entry and set(entry["valueFrom"]) == {"secretKeyRef"}
 
 
 def test_service_account_and_pod_annotations() -> None:
     s = svc(serviceAccountName="runner", podAnnotations={"example.com/team": "a"})
-    template = workloads.build_deployment(s, API, version=V)["spec"]["template"]
+    template = workloads.build_deployment(s, API, operator_version=V)["spec"]["template"]
     assert template["spec"]["serviceAccountName"] == "runner"
     # naming a ServiceAccount does not hand the pods its API token
     assert template["spec"]["automountServiceAccountToken"] is False
@@ -173,17 +179,20 @@ def test_service_account_and_pod_annotations() -> None:
 
 def test_replicas() -> None:
     autoscaled = svc()
-    assert "replicas" not in workloads.build_deployment(autoscaled, API, version=V)["spec"]
-    assert "replicas" not in workloads.build_deployment(autoscaled, WORKER, version=V)["spec"]
-    assert workloads.build_deployment(autoscaled, WORKER, version=V, track=CANARY, replicas=2)["spec"]["replicas"] == 2
+    assert "replicas" not in workloads.build_deployment(autoscaled, API, operator_version=V)["spec"]
+    assert "replicas" not in workloads.build_deployment(autoscaled, WORKER, operator_version=V)["spec"]
+    assert (
+        workloads.build_deployment(autoscaled, WORKER, operator_version=V, track=CANARY, replicas=2)["spec"]["replicas"]
+        == 2
+    )
     fixed = svc(autoscaling={"enabled": False}, api={"replicas": 3}, worker={"replicas": 5})
-    assert workloads.build_deployment(fixed, API, version=V)["spec"]["replicas"] == 3
-    assert workloads.build_deployment(fixed, WORKER, version=V)["spec"]["replicas"] == 5
-    assert workloads.build_deployment(fixed, WORKER, version=V, replicas=0)["spec"]["replicas"] == 0
+    assert workloads.build_deployment(fixed, API, operator_version=V)["spec"]["replicas"] == 3
+    assert workloads.build_deployment(fixed, WORKER, operator_version=V)["spec"]["replicas"] == 5
+    assert workloads.build_deployment(fixed, WORKER, operator_version=V, replicas=0)["spec"]["replicas"] == 0
 
 
 def _hash(s: models.AgentService, component: naming.Component = API, **kwargs: Any) -> str:
-    dep = workloads.build_deployment(s, component, version=kwargs.pop("version", V), **kwargs)
+    dep = workloads.build_deployment(s, component, operator_version=kwargs.pop("operator_version", V), **kwargs)
     value: str = dep["metadata"]["annotations"][naming.TEMPLATE_HASH_ANNOTATION]
     assert dep["spec"]["template"]["metadata"]["annotations"][naming.TEMPLATE_HASH_ANNOTATION] == value
     return value
@@ -196,10 +205,10 @@ def test_template_hash_changes_exactly_with_the_template() -> None:
     assert _hash(svc(api={"replicas": 7})) == base  # replicas live outside the template
     assert _hash(svc(autoscaling={"maxReplicas": 30})) == base
     assert _hash(svc(), track=CANARY, replicas=1) == base  # same revision on either track
-    assert workloads.pod_template_hash(svc(), API, version=V) == base
+    assert workloads.pod_template_hash(svc(), API, operator_version=V) == base
     changed = [
         _hash(svc(image="me/rt:v2")),
-        _hash(svc(), version="9.9.9"),
+        _hash(svc(), operator_version="9.9.9"),
         _hash(svc(env=[{"name": "X", "value": "1"}])),
         _hash(svc(podAnnotations={"a": "b"})),
         _hash(svc(limits={"maxStepsPerTask": 3})),  # config change -> config hash -> template
@@ -213,18 +222,18 @@ def test_template_hash_changes_exactly_with_the_template() -> None:
 
 
 def test_canary_reads_its_own_config_map() -> None:
-    canary = workloads.build_deployment(svc(), API, version=V, track=CANARY, replicas=1)
+    canary = workloads.build_deployment(svc(), API, operator_version=V, track=CANARY, replicas=1)
     volumes = {v["name"]: v for v in canary["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["config"]["configMap"]["name"] == runtimeconfig.config_map_name("demo", CANARY)
-    assert runtimeconfig.config_map_name("demo", CANARY) != naming.config_map_name("demo")
-    cm = runtimeconfig.build_config_map(svc(), version=V, track=CANARY)
-    assert cm["metadata"]["name"] == runtimeconfig.config_map_name("demo", CANARY)
+    assert volumes["config"]["configMap"]["name"] == naming.config_map_name("demo", CANARY)
+    assert naming.config_map_name("demo", CANARY) != naming.config_map_name("demo")
+    cm = runtimeconfig.build_config_map(svc(), app_version=V, track=CANARY)
+    assert cm["metadata"]["name"] == naming.config_map_name("demo", CANARY)
 
 
 def test_network_policy() -> None:
     s = svc(networkPolicy={"enabled": True, "allowFromNamespaces": ["web", "batch", "web"]})
-    policy = workloads.build_network_policy(s, version=V)
-    pods = workloads.build_deployment(s, WORKER, version=V)["spec"]["template"]["metadata"]["labels"]
+    policy = workloads.build_network_policy(s, operator_version=V)
+    pods = workloads.build_deployment(s, WORKER, operator_version=V)["spec"]["template"]["metadata"]["labels"]
     assert matches(policy["spec"]["podSelector"]["matchLabels"], pods)
     api_rule, scrape_rule = policy["spec"]["ingress"]
     assert {"podSelector": {}} in api_rule["from"]
@@ -235,7 +244,7 @@ def test_network_policy() -> None:
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     ]
     assert {p["port"] for p in scrape_rule["ports"]} == {constants.API_PORT, constants.WORKER_METRICS_PORT}
-    alone = workloads.build_network_policy(svc(networkPolicy={"enabled": True}), version=V)
+    alone = workloads.build_network_policy(svc(networkPolicy={"enabled": True}), operator_version=V)
     assert alone["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
 
 
@@ -247,13 +256,13 @@ def test_version_label_follows_the_image() -> None:
     assert workloads.app_version(svc(image="rt:" + "x" * 100 + "-"), V) == "x" * 63
     # an operator upgrade does not touch the pod template of a custom image
     custom = svc(image="me/rt:v2")
-    assert _hash(custom, version="1.0.0") == _hash(custom, version="2.0.0")
+    assert _hash(custom, operator_version="1.0.0") == _hash(custom, operator_version="2.0.0")
 
 
 def test_auth_secret_shape() -> None:
-    shape = runtimeconfig.build_auth_secret(svc(), version=V)
+    shape = runtimeconfig.build_auth_secret(svc(), app_version=V)
     assert "data" not in shape and shape["metadata"]["annotations"] == {runtimeconfig.GENERATED_ANNOTATION: "true"}
-    filled = runtimeconfig.build_auth_secret(svc(), version=V, token="s3cret")
+    (filled,) = secrets.with_token([shape], ObjectRef.of(shape), "s3cret")
     assert base64.b64decode(filled["data"][runtimeconfig.AUTH_TOKEN_KEY]) == b"s3cret"
     assert {k: v for k, v in filled.items() if k != "data"} == shape
 
@@ -261,7 +270,7 @@ def test_auth_secret_shape() -> None:
 def test_builders_do_not_mutate_their_input() -> None:
     s = svc(env=[{"name": "A", "value": "1"}], podAnnotations={"x": "y"})
     before = copy.deepcopy(s.model_dump())
-    workloads.build_deployment(s, API, version=V)
+    workloads.build_deployment(s, API, operator_version=V)
     assert s.model_dump() == before
 
 
@@ -270,5 +279,5 @@ def test_service_account_token_only_when_asked_for() -> None:
         {"automountServiceAccountToken": True},
         {"serviceAccountName": "runner", "automountServiceAccountToken": True},
     ):
-        template = workloads.build_deployment(svc(**spec), WORKER, version=V)["spec"]["template"]
+        template = workloads.build_deployment(svc(**spec), WORKER, operator_version=V)["spec"]["template"]
         assert template["spec"]["automountServiceAccountToken"] is True, spec

@@ -54,7 +54,7 @@ def _behavior(spec: models.Autoscaling) -> dict[str, Any]:
     return {"scaleDown": {"stabilizationWindowSeconds": spec.scale_down_stabilization_seconds}}
 
 
-def build_hpa(svc: models.AgentService, component: naming.Component, *, version: str) -> dict[str, Any]:
+def build_hpa(svc: models.AgentService, component: naming.Component, *, operator_version: str) -> dict[str, Any]:
     """The HPA of one component's stable Deployment (worker: queue depth and CPU; API: CPU)."""
     name = svc.metadata.name
     spec = svc.spec.autoscaling
@@ -67,7 +67,7 @@ def build_hpa(svc: models.AgentService, component: naming.Component, *, version:
         "metadata": {
             "name": naming.deployment_name(name, component),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, component.value, workloads.app_version(svc, version)),
+            "labels": naming.standard_labels(name, component.value, workloads.app_version(svc, operator_version)),
         },
         "spec": {
             "scaleTargetRef": _target_ref(name, component),
@@ -117,7 +117,7 @@ def redis_trigger_connection(redis: models.RedisSpec) -> dict[str, str]:
     }
 
 
-def build_scaled_object(svc: models.AgentService, *, version: str) -> dict[str, Any]:
+def build_scaled_object(svc: models.AgentService, *, operator_version: str) -> dict[str, Any]:
     """The KEDA ScaledObject of the stable worker Deployment: one redis-streams trigger per priority."""
     name = svc.metadata.name
     spec = svc.spec.autoscaling
@@ -144,7 +144,7 @@ def build_scaled_object(svc: models.AgentService, *, version: str) -> dict[str, 
         "metadata": {
             "name": naming.deployment_name(name, naming.Component.WORKER),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, naming.Component.WORKER.value, workloads.app_version(svc, version)),
+            "labels": naming.standard_labels(name, naming.Component.WORKER.value, workloads.app_version(svc, operator_version)),
         },
         "spec": {
             "scaleTargetRef": _target_ref(name, naming.Component.WORKER),
@@ -156,11 +156,11 @@ def build_scaled_object(svc: models.AgentService, *, version: str) -> dict[str, 
     }
 
 
-def build_autoscalers(svc: models.AgentService, *, version: str) -> list[dict[str, Any]]:
+def build_autoscalers(svc: models.AgentService, *, operator_version: str) -> list[dict[str, Any]]:
     """Every autoscaler of the service, or none when autoscaling is disabled."""
     if not svc.spec.autoscaling.enabled:
         return []
-    api = build_hpa(svc, naming.Component.API, version=version)
+    api = build_hpa(svc, naming.Component.API, operator_version=operator_version)
     if svc.spec.autoscaling.engine == models.AutoscalingEngine.KEDA:
-        return [api, build_scaled_object(svc, version=version)]
-    return [api, build_hpa(svc, naming.Component.WORKER, version=version)]
+        return [api, build_scaled_object(svc, operator_version=operator_version)]
+    return [api, build_hpa(svc, naming.Component.WORKER, operator_version=operator_version)]

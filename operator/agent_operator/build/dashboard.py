@@ -111,7 +111,7 @@ def dashboard_json(svc: models.AgentService) -> dict[str, Any]:
     }
 
 
-def build_dashboard(svc: models.AgentService, *, version: str | None = None) -> dict[str, Any]:
+def build_dashboard(svc: models.AgentService, *, app_version: str | None = None) -> dict[str, Any]:
     """The ConfigMap carrying the dashboard JSON, labelled for Grafana's sidecar."""
     name = svc.metadata.name
     return {
@@ -121,7 +121,7 @@ def build_dashboard(svc: models.AgentService, *, version: str | None = None) -> 
             "name": naming.dashboard_name(name),
             "namespace": svc.metadata.namespace,
             "labels": {
-                **naming.standard_labels(name, "dashboard", version or __version__),
+                **naming.standard_labels(name, "dashboard", app_version or __version__),
                 DASHBOARD_LABEL: "1",
             },
         },

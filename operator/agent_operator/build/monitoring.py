@@ -145,7 +145,7 @@ def build_alerts(svc: models.AgentService) -> list[dict[str, Any]]:
     return rules
 
 
-def build_prometheus_rule(svc: models.AgentService, *, version: str | None = None) -> dict[str, Any] | None:
+def build_prometheus_rule(svc: models.AgentService, *, app_version: str | None = None) -> dict[str, Any] | None:
     """The PrometheusRule with the service's alerts, or None when `spec.alerts.enabled` is false."""
     if not svc.spec.alerts.enabled:
         return None
@@ -156,7 +156,7 @@ def build_prometheus_rule(svc: models.AgentService, *, version: str | None = Non
         "metadata": {
             "name": naming.prometheus_rule_name(name),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, COMPONENT, version or __version__),
+            "labels": naming.standard_labels(name, COMPONENT, app_version or __version__),
         },
         "spec": {
             "groups": [
@@ -169,7 +169,7 @@ def build_prometheus_rule(svc: models.AgentService, *, version: str | None = Non
     }
 
 
-def build_service_monitor(svc: models.AgentService, *, version: str | None = None) -> dict[str, Any]:
+def build_service_monitor(svc: models.AgentService, *, app_version: str | None = None) -> dict[str, Any]:
     """The ServiceMonitor scraping the API and worker metrics endpoints of one service.
 
     `honorLabels` keeps the runtime's own `service` label (the AgentService name): without it the
@@ -194,7 +194,7 @@ def build_service_monitor(svc: models.AgentService, *, version: str | None = Non
         "metadata": {
             "name": naming.service_monitor_name(name),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, COMPONENT, version or __version__),
+            "labels": naming.standard_labels(name, COMPONENT, app_version or __version__),
         },
         "spec": {
             "selector": {"matchLabels": naming.instance_labels(name)},

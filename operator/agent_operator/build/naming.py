@@ -10,6 +10,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
+from agent_runtime.config import Track as Track  # the runtime's own enum: the pods' AGENT_TRACK
+
 MANAGED_BY: Final = "agentservice-operator"
 FIELD_MANAGER: Final = "agentservice-operator"
 APP_NAME: Final = "agent-runtime"
@@ -24,11 +26,6 @@ class Component(StrEnum):
     WORKER = "worker"
 
 
-class Track(StrEnum):
-    STABLE = "stable"
-    CANARY = "canary"
-
-
 def deployment_name(service: str, component: Component, track: Track = Track.STABLE) -> str:
     """`<svc>-api`, `<svc>-worker`, and `-canary` suffixed for the canary track."""
     suffix = "" if track == Track.STABLE else "-canary"
@@ -39,8 +36,13 @@ def api_service_name(service: str) -> str:
     return f"{service}-api"
 
 
-def config_map_name(service: str) -> str:
-    return f"{service}-config"
+def config_map_name(service: str, track: Track = Track.STABLE) -> str:
+    """`<svc>-config` for the stable track; the canary track reads its own `<svc>-config-canary`.
+
+    During a rollout the canary runs the new configuration while stable keeps the old one, so the
+    two tracks cannot share one ConfigMap.
+    """
+    return f"{service}-config" if track == Track.STABLE else f"{service}-config-canary"
 
 
 def auth_secret_name(service: str) -> str:
@@ -68,12 +70,12 @@ def instance_labels(service: str) -> dict[str, str]:
     }
 
 
-def standard_labels(service: str, component: str, version: str) -> dict[str, str]:
-    """The `app.kubernetes.io/*` labels of one child."""
+def standard_labels(service: str, component: str, app_version: str) -> dict[str, str]:
+    """The `app.kubernetes.io/*` labels of one child (`app_version`: the runtime version the pods run)."""
     return {
         **instance_labels(service),
         "app.kubernetes.io/component": component,
-        "app.kubernetes.io/version": version[:63],
+        "app.kubernetes.io/version": app_version[:63],
     }
 
 

@@ -10,13 +10,11 @@ once, when the Secret does not exist yet, and never rotates it on a re-render. A
 and cannot know the token, so `build_auth_secret(svc)` returns the Secret's *shape*: no `data`,
 and the annotation `agentops.dev/generated: "true"` that says the value is filled in by the
 operator. That is also what `agentctl render` prints, so a GitOps diff never shows (or churns) the
-token. The operator passes the token it generated or read back (`build_auth_secret(svc, token=…)`)
-when it applies the Secret.
+token; the operator fills it in when it applies the Secret (`kube.secrets.with_token`).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from typing import Any, Final
 
@@ -34,16 +32,6 @@ CONFIG_COMPONENT: Final = "config"
 AUTH_COMPONENT: Final = "auth"
 # Seconds the worker keeps for itself between its own drain deadline and the kubelet's SIGKILL.
 SHUTDOWN_MARGIN_SECONDS: Final = 10.0
-
-
-def config_map_name(service: str, track: naming.Track = naming.Track.STABLE) -> str:
-    """`<svc>-config` for the stable track; the canary track reads its own `<svc>-config-canary`.
-
-    During a rollout the canary runs the new configuration while stable keeps the old one, so the
-    two tracks cannot share one ConfigMap.
-    """
-    base = naming.config_map_name(service)
-    return base if track == naming.Track.STABLE else f"{base}-canary"
 
 
 def shutdown_grace_seconds(termination_grace_period_seconds: int) -> float:
@@ -117,7 +105,7 @@ def config_hash(data: dict[str, str]) -> str:
 def build_config_map(
     svc: models.AgentService,
     *,
-    version: str,
+    app_version: str,
     track: naming.Track = naming.Track.STABLE,
     data: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -127,10 +115,10 @@ def build_config_map(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": config_map_name(name, track),
+            "name": naming.config_map_name(name, track),
             "namespace": svc.metadata.namespace,
             "labels": {
-                **naming.standard_labels(name, CONFIG_COMPONENT, version),
+                **naming.standard_labels(name, CONFIG_COMPONENT, app_version),
                 naming.TRACK_LABEL: track.value,
             },
         },
@@ -138,20 +126,17 @@ def build_config_map(
     }
 
 
-def build_auth_secret(svc: models.AgentService, *, version: str, token: str | None = None) -> dict[str, Any]:
-    """The operator-managed auth Secret: its shape without `token`, complete with it."""
+def build_auth_secret(svc: models.AgentService, *, app_version: str) -> dict[str, Any]:
+    """The operator-managed auth Secret's shape: no `data` (the operator fills in the token)."""
     name = svc.metadata.name
-    secret: dict[str, Any] = {
+    return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
             "name": naming.auth_secret_name(name),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, AUTH_COMPONENT, version),
+            "labels": naming.standard_labels(name, AUTH_COMPONENT, app_version),
             "annotations": {GENERATED_ANNOTATION: "true"},
         },
         "type": "Opaque",
     }
-    if token is not None:
-        secret["data"] = {AUTH_TOKEN_KEY: base64.b64encode(token.encode()).decode("ascii")}
-    return secret

@@ -38,12 +38,12 @@ REVISION_HISTORY_LIMIT: Final = 5
 LABEL_VALUE_MAX: Final = 63
 
 
-def image(svc: models.AgentService, version: str) -> str:
+def image(svc: models.AgentService, operator_version: str) -> str:
     """`spec.image`, or the bundled runtime image of this operator version."""
-    return svc.spec.image or f"{DEFAULT_IMAGE_REPOSITORY}:{version}"
+    return svc.spec.image or f"{DEFAULT_IMAGE_REPOSITORY}:{operator_version}"
 
 
-def app_version(svc: models.AgentService, version: str) -> str:
+def app_version(svc: models.AgentService, operator_version: str) -> str:
     """The `app.kubernetes.io/version` label: the runtime version the pods run.
 
     The operator's version for the bundled image, otherwise the tag of `spec.image` (`latest`
@@ -51,7 +51,7 @@ def app_version(svc: models.AgentService, version: str) -> str:
     from the image keeps an operator upgrade from changing the pod template of a custom image.
     """
     if svc.spec.image is None:
-        raw = version
+        raw = operator_version
     elif "@" in svc.spec.image:
         raw = "digest"
     else:
@@ -61,9 +61,9 @@ def app_version(svc: models.AgentService, version: str) -> str:
     return cleaned.strip("-_.") or "unknown"
 
 
-def pod_labels(service: str, component: naming.Component, track: naming.Track, version: str) -> dict[str, str]:
+def pod_labels(service: str, component: naming.Component, track: naming.Track, app_version: str) -> dict[str, str]:
     """Labels of a pod: the standard ones plus `track` (a superset of the selector labels)."""
-    return {**naming.standard_labels(service, component.value, version), naming.TRACK_LABEL: track.value}
+    return {**naming.standard_labels(service, component.value, app_version), naming.TRACK_LABEL: track.value}
 
 
 def resources(spec: models.Resources) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def _probe(path: str, port: str, *, period: int, failure_threshold: int) -> dict
 
 
 def container(
-    svc: models.AgentService, component: naming.Component, track: naming.Track, version: str
+    svc: models.AgentService, component: naming.Component, track: naming.Track, operator_version: str
 ) -> dict[str, Any]:
     """The runtime container of one component."""
     if component == naming.Component.API:
@@ -141,7 +141,7 @@ def container(
         )
     return {
         "name": component.value,
-        "image": image(svc, version),
+        "image": image(svc, operator_version),
         "imagePullPolicy": svc.spec.image_pull_policy,
         "command": [ENTRYPOINT],
         "args": [component.value],
@@ -170,14 +170,14 @@ def pod_template(
     component: naming.Component,
     track: naming.Track,
     *,
-    version: str,
+    operator_version: str,
     config_digest: str,
 ) -> dict[str, Any]:
     """The pod template of one component and track, without the template-hash annotation."""
     name = svc.metadata.name
     annotations = {**svc.spec.pod_annotations, runtimeconfig.CONFIG_HASH_ANNOTATION: config_digest}
     pod_spec: dict[str, Any] = {
-        "containers": [container(svc, component, track, version)],
+        "containers": [container(svc, component, track, operator_version)],
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
@@ -195,7 +195,7 @@ def pod_template(
             {
                 "name": CONFIG_VOLUME,
                 "configMap": {
-                    "name": runtimeconfig.config_map_name(name, track),
+                    "name": naming.config_map_name(name, track),
                     "items": [{"key": runtimeconfig.CONFIG_KEY, "path": posixpath.basename(constants.CONFIG_PATH)}],
                 },
             },
@@ -209,7 +209,7 @@ def pod_template(
     pod_spec["automountServiceAccountToken"] = svc.spec.automount_service_account_token
     return {
         "metadata": {
-            "labels": pod_labels(name, component, track, app_version(svc, version)),
+            "labels": pod_labels(name, component, track, app_version(svc, operator_version)),
             "annotations": dict(sorted(annotations.items())),
         },
         "spec": pod_spec,
@@ -224,11 +224,11 @@ def desired_replicas(svc: models.AgentService, component: naming.Component) -> i
 
 
 def pod_template_hash(
-    svc: models.AgentService, component: naming.Component, *, version: str, config_digest: str | None = None
+    svc: models.AgentService, component: naming.Component, *, operator_version: str, config_digest: str | None = None
 ) -> str:
     """The template hash of a component's desired revision (track-independent, see module doc)."""
     digest = config_digest or runtimeconfig.config_hash(runtimeconfig.config_data(svc))
-    stable = pod_template(svc, component, naming.Track.STABLE, version=version, config_digest=digest)
+    stable = pod_template(svc, component, naming.Track.STABLE, operator_version=operator_version, config_digest=digest)
     return templatehash.template_hash(stable)
 
 
@@ -236,7 +236,7 @@ def build_deployment(
     svc: models.AgentService,
     component: naming.Component,
     *,
-    version: str,
+    operator_version: str,
     track: naming.Track = naming.Track.STABLE,
     replicas: int | None = None,
     config_digest: str | None = None,
@@ -248,11 +248,11 @@ def build_deployment(
     """
     name = svc.metadata.name
     digest = config_digest or runtimeconfig.config_hash(runtimeconfig.config_data(svc))
-    template = pod_template(svc, component, track, version=version, config_digest=digest)
+    template = pod_template(svc, component, track, operator_version=operator_version, config_digest=digest)
     if track == naming.Track.STABLE:
         template_hash = templatehash.template_hash(template)
     else:
-        template_hash = pod_template_hash(svc, component, version=version, config_digest=digest)
+        template_hash = pod_template_hash(svc, component, operator_version=operator_version, config_digest=digest)
     template["metadata"]["annotations"][naming.TEMPLATE_HASH_ANNOTATION] = template_hash
     spec: dict[str, Any] = {}
     count = desired_replicas(svc, component) if replicas is None else replicas
@@ -272,14 +272,14 @@ def build_deployment(
         "metadata": {
             "name": naming.deployment_name(name, component, track),
             "namespace": svc.metadata.namespace,
-            "labels": pod_labels(name, component, track, app_version(svc, version)),
+            "labels": pod_labels(name, component, track, app_version(svc, operator_version)),
             "annotations": {naming.TEMPLATE_HASH_ANNOTATION: template_hash},
         },
         "spec": spec,
     }
 
 
-def build_api_service(svc: models.AgentService, *, version: str) -> dict[str, Any]:
+def build_api_service(svc: models.AgentService, *, operator_version: str) -> dict[str, Any]:
     """The ClusterIP Service of the task API; it selects API pods of both tracks."""
     name = svc.metadata.name
     return {
@@ -288,7 +288,7 @@ def build_api_service(svc: models.AgentService, *, version: str) -> dict[str, An
         "metadata": {
             "name": naming.api_service_name(name),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, naming.Component.API.value, app_version(svc, version)),
+            "labels": naming.standard_labels(name, naming.Component.API.value, app_version(svc, operator_version)),
         },
         "spec": {
             "type": "ClusterIP",
@@ -298,7 +298,7 @@ def build_api_service(svc: models.AgentService, *, version: str) -> dict[str, An
     }
 
 
-def build_worker_metrics_service(svc: models.AgentService, *, version: str) -> dict[str, Any]:
+def build_worker_metrics_service(svc: models.AgentService, *, operator_version: str) -> dict[str, Any]:
     """A headless Service over the worker pods of both tracks, so the ServiceMonitor can scrape them."""
     name = svc.metadata.name
     return {
@@ -307,7 +307,7 @@ def build_worker_metrics_service(svc: models.AgentService, *, version: str) -> d
         "metadata": {
             "name": naming.deployment_name(name, naming.Component.WORKER),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, naming.Component.WORKER.value, app_version(svc, version)),
+            "labels": naming.standard_labels(name, naming.Component.WORKER.value, app_version(svc, operator_version)),
         },
         "spec": {
             "clusterIP": "None",
@@ -325,7 +325,7 @@ def build_worker_metrics_service(svc: models.AgentService, *, version: str) -> d
 
 
 def build_pod_disruption_budget(
-    svc: models.AgentService, component: naming.Component, *, version: str
+    svc: models.AgentService, component: naming.Component, *, operator_version: str
 ) -> dict[str, Any]:
     """A PodDisruptionBudget over a component's pods of both tracks."""
     name = svc.metadata.name
@@ -335,7 +335,7 @@ def build_pod_disruption_budget(
         "metadata": {
             "name": naming.deployment_name(name, component),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, component.value, app_version(svc, version)),
+            "labels": naming.standard_labels(name, component.value, app_version(svc, operator_version)),
         },
         "spec": {
             "maxUnavailable": svc.spec.pod_disruption_budget.max_unavailable,
@@ -348,7 +348,7 @@ def network_policy_name(service: str) -> str:
     return f"{service}-ingress"
 
 
-def build_network_policy(svc: models.AgentService, *, version: str) -> dict[str, Any]:
+def build_network_policy(svc: models.AgentService, *, operator_version: str) -> dict[str, Any]:
     """Ingress to the service's pods: the task API from its own namespace and the allowed ones,
     the metrics ports from the monitoring namespace. Egress stays open (LLM APIs, Redis)."""
     name = svc.metadata.name
@@ -377,7 +377,7 @@ def build_network_policy(svc: models.AgentService, *, version: str) -> dict[str,
         "metadata": {
             "name": network_policy_name(name),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, "network", app_version(svc, version)),
+            "labels": naming.standard_labels(name, "network", app_version(svc, operator_version)),
         },
         "spec": {
             "podSelector": {"matchLabels": naming.instance_labels(name)},
