@@ -699,7 +699,9 @@ def test_the_state_machine_and_the_analysis_import_nothing_that_does_io() -> Non
         assert spec_.origin is not None
         tree = ast.parse(Path(spec_.origin).read_text())
         imported = {
-            f"{node.module}.{alias.name}" if node.module.split(".")[0] in ("agent_operator", "agent_runtime") else node.module
+            f"{node.module}.{alias.name}"
+            if node.module.split(".")[0] in ("agent_operator", "agent_runtime")
+            else node.module
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.module
             for alias in node.names

@@ -77,6 +77,11 @@ FALLBACK_RATE_FLOOR: Final = 0.01
 # A rate needs at least two samples in its window; four scrapes leave room for a missed one.
 MIN_WINDOW_SCRAPES: Final = 4
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
+PROMETHEUS_CHECK: Final = "prometheus"
+NO_PROMETHEUS: Final = (
+    "the operator runs without a Prometheus URL (--prometheus-url, chart value prometheus.url): canary analyses "
+    "cannot run, so a rollout holds and then pauses; set it, or promote with the agentops.dev/promote annotation"
+)
 # Worst first: the analysis takes the first verdict any of its checks has.
 SEVERITY: Final = (Verdict.FAILURE, Verdict.ERROR, Verdict.INCONCLUSIVE, Verdict.SUCCESS)
 
@@ -373,3 +378,9 @@ def summary(analysis: models.Analysis) -> str:
         value = "no data" if check.value is None else number(check.value)
         parts.append(f"{check.name} = {value} (threshold {check.threshold}; {check.message}) from `{check.query}`")
     return f"{verdict} at weight {analysis.weight}: " + ("; ".join(parts) or "no check has this verdict")
+
+
+def no_prometheus(weight: int, time_: str) -> models.Analysis:
+    """The analysis of an operator without a Prometheus URL: an error, never a success."""
+    check = models.CheckResult(name=PROMETHEUS_CHECK, verdict=Verdict.ERROR.value, message=NO_PROMETHEUS)
+    return models.Analysis(time=time_, weight=weight, verdict=Verdict.ERROR.value, checks=[check])
