@@ -6,7 +6,7 @@ get their collaborators through kopf's `memo`. Choices made for kopf:
   strategy keeps two operators from overlapping;
 - kopf's own bookkeeping (handler progress, the last handled spec) lives in `agentops.dev/*`
   annotations, never in the status, whose schema belongs to the AgentService API;
-- no finalizer on AgentServices (see `handlers`): deletion is the garbage collector's job;
+- no finalizer on AgentServices: deletion is the garbage collector's job (why: `handlers`);
 - kopf posts no Events from log lines; the operator posts its own, for significant steps only;
 - finite API timeouts, so a hung connection turns into a retry instead of a stuck handler.
 
@@ -35,7 +35,7 @@ import structlog
 from agent_operator import __version__, handlers, opmetrics, reconcile
 from agent_operator.canary import rollouts
 from agent_operator.canary.prometheus import Prometheus
-from agent_operator.kube import apply
+from agent_operator.kube import client as kube_client
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +54,7 @@ class Config:
     metrics_port: int | None = DEFAULT_METRICS_PORT
     resync_interval: float = DEFAULT_RESYNC_INTERVAL
     server: str | None = None  # an API server URL without credentials (the dev cluster)
-    version: str | None = None  # the runtime version of the default image (the operator's own)
+    operator_version: str | None = None  # the version of the default runtime image (None: the operator's own)
     host: str = "0.0.0.0"
     prometheus_url: str | None = None  # where canary analyses query; None: analyses cannot run
     prometheus_scrape_interval: float = rollouts.DEFAULT_SCRAPE_INTERVAL
@@ -155,16 +155,15 @@ async def operate(
     async def credentials() -> kopf.ConnectionInfo:
         return await login(config, settings)
 
-    client = apply.Client(credentials, metrics)
+    client = kube_client.Client(credentials, metrics)
     prometheus = Prometheus(config.prometheus_url) if config.prometheus_url else None
     canary_rollouts = rollouts.Rollouts(
         client,
         metrics,
         prometheus=prometheus,
         scrape_interval_seconds=config.prometheus_scrape_interval,
-        version=config.version,
     )
-    reconciler = reconcile.Reconciler(client, metrics, version=config.version, canary=canary_rollouts)
+    reconciler = reconcile.Reconciler(client, metrics, operator_version=config.operator_version, canary=canary_rollouts)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, resync_interval=config.resync_interval, analysis_tick=config.analysis_tick)
 

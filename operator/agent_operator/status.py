@@ -1,19 +1,34 @@
-"""Status conditions and the phase, derived purely from what one reconcile observed.
+"""What the operator tells about one AgentService: its conditions and phase, the status write, Events.
 
+The conditions and the phase are derived purely from what one reconcile found (`derive`). They are
 kstatus-compatible: every condition carries type/status/reason/message/lastTransitionTime and
 `observedGeneration`; `lastTransitionTime` moves only when a condition's status flips, so a
-reconcile that observes the same state produces byte-identical conditions (and therefore no
-status write). The six conditions are always present, so `kubectl wait --for=condition=Ready`
-and Argo CD's health check can rely on them.
+reconcile that finds the same state produces byte-identical conditions (and therefore no status
+write). The six conditions are always present, so `kubectl wait --for=condition=Ready` and Argo
+CD's health check can rely on them; the canary conditions are described in docs/canary.md.
+
+`Reporter` writes the status subresource when (and only when) it differs, and announces: an Event
+for each condition that flips into a state worth telling a person about, for applied and pruned
+children, for canary analyses and decisions; the canary metrics; the removal of consumed gates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
+import pydantic
+import structlog
+
+from agent_operator import objects, opmetrics
 from agent_operator.api import models
+from agent_operator.canary import analysis, machine, tracks
+from agent_operator.kube.client import ApiError, Client
+from agent_operator.objects import ObjectRef
+
+log = structlog.get_logger(__name__)
 
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
@@ -22,6 +37,11 @@ SPEC_INVALID: Final = "SpecInvalid"
 SECRET_MISSING: Final = "SecretMissing"
 CHILD_CONFLICT: Final = "ChildConflict"
 ORDER: Final = (READY, PROGRESSING, DEGRADED, SPEC_INVALID, SECRET_MISSING, CHILD_CONFLICT)
+PROMOTED: Final = "Promoted"
+PAUSED: Final = "Paused"
+ANALYSIS_READY: Final = "AnalysisReady"
+CANARY_CONDITIONS: Final = (PROMOTED, PAUSED, ANALYSIS_READY)
+MESSAGE_LIMIT: Final = 1000
 
 TRUE = models.ConditionStatus.TRUE
 FALSE = models.ConditionStatus.FALSE
@@ -45,16 +65,16 @@ class Workload:
 
 
 @dataclasses.dataclass(frozen=True)
-class Observation:
-    """Everything one reconcile learned; the input of `derive`."""
+class Findings:
+    """Everything one reconcile found out; the input of `derive`."""
 
     generation: int | None
     spec_error: str = ""
     missing_secrets: tuple[str, ...] = ()
     workloads: tuple[Workload, ...] = ()
     apply_error: str = ""
-    skipped: tuple[str, ...] = ()  # children whose API the cluster does not serve
-    conflicts: tuple[str, ...] = ()  # `Kind/name` of children that exist but belong to someone else
+    skipped: tuple[str, ...] = ()  # kinds of children whose API the cluster does not serve
+    conflicts: tuple[ObjectRef, ...] = ()  # children that exist but belong to someone else
 
 
 def workload(deployment: Mapping[str, Any]) -> Workload:
@@ -97,7 +117,7 @@ def set_condition(conditions: Sequence[models.Condition], new: models.Condition,
     return result
 
 
-def _wanted(obs: Observation) -> list[tuple[str, models.ConditionStatus, str, str]]:
+def _wanted(obs: Findings) -> list[tuple[str, models.ConditionStatus, str, str]]:
     """(type, status, reason, message) of the six conditions for one observation."""
     if obs.spec_error:
         return [
@@ -148,9 +168,9 @@ def _wanted(obs: Observation) -> list[tuple[str, models.ConditionStatus, str, st
     return [ready, progressing, degraded, invalid, secret, conflict]
 
 
-def conflict_message(conflicts: Sequence[str]) -> str:
+def conflict_message(conflicts: Sequence[ObjectRef]) -> str:
     """What a person reads about children that exist but are not this AgentService's."""
-    which = ", ".join(conflicts)
+    which = objects.keys(conflicts)
     return (
         f"{which} already exist{'s' if len(conflicts) == 1 else ''} and {'is' if len(conflicts) == 1 else 'are'}"
         " not controlled by this AgentService: left untouched; delete or rename "
@@ -159,7 +179,7 @@ def conflict_message(conflicts: Sequence[str]) -> str:
 
 
 def derive(
-    obs: Observation, previous: Sequence[models.Condition], *, now: str
+    obs: Findings, previous: Sequence[models.Condition], *, now: str
 ) -> tuple[models.Phase, list[models.Condition]]:
     """The phase and the full condition list after `obs`, keeping unrelated conditions."""
     conditions = list(previous)
@@ -185,3 +205,291 @@ def phase(conditions: Sequence[models.Condition]) -> models.Phase:
     if state.get(PROGRESSING) == TRUE:
         return models.Phase.PROGRESSING
     return models.Phase.PENDING
+
+
+# --- the canary's part of the status ----------------------------------------------------------------
+
+
+def canary_of(status: Mapping[str, Any]) -> models.CanaryStatus:
+    """`status.canary` as a model; anything unreadable counts as no rollout known."""
+    raw = status.get("canary")
+    if not isinstance(raw, Mapping):
+        return models.CanaryStatus()
+    try:
+        return models.CanaryStatus.model_validate(dict(raw))
+    except pydantic.ValidationError:
+        return models.CanaryStatus()
+
+
+def canary_json(canary: models.CanaryStatus) -> dict[str, Any]:
+    """`status.canary` as written (camelCase, unset values left out)."""
+    return canary.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def canary_conditions(
+    spec: models.Canary, canary: models.CanaryStatus, desired_revision: str, *, prometheus_url: str | None
+) -> list[models.Condition] | None:
+    """The canary conditions (without transition times), or None when they do not apply."""
+    phase_ = models.CanaryPhase(canary.phase)
+    if not spec.enabled and phase_ == models.CanaryPhase.IDLE:
+        return None
+    promoted = {
+        models.CanaryPhase.PROGRESSING: (FALSE, "RolloutProgressing"),
+        models.CanaryPhase.PAUSED: (FALSE, "RolloutPaused"),
+        models.CanaryPhase.ROLLED_BACK: (FALSE, "RolledBack"),
+        models.CanaryPhase.PROMOTED: (TRUE, "Promoted"),
+        models.CanaryPhase.IDLE: (TRUE, "UpToDate"),
+    }[phase_]
+    if promoted[0] == TRUE and canary.stable_revision != desired_revision:
+        promoted = (FALSE, "NotRolledOut")
+    message = canary.message or f"revision {canary.stable_revision} is served"
+    if phase_ == models.CanaryPhase.PAUSED:
+        paused = (TRUE, "PausedBySpec" if spec.paused else "InconclusiveLimitReached", canary.message)
+    else:
+        paused = (FALSE, "NotPaused", "")
+    if prometheus_url is None:
+        ready = (FALSE, "PrometheusNotConfigured", analysis.NO_PROMETHEUS)
+    else:
+        errors = []
+        if machine.rollout_active(canary) and canary.last_analysis is not None:
+            errors = [
+                f"{c.name}: {c.message}" for c in canary.last_analysis.checks if c.verdict == analysis.Verdict.ERROR
+            ]
+        if errors:
+            text = "; ".join(dict.fromkeys(errors))
+            ready = (FALSE, "AnalysisError", f"the last analysis could not run: {text}")
+        else:
+            ready = (TRUE, "PrometheusConfigured", f"analyses query {prometheus_url}")
+    return [
+        models.Condition(type=PROMOTED, status=promoted[0], reason=promoted[1], message=message),
+        models.Condition(type=PAUSED, status=paused[0], reason=paused[1], message=paused[2]),
+        models.Condition(type=ANALYSIS_READY, status=ready[0], reason=ready[1], message=ready[2]),
+    ]
+
+
+def with_canary_conditions(
+    current: Sequence[models.Condition], wanted: list[models.Condition] | None, *, generation: int | None, now: str
+) -> list[models.Condition]:
+    """`current` with the canary conditions set (or removed when they do not apply)."""
+    if wanted is None:
+        return [c for c in current if c.type not in CANARY_CONDITIONS]
+    result = list(current)
+    for cond in wanted:
+        new = cond.model_copy(update={"message": cond.message[:MESSAGE_LIMIT], "observed_generation": generation})
+        result = set_condition(result, new, now=now)
+    return result
+
+
+def analysis_message(result: models.Analysis) -> str:
+    """An Event's text: every check's value, samples, threshold and verdict; the query of each that
+    did not pass (the summary names query, value and threshold of the checks that decided)."""
+    parts = []
+    for check in result.checks:
+        value = "no data" if check.value is None else analysis.number(check.value)
+        samples = "" if check.samples is None else f", {analysis.number(check.samples)} requests"
+        line = f"{check.name} {check.verdict}: {value} (threshold {check.threshold or '-'}{samples})"
+        if check.verdict != analysis.Verdict.SUCCESS and check.query:
+            line += f" from `{check.query}`"
+        parts.append(line)
+    return f"analysis at weight {result.weight}: {result.verdict}; " + "; ".join(parts)
+
+
+def decision_event(prior: models.CanaryStatus, decision: machine.Decision) -> tuple[str, str, bool] | None:
+    """(reason, message, warning) of a decision worth an Event: one that moved the rollout."""
+    new = decision.status
+    moved = (prior.phase, prior.weight, prior.stable_revision, prior.canary_revision) != (
+        new.phase,
+        new.weight,
+        new.stable_revision,
+        new.canary_revision,
+    )
+    if not moved or decision.reason == machine.Reason.FIRST_DEPLOY:
+        return None
+    warning = new.phase in (models.CanaryPhase.ROLLED_BACK, models.CanaryPhase.PAUSED)
+    return decision.reason.value, new.message, warning
+
+
+def _conditions(status: Mapping[str, Any]) -> list[models.Condition]:
+    result = []
+    for item in status.get("conditions") or []:
+        try:
+            result.append(models.Condition.model_validate(item))
+        except pydantic.ValidationError:
+            continue  # a condition someone else wrote in a shape we do not know: leave it out
+    return result
+
+
+# --- writing and announcing --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """The status last written, and the resourceVersion of the body it was computed from."""
+
+    status: dict[str, Any]
+    resource_version: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What one reconcile has to say besides its findings."""
+
+    revision: str
+    canary: models.CanaryStatus | None
+    plan: tracks.Plan | None = None  # the canary plan, when one was made
+    written: tuple[ObjectRef, ...] = ()  # children applied
+    existed: frozenset[ObjectRef] = frozenset()  # of those, the ones that existed before
+    pruned: tuple[ObjectRef, ...] = ()
+
+
+class Reporter:
+    """Writes the status subresource of AgentServices and announces what changed."""
+
+    def __init__(
+        self, client: Client, metrics: opmetrics.Metrics, *, clock: Callable[[], str], prometheus_url: str | None
+    ) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._clock = clock
+        self._prometheus_url = prometheus_url
+        self._written: dict[str, Written] = {}
+        self._weights: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name) of a canary weight series
+
+    def forget(self, uid: str) -> None:
+        """Drop what is remembered of a deleted object, and its canary weight series."""
+        self._written.pop(uid, None)
+        identity = self._weights.pop(uid, None)
+        if identity is not None:
+            self._drop_weight(*identity)
+
+    def previous(self, uid: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The status a reconcile starts from: the last one written, else the body's.
+
+        Only the operator writes the status, so what it wrote last is never older than a body's
+        copy, while a body may well be older: the watch event of our own write may not have
+        arrived, and a resync pass may hold a body read before the latest change. Deciding a
+        rollout from a stale `status.canary` could step it back. After a restart the body is all
+        there is, and it is read fresh.
+        """
+        written = self._written.get(uid)
+        if written is not None:
+            return written.status
+        return dict(body.get("status") or {})
+
+    async def report(
+        self, uid: str, body: Mapping[str, Any], findings: Findings, report: Report
+    ) -> tuple[models.Phase, bool]:
+        """Announce applied and pruned children, write the status, announce the canary's news."""
+        if report.pruned:
+            await self._client.event(body, reason="Pruned", message=f"deleted {objects.keys(report.pruned)}")
+        if report.written:
+            created = [ref for ref in report.written if ref not in report.existed]
+            updated = [ref for ref in report.written if ref in report.existed]
+            message = "; ".join(
+                part
+                for part in (
+                    f"created {objects.keys(created)}" if created else "",
+                    f"updated {objects.keys(updated)}" if updated else "",
+                )
+                if part
+            )
+            await self._client.event(body, reason="Applied", message=message)
+        result = await self._write(uid, body, findings, report)
+        if report.plan is not None:
+            await self._announce_canary(uid, body, report.plan)
+        return result
+
+    async def _write(
+        self, uid: str, body: Mapping[str, Any], findings: Findings, report: Report
+    ) -> tuple[models.Phase, bool]:
+        """Patch the status subresource if (and only if) it differs; an Event for each condition flip."""
+        written = self._written.get(uid)
+        version = body.get("metadata", {}).get("resourceVersion")
+        if written is not None and written.resource_version == version:
+            # A body older than our own last status write (a resync pass or a late watch event):
+            # start from what we wrote, or fresh timestamps would look like a change and be written.
+            body = {**body, "status": {**(body.get("status") or {}), **written.status}}
+        live_status = body.get("status") or {}
+        previous = _conditions(live_status)
+        now = self._clock()
+        phase_, conds = derive(findings, previous, now=now)
+        plan = report.plan
+        if plan is not None:
+            wanted = canary_conditions(
+                plan.spec, plan.status, plan.desired_revision, prometheus_url=self._prometheus_url
+            )
+            conds = with_canary_conditions(conds, wanted, generation=findings.generation, now=now)
+        status: dict[str, Any] = {
+            "phase": phase_.value,
+            "observedGeneration": findings.generation,
+            "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conds],
+            "replicas": sum(w.desired for w in findings.workloads),
+            "readyReplicas": sum(w.ready for w in findings.workloads),
+            "revision": report.revision,
+        }
+        if report.canary is not None:
+            status["canary"] = canary_json(report.canary)
+        current = {k: live_status.get(k) for k in status}
+        if current == status:
+            return phase_, False
+        if written is not None and written.status == status and written.resource_version == version:
+            return phase_, False  # our own write is not in this (stale) body yet
+        patch = dict(status)
+        if report.canary is not None and isinstance(live_status.get("canary"), Mapping):
+            # a merge patch keeps keys it does not mention: null out the ones the new status dropped
+            patch["canary"] = {**dict.fromkeys(live_status["canary"]), **status["canary"]}
+        await self._client.patch_status(body, patch)
+        self._written[uid] = Written(status, version)
+        await self._announce_flips(body, previous, conds)
+        return phase_, True
+
+    async def _announce_flips(
+        self, body: Mapping[str, Any], before: list[models.Condition], after: list[models.Condition]
+    ) -> None:
+        """An Event for each condition that flipped into a state worth telling a person about."""
+        old = {c.type: c.status for c in before}
+        for cond in after:
+            if old.get(cond.type) == cond.status:
+                continue
+            if cond.type == READY and cond.status == TRUE:
+                await self._client.event(body, reason="Ready", message=cond.message)
+            elif cond.type in (SPEC_INVALID, SECRET_MISSING, CHILD_CONFLICT, DEGRADED) and cond.status == TRUE:
+                await self._client.event(body, reason=cond.type, message=cond.message, warning=True)
+
+    async def _announce_canary(self, uid: str, body: Mapping[str, Any], plan: tracks.Plan) -> None:
+        """Events and metrics of the rollout, and the removal of consumed gate annotations."""
+        namespace, name = body["metadata"].get("namespace", "default"), body["metadata"]["name"]
+        canary, decision = plan.status, plan.decision
+        if plan.analysis is not None:
+            verdict = plan.analysis.verdict
+            reason = {"success": "AnalysisSucceeded", "failure": "AnalysisFailed"}.get(
+                verdict, f"Analysis{verdict.capitalize()}"
+            )
+            warning = verdict != analysis.Verdict.SUCCESS
+            await self._client.event(body, reason=reason, message=analysis_message(plan.analysis), warning=warning)
+        event = decision_event(plan.prior, decision)
+        if event is not None:
+            await self._client.event(body, reason=event[0], message=event[1], warning=event[2])
+            log.info("canary", service=name, namespace=namespace, reason=event[0], message=event[1][:300])
+        for warning_text in plan.warnings:
+            await self._client.event(body, reason="StableTemplateLost", message=warning_text, warning=True)
+        if decision.action == machine.Action.PROMOTE and event is not None:
+            self._metrics.promotions.labels(reason=decision.reason.value).inc()
+        if decision.action == machine.Action.ROLL_BACK and event is not None:
+            self._metrics.rollbacks.labels(reason=decision.reason.value).inc()
+        if plan.spec.enabled or machine.rollout_active(canary):
+            self._metrics.canary_weight.labels(service=name, namespace=namespace).set(canary.weight)
+            self._weights[uid] = (namespace, name)
+        else:
+            self._drop_weight(namespace, name)
+        present = (body.get("metadata", {}).get("annotations") or {}).keys()
+        consumed = [key for key in decision.consumed if key in present]
+        if consumed:
+            try:
+                await self._client.remove_annotations(body, consumed)
+            except ApiError as exc:  # the next reconcile consumes it again
+                log.warning("gate_removal_failed", service=name, gates=consumed, error=str(exc))
+
+    def _drop_weight(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(KeyError):
+            self._metrics.canary_weight.remove(name, namespace)

@@ -21,10 +21,13 @@ from typing import Any
 import pytest
 from agent_operator import status
 from agent_operator.api import models
+from agent_operator.objects import ObjectRef
 from hypothesis import given
 from hypothesis import strategies as st
 
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z", "2026-01-01T01:00:00Z"
+CONFIG = ObjectRef("v1", "ConfigMap", "default", "demo-config")
+AUTH = ObjectRef("v1", "Secret", "default", "demo-auth")
 TRUE, FALSE, UNKNOWN = models.ConditionStatus.TRUE, models.ConditionStatus.FALSE, models.ConditionStatus.UNKNOWN
 
 
@@ -81,11 +84,11 @@ def test_set_condition_fills_a_missing_time_and_leaves_the_others() -> None:
 
 def test_every_verdict_has_the_six_conditions_in_order() -> None:
     observations = [
-        status.Observation(generation=1, spec_error="spec.api.replicas: too many"),
-        status.Observation(generation=1, conflicts=("ConfigMap/demo-config",)),
-        status.Observation(generation=1, missing_secrets=("Secret 'llm' not found",)),
-        status.Observation(generation=1, workloads=(pending("a"),)),
-        status.Observation(generation=1, workloads=(ready("a"),)),
+        status.Findings(generation=1, spec_error="spec.api.replicas: too many"),
+        status.Findings(generation=1, conflicts=(CONFIG,)),
+        status.Findings(generation=1, missing_secrets=("Secret 'llm' not found",)),
+        status.Findings(generation=1, workloads=(pending("a"),)),
+        status.Findings(generation=1, workloads=(ready("a"),)),
     ]
     for obs in observations:
         _, conds = status.derive(obs, [], now=T0)
@@ -94,7 +97,7 @@ def test_every_verdict_has_the_six_conditions_in_order() -> None:
 
 
 def test_spec_invalid_fails_and_names_the_field() -> None:
-    obs = status.Observation(generation=3, spec_error="spec.api.replicas: must be <= 100")
+    obs = status.Findings(generation=3, spec_error="spec.api.replicas: must be <= 100")
     phase, conds = status.derive(obs, [], now=T0)
     state = by_type(conds)
     assert phase == models.Phase.FAILED
@@ -103,7 +106,7 @@ def test_spec_invalid_fails_and_names_the_field() -> None:
 
 
 def test_missing_secret_degrades_and_names_it() -> None:
-    obs = status.Observation(generation=1, missing_secrets=("Secret 'llm' not found (spec.model.providers[0])",))
+    obs = status.Findings(generation=1, missing_secrets=("Secret 'llm' not found (spec.model.providers[0])",))
     phase, conds = status.derive(obs, [], now=T0)
     state = by_type(conds)
     assert phase == models.Phase.DEGRADED
@@ -112,9 +115,7 @@ def test_missing_secret_degrades_and_names_it() -> None:
 
 
 def test_a_foreign_child_is_a_conflict_naming_kind_and_name() -> None:
-    obs = status.Observation(
-        generation=1, conflicts=("ConfigMap/demo-config", "Secret/demo-auth"), workloads=(ready("a"),)
-    )
+    obs = status.Findings(generation=1, conflicts=(CONFIG, AUTH), workloads=(ready("a"),))
     phase, conds = status.derive(obs, [], now=T0)
     state = by_type(conds)
     assert phase == models.Phase.DEGRADED
@@ -123,12 +124,12 @@ def test_a_foreign_child_is_a_conflict_naming_kind_and_name() -> None:
     assert "ConfigMap/demo-config, Secret/demo-auth" in conflict.message and "left untouched" in conflict.message
     assert (state["Ready"].status, state["Ready"].reason) == (FALSE, "ChildConflict")
     assert state["Degraded"].reason == "ChildConflict"
-    _, clear = status.derive(status.Observation(generation=1, workloads=(ready("a"),)), conds, now=T0)
+    _, clear = status.derive(status.Findings(generation=1, workloads=(ready("a"),)), conds, now=T0)
     assert by_type(clear)["ChildConflict"].status == FALSE and by_type(clear)["Ready"].status == TRUE
 
 
 def test_rolling_out_progresses_with_counts() -> None:
-    obs = status.Observation(generation=1, workloads=(pending("demo-api", 1), ready("demo-worker")))
+    obs = status.Findings(generation=1, workloads=(pending("demo-api", 1), ready("demo-worker")))
     phase, conds = status.derive(obs, [], now=T0)
     state = by_type(conds)
     assert phase == models.Phase.PROGRESSING
@@ -137,7 +138,7 @@ def test_rolling_out_progresses_with_counts() -> None:
 
 
 def test_rolled_out_is_ready_and_mentions_skipped_kinds() -> None:
-    obs = status.Observation(
+    obs = status.Findings(
         generation=1, workloads=(ready("a", 2), ready("b", 3)), skipped=("PrometheusRule", "ServiceMonitor")
     )
     phase, conds = status.derive(obs, [], now=T0)
@@ -153,24 +154,24 @@ def test_rolled_out_is_ready_and_mentions_skipped_kinds() -> None:
 
 def test_a_failed_rollout_and_an_apply_error_degrade() -> None:
     broken = status.Workload(name="a", desired=2, ready=0, updated=2, current=True, failure="ProgressDeadlineExceeded")
-    phase, conds = status.derive(status.Observation(generation=1, workloads=(broken,)), [], now=T0)
+    phase, conds = status.derive(status.Findings(generation=1, workloads=(broken,)), [], now=T0)
     assert phase == models.Phase.DEGRADED
     assert by_type(conds)["Degraded"].message == "a: ProgressDeadlineExceeded"
     assert by_type(conds)["Progressing"].reason == "RolloutFailed"
-    phase, conds = status.derive(status.Observation(generation=1, apply_error="403 Forbidden"), [], now=T0)
+    phase, conds = status.derive(status.Findings(generation=1, apply_error="403 Forbidden"), [], now=T0)
     assert phase == models.Phase.DEGRADED and by_type(conds)["Degraded"].reason == "ApplyFailed"
 
 
 def test_derive_keeps_unrelated_conditions_after_its_own() -> None:
     canary = cond("Promoted", TRUE, since=T0)
-    _, conds = status.derive(status.Observation(generation=1, workloads=(ready("a"),)), [canary], now=T1)
+    _, conds = status.derive(status.Findings(generation=1, workloads=(ready("a"),)), [canary], now=T1)
     assert [c.type for c in conds] == [*status.ORDER, "Promoted"]
     assert conds[-1] == canary
 
 
 def test_a_flip_moves_only_the_flipped_conditions() -> None:
-    _, first = status.derive(status.Observation(generation=1, workloads=(pending("a"),)), [], now=T0)
-    _, second = status.derive(status.Observation(generation=1, workloads=(ready("a"),)), first, now=T1)
+    _, first = status.derive(status.Findings(generation=1, workloads=(pending("a"),)), [], now=T0)
+    _, second = status.derive(status.Findings(generation=1, workloads=(ready("a"),)), first, now=T1)
     times = {c.type: c.last_transition_time for c in second}
     assert times == {
         "Ready": T1,
@@ -192,7 +193,7 @@ WORKLOADS = st.builds(
     failure=st.sampled_from(["", "ProgressDeadlineExceeded"]),
 )
 OBSERVATIONS = st.builds(
-    status.Observation,
+    status.Findings,
     generation=st.one_of(st.none(), st.integers(1, 5)),
     spec_error=st.sampled_from(["", "spec.x: bad"]),
     missing_secrets=st.lists(st.sampled_from(["Secret 'a' not found", "key 'k' not in Secret 'b'"]), max_size=2).map(
@@ -205,7 +206,7 @@ OBSERVATIONS = st.builds(
 
 
 @given(OBSERVATIONS, st.lists(st.sampled_from(status.ORDER), unique=True))
-def test_the_same_observation_later_gives_identical_conditions(obs: status.Observation, seen: list[str]) -> None:
+def test_the_same_observation_later_gives_identical_conditions(obs: status.Findings, seen: list[str]) -> None:
     previous = [cond(t, UNKNOWN, since=T0) for t in seen]
     phase, first = status.derive(obs, previous, now=T1)
     again, second = status.derive(obs, first, now=T2)
