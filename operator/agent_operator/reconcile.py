@@ -24,11 +24,11 @@ from typing import Any, Final
 import pydantic
 import structlog
 
-from agent_operator import opmetrics, status
+from agent_operator import objects, opmetrics, status
 from agent_operator.api import models, validation
 from agent_operator.build import builders
 from agent_operator.canary import rollouts
-from agent_operator.kube import apply, diff, prune, secrets
+from agent_operator.kube import apply, prune, secrets
 from agent_operator.kube.client import ApiError, Client
 from agent_operator.objects import ObjectRef
 
@@ -162,16 +162,29 @@ class Reconciler:
         except SpecInvalid as exc:
             findings = status.Findings(generation=generation, spec_error=str(exc))
             report = status.Report(revision=prior.stable_revision, canary=prior)
-            phase, written = await self._status.report(uid, body, findings, report)
-            return Outcome(phase, spec_error=str(exc), status_written=written)
+            outcome = Outcome(models.Phase.FAILED, spec_error=str(exc))
+        else:
+            findings, report, outcome = await self._converge(uid, body, svc, desired, prior)
+        phase, written = await self._status.report(uid, body, findings, report)
+        return dataclasses.replace(outcome, phase=phase, status_written=written)
 
+    async def _converge(
+        self,
+        uid: str,
+        body: Mapping[str, Any],
+        svc: models.AgentService,
+        desired: builders.Desired,
+        prior: models.CanaryStatus,
+    ) -> tuple[status.Findings, status.Report, Outcome]:
+        """Read what runs, plan the canary, apply and prune: what the status then reports."""
         # Read: the referenced Secrets and every child. A foreign object of a child's name counts
         # as absent for every decision below (`mine`), and apply leaves it alone (a ChildConflict).
         owner_uid = body.get("metadata", {}).get("uid")
-        missing = await secrets.missing(self._client, svc.metadata.namespace, secrets.references(svc.spec))
+        references = secrets.references(svc.spec)
+        missing = await secrets.missing(self._client, svc.metadata.namespace, references)
         live = await apply.read_live(self._client, desired.refs)
-        mine = diff.owned(live, owner_uid)
-        held = bool(missing) or bool(set(diff.conflicts(desired.children, live, owner_uid)) & desired.pod_inputs)
+        mine = objects.owned(live, owner_uid)
+        held = bool(missing) or bool(set(objects.conflicts(desired.children, live, owner_uid)) & desired.pod_inputs)
 
         # Decide: the canary plan lays out both tracks; held, what runs is kept as it runs.
         plan = None
@@ -180,8 +193,7 @@ class Reconciler:
         else:
             plan = await self._rollouts.plan(uid, body, svc, desired, live=mine, prior=prior)
             children, live = plan.children, {**live, **plan.live}
-        token, new_token = secrets.auth_token(mine.get(desired.auth_secret))
-        children = secrets.with_token_digest(secrets.with_token(children, desired.auth_secret, token), token)
+        children, new_token = secrets.with_auth_token(children, desired.auth_secret, mine.get(desired.auth_secret))
 
         # Write: apply what differs, prune what is no longer wanted.
         adopted = apply.adopt(children, owner=body)
@@ -193,23 +205,22 @@ class Reconciler:
             desired=[ObjectRef.of(c) for c in adopted],
             present=list(result.live),
             selector=desired.selector,
+            remove=plan.remove if plan is not None else (),
+            live=plan.live if plan is not None else {},
         )
-        if plan is not None:
-            pruned += await prune.remove(self._client, body, plan.remove, plan.live)
         if new_token:
             log.info("auth_token_created", service=svc.metadata.name, namespace=svc.metadata.namespace)
 
-        # Report.
         deployments = plan.deployments if plan is not None else desired.stable_deployments
-        workloads = []
-        for ref in deployments:
-            deployment = result.live.get(ref) or (mine.get(ref) if held else None)  # held: kept as it runs
-            if deployment is not None:
-                workloads.append(status.workload(deployment))
+        workloads = tuple(
+            status.workload(deployment)
+            for ref in deployments
+            if (deployment := result.live.get(ref) or (mine.get(ref) if held else None))  # held: kept as it runs
+        )
         findings = status.Findings(
-            generation=generation,
+            generation=body.get("metadata", {}).get("generation"),
             missing_secrets=tuple(missing),
-            workloads=tuple(workloads),
+            workloads=workloads,
             skipped=result.skipped,
             conflicts=result.conflicts,
         )
@@ -222,8 +233,8 @@ class Reconciler:
             existed=frozenset(ref for ref in result.written if live.get(ref) is not None),
             pruned=pruned,
         )
-        phase, written = await self._status.report(uid, body, findings, report)
-        return Outcome(phase, written=result.written + pruned, missing_secrets=tuple(missing), status_written=written)
+        outcome = Outcome(models.Phase.PENDING, written=result.written + pruned, missing_secrets=tuple(missing))
+        return findings, report, outcome
 
     def _desired(self, body: Mapping[str, Any]) -> tuple[models.AgentService, builders.Desired]:
         """Parse the body and build its children, or raise SpecInvalid naming the field."""

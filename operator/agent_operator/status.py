@@ -25,7 +25,7 @@ import structlog
 from agent_operator import objects, opmetrics
 from agent_operator.api import models
 from agent_operator.canary import analysis, machine, tracks
-from agent_operator.kube.client import ApiError, Client
+from agent_operator.kube.client import ApiError, Client, Event
 from agent_operator.objects import ObjectRef
 
 log = structlog.get_logger(__name__)
@@ -294,8 +294,8 @@ def analysis_message(result: models.Analysis) -> str:
     return f"analysis at weight {result.weight}: {result.verdict}; " + "; ".join(parts)
 
 
-def decision_event(prior: models.CanaryStatus, decision: machine.Decision) -> tuple[str, str, bool] | None:
-    """(reason, message, warning) of a decision worth an Event: one that moved the rollout."""
+def decision_event(prior: models.CanaryStatus, decision: machine.Decision) -> Event | None:
+    """The Event of a decision worth one: a decision that moved the rollout."""
     new = decision.status
     moved = (prior.phase, prior.weight, prior.stable_revision, prior.canary_revision) != (
         new.phase,
@@ -306,7 +306,59 @@ def decision_event(prior: models.CanaryStatus, decision: machine.Decision) -> tu
     if not moved or decision.reason == machine.Reason.FIRST_DEPLOY:
         return None
     warning = new.phase in (models.CanaryPhase.ROLLED_BACK, models.CanaryPhase.PAUSED)
-    return decision.reason.value, new.message, warning
+    return Event(decision.reason.value, new.message, warning)
+
+
+def canary_events(plan: tracks.Plan) -> list[Event]:
+    """The rollout's Events: the analysis that ran, a decision that moved it, a lost stable template."""
+    events = []
+    if plan.analysis is not None:
+        verdict = plan.analysis.verdict
+        reason = {"success": "AnalysisSucceeded", "failure": "AnalysisFailed"}.get(
+            verdict, f"Analysis{verdict.capitalize()}"
+        )
+        events.append(Event(reason, analysis_message(plan.analysis), verdict != analysis.Verdict.SUCCESS))
+    moved = decision_event(plan.prior, plan.decision)
+    if moved is not None:
+        events.append(moved)
+    events.extend(Event("StableTemplateLost", text, warning=True) for text in plan.warnings)
+    return events
+
+
+def _consumed(body: Mapping[str, Any], decision: machine.Decision) -> list[str]:
+    """The one-shot gate annotations the decision acted on, that the body still carries."""
+    present = (body.get("metadata", {}).get("annotations") or {}).keys()
+    return [key for key in decision.consumed if key in present]
+
+
+def _child_events(report: Report) -> list[Event]:
+    """The Events of children pruned, created and updated."""
+    events = []
+    if report.pruned:
+        events.append(Event("Pruned", f"deleted {objects.keys(report.pruned)}"))
+    if report.written:
+        created = [ref for ref in report.written if ref not in report.existed]
+        updated = [ref for ref in report.written if ref in report.existed]
+        parts = (
+            f"created {objects.keys(created)}" if created else "",
+            f"updated {objects.keys(updated)}" if updated else "",
+        )
+        events.append(Event("Applied", "; ".join(part for part in parts if part)))
+    return events
+
+
+def _flip_events(before: list[models.Condition], after: list[models.Condition]) -> list[Event]:
+    """An Event for each condition that flipped into a state worth telling a person about."""
+    old = {c.type: c.status for c in before}
+    events = []
+    for cond in after:
+        if old.get(cond.type) == cond.status:
+            continue
+        if cond.type == READY and cond.status == TRUE:
+            events.append(Event("Ready", cond.message))
+        elif cond.type in (SPEC_INVALID, SECRET_MISSING, CHILD_CONFLICT, DEGRADED) and cond.status == TRUE:
+            events.append(Event(cond.type, cond.message, warning=True))
+    return events
 
 
 def _conditions(status: Mapping[str, Any]) -> list[models.Condition]:
@@ -379,30 +431,35 @@ class Reporter:
     async def report(
         self, uid: str, body: Mapping[str, Any], findings: Findings, report: Report
     ) -> tuple[models.Phase, bool]:
-        """Announce applied and pruned children, write the status, announce the canary's news."""
-        if report.pruned:
-            await self._client.event(body, reason="Pruned", message=f"deleted {objects.keys(report.pruned)}")
-        if report.written:
-            created = [ref for ref in report.written if ref not in report.existed]
-            updated = [ref for ref in report.written if ref in report.existed]
-            message = "; ".join(
-                part
-                for part in (
-                    f"created {objects.keys(created)}" if created else "",
-                    f"updated {objects.keys(updated)}" if updated else "",
-                )
-                if part
-            )
-            await self._client.event(body, reason="Applied", message=message)
-        result = await self._write(uid, body, findings, report)
-        if report.plan is not None:
-            await self._announce_canary(uid, body, report.plan)
-        return result
+        """Announce applied and pruned children, write the status if it differs, announce what changed.
 
-    async def _write(
+        Everything is worked out first; then the writes, in order; then the canary metrics.
+        """
+        phase_, change, conds, previous = self._status(uid, body, findings, report)
+        plan = report.plan
+        after = _flip_events(previous, conds) if change is not None else []
+        if plan is not None:
+            after += canary_events(plan)
+        gates = _consumed(body, plan.decision) if plan is not None else []
+        await self._client.post_events(body, _child_events(report))
+        if change is not None:
+            await self._client.patch_status(body, change[0])
+            self._written[uid] = change[1]
+        await self._client.post_events(body, after)
+        if gates:
+            try:
+                await self._client.remove_annotations(body, gates)
+            except ApiError as exc:  # the next reconcile consumes them again
+                log.warning("gate_removal_failed", service=body["metadata"]["name"], gates=gates, error=str(exc))
+        if plan is not None:
+            self._record(uid, body, plan)
+        return phase_, change is not None
+
+    def _status(
         self, uid: str, body: Mapping[str, Any], findings: Findings, report: Report
-    ) -> tuple[models.Phase, bool]:
-        """Patch the status subresource if (and only if) it differs; an Event for each condition flip."""
+    ) -> tuple[models.Phase, tuple[dict[str, Any], Written] | None, list[models.Condition], list[models.Condition]]:
+        """The phase; the status patch and what to remember once written (None: nothing to write); the
+        conditions after and before."""
         written = self._written.get(uid)
         version = body.get("metadata", {}).get("resourceVersion")
         if written is not None and written.resource_version == version:
@@ -431,64 +488,31 @@ class Reporter:
             status["canary"] = canary_json(report.canary)
         current = {k: live_status.get(k) for k in status}
         if current == status:
-            return phase_, False
+            return phase_, None, conds, previous
         if written is not None and written.status == status and written.resource_version == version:
-            return phase_, False  # our own write is not in this (stale) body yet
+            return phase_, None, conds, previous  # our own write is not in this (stale) body yet
         patch = dict(status)
         if report.canary is not None and isinstance(live_status.get("canary"), Mapping):
             # a merge patch keeps keys it does not mention: null out the ones the new status dropped
             patch["canary"] = {**dict.fromkeys(live_status["canary"]), **status["canary"]}
-        await self._client.patch_status(body, patch)
-        self._written[uid] = Written(status, version)
-        await self._announce_flips(body, previous, conds)
-        return phase_, True
+        return phase_, (patch, Written(status, version)), conds, previous
 
-    async def _announce_flips(
-        self, body: Mapping[str, Any], before: list[models.Condition], after: list[models.Condition]
-    ) -> None:
-        """An Event for each condition that flipped into a state worth telling a person about."""
-        old = {c.type: c.status for c in before}
-        for cond in after:
-            if old.get(cond.type) == cond.status:
-                continue
-            if cond.type == READY and cond.status == TRUE:
-                await self._client.event(body, reason="Ready", message=cond.message)
-            elif cond.type in (SPEC_INVALID, SECRET_MISSING, CHILD_CONFLICT, DEGRADED) and cond.status == TRUE:
-                await self._client.event(body, reason=cond.type, message=cond.message, warning=True)
-
-    async def _announce_canary(self, uid: str, body: Mapping[str, Any], plan: tracks.Plan) -> None:
-        """Events and metrics of the rollout, and the removal of consumed gate annotations."""
+    def _record(self, uid: str, body: Mapping[str, Any], plan: tracks.Plan) -> None:
+        """The rollout's metrics: promotions and rollbacks that moved it, and the canary weight."""
         namespace, name = body["metadata"].get("namespace", "default"), body["metadata"]["name"]
         canary, decision = plan.status, plan.decision
-        if plan.analysis is not None:
-            verdict = plan.analysis.verdict
-            reason = {"success": "AnalysisSucceeded", "failure": "AnalysisFailed"}.get(
-                verdict, f"Analysis{verdict.capitalize()}"
-            )
-            warning = verdict != analysis.Verdict.SUCCESS
-            await self._client.event(body, reason=reason, message=analysis_message(plan.analysis), warning=warning)
-        event = decision_event(plan.prior, decision)
-        if event is not None:
-            await self._client.event(body, reason=event[0], message=event[1], warning=event[2])
-            log.info("canary", service=name, namespace=namespace, reason=event[0], message=event[1][:300])
-        for warning_text in plan.warnings:
-            await self._client.event(body, reason="StableTemplateLost", message=warning_text, warning=True)
-        if decision.action == machine.Action.PROMOTE and event is not None:
+        moved = decision_event(plan.prior, decision)
+        if moved is not None:
+            log.info("canary", service=name, namespace=namespace, reason=moved.reason, message=moved.message[:300])
+        if decision.action == machine.Action.PROMOTE and moved is not None:
             self._metrics.promotions.labels(reason=decision.reason.value).inc()
-        if decision.action == machine.Action.ROLL_BACK and event is not None:
+        if decision.action == machine.Action.ROLL_BACK and moved is not None:
             self._metrics.rollbacks.labels(reason=decision.reason.value).inc()
         if plan.spec.enabled or machine.rollout_active(canary):
             self._metrics.canary_weight.labels(service=name, namespace=namespace).set(canary.weight)
             self._weights[uid] = (namespace, name)
         else:
             self._drop_weight(namespace, name)
-        present = (body.get("metadata", {}).get("annotations") or {}).keys()
-        consumed = [key for key in decision.consumed if key in present]
-        if consumed:
-            try:
-                await self._client.remove_annotations(body, consumed)
-            except ApiError as exc:  # the next reconcile consumes it again
-                log.warning("gate_removal_failed", service=name, gates=consumed, error=str(exc))
 
     def _drop_weight(self, namespace: str, name: str) -> None:
         with contextlib.suppress(KeyError):

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from agent_operator.api import models
 from agent_operator.build import naming, runtimeconfig, workloads
+
 from agent_runtime import constants
 
 KEDA_API_VERSION: Final = "keda.sh/v1alpha1"
@@ -144,7 +145,9 @@ def build_scaled_object(svc: models.AgentService, *, operator_version: str) -> d
         "metadata": {
             "name": naming.deployment_name(name, naming.Component.WORKER),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, naming.Component.WORKER.value, workloads.app_version(svc, operator_version)),
+            "labels": naming.standard_labels(
+                name, naming.Component.WORKER.value, workloads.app_version(svc, operator_version)
+            ),
         },
         "spec": {
             "scaleTargetRef": _target_ref(name, naming.Component.WORKER),

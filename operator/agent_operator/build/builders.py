@@ -69,9 +69,7 @@ def desired(svc: models.AgentService, *, operator_version: str | None = None) ->
     data = runtimeconfig.config_data(svc)
     digest = runtimeconfig.config_hash(data)
     stable = {
-        component: workloads.build_deployment(
-            svc, component, operator_version=operator_version, config_digest=digest
-        )
+        component: workloads.build_deployment(svc, component, operator_version=operator_version, config_digest=digest)
         for component in COMPONENTS
     }
     children: list[dict[str, Any]] = [

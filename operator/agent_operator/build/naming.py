@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from agent_runtime.config import Track as Track  # the runtime's own enum: the pods' AGENT_TRACK
+from agent_runtime import config
 
 MANAGED_BY: Final = "agentservice-operator"
 FIELD_MANAGER: Final = "agentservice-operator"
@@ -19,6 +19,9 @@ TRACK_LABEL: Final = "track"
 TEMPLATE_HASH_ANNOTATION: Final = "agentops.dev/template-hash"
 PROMOTE_ANNOTATION: Final = "agentops.dev/promote"
 ABORT_ANNOTATION: Final = "agentops.dev/abort"
+
+
+Track = config.Track  # the runtime's own enum: what the pods read from AGENT_TRACK
 
 
 class Component(StrEnum):

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from agent_operator.api import models
 from agent_operator.build import naming
+
 from agent_runtime import config, constants
 
 CONFIG_KEY: Final = "config.json"

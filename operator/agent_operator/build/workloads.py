@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from agent_operator.api import models
 from agent_operator.build import naming, runtimeconfig, templatehash
+
 from agent_runtime import constants
 
 DEFAULT_IMAGE_REPOSITORY: Final = "agentops/agent-runtime"

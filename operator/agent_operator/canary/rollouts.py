@@ -13,12 +13,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from agent_operator import opmetrics, status
+from agent_operator import objects, opmetrics, status
 from agent_operator.api import models
 from agent_operator.build import builders
 from agent_operator.canary import analysis, machine, rollouthistory, tracks
 from agent_operator.canary.prometheus import Prometheus, rfc3339
-from agent_operator.kube import diff
 from agent_operator.kube.client import Client
 from agent_operator.objects import ObjectRef
 
@@ -96,7 +95,7 @@ class Rollouts:
                 canary_live[ref] = await self._client.get(ref.api_version, ref.kind, ref.namespace, ref.name)
         # Decide from the objects this AgentService controls only: a foreign object of a canary
         # name is neither this rollout's canary nor something to delete (apply reports it).
-        everything = {**live, **diff.owned(canary_live, body.get("metadata", {}).get("uid"))}
+        everything = {**live, **objects.owned(canary_live, body.get("metadata", {}).get("uid"))}
         result = await self._maybe_analyse(schedule, svc, desired, prior, everything)
         observed = machine.Observation(
             desired_revision=desired.revision,

@@ -53,7 +53,7 @@ def adopt(children: Sequence[Mapping[str, Any]], owner: Mapping[str, Any]) -> li
     return [diff.stamp(child) for child in adopted]  # already private copies: stamped in place
 
 
-async def read_live(client: Client, refs: Sequence[ObjectRef]) -> diff.Live:
+async def read_live(client: Client, refs: Sequence[ObjectRef]) -> objects.Live:
     """The live object of every ref (None when absent), read concurrently."""
     lives = await asyncio.gather(*(client.read(ref) for ref in refs))
     return dict(zip(refs, lives, strict=True))
@@ -91,8 +91,9 @@ async def apply_all(
             continue
         log.info("apply", child=ref.key, drift=reasons[:5])
         try:
-            if current is not None and _handover_needed(child, current):
-                await client.apply(_replicas_only(child, current), manager=HANDOVER_MANAGER)
+            handover = _handover(child, current)
+            if handover is not None:
+                await client.apply(handover, manager=HANDOVER_MANAGER)
             result_live[ref] = await client.apply(child)
         except ApiError as exc:
             if exc.status == 404 and current is None:  # the cluster does not serve this kind (no CRD)
@@ -105,14 +106,15 @@ async def apply_all(
     )
 
 
-def _handover_needed(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
-    """An autoscaler now owns replicas that the operator applied before (see the module doc)."""
-    if desired.get("kind") != "Deployment" or "replicas" in desired.get("spec", {}):
-        return False
-    return "replicas" in live.get("spec", {}) and diff.owns_field(live, naming.FIELD_MANAGER, "spec", "replicas")
+def _handover(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The replicas-only apply that hands `spec.replicas` to an autoscaler (see the module doc), if one is due.
 
-
-def _replicas_only(desired: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
+    Due when an autoscaler now owns the replicas of a Deployment that the operator applied them to before.
+    """
+    if live is None or desired.get("kind") != "Deployment" or "replicas" in desired.get("spec", {}):
+        return None
+    if "replicas" not in live.get("spec", {}) or not diff.owns_field(live, naming.FIELD_MANAGER, "spec", "replicas"):
+        return None
     meta = desired["metadata"]
     return {
         "apiVersion": desired["apiVersion"],

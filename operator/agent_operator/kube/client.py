@@ -14,6 +14,7 @@ it log in again (service-account tokens rotate). The client keeps no cache of ob
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import re
@@ -51,6 +52,15 @@ PLURALS: Final[dict[tuple[str, str], str]] = {
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     (models.API_VERSION, models.KIND): models.PLURAL,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """An Event to post about an object: Normal, or Warning."""
+
+    reason: str
+    message: str
+    warning: bool = False
 
 
 class ApiError(Exception):
@@ -260,8 +270,13 @@ class Client:
         path = object_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
         return (await self.request("POST", path, body=manifest, kind=manifest["kind"])) or {}
 
-    async def event(self, owner: Mapping[str, Any], *, reason: str, message: str, warning: bool = False) -> None:
-        """Post an Event about `owner`; a failure is logged, never raised (events are best effort)."""
+    async def post_events(self, owner: Mapping[str, Any], events: Sequence[Event]) -> None:
+        """Post each Event about `owner`, in order; a failure is logged, never raised (events are best effort)."""
+        for event in events:
+            await self._post_event(owner, event)
+
+    async def _post_event(self, owner: Mapping[str, Any], posted: Event) -> None:
+        reason, message, warning = posted.reason, posted.message, posted.warning
         meta = owner["metadata"]
         now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {

@@ -20,9 +20,6 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-from agent_operator import objects
-from agent_operator.objects import ObjectRef
-
 APPLIED_HASH_ANNOTATION: Final = "agentops.dev/applied-hash"
 NAMED_LIST_KEYS: Final = ("name", "containerPort", "port")
 
@@ -166,23 +163,3 @@ def owns_field(live: Mapping[str, Any], manager: str, *path: str) -> bool:
         if node is not None:
             return True
     return False
-
-
-Live = dict[ObjectRef, dict[str, Any] | None]
-
-
-def owned(live: Mapping[ObjectRef, dict[str, Any] | None], owner_uid: str | None) -> Live:
-    """`live` with every object the owner does not control replaced by None (as if absent).
-
-    What the decisions of a reconcile (the auth token, the canary layout, the workloads' state)
-    read: an object someone else controls says nothing about this AgentService.
-    """
-    return {ref: obj if objects.owned_by(obj, owner_uid) else None for ref, obj in live.items()}
-
-
-def conflicts(
-    desired: Sequence[Mapping[str, Any]], live: Mapping[ObjectRef, Mapping[str, Any] | None], owner_uid: str | None
-) -> tuple[ObjectRef, ...]:
-    """Each desired child that exists but is not controlled by the owner."""
-    refs = (ObjectRef.of(child) for child in desired)
-    return tuple(ref for ref in refs if (obj := live.get(ref)) is not None and not objects.owned_by(obj, owner_uid))

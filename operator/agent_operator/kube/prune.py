@@ -1,7 +1,7 @@
 """Prune: delete the owned children a spec no longer wants, and the canary track's objects at rest.
 
-Deployments are never pruned by kind: the canary rollout decides when the canary track goes
-(`remove`). Nothing someone else controls is ever deleted.
+Deployments are never pruned by kind: the canary plan decides when the canary track goes
+(`remove=`). Nothing someone else controls is ever deleted.
 """
 
 from __future__ import annotations
@@ -69,10 +69,13 @@ async def prune(
     desired: Sequence[ObjectRef],
     present: Sequence[ObjectRef],
     selector: Mapping[str, str],
+    remove: Sequence[ObjectRef] = (),
+    live: Mapping[ObjectRef, Any] | None = None,
 ) -> tuple[ObjectRef, ...]:
-    """Delete owned children of the prunable kinds that are not `desired`; return them.
+    """Delete owned children of the prunable kinds that are not `desired`, then `remove`; return them.
 
-    `present`: the desired children that apply found or wrote (they exist now).
+    `present`: the desired children that apply found or wrote (they exist now). `remove`: objects
+    to delete when the owner controls them as read in `live` (the canary track at rest).
     """
     known = await inventory.known(client, owner, present, selector)
     wanted = set(desired)
@@ -84,10 +87,10 @@ async def prune(
         await client.delete(ref.api_version, ref.kind, ref.namespace, ref.name)
         known.discard(ref)
         deleted.append(ref)
-    return tuple(deleted)
+    return tuple(deleted) + await _remove(client, owner, remove, live or {})
 
 
-async def remove(
+async def _remove(
     client: Client, owner: Mapping[str, Any], refs: Sequence[ObjectRef], live: Mapping[ObjectRef, Any]
 ) -> tuple[ObjectRef, ...]:
     """Delete each of `refs` that the owner controls (as read in `live`); return those deleted."""

@@ -141,6 +141,17 @@ def with_token_digest(children: Sequence[dict[str, Any]], token: str) -> list[di
     return result
 
 
+def with_auth_token(
+    children: Sequence[dict[str, Any]], auth: ObjectRef, live: Mapping[str, Any] | None
+) -> tuple[list[dict[str, Any]], bool]:
+    """`children` with the auth Secret `auth` holding the token and every pod template its digest.
+
+    The token is the live Secret's (`live`: our own, or None), or a new one; and whether it is new.
+    """
+    token, new = auth_token(live)
+    return with_token_digest(with_token(children, auth, token), token), new
+
+
 def with_token(children: Sequence[dict[str, Any]], auth: ObjectRef, token: str) -> list[dict[str, Any]]:
     """`children` with the auth Secret `auth` completed by `token` (the builders render it without)."""
     result = []
