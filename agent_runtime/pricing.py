@@ -51,9 +51,6 @@ class PriceTable:
                 return DEFAULT_PRICES[prefix]
         return FALLBACK
 
-    def is_known(self, model: str) -> bool:
-        return model in self._overrides or any(model.startswith(p) for p in self._prefixes)
-
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
         """USD for one call."""
         price = self.price(model)

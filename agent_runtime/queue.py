@@ -532,13 +532,6 @@ class TaskQueue:
         )
         return bool(done)
 
-    async def release(self, entry: Entry) -> None:
-        """Drop an entry that names no runnable task (e.g. a malformed entry)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(entry.stream, self.group, entry.entry_id)
-            pipe.xdel(entry.stream, entry.entry_id)
-            await self._run(pipe.execute())
-
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         rows = await self._run(self.redis.xrange(self.dead_letter, count=count))
         return [dict(fields) for _, fields in rows]
