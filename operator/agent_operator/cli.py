@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_help = (
         "the local tour, no cluster or API key needed: 1. render the examples (a table of every object); "
         "2. run the real operator on an embedded dev cluster (apply, edit, steady state); "
-        "3. run the runtime (redis-server, the local model, the task API and a worker) on one task"
+        "3. run the runtime (redis-server, the local model, the task API and a worker) on one task. "
+        "Parts 2 and 3 need the development package (make demo installs it)"
     )
     demo = commands.add_parser("demo", help=demo_help, description=demo_help)
     demo.add_argument(

@@ -1,66 +1,8 @@
 """The canary state machine: from `spec.canary`, the current status and what was observed, the next
-action and the next `CanaryStatus`. Pure: no clock, no client, no I/O; docs/canary.md has the same
-rules with examples.
+action and the next `CanaryStatus`. Pure: no clock, no client, no I/O.
 
-Vocabulary. A *revision* is a pod-template hash (`templatehash.py`). The *stable* track runs
-`status.stable_revision`; during a rollout the *canary* track runs `status.canary_revision` at
-`status.weight` percent. A rollout is *active* in the phases Progressing and Paused; at rest
-(Idle, Promoted, RolledBack) there is no canary at all and the weight is 0: the service is always
-either fully stable or fully promoted, never half way.
-
-Steps are weights, strictly increasing and ending at 100 (`[10, 50, 100]`). The canary serves
-every step below 100 and an analysis must pass at each; reaching 100 *is* the promotion: the stable
-Deployments take the new template and the canaries go. `steps: [100]` therefore promotes at once.
-
-`decide()` applies the first rule that matches. During a rollout:
-
-1. abort annotation              → roll back (RolledBack, reason Aborted)
-2. promote annotation            → promote (Promoted, PromotedByAnnotation)
-3. `spec.canary.enabled: false`  → promote the spec's template directly (Idle, CanaryDisabled)
-4. spec back on the stable rev.  → roll back (Idle, Reverted): nothing failed, nothing to keep
-5. a newer revision in the spec  → restart at the first step on it (NewRevision), counters reset
-6. totalFailures >= failureLimit → roll back (FailureLimitReached; e.g. after the limit was lowered)
-6b. promote annotation `step:<weight>` at the current weight → the next step, or promote after the
-   last step below 100, without an analysis (StepPromotedByAnnotation); also while paused by spec
-7. `spec.canary.paused: true`    → pause (PausedBySpec); analyses are not run, nor counted
-8. steps edited under the rollout → set the weight of the same step index (StepsChanged)
-9. no analysis, or one taken at another weight (stale) → wait; resumes Progressing after a
-   manual pause, stays Paused while the inconclusive streak is at its limit
-10. analysis success  → consecutiveFailures = 0, streak = 0; next step, or promote after the last
-    step below 100 (AnalysisPassed)
-11. analysis failure  → consecutiveFailures + 1, totalFailures + 1, streak = 0; roll back when
-    totalFailures reaches failureLimit (FailureLimitReached), else hold the weight (AnalysisFailed)
-12. inconclusive or error (or any unknown verdict) → streak + 1, failure counters unchanged; pause
-    when the streak reaches inconclusiveLimit (InconclusiveLimitReached), else hold
-
-At rest, with the spec's revision `desired`:
-
-- first reconcile (no stable revision known)  → adopt `desired` as stable, no rollout (FirstDeploy)
-- `desired == stable`  → nothing to do; after a rollback this is the revert, applied at once: Idle
-- canary disabled      → the stable track takes `desired` directly (DirectUpdate)
-- abort annotation     → RolledBack without starting (the canary never runs)
-- promote annotation   → promote without analysis
-- RolledBack and `desired` is the rolled-back revision → stay RolledBack (no retry loop); a new
-  revision, a revert, or the promote annotation moves on
-- otherwise            → start a rollout at the first step (RolloutStarted; Paused if
-  `spec.canary.paused`)
-
-Why the rollback counter is `totalFailures`: a pass resets `consecutiveFailures` only, so a canary
-that fails every other analysis would never reach a consecutive limit and would be promoted on its
-passes. `consecutiveFailures <= totalFailures` always, so "either counter reaches the limit" is the
-same rule; the consecutive one is shown to tell a persistent fault from an intermittent one.
-
-Why inconclusive pauses but never stops: a Paused rollout keeps being analysed (`needs_analysis`),
-and the first conclusive analysis resumes it, so a quiet hour cannot leave a rollout stuck; the
-pause is there for a person to see (a condition with the reason) and to settle by annotation.
-
-Gates are annotations on the AgentService itself. `"true"` (or an empty value) acts on whatever
-revision the spec holds and is one-shot: the decision lists it in `consumed` for the operator to
-remove, so a stale gate cannot hit the next rollout. A value equal to a revision hash acts only on
-that revision and is never consumed (safe to keep in Git). `false`, `0`, `no`, `off` mean unset.
-Abort wins over promote. The value `step:<weight>` promotes one step instead of all of them: it
-acts only while the rollout stands at that weight, so a removal that failed and a second look at
-the same annotation cannot skip two steps; it is always consumed.
+The rules, in the order `decide` applies them, the gates and the counters are in docs/canary.md
+("The state machine"); each rule has a unit test in tests/unit/operator/test_canary.py.
 """
 
 from __future__ import annotations
@@ -164,7 +106,7 @@ def rollout_active(status: models.CanaryStatus) -> bool:
 
 
 def needs_analysis(spec: models.Canary, status: models.CanaryStatus) -> bool:
-    """True when the interval timer should run an analysis: an active rollout not paused by spec."""
+    """True when analyses should run every interval: an active rollout not paused by spec."""
     return spec.enabled and rollout_active(status) and not spec.paused
 
 
