@@ -22,7 +22,7 @@ import structlog
 import yaml
 
 from agent_operator import __version__
-from agent_operator.api import crd, models, validation
+from agent_operator.api import crd, models, reference, validation
 
 EXIT_INVALID = 2
 
@@ -110,7 +110,7 @@ def cmd_rbac(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    sys.stdout.write(crd.reference_markdown())
+    sys.stdout.write(reference.markdown())
     return 0
 
 
