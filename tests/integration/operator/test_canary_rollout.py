@@ -36,7 +36,15 @@ from agent_operator import opmetrics, run
 from agent_operator.build import naming
 from agentops_dev import devcluster
 
-from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes, events, eventually, quiet_and_ready
+from tests.integration.operator.conftest import (
+    AGSVC,
+    Operator,
+    agent_service,
+    child_writes,
+    events,
+    eventually,
+    quiet_and_ready,
+)
 
 CANARY = {"enabled": True, "steps": [10, 50, 100], "interval": "1s", "inconclusiveLimit": 2, "failureLimit": 2}
 OLD_IMAGE = "registry.example/agent-runtime:1.0"

@@ -23,7 +23,7 @@ from agentops_dev import devcluster
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.operator.conftest import AGSVC, Operator
+from tests.integration.operator.conftest import AGSVC, Operator
 
 COUNT = 200
 NAMESPACE = "fuzz"

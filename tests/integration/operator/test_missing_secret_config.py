@@ -12,7 +12,7 @@ import base64
 import copy
 import json
 
-from tests.operator.conftest import Operator, agent_service, eventually, ready_service
+from tests.integration.operator.conftest import Operator, agent_service, eventually, ready_service
 
 
 async def test_missing_secret_holds_the_mounted_config(operator: Operator) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from agent_operator.api import models
 
-from tests.operator.conftest import AGSVC, Operator, agent_service, events, eventually
+from tests.integration.operator.conftest import AGSVC, Operator, agent_service, events, eventually
 
 
 def config_map(name: str, **extra: Any) -> dict[str, Any]:

@@ -15,8 +15,15 @@ from typing import Any
 from agent_operator import rbac
 from agent_operator.api import models
 
-from tests.operator.conftest import Operator, agent_service, eventually, ready_service
-from tests.operator.test_canary_rollout import annotate, canary_of, canary_service, deployments, op, start_rollout
+from tests.integration.operator.conftest import Operator, agent_service, eventually, ready_service
+from tests.integration.operator.test_canary_rollout import (
+    annotate,
+    canary_of,
+    canary_service,
+    deployments,
+    op,
+    start_rollout,
+)
 
 EVERY_CHILD = {
     "autoscaling": {"enabled": True, "engine": "hpa", "minReplicas": 1, "maxReplicas": 4},

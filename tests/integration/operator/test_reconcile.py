@@ -23,7 +23,7 @@ from agent_operator.build import builders, naming
 from agent_operator.kube import client as kube_client
 from agent_operator.kube import diff
 
-from tests.operator.conftest import AGSVC, Operator, agent_service, child_writes, eventually, ready_service
+from tests.integration.operator.conftest import AGSVC, Operator, agent_service, child_writes, eventually, ready_service
 
 
 def rendered(body: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ import yaml
 from agent_operator.api import models
 from agent_operator.build import builders
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 AGENTCTL = Path(sys.executable).parent / "agentctl"
 EXAMPLES = ROOT / "examples"
 

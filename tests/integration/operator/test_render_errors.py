@@ -11,7 +11,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from tests.test_render_cli import agentctl
+from tests.integration.operator.test_render_cli import agentctl
 
 MANIFEST = textwrap.dedent(
     """\

@@ -1,6 +1,6 @@
 """The operator reads Secrets only inside the AgentService's namespace, whatever a spec names.
 
-The models and the CRD refuse a hostile reference (tests/unit/test_references.py); these tests
+The models and the CRD refuse a hostile reference (tests/unit/operator/test_references.py); these tests
 take the next fence: a hostile name that reached the client anyway. On the dev cluster, counting
 the requests it serves:
 - `Client.read_secret` and `secrets.missing` with `..`, `/`, `%2e%2e`, `%2f`,
@@ -29,7 +29,7 @@ from agent_operator.kube import client as kube_client
 from agent_operator.kube import secrets
 from agentops_dev import devcluster
 
-from tests.operator.conftest import Operator, agent_service, eventually
+from tests.integration.operator.conftest import Operator, agent_service, eventually
 
 HOSTILE = [
     "..",

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.operator.conftest import Operator, agent_service, child_writes, eventually, ready_service
+from tests.integration.operator.conftest import Operator, agent_service, child_writes, eventually, ready_service
 
 KEYED = {
     "providers": [{"name": "primary", "model": "claude-test", "apiKeySecretRef": {"name": "llm", "key": "api-key"}}]

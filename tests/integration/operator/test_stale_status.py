@@ -14,7 +14,7 @@ from agent_operator import opmetrics, reconcile
 from agent_operator.kube import client as kube_client
 from agentops_dev import devcluster
 
-from tests.operator.conftest import AGSVC, agent_service
+from tests.integration.operator.conftest import AGSVC, agent_service
 
 
 async def test_stale_body_after_own_status_write_writes_nothing(cluster: tuple[devcluster.DevCluster, str]) -> None:

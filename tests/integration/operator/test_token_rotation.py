@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from agent_operator.kube import secrets
 
-from tests.operator.conftest import Operator, agent_service, child_writes, eventually, ready_service
+from tests.integration.operator.conftest import Operator, agent_service, child_writes, eventually, ready_service
 
 DIGEST = secrets.TOKEN_DIGEST_ANNOTATION
 

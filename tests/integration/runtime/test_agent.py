@@ -27,7 +27,7 @@ from agent_runtime.pricing import PriceTable
 from agent_runtime.providers import build_providers
 from agent_runtime.tasks import Checkpoint, TaskRecord, TaskStatus
 from agent_runtime.tools import Tool, ToolRegistry, builtin_registry, load_registry
-from tests.runtime.conftest import MakeWorker
+from tests.integration.runtime.conftest import MakeWorker
 
 
 async def run_one(make_worker: MakeWorker, text: str, **worker: object) -> TaskRecord:

@@ -24,7 +24,7 @@ from agent_runtime.api import create_app
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskStatus
-from tests.runtime.conftest import AUTH, TOKEN, MakeWorker
+from tests.integration.runtime.conftest import AUTH, TOKEN, MakeWorker
 
 
 async def submit(api: httpx.AsyncClient, text: str, **extra: object) -> dict[str, object]:

@@ -28,7 +28,7 @@ from agent_runtime.constants import ServiceKeys
 from agent_runtime.pricing import PriceTable
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskStatus
-from tests.runtime.conftest import AUTH, TOKEN, Fleet, MakeWorker
+from tests.integration.runtime.conftest import AUTH, TOKEN, Fleet, MakeWorker
 
 LABELS = {"service": "svc", "track": "stable"}
 

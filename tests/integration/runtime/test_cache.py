@@ -22,7 +22,7 @@ from agent_runtime.config import RuntimeConfig
 from agent_runtime.metrics import Metrics
 from agent_runtime.providers import build_providers
 from agent_runtime.tasks import TaskStatus
-from tests.runtime.conftest import MakeWorker
+from tests.integration.runtime.conftest import MakeWorker
 from tests.support.waiting import eventually
 
 LABELS = {"service": "svc", "track": "stable"}

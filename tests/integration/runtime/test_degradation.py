@@ -20,7 +20,7 @@ from agent_runtime.breaker import BreakerState
 from agent_runtime.config import ProviderConfig, RuntimeConfig
 from agent_runtime.degradation import STATIC_MESSAGE, Level, level_of
 from agent_runtime.tasks import TaskRecord, TaskStatus
-from tests.runtime.conftest import MakeWorker
+from tests.integration.runtime.conftest import MakeWorker
 
 C, H, X = BreakerState.CLOSED, BreakerState.HALF_OPEN, BreakerState.OPEN  # X: open
 LABELS = {"service": "svc", "track": "stable"}

@@ -30,7 +30,7 @@ from agent_runtime.config import ProviderConfig, RuntimeConfig
 from agent_runtime.metrics import Metrics
 from agent_runtime.providers import build_providers
 from agent_runtime.tasks import TaskRecord, TaskStatus
-from tests.runtime.conftest import MakeWorker
+from tests.integration.runtime.conftest import MakeWorker
 
 LABELS = {"service": "svc", "track": "stable"}
 

@@ -28,7 +28,7 @@ from agent_runtime import constants, tracing
 from agent_runtime import logging as runtime_logging
 from agent_runtime.config import RuntimeConfig, Track
 from agent_runtime.worker import serve_probes
-from tests.runtime.conftest import AUTH, MakeWorker
+from tests.integration.runtime.conftest import AUTH, MakeWorker
 
 
 @pytest.fixture

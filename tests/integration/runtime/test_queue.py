@@ -22,7 +22,7 @@ from agent_runtime import errors
 from agent_runtime.constants import ServiceKeys
 from agent_runtime.queue import PriorityScheduler, TaskQueue
 from agent_runtime.tasks import Checkpoint, TaskStatus, Usage
-from tests.runtime.conftest import MakeWorker
+from tests.integration.runtime.conftest import MakeWorker
 from tests.support.waiting import eventually
 
 

@@ -31,7 +31,7 @@ from agent_runtime.constants import ServiceKeys
 from agent_runtime.queue import TaskQueue
 from agent_runtime.ratelimit import Limit, RateLimited, RateLimiter
 from agent_runtime.tasks import TaskStatus
-from tests.runtime.conftest import Fleet
+from tests.integration.runtime.conftest import Fleet
 
 
 def limiter(client: redis.asyncio.Redis, **limit: float) -> RateLimiter:

@@ -35,7 +35,7 @@ from agentops_dev.localredis import LocalRedis, free_port
 from agent_runtime import errors
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.queue import TaskQueue
-from tests.runtime.conftest import AUTH, Fleet
+from tests.integration.runtime.conftest import AUTH, Fleet
 from tests.support.waiting import eventually
 
 Fault = Callable[[LocalRedis], Coroutine[Any, Any, Callable[[], Coroutine[Any, Any, None]]]]

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from agent_runtime.composition import build_worker, connect_redis
 from agent_runtime.config import RuntimeConfig
-from tests.runtime.conftest import AUTH
+from tests.integration.runtime.conftest import AUTH
 from tests.support.waiting import eventually
 
 

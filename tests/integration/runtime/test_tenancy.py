@@ -21,7 +21,7 @@ from redis.crc import key_slot
 from agent_runtime.api import create_app
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.queue import TaskQueue
-from tests.runtime.conftest import AUTH, TOKEN, MakeWorker
+from tests.integration.runtime.conftest import AUTH, TOKEN, MakeWorker
 
 NAME = "support-agent"
 

@@ -36,7 +36,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from agent_runtime import constants, tracing
 from agent_runtime.config import RuntimeConfig
-from tests.runtime.conftest import AUTH
+from tests.integration.runtime.conftest import AUTH
 from tests.support.processes import ForkedRuntime, write_config
 
 TOKEN = "tok-9f3c1e7d-never-in-traces"

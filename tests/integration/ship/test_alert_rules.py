@@ -28,7 +28,7 @@ from agent_operator.build import builders, dashboard, monitoring
 
 from agent_runtime import constants
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 SERVICE = "support-agent"
 NAMESPACE = "agents"
 EVAL = "70m"  # past the 1h cost window's start and every `for`

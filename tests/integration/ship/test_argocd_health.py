@@ -12,7 +12,7 @@ from typing import Any
 import lupa
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "docs" / "argocd" / "agentservice-health.lua"
 
 

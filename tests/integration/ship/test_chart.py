@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_kubernetes_schemas import assert_valid
+from tests.unit.operator.test_kubernetes_schemas import assert_valid
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "agentservice-operator"
 HELM = ROOT / ".tools" / "bin" / "helm"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))

@@ -33,8 +33,8 @@ from agentops_dev import devcluster
 from agentops_dev.localredis import free_port
 
 from agent_runtime import constants
-from tests.ship.test_chart import render
-from tests.ship.test_dockerfile import final_stage
+from tests.integration.ship.test_chart import render
+from tests.integration.ship.test_dockerfile import final_stage
 from tests.support.redis_server import running_redis
 
 BIN = Path(sys.executable).parent
@@ -128,7 +128,7 @@ async def healthcheck_passes(command: list[str], health_port: int) -> bool:
 
 def test_the_image_declares_no_healthcheck_and_says_why() -> None:
     assert healthcheck_command() is None
-    text = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    text = (Path(__file__).resolve().parents[3] / "Dockerfile").read_text()
     assert "No HEALTHCHECK" in text and "Kubernetes probes" in text
 
 

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 SETUP = ROOT / "scripts" / "setup.sh"
 RECORDER = '#!/bin/sh\necho "$*" >> "{log}"\n'
 ROOT_ID = "#!/bin/sh\necho 0\n"

@@ -30,9 +30,9 @@ import pytest
 import yaml
 from agent_operator.api import crd, models, reference
 
-from tests.test_examples import apply_defaults, cel_failures, json_schema
+from tests.support.crdcheck import apply_defaults, cel_failures, json_schema
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMMITTED = ROOT / "crds" / "agentservices.agentops.dev.yaml"
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from agent_operator.api import crd
 
-from tests.test_examples import cel_failures
+from tests.support.crdcheck import cel_failures
 
 
 def nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:

@@ -36,8 +36,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes_validate import utils as kv_utils
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = Path(__file__).resolve().parent / "schemas"
+ROOT = Path(__file__).resolve().parents[3]
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 MIN_VERSION = "1.30"
 LATEST_VERSION = kv_utils.major_minor(kv_utils.latest_version())
 VERSIONS = sorted({MIN_VERSION, LATEST_VERSION})

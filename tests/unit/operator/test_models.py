@@ -23,7 +23,7 @@ from agent_operator.api import crd, models
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_examples import apply_defaults, cel_failures
+from tests.support.crdcheck import apply_defaults, cel_failures
 
 
 def manifest(**spec: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pydantic
 import pytest
 from agent_operator.api import crd, models, validation
 
-from tests.test_examples import schema_errors
+from tests.support.crdcheck import schema_errors
 
 HOSTILE_NAMES = [
     "..",

@@ -16,11 +16,28 @@ from agent_operator.build import builders
 from agent_operator.canary import tracks
 from agent_operator.objects import ObjectRef
 
-from tests.operator.conftest import agent_service
-
 CANARY = {"enabled": True, "steps": [10, 50, 100], "interval": "1s", "inconclusiveLimit": 2, "failureLimit": 2}
 OLD_IMAGE = "registry.example/agent-runtime:1.0"
 NEW_IMAGE = "registry.example/agent-runtime:2.0"
+
+
+BASE_SPEC: dict[str, Any] = {
+    "model": {"providers": [{"name": "primary", "model": "claude-test", "baseURL": "http://127.0.0.1:9/"}]},
+    "redis": {"url": "redis://redis.default.svc:6379/0"},
+    "autoscaling": {"enabled": False},
+    "api": {"replicas": 2},
+    "worker": {"replicas": 3},
+}
+
+
+def agent_service(**spec: Any) -> dict[str, Any]:
+    body = {**BASE_SPEC, **spec}
+    return {
+        "apiVersion": models.API_VERSION,
+        "kind": models.KIND,
+        "metadata": {"name": "demo", "namespace": "default"},
+        "spec": body,
+    }
 
 
 def image_of(deployment: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ import pydantic
 import pytest
 from agent_operator.api import crd, models, validation
 
-from tests.unit.test_crd import nodes
+from tests.unit.operator.test_crd import nodes
 
 
 def body(**spec: Any) -> dict[str, Any]:

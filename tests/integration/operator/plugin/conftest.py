@@ -14,8 +14,8 @@ import pytest
 from agent_operator.plugin import cli
 from agentops_dev import devcluster
 
-from tests.operator.conftest import cluster  # noqa: F401 - the dev cluster fixture, shared
-from tests.operator.test_canary_rollout import op  # noqa: F401 - the canary operator fixture, shared
+from tests.integration.operator.conftest import cluster  # noqa: F401 - the dev cluster fixture, shared
+from tests.integration.operator.test_canary_rollout import op  # noqa: F401 - the canary operator fixture, shared
 
 KUBECONFIG = """\
 apiVersion: v1

@@ -14,9 +14,15 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from tests.operator.conftest import eventually
-from tests.operator.test_canary_rollout import NEW_IMAGE, CanaryOperator, canary_of, canary_service, start_rollout
-from tests.plugin.conftest import plugin
+from tests.integration.operator.conftest import eventually
+from tests.integration.operator.plugin.conftest import plugin
+from tests.integration.operator.test_canary_rollout import (
+    NEW_IMAGE,
+    CanaryOperator,
+    canary_of,
+    canary_service,
+    start_rollout,
+)
 
 
 async def new_image(op: CanaryOperator, image: str) -> None:

@@ -24,8 +24,8 @@ from agent_operator.api import models
 from agent_operator.plugin import views
 from agentops_dev import devcluster
 
-from tests.operator.conftest import AGSVC, agent_service
-from tests.plugin.conftest import plugin
+from tests.integration.operator.conftest import AGSVC, agent_service
+from tests.integration.operator.plugin.conftest import plugin
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 STABLE, CANARY, OLDER, REJECTED = "3b8e0c6f1a", "9d3e7b1c44", "0a1b2c3d4e", "7c2d9e4f10"
@@ -316,7 +316,7 @@ async def test_an_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
     from agentops_dev.localredis import free_port
 
     path = tmp_path / "kubeconfig"
-    from tests.plugin.conftest import KUBECONFIG
+    from tests.integration.operator.plugin.conftest import KUBECONFIG
 
     url = f"http://127.0.0.1:{free_port()}"
     path.write_text(KUBECONFIG.format(url=url))

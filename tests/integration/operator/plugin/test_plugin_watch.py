@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 from agentops_dev import devcluster
 
-from tests.operator.conftest import eventually
-from tests.plugin.test_plugin_snapshots import world  # noqa: F401 - the snapshot objects, as a fixture
+from tests.integration.operator.conftest import eventually
+from tests.integration.operator.plugin.test_plugin_snapshots import world  # noqa: F401 - the snapshot objects, as a fixture
 
 PLUGIN = Path(sys.executable).parent / "kubectl-agentservice"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
