@@ -10,6 +10,10 @@
 #   docker build --build-arg PYTHON_IMAGE=python:3.11.7-slim-bookworm@sha256:<digest> .
 # The Python dependencies are pinned by constraints.txt (`make constraints`, from the test venv).
 #
+# Development package. The image ships neither the development fakes (dev/: the local model, the
+# dev cluster) nor kmock. scripts/e2e-kind.sh builds a second image for its local model with
+#   docker build --build-arg DEV_PACKAGE=./dev .
+#
 # Health. No HEALTHCHECK: the one image runs three servers on different ports and paths (the
 # operator's /healthz on 8080, the API's /health and /ready on 8080, the worker's /health and
 # /ready on 9090), and Kubernetes ignores Docker health checks anyway. The health source is the
@@ -26,7 +30,9 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md constraints.txt ./
 COPY operator/ operator/
 COPY agent_runtime/ agent_runtime/
-RUN /opt/venv/bin/pip install -c constraints.txt '.[otel]'
+COPY dev/ dev/
+ARG DEV_PACKAGE=""
+RUN /opt/venv/bin/pip install -c constraints.txt '.[otel]' ${DEV_PACKAGE}
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="agentservice-operator" \

@@ -2,6 +2,7 @@
 
 Configuration comes from the mounted file (`AGENT_CONFIG_PATH`) and the environment
 (`AGENT_REDIS_URL`, `AGENT_AUTH_TOKEN`, provider keys, `AGENT_TRACK`); see `config.py`.
+`localmodel` and `demo` run the development package (`agentops_dev`), imported only by them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import socket
@@ -24,11 +26,24 @@ from agent_runtime import constants, errors, redisconn, tracing
 from agent_runtime import logging as runtime_logging
 from agent_runtime.api import create_app
 from agent_runtime.composition import build_worker, connect_redis
-from agent_runtime.localdemo import run_runtime_demo
-from agent_runtime.localmodel import Faults, LocalModelServer
 from agent_runtime.worker import serve_probes
 
 _log = runtime_logging.get_logger(__name__)
+
+DEV_PACKAGE_MISSING = (
+    "agent-runtime: {command} needs the development package agentops_dev: pip install ./dev (from the source tree)"
+)
+
+
+def _dev_module(name: str, command: str) -> Any:
+    """A module of the development package, which the image does not ship; SystemExit(2) without it."""
+    try:
+        return importlib.import_module(f"agentops_dev.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("agentops_dev", f"agentops_dev.{name}"):
+            raise
+        print(DEV_PACKAGE_MISSING.format(command=command), file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,8 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return asyncio.run(_run_worker(args))
         if args.command == "demo":
+            localdemo = _dev_module("localdemo", "demo")
             asyncio.run(
-                run_runtime_demo(sys.stdout, log_level=args.log_level if args.log_level != "info" else "warning")
+                localdemo.run_runtime_demo(
+                    sys.stdout, log_level=args.log_level if args.log_level != "info" else "warning"
+                )
             )
             return 0
         return asyncio.run(_run_localmodel(args))
@@ -165,13 +183,14 @@ async def _run_worker(args: argparse.Namespace) -> int:
 
 
 async def _run_localmodel(args: argparse.Namespace) -> int:
-    faults = Faults(
+    localmodel = _dev_module("localmodel", "localmodel")
+    faults = localmodel.Faults(
         latency_seconds=args.latency,
         error_ratio=args.error_ratio,
         error_status=args.error_status,
         malformed_ratio=args.malformed_ratio,
     )
-    server = LocalModelServer(host=args.host, port=args.port, faults=faults)
+    server = localmodel.LocalModelServer(host=args.host, port=args.port, faults=faults)
     await server.start()
     print(f"local model server on {server.url} (POST /v1/messages)", flush=True)
     stop = asyncio.Event()

@@ -52,6 +52,7 @@ class PriceTable:
         return FALLBACK
 
     def is_known(self, model: str) -> bool:
+        """Whether the table prices `model` (a daily budget refuses models it would price at the fallback)."""
         return model in self._overrides or any(model.startswith(p) for p in self._prefixes)
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:

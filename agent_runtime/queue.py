@@ -205,13 +205,6 @@ end
 return released
 """
 
-# KEYS: stream   ARGV: group, entry   (a Lua script, not MULTI: a Cluster client has no transactions)
-_ACK_DELETE = """
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-return 1
-"""
-
 # KEYS: streams, most wanted first   ARGV: group, consumer, count
 _READ = """
 local wanted = tonumber(ARGV[3])
@@ -349,7 +342,6 @@ class TaskQueue:
         self._hold = r.register_script(_HOLD)
         self._release = r.register_script(_RELEASE)
         self.held = keys.budget_held()
-        self._ack_delete = r.register_script(_ACK_DELETE)
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, redis_client: redis.asyncio.Redis) -> TaskQueue:
@@ -614,10 +606,6 @@ class TaskQueue:
             return 0
         keys = [self.held, *self.streams.values(), *(self.task_key(t) for t in task_ids)]
         return int(await self._call(self._release, keys, list(task_ids)))
-
-    async def release(self, entry: Entry) -> None:
-        """Drop an entry that names no runnable task (e.g. a malformed entry)."""
-        await self._call(self._ack_delete, [entry.stream], [self.group, entry.entry_id])
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         rows = await self._run(self.redis.xrange(self.dead_letter, count=count))

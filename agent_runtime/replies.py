@@ -24,9 +24,6 @@ class ModelReply:
     output_tokens: int
     cached: bool = False  # served from the response cache: no provider call, nothing billed
 
-    def tool_uses(self) -> list[dict[str, Any]]:
-        return [block for block in self.content if block["type"] == "tool_use"]
-
     def text(self) -> str:
         return "".join(block["text"] for block in self.content if block["type"] == "text")
 

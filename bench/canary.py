@@ -34,9 +34,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `tests`
 
 import structlog
+from agentops_dev.localmodel import Faults, LocalModelServer
+from agentops_dev.localredis import LocalRedis
 
-from agent_runtime.localmodel import Faults, LocalModelServer
-from agent_runtime.localredis import LocalRedis
 from tests.e2e.conftest import AGSVC, Stack, eventually, running_stack, service_body
 from tests.e2e.harness import FAULT_STATUS, NAMESPACE, DiscoveringPrometheus
 

@@ -1,7 +1,7 @@
 """Operator scale on the dev cluster or the real control plane: create latency, 1,000 services, RSS, CPU, writes.
 
 Three processes, as in production: the dev cluster (kmock's emulator, `python -m
-agent_operator.devcluster`), the operator (`python -m agent_operator.run --server URL`, the same
+agentops_dev.devcluster`), the operator (`python -m agent_operator.run --server URL`, the same
 code as `agentctl operator`), and this driver, which talks HTTP to both. Separate processes keep
 the figures apart: RSS and CPU seconds are read from `/proc/<pid>` of each process, so the
 operator's own cost is reported beside the emulator's (which a real cluster would not charge to
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from agent_operator import models
+from agent_operator.api import models
 
 AGSVC = f"/apis/{models.GROUP}/{models.VERSION}"
 SPEC: dict[str, Any] = {
@@ -252,7 +252,7 @@ def operator_command(metrics_port: int, health_port: int, resync: float) -> list
 
 def run_dev_cluster(args: argparse.Namespace) -> dict[str, Any]:
     cluster = subprocess.Popen(
-        [sys.executable, "-m", "agent_operator.devcluster", "--port", str(free_port())],
+        [sys.executable, "-m", "agentops_dev.devcluster", "--port", str(free_port())],
         stdout=subprocess.PIPE,
         text=True,
     )

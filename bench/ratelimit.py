@@ -27,10 +27,10 @@ import statistics
 import time
 
 import redis.asyncio
+from agentops_dev.localredis import LocalRedis
 
 from agent_runtime.budget import BudgetLedger
 from agent_runtime.constants import ServiceKeys
-from agent_runtime.localredis import LocalRedis
 from agent_runtime.ratelimit import Limit, RateLimiter
 
 

@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import redis.asyncio
+from agentops_dev.localredis import LocalRedis
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import errors
@@ -31,7 +32,6 @@ from agent_runtime import logging as runtime_logging
 from agent_runtime.agent import Outcome, SaveCheckpoint
 from agent_runtime.composition import connect_redis
 from agent_runtime.constants import ServiceKeys
-from agent_runtime.localredis import LocalRedis
 from agent_runtime.metrics import Metrics
 from agent_runtime.queue import TaskQueue
 from agent_runtime.redisconn import RedisSettings

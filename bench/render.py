@@ -17,7 +17,8 @@ import time
 import tracemalloc
 from typing import Any
 
-from agent_operator import builders, models
+from agent_operator.api import models
+from agent_operator.build import builders
 
 TARGET_MS = 5.0
 

@@ -31,6 +31,8 @@ import time
 from typing import Any
 
 import redis.asyncio
+from agentops_dev.localmodel import MODEL
+from agentops_dev.localredis import LocalRedis, free_port
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker as ArqWorker
@@ -42,8 +44,6 @@ from agent_runtime.agent import Outcome, SaveCheckpoint
 from agent_runtime.composition import build_worker, connect_redis
 from agent_runtime.config import ProviderConfig, RuntimeConfig
 from agent_runtime.constants import ServiceKeys
-from agent_runtime.localmodel import MODEL
-from agent_runtime.localredis import LocalRedis, free_port
 from agent_runtime.metrics import Metrics
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import Checkpoint, TaskStatus

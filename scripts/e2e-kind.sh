@@ -39,6 +39,9 @@ readonly CLUSTER="${KIND_CLUSTER:-agentops-e2e}"
 readonly CONTEXT="kind-${CLUSTER}"
 readonly KEEP="${KEEP:-0}"
 readonly IMAGE="${IMAGE:-agentops/agent-runtime:e2e}"
+# The local model runs from the same Dockerfile with the development package added (the runtime
+# image itself ships no development fakes).
+readonly DEV_IMAGE="${IMAGE%:*}-dev:${IMAGE##*:}"
 readonly NAMESPACE="${NAMESPACE:-agents-e2e}"
 readonly LOCAL_PORT="${LOCAL_PORT:-18080}"
 readonly TIMEOUT="${TIMEOUT:-300}"
@@ -48,7 +51,7 @@ readonly CHART="${ROOT}/charts/agentservice-operator"
 readonly CRD="agentservices.agentops.dev"
 readonly SERVICE="e2e-agent"
 readonly MODEL_PORT=8765
-readonly API_SERVICE_PORT=80 # agent_operator.workloads.SERVICE_PORT
+readonly API_SERVICE_PORT=80 # agent_operator.build.workloads.SERVICE_PORT
 
 PORT_FORWARD_PID=""
 CLUSTER_CREATED=0 # set once this script has created the cluster (it then deletes it)
@@ -131,8 +134,10 @@ build_and_load_image() {
   [[ "${IMAGE##*/}" == *:* ]] || die "IMAGE=${IMAGE} needs an explicit tag, e.g. ${IMAGE}:e2e"
   log "building ${IMAGE} from ${ROOT}/Dockerfile"
   docker build --tag "${IMAGE}" "${ROOT}"
-  log "loading ${IMAGE} into kind cluster ${CLUSTER}"
-  kind load docker-image "${IMAGE}" --name "${CLUSTER}"
+  log "building ${DEV_IMAGE} (with the development package, for the local model)"
+  docker build --tag "${DEV_IMAGE}" --build-arg DEV_PACKAGE=./dev "${ROOT}"
+  log "loading ${IMAGE} and ${DEV_IMAGE} into kind cluster ${CLUSTER}"
+  kind load docker-image "${IMAGE}" "${DEV_IMAGE}" --name "${CLUSTER}"
 }
 
 install_operator() {
@@ -199,9 +204,9 @@ spec:
     spec:
       containers:
         - name: localmodel
-          image: ${IMAGE}
+          image: ${DEV_IMAGE}
           imagePullPolicy: IfNotPresent
-          # The image's entry point is agent-runtime; see agent_runtime/cli.py.
+          # The image's entry point is agent-runtime; its localmodel command runs the development package.
           args: ["localmodel", "--host", "0.0.0.0", "--port", "${MODEL_PORT}"]
           ports:
             - {name: http, containerPort: ${MODEL_PORT}}

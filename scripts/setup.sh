@@ -42,9 +42,9 @@ install_venv() {
         "$VENV/bin/python" -m pip install -q --upgrade pip
     fi
     local stamp="$VENV/.installed"
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        log "installing the project and its dev extras"
-        "$VENV/bin/python" -m pip install -q -e '.[dev]' 2> >(grep -v "^WARNING: Location" >&2)
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ dev/pyproject.toml -nt "$stamp" ]; then
+        log "installing the project, its dev extras and the development package (dev/)"
+        "$VENV/bin/python" -m pip install -q -e '.[dev]' -e ./dev 2> >(grep -v "^WARNING: Location" >&2)
         touch "$stamp"
     fi
 }

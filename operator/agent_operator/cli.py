@@ -21,7 +21,8 @@ from typing import Any
 import structlog
 import yaml
 
-from agent_operator import __version__, crd, models, validation
+from agent_operator import __version__
+from agent_operator.api import crd, models, reference, validation
 
 EXIT_INVALID = 2
 
@@ -73,7 +74,7 @@ def load_services(sources: Sequence[str]) -> list[models.AgentService]:
 
 def render_children(services: Sequence[models.AgentService]) -> list[dict[str, Any]]:
     """What the operator would apply for these services, in order; a spec no builder can serve exits 2."""
-    from agent_operator import builders  # noqa: PLC0415 - keeps `agentctl crd` free of builder imports
+    from agent_operator.build import builders  # noqa: PLC0415 - keeps `agentctl crd` free of builder imports
 
     children: list[dict[str, Any]] = []
     failed = False
@@ -109,7 +110,7 @@ def cmd_rbac(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    sys.stdout.write(crd.reference_markdown())
+    sys.stdout.write(reference.markdown())
     return 0
 
 
@@ -119,7 +120,15 @@ def summary_table(rows: Sequence[tuple[str, ...]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
+DEV_PACKAGE_MISSING = (
+    "error: `agentctl demo` needs the development package agentops_dev: run `make demo`, or pip install ./dev"
+)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("agentops_dev") is None:
+        print(DEV_PACKAGE_MISSING, file=sys.stderr)
+        return 1
     examples = sorted(Path(args.examples).glob("*.yaml"))
     if not examples:
         print(f"error: no examples in {args.examples}", file=sys.stderr)
@@ -149,10 +158,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     logging.getLogger("kopf").setLevel(logging.WARNING)
     print("\n=== 2. The operator on an embedded dev cluster (kmock's Kubernetes emulator) ===\n")
-    demo = importlib.import_module("agent_operator.demo")
+    demo = importlib.import_module("agentops_dev.demo")
     demo.main(args)
     print("\n=== 3. The agent runtime: redis-server, the local model, the task API and a worker ===\n")
-    localdemo = importlib.import_module("agent_runtime.localdemo")
+    localdemo = importlib.import_module("agentops_dev.localdemo")
     asyncio.run(localdemo.run_runtime_demo(sys.stdout))
     return 0
 
@@ -195,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_help = (
         "the local tour, no cluster or API key needed: 1. render the examples (a table of every object); "
         "2. run the real operator on an embedded dev cluster (apply, edit, steady state); "
-        "3. run the runtime (redis-server, the local model, the task API and a worker) on one task"
+        "3. run the runtime (redis-server, the local model, the task API and a worker) on one task. "
+        "Parts 2 and 3 need the development package (make demo installs it)"
     )
     demo = commands.add_parser("demo", help=demo_help, description=demo_help)
     demo.add_argument(

@@ -9,8 +9,8 @@ puts a finalizer on every object with a timer, and this operator needs none — 
 ownerReferences, so Kubernetes' garbage collector removes them with their AgentService, and
 nothing outside the cluster needs cleaning up.
 
-The reconciler reaches the handlers through kopf's `memo` (injected by `run.py`), and the timer
-interval is a registration argument, so no handler reads configuration.
+The reconciler reaches the handlers through kopf's `memo` (injected by `run.py`), and both loop
+intervals are registration arguments, so no handler reads configuration.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from typing import Any
 
 import kopf
 
-from agent_operator import apply, models, reconcile
+from agent_operator import reconcile
+from agent_operator.api import models
+from agent_operator.kube.client import ApiError
 
 RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
 
@@ -31,19 +33,19 @@ def _reconciler(memo: Any) -> reconcile.Reconciler:
     return reconciler
 
 
-def _retry(exc: apply.ApiError) -> kopf.TemporaryError:
+def _retry(exc: ApiError) -> kopf.TemporaryError:
     delay = exc.retry_after or reconcile.DEFAULT_RETRY_DELAY
     return kopf.TemporaryError(f"Kubernetes API: {exc}", delay=delay)
 
 
-async def _run(body: kopf.Body, memo: Any, *, permanent_invalid: bool) -> reconcile.Outcome:
+async def _run(body: kopf.Body, memo: Any) -> reconcile.Outcome:
     try:
         outcome = await _reconciler(memo).reconcile(body)
-    except apply.ApiError as exc:
+    except ApiError as exc:
         if exc.transient:
             raise _retry(exc) from exc
         raise kopf.PermanentError(f"Kubernetes API refused a write: {exc}") from exc
-    if outcome.spec_error and permanent_invalid:
+    if outcome.spec_error:
         raise kopf.PermanentError(f"spec is invalid: {outcome.spec_error}")
     return outcome
 
@@ -57,7 +59,7 @@ def register(
     @kopf.on.create(*RESOURCE, registry=registry)
     @kopf.on.update(*RESOURCE, registry=registry)
     async def agentservice_reconcile(body: kopf.Body, memo: Any, **_: Any) -> None:
-        await _run(body, memo, permanent_invalid=True)
+        await _run(body, memo)
 
     @kopf.on.event(*RESOURCE, registry=registry)
     async def agentservice_observe(event: kopf.RawEvent, memo: Any, **_: Any) -> None:

@@ -5,7 +5,7 @@ Where each rule comes from:
   optional child (both autoscaling engines, PDBs, NetworkPolicy, alerts), with the verbs the
   apply layer uses on a child: `get` to compare with the live object, `create` and `patch`
   for server-side apply (which creates an absent object); `list` and `delete` for the kinds
-  `apply.prune` removes (`apply.PRUNABLE`); `delete` for the canary track's objects;
+  `kube.prune.prune` removes (`prune.PRUNABLE`); `delete` for the canary track's objects;
 - referenced Secrets are read (`get`) by `secrets.py`; Events are posted (`create`);
 - the AgentService itself: kopf lists and watches it and keeps its bookkeeping in annotations
   (`patch`); the operator writes its status subresource (`patch`) and never reads single objects;
@@ -22,12 +22,14 @@ import itertools
 from collections import defaultdict
 from typing import Any
 
-from agent_operator import apply, builders, models
+from agent_operator.api import models
+from agent_operator.build import builders
+from agent_operator.kube import client, prune
 
 CHILD_VERBS = ("create", "get", "patch")
 PRUNE_VERBS = ("delete", "list")
-# The canary track's objects (workloads.build_deployment(track=CANARY), runtimeconfig's canary
-# ConfigMap) exist only during a rollout and are deleted at promotion or rollback.
+# The canary track's objects (`builders.Desired.canary`) exist only during a rollout and are
+# deleted at promotion or rollback.
 CANARY_KINDS = (("apps/v1", "Deployment"), ("v1", "ConfigMap"))
 AGENTSERVICE_VERBS = ("list", "patch", "watch")
 
@@ -65,11 +67,11 @@ def child_kinds() -> set[tuple[str, str]]:
 def _namespaced_grants() -> dict[tuple[str, str], set[str]]:
     grants: dict[tuple[str, str], set[str]] = defaultdict(set)
     for api_version, kind in child_kinds():
-        grants[(_group(api_version), apply.PLURALS[(api_version, kind)])].update(CHILD_VERBS)
-    for api_version, kind in apply.PRUNABLE:
-        grants[(_group(api_version), apply.PLURALS[(api_version, kind)])].update(PRUNE_VERBS)
+        grants[(_group(api_version), client.PLURALS[(api_version, kind)])].update(CHILD_VERBS)
+    for api_version, kind in prune.PRUNABLE:
+        grants[(_group(api_version), client.PLURALS[(api_version, kind)])].update(PRUNE_VERBS)
     for api_version, kind in CANARY_KINDS:
-        grants[(_group(api_version), apply.PLURALS[(api_version, kind)])].add("delete")
+        grants[(_group(api_version), client.PLURALS[(api_version, kind)])].add("delete")
     grants[("", "secrets")].add("get")
     grants[("", "events")].add("create")
     grants[(models.GROUP, models.PLURAL)].update(AGENTSERVICE_VERBS)

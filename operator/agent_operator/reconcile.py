@@ -1,23 +1,14 @@
-"""The level-based reconcile of one AgentService: parse → build → check secrets → apply → status.
+"""The level-based reconcile of one AgentService: Desired once -> canary plan once -> apply -> status.
 
-Every handler (create, update, resume and the resync timer) calls `Reconciler.reconcile`, which
-reads the actual state, closes the gap and reports it; running it twice in a row changes nothing
-the second time (zero writes). Outcomes map onto kopf's error vocabulary in the handlers:
-`SpecInvalid` → `kopf.PermanentError` (no hot retry loop: the next spec change or resync pass
-looks again), a transient API fault → `kopf.TemporaryError(delay=...)`.
+Every handler (create, update, resume) and both loops call `Reconciler.reconcile`, which reads the
+actual state, closes the gap and reports it; running it twice in a row changes nothing the second
+time (zero writes). A spec that cannot be served becomes the `SpecInvalid` condition; a transient
+API fault propagates as `kube.client.ApiError` for the handlers to retry.
 
-A missing Secret never rolls out Deployments (their pods would crash-loop on an unresolvable
-`secretKeyRef`): everything else is applied, existing Deployments are left as they are, and the
-resync timer picks the service up again once the Secret exists. The same holds while an object
-the pods consume (the auth Secret, the runtime ConfigMap) exists under someone else's control:
-it is never written (`apply.apply_all`), the `ChildConflict` condition names it, and the pods do
-not run on it.
-
-Canary rollouts (`rollout.py`) sit between build and apply: they read what runs, may run an
-analysis, decide, and lay out the children of both tracks; the canary status, conditions and
-Events are written with the rest of the status. A second loop, `analyse_forever`, reconciles only
-the objects whose rollout has an analysis due, so analyses follow `spec.canary.interval` and not
-the (much longer) resync interval.
+Pods are held back (no Deployment written, no mounted ConfigMap changed) while a referenced
+Secret is missing, or while an object the pods consume (the auth Secret, a runtime ConfigMap)
+belongs to someone else: they would crash-loop or run on someone else's data. Everything else is
+applied, and the resync loop picks the service up again once the cause is gone.
 """
 
 from __future__ import annotations
@@ -33,23 +24,17 @@ from typing import Any, Final
 import pydantic
 import structlog
 
-from agent_operator import (
-    apply,
-    builders,
-    conditions,
-    models,
-    naming,
-    opmetrics,
-    rollout,
-    runtimeconfig,
-    secrets,
-    validation,
-)
+from agent_operator import objects, opmetrics, status
+from agent_operator.api import models, validation
+from agent_operator.build import builders
+from agent_operator.canary import rollouts
+from agent_operator.kube import apply, prune, secrets
+from agent_operator.kube.client import ApiError, Client
+from agent_operator.objects import ObjectRef
 
 log = structlog.get_logger(__name__)
 
 WORKLOAD_KINDS: Final = frozenset({"Deployment"})
-STATUS_KEYS: Final = ("phase", "observedGeneration", "conditions", "replicas", "readyReplicas", "revision", "canary")
 DEFAULT_RETRY_DELAY: Final = 10.0
 ANALYSIS_TICK: Final = 1.0  # how often the analysis loop looks for due canary analyses
 MAX_CONCURRENT_RECONCILES: Final = 32
@@ -64,7 +49,7 @@ class Outcome:
     """What one reconcile concluded."""
 
     phase: models.Phase
-    written: tuple[str, ...] = ()
+    written: tuple[ObjectRef, ...] = ()
     spec_error: str = ""
     missing_secrets: tuple[str, ...] = ()
     status_written: bool = False
@@ -74,35 +59,25 @@ class SpecInvalid(Exception):
     """The spec passed the CRD schema but cannot be served; the message names the field."""
 
 
-@dataclasses.dataclass
-class _Memory:
-    """Per-object bookkeeping that lives as long as the object does."""
-
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-    # The status last written and the resourceVersion of the body it was computed from: a body
-    # still at that version is stale (the watch event of our own write has not arrived yet).
-    written_status: dict[str, Any] | None = None
-    written_from: str | None = None
-
-
 class Reconciler:
     """Closes the gap between an AgentService's spec and its children; writes its status."""
 
     def __init__(
         self,
-        client: apply.Client,
+        client: Client,
         metrics: opmetrics.Metrics,
         *,
-        version: str | None = None,
+        operator_version: str | None = None,
         clock: Callable[[], str] = utcnow,
-        rollouts: rollout.Rollouts | None = None,
+        canary: rollouts.Rollouts | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
-        self._version = version
-        self._clock = clock
-        self._rollouts = rollouts if rollouts is not None else rollout.Rollouts(client, metrics, version=version)
-        self._memory: dict[str, _Memory] = {}
+        self._operator_version = operator_version
+        self._rollouts = canary if canary is not None else rollouts.Rollouts(client, metrics)
+        self._status = status.Reporter(client, metrics, clock=clock, prometheus_url=self._rollouts.prometheus_url)
+        self._inventory = prune.Inventory()
+        self._locks: dict[str, asyncio.Lock] = {}
         self._known: dict[str, dict[str, Any]] = {}
         # One limit shared by kopf's handlers and both loops: without it a burst of creations runs
         # every reconcile at once, and the peak stays in the process's RSS (bench/RESULTS.md).
@@ -110,23 +85,22 @@ class Reconciler:
 
     def forget(self, uid: str) -> None:
         """Drop the bookkeeping of a deleted object."""
-        self._memory.pop(uid, None)
+        self._locks.pop(uid, None)
         self._known.pop(uid, None)
         self._rollouts.forget(uid)
-        self._client.forget(uid)
+        self._status.forget(uid)
+        self._inventory.forget(uid)
         self._metrics.services.set(len(self._known))
 
     def observe(self, body: Mapping[str, Any]) -> None:
         """Remember the latest body of an object (fed from the watch stream) for the resync loop."""
-        uid = str(body.get("metadata", {}).get("uid") or body["metadata"]["name"])
+        uid = _uid(body)
         self._known[uid] = copy.deepcopy(dict(body))
         self._metrics.services.set(len(self._known))
 
     async def resync_forever(self, interval: float, *, concurrency: int = 16) -> None:
         """Reconcile every known object every `interval` seconds (level-triggered drift repair).
 
-        One loop for all objects rather than a kopf timer per object: kopf puts a finalizer on
-        every object that has a timer, and nothing outside Kubernetes needs cleaning up here.
         A failing object is logged and retried on the next pass; the others are not held up.
         """
         gate = asyncio.Semaphore(concurrency)
@@ -151,20 +125,20 @@ class Reconciler:
                 return  # deleted meanwhile
             try:
                 await self.reconcile(body)
-            except apply.ApiError as exc:
+            except ApiError as exc:
                 log.warning("resync_failed", name=body["metadata"].get("name"), error=str(exc))
             except Exception:
                 log.exception("resync_crashed", name=body["metadata"].get("name"))
 
     async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
-        """Reconcile one AgentService body; serialised per object (handlers and timer may overlap)."""
-        uid = str(body.get("metadata", {}).get("uid") or body["metadata"]["name"])
-        memory = self._memory.setdefault(uid, _Memory())
+        """Reconcile one AgentService body; serialised per object (handlers and loops may overlap)."""
+        uid = _uid(body)
+        lock = self._locks.setdefault(uid, asyncio.Lock())
         started = time.perf_counter()
-        async with self._gate, memory.lock:  # gate first: a lock holder always holds a slot
+        async with self._gate, lock:  # gate first: a lock holder always holds a slot
             try:
-                outcome = await self._reconcile(body, memory)
-            except apply.ApiError as exc:
+                outcome = await self._reconcile(uid, body)
+            except ApiError as exc:
                 self._metrics.errors.labels(kind="transient" if exc.transient else "api").inc()
                 self._metrics.reconciles.labels(result="error").inc()
                 raise
@@ -180,132 +154,89 @@ class Reconciler:
             self._metrics.errors.labels(kind="invalid").inc()
         return outcome
 
-    async def _reconcile(self, body: Mapping[str, Any], memory: _Memory) -> Outcome:
+    async def _reconcile(self, uid: str, body: Mapping[str, Any]) -> Outcome:
         generation = body.get("metadata", {}).get("generation")
-        prior = rollout.canary_status(self._previous_status(body, memory).get("canary"))
+        prior = status.canary_of(self._status.previous(uid, body))
         try:
-            svc, children = self._desired(body)
+            svc, desired = self._desired(body)
         except SpecInvalid as exc:
-            obs = conditions.Observation(generation=generation, spec_error=str(exc))
-            phase, written = await self._write_status(
-                body, obs, memory, revision=prior.stable_revision, canary=prior, canary_conditions=None
-            )
-            return Outcome(phase, spec_error=str(exc), status_written=written)
+            findings = status.Findings(generation=generation, spec_error=str(exc))
+            report = status.Report(revision=prior.stable_revision, canary=prior)
+            outcome = Outcome(models.Phase.FAILED, spec_error=str(exc))
+        else:
+            findings, report, outcome = await self._converge(uid, body, svc, desired, prior)
+        phase, written = await self._status.report(uid, body, findings, report)
+        return dataclasses.replace(outcome, phase=phase, status_written=written)
 
-        namespace = svc.metadata.namespace
-        uid = str(body.get("metadata", {}).get("uid") or svc.metadata.name)
+    async def _converge(
+        self,
+        uid: str,
+        body: Mapping[str, Any],
+        svc: models.AgentService,
+        desired: builders.Desired,
+        prior: models.CanaryStatus,
+    ) -> tuple[status.Findings, status.Report, Outcome]:
+        """Read what runs, plan the canary, apply and prune: what the status then reports."""
+        # Read: the referenced Secrets and every child. A foreign object of a child's name counts
+        # as absent for every decision below (`mine`), and apply leaves it alone (a ChildConflict).
         owner_uid = body.get("metadata", {}).get("uid")
-        missing = await secrets.missing(self._client, namespace, secrets.references(svc.spec))
-        live = await apply.read_live(self._client, children)
-        # What this AgentService controls; a foreign object of a child's name counts as absent for
-        # every decision below, and apply_all leaves it alone (a ChildConflict).
-        mine = apply.owned(live, owner_uid)
-        held = bool(missing) or bool(set(apply.conflicts(children, live, owner_uid)) & _pod_inputs(svc))
-        children, token, new_token = self._with_token(svc, children, mine, held=held)
-        plan: rollout.Plan | None = None
-        if not held:
-            plan = await self._rollouts.plan(uid, body, svc, children=children, live=mine, prior=prior)
-            children, live = plan.children, {**live, **plan.live}
-        # After the rollout's layout, so kept stable templates and new canaries alike take the token.
-        desired = apply.adopt(secrets.with_token_digest(children, token), owner=body)
-        result = await apply.apply_all(self._client, desired, live, owner_uid=owner_uid)
-        pruned = await apply.prune(self._client, body, desired, naming.instance_labels(svc.metadata.name))
-        if plan is not None:
-            pruned += await self._rollouts.remove(body, plan)
-        if new_token:
-            log.info("auth_token_created", service=svc.metadata.name, namespace=namespace)
+        references = secrets.references(svc.spec)
+        missing = await secrets.missing(self._client, svc.metadata.namespace, references)
+        live = await apply.read_live(self._client, desired.refs)
+        mine = objects.owned(live, owner_uid)
+        held = bool(missing) or bool(set(objects.conflicts(desired.children, live, owner_uid)) & desired.pod_inputs)
 
-        workloads = []
-        names = plan.deployments if plan is not None else self._stable_deployments(svc)
-        for name in names:
-            deployment = result.live.get(f"Deployment/{name}")
-            if deployment is None and held:
-                deployment = mine.get(f"Deployment/{name}")  # kept as it runs
-            if deployment is not None:
-                workloads.append(conditions.workload(deployment))
-        obs = conditions.Observation(
-            generation=generation,
+        # Decide: the canary plan lays out both tracks; held, what runs is kept as it runs.
+        plan = None
+        if held:
+            children = _held(desired, mine)
+        else:
+            plan = await self._rollouts.plan(uid, body, svc, desired, live=mine, prior=prior)
+            children, live = plan.children, {**live, **plan.live}
+        children, new_token = secrets.with_auth_token(children, desired.auth_secret, mine.get(desired.auth_secret))
+
+        # Write: apply what differs, prune what is no longer wanted.
+        adopted = apply.adopt(children, owner=body)
+        result = await apply.apply_all(self._client, adopted, live, owner_uid=owner_uid)
+        pruned = await prune.prune(
+            self._client,
+            self._inventory,
+            body,
+            desired=[ObjectRef.of(c) for c in adopted],
+            present=list(result.live),
+            selector=desired.selector,
+            remove=plan.remove if plan is not None else (),
+            live=plan.live if plan is not None else {},
+        )
+        if new_token:
+            log.info("auth_token_created", service=svc.metadata.name, namespace=svc.metadata.namespace)
+
+        deployments = plan.deployments if plan is not None else desired.stable_deployments
+        workloads = tuple(
+            status.workload(deployment)
+            for ref in deployments
+            if (deployment := result.live.get(ref) or (mine.get(ref) if held else None))  # held: kept as it runs
+        )
+        findings = status.Findings(
+            generation=body.get("metadata", {}).get("generation"),
             missing_secrets=tuple(missing),
-            workloads=tuple(workloads),
+            workloads=workloads,
             skipped=result.skipped,
             conflicts=result.conflicts,
         )
-        if pruned:
-            await self._client.event(body, reason="Pruned", message=f"deleted {', '.join(pruned)}")
-        if result.written:
-            created = [k for k in result.written if live.get(k) is None]
-            updated = [k for k in result.written if live.get(k) is not None]
-            message = "; ".join(
-                part
-                for part in (
-                    f"created {', '.join(created)}" if created else "",
-                    f"updated {', '.join(updated)}" if updated else "",
-                )
-                if part
-            )
-            await self._client.event(body, reason="Applied", message=message)
-        canary_status = plan.status if plan is not None else prior
-        wanted = None
-        if plan is not None:
-            wanted = rollout.wanted_conditions(
-                svc.spec.canary, plan.status, plan.desired_revision, prometheus_url=self._rollouts.prometheus_url
-            )
-        revision = canary_status.stable_revision or builders.revision(svc, version=self._version)
-        phase, written = await self._write_status(
-            body,
-            obs,
-            memory,
-            revision=revision,
-            workloads=workloads,
-            canary=canary_status,
-            canary_conditions=wanted if plan is not None else None,
-            keep_canary_conditions=plan is None,
+        canary = plan.status if plan is not None else prior
+        report = status.Report(
+            revision=canary.stable_revision or desired.revision,
+            canary=canary,
+            plan=plan,
+            written=result.written,
+            existed=frozenset(ref for ref in result.written if live.get(ref) is not None),
+            pruned=pruned,
         )
-        if plan is not None:
-            await self._rollouts.announce(body, plan)
-        return Outcome(phase, written=result.written + pruned, missing_secrets=tuple(missing), status_written=written)
+        outcome = Outcome(models.Phase.PENDING, written=result.written + pruned, missing_secrets=tuple(missing))
+        return findings, report, outcome
 
-    @staticmethod
-    def _with_token(
-        svc: models.AgentService,
-        children: list[dict[str, Any]],
-        mine: Mapping[str, dict[str, Any] | None],
-        *,
-        held: bool,
-    ) -> tuple[list[dict[str, Any]], str, bool]:
-        """The children to apply, the auth token, and whether it is new.
-
-        Held (a Secret missing, or an object the pods consume belonging to someone else): pods
-        would crash-loop or run on someone else's data, so what runs is kept: no workloads, no
-        change to mounted config. The auth Secret is one of the children, so its token comes from
-        the live read of the children (only from our own Secret), not a second GET.
-        """
-        if held:
-            children = _without_mounted_config(
-                [c for c in children if c["kind"] not in WORKLOAD_KINDS], mine, svc.metadata.name
-            )
-        token, new_token = secrets.auth_token(mine.get(f"Secret/{naming.auth_secret_name(svc.metadata.name)}"))
-        return secrets.with_token(children, svc, token), token, new_token
-
-    @staticmethod
-    def _stable_deployments(svc: models.AgentService) -> tuple[str, ...]:
-        return tuple(naming.deployment_name(svc.metadata.name, c) for c in builders.COMPONENTS)
-
-    @staticmethod
-    def _previous_status(body: Mapping[str, Any], memory: _Memory) -> dict[str, Any]:
-        """The status this reconcile starts from: the last one we wrote, else the body's.
-
-        Only the operator writes the status, so what it wrote last is never older than a body's
-        copy, while a body may well be older: the watch event of our own write may not have
-        arrived, and a resync pass may hold a body read before the latest change. Deciding a
-        rollout from a stale `status.canary` could step it back. After a restart the body is all
-        there is, and it is read fresh.
-        """
-        if memory.written_status is not None:
-            return memory.written_status
-        return dict(body.get("status") or {})
-
-    def _desired(self, body: Mapping[str, Any]) -> tuple[models.AgentService, list[dict[str, Any]]]:
+    def _desired(self, body: Mapping[str, Any]) -> tuple[models.AgentService, builders.Desired]:
         """Parse the body and build its children, or raise SpecInvalid naming the field."""
         try:
             svc = models.AgentService.model_validate(dict(body))
@@ -313,110 +244,27 @@ class Reconciler:
             problems = validation.problems_from(exc)
             raise SpecInvalid("; ".join(str(p) for p in problems)) from None
         try:
-            children = builders.build_children(svc, version=self._version)
+            desired = builders.desired(svc, operator_version=self._operator_version)
         except models.CrossFieldError as exc:
             raise SpecInvalid(f"{exc.field}: {exc.message}") from None
         except ValueError as exc:
             raise SpecInvalid(str(exc)) from None
-        return svc, children
-
-    async def _write_status(
-        self,
-        body: Mapping[str, Any],
-        obs: conditions.Observation,
-        memory: _Memory,
-        *,
-        revision: str,
-        workloads: list[conditions.Workload] | None = None,
-        canary: models.CanaryStatus | None = None,
-        canary_conditions: list[tuple[str, models.ConditionStatus, str, str]] | None = None,
-        keep_canary_conditions: bool = True,
-    ) -> tuple[models.Phase, bool]:
-        """Patch the status subresource if (and only if) it differs; post Events on flips."""
-        if memory.written_status is not None and memory.written_from == body.get("metadata", {}).get("resourceVersion"):
-            # A body older than our own last status write (a resync pass or a late watch event):
-            # start from what we wrote, or fresh timestamps would look like a change and be written.
-            body = {**body, "status": {**(body.get("status") or {}), **memory.written_status}}
-        previous = _conditions(body)
-        now = self._clock()
-        phase, conds = conditions.derive(obs, previous, now=now)
-        if not keep_canary_conditions:
-            conds = rollout.with_conditions(conds, canary_conditions, generation=obs.generation, now=now)
-        workloads = workloads or []
-        status: dict[str, Any] = {
-            "phase": phase.value,
-            "observedGeneration": obs.generation,
-            "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in conds],
-            "replicas": sum(w.desired for w in workloads),
-            "readyReplicas": sum(w.ready for w in workloads),
-            "revision": revision,
-        }
-        if canary is not None:
-            status["canary"] = rollout.status_json(canary)
-        live_status = body.get("status") or {}
-        current = {k: live_status.get(k) for k in status}
-        version = body.get("metadata", {}).get("resourceVersion")
-        if current == status:
-            return phase, False
-        if memory.written_status == status and memory.written_from == version:
-            return phase, False  # our own write is not in this (stale) body yet
-        patch = dict(status)
-        if canary is not None and isinstance(live_status.get("canary"), Mapping):
-            # a merge patch keeps keys it does not mention: null out the ones the new status dropped
-            patch["canary"] = {**dict.fromkeys(live_status["canary"]), **status["canary"]}
-        await self._client.patch_status(body, patch)
-        memory.written_status, memory.written_from = status, version
-        await self._announce(body, previous, conds)
-        return phase, True
-
-    async def _announce(
-        self, body: Mapping[str, Any], before: list[models.Condition], after: list[models.Condition]
-    ) -> None:
-        """An Event for each condition that flipped into a state worth telling a person about."""
-        old = {c.type: c.status for c in before}
-        for cond in after:
-            if old.get(cond.type) == cond.status:
-                continue
-            if cond.type == conditions.READY and cond.status == conditions.TRUE:
-                await self._client.event(body, reason="Ready", message=cond.message)
-            elif cond.type in (
-                conditions.SPEC_INVALID,
-                conditions.SECRET_MISSING,
-                conditions.CHILD_CONFLICT,
-                conditions.DEGRADED,
-            ) and (cond.status == conditions.TRUE):
-                await self._client.event(body, reason=cond.type, message=cond.message, warning=True)
+        return svc, desired
 
 
-def _pod_inputs(svc: models.AgentService) -> set[str]:
-    """`Kind/name` of the children the pods consume (their token and their mounted config)."""
-    service = svc.metadata.name
-    configs = {f"ConfigMap/{runtimeconfig.config_map_name(service, track)}" for track in naming.Track}
-    return {f"Secret/{naming.auth_secret_name(service)}", *configs}
+def _uid(body: Mapping[str, Any]) -> str:
+    return str(body.get("metadata", {}).get("uid") or body["metadata"]["name"])
 
 
-def _without_mounted_config(
-    children: list[dict[str, Any]], live: Mapping[str, Any], service: str
-) -> list[dict[str, Any]]:
-    """Children less the runtime ConfigMaps that already exist (held while a Secret is missing).
+def _held(desired: builders.Desired, mine: Mapping[ObjectRef, Any]) -> list[dict[str, Any]]:
+    """The children to apply while pods are held: no workloads, and no runtime ConfigMap that exists.
 
     A runtime ConfigMap that exists is mounted into running pods: a new config naming a provider
-    whose key is missing would crash them at their next restart, so it waits for the Secret too.
+    whose key is missing would crash them at their next restart, so it waits too.
     """
-    held = {runtimeconfig.config_map_name(service, track) for track in naming.Track}
     return [
         c
-        for c in children
-        if not (c["kind"] == "ConfigMap" and c["metadata"]["name"] in held and live.get(apply.key(c)))
+        for c in desired.children
+        if c["kind"] not in WORKLOAD_KINDS
+        and not ((ref := ObjectRef.of(c)) in desired.config_maps and mine.get(ref) is not None)
     ]
-
-
-def _conditions(body: Mapping[str, Any]) -> list[models.Condition]:
-    raw = (body.get("status") or {}).get("conditions") or []
-    result = []
-    for item in raw:
-        try:
-            result.append(models.Condition.model_validate(item))
-        except pydantic.ValidationError:
-            continue  # a condition someone else wrote in a shape we do not know: leave it out
-    return result

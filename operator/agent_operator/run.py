@@ -6,7 +6,7 @@ get their collaborators through kopf's `memo`. Choices made for kopf:
   strategy keeps two operators from overlapping;
 - kopf's own bookkeeping (handler progress, the last handled spec) lives in `agentops.dev/*`
   annotations, never in the status, whose schema belongs to the AgentService API;
-- no finalizer on AgentServices (see `handlers`): deletion is the garbage collector's job;
+- no finalizer on AgentServices: deletion is the garbage collector's job (why: `handlers`);
 - kopf posts no Events from log lines; the operator posts its own, for significant steps only;
 - finite API timeouts, so a hung connection turns into a retry instead of a stuck handler.
 
@@ -32,8 +32,10 @@ import aiohttp.web
 import kopf
 import structlog
 
-from agent_operator import __version__, apply, handlers, opmetrics, reconcile, rollout
-from agent_operator.prometheus import Prometheus
+from agent_operator import __version__, handlers, opmetrics, reconcile
+from agent_operator.canary import rollouts
+from agent_operator.canary.prometheus import Prometheus
+from agent_operator.kube import client as kube_client
 
 log = structlog.get_logger(__name__)
 
@@ -52,10 +54,10 @@ class Config:
     metrics_port: int | None = DEFAULT_METRICS_PORT
     resync_interval: float = DEFAULT_RESYNC_INTERVAL
     server: str | None = None  # an API server URL without credentials (the dev cluster)
-    version: str | None = None  # the runtime version of the default image (the operator's own)
+    operator_version: str | None = None  # the version of the default runtime image (None: the operator's own)
     host: str = "0.0.0.0"
     prometheus_url: str | None = None  # where canary analyses query; None: analyses cannot run
-    prometheus_scrape_interval: float = rollout.DEFAULT_SCRAPE_INTERVAL
+    prometheus_scrape_interval: float = rollouts.DEFAULT_SCRAPE_INTERVAL
     analysis_tick: float = reconcile.ANALYSIS_TICK
 
     @property
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prometheus-scrape-interval",
         type=float,
-        default=rollout.DEFAULT_SCRAPE_INTERVAL,
+        default=rollouts.DEFAULT_SCRAPE_INTERVAL,
         metavar="SECONDS",
         help="scrape interval of the runtime metrics (an analysis window spans at least four)",
     )
@@ -153,16 +155,15 @@ async def operate(
     async def credentials() -> kopf.ConnectionInfo:
         return await login(config, settings)
 
-    client = apply.Client(credentials, metrics)
+    client = kube_client.Client(credentials, metrics)
     prometheus = Prometheus(config.prometheus_url) if config.prometheus_url else None
-    rollouts = rollout.Rollouts(
+    canary_rollouts = rollouts.Rollouts(
         client,
         metrics,
         prometheus=prometheus,
         scrape_interval_seconds=config.prometheus_scrape_interval,
-        version=config.version,
     )
-    reconciler = reconcile.Reconciler(client, metrics, version=config.version, rollouts=rollouts)
+    reconciler = reconcile.Reconciler(client, metrics, operator_version=config.operator_version, canary=canary_rollouts)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, resync_interval=config.resync_interval, analysis_tick=config.analysis_tick)
 
@@ -263,7 +264,7 @@ def config_from(args: argparse.Namespace) -> Config:
         resync_interval=getattr(args, "resync_interval", DEFAULT_RESYNC_INTERVAL),
         server=getattr(args, "server", None),
         prometheus_url=getattr(args, "prometheus_url", None) or None,
-        prometheus_scrape_interval=getattr(args, "prometheus_scrape_interval", rollout.DEFAULT_SCRAPE_INTERVAL),
+        prometheus_scrape_interval=getattr(args, "prometheus_scrape_interval", rollouts.DEFAULT_SCRAPE_INTERVAL),
     )
 
 

@@ -1,6 +1,6 @@
 """The CRD and the examples on the real kube-apiserver (its own schema validation and CEL).
 
-The cel-python checks in tests/test_examples.py stay as the fast unit check; here the API server
+The cel-python checks in tests/integration/ship/test_examples.py stay as the fast unit check; here the API server
 itself judges: the CRD is Established (so it is structural and within the CEL cost budget),
 `kubectl explain` prints the models' field docs, `kubectl get agsvc` shows the printer columns,
 every valid example passes `kubectl apply --dry-run=server` and every invalid one is refused

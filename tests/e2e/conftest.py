@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_operator import devcluster, models, opmetrics, run
+from agent_operator import opmetrics, run
+from agent_operator.api import models
+from agentops_dev import devcluster
+from agentops_dev.localredis import LocalRedis
 
-from agent_runtime.localredis import LocalRedis
 from tests.e2e.harness import NAMESPACE, DiscoveringPrometheus, Kubelet, LoadGenerator
 from tests.support import waiting
 from tests.support.prometheus_server import serving

@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-from agent_operator import devcluster, naming, templatehash
+from agent_operator.build import naming, templatehash
+from agentops_dev import devcluster
+from agentops_dev.localredis import free_port
 
 from agent_runtime import constants
-from agent_runtime.localredis import free_port
 from tests.support.processes import ForkedRuntime
 from tests.support.prometheus_server import SCRAPE_INTERVAL, PrometheusServer
 

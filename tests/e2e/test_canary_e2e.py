@@ -27,9 +27,9 @@ import time
 from typing import Any
 
 import pytest
-from agent_operator import naming
+from agent_operator.build import naming
+from agentops_dev.localmodel import Faults, LocalModelServer
 
-from agent_runtime.localmodel import Faults, LocalModelServer
 from tests.e2e.conftest import Stack, eventually, running_stack, service_body
 from tests.e2e.harness import FAULT_STATUS, DiscoveringPrometheus, pattern
 

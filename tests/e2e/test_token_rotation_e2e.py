@@ -14,10 +14,10 @@ import base64
 
 import httpx
 import pytest
-from agent_operator import secrets
+from agent_operator.kube import secrets
+from agentops_dev.localmodel import LocalModelServer
 
 from agent_runtime import constants
-from agent_runtime.localmodel import LocalModelServer
 from tests.e2e.conftest import NAMESPACE, Stack, eventually, service_body
 
 pytestmark = pytest.mark.slow

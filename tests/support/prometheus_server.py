@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-
-from agent_runtime import localredis
-from agent_runtime.localredis import free_port
+from agentops_dev import localredis
+from agentops_dev.localredis import free_port
 
 __all__ = ["PrometheusServer", "running_prometheus", "serving"]
 

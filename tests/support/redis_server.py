@@ -1,6 +1,6 @@
 """A real redis-server for tests: started on a free loopback port in a temporary directory, stopped after.
 
-The process management lives in `agent_runtime.localredis` (the demo and the benchmark start Redis the
+The process management lives in `agentops_dev.localredis` (the demo and the benchmark start Redis the
 same way); this module gives tests a context manager that always cleans up, plus a blocking wait.
 """
 
@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent_runtime.localredis import LocalRedis, free_port
+from agentops_dev.localredis import LocalRedis, free_port
 
 __all__ = ["LocalRedis", "free_port", "running_redis"]
 

@@ -37,7 +37,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from agent_operator import models, naming
+from agent_operator.api import models
+from agent_operator.build import naming
 from agent_operator.plugin import views
 
 PROG: Final = "kubectl agentservice"

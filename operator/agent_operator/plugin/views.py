@@ -14,7 +14,8 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from agent_operator import models, naming
+from agent_operator.api import models
+from agent_operator.build import naming
 
 EVENT_LIMIT: Final = 8
 ACTIVE: Final = frozenset({models.CanaryPhase.PROGRESSING.value, models.CanaryPhase.PAUSED.value})

@@ -1,0 +1,205 @@
+"""Monitoring children of an AgentService: the PrometheusRule (five alerts) and the ServiceMonitor.
+
+Pure: spec in, plain manifests out. Every series name comes from `agent_runtime.constants`, so a
+rename in the runtime cannot leave an alert watching a metric that no longer exists. Every query
+is scoped to one service with `service="<name>"` and `namespace="<ns>"` matchers: the runtime
+labels its metrics with the service, and the Prometheus Operator adds the namespace at scrape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from agent_operator import __version__
+from agent_operator.api import models
+from agent_operator.build import naming, workloads
+
+from agent_runtime import constants
+
+MONITORING_API_VERSION: Final = "monitoring.coreos.com/v1"
+COMPONENT: Final = "monitoring"
+SCRAPE_INTERVAL: Final = "30s"
+
+ALERT_ERROR_RATE: Final = "AgentServiceHighErrorRate"
+ALERT_LATENCY: Final = "AgentServiceHighLatency"
+ALERT_COST: Final = "AgentServiceHighCost"
+ALERT_QUEUE_DEPTH: Final = "AgentServiceQueueBacklog"
+ALERT_PROVIDERS_DOWN: Final = "AgentServiceAllProvidersDown"
+
+
+def number(value: float) -> str:
+    """Format a threshold as a PromQL number literal (`0.1`, `60`, `1e-05`)."""
+    return format(value, "g")
+
+
+def selector(svc: models.AgentService, **extra: str) -> str:
+    """The label matchers that scope a series to one AgentService."""
+    matchers = {constants.LABEL_SERVICE: svc.metadata.name, "namespace": svc.metadata.namespace, **extra}
+    return "{" + ", ".join(f'{key}="{value}"' for key, value in matchers.items()) + "}"
+
+
+def error_rate_expr(svc: models.AgentService) -> str:
+    """Ratio of failed tasks to all finished tasks over 5 minutes."""
+    failed = f"sum(rate({constants.SERIES_REQUESTS}{selector(svc, status='failed')}[5m]))"
+    total = f"sum(rate({constants.SERIES_REQUESTS}{selector(svc)}[5m]))"
+    return f"{failed} / {total}"
+
+
+def p95_latency_expr(svc: models.AgentService) -> str:
+    """p95 task wall-clock latency over 5 minutes, across replicas and tracks."""
+    buckets = f"sum by (le) (rate({constants.SERIES_LATENCY_BUCKET}{selector(svc)}[5m]))"
+    return f"histogram_quantile(0.95, {buckets})"
+
+
+def hourly_cost_expr(svc: models.AgentService) -> str:
+    """LLM spend in USD over the last hour."""
+    return f"sum(increase({constants.SERIES_COST}{selector(svc)}[1h]))"
+
+
+def queue_depth_expr(svc: models.AgentService) -> str:
+    """Waiting plus pending tasks; every pod reports the shared queue, hence `max`, not `sum`."""
+    return f"max({constants.METRIC_QUEUE_DEPTH}{selector(svc)})"
+
+
+def providers_healthy_expr(svc: models.AgentService) -> str:
+    """1 when at least one pod sees at least one provider healthy, 0 when none does."""
+    return f"max({constants.METRIC_PROVIDER_HEALTHY}{selector(svc)})"
+
+
+def _alert(
+    svc: models.AgentService,
+    name: str,
+    expr: str,
+    *,
+    severity: str,
+    summary: str,
+    description: str,
+) -> dict[str, Any]:
+    return {
+        "alert": name,
+        "expr": expr,
+        "for": svc.spec.alerts.for_duration,
+        "labels": {
+            "severity": severity,
+            constants.LABEL_SERVICE: svc.metadata.name,
+            "namespace": svc.metadata.namespace,
+        },
+        "annotations": {"summary": summary, "description": description},
+    }
+
+
+def build_alerts(svc: models.AgentService) -> list[dict[str, Any]]:
+    """The alerting rules for one service, thresholds from `spec.alerts`."""
+    alerts = svc.spec.alerts
+    name = svc.metadata.name
+    where = f"AgentService {svc.metadata.namespace}/{name}"
+    rules = [
+        _alert(
+            svc,
+            ALERT_ERROR_RATE,
+            f"({error_rate_expr(svc)}) > {number(alerts.error_rate)}",
+            severity="critical",
+            summary=f"{name}: more than {alerts.error_rate:.0%} of tasks fail",
+            description=f"{where}: {{{{ $value | humanizePercentage }}}} of tasks failed over the last 5 minutes "
+            f"(threshold {alerts.error_rate:.0%}). Check the worker logs and the LLM providers.",
+        ),
+        _alert(
+            svc,
+            ALERT_LATENCY,
+            f"{p95_latency_expr(svc)} > {number(alerts.p95_latency_seconds)}",
+            severity="warning",
+            summary=f"{name}: p95 task latency above {number(alerts.p95_latency_seconds)}s",
+            description=f"{where}: p95 task latency is {{{{ $value | humanizeDuration }}}} over the last 5 minutes "
+            f"(threshold {number(alerts.p95_latency_seconds)}s). Providers may be slow or workers saturated.",
+        ),
+        _alert(
+            svc,
+            ALERT_COST,
+            f"{hourly_cost_expr(svc)} > {number(alerts.hourly_cost_usd)}",
+            severity="warning",
+            summary=f"{name}: LLM spend above {number(alerts.hourly_cost_usd)} USD per hour",
+            description=f'{where}: LLM spend over the last hour is {{{{ $value | printf "%.2f" }}}} USD '
+            f"(threshold {number(alerts.hourly_cost_usd)} USD). Check for runaway tasks or a traffic spike.",
+        ),
+        _alert(
+            svc,
+            ALERT_QUEUE_DEPTH,
+            f"{queue_depth_expr(svc)} > {alerts.queue_depth}",
+            severity="warning",
+            summary=f"{name}: more than {alerts.queue_depth} tasks queued",
+            description=f"{where}: {{{{ $value }}}} tasks are waiting or pending (threshold {alerts.queue_depth}). "
+            "Workers cannot keep up: check autoscaling limits and worker health.",
+        ),
+    ]
+    if alerts.all_providers_down:
+        rules.append(
+            _alert(
+                svc,
+                ALERT_PROVIDERS_DOWN,
+                f"{providers_healthy_expr(svc)} == 0",
+                severity="critical",
+                summary=f"{name}: no LLM provider is healthy",
+                description=f"{where}: every LLM provider's circuit breaker is open on every pod; tasks cannot make "
+                "progress. Check provider status, API keys and network egress.",
+            )
+        )
+    return rules
+
+
+def build_prometheus_rule(svc: models.AgentService, *, app_version: str | None = None) -> dict[str, Any] | None:
+    """The PrometheusRule with the service's alerts, or None when `spec.alerts.enabled` is false."""
+    if not svc.spec.alerts.enabled:
+        return None
+    name = svc.metadata.name
+    return {
+        "apiVersion": MONITORING_API_VERSION,
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": naming.prometheus_rule_name(name),
+            "namespace": svc.metadata.namespace,
+            "labels": naming.standard_labels(name, COMPONENT, app_version or __version__),
+        },
+        "spec": {
+            "groups": [
+                {
+                    "name": f"agentservice.{svc.metadata.namespace}.{name}",
+                    "rules": build_alerts(svc),
+                }
+            ]
+        },
+    }
+
+
+def build_service_monitor(svc: models.AgentService, *, app_version: str | None = None) -> dict[str, Any]:
+    """The ServiceMonitor scraping the API and worker metrics endpoints of one service.
+
+    `honorLabels` keeps the runtime's own `service` label (the AgentService name): without it the
+    Prometheus Operator's `service` target label (the Kubernetes Service name) would win and the
+    runtime's would be renamed `exported_service`, breaking every alert and dashboard query.
+    """
+    name = svc.metadata.name
+    endpoints = [
+        {
+            "port": port,
+            "path": constants.METRICS_PATH,
+            "interval": SCRAPE_INTERVAL,
+            "honorLabels": True,
+        }
+        # The API serves /metrics on its HTTP port (API Service), the worker on its metrics port
+        # (headless worker Service); both Services carry the instance labels selected below.
+        for port in (workloads.API_PORT_NAME, workloads.WORKER_METRICS_PORT_NAME)
+    ]
+    return {
+        "apiVersion": MONITORING_API_VERSION,
+        "kind": "ServiceMonitor",
+        "metadata": {
+            "name": naming.service_monitor_name(name),
+            "namespace": svc.metadata.namespace,
+            "labels": naming.standard_labels(name, COMPONENT, app_version or __version__),
+        },
+        "spec": {
+            "selector": {"matchLabels": naming.instance_labels(name)},
+            "namespaceSelector": {"matchNames": [svc.metadata.namespace]},
+            "endpoints": endpoints,
+        },
+    }

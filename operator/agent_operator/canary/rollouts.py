@@ -1,0 +1,169 @@
+"""Canary rollouts on the cluster: measure when an analysis is due, decide, lay the tracks out.
+
+`machine.py` decides, `analysis.py` and `prometheus.py` measure, `tracks.py` lays the children
+out; this module holds what lives between reconciles (when the next analysis is due) and does the
+reads a decision needs. The rules are in docs/canary.md; `status.py` reports the outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from agent_operator import objects, opmetrics, status
+from agent_operator.api import models
+from agent_operator.build import builders
+from agent_operator.canary import analysis, machine, rollouthistory, tracks
+from agent_operator.canary.prometheus import Prometheus, rfc3339
+from agent_operator.kube.client import Client
+from agent_operator.objects import ObjectRef
+
+# Scrape interval of the ServiceMonitor the operator renders: the analysis window spans >= 4 scrapes.
+DEFAULT_SCRAPE_INTERVAL: Final = 30.0
+
+Clock = Callable[[], float]
+
+
+@dataclasses.dataclass
+class Schedule:
+    """When one object's next analysis is due; in memory, so a restart waits one more interval."""
+
+    running_for: tuple[str, int] | None = None  # (canary revision, weight) the interval is counted for
+    due: float = 0.0  # monotonic time of the next analysis
+    watching: bool = False  # a rollout that wants analyses: the analysis loop looks at it
+
+
+def _utcnow() -> str:
+    return rfc3339(datetime.datetime.now(tz=datetime.UTC))
+
+
+class Rollouts:
+    """Runs analyses and decides, for each reconcile, the canary status and the children of both tracks."""
+
+    def __init__(
+        self,
+        client: Client,
+        metrics: opmetrics.Metrics,
+        *,
+        prometheus: Prometheus | None = None,
+        scrape_interval_seconds: float = DEFAULT_SCRAPE_INTERVAL,
+        monotonic: Clock = time.monotonic,
+        now: Callable[[], str] = _utcnow,
+    ) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._prometheus = prometheus
+        self._scrape_interval = scrape_interval_seconds
+        self._monotonic = monotonic
+        self._now = now
+        self._schedules: dict[str, Schedule] = {}
+
+    @property
+    def prometheus_url(self) -> str | None:
+        return self._prometheus.url if self._prometheus is not None else None
+
+    def forget(self, uid: str) -> None:
+        """Drop the schedule of a deleted object."""
+        self._schedules.pop(uid, None)
+
+    def due(self, uid: str) -> bool:
+        """Whether the analysis loop should reconcile this object now (an analysis or readiness to check)."""
+        schedule = self._schedules.get(uid)
+        if schedule is None or not schedule.watching:
+            return False
+        return schedule.running_for is None or self._monotonic() >= schedule.due
+
+    async def plan(
+        self,
+        uid: str,
+        body: Mapping[str, Any],
+        svc: models.AgentService,
+        desired: builders.Desired,
+        *,
+        live: Mapping[ObjectRef, dict[str, Any] | None],
+        prior: models.CanaryStatus,
+    ) -> tracks.Plan:
+        """Measure if due, decide, and lay the children out for the decided status."""
+        schedule = self._schedules.setdefault(uid, Schedule())
+        spec = svc.spec.canary
+        canary_live: dict[ObjectRef, dict[str, Any] | None] = {}
+        if spec.enabled or machine.rollout_active(prior):
+            for ref in desired.canary_refs:
+                canary_live[ref] = await self._client.get(ref.api_version, ref.kind, ref.namespace, ref.name)
+        # Decide from the objects this AgentService controls only: a foreign object of a canary
+        # name is neither this rollout's canary nor something to delete (apply reports it).
+        everything = {**live, **objects.owned(canary_live, body.get("metadata", {}).get("uid"))}
+        result = await self._maybe_analyse(schedule, svc, desired, prior, everything)
+        observed = machine.Observation(
+            desired_revision=desired.revision,
+            annotations=dict(body.get("metadata", {}).get("annotations") or {}),
+            analysis=result,
+            live_stable_revision=tracks.live_revision(desired, live),
+        )
+        decision = machine.decide(spec, prior, observed)
+        laid = tracks.layout(desired, decision.status, everything)
+        rollouts = rollouthistory.updated(prior, decision, self._now)
+        new_status = decision.status.model_copy(update={"actual_weight": laid.actual_weight, "rollouts": rollouts})
+        schedule.watching = machine.needs_analysis(spec, new_status)
+        return tracks.Plan(
+            children=laid.children,
+            live=canary_live,
+            remove=laid.remove,
+            prior=prior,
+            status=new_status,
+            decision=dataclasses.replace(decision, status=new_status),
+            analysis=result,
+            deployments=laid.deployments,
+            desired_revision=desired.revision,
+            spec=spec,
+            warnings=laid.warnings,
+        )
+
+    async def _maybe_analyse(
+        self,
+        schedule: Schedule,
+        svc: models.AgentService,
+        desired: builders.Desired,
+        prior: models.CanaryStatus,
+        live: Mapping[ObjectRef, dict[str, Any] | None],
+    ) -> models.Analysis | None:
+        """Run an analysis when one is due (docs/canary.md); start counting the interval otherwise."""
+        spec = svc.spec.canary
+        interval = spec.interval_seconds
+        now = self._monotonic()
+        wanted = machine.needs_analysis(spec, prior) and prior.canary_revision == desired.revision
+        if not wanted or not self._canary_ready(desired, live):
+            schedule.running_for = None
+            return None
+        key = (prior.canary_revision, prior.weight)
+        if schedule.running_for != key:
+            schedule.running_for, schedule.due = key, now + interval
+            return None
+        if now < schedule.due:
+            return None
+        schedule.due = now + interval
+        return await self.analyse(svc, prior.weight)
+
+    @staticmethod
+    def _canary_ready(desired: builders.Desired, live: Mapping[ObjectRef, dict[str, Any] | None]) -> bool:
+        for _, canary in desired.deployments.values():
+            deployment = live.get(canary)
+            if deployment is None or not status.workload(deployment).rolled_out:
+                return False
+        return True
+
+    async def analyse(self, svc: models.AgentService, weight: int) -> models.Analysis:
+        """One analysis of `svc`'s canary at `weight` (an error without Prometheus); timed and counted."""
+        started = time.perf_counter()
+        if self._prometheus is None:
+            result = analysis.no_prometheus(weight, self._now())
+        else:
+            window = analysis.window_for(svc.spec.canary, self._scrape_interval)
+            scope = analysis.Scope(service=svc.metadata.name, namespace=svc.metadata.namespace, window=window)
+            result = await self._prometheus.analyse_async(analysis.plan(svc.spec.canary, scope), weight=weight)
+        self._metrics.analysis_duration.observe(time.perf_counter() - started)
+        self._metrics.analyses.labels(verdict=result.verdict).inc()
+        return result
