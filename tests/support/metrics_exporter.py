@@ -7,7 +7,9 @@ The series carry the runtime's names and labels (`agent_runtime.constants`):
 one.
 
 A test sets a `Traffic` profile per (service, track); a background thread turns it into finished
-tasks every `tick` seconds, one counter increment per task, as a runtime would. Errors and fallbacks
+tasks every `tick` seconds, one counter increment per task, as a runtime would. It finishes the
+tasks the time elapsed since its last round owes, so a CPU-starved thread that wakes late catches
+up instead of producing fewer requests per second than the profile says. Errors and fallbacks
 are spread evenly (an error accumulator, not randomness), so a 30 % profile is 30 % in every window.
 Setting a profile creates the track's series at zero, like a runtime that is up but idle; a track
 never set has no series at all (no data).
@@ -16,6 +18,7 @@ never set has no series at all (no data).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -90,14 +93,17 @@ class MetricsExporter:
             self.fallbacks.labels(service, track)
 
     def _produce(self) -> None:
+        last = time.monotonic()
         while not self._stop.wait(self.tick):
+            now = time.monotonic()
+            elapsed, last = now - last, now
             with self._lock:
                 for (service, track), state in self._tracks.items():
-                    self._finish_tasks(service, track, state)
+                    self._finish_tasks(service, track, state, elapsed)
 
-    def _finish_tasks(self, service: str, track: str, state: _Track) -> None:
+    def _finish_tasks(self, service: str, track: str, state: _Track, elapsed: float) -> None:
         traffic = state.traffic
-        state.pending += traffic.requests_per_second * self.tick
+        state.pending += traffic.requests_per_second * elapsed
         tasks = int(state.pending)
         state.pending -= tasks
         for _ in range(tasks):

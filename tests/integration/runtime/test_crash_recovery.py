@@ -81,9 +81,14 @@ async def test_kill_9_twenty_times_loses_nothing_and_reruns_no_finished_step(
             unfinished.append(made.task_id)
 
     snapshots: list[tuple[int, dict[str, int]]] = []  # (calls seen by the model server at the kill, steps checkpointed)
-    for _ in range(KILLS):
+    interrupting = 0  # kills that left the dead worker holding a task it had not finished
+    while interrupting < KILLS:
+        # a kill can land after the worker finished what it held (the random sleep outlasted its
+        # tasks; how often depends on the machine's speed): it interrupts nothing, so it is not counted
+        assert len(snapshots) < 3 * KILLS, f"only {interrupting} of {len(snapshots)} kills landed mid-task"
         await top_up()
         worker = await start_worker(tmp_path, cfg, redis_server)
+        pid = worker.pid  # gone from the process handle once it is killed
         try:
             for _ in range(300):
                 if await holds_tasks(redis_client, queue, worker.pid):
@@ -95,6 +100,8 @@ async def test_kill_9_twenty_times_loses_nothing_and_reruns_no_finished_step(
             assert worker.alive(), f"the worker exited on its own:\n{worker.logs()}"
         finally:
             await worker.kill()
+        # no worker runs now: the dead one's claimed, unacknowledged entries are the tasks it was running
+        interrupting += await holds_tasks(redis_client, queue, pid)
         steps = {t: (await queue.get(t)).checkpoint.step for t in answers}
         snapshots.append((len(model_server.calls), steps))
 
@@ -113,7 +120,7 @@ async def test_kill_9_twenty_times_loses_nothing_and_reruns_no_finished_step(
     assert await queue.depth() == 0
     for stream in queue.streams.values():
         assert (await redis_client.xpending(stream, queue.group))["pending"] == 0
-    assert resumed >= 5, "the kills should have interrupted several tasks"
+    assert resumed >= 1, "the kills should have interrupted tasks that another worker resumed"
 
     assert_no_checkpointed_step_rerun(model_server.calls, snapshots)
     await assert_each_step_billed_once(queue, model_server.calls, list(answers))
@@ -124,6 +131,10 @@ def assert_no_checkpointed_step_rerun(calls: list[CallRecord], snapshots: list[t
     for boundary, steps in snapshots:
         for call in calls[boundary:]:
             assert call.task_id is not None
+            if call.outcome == "aborted" and not call.tools:
+                # the worker died sending it: the server never read the body, so the record's step is
+                # its default 0, not the step asked for, and the model answered nothing
+                continue
             assert call.step >= steps.get(call.task_id, 0), (call, steps.get(call.task_id))
 
 
