@@ -15,10 +15,10 @@ from typing import Any, Final
 
 from agent_operator import objects, opmetrics, status
 from agent_operator.api import models
-from agent_operator.build import builders
 from agent_operator.canary import analysis, machine, rollouthistory, tracks
 from agent_operator.canary.prometheus import Prometheus, rfc3339
 from agent_operator.kube.client import Client
+from agent_operator.manifests import builders
 from agent_operator.objects import ObjectRef
 
 # Scrape interval of the ServiceMonitor the operator renders: the analysis window spans >= 4 scrapes.

@@ -13,7 +13,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from agent_operator.api import models
-from agent_operator.build import naming, runtimeconfig, workloads
+from agent_operator.manifests import naming, runtimeconfig, workloads
 
 from agent_runtime import constants
 
