@@ -213,7 +213,7 @@ class Reconciler:
 
         deployments = plan.deployments if plan is not None else desired.stable_deployments
         workloads = tuple(
-            status.workload(deployment)
+            objects.workload(deployment)
             for ref in deployments
             if (deployment := result.live.get(ref) or (mine.get(ref) if held else None))  # held: kept as it runs
         )
