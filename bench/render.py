@@ -18,7 +18,7 @@ import tracemalloc
 from typing import Any
 
 from agent_operator.api import models
-from agent_operator.build import builders
+from agent_operator.manifests import builders
 
 TARGET_MS = 5.0
 

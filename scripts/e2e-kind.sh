@@ -51,7 +51,7 @@ readonly CHART="${ROOT}/charts/agentservice-operator"
 readonly CRD="agentservices.agentops.dev"
 readonly SERVICE="e2e-agent"
 readonly MODEL_PORT=8765
-readonly API_SERVICE_PORT=80 # agent_operator.build.workloads.SERVICE_PORT
+readonly API_SERVICE_PORT=80 # agent_operator.manifests.workloads.SERVICE_PORT
 
 PORT_FORWARD_PID=""
 CLUSTER_CREATED=0 # set once this script has created the cluster (it then deletes it)

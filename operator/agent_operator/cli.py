@@ -74,7 +74,7 @@ def load_services(sources: Sequence[str]) -> list[models.AgentService]:
 
 def render_children(services: Sequence[models.AgentService]) -> list[dict[str, Any]]:
     """What the operator would apply for these services, in order; a spec no builder can serve exits 2."""
-    from agent_operator.build import builders  # noqa: PLC0415 - keeps `agentctl crd` free of builder imports
+    from agent_operator.manifests import builders  # noqa: PLC0415 - keeps `agentctl crd` free of builder imports
 
     children: list[dict[str, Any]] = []
     failed = False

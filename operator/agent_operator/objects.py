@@ -1,4 +1,7 @@
-"""Object identity: one spelling of "which Kubernetes object", and whether an AgentService controls it."""
+"""Object identity: one spelling of "which Kubernetes object"; what the operator reads off a live object.
+
+Whether an AgentService controls it, and a Deployment's roll-out state (its controller's own fields).
+"""
 
 from __future__ import annotations
 
@@ -61,3 +64,43 @@ def conflicts(
 def keys(refs: Iterable[ObjectRef]) -> str:
     """`Kind/name, Kind/name` for a message."""
     return ", ".join(ref.key for ref in refs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """Roll-out state of one Deployment, as read from the API."""
+
+    name: str
+    desired: int
+    ready: int
+    updated: int
+    current: bool  # the controller has observed the latest generation
+    failure: str = ""  # why the Deployment controller gave up (ProgressDeadlineExceeded, ReplicaFailure)
+
+    @property
+    def rolled_out(self) -> bool:
+        return self.current and self.updated >= self.desired and self.ready >= self.desired
+
+
+def workload(deployment: Mapping[str, Any]) -> Workload:
+    """Read a live Deployment's roll-out state (the Deployment controller's own fields)."""
+    meta = deployment.get("metadata", {})
+    spec = deployment.get("spec", {})
+    status = deployment.get("status") or {}
+    desired = int(spec.get("replicas", 1))
+    failure = ""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("status") == "False":
+            failure = f"{cond.get('reason', 'ProgressDeadlineExceeded')}: {cond.get('message', '')}".rstrip(": ")
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            failure = f"{cond.get('reason', 'ReplicaFailure')}: {cond.get('message', '')}".rstrip(": ")
+    generation = meta.get("generation")
+    observed = status.get("observedGeneration")
+    return Workload(
+        name=str(meta.get("name", "")),
+        desired=desired,
+        ready=int(status.get("readyReplicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        current=generation is None or (observed is not None and int(observed) >= int(generation)),
+        failure=failure,
+    )

@@ -23,8 +23,8 @@ from collections import defaultdict
 from typing import Any
 
 from agent_operator.api import models
-from agent_operator.build import builders
 from agent_operator.kube import client, prune
+from agent_operator.manifests import builders
 
 CHILD_VERBS = ("create", "get", "patch")
 PRUNE_VERBS = ("delete", "list")

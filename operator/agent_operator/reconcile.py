@@ -26,10 +26,10 @@ import structlog
 
 from agent_operator import objects, opmetrics, status
 from agent_operator.api import models, validation
-from agent_operator.build import builders
 from agent_operator.canary import rollouts
 from agent_operator.kube import apply, prune, secrets
 from agent_operator.kube.client import ApiError, Client
+from agent_operator.manifests import builders
 from agent_operator.objects import ObjectRef
 
 log = structlog.get_logger(__name__)
@@ -213,7 +213,7 @@ class Reconciler:
 
         deployments = plan.deployments if plan is not None else desired.stable_deployments
         workloads = tuple(
-            status.workload(deployment)
+            objects.workload(deployment)
             for ref in deployments
             if (deployment := result.live.get(ref) or (mine.get(ref) if held else None))  # held: kept as it runs
         )

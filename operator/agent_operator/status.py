@@ -49,56 +49,16 @@ UNKNOWN = models.ConditionStatus.UNKNOWN
 
 
 @dataclasses.dataclass(frozen=True)
-class Workload:
-    """Roll-out state of one Deployment, as read from the API."""
-
-    name: str
-    desired: int
-    ready: int
-    updated: int
-    current: bool  # the controller has observed the latest generation
-    failure: str = ""  # why the Deployment controller gave up (ProgressDeadlineExceeded, ReplicaFailure)
-
-    @property
-    def rolled_out(self) -> bool:
-        return self.current and self.updated >= self.desired and self.ready >= self.desired
-
-
-@dataclasses.dataclass(frozen=True)
 class Findings:
     """Everything one reconcile found out; the input of `derive`."""
 
     generation: int | None
     spec_error: str = ""
     missing_secrets: tuple[str, ...] = ()
-    workloads: tuple[Workload, ...] = ()
+    workloads: tuple[objects.Workload, ...] = ()
     apply_error: str = ""
     skipped: tuple[str, ...] = ()  # kinds of children whose API the cluster does not serve
     conflicts: tuple[ObjectRef, ...] = ()  # children that exist but belong to someone else
-
-
-def workload(deployment: Mapping[str, Any]) -> Workload:
-    """Read a live Deployment's roll-out state (the Deployment controller's own fields)."""
-    meta = deployment.get("metadata", {})
-    spec = deployment.get("spec", {})
-    status = deployment.get("status") or {}
-    desired = int(spec.get("replicas", 1))
-    failure = ""
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Progressing" and cond.get("status") == "False":
-            failure = f"{cond.get('reason', 'ProgressDeadlineExceeded')}: {cond.get('message', '')}".rstrip(": ")
-        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-            failure = f"{cond.get('reason', 'ReplicaFailure')}: {cond.get('message', '')}".rstrip(": ")
-    generation = meta.get("generation")
-    observed = status.get("observedGeneration")
-    return Workload(
-        name=str(meta.get("name", "")),
-        desired=desired,
-        ready=int(status.get("readyReplicas") or 0),
-        updated=int(status.get("updatedReplicas") or 0),
-        current=generation is None or (observed is not None and int(observed) >= int(generation)),
-        failure=failure,
-    )
 
 
 def set_condition(conditions: Sequence[models.Condition], new: models.Condition, *, now: str) -> list[models.Condition]:

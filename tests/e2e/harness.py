@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-from agent_operator.build import naming, templatehash
+from agent_operator.manifests import naming, templatehash
 from agentops_dev import devcluster
 from agentops_dev.localredis import free_port
 

@@ -26,7 +26,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from agent_operator.build import naming
+from agent_operator.manifests import naming
 from agentops_dev.localmodel import Faults, LocalModelServer
 
 from tests.e2e.conftest import Stack, eventually, running_stack, service_body

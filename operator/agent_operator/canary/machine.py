@@ -14,8 +14,8 @@ from enum import StrEnum
 from typing import Any, Final
 
 from agent_operator.api import models
-from agent_operator.build import naming
 from agent_operator.canary import analysis
+from agent_operator.manifests import naming
 
 HISTORY_LIMIT: Final = 10
 ACTIVE_PHASES: Final = frozenset({models.CanaryPhase.PROGRESSING, models.CanaryPhase.PAUSED})

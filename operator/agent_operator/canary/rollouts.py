@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from agent_operator import objects, opmetrics, status
+from agent_operator import objects, opmetrics
 from agent_operator.api import models
-from agent_operator.build import builders
 from agent_operator.canary import analysis, machine, rollouthistory, tracks
 from agent_operator.canary.prometheus import Prometheus, rfc3339
 from agent_operator.kube.client import Client
+from agent_operator.manifests import builders
 from agent_operator.objects import ObjectRef
 
 # Scrape interval of the ServiceMonitor the operator renders: the analysis window spans >= 4 scrapes.
@@ -151,7 +151,7 @@ class Rollouts:
     def _canary_ready(desired: builders.Desired, live: Mapping[ObjectRef, dict[str, Any] | None]) -> bool:
         for _, canary in desired.deployments.values():
             deployment = live.get(canary)
-            if deployment is None or not status.workload(deployment).rolled_out:
+            if deployment is None or not objects.workload(deployment).rolled_out:
                 return False
         return True
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent_operator.api import models
-from agent_operator.build import builders, naming, templatehash
 from agent_operator.canary import machine
+from agent_operator.manifests import builders, naming, templatehash
 from agent_operator.objects import ObjectRef
 
 Live = Mapping[ObjectRef, Mapping[str, Any] | None]

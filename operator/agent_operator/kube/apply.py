@@ -26,9 +26,9 @@ from typing import Any, Final, cast
 import kopf
 import structlog
 from agent_operator import objects
-from agent_operator.build import naming
 from agent_operator.kube import diff
 from agent_operator.kube.client import ApiError, Client
+from agent_operator.manifests import naming
 from agent_operator.objects import ObjectRef
 
 log = structlog.get_logger(__name__)

@@ -28,7 +28,7 @@ import kopf
 import structlog
 from agent_operator import objects, opmetrics
 from agent_operator.api import models
-from agent_operator.build import naming
+from agent_operator.manifests import naming
 
 log = structlog.get_logger(__name__)
 

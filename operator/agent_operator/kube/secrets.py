@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from agent_operator.api import models
-from agent_operator.build import runtimeconfig
 from agent_operator.kube.client import Client
+from agent_operator.manifests import runtimeconfig
 from agent_operator.objects import ObjectRef
 
 TOKEN_BYTES: Final = 32

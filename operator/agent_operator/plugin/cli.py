@@ -38,7 +38,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from agent_operator.api import models
-from agent_operator.build import naming
+from agent_operator.manifests import naming
 from agent_operator.plugin import views
 
 PROG: Final = "kubectl agentservice"

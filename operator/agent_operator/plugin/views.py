@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from agent_operator.api import models
-from agent_operator.build import naming
+from agent_operator.manifests import naming
 
 EVENT_LIMIT: Final = 8
 ACTIVE: Final = frozenset({models.CanaryPhase.PROGRESSING.value, models.CanaryPhase.PAUSED.value})

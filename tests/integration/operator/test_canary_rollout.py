@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from agent_operator import opmetrics, run
-from agent_operator.build import naming
+from agent_operator.manifests import naming
 from agentops_dev import devcluster
 
 from tests.integration.operator.conftest import (

@@ -19,9 +19,9 @@ from typing import Any
 
 import aiohttp
 from agent_operator.api import models
-from agent_operator.build import builders, naming
 from agent_operator.kube import client as kube_client
 from agent_operator.kube import diff
+from agent_operator.manifests import builders, naming
 
 from tests.integration.operator.conftest import AGSVC, Operator, agent_service, child_writes, eventually, ready_service
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 from agent_operator.api import models
-from agent_operator.build import builders
+from agent_operator.manifests import builders
 
 ROOT = Path(__file__).resolve().parents[3]
 AGENTCTL = Path(sys.executable).parent / "agentctl"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from agent_operator.api import models
-from agent_operator.build import builders, dashboard, monitoring
+from agent_operator.manifests import builders, dashboard, monitoring
 
 from agent_runtime import constants
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from agent_operator.api import models
-from agent_operator.build import dashboard, monitoring
+from agent_operator.manifests import dashboard, monitoring
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 

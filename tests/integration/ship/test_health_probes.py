@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 from agent_operator.api import models
-from agent_operator.build import builders, runtimeconfig
+from agent_operator.manifests import builders, runtimeconfig
 from agentops_dev import devcluster
 from agentops_dev.localredis import free_port
 

@@ -1,4 +1,4 @@
-"""Unit tests of `agent_operator.build.autoscaling`: HPAs and the KEDA ScaledObject.
+"""Unit tests of `agent_operator.manifests.autoscaling`: HPAs and the KEDA ScaledObject.
 
 Covers:
 - each HPA targets the Deployment of its component by name (the names `workloads` renders);
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from agent_operator.api import models
-from agent_operator.build import autoscaling, naming, workloads
+from agent_operator.manifests import autoscaling, naming, workloads
 from pydantic import ValidationError
 
 from agent_runtime import constants

@@ -1,4 +1,4 @@
-"""Unit tests of `agent_operator.build.builders.build_children`, the composition of every child.
+"""Unit tests of `agent_operator.manifests.builders.build_children`, the composition of every child.
 
 Covers:
 - the fixed order and the set of kinds for the default spec, and what options add or remove
@@ -24,7 +24,7 @@ import pydantic
 import pytest
 from agent_operator import __version__
 from agent_operator.api import models
-from agent_operator.build import builders, naming, runtimeconfig, workloads
+from agent_operator.manifests import builders, naming, runtimeconfig, workloads
 
 from agent_runtime import config, constants
 

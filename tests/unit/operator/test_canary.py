@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 from agent_operator.api import models
 from agent_operator.api.models import CanaryPhase
-from agent_operator.build import naming
 from agent_operator.canary import machine
 from agent_operator.canary.machine import Action, Observation, Reason
+from agent_operator.manifests import naming
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -683,7 +683,7 @@ PURE_IMPORTS = {
     "typing",
     "agent_operator.canary.analysis",
     "agent_operator.api.models",
-    "agent_operator.build.naming",
+    "agent_operator.manifests.naming",
     "agent_runtime.constants",
 }
 

@@ -18,9 +18,9 @@ import itertools
 
 from agent_operator.api import models
 from agent_operator.api.models import CanaryPhase
-from agent_operator.build import naming
 from agent_operator.canary import machine, rollouthistory
 from agent_operator.canary.machine import Action, Observation, Reason
+from agent_operator.manifests import naming
 
 OLD = "aaaaaaaaaa"
 NEW = "bbbbbbbbbb"

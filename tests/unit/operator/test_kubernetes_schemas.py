@@ -31,7 +31,7 @@ import pytest
 import referencing
 import yaml
 from agent_operator.api import models
-from agent_operator.build import builders
+from agent_operator.manifests import builders
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes_validate import utils as kv_utils

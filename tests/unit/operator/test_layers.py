@@ -17,7 +17,7 @@ PACKAGE = ROOT / "operator" / "agent_operator"
 PURE = (
     "agent_operator.objects",
     "agent_operator.api.",
-    "agent_operator.build.",
+    "agent_operator.manifests.",
     "agent_operator.canary.machine",
     "agent_operator.canary.analysis",
     "agent_operator.canary.tracks",

@@ -1,4 +1,4 @@
-"""Unit tests of the status core: `set_condition`, `derive`, `phase` and `workload` (all pure).
+"""Unit tests of the status core: `set_condition`, `derive`, `phase`, and `objects.workload` (all pure).
 
 Covers:
 - `set_condition`: a new condition gets `now`; the same status keeps its lastTransitionTime
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from agent_operator import status
+from agent_operator import objects, status
 from agent_operator.api import models
 from agent_operator.objects import ObjectRef
 from hypothesis import given
@@ -43,12 +43,12 @@ def by_type(conds: list[models.Condition]) -> dict[str, models.Condition]:
     return {c.type: c for c in conds}
 
 
-def ready(name: str, replicas: int = 2) -> status.Workload:
-    return status.Workload(name=name, desired=replicas, ready=replicas, updated=replicas, current=True)
+def ready(name: str, replicas: int = 2) -> objects.Workload:
+    return objects.Workload(name=name, desired=replicas, ready=replicas, updated=replicas, current=True)
 
 
-def pending(name: str, ready_: int = 0, replicas: int = 2) -> status.Workload:
-    return status.Workload(name=name, desired=replicas, ready=ready_, updated=replicas, current=True)
+def pending(name: str, ready_: int = 0, replicas: int = 2) -> objects.Workload:
+    return objects.Workload(name=name, desired=replicas, ready=ready_, updated=replicas, current=True)
 
 
 # --- set_condition ------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_rolled_out_is_ready_and_mentions_skipped_kinds() -> None:
 
 
 def test_a_failed_rollout_and_an_apply_error_degrade() -> None:
-    broken = status.Workload(name="a", desired=2, ready=0, updated=2, current=True, failure="ProgressDeadlineExceeded")
+    broken = objects.Workload(name="a", desired=2, ready=0, updated=2, current=True, failure="ProgressDeadlineExceeded")
     phase, conds = status.derive(status.Findings(generation=1, workloads=(broken,)), [], now=T0)
     assert phase == models.Phase.DEGRADED
     assert by_type(conds)["Degraded"].message == "a: ProgressDeadlineExceeded"
@@ -184,7 +184,7 @@ def test_a_flip_moves_only_the_flipped_conditions() -> None:
 
 
 WORKLOADS = st.builds(
-    status.Workload,
+    objects.Workload,
     name=st.sampled_from(["a", "b"]),
     desired=st.integers(0, 3),
     ready=st.integers(0, 3),
@@ -244,23 +244,23 @@ def deployment(spec: dict[str, Any], status: dict[str, Any] | None, generation: 
 
 def test_workload_reads_the_controllers_fields() -> None:
     live = {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3}
-    w = status.workload(deployment({"replicas": 3}, live))
+    w = objects.workload(deployment({"replicas": 3}, live))
     assert (w.name, w.desired, w.ready, w.updated, w.current, w.failure) == ("demo-api", 3, 3, 3, True, "")
     assert w.rolled_out
 
 
 def test_workload_defaults_and_stale_generations() -> None:
-    fresh = status.workload(deployment({}, None))  # just created: no status, replicas defaulted to 1
+    fresh = objects.workload(deployment({}, None))  # just created: no status, replicas defaulted to 1
     assert (fresh.desired, fresh.ready, fresh.current, fresh.rolled_out) == (1, 0, False, False)
-    stale = status.workload(deployment({"replicas": 1}, {"observedGeneration": 1, "readyReplicas": 1}))
+    stale = objects.workload(deployment({"replicas": 1}, {"observedGeneration": 1, "readyReplicas": 1}))
     assert not stale.current and not stale.rolled_out  # the controller has not seen generation 2 yet
-    assert status.workload(deployment({"replicas": 0}, {}, generation=None)).rolled_out
+    assert objects.workload(deployment({"replicas": 0}, {}, generation=None)).rolled_out
 
 
 def test_workload_reports_the_controllers_failures() -> None:
     deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}
     quota = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate"}
     fine = {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
-    assert status.workload(deployment({}, {"conditions": [deadline]})).failure == "ProgressDeadlineExceeded: too slow"
-    assert status.workload(deployment({}, {"conditions": [quota]})).failure == "FailedCreate"
-    assert status.workload(deployment({}, {"conditions": [fine]})).failure == ""
+    assert objects.workload(deployment({}, {"conditions": [deadline]})).failure == "ProgressDeadlineExceeded: too slow"
+    assert objects.workload(deployment({}, {"conditions": [quota]})).failure == "FailedCreate"
+    assert objects.workload(deployment({}, {"conditions": [fine]})).failure == ""

@@ -12,8 +12,8 @@ from typing import Any
 
 from agent_operator import status
 from agent_operator.api import models
-from agent_operator.build import builders
 from agent_operator.canary import tracks
+from agent_operator.manifests import builders
 from agent_operator.objects import ObjectRef
 
 CANARY = {"enabled": True, "steps": [10, 50, 100], "interval": "1s", "inconclusiveLimit": 2, "failureLimit": 2}

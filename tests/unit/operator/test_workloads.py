@@ -1,4 +1,4 @@
-"""Unit tests of `agent_operator.build.workloads`: the shape of Deployments, Services, PDBs and NetworkPolicy.
+"""Unit tests of `agent_operator.manifests.workloads`: the shape of Deployments, Services, PDBs and NetworkPolicy.
 
 Covers:
 - selectors match the pod labels; stable and canary selectors never overlap; the API Service
@@ -25,8 +25,8 @@ import copy
 from typing import Any
 
 from agent_operator.api import models
-from agent_operator.build import naming, runtimeconfig, workloads
 from agent_operator.kube import secrets
+from agent_operator.manifests import naming, runtimeconfig, workloads
 from agent_operator.objects import ObjectRef
 
 from agent_runtime import constants

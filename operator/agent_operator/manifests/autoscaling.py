@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from agent_operator.api import models
-from agent_operator.build import naming, redisconfig, runtimeconfig, workloads
+from agent_operator.manifests import naming, redisconfig, runtimeconfig, workloads
 
 from agent_runtime import constants
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from agent_operator import __version__
 from agent_operator.api import models
-from agent_operator.build import (
+from agent_operator.manifests import (
     autoscaling,
     dashboard,
     monitoring,

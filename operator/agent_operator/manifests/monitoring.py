@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from agent_operator import __version__
 from agent_operator.api import models
-from agent_operator.build import naming, workloads
+from agent_operator.manifests import naming, workloads
 
 from agent_runtime import constants
 

@@ -19,7 +19,7 @@ import posixpath
 from typing import Any, Final
 
 from agent_operator.api import models
-from agent_operator.build import naming, redisconfig, runtimeconfig, templatehash
+from agent_operator.manifests import naming, redisconfig, runtimeconfig, templatehash
 
 from agent_runtime import constants
 

@@ -19,7 +19,7 @@ import hashlib
 from typing import Any, Final
 
 from agent_operator.api import models
-from agent_operator.build import naming, redisconfig
+from agent_operator.manifests import naming, redisconfig
 
 from agent_runtime import config, constants
 
