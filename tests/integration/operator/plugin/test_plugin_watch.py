@@ -92,9 +92,14 @@ async def test_watch_redraws_on_change_fits_80_columns_and_exits_on_ctrl_c(
     terminal = Terminal(
         [str(PLUGIN), "--kubeconfig", str(kubeconfig), "get", "support-agent", "--watch"], environment()
     )
+
+    # The pty hands a frame over in chunks: the newest frame may be half read (or a redraw may have
+    # begun), so a frame is only looked at once it has arrived through its events (the last section).
+    def drawn(frame: str) -> bool:
+        return "Events:" in frame and "AnalysisFailed" in frame
+
     try:
-        await eventually(lambda: any("Events:" in f and "AnalysisFailed" in f for f in terminal.frames()), timeout=30)
-        first = terminal.frames()[-1]
+        first = await eventually(lambda: next((f for f in terminal.frames() if drawn(f)), None), timeout=30)
         assert re.search(r"worker\s+canary\s+0\s+1", first), first
 
         async with httpx.AsyncClient(base_url=url) as client:
@@ -104,10 +109,15 @@ async def test_watch_redraws_on_change_fits_80_columns_and_exits_on_ctrl_c(
                 headers={"Content-Type": "application/merge-patch+json"},
             )
             response.raise_for_status()
-        await eventually(lambda: re.search(r"worker\s+canary\s+1\s+1", terminal.frames()[-1]), timeout=15)
+        last = await eventually(
+            lambda: next(
+                (f for f in reversed(terminal.frames()) if drawn(f) and re.search(r"worker\s+canary\s+1\s+1", f)),
+                None,
+            ),
+            timeout=15,
+        )
         assert len(terminal.frames()) >= 2
 
-        last = terminal.frames()[-1]
         too_wide = [line for line in last.splitlines() if len(line.rstrip("\r")) > COLUMNS]
         assert not too_wide, too_wide
         assert "error-rate query:" in last and 'status="failed"}[2m]))' in last  # wrapped, not cut
