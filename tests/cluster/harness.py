@@ -116,8 +116,8 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def forbidden_lines(self) -> list[str]:
-        """Log lines about a refused request: a 403 status (not the digits inside a timestamp)."""
-        refused = re.compile(r"(?<![\d.:])403(?!\d)|Forbidden")
+        """Log lines about a refused request: a 403 status (not the digits inside a timestamp or a uid)."""
+        refused = re.compile(r'(?:status=|"code": ?|\s)403(?!\d)|Forbidden')
         return [line for line in self.logs().splitlines() if refused.search(line)]
 
     def stop(self) -> None:
