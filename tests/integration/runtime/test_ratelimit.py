@@ -8,18 +8,21 @@ Covers:
 - `backoff` holds every caller until it expires and never shortens; a caller whose slot was
   reserved before a backoff appeared still waits for the backoff after its sleep;
 - four `agent-runtime worker` processes saturating one provider with a limit of 100 requests per
-  5 s (1200/min): counted from the model server's own request log, no 5-second window holds more
-  than 1 % over the limit and every window under saturation holds at least 95 % of it; all four
+  5 s (1200/min): counted at the limiter's own admissions (the slots its script stored, read with
+  MONITOR), every request took one slot, none reached the model server before its slot, no 5-second
+  window holds more than the limit and no slot is left unused while a caller waits; all four
   processes served tasks;
-- a 429 storm with `retry-after: 1` against four worker processes: after each 429 reply, no
-  request reaches the server until its backoff expired (beyond the requests already on the wire),
-  and every task still succeeds.
+- a 429 storm with `retry-after: 1` against four worker processes: every request that reaches the
+  server before a backoff's end was admitted before the backoff was stored (in Redis's order), and
+  every task still succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
@@ -28,6 +31,7 @@ from agentops_dev.localredis import LocalRedis
 
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.constants import ServiceKeys
+from agent_runtime.providers import limits_of
 from agent_runtime.queue import TaskQueue
 from agent_runtime.ratelimit import Limit, RateLimited, RateLimiter
 from agent_runtime.tasks import TaskStatus
@@ -130,17 +134,68 @@ def window_counts(starts: list[float], window: float) -> list[int]:
     return counts
 
 
+@contextlib.asynccontextmanager
+async def limiter_writes(redis_server: LocalRedis) -> AsyncIterator[list[tuple[str, float, float]]]:
+    """Every value the limiter's scripts store while inside, in Redis's own order: (key, seconds, asked).
+
+    Read with MONITOR, which shows the commands a Lua script runs (`TIME`, then `SET <key> <µs> PX
+    <ms>`): the limiter's own admissions (the requests key holds a grant's slot + one interval) and
+    backoffs (the backoff key holds its end), exact and in Redis time, however late a process acts
+    on them. `asked` is when the script read the clock (MONITOR's time of its `TIME`, never earlier).
+    """
+    writes: list[tuple[str, float, float]] = []
+    marker = f"limiter-writes-end-{id(writes)}"
+    # its own client: no read timeout, since nothing may happen for a while (processes starting up)
+    client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    async with client, client.monitor() as monitor:
+
+        async def read() -> None:
+            asked = 0.0
+            async for info in monitor.listen():
+                words = str(info["command"]).split()
+                if words == ["TIME"] and info["client_type"] == "lua":
+                    asked = float(info["time"])
+                elif words[:1] == ["SET"] and ":ratelimit:" in words[1]:
+                    writes.append((words[1], int(words[2]) / 1e6, asked))
+                elif words == ["ECHO", marker]:
+                    return
+
+        reader = asyncio.create_task(read())
+        try:
+            yield writes
+        finally:
+            await client.echo(marker)  # everything before it has been read once the reader sees it
+            await asyncio.wait_for(reader, 30)
+
+
 async def test_four_workers_share_one_limit(
-    config: RuntimeConfig, redis_client: redis.asyncio.Redis, model_server: LocalModelServer, fleet: Fleet
+    config: RuntimeConfig,
+    redis_server: LocalRedis,
+    redis_client: redis.asyncio.Redis,
+    model_server: LocalModelServer,
+    fleet: Fleet,
 ) -> None:
     window, allowed = 5.0, 100  # 1200 requests per minute
     cfg = config.model_copy(
-        update={"requests_per_minute": 1200, "rate_limit_burst_fraction": 0.0, "worker_concurrency": 8}
+        # a lease no busy machine outlasts: a reclaimed task's repeated call is not what this test is about
+        update={
+            "requests_per_minute": 1200,
+            "rate_limit_burst_fraction": 0.0,
+            "worker_concurrency": 8,
+            "claim_idle_seconds": 30,
+        }
     )
     queue = TaskQueue.from_config(cfg, redis_client)
     await queue.ensure_group()
-    ids = [(await queue.submit(f"Say hello {n}", max_steps=2)).task_id for n in range(190)]
-    await fleet.run(cfg)
+    # all four processes up and reading before the first task: a process still starting (slow on a
+    # busy machine) leaves the limit unsaturated for reasons that are not the limiter's
+    await fleet.start(cfg, burst=False)
+    await fleet.started()
+    async with limiter_writes(redis_server) as writes:
+        ids = [(await queue.submit(f"Say hello {n}", max_steps=2)).task_id for n in range(190)]
+        while len(model_server.completed()) < len(ids):
+            await asyncio.sleep(0.05)
+    await fleet.stop()
 
     records = [await queue.get(task_id) for task_id in ids]
     assert all(r.status == TaskStatus.SUCCEEDED for r in records)
@@ -148,42 +203,68 @@ async def test_four_workers_share_one_limit(
     assert len({c.rsplit("-", 1)[0] for c in consumers if c}) == 4  # all four processes took part
     starts = [c.started for c in model_server.calls]
     assert len(starts) == len(ids)
-    counts = window_counts(starts, window)
+    # Windows are counted at the limiter's own admissions (the slots its script granted), not where
+    # the requests reached the model server: a CPU-starved worker (or server) sends (or records) a
+    # request late, and late requests bunch into the next window however well they were spaced.
+    interval = limits_of(cfg)["local"].request_interval_us() / 1e6  # burst 1: a grant stores slot + interval
+    requests_key = cfg.keys().ratelimit("local", "requests")
+    grants = [(value - interval, asked) for key, value, asked in writes if key == requests_key]  # (slot, asked)
+    admitted = sorted(slot for slot, _ in grants)
+    assert len(admitted) == len(starts)  # every request took one slot of the one shared limit
+    # and none went out before its slot (late is the machine's doing, early would be the worker's)
+    assert all(sent >= slot - 0.001 for sent, slot in zip(sorted(starts), admitted, strict=True))
+    counts = window_counts(admitted, window)
     assert len(counts) > 50
     print(f"windows: {len(counts)}, max {max(counts)}, min {min(counts)} (limit {allowed})")
-    assert max(counts) <= allowed * 1.01, f"a {window:g} s window held {max(counts)} requests (limit {allowed})"
-    assert min(counts) >= allowed * 0.95, f"a saturated window held only {min(counts)} requests (limit {allowed})"
+    assert max(counts) <= allowed, f"a {window:g} s window held {max(counts)} requests (limit {allowed})"
+    # Saturation, from the limiter's side (how many requests a busy machine's workers can make is a
+    # throughput figure for bench/): no slot is left unused while a caller waits. Each grant starts
+    # right where the previous one ended, or, the limiter idle, at once when asked for.
+    for (slot, asked), (previous, _) in zip(grants[1:], grants, strict=False):
+        assert slot <= max(previous + interval, asked) + 1e-5, (slot, previous + interval, asked)
 
 
 async def test_429_storm_backs_off_every_replica(
-    config: RuntimeConfig, redis_client: redis.asyncio.Redis, model_server: LocalModelServer, fleet: Fleet
+    config: RuntimeConfig,
+    redis_server: LocalRedis,
+    redis_client: redis.asyncio.Redis,
+    model_server: LocalModelServer,
+    fleet: Fleet,
 ) -> None:
-    cfg = config.model_copy(update={"provider_max_retries": 6, "worker_concurrency": 4})
+    # a lease no busy machine outlasts: a reclaimed task's repeated call is not what this test is about
+    cfg = config.model_copy(update={"provider_max_retries": 6, "worker_concurrency": 4, "claim_idle_seconds": 30})
     queue = TaskQueue.from_config(cfg, redis_client)
     await queue.ensure_group()
     await fleet.start(cfg, burst=False)
     await fleet.started()
-    warm_up = [(await queue.submit(f"Warm up {n}", max_steps=2)).task_id for n in range(8)]
-    while len(model_server.completed()) < len(warm_up):
-        await asyncio.sleep(0.05)
-    model_server.calls.clear()
-    model_server.faults.retry_after = 1.0
-    model_server.faults.script = ["429"] * 10
-    model_server.faults.latency_seconds = 0.02
-    ids = [(await queue.submit(f"Say hello {n}", max_steps=2)).task_id for n in range(40)]
-    while len(model_server.completed()) < len(ids):
-        await asyncio.sleep(0.05)
+    async with limiter_writes(redis_server) as writes:  # from before the first request: every admission seen
+        warm_up = [(await queue.submit(f"Warm up {n}", max_steps=2)).task_id for n in range(8)]
+        while len(model_server.completed()) < len(warm_up):
+            await asyncio.sleep(0.05)
+        warm_calls = list(model_server.calls)
+        model_server.calls.clear()
+        model_server.faults.retry_after = 1.0
+        model_server.faults.script = ["429"] * 10
+        model_server.faults.latency_seconds = 0.02
+        ids = [(await queue.submit(f"Say hello {n}", max_steps=2)).task_id for n in range(40)]
+        while len(model_server.completed()) < len(ids):
+            await asyncio.sleep(0.05)
     await fleet.stop()
 
     statuses = [(await queue.get(t)).status for t in ids]
     assert statuses == [TaskStatus.SUCCEEDED] * len(ids)
     storm = [c for c in model_server.calls if c.outcome == "429"]
     assert len(storm) == 10
-    on_the_wire = 0.1  # requests sent before the replica that got the 429 had stored the backoff
-    for rejected in storm:
-        assert rejected.finished is not None
-        early = [c for c in model_server.calls if rejected.finished + on_the_wire < c.started < rejected.finished + 1.0]
-        assert not early, f"{len(early)} requests sent during the backoff of a 429 at {rejected.finished:.3f}"
-    first = min(c.finished or 0.0 for c in storm)
-    after = sorted(c.started for c in model_server.calls if c.started > first + on_the_wire)
-    assert after and after[0] >= first + 1.0
+    # Every request that reached the server before a backoff's end was admitted before the backoff was
+    # stored (already on its way, however late a busy replica sends it); one admitted after it waits
+    # for its end. Counted in Redis's order of admissions and backoffs, not with a wall-clock allowance.
+    keys = cfg.keys()
+    admitted, backoffs = 0, 0
+    for key, value, _ in writes:
+        if key == keys.ratelimit("local", "requests"):
+            admitted += 1
+        elif key == keys.ratelimit("local", "backoff"):  # stored only when it extends: `value` is its end
+            backoffs += 1
+            reached = sum(c.started < value for c in [*warm_calls, *model_server.calls])
+            assert reached <= admitted, f"{reached} requests before the end of a backoff, {admitted} admitted before it"
+    assert backoffs >= 1
