@@ -24,7 +24,7 @@ from agent_operator import run
 from agent_operator.api import models
 from agent_operator.kube import secrets
 
-from agentops_dev import devcluster
+from agentops_dev import devcluster, waiting
 
 EXAMPLE: Final = Path("examples/full.yaml")
 AGSVC: Final = f"{models.GROUP}/{models.VERSION}/{models.PLURAL}"
@@ -109,13 +109,8 @@ def conditions_table(status: dict[str, Any]) -> str:
     return table(rows)
 
 
-async def _until(check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the dev cluster did not reach the expected state in time")
-        await asyncio.sleep(0.05)
-    return value
+async def _until(check: Callable[[], Any]) -> Any:
+    return await waiting.eventually(check, timeout=60.0)
 
 
 async def run_cluster_demo(out: TextIO) -> None:

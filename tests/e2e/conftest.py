@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 from agent_operator import opmetrics, run
 from agent_operator.api import models
-from agentops_dev import devcluster
+from agentops_dev import devcluster, waiting
 from agentops_dev.localredis import LocalRedis
 
 from tests.e2e.harness import NAMESPACE, DiscoveringPrometheus, Kubelet, LoadGenerator
-from tests.support import waiting
 from tests.support.prometheus_server import serving
 from tests.support.redis_server import running_redis
 
@@ -33,7 +32,7 @@ RESYNC = 1.0
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """`tests.support.waiting.eventually` with the longer default a whole stack needs."""
+    """`agentops_dev.waiting.eventually` with the longer default a whole stack needs."""
     return await waiting.eventually(check, timeout, interval)
 
 

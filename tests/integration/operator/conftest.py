@@ -18,8 +18,7 @@ import pytest
 from agent_operator import opmetrics, run
 from agent_operator.api import models
 from agentops_dev import devcluster
-
-from tests.support.waiting import eventually
+from agentops_dev.waiting import eventually
 
 RESYNC = 0.3
 AGSVC = f"{models.GROUP}/{models.VERSION}/{models.PLURAL}"

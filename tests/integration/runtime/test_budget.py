@@ -22,6 +22,7 @@ import httpx
 import pytest
 import redis.asyncio
 from agentops_dev.localmodel import LocalModelServer, respond
+from agentops_dev.waiting import eventually
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import budget, constants
@@ -34,7 +35,6 @@ from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskStatus
 from agent_runtime.tools import builtin_registry
 from tests.integration.runtime.conftest import AUTH, TOKEN, Fleet
-from tests.support.waiting import eventually
 
 LABELS = {"service": "svc", "track": "stable"}
 MODEL = "claude-sonnet-5-5"

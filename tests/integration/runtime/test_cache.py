@@ -14,6 +14,7 @@ import asyncio
 import pytest
 import redis.asyncio
 from agentops_dev.localmodel import LocalModelServer
+from agentops_dev.waiting import eventually
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import errors
@@ -23,7 +24,6 @@ from agent_runtime.metrics import Metrics
 from agent_runtime.providers import build_providers
 from agent_runtime.tasks import TaskStatus
 from tests.integration.runtime.conftest import MakeWorker
-from tests.support.waiting import eventually
 
 LABELS = {"service": "svc", "track": "stable"}
 BASE = {

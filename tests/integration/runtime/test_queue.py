@@ -17,13 +17,13 @@ from collections import Counter
 
 import pytest
 import redis.asyncio
+from agentops_dev.waiting import eventually
 
 from agent_runtime import errors
 from agent_runtime.constants import ServiceKeys
 from agent_runtime.queue import PriorityScheduler, TaskQueue
 from agent_runtime.tasks import Checkpoint, TaskStatus, Usage
 from tests.integration.runtime.conftest import MakeWorker
-from tests.support.waiting import eventually
 
 
 def make_queue(client: redis.asyncio.Redis, **kwargs: object) -> TaskQueue:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis.asyncio
 from agentops_dev.localmodel import Faults, LocalModelServer
+from agentops_dev.waiting import eventually
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.api import create_app
@@ -25,7 +26,6 @@ from agent_runtime.queue import TaskQueue
 from agent_runtime.ratelimit import RateLimiter
 from tests.integration.runtime.conftest import AUTH, TOKEN
 from tests.support.redis_topologies import RedisCluster, role, running_cluster
-from tests.support.waiting import eventually
 
 
 @pytest.fixture(scope="module")

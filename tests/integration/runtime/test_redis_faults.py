@@ -31,12 +31,12 @@ import redis.asyncio
 import redis.exceptions
 from agentops_dev.localmodel import LocalModelServer
 from agentops_dev.localredis import LocalRedis, free_port
+from agentops_dev.waiting import eventually
 
 from agent_runtime import errors
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.queue import TaskQueue
 from tests.integration.runtime.conftest import AUTH, Fleet
-from tests.support.waiting import eventually
 
 Fault = Callable[[LocalRedis], Coroutine[Any, Any, Callable[[], Coroutine[Any, Any, None]]]]
 

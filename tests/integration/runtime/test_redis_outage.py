@@ -13,12 +13,12 @@ import asyncio
 import httpx
 from agentops_dev.localmodel import LocalModelServer
 from agentops_dev.localredis import LocalRedis
+from agentops_dev.waiting import eventually
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.composition import build_worker, connect_redis
 from agent_runtime.config import RuntimeConfig
 from tests.integration.runtime.conftest import AUTH
-from tests.support.waiting import eventually
 
 
 async def wait_for(predicate: object, timeout: float) -> None:

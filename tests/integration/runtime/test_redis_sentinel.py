@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from agentops_dev.localmodel import Faults, LocalModelServer
+from agentops_dev.waiting import eventually
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.api import create_app
@@ -23,7 +24,6 @@ from agent_runtime.redisconn import RedisSettings
 from tests.integration.runtime.conftest import AUTH, TOKEN
 from tests.support.processes import ForkedRuntime, write_config
 from tests.support.redis_topologies import running_sentinel_group
-from tests.support.waiting import eventually
 
 
 @pytest.mark.xfail(

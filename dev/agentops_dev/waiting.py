@@ -1,6 +1,7 @@
-"""Waiting for a condition in async tests: `eventually(check)` polls until `check()` is truthy.
+"""Waiting for a condition: `eventually(check)` polls until `check()` is truthy.
 
-`check` may be a plain function or a coroutine function (e.g. one asking the API over HTTP).
+The demo, the dev stack and the tests wait this way for the event they look for, never for a fixed
+time. `check` may be a plain function or a coroutine function (e.g. one asking the API over HTTP).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ __all__ = ["eventually"]
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll `check` (awaiting its result if awaitable) until truthy; fail with its last value after `timeout`."""
+    """Poll `check` (awaiting its result if awaitable) until truthy; after `timeout`, `TimeoutError`."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -24,5 +25,5 @@ async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: 
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+            raise TimeoutError(f"condition not met within {timeout}s (last value: {value!r})")
         await asyncio.sleep(interval)
