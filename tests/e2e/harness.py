@@ -39,9 +39,9 @@ import httpx
 from agent_operator.manifests import naming, templatehash
 from agentops_dev import devcluster
 from agentops_dev.localredis import free_port
+from agentops_dev.runtimeprocesses import ForkedRuntime
 
 from agent_runtime import constants
-from tests.support.processes import ForkedRuntime
 from tests.support.prometheus_server import SCRAPE_INTERVAL, PrometheusServer
 
 NAMESPACE: Final = "default"

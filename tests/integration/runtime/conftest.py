@@ -1,7 +1,7 @@
 """Fixtures of the runtime tests: a real redis-server, the local model server, config, the API client, workers.
 
 `make_worker` builds in-process burst workers; `fleet` runs real worker processes (forked, see
-`tests.support.processes`) that share the test's Redis.
+`agentops_dev.runtimeprocesses`) that share the test's Redis.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import pytest
 import redis.asyncio
 from agentops_dev.localmodel import LocalModelServer
 from agentops_dev.localredis import LocalRedis
+from agentops_dev.runtimeprocesses import ForkedRuntime, write_config
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.api import create_app
 from agent_runtime.composition import WorkerParts, build_worker, connect_redis
 from agent_runtime.config import ProviderConfig, RuntimeConfig
-from tests.support.processes import ForkedRuntime, write_config
 from tests.support.redis_server import running_redis
 
 TOKEN = "test-token"

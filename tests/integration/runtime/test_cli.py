@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 from agentops_dev.localredis import LocalRedis, free_port
+from agentops_dev.runtimeprocesses import ForkedRuntime, write_config
 
 from agent_runtime import constants
 from agent_runtime.config import RuntimeConfig
-from tests.support.processes import ForkedRuntime, write_config
 
 
 async def test_api_and_burst_worker_processes(tmp_path: Path, config: RuntimeConfig, redis_server: LocalRedis) -> None:

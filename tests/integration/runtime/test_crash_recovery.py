@@ -22,6 +22,7 @@ import pytest
 import redis.asyncio
 from agentops_dev.localmodel import CallRecord, LocalModelServer
 from agentops_dev.localredis import LocalRedis
+from agentops_dev.runtimeprocesses import ForkedRuntime, write_config
 from agentops_dev.waiting import eventually
 from prometheus_client import CollectorRegistry
 
@@ -29,7 +30,6 @@ from agent_runtime.composition import build_worker
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskStatus
-from tests.support.processes import ForkedRuntime, write_config
 
 KILLS = 20
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from agentops_dev.localmodel import Faults, LocalModelServer
+from agentops_dev.runtimeprocesses import ForkedRuntime, write_config
 from agentops_dev.waiting import eventually
 from prometheus_client import CollectorRegistry
 
@@ -22,7 +23,6 @@ from agent_runtime.composition import connect_redis
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.redisconn import RedisSettings
 from tests.integration.runtime.conftest import AUTH, TOKEN
-from tests.support.processes import ForkedRuntime, write_config
 from tests.support.redis_topologies import running_sentinel_group
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from agentops_dev.localredis import LocalRedis, free_port
+from agentops_dev.runtimeprocesses import ForkedRuntime, write_config
 from agentops_dev.waiting import eventually
 
 from agent_runtime import constants
 from agent_runtime.config import RuntimeConfig
-from tests.support.processes import ForkedRuntime, write_config
 
 
 def events(process: ForkedRuntime, name: str) -> list[dict[str, Any]]:

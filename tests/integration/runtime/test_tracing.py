@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from agentops_dev.localredis import LocalRedis, free_port
+from agentops_dev.runtimeprocesses import ForkedRuntime, write_config
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
@@ -37,7 +38,6 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from agent_runtime import constants, tracing
 from agent_runtime.config import RuntimeConfig
 from tests.integration.runtime.conftest import AUTH
-from tests.support.processes import ForkedRuntime, write_config
 
 TOKEN = "tok-9f3c1e7d-never-in-traces"
 INPUT = "Confidential memo mauve-walrus-8821: what is 6*7?"

@@ -1,7 +1,7 @@
-"""Start and stop runtime processes (`python -m agent_runtime.cli ...`) in tests, without leaking any.
+"""Start and stop runtime processes (`agent_runtime.cli` as its own OS process), without leaking any.
 
-Processes are asyncio subprocesses, so the test's event loop keeps serving the in-process local model
-server while they run.
+The tests and the demo's kubelet (`agentops_dev.kubelet`) run pods this way. The caller's event loop
+keeps serving the in-process local model server while they run.
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ def _run_cli(args: list[str], env: dict[str, str], log_path: str) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     os.environ.update(env)
-    from agent_runtime import cli
+    # Imported here, not at the top: the fork server preloads it, and an importer of this module that
+    # never starts a process should not pay for the runtime (the anthropic SDK takes ~1.7 s).
+    from agent_runtime import cli  # noqa: PLC0415
 
     sys.exit(cli.main(args))
 
@@ -113,7 +115,7 @@ class ForkedRuntime:
     def context(cls) -> multiprocessing.context.ForkServerContext:
         if cls._context is None:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["agent_runtime.cli", "tests.support.processes"])
+            context.set_forkserver_preload(["agent_runtime.cli", "agentops_dev.runtimeprocesses"])
             cls._context = context
         return cls._context
 
