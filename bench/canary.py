@@ -35,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import structlog
 from agentops_dev.localmodel import Faults, LocalModelServer
+from agentops_dev.localprometheus import DiscoveringPrometheus
 from agentops_dev.localredis import LocalRedis
 
 from tests.e2e.conftest import AGSVC, Stack, eventually, running_stack, service_body
-from tests.e2e.harness import FAULT_STATUS, NAMESPACE, DiscoveringPrometheus
+from tests.e2e.harness import FAULT_STATUS, NAMESPACE
 
 RATE = 16.0
 

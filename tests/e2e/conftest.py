@@ -20,10 +20,10 @@ import pytest
 from agent_operator import opmetrics, run
 from agent_operator.api import models
 from agentops_dev import devcluster, waiting
+from agentops_dev.localprometheus import DiscoveringPrometheus, serving
 from agentops_dev.localredis import LocalRedis
 
-from tests.e2e.harness import NAMESPACE, DiscoveringPrometheus, Kubelet, LoadGenerator
-from tests.support.prometheus_server import serving
+from tests.e2e.harness import NAMESPACE, Kubelet, LoadGenerator
 from tests.support.redis_server import running_redis
 
 AGSVC = f"{models.GROUP}/{models.VERSION}/{models.PLURAL}"

@@ -28,21 +28,20 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 from agent_operator.manifests import naming, templatehash
 from agentops_dev import devcluster
+from agentops_dev.localprometheus import DiscoveringPrometheus
 from agentops_dev.localredis import free_port
 from agentops_dev.runtimeprocesses import ForkedRuntime
 
 from agent_runtime import constants
-from tests.support.prometheus_server import SCRAPE_INTERVAL, PrometheusServer
 
 NAMESPACE: Final = "default"
 # Test-only tuning of every pod's runtime config: a stopped worker drains briefly.
@@ -58,33 +57,6 @@ def pattern(errors_per_ten: int, length: int = 6000) -> list[str]:
     for i in range(errors_per_ten):
         block[(i * 10) // max(errors_per_ten, 1)] = str(FAULT_STATUS)
     return list(itertools.islice(itertools.cycle(block), length))
-
-
-class DiscoveringPrometheus(PrometheusServer):
-    """A real prometheus scraping the targets of a JSON file (file_sd), re-read as it changes."""
-
-    def __init__(self, directory: Path) -> None:
-        self.targets_path = directory / "targets.json"
-        self.targets_path.write_text("[]")
-        super().__init__(directory, [])
-
-    def config(self, targets: Sequence[str]) -> dict[str, Any]:  # type: ignore[override]
-        base = PrometheusServer.config(targets)
-        base["scrape_configs"] = [
-            {
-                "job_name": "runtime",
-                "honor_labels": True,  # the runtime's own `service` and `track` labels win
-                "file_sd_configs": [{"files": [str(self.targets_path)], "refresh_interval": SCRAPE_INTERVAL}],
-            }
-        ]
-        return base
-
-    def set_targets(self, targets: Mapping[str, Mapping[str, str]]) -> None:
-        """`host:port` -> target labels; written atomically (prometheus watches the file)."""
-        groups = [{"targets": [target], "labels": dict(labels)} for target, labels in sorted(targets.items())]
-        temporary = self.targets_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(groups))
-        os.replace(temporary, self.targets_path)
 
 
 class Pending(Exception):

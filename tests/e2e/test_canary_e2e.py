@@ -28,9 +28,10 @@ from typing import Any
 import pytest
 from agent_operator.manifests import naming
 from agentops_dev.localmodel import Faults, LocalModelServer
+from agentops_dev.localprometheus import DiscoveringPrometheus
 
 from tests.e2e.conftest import Stack, eventually, running_stack, service_body
-from tests.e2e.harness import FAULT_STATUS, DiscoveringPrometheus, pattern
+from tests.e2e.harness import FAULT_STATUS, pattern
 
 pytestmark = pytest.mark.slow
 

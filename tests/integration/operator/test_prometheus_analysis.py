@@ -27,10 +27,10 @@ import pytest
 from agent_operator.api import models
 from agent_operator.canary import analysis, machine
 from agent_operator.canary.prometheus import Prometheus, parse_result
+from agentops_dev.localprometheus import PrometheusServer, running_prometheus
 from agentops_dev.localredis import free_port
 
 from tests.support.metrics_exporter import MetricsExporter, Traffic
-from tests.support.prometheus_server import PrometheusServer, running_prometheus
 
 WINDOW = "8s"
 RPS = 20.0

@@ -34,12 +34,12 @@ from typing import Any
 import pytest
 from agent_operator.api import models
 from agent_operator.manifests import dashboard, monitoring
+from agentops_dev.localprometheus import PrometheusServer
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent_runtime import constants
 from tests.support.metrics_exporter import INTENT, MetricsExporter, Traffic
-from tests.support.prometheus_server import PrometheusServer
 
 NAMESPACE = "agents"
 BUSY = "support-agent"
@@ -49,7 +49,7 @@ TRACKS = ("stable", "canary")
 BUSY_TRAFFIC = Traffic(requests_per_second=20, error_ratio=0.2, latency_seconds=90, cost_per_task=5.0)
 QUIET_TRAFFIC = Traffic(requests_per_second=5, error_ratio=0.0, latency_seconds=1, cost_per_task=0.0)
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-SCRAPE_SECONDS = 1  # tests.support.prometheus_server scrapes every second
+SCRAPE_SECONDS = 1  # agentops_dev.localprometheus scrapes every second
 RANGE_SECONDS = 10
 
 

@@ -1,30 +1,35 @@
-"""A real `prometheus` server for tests: a free loopback port, a temporary config and data directory,
-a 1 s scrape and evaluation interval, stopped (and reaped) on exit.
+"""A real `prometheus` server on loopback, for the demo and the tests: a free port, a config and data
+directory of the caller's, a 1 s scrape and evaluation interval, stopped (and reaped) on exit.
 
-`running_prometheus(directory, targets)` is the context manager tests use (`serving(server)` runs a
-subclass the same way); `PrometheusServer` is the process itself, with `wait_ready()` and a blocking
-`wait_for()` helper for "until the data is in".
+`PrometheusServer` is the process, scraping a fixed list of targets, with `wait_ready()` and a
+blocking `wait_for()` for "until the data is in"; `DiscoveringPrometheus` scrapes the targets of a
+file (file_sd) that the dev kubelet (`agentops_dev.kubelet`) rewrites as pods come and go.
+`running_prometheus(directory, targets)` and `serving(server)` run them as context managers.
+The binary is the Debian package `prometheus`, which `scripts/setup.sh` installs; `installed()`
+says whether it is there, before anything is started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
 from agentops_dev import localredis
 from agentops_dev.localredis import free_port
 
-__all__ = ["PrometheusServer", "running_prometheus", "serving"]
+__all__ = ["BINARY", "DiscoveringPrometheus", "PrometheusServer", "installed", "running_prometheus", "serving"]
 
 T = TypeVar("T")
 S = TypeVar("S", bound="PrometheusServer")
@@ -32,13 +37,20 @@ BINARY = "prometheus"
 SCRAPE_INTERVAL = "1s"
 
 
+def installed(binary: str = BINARY) -> bool:
+    """Whether the `prometheus` command is on the PATH."""
+    return shutil.which(binary) is not None
+
+
 class PrometheusServer:
     """One prometheus process scraping `targets` (host:port of /metrics endpoints) every second."""
 
-    def __init__(self, directory: Path, targets: Sequence[str], *, host: str = "127.0.0.1") -> None:
-        binary = shutil.which(BINARY)
+    def __init__(
+        self, directory: Path, targets: Sequence[str], *, host: str = "127.0.0.1", binary_name: str = BINARY
+    ) -> None:
+        binary = shutil.which(binary_name)
         if binary is None:
-            raise RuntimeError("prometheus is not installed (scripts/setup.sh installs the Debian package)")
+            raise RuntimeError(f"{binary_name} is not installed (scripts/setup.sh installs the Debian package)")
         self.binary = binary
         self.directory = directory
         self.host = host
@@ -121,6 +133,33 @@ class PrometheusServer:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class DiscoveringPrometheus(PrometheusServer):
+    """A real prometheus scraping the targets of a JSON file (file_sd), re-read as it changes."""
+
+    def __init__(self, directory: Path, *, binary_name: str = BINARY) -> None:
+        self.targets_path = directory / "targets.json"
+        self.targets_path.write_text("[]")
+        super().__init__(directory, [], binary_name=binary_name)
+
+    def config(self, targets: Sequence[str]) -> dict[str, Any]:  # type: ignore[override]
+        base = PrometheusServer.config(targets)
+        base["scrape_configs"] = [
+            {
+                "job_name": "runtime",
+                "honor_labels": True,  # the runtime's own `service` and `track` labels win
+                "file_sd_configs": [{"files": [str(self.targets_path)], "refresh_interval": SCRAPE_INTERVAL}],
+            }
+        ]
+        return base
+
+    def set_targets(self, targets: Mapping[str, Mapping[str, str]]) -> None:
+        """`host:port` -> target labels; written atomically (prometheus watches the file)."""
+        groups = [{"targets": [target], "labels": dict(labels)} for target, labels in sorted(targets.items())]
+        temporary = self.targets_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(groups))
+        os.replace(temporary, self.targets_path)
 
 
 @contextlib.contextmanager
