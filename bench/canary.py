@@ -1,7 +1,7 @@
 """Canary analysis speed and accuracy, end to end: seconds (and intervals) from a fault to the rollback,
 and false rollbacks of healthy canaries.
 
-The machinery is the end-to-end tests' (tests/e2e/harness.py): the real operator on the dev cluster
+The machinery is the end-to-end tests' (`agentops_dev.stack`): the real operator on the dev cluster
 (`--prometheus-url`, 1 s scrapes), a kubelet that runs every Deployment's pods as runtime processes,
 a real Prometheus discovering them, one local model server per track and a load generator. One
 stack serves every run; each run is a fresh AgentService (1 API and 2 worker replicas), deleted at
@@ -25,21 +25,17 @@ import asyncio
 import contextlib
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `tests`
-
 import structlog
-from agentops_dev.localmodel import Faults, LocalModelServer
+from agentops_dev.localmodel import FAULT_STATUS, Faults, LocalModelServer
 from agentops_dev.localprometheus import DiscoveringPrometheus
 from agentops_dev.localredis import LocalRedis
-
-from tests.e2e.conftest import AGSVC, Stack, eventually, running_stack, service_body
-from tests.e2e.harness import FAULT_STATUS, NAMESPACE
+from agentops_dev.stack import AGSVC, NAMESPACE, Stack, running_stack, service_body
+from agentops_dev.waiting import eventually
 
 RATE = 16.0
 
@@ -96,7 +92,7 @@ async def healthy_run(stack: Stack, index: int, interval: float) -> dict[str, An
         started = time.monotonic()
         async with stack.load(name, RATE):
             await _rollout(stack, name, canary_model)
-            with contextlib.suppress(AssertionError):  # paused or stuck: reported as such
+            with contextlib.suppress(TimeoutError):  # paused or stuck: reported as such
                 await eventually(
                     lambda: stack.canary(name).get("phase") in ("Promoted", "RolledBack"),
                     timeout=12 * interval + 20,

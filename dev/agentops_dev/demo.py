@@ -27,7 +27,7 @@ from agent_operator.kube import secrets
 from agentops_dev import devcluster, waiting
 
 EXAMPLE: Final = Path("examples/full.yaml")
-AGSVC: Final = f"{models.GROUP}/{models.VERSION}/{models.PLURAL}"
+AGSVC: Final = devcluster.AGSVC
 KINDS: Final = (
     ("v1/configmaps", "ConfigMap"),
     ("v1/secrets", "Secret"),

@@ -70,6 +70,8 @@ RESOURCES: Final[dict[tuple[str, str, str], tuple[str, bool, tuple[str, ...]]]] 
     (models.GROUP, models.VERSION, models.PLURAL): (models.KIND, True, ("status",)),
 }
 VERBS: Final = ("list", "watch", "get", "create", "update", "patch", "delete")
+# The AgentService resource as `put_object`, `live` and `delete_object` name it.
+AGSVC: Final = f"{models.GROUP}/{models.VERSION}/{models.PLURAL}"
 
 Key = tuple[kmock.resource, str | None, str]
 

@@ -9,15 +9,18 @@ text. `usage` is counted from the request and reply sizes (about four characters
 
 Fault injection is per server instance (`Faults`): an error ratio with status 429 (with
 `retry-after`), 500 or 529, malformed bodies, added latency, and a script of forced outcomes for the
-next requests. Every call is recorded (`calls`), with the task id header and the step (assistant
-turns already in the transcript), so tests can prove which steps were re-sent. `GET /_local/calls`
-and `PUT /_local/faults` expose the same when the server runs as a separate process.
+next requests (`fault_script(k)`: exactly k final errors in every 10 calls, a model version that
+fails k tasks in 10). Every call is recorded (`calls`), with the task id header and the step
+(assistant turns already in the transcript), so tests can prove which steps were re-sent.
+`GET /_local/calls` and `PUT /_local/faults` expose the same when the server runs as a separate
+process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -32,9 +35,22 @@ from aiohttp import web
 from agent_runtime import constants
 from agent_runtime.openai_compat import TOOL_ERROR_PREFIX
 
-__all__ = ["CallRecord", "Faults", "LocalModelServer", "chat_to_messages", "messages_to_chat", "respond"]
+__all__ = [
+    "FAULT_STATUS",
+    "CallRecord",
+    "Faults",
+    "LocalModelServer",
+    "chat_to_messages",
+    "fault_script",
+    "messages_to_chat",
+    "respond",
+]
 
 MODEL = "claude-sonnet-5-5"
+# A final model error: the runtime does not retry a 400, so each one fails its task. A 5xx would
+# not do for a "bad model version": the runtime retries it (the task is redelivered), so it shows
+# as latency rather than as failed tasks.
+FAULT_STATUS = 400
 _EXPRESSION = re.compile(r"\d+(?:\.\d+)?(?:\s*(?:\*\*|//|[-+*/%])\s*\d+(?:\.\d+)?)+")
 _ERROR_TYPES = {429: "rate_limit_error", 500: "api_error", 529: "overloaded_error", 503: "api_error"}
 
@@ -44,14 +60,22 @@ class Faults:
     """What the server does wrong; mutable while it runs."""
 
     error_ratio: float = 0.0  # share of requests answered with `error_status`
-    error_status: int = 500  # 429, 500, 503 or 529
+    error_status: int = 500  # 429, 500, 503, 529, or FAULT_STATUS (a final error)
     retry_after: float | None = 1.0  # seconds, sent with 429 and 529
     malformed_ratio: float = 0.0  # share answered 200 with a truncated JSON body
     latency_seconds: float = 0.0  # added before every reply
     script: list[str] = field(
         default_factory=list
-    )  # forced outcomes, consumed in order: "429" | "500" | "529" | "malformed" | "ok"
+    )  # forced outcomes, consumed in order: an HTTP status ("429", "400", ...) | "malformed" | "ok"
     seed: int = 0
+
+
+def fault_script(errors_per_ten: int, length: int = 6000, status: int = FAULT_STATUS) -> list[str]:
+    """A `Faults.script` with exactly `errors_per_ten` errors (`status`) in every 10 calls, spread out."""
+    block = ["ok"] * 10
+    for i in range(errors_per_ten):
+        block[(i * 10) // max(errors_per_ten, 1)] = str(status)
+    return list(itertools.islice(itertools.cycle(block), length))
 
 
 @dataclass

@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 from agent_operator.manifests import naming
-from agentops_dev.localmodel import Faults, LocalModelServer
+from agentops_dev.localmodel import FAULT_STATUS, Faults, LocalModelServer, fault_script
 from agentops_dev.localprometheus import DiscoveringPrometheus
+from agentops_dev.stack import Stack, running_stack, service_body
 
-from tests.e2e.conftest import Stack, eventually, running_stack, service_body
-from tests.e2e.harness import FAULT_STATUS, pattern
+from tests.e2e.conftest import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -179,7 +179,7 @@ async def test_relative_check_passes_equal_and_fails_three_times_worse(stack: St
     # 2 and 6 failures in every 10 calls: dense enough that a 6 s window's few dozen tasks give a
     # ratio near 1 (equal) and near 3 (worse); at 1 in 10 a window counts two or three failures, so
     # one failure more or less on a side moved an equal canary's ratio to 2.0, the threshold
-    stable, same, worse = Faults(script=pattern(2)), Faults(script=pattern(2)), Faults(script=pattern(6))
+    stable, same, worse = Faults(script=fault_script(2)), Faults(script=fault_script(2)), Faults(script=fault_script(6))
     async with (
         LocalModelServer(faults=stable) as stable_model,
         LocalModelServer(faults=same) as same_model,

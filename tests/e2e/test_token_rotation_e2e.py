@@ -16,9 +16,10 @@ import httpx
 import pytest
 from agent_operator.kube import secrets
 from agentops_dev.localmodel import LocalModelServer
+from agentops_dev.stack import NAMESPACE, Stack, service_body
 
 from agent_runtime import constants
-from tests.e2e.conftest import NAMESPACE, Stack, eventually, service_body
+from tests.e2e.conftest import eventually
 
 pytestmark = pytest.mark.slow
 

@@ -1,23 +1,17 @@
-"""End-to-end machinery: the operator's Deployments run as real runtime processes, scraped by a real Prometheus.
+"""The dev cluster's kubelet: the operator's Deployments run as real runtime processes.
 
-Nothing here fakes the code under test; it plays the parts of a cluster the dev cluster lacks:
+The dev cluster (kmock's emulator) runs no pods; this plays the part of a cluster it lacks, and fakes
+nothing of the code under test. For every Deployment of a namespace, `Kubelet` runs one runtime
+process per replica (`agent-runtime api|worker`, forked from a preloaded fork server), configured
+the way a pod would be: the ConfigMap its template mounts becomes the config file, its env is
+resolved (literals, Secret keys, the pod name), so `AGENT_TRACK` and `AGENT_SERVICE` come from the
+operator's template. A template change (any field: a Deployment rolls on any) restarts the pods, a
+replica change adds or stops some, a deleted Deployment stops them. Once its pods answer `/health`
+it plays the Deployment controller (`simulate_rollouts`), and it keeps a `DiscoveringPrometheus`'s
+target file in step, with a `namespace` label on every target as Kubernetes discovery would add.
+The only change to a pod's config (`OVERLAY`) is a short drain when it is stopped.
 
-- `DiscoveringPrometheus`: the real `prometheus` (tests/support) with file-based service discovery,
-  1 s scrapes, and a `namespace` target label on every target, as Kubernetes discovery would add;
-- `Kubelet`: for every Deployment of a namespace, runs one runtime process per replica
-  (`agent-runtime api|worker`, forked from a preloaded fork server), configured the way a pod would
-  be: the ConfigMap its template mounts becomes the config file, its env is resolved (literals,
-  Secret keys, the pod name), so `AGENT_TRACK` and `AGENT_SERVICE` come from the operator's
-  template. A template change (any field: a Deployment rolls on any) restarts the pods, a replica
-  change adds or stops some, a deleted Deployment stops them. Once its pods answer `/health` it
-  plays the Deployment controller (`simulate_rollouts`), and it keeps Prometheus's target file in
-  step. The only test-only change to a pod's config (`OVERLAY`) is a short drain when it is stopped;
-- `LoadGenerator`: submits tasks at a steady rate to the API pods of both tracks in turn (the
-  Service's replica-ratio split);
-- `pattern`: a deterministic fault script for the local model server (exactly k errors in 10 calls).
-
-Model faults are HTTP 400 answers: final errors, so each one fails its task. A 5xx would not: the
-runtime retries it (the task is redelivered), so it shows as latency rather than as failed tasks.
+The end-to-end tests, `bench/canary.py` and part 4 of `agentctl demo` run their pods this way.
 """
 
 from __future__ import annotations
@@ -36,27 +30,21 @@ from typing import Any, Final
 
 import httpx
 from agent_operator.manifests import naming, templatehash
+
+from agent_runtime import constants
 from agentops_dev import devcluster
 from agentops_dev.localprometheus import DiscoveringPrometheus
 from agentops_dev.localredis import free_port
 from agentops_dev.runtimeprocesses import ForkedRuntime
 
-from agent_runtime import constants
+__all__ = ["NAMESPACE", "OVERLAY", "Kubelet", "Pending", "Pod"]
 
 NAMESPACE: Final = "default"
-# Test-only tuning of every pod's runtime config: a stopped worker drains briefly.
+# The one change to every pod's runtime config: a stopped worker drains briefly, so a rollout's
+# pod restarts take seconds, not the production grace period.
 OVERLAY: Final[dict[str, Any]] = {"shutdown_grace_seconds": 2}
-FAULT_STATUS: Final = 400  # a final model error: its task fails (see the module docstring)
 STOP_GRACE: Final = 4.0
 START_TIMEOUT: Final = 30.0
-
-
-def pattern(errors_per_ten: int, length: int = 6000) -> list[str]:
-    """A fault script with exactly `errors_per_ten` HTTP 400s in every 10 calls, spread out."""
-    block = ["ok"] * 10
-    for i in range(errors_per_ten):
-        block[(i * 10) // max(errors_per_ten, 1)] = str(FAULT_STATUS)
-    return list(itertools.islice(itertools.cycle(block), length))
 
 
 class Pending(Exception):
@@ -233,48 +221,3 @@ class Kubelet:
         if self.prometheus is not None:
             labels = {"namespace": self.namespace}
             self.prometheus.set_targets({pod.address: {**labels, "pod": pod.name} for pod in self.pods.values()})
-
-
-class LoadGenerator:
-    """Submits tasks at `rate` per second to the API pods in turn, counting the answers."""
-
-    def __init__(self, kubelet: Kubelet, token: str, *, rate: float, prompt: str = "Say hello.") -> None:
-        self.kubelet = kubelet
-        self.token = token
-        self.rate = rate
-        self.prompt = prompt
-        self.accepted = 0
-        self.refused = 0
-        self._http = httpx.AsyncClient(timeout=5.0, headers={"authorization": f"Bearer {token}"})
-        self._pending: set[asyncio.Task[None]] = set()
-
-    async def run(self) -> None:
-        turn = itertools.count()
-        period = 1.0 / self.rate
-        next_at = time.monotonic()
-        try:
-            while True:
-                pods = self.kubelet.api_pods()
-                if pods:
-                    pod = pods[next(turn) % len(pods)]
-                    task = asyncio.create_task(self._submit(pod))
-                    self._pending.add(task)
-                    task.add_done_callback(self._pending.discard)
-                next_at += period
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        finally:
-            for task in list(self._pending):
-                task.cancel()
-            await asyncio.gather(*self._pending, return_exceptions=True)
-            await self._http.aclose()
-
-    async def _submit(self, pod: Pod) -> None:
-        try:
-            response = await self._http.post(f"http://{pod.address}{constants.TASKS_PATH}", json={"input": self.prompt})
-        except httpx.HTTPError:
-            self.refused += 1  # a pod being stopped: a real client would retry elsewhere
-            return
-        if response.status_code in {202, 200, 201}:
-            self.accepted += 1
-        else:
-            self.refused += 1
