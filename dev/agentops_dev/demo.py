@@ -1,32 +1,46 @@
-"""`agentctl demo`: the real operator against an embedded dev cluster, start to finish.
+"""`agentctl demo` after its render step: parts 2 to 4, and where their logs go.
 
-No cluster, no API key, no Docker: kmock's emulator (`devcluster`) serves the Kubernetes API on
-loopback, the operator runs exactly as `agentctl operator` does (in a thread, against that URL),
-`examples/full.yaml` is applied, and the children and conditions are printed as `kubectl get`
+Part 2, here (`run_cluster_demo`): the real operator against an embedded dev cluster, start to
+finish. No cluster, no API key, no Docker: kmock's emulator (`devcluster`) serves the Kubernetes
+API on loopback, the operator runs exactly as `agentctl operator` does (in a thread, against that
+URL), `examples/full.yaml` is applied, and the children and conditions are printed as `kubectl get`
 would. Then the spec is edited (the worker replica ceiling and an alert threshold) and the
 children follow; finally the AgentService is deleted and the garbage collector removes the rest.
 The emulator runs no controllers, so the demo plays the Deployment controller to report pods ready.
+
+Part 3 is `localdemo` (the runtime on one task), part 4 `canarydemo` (a canary rollout judged by
+a real Prometheus). `main` runs the three with every log line of the process — kopf's (such as
+"OS signals are ignored", since the operator runs in a thread), the operator's, the runtime's,
+Python warnings — in a log file whose path the demo prints: the narrative is the output, and
+nothing logged is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
+import logging
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+import structlog
 import yaml
 from agent_operator import run
 from agent_operator.api import models
 from agent_operator.kube import secrets
 
-from agentops_dev import devcluster, waiting
+from agent_runtime import logging as runtime_logging
+from agentops_dev import canarydemo, devcluster, localdemo, waiting
 
 EXAMPLE: Final = Path("examples/full.yaml")
+LOG_FILE: Final = "demo.log"
+CHATTY_LOGGERS: Final = ("aiohttp.access", "httpx")
 AGSVC: Final = devcluster.AGSVC
 KINDS: Final = (
     ("v1/configmaps", "ConfigMap"),
@@ -216,7 +230,54 @@ def _phase(cluster: devcluster.DevCluster, name: str, namespace: str) -> str:
     return str(_status(cluster, name, namespace).get("phase", ""))
 
 
+@contextlib.contextmanager
+def logs_to(path: Path) -> Iterator[TextIO]:
+    """Route every log line of this process to `path` while the block runs; yield the open file.
+
+    The standard library's loggers (kopf's among them) get one handler on the root logger, Python
+    warnings are logged, and structlog (the operator and the runtime) writes JSON lines there too.
+    Everything is put back as it was on the way out.
+    """
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_structlog = structlog.get_config()
+    with path.open("a", encoding="utf-8") as stream:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.handlers = [handler]
+        root.setLevel(logging.INFO)
+        quiet = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+        for name in CHATTY_LOGGERS:  # a line per HTTP request; their warnings and errors still come
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.captureWarnings(True)
+        runtime_logging.configure("info", stream)
+        try:
+            yield stream
+        finally:
+            logging.captureWarnings(False)
+            root.handlers, root.level = saved_handlers, saved_level
+            for name, level in quiet.items():
+                logging.getLogger(name).setLevel(level)
+            structlog.configure(**saved_structlog)
+
+
+async def run_parts(out: TextIO, workdir: Path, log_stream: TextIO) -> bool:
+    """Parts 2, 3 and 4, writing to `out`; False when part 4 could not run (it says why)."""
+    log_path = workdir / LOG_FILE
+    out.write(f"(logs of the operator, kopf and the runtime: {log_path}; pods, Prometheus and Redis: {workdir}/)\n")
+    out.write("\n=== 2. The operator on an embedded dev cluster (kmock's Kubernetes emulator) ===\n\n")
+    await run_cluster_demo(out)
+    out.write("\n=== 3. The agent runtime: redis-server, the local model, the task API and a worker ===\n\n")
+    await localdemo.run_runtime_demo(out, log_level="info", log_stream=log_stream)
+    out.write("\n=== 4. A canary rollout judged by a real Prometheus ===\n\n")
+    done = await canarydemo.run_canary_demo(out, workdir)
+    out.write(f"\nlogs: {log_path} (the operator, kopf, the runtime); pods, Prometheus and Redis under {workdir}/\n")
+    return done
+
+
 def main(_: object = None) -> int:
-    """Entry point used by `agentctl demo`."""
-    asyncio.run(run_cluster_demo(sys.stdout))
-    return 0
+    """Entry point used by `agentctl demo` after part 1; exit code 1 when part 4 could not run."""
+    workdir = Path(tempfile.mkdtemp(prefix="agentops-demo-"))
+    with logs_to(workdir / LOG_FILE) as log_stream:
+        done = asyncio.run(run_parts(sys.stdout, workdir, log_stream))
+    return 0 if done else 1

@@ -565,6 +565,19 @@ async def running(host: str = "127.0.0.1", port: int | None = None) -> AsyncIter
         yield cluster, str(server.url).rstrip("/")
 
 
+def kubeconfig(url: str, namespace: str = "default") -> str:
+    """A kubeconfig naming the dev cluster at `url`, for kubectl-like clients (the plugin); no credentials."""
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "dev", "cluster": {"server": url}}],
+        "users": [{"name": "dev", "user": {}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "dev", "namespace": namespace}}],
+        "current-context": "dev",
+    }
+    return yaml.safe_dump(document, sort_keys=False)
+
+
 async def _serve_forever(host: str, port: int) -> None:
     async with running(host, port) as (_, url):
         print(json.dumps({"url": url}), flush=True)  # noqa: T201 - the one line a parent process reads

@@ -44,10 +44,12 @@ _SHOWN_SERIES = (
 )
 
 
-async def run_runtime_demo(out: TextIO, *, log_level: str = "warning", timeout: float = 60.0) -> None:
-    """Run the whole runtime locally, one task through it, and report to `out`."""
+async def run_runtime_demo(
+    out: TextIO, *, log_level: str = "warning", log_stream: TextIO | None = None, timeout: float = 60.0
+) -> None:
+    """Run the whole runtime locally, one task through it, and report to `out` (logs to `log_stream`, else stderr)."""
     saved = structlog.get_config()
-    runtime_logging.configure(log_level)
+    runtime_logging.configure(log_level, log_stream)
     try:
         await _demo(out, timeout)
     finally:

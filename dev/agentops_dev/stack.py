@@ -65,6 +65,11 @@ class Stack:
     prometheus: DiscoveringPrometheus
 
     @property
+    def url(self) -> str:
+        """The dev cluster's base URL (what a kubeconfig names)."""
+        return str(self.operator.config.server)
+
+    @property
     def metrics(self) -> opmetrics.Metrics:
         return self.operator.metrics
 

@@ -8,17 +8,14 @@ input checking is `validation`, the CRD is `crd`. Exit codes: 0 success, 2 inval
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import importlib.util
-import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
 import yaml
 
 from agent_operator import __version__
@@ -154,16 +151,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"\n{len(services)} AgentServices from {args.examples} -> {count} objects, rendered in {elapsed * 1000:.0f} ms"
     )
-    # The demo prints its own narrative; the operator's and runtime's logs would drown it.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    logging.getLogger("kopf").setLevel(logging.WARNING)
-    print("\n=== 2. The operator on an embedded dev cluster (kmock's Kubernetes emulator) ===\n")
+    sys.stdout.flush()
+    # Parts 2 to 4 (the dev cluster, the runtime, the canary) and their log file: the dev package.
     demo = importlib.import_module("agentops_dev.demo")
-    demo.main(args)
-    print("\n=== 3. The agent runtime: redis-server, the local model, the task API and a worker ===\n")
-    localdemo = importlib.import_module("agentops_dev.localdemo")
-    asyncio.run(localdemo.run_runtime_demo(sys.stdout))
-    return 0
+    code: int = demo.main(args)
+    return code
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
