@@ -196,8 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo_help = (
         "the local tour, no cluster or API key needed: 1. render the examples (a table of every object); "
         "2. run the real operator on an embedded dev cluster (apply, edit, steady state); "
-        "3. run the runtime (redis-server, the local model, the task API and a worker) on one task. "
-        "Parts 2 and 3 need the development package (make demo installs it)"
+        "3. run the runtime (redis-server, the local model, the task API and a worker) on one task; "
+        "4. a canary rollout judged by a real Prometheus (the Debian package prometheus) scraping pods run as "
+        "processes under load: a faulty model version rolled back, naming the failing check's query, value and "
+        "threshold, then a good one promoted step by step, shown by kubectl agentservice get. "
+        "Parts 2 to 4 need the development package (make demo installs it) and log to a file they name; "
+        "exit code 1 when part 4 cannot run"
     )
     demo = commands.add_parser("demo", help=demo_help, description=demo_help)
     demo.add_argument(

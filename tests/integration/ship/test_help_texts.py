@@ -18,9 +18,15 @@ def help_of(*args: str) -> str:
 
 def test_demo_help_describes_every_part() -> None:
     text = help_of(str(BIN / "agentctl"), "demo")
-    for part in ("1. render the examples", "2. run the real operator on an embedded dev cluster", "3. run the runtime"):
+    for part in (
+        "1. render the examples",
+        "2. run the real operator on an embedded dev cluster",
+        "3. run the runtime",
+        "4. a canary rollout judged by a real Prometheus",
+    ):
         assert part in text, text
     assert "redis-server" in text and "the local model" in text and "worker" in text
+    assert "rolled back" in text and "promoted step by step" in text and "kubectl agentservice get" in text
 
 
 def test_plugin_help_lists_every_command() -> None:
