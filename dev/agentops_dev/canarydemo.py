@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import yaml
-from agent_operator.manifests import templatehash
+from agent_operator.manifests import naming, templatehash
 from agent_operator.plugin import cli as plugin
 from agent_operator.plugin import views
 
@@ -130,12 +130,17 @@ def _analysis_detail(entry: Mapping[str, Any]) -> str:
 def _position_text(position: tuple[str, int], canary: Mapping[str, Any], deployments: Mapping[str, Any]) -> str:
     phase, weight = position
     if phase == "Progressing":
-        replicas = {n: int(d["spec"].get("replicas", 1)) for n, d in deployments.items()}
-        pods = (
-            f"canary {replicas.get(f'{NAME}-api-canary', 0)} API + {replicas.get(f'{NAME}-worker-canary', 0)} worker"
-            f" pods, stable {replicas.get(f'{NAME}-api', 0)} API + {replicas.get(f'{NAME}-worker', 0)} worker pods"
+
+        def pods(component: naming.Component, track: naming.Track) -> int:
+            deployment = deployments.get(naming.deployment_name(NAME, component, track)) or {"spec": {"replicas": 0}}
+            return int(deployment["spec"].get("replicas", 1))
+
+        api, worker = naming.Component.API, naming.Component.WORKER
+        canary_track, stable_track = naming.Track.CANARY, naming.Track.STABLE
+        return (
+            f"Progressing at weight {weight}%: canary {pods(api, canary_track)} API + {pods(worker, canary_track)}"
+            f" worker pods, stable {pods(api, stable_track)} API + {pods(worker, stable_track)} worker pods"
         )
-        return f"Progressing at weight {weight}%: {pods}"
     # the message's first two parts ("revision X rolled back, Y kept: 2 of failureLimit 2 failed
     # analyses"); the rest repeats the queries, printed once below
     return f"{phase}: {': '.join(str(canary.get('message', '')).split(': ')[:2])}".rstrip(": ")
