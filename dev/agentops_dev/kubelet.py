@@ -6,9 +6,10 @@ process per replica (`agent-runtime api|worker`, forked from a preloaded fork se
 the way a pod would be: the ConfigMap its template mounts becomes the config file, its env is
 resolved (literals, Secret keys, the pod name), so `AGENT_TRACK` and `AGENT_SERVICE` come from the
 operator's template. A template change (any field: a Deployment rolls on any) restarts the pods, a
-replica change adds or stops some, a deleted Deployment stops them. Once its pods answer `/health`
-it plays the Deployment controller (`simulate_rollouts`), and it keeps a `DiscoveringPrometheus`'s
-target file in step, with a `namespace` label on every target as Kubernetes discovery would add.
+replica change adds or stops some, a deleted Deployment stops them. Once every Deployment's pods
+run on its current template and answer `/health` (`in_step`), it plays the Deployment controller
+(`simulate_rollouts`); and it keeps a `DiscoveringPrometheus`'s target file in step, with a
+`namespace` label on every target as Kubernetes discovery would add.
 The only change to a pod's config (`OVERLAY`) is a short drain when it is stopped.
 
 The end-to-end tests, `bench/canary.py` and part 4 of `agentctl demo` run their pods this way.
@@ -122,6 +123,13 @@ class Kubelet:
             template = deployment["spec"]["template"]
             revision = template["metadata"]["annotations"].get(naming.TEMPLATE_HASH_ANNOTATION, "")
             wanted[deployment["metadata"]["name"]] = (deployment, int(deployment["spec"].get("replicas", 1)), revision)
+        await self._stop_unwanted(wanted)
+        await self._start_missing(wanted)
+        if self.in_step():
+            await self.cluster.simulate_rollouts(self.namespace)
+
+    async def _stop_unwanted(self, wanted: Mapping[str, tuple[dict[str, Any], int, str]]) -> None:
+        """Stop the pods of deleted Deployments, of old templates, and those above the replica count."""
         stopping = []
         for pod in list(self.pods.values()):
             spec = wanted.get(pod.deployment)
@@ -134,22 +142,44 @@ class Kubelet:
         if stopping:
             self._publish()
             await asyncio.gather(*(self._stop(pod) for pod in stopping))
+
+    async def _start_missing(self, wanted: Mapping[str, tuple[dict[str, Any], int, str]]) -> None:
+        """Start pods up to each Deployment's replica count; a pod that cannot start yet waits for the next sync."""
         starting = []
         for name, (deployment, replicas, revision) in wanted.items():
             have = sum(1 for p in self.pods.values() if p.deployment == name)
             starting += [self._start(deployment, revision) for _ in range(replicas - have)]
-        if starting:
-            outcomes = await asyncio.gather(*starting, return_exceptions=True)
-            now = time.monotonic()
-            for outcome in outcomes:
-                if isinstance(outcome, Pod):
-                    self.pods[outcome.name] = outcome
-                    self.started.append((now, outcome.deployment, outcome.revision))
-            self._publish()
-            failures = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, Pending)]
-            if failures:
-                raise failures[0]
-        await self.cluster.simulate_rollouts(self.namespace)
+        if not starting:
+            return
+        outcomes = await asyncio.gather(*starting, return_exceptions=True)
+        now = time.monotonic()
+        for outcome in outcomes:
+            if isinstance(outcome, Pod):
+                self.pods[outcome.name] = outcome
+                self.started.append((now, outcome.deployment, outcome.revision))
+        self._publish()
+        failures = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, Pending)]
+        if failures:
+            raise failures[0]
+
+    def in_step(self) -> bool:
+        """Whether every live Deployment has exactly its replicas running, on its current template.
+
+        Only then does the kubelet report the Deployments rolled out. A Deployment changed while a
+        sync ran (its new pods not started yet) or whose pods cannot start must not look ready: the
+        operator times a canary's analyses from the moment its Deployments are rolled out.
+        """
+        deployments = {
+            d["metadata"]["name"]: d for d in self.cluster.live_objects("apps/v1/deployments", self.namespace)
+        }
+        if any(pod.deployment not in deployments for pod in self.pods.values()):
+            return False
+        for name, deployment in deployments.items():
+            template = templatehash.template_hash(deployment["spec"]["template"])
+            pods = [pod for pod in self.pods.values() if pod.deployment == name]
+            if len(pods) != int(deployment["spec"].get("replicas", 1)) or any(p.template != template for p in pods):
+                return False
+        return True
 
     async def _start(self, deployment: Mapping[str, Any], revision: str) -> Pod:
         meta, template = deployment["metadata"], deployment["spec"]["template"]
