@@ -6,9 +6,10 @@ real `prometheus` scraping them every second, and load on the API pods. Three lo
 stand for three versions of the model: v1 (stable), v2 (faulty: 3 calls in 10 end in a final
 error) and v3 (good). v2 is rolled out and rolled back, and the failing checks are printed with
 their query, value and threshold; v3 is promoted step by step, shown after every step through
-`kubectl agentservice get` — the plugin itself, run against the dev cluster — and the rollouts
-end in `kubectl agentservice history`. Nothing is waited for by the clock: each line follows an
-event the stack reports (an analysis in the status, pods ready, targets scraped).
+the `kubectl agentservice get` view (mid-rollout: the plugin's view function on the dev cluster's
+objects of that instant; once promoted: the plugin itself, run against the dev cluster), and the
+rollouts end in `kubectl agentservice history`. Nothing is waited for by the clock: each line
+follows an event the stack reports (an analysis in the status, pods ready, targets scraped).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import yaml
+from agent_operator import objects
+from agent_operator.api import models
 from agent_operator.manifests import naming, templatehash
 from agent_operator.plugin import cli as plugin
 from agent_operator.plugin import views
@@ -163,6 +166,20 @@ def _failing_checks(say: Callable[[str], None], analysis: Mapping[str, Any]) -> 
         say(f"  threshold:  {check.get('threshold')}")
 
 
+def _get_view_now(out: TextIO, stack: Stack) -> None:
+    """The plugin's `get` view of the service as the dev cluster holds it at this instant.
+
+    The plugin's own view function and output (colour and width as on a terminal), fed the objects
+    the plugin reads (the AgentService, its Deployments, its Events) straight from the dev cluster:
+    running the plugin (HTTP from a thread) could read them after the next analysis on a busy
+    machine, and show a later step than the one being narrated.
+    """
+    events = [e for e in stack.events(NAME) if (e.get("involvedObject") or {}).get("kind") == models.KIND]
+    view = views.get_view(stack.service(NAME), stack.deployments(NAME), events, plugin.utcnow())
+    out.write(f"\n$ kubectl agentservice get {NAME}\n")
+    plugin.Output(out).write(view)
+
+
 async def _plugin(out: TextIO, kubeconfig: Path, *args: str) -> None:
     """`kubectl agentservice ARGS` against the dev cluster, its output into the narrative.
 
@@ -178,33 +195,35 @@ async def _plugin(out: TextIO, kubeconfig: Path, *args: str) -> None:
         raise RuntimeError(f"kubectl agentservice {' '.join(args)} failed: {errors.getvalue().strip()}")
 
 
-def _pods_running(stack: Stack) -> bool:
-    """Every Deployment of the service (both tracks) has its replicas running on its current template, and no others."""
-    deployments = stack.deployments(NAME)
-    if any(p.deployment not in deployments for p in stack.kubelet.pods.values()):
-        return False
-    for name, deployment in deployments.items():
-        template = templatehash.template_hash(deployment["spec"]["template"])
-        pods = [p for p in stack.kubelet.pods.values() if p.deployment == name]
-        if len(pods) != int(deployment["spec"].get("replicas", 1)) or any(p.template != template for p in pods):
-            return False
-    return True
-
-
 def _reached(stack: Stack, weight: int) -> bool:
     """Whether the rollout serves at `weight` with its pods running, or has ended."""
     return bool(_settled(stack)) or _serving_at(stack, weight)
 
 
-def _ready_or_gone(stack: Stack, weight: int) -> bool:
-    """Whether the service reports Ready at `weight`, or the rollout has moved on from it."""
-    return stack.status(NAME).get("phase") == "Ready" or not _serving_at(stack, weight)
+def _at_rest(stack: Stack) -> bool:
+    """Whether every pod runs on its current template and the status counts them all ready.
+
+    The counts matter: a status written from the Deployments as they were before the last change
+    still says Ready, with the old number of replicas.
+    """
+    status = stack.status(NAME)
+    desired = sum(int(d["spec"].get("replicas", 1)) for d in stack.deployments(NAME).values())
+    return (
+        stack.kubelet.in_step()
+        and status.get("phase") == "Ready"
+        and status.get("replicas") == status.get("readyReplicas") == desired
+    )
 
 
 def _serving_at(stack: Stack, weight: int) -> bool:
-    """Whether the rollout is at `weight` with every pod of it running."""
+    """Whether the rollout is at `weight` with every pod of it running, and reported so by its Deployments."""
     canary = stack.canary(NAME)
-    return canary.get("phase") == "Progressing" and canary.get("weight") == weight and _pods_running(stack)
+    return (
+        canary.get("phase") == "Progressing"
+        and canary.get("weight") == weight
+        and stack.kubelet.in_step()
+        and all(objects.workload(d).rolled_out for d in stack.deployments(NAME).values())
+    )
 
 
 async def _scraped(prometheus: DiscoveringPrometheus, stack: Stack) -> int:
@@ -326,7 +345,7 @@ async def _faulty_version(narrator: _Narrator, stack: Stack, v1: LocalModelServe
     if phase != "RolledBack":
         raise RuntimeError(f"the faulty version ended {phase}, not RolledBack: {stack.canary(NAME).get('message')}")
     _failing_checks(say, stack.canary(NAME).get("lastAnalysis") or {})
-    await narrator.until(lambda: _pods_running(stack) and set(stack.deployments(NAME)) == set(stable))
+    await narrator.until(lambda: stack.kubelet.in_step() and set(stack.deployments(NAME)) == set(stable))
     config = (stack.cluster.live("v1/configmaps", NAMESPACE, f"{NAME}-config") or {}).get("data") or {}
     if _templates(stack) != stable or v1.url not in config.get("config.json", ""):
         raise RuntimeError("the rollback changed the stable track's pod template")
@@ -340,18 +359,18 @@ async def _good_version(narrator: _Narrator, stack: Stack, kubeconfig: Path, v3:
     await _roll_out(narrator, stack, v3, "v3")
     steps = [s for s in CANARY["steps"] if s < 100]
     for passed, following in itertools.pairwise(steps):
-        # After the analysis at `passed`, the canary serves at `following` for one interval: shown
-        # once its pods run (a rollout that is already past it on a starved machine is not waited for).
+        # After the analysis at `passed`, the canary serves at `following` for one interval, counted
+        # from when its pods run: shown then, without waiting for the status to catch up (the next
+        # analysis may come first). A rollout already past it on a starved machine is not waited for.
         await narrator.until(functools.partial(_reached, stack, following))
         if _settled(stack):
             break
-        await narrator.until(functools.partial(_ready_or_gone, stack, following))
         say(f"  the analysis at {passed}% passed; the canary now serves at {following}%:")
-        await _plugin(narrator.out, kubeconfig, "get", NAME)
+        _get_view_now(narrator.out, stack)
     phase = await narrator.until(lambda: _settled(stack))
     if phase != "Promoted":
         raise RuntimeError(f"the good version ended {phase}, not Promoted: {stack.canary(NAME).get('message')}")
-    await narrator.until(lambda: _pods_running(stack) and stack.status(NAME).get("phase") == "Ready")
+    await narrator.until(lambda: _at_rest(stack))
     say("  promoted: the stable pods restarted on model v3, the canary pods are gone")
     await _plugin(narrator.out, kubeconfig, "get", NAME)
     await _plugin(narrator.out, kubeconfig, "history", NAME)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,9 +82,9 @@ def test_make_demo_runs_every_part_with_a_clean_narrative() -> None:
     assert re.search(r"analysis at weight 25%: success ", good)
     assert re.search(r"analysis at weight 50%: success ", good)
     at_50 = section(good, "$ kubectl agentservice get support-agent", "Events:")
-    assert "Rollout:    Progressing   step 2/2   weight 50% (actual 50%)   steps 25 [50] 100" in at_50
-    assert re.search(r"worker +canary +2 +2 +support-agent-worker-canary", at_50)
-    assert "Last analysis: success at weight 25%" in at_50
+    assert "Rollout:    Progressing   step 2/2   weight 50% (actual 50%)   steps 25 [50] 100" in at_50, good
+    assert re.search(r"worker +canary +2 +2 +support-agent-worker-canary", at_50), at_50
+    assert "Last analysis: success at weight 25%" in at_50, at_50
     promoted = section(good, "promoted: the stable pods restarted on model v3", "$ kubectl agentservice history")
     assert "Rollout:    Promoted" in promoted and "Canary:     -" in promoted
     assert re.search(r"worker +stable +4 +4 +support-agent-worker\n", promoted)
@@ -91,6 +92,7 @@ def test_make_demo_runs_every_part_with_a_clean_narrative() -> None:
     history = section(good, "$ kubectl agentservice history", "load: ")
     assert re.search(r"1 .* RolledBack +FailureLimitReached", history)
     assert re.search(r"2 .* Promoted +AnalysisPassed", history)
+    shutil.rmtree(log.parent)  # the demo keeps its logs for the user; kept here only when a check failed
 
 
 async def test_canary_part_without_prometheus_says_what_to_install(tmp_path: Path) -> None:
