@@ -151,13 +151,10 @@ class Kubelet:
             starting += [self._start(deployment, revision) for _ in range(replicas - have)]
         if not starting:
             return
-        outcomes = await asyncio.gather(*starting, return_exceptions=True)
-        now = time.monotonic()
-        for outcome in outcomes:
-            if isinstance(outcome, Pod):
-                self.pods[outcome.name] = outcome
-                self.started.append((now, outcome.deployment, outcome.revision))
-        self._publish()
+        try:
+            outcomes = await asyncio.gather(*starting, return_exceptions=True)
+        finally:
+            self._publish()
         failures = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, Pending)]
         if failures:
             raise failures[0]
@@ -198,13 +195,17 @@ class Kubelet:
         flag = "--port" if component == "api" else "--metrics-port"
         args = ["--log-level", "warning", component, "--host", "127.0.0.1", flag, str(port)]
         process = ForkedRuntime(args, config_path=config_path, redis_url=env[constants.REDIS_URL_ENV], env=env)
-        await process.start()
         pod = Pod(name, meta["name"], component, track, revision, port, process, templatehash.template_hash(template))
         try:
+            await process.start()
             await self._wait_healthy(pod)
-        except BaseException:
+        except BaseException:  # cancelled too (the stack stopping): a pod nobody tracks must not live on
             await process.kill()
             raise
+        # Tracked at once, not when every start of this sync is done: a sync cancelled meanwhile
+        # would lose it, and `close()` stops only the pods it knows.
+        self.pods[pod.name] = pod
+        self.started.append((time.monotonic(), pod.deployment, pod.revision))
         return pod
 
     def _mounted_config(self, template: Mapping[str, Any]) -> dict[str, Any]:

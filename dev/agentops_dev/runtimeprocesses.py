@@ -120,8 +120,19 @@ class ForkedRuntime:
         return cls._context
 
     async def start(self) -> None:
+        """Fork the process. Cancelled meanwhile, it still waits for the fork, so `kill()` can reach it.
+
+        The fork runs in a thread that cancellation cannot stop: without the wait, a caller cancelled
+        here (a test's teardown) would leave a process running that nothing knows, and the
+        interpreter's exit would wait for it forever.
+        """
         self.process = self.context().Process(target=_run_cli, args=(self.args, self.env, str(self.log_path)))
-        await asyncio.to_thread(self.process.start)
+        forking = asyncio.ensure_future(asyncio.to_thread(self.process.start))
+        try:
+            await asyncio.shield(forking)
+        except asyncio.CancelledError:
+            await forking
+            raise
 
     @property
     def pid(self) -> int:
@@ -147,6 +158,9 @@ class ForkedRuntime:
     async def kill(self) -> None:
         """SIGKILL, reap and release (no-op if it already exited)."""
         if self.process is None:
+            return
+        if self.process.pid is None:  # never forked (the fork itself failed)
+            self.process = None
             return
         if self.process.exitcode is None:
             self.process.kill()
