@@ -156,7 +156,8 @@ async def test_canary_without_traffic_holds_then_pauses_then_resumes(stack: Stac
         status = stack.canary(name)
         assert status["phase"] == "Paused" and status["totalFailures"] == 0 and status["weight"] == 50
         assert [a["verdict"] for a in status["history"]] == ["inconclusive", "inconclusive"]
-        assert len(stack.events(name, "AnalysisInconclusive")) >= 2
+        # the Events of a reconcile are posted after its status write: wait for them
+        await eventually(lambda: len(stack.events(name, "AnalysisInconclusive")) >= 2)
         await eventually(lambda: stack.events(name, "InconclusiveLimitReached"))
         assert templates(stack, name) == before and f"{name}-worker-canary" in stack.deployments(name)
         # traffic comes back: the first conclusive analysis resumes the rollout, which is promoted

@@ -186,8 +186,9 @@ async def test_template_change_starts_a_rollout_beside_the_kept_stable(op: Canar
             <= {e["reason"] for e in op.cluster.live_objects("v1/events", "default")}
         )
     )
-    assert sample(op, "agentservice_canary_analyses_total", verdict="error") >= 2
-    assert sample(op, "agentservice_canary_analysis_duration_seconds_count") >= 2
+    # the canary metrics of a reconcile are recorded after its writes: wait for them
+    await eventually(lambda: sample(op, "agentservice_canary_analyses_total", verdict="error") >= 2)
+    await eventually(lambda: sample(op, "agentservice_canary_analysis_duration_seconds_count") >= 2)
     # still analysed while paused (a conclusive result would resume it), still not promoted
     await asyncio.sleep(1.5)
     assert canary_of(op)["phase"] == "Paused" and image_of(deployments(op)["demo-api"]) == OLD_IMAGE
@@ -207,8 +208,9 @@ async def test_promote_annotation_mid_rollout(op: CanaryOperator) -> None:
     assert status["phase"] == "Promoted" and status["weight"] == 0
     assert status["stableRevision"] == op.status()["revision"]
     await eventually(lambda: naming.PROMOTE_ANNOTATION not in (op.service() or {})["metadata"].get("annotations", {}))
-    assert sample(op, "agentservice_canary_promotions_total", reason="PromotedByAnnotation") == 1
-    assert sample(op, "agentservice_canary_weight", service="demo", namespace="default") == 0
+    # recorded after the reconcile's writes (the gate removal included): wait for them
+    await eventually(lambda: sample(op, "agentservice_canary_promotions_total", reason="PromotedByAnnotation") == 1)
+    await eventually(lambda: sample(op, "agentservice_canary_weight", service="demo", namespace="default") == 0)
     assert op.condition("Paused")["status"] == "False"
 
 
@@ -227,7 +229,7 @@ async def test_abort_annotation_mid_rollout_and_immediate_revert(op: CanaryOpera
     promoted = op.condition("Promoted")
     assert promoted["status"] == "False" and promoted["reason"] == "RolledBack"
     await eventually(lambda: naming.ABORT_ANNOTATION not in (op.service() or {})["metadata"].get("annotations", {}))
-    assert sample(op, "agentservice_canary_rollbacks_total", reason="Aborted") == 1
+    await eventually(lambda: sample(op, "agentservice_canary_rollbacks_total", reason="Aborted") == 1)
     # the rejected template stays rejected: no retry loop
     await op.settle(passes=3)
     assert canary_of(op)["phase"] == "RolledBack" and "demo-api-canary" not in deployments(op)
