@@ -117,7 +117,9 @@ class Stack:
         """Create the service and wait until its stable pods run and it is Ready and Idle."""
         name = body["metadata"]["name"]
         await self.put(body)
-        await eventually(lambda: self.kubelet.errors or self.status(name).get("phase") == "Ready", timeout=30)
+        await eventually(
+            lambda: self.kubelet.errors or self.status(name).get("phase") == "Ready", timeout=120
+        )  # pods are processes: slow to start on a busy machine
         assert not self.kubelet.errors, self.kubelet.errors
         await eventually(lambda: self.canary(name).get("phase") == "Idle")
 
