@@ -883,6 +883,10 @@ class CanaryStatus(BaseModel):
     message: str = Field(default="", description="Why the rollout is where it is.")
     last_analysis: Analysis | None = Field(default=None, description="The latest analysis.")
     history: list[Analysis] = Field(default_factory=list, description="The last 10 analyses.")
+    next_analysis_time: str = Field(
+        default="",
+        description="When the next analysis is due (RFC 3339, UTC); an operator that restarts keeps to it.",
+    )
     rollouts: list[RolloutRecord] = Field(
         default_factory=list, description="The last 10 finished rollouts, oldest first."
     )

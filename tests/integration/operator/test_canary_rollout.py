@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import datetime
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -288,3 +290,50 @@ async def test_without_canary_the_stable_track_updates_directly(op: CanaryOperat
     assert set(deployments(op)) == {"demo-api", "demo-worker"}
     assert not op.condition("Promoted")  # canary conditions only where canaries are in use
     assert canary_of(op)["phase"] == "Idle"
+
+
+def _when(stamp: str) -> float:
+    return datetime.datetime.fromisoformat(stamp).timestamp()
+
+
+def _analyses(op: Operator) -> float:
+    return sum(sample(op, "agentservice_canary_analyses_total", verdict=v) for v in ("error", "success"))
+
+
+async def test_a_restarted_operator_keeps_the_analysis_schedule(op: CanaryOperator) -> None:
+    """The next analysis time is in the status: a new operator process keeps to it, once, not later.
+
+    With a 10 s interval, an operator that counted afresh would analyse a whole interval after its
+    start; this one analyses at the time the status names (and at once when that time has passed
+    while it was down), exactly once, then counts the next interval from there.
+    """
+    interval = 10.0
+    await start_rollout(op, canary_service(interval=f"{interval:g}s", inconclusiveLimit=100))
+    first = await eventually(lambda: len(canary_of(op).get("history") or []) == 1 and canary_of(op), timeout=30)
+    due = _when(first["nextAnalysisTime"])
+    assert interval - 1 < due - _when(first["lastAnalysis"]["time"]) <= interval + 1
+
+    # killed mid-interval and started again: the analysis comes at `due`, not `interval` after the start
+    await eventually(lambda: time.time() > due - interval / 2, timeout=interval, interval=0.2)
+    await op.halt()
+    counted = _analyses(op)
+    await op.start()
+    restarted = time.time()
+    second = await eventually(lambda: len(canary_of(op).get("history") or []) == 2 and canary_of(op), timeout=30)
+    seen = time.time()
+    assert seen >= due - 0.05, (seen, due)  # not before its time
+    assert seen < restarted + interval - 2, (seen - restarted, due - restarted)  # not counted afresh
+    assert _analyses(op) == counted + 1  # once
+    due = _when(second["nextAnalysisTime"])
+    assert interval - 1 < due - seen <= interval
+
+    # down past the due time: the analysis runs at once on the start, once
+    await op.halt()
+    await eventually(lambda: time.time() > due + 1, timeout=interval + 5, interval=0.2)
+    counted = _analyses(op)
+    await op.start()
+    restarted = time.time()
+    third = await eventually(lambda: len(canary_of(op).get("history") or []) == 3 and canary_of(op), timeout=30)
+    assert time.time() < restarted + interval - 2
+    assert _analyses(op) == counted + 1
+    assert interval - 2 < _when(third["nextAnalysisTime"]) - restarted <= interval + 2
