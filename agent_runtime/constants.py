@@ -34,6 +34,7 @@ SERIES_REQUESTS: Final = "agent_requests_total"
 SERIES_LATENCY_BUCKET: Final = "agent_latency_seconds_bucket"
 SERIES_COST: Final = "agent_cost_usd_total"
 SERIES_FALLBACKS: Final = "agent_provider_fallbacks_total"
+SERIES_PROVIDER_CALLS: Final = METRIC_PROVIDER_CALLS
 LABEL_SERVICE: Final = "service"
 LABEL_TRACK: Final = "track"
 

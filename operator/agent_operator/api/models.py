@@ -573,6 +573,19 @@ class Canary(Model):
     max_fallback_ratio: float | None = Field(
         default=None, gt=0, description="Canary provider fallbacks per task may be at most this multiple of stable's."
     )
+    max_latency_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        description="Canary p95 task latency may be at most this multiple of stable's (e.g. 1.5).",
+    )
+    max_provider_error_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Canary provider error rate (model calls that failed: 5xx, timeouts, refused connections, "
+            "other errors; 429s excluded) may be at most this multiple of stable's."
+        ),
+    )
     failure_limit: int = Field(default=2, ge=1, le=100, description="Failed checks that trigger a rollback.")
     inconclusive_limit: int = Field(
         default=5,
