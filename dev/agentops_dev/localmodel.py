@@ -8,9 +8,10 @@ calculation per turn (a `tool_use` turn), then answers with the results; otherwi
 text. `usage` is counted from the request and reply sizes (about four characters per token).
 
 Fault injection is per server instance (`Faults`): an error ratio with status 429 (with
-`retry-after`), 500 or 529, malformed bodies, added latency, and a script of forced outcomes for the
-next requests. Every call is recorded (`calls`), with the task id header and the step (assistant
-turns already in the transcript), so tests can prove which steps were re-sent. `GET /_local/calls`
+`retry-after`), 500 or 529, malformed bodies, added latency, a hold (replies wait until it is
+lifted), and a script of forced outcomes for the next requests. Every call is recorded (`calls`),
+with the task id header and the step (assistant turns already in the transcript), so tests can
+prove which steps were re-sent. `GET /_local/calls`
 and `PUT /_local/faults` expose the same when the server runs as a separate process.
 """
 
@@ -48,6 +49,7 @@ class Faults:
     retry_after: float | None = 1.0  # seconds, sent with 429 and 529
     malformed_ratio: float = 0.0  # share answered 200 with a truncated JSON body
     latency_seconds: float = 0.0  # added before every reply
+    hold: bool = False  # replies wait while set: a model that stalls until the test lets it go
     script: list[str] = field(
         default_factory=list
     )  # forced outcomes, consumed in order: "429" | "500" | "529" | "malformed" | "ok"
@@ -238,6 +240,8 @@ class LocalModelServer:
         record.tools = [str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)]
         if self.faults.latency_seconds:
             await asyncio.sleep(self.faults.latency_seconds)
+        while self.faults.hold:  # read afresh: `PUT /_local/faults` replaces the object
+            await asyncio.sleep(0.05)
         outcome = self._outcome()
         record.outcome = outcome
         if outcome == "malformed":
