@@ -10,9 +10,10 @@ Covers (issue 13, the HPA half), every part real:
   in for metrics-server (the HPAs' CPU metric);
 - 200 slow tasks (the local model answers after 2 s): the real HPA controller scales the worker
   Deployment up from 1 to 6, the queue drains, and it scales back to 1;
-- scale-in with tasks in flight: once the queue is down to 40 the model holds its replies, so every
-  worker holds two tasks; the HPA's scale-in (the ReplicaSet controller deletes pods) reaches pods
-  that are draining tasks, and only then the model lets go;
+- scale-in with tasks in flight: the model answers the first 160 calls and holds the replies to the
+  later ones, so the queue stays at 40 and every worker holds two tasks; the HPA's scale-in (the
+  ReplicaSet controller deletes pods) reaches pods that are draining tasks, and only then the model
+  lets go;
 - every task ends succeeded exactly once: one model call per task at the model server, one stored
   result per task in the worker pods' logs, none lost; the pods deleted exit 0 within their grace
   period; every worker pod deletion comes from the ReplicaSet controller (and the kubelet finishing
@@ -62,7 +63,7 @@ MAX_REPLICAS = 6
 PER_REPLICA = 10
 CONCURRENCY = 2  # tasks per worker pod: 12 slots at most, far below the 40 tasks left at the hold
 LATENCY = 2.0  # seconds the local model takes per reply: a task is one call
-HOLD_AT = 40  # queue depth at which the model starts holding its replies
+HOLD_AT = 40  # tasks left when the model starts holding its replies
 STABILIZATION = 10  # scaleDownStabilizationSeconds
 REPLICASET_CONTROLLER = "system:serviceaccount:kube-system:replicaset-controller"
 HPA_CONTROLLER = "system:serviceaccount:kube-system:horizontal-pod-autoscaler"
@@ -130,8 +131,9 @@ class LocalModel:
             calls: list[dict[str, Any]] = json.loads(response.read())
             return calls
 
-    def hold(self, on: bool) -> None:
-        body = json.dumps({"latency_seconds": LATENCY, "hold": on}).encode()
+    def hold(self, on: bool, *, after: int = 0) -> None:
+        """Hold the replies to every call after the first `after` (or let them all go)."""
+        body = json.dumps({"latency_seconds": LATENCY, "hold": on, "hold_after": after}).encode()
         request = urllib.request.Request(f"{self.url}/_local/faults", data=body, method="PUT")
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
@@ -277,6 +279,11 @@ def worker_pods(kubelet: HarnessKubelet) -> list[PodWorker]:
     return [w for w in kubelet.workers(NAMESPACE) if w.labels.get("app.kubernetes.io/component") == "worker"]
 
 
+def draining_count(log: Path) -> int:
+    """The tasks a worker had in flight when it was told to stop (0 when it had none), from its log."""
+    return sum(int(e.get("inflight", 0)) for e in log_events(log) if e.get("event") == "worker_draining")
+
+
 def draining(kubelet: HarnessKubelet) -> dict[str, int]:
     """Worker pods being deleted that are draining tasks: pod -> tasks in flight when SIGTERM came."""
     found = {}
@@ -284,11 +291,8 @@ def draining(kubelet: HarnessKubelet) -> dict[str, int]:
         if not worker.deleting or not worker.process.containers:
             continue
         log = worker.process.containers[0].log_path
-        if not log.exists():
-            continue
-        for event in log_events(log):
-            if event.get("event") == "worker_draining" and int(event.get("inflight", 0)) > 0:
-                found[worker.process.name] = int(event["inflight"])
+        if log.exists() and (count := draining_count(log)) > 0:
+            found[worker.process.name] = count
     return found
 
 
@@ -310,6 +314,10 @@ def test_hpa_scales_workers_on_queue_depth_and_scale_in_loses_no_task(
     token = base64.b64decode(plane.get("secret", f"{SERVICE}-auth", "-n", NAMESPACE)["data"]["token"]).decode()
     mark = plane.audit_mark()
 
+    # Scale-in with tasks in flight: the model answers the first 160 calls, then holds its replies.
+    # The queue stays at 40 tasks, every worker holds its two, and the HPA (ceil(40 / 10) = 4)
+    # removes pods that are draining them; the test lets the model go once it sees one.
+    stack.model.hold(True, after=TASKS - HOLD_AT)
     with Sampler(apps, store, [keys.stream(p) for p in constants.PRIORITIES]) as sampler:
         # The backlog: 200 tasks through the task API of the running API pod.
         task_ids = []
@@ -326,12 +334,7 @@ def test_hpa_scales_workers_on_queue_depth_and_scale_in_loses_no_task(
         # at most 4 pods a 15 s period; the tasks cannot drain faster than 6 a second).
         wait_for(lambda: (s := sampler.last()) and s.replicas == MAX_REPLICAS, timeout=240, what="6 workers")
 
-        # Scale-in with tasks in flight: at a depth of 40 the model holds its replies, every worker
-        # holds its two tasks, and the HPA (ceil(40 / 10) = 4) removes pods that are draining them.
-        wait_for(lambda: (s := sampler.last()) and s.depth <= HOLD_AT, timeout=300, what=f"depth {HOLD_AT}")
-        stack.model.hold(True)
-        held = time.monotonic()
-        in_flight = wait_for(lambda: draining(kubelet), timeout=180, interval=0.5, what="a worker pod draining tasks")
+        in_flight = wait_for(lambda: draining(kubelet), timeout=300, interval=0.5, what="a worker pod draining tasks")
         stack.model.hold(False)
 
         # The drain: every task succeeded, then back to the minimum.
@@ -373,6 +376,7 @@ def test_hpa_scales_workers_on_queue_depth_and_scale_in_loses_no_task(
     ended = [t for t in kubelet.terminations if t.pod.startswith(f"{WORKER}-")]
     assert ended and all(t.exit_code == 0 and not t.killed for t in ended), ended
     assert set(in_flight) <= {t.pod for t in ended}
+    drained_by_pod = {t.pod: draining_count(stack.pods / f"{NAMESPACE}_{t.pod}" / "worker.log") for t in ended}
 
     # Who did it: the HPA controller scaled, the ReplicaSet controller deleted, the kubelet finished.
     events = plane.audit_since(mark)
@@ -395,16 +399,20 @@ def test_hpa_scales_workers_on_queue_depth_and_scale_in_loses_no_task(
     assert all(users == {REPLICASET_CONTROLLER, NODE_USER} for users in deleters.values()), deleters
 
     first_up = sampler.first(backlog, lambda s: s.replicas > 1)
-    first_in = sampler.first(held, lambda s: s.replicas < MAX_REPLICAS)
+    peak = next(s for s in sampler.samples if s.replicas == MAX_REPLICAS)
+    held = sampler.first(peak.at, lambda s: s.depth <= HOLD_AT)
+    first_in = sampler.first(peak.at, lambda s: s.replicas < MAX_REPLICAS)
     at_minimum = sampler.first(drained, lambda s: s.replicas == 1)
-    assert first_up is not None and first_in is not None and at_minimum is not None
+    assert first_up is not None and held is not None and first_in is not None and at_minimum is not None
     figures = {
         "tasks": TASKS,
         "seconds_backlog_to_first_scale_up": round(first_up.at - backlog, 1),
         "first_scale_up_to": first_up.replicas,
-        "seconds_backlog_to_max": round(next(s.at for s in sampler.samples if s.replicas == MAX_REPLICAS) - backlog, 1),
-        "seconds_hold_to_scale_in_with_tasks_in_flight": round(first_in.at - held, 1),
-        "tasks_in_flight_in_pods_deleted_by_scale_in": sum(in_flight.values()),
+        "seconds_backlog_to_max": round(peak.at - backlog, 1),
+        "seconds_depth_40_to_scale_in_with_tasks_in_flight": round(first_in.at - held.at, 1),
+        "queue_depth_at_that_scale_in": first_in.depth,
+        "workers_after_that_scale_in": first_in.replicas,
+        "tasks_in_flight_in_pods_deleted_by_scale_in": sum(drained_by_pod.values()),
         "seconds_drain_to_scale_in_to_min": round(at_minimum.at - drained, 1),
         "worker_pods_deleted_by_scale_in": len(ended),
         "model_calls": sum(calls.values()),
