@@ -307,7 +307,12 @@ def test_hpa_scales_workers_on_queue_depth_and_scale_in_loses_no_task(
 
     body = agent_service(stack.model.url, stack.redis.url)
     plane.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(body))
-    wait_for(lambda: worker_hpa_reads_the_queue(autoscaling), timeout=240, interval=1, what="the HPA reading the queue")
+    try:
+        wait_for(lambda: worker_hpa_reads_the_queue(autoscaling), timeout=240, interval=1, what="HPA reads the queue")
+    except AssertionError as error:
+        hpa = plane.get("hpa", WORKER, "-n", NAMESPACE)
+        conditions = [f"{c['type']}={c['status']}: {c.get('message')}" for c in hpa["status"].get("conditions", [])]
+        raise AssertionError(f"{error}\n{conditions}\nadapter log:\n{stack.adapter.logs()[-2000:]}") from None
     assert not kubelet.errors, kubelet.errors
     (api_pod,) = [w for w in kubelet.workers(NAMESPACE) if w.labels.get("app.kubernetes.io/component") == "api"]
     wait_for(api_pod.process.ready, timeout=60, what="the API pod ready")
