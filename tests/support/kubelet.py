@@ -1,6 +1,7 @@
 """A harness kubelet for the real control plane: one Node, whose pods it runs or only reports.
 
-It does what the control plane needs from a kubelet:
+It does what the control plane needs from a kubelet, with the credentials of its Node
+(`node_kubeconfig`: the Node authorizer decides what it may read and write):
 - registers a Node with capacity and a Ready condition, and renews its Lease in
   `kube-node-lease` (the node lifecycle controller would otherwise taint it and evict its pods);
 - watches the pods the scheduler binds to it;
@@ -9,8 +10,9 @@ It does what the control plane needs from a kubelet:
   port), one thread per pod as the kubelet's pod workers: the pod is reported Running once its
   processes start and Ready from its readiness probe, with its IP (127.0.0.1: the pods share the
   host's loopback; `pod(namespace, name).address(port)` says where each port listens). A process
-  that exits is started again (restartPolicy Always), with a back-off. Liveness and startup probes
-  are not run;
+  that exits is started again (restartPolicy Always), with a back-off, and noted in `errors` (a
+  crash is a fault in these tests). Liveness and startup probes are not run. A failed API call is
+  retried at the next look (and noted in `retried`), as the kubelet's status manager does;
 - on a pod's graceful deletion, sends SIGTERM, waits out the pod's grace period
   (`metadata.deletionGracePeriodSeconds`), SIGKILLs what is left, reports the containers
   terminated and then removes the pod (a delete with grace 0 and the pod's UID as precondition), as
@@ -36,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from prometheus_client import CollectorRegistry, start_http_server
@@ -61,6 +64,7 @@ RENEW_EVERY: Final = 5.0
 # soon after it is (the pods' own periods, 5 s, would only slow them down).
 PROBE_PERIOD: Final = 1.0
 STOP_GRACE: Final = 5.0  # seconds each pod gets when the kubelet itself stops
+DELETE_ATTEMPTS: Final = 8
 
 
 def _now() -> datetime.datetime:
@@ -76,6 +80,8 @@ class PodWorker:
         self.process = PodProcess(pod, kubelet.core, directory)
         self.uid = str(pod["metadata"]["uid"])
         self.started = False
+        self.start_time = now()
+        self.spec_error: PodSpecError | None = None  # the pod cannot run here: not tried again
         self.waiting: tuple[str, str] | None = ("ContainerCreating", "")
         self.ready_since = now()
         self.was_ready = False
@@ -116,14 +122,19 @@ class PodWorker:
             self.process.terminate(0)
 
     def _sync(self) -> None:
+        if self.spec_error is not None:
+            return
         if not self.started:
             try:
                 self.process.prepare()
             except ContainerConfigError as error:
                 self.waiting = ("CreateContainerConfigError", str(error))
                 return
+            except (ApiException, urllib3.exceptions.HTTPError) as error:  # the API failed us: next look
+                self.kubelet.retried.append(error)
+                return
             except PodSpecError as error:
-                self.waiting = ("CreateContainerError", str(error))
+                self.spec_error, self.waiting = error, ("CreateContainerError", str(error))
                 self.kubelet.errors.append(error)
                 return
             self.started, self.waiting = True, None
@@ -149,12 +160,19 @@ class PodWorker:
         self.terminal_phase = "Succeeded" if all(t.exit_code == 0 for t in ended) else "Failed"
         self._report()
         meta = self.pod["metadata"]
-        with contextlib.suppress(ApiException):  # gone already
-            self.kubelet.core.delete_namespaced_pod(
-                meta["name"],
-                meta["namespace"],
-                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.uid)),
-            )
+        options = client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.uid))
+        for attempt in range(DELETE_ATTEMPTS):  # a transient API error must not leave the pod behind
+            try:
+                self.kubelet.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=options)
+                return
+            except ApiException as error:
+                if error.status in (404, 409):  # gone already, or a pod of that name with another UID
+                    return
+                self.kubelet.retried.append(error)
+            except urllib3.exceptions.HTTPError as error:
+                self.kubelet.retried.append(error)
+            time.sleep(min(5.0, 0.5 * 2**attempt))
+        self.kubelet.errors.append(RuntimeError(f"pod {meta['name']}: could not be removed"))
 
     def _container_status(self, index: int) -> dict[str, Any]:
         spec = self.pod["spec"]["containers"][index]
@@ -192,7 +210,7 @@ class PodWorker:
         """Patch the pod's status when it differs from what was last reported."""
         meta = self.pod["metadata"]
         ready = "True" if self.was_ready else "False"
-        start_time = self.pod.get("status", {}).get("startTime") or now()
+        start_time = self.pod.get("status", {}).get("startTime") or self.start_time
         status: dict[str, Any] = {
             "phase": self.terminal_phase or ("Running" if self.started else "Pending"),
             "hostIP": self.kubelet.pod_ip,
@@ -213,9 +231,13 @@ class PodWorker:
         try:
             self.kubelet.core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status})
         except ApiException as error:
-            if error.status != 404:
-                raise
-            self.gone.set()
+            if error.status == 404:
+                self.gone.set()
+            else:  # reported again at the next look, as the kubelet's status manager retries
+                self.kubelet.retried.append(error)
+            return
+        except urllib3.exceptions.HTTPError as error:
+            self.kubelet.retried.append(error)
             return
         self.reported = status
 
@@ -307,7 +329,8 @@ class HarnessKubelet:
         self._metrics_server: Any = None
         self.metrics_address = ""
         self.terminations: list[Termination] = []
-        self.errors: list[BaseException] = []
+        self.errors: list[BaseException] = []  # what a test should fail on
+        self.retried: list[BaseException] = []  # transient API errors, retried
 
     # --- node and lease -------------------------------------------------------------------------
 

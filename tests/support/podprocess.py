@@ -184,8 +184,8 @@ class PodProcess:
         except ApiException as error:
             if error.status == 404 and optional:
                 return {}
-            if error.status == 404:
-                raise ContainerConfigError(f'configmap "{name}" not found') from None
+            if error.status in (403, 404):  # 403: the Node authorizer has not linked it to this pod yet
+                raise ContainerConfigError(f'configmap "{name}": {error.reason}') from None
             raise
         data = {key: value.encode() for key, value in (config_map.data or {}).items()}
         data.update({key: base64.b64decode(value) for key, value in (config_map.binary_data or {}).items()})
@@ -197,8 +197,8 @@ class PodProcess:
         except ApiException as error:
             if error.status == 404 and optional:
                 return {}
-            if error.status == 404:
-                raise ContainerConfigError(f'secret "{name}" not found') from None
+            if error.status in (403, 404):  # 403: the Node authorizer has not linked it to this pod yet
+                raise ContainerConfigError(f'secret "{name}": {error.reason}') from None
             raise
         return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
 
