@@ -44,7 +44,7 @@ cmd_build() {
         return 0
     fi
     command -v go >/dev/null || die "Go is required to build prometheus-adapter (go 1.25 or newer)"
-    log "building $PACKAGE $(adapter_version) into $dir (about 5 minutes on 2 cores, once)"
+    log "building $PACKAGE $(adapter_version) into $dir (about 6 minutes on 2 cores, once)"
     local started tmp
     started=$(date +%s)
     tmp="$dir.partial.$$"

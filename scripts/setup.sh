@@ -100,7 +100,7 @@ install_controlplane() {
     fi
     log "building the Kubernetes control plane from its Go modules (first time only: about 15 minutes on 2 cores)"
     bash scripts/controlplane.sh build
-    log "building prometheus-adapter from its Go module (first time only: about 5 minutes on 2 cores)"
+    log "building prometheus-adapter from its Go module (first time only: about 6 minutes on 2 cores)"
     bash scripts/prometheus-adapter.sh build
 }
 
