@@ -371,6 +371,9 @@ def test_hpa_scales_workers_on_queue_depth_and_scale_in_loses_no_task(
     assert not kubelet.errors, kubelet.errors
 
     # Every task succeeded, exactly once: its record, one model call, one stored result.
+    # Through an API pod running now (the API's own HPA, on CPU, may have replaced the first).
+    api_pod = next(w for w in kubelet.workers(NAMESPACE) if w.labels.get("app.kubernetes.io/component") == "api"
+                   and not w.deleting and w.process.ready())  # fmt: skip
     with httpx.Client(
         base_url=f"http://{api_pod.process.address('http')}", headers={"authorization": f"Bearer {token}"}
     ) as http:

@@ -393,8 +393,8 @@ class HarnessKubelet:
             try:
                 self._renew_lease()
                 self.core.patch_node_status(self.name, {"status": {"conditions": [self._ready_condition()]}})
-            except Exception as error:  # a missed beat is retried; the lease outlives several
-                self.errors.append(error)
+            except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
+                self.retried.append(error)  # a missed beat is retried; the lease outlives several
 
     # --- pods that run --------------------------------------------------------------------------
 
@@ -512,7 +512,8 @@ class HarnessKubelet:
                         self._handle(event["object"], event["type"])
             except Exception as error:  # a broken watch is re-listed, as a kubelet does
                 if not self.stopping.is_set():
-                    self.errors.append(error)
+                    transient = isinstance(error, ApiException | urllib3.exceptions.HTTPError | OSError)
+                    (self.retried if transient else self.errors).append(error)
                     self.stopping.wait(0.5)
 
     # --- lifecycle ------------------------------------------------------------------------------
