@@ -133,8 +133,8 @@ def refreshed(
     if spent[0] is None:
         where = f"service {scope.service!r}" + (f" in namespace {scope.namespace!r}" if scope.namespace else "")
         why = (
-            f"Prometheus has no {constants.METRIC_BUDGET_SPENT} series of {where}: its pods are not running or "
-            "not scraped (the ServiceMonitor needs the Prometheus Operator)"
+            f"Prometheus has no value of {constants.METRIC_BUDGET_SPENT} for {where}: its pods are not running "
+            "or not scraped (the ServiceMonitor needs the Prometheus Operator)"
         )
         return stale(daily, previous, why), Outcome.NO_DATA
     status = models.BudgetStatus(

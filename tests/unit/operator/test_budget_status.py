@@ -140,8 +140,8 @@ def test_no_series_of_the_service_keeps_the_last_figures_and_says_why() -> None:
     assert outcome == budget.Outcome.NO_DATA
     assert status.spent_today_usd == 1.25 and status.observed_at == previous.observed_at
     assert status.message == (
-        "Prometheus has no agent_budget_spent_usd series of service 'support-bot' in namespace 'prod': its pods "
-        "are not running or not scraped (the ServiceMonitor needs the Prometheus Operator); "
+        "Prometheus has no value of agent_budget_spent_usd for service 'support-bot' in namespace 'prod': its "
+        "pods are not running or not scraped (the ServiceMonitor needs the Prometheus Operator); "
         "the figures are those of 2026-03-01T23:59:30Z"
     )
 
