@@ -5,9 +5,9 @@ reconcile lock: a slow or absent Prometheus holds no reconcile up. It writes `st
 as a merge patch of that key, which the reconcile's status write never mentions, so the two writers
 cannot undo each other. A refresh that finds the figures as they are writes nothing (`budget.settled`).
 
-Prometheus found unreachable is remembered for one interval: the other services' refreshes in that
-time share the error without asking, so a blackholed server costs one timeout per interval, not
-one per service. The queries run in a worker thread (the client is synchronous).
+Prometheus found unreachable is remembered for one interval (at most 30 s): the other services'
+refreshes in that time share the error without asking, so a blackholed server costs one timeout
+per 30 s, not one per service. The queries run in a worker thread (the client is synchronous).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from agent_operator.kube.client import ApiError, Client
 log = structlog.get_logger(__name__)
 
 RETRY_SECONDS: Final = 10.0  # a status write that failed is tried again this soon, not an interval later
+UNREACHABLE_HOLD_SECONDS: Final = 30.0  # at most this long (and one interval) without asking a lost Prometheus
 
 
 @dataclasses.dataclass
@@ -129,7 +130,8 @@ class BudgetReporter:
         if self._down is not None and self._monotonic() < self._down[0]:
             return {query: analysis.Measurement(error=self._down[1]) for query in queries}
         measured, unreachable = await asyncio.to_thread(_ask, prometheus, queries)
-        self._down = (self._monotonic() + self._interval, unreachable) if unreachable else None
+        hold = min(self._interval, UNREACHABLE_HOLD_SECONDS)
+        self._down = (self._monotonic() + hold, unreachable) if unreachable else None
         return measured
 
 

@@ -141,6 +141,8 @@ class Reconciler:
                 await self._budgets.refresh(uid, body)
             except Exception:
                 log.exception("budget_refresh_crashed", name=body["metadata"].get("name"))
+            if uid not in self._known:
+                self._budgets.forget(uid)  # deleted while it was refreshed: keep nothing of it
 
     async def _reconcile_logged(self, uid: str, gate: asyncio.Semaphore) -> None:
         """Reconcile from a loop: a failure is logged and retried on the next pass."""
