@@ -15,8 +15,8 @@ The rules (docs/budgets.md, "What you can see"):
   is (`settled`), so a service at rest costs no status write;
 - a refresh that cannot measure (Prometheus unreachable, a query error, no series of the service)
   keeps the last figures and says why in `message`; so does an operator without a Prometheus URL;
-- a figure that is not a finite number >= 0 (+Inf, a negative: series are anyone's to export) is an
-  error, and NaN or an absent series is no data.
+- a figure that is not a number from 0 to 1e15 (+Inf, a negative: series are anyone's to export) is
+  an error, and NaN or an absent series is no data.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from agent_runtime import constants
 
 DEFAULT_INTERVAL: Final = 60.0  # seconds between two refreshes of one service's figures
 USD_DIGITS: Final = 6  # the runtime counts whole micro-dollars
+# Larger is no one's spend or queue, and heldTasks must fit the API server's int64.
+MAX_FIGURE: Final = 1e15
 NO_PROMETHEUS: Final = (
     "the operator runs without a Prometheus URL (--prometheus-url, chart value prometheus.url): today's spend "
     "cannot be shown here; the runtime's agent_budget_* metrics and GET /v1/tasks/{id} still show it"
@@ -104,8 +106,8 @@ def figure(measured: analysis.Measurement | None) -> tuple[float | None, str]:
     value = measured.value
     if value is None or math.isnan(value):
         return None, ""
-    if not math.isfinite(value) or value < 0:
-        return None, f"the query returned {value}, not a figure of money or tasks (a finite number >= 0)"
+    if not 0 <= value <= MAX_FIGURE:  # +-Inf too
+        return None, f"the query returned {value}, not a figure of money or tasks (a number from 0 to 1e15)"
     return value, ""
 
 
