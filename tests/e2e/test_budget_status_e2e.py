@@ -67,7 +67,7 @@ async def test_status_budget_is_the_runtimes_spend(stack: Stack) -> None:
         body = service_body(NAME, model.url, stack.redis_url)
         body["spec"].update(canary={"enabled": False}, worker={"replicas": 1}, budget={"dailyUSD": DAILY_USD})
         await stack.serve(body)
-        await eventually(lambda: budget_of(stack).get("spentTodayUSD") == 0.0, timeout=30)
+        await eventually(lambda: budget_of(stack).get("spentTodayUSD") == 0.0, timeout=60)
         assert budget_of(stack)["remainingUSD"] == DAILY_USD
 
         tasks = await run_tasks(stack, TASKS)
@@ -90,7 +90,7 @@ async def test_status_budget_is_the_runtimes_spend(stack: Stack) -> None:
                 remaining = round(DAILY_USD - micros / MICROS, 6)
                 return bool((shown["spentTodayUSD"], shown["remainingUSD"]) == (micros / MICROS, remaining))
 
-            await eventually(settled_spend_shown, timeout=30)
+            await eventually(settled_spend_shown, timeout=60)
         finally:
             await client.aclose()
         shown = budget_of(stack)
@@ -103,6 +103,6 @@ async def test_status_budget_is_the_runtimes_spend(stack: Stack) -> None:
         # At rest: every refresh finds the same figures and writes nothing.
         mark = stack.cluster.request_count
         start = measured(stack)
-        await eventually(lambda: measured(stack) >= start + 3)
+        await eventually(lambda: measured(stack) >= start + 3, timeout=60)
         assert stack.cluster.writes(mark) == []
         assert budget_of(stack) == shown

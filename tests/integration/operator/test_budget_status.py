@@ -26,7 +26,7 @@ import copy
 import dataclasses
 import datetime
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -37,12 +37,18 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from agent_runtime.metrics import Metrics
 from tests.e2e.harness import DiscoveringPrometheus
-from tests.integration.operator.conftest import Operator, agent_service, eventually, ready_service
+from tests.integration.operator.conftest import Operator, agent_service, ready_service
+from tests.support import waiting
 from tests.support.prometheus_server import serving
 
 SERVICE = "shop"
 REFRESHES = "agentservice_operator_budget_refreshes_total"
 FIGURES = {"spent_usd": 1.25, "reserved_usd": 0.0125, "remaining_usd": 3.7375, "held": 2}
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """`waiting.eventually` with room for a busy machine: each wait spans a scrape and a refresh."""
+    return await waiting.eventually(check, timeout)
 
 
 class Pod:
