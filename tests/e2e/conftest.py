@@ -1,8 +1,9 @@
-"""Fixtures of the end-to-end canary tests: Redis, a discovering Prometheus, and a `Stack` per test.
+"""Fixtures of the end-to-end tests: Redis, a discovering Prometheus, and a `Stack` per test.
 
 A `Stack` is one dev cluster with the real operator (`run.Background`, the composition root
-`agentctl operator` runs, here with `--prometheus-url` and 1 s scrapes) and a `Kubelet` running its
-Deployments as runtime processes. Model servers belong to each test (each track its own).
+`agentctl operator` runs, here with `--prometheus-url`, 1 s scrapes and 1 s budget refreshes) and a
+`Kubelet` running its Deployments as runtime processes. Model servers belong to each test (each
+track its own).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from tests.support.redis_server import running_redis
 AGSVC = f"{models.GROUP}/{models.VERSION}/{models.PLURAL}"
 ANALYSIS_TICK = 0.2
 RESYNC = 1.0
+BUDGET_INTERVAL = 1.0  # status.budget refreshes (the production default is 60 s)
+BUDGET_TICK = 0.2
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
@@ -161,6 +164,8 @@ async def running_stack(
             prometheus_url=prometheus_url or prometheus.url,
             prometheus_scrape_interval=1.0,
             analysis_tick=ANALYSIS_TICK,
+            budget_interval=BUDGET_INTERVAL,
+            budget_tick=BUDGET_TICK,
         )
         operator = run.Background(config, opmetrics.create())
         await operator.start()

@@ -257,6 +257,21 @@ def build_crd() -> dict[str, Any]:
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
                         {"name": "Canary", "type": "integer", "jsonPath": ".status.canary.weight"},
+                        # `kubectl get agsvc -o wide` only (priority 1): empty for services without dailyUSD.
+                        {
+                            "name": "Spent",
+                            "type": "number",
+                            "jsonPath": ".status.budget.spentTodayUSD",
+                            "description": "USD spent this UTC day (status.budget, from Prometheus).",
+                            "priority": 1,
+                        },
+                        {
+                            "name": "Remaining",
+                            "type": "number",
+                            "jsonPath": ".status.budget.remainingUSD",
+                            "description": "USD of spec.budget.dailyUSD still to spend today (status.budget).",
+                            "priority": 1,
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": open_api_schema()},

@@ -905,6 +905,33 @@ class CanaryStatus(BaseModel):
     )
 
 
+class BudgetStatus(BaseModel):
+    """The UTC day's spend against `spec.budget.dailyUSD`, read from Prometheus (docs/budgets.md)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    daily_usd: float = Field(alias="dailyUSD", description="The daily budget the spec sets (spec.budget.dailyUSD).")
+    day: str = Field(default="", description="The UTC day (YYYY-MM-DD) the figures are for.")
+    spent_today_usd: float | None = Field(
+        default=None, alias="spentTodayUSD", description="Settled spend of that day, all replicas and tracks."
+    )
+    reserved_usd: float | None = Field(
+        default=None, alias="reservedUSD", description="Worst cases reserved by the model calls in flight."
+    )
+    remaining_usd: float | None = Field(
+        default=None, alias="remainingUSD", description="What the runtime still lets the day spend."
+    )
+    held_tasks: int | None = Field(default=None, description="Tasks waiting for money (onExhausted: hold).")
+    observed_at: str = Field(
+        default="",
+        description=(
+            "When Prometheus returned these figures (RFC 3339); a refresh that finds the same figures does not"
+            " rewrite it."
+        ),
+    )
+    message: str = Field(default="", description="Why the figures are missing or old; empty when fresh.")
+
+
 class AgentServiceStatus(BaseModel):
     """Observed state, written by the operator."""
 
@@ -917,3 +944,6 @@ class AgentServiceStatus(BaseModel):
     ready_replicas: int = Field(default=0, description="Ready pods across API and worker Deployments.")
     revision: str = Field(default="", description="Pod-template hash now served by the stable track.")
     canary: CanaryStatus = Field(default_factory=CanaryStatus, description="Canary rollout state.")
+    budget: BudgetStatus | None = Field(
+        default=None, description="Today's spend and what is left of spec.budget.dailyUSD (set with dailyUSD)."
+    )

@@ -169,16 +169,22 @@ def label_value(value: str) -> str:
 
 
 def selector(
-    scope: Scope, track: str, *, equal: Mapping[str, str] | None = None, regex: Mapping[str, str] | None = None
+    scope: Scope,
+    track: str | None,
+    *,
+    equal: Mapping[str, str] | None = None,
+    regex: Mapping[str, str] | None = None,
 ) -> str:
-    """Label matchers of one track of one service; no namespace matcher when the scope has none.
+    """Label matchers of one track of one service (every track: `track=None`); no namespace matcher
+    when the scope has none. The one spelling of a service's series, for analyses and the budget status.
 
     `equal` adds equality matchers, `regex` regular-expression ones (`label=~"a|b"`).
     """
     matchers = {constants.LABEL_SERVICE: scope.service}
     if scope.namespace:
         matchers["namespace"] = scope.namespace
-    matchers[constants.LABEL_TRACK] = track
+    if track is not None:
+        matchers[constants.LABEL_TRACK] = track
     matchers.update(equal or {})
     parts = [f'{key}="{label_value(value)}"' for key, value in matchers.items()]
     parts += [f'{key}=~"{label_value(value)}"' for key, value in (regex or {}).items()]

@@ -1,7 +1,8 @@
 """Canary analysis (`agent_operator.canary.analysis`): the PromQL of each check and the judgement of values.
 
 Covers:
-- selectors: service and track always, namespace only when known, label values escaped;
+- selectors: service always, track unless every track is meant, namespace only when known, label
+  values escaped;
 - the exact PromQL of the built-in checks (request count, error rate, p95 latency) and of the
   relative ones (error, cost-per-task and fallback ratios against the stable track, floored),
   present only when configured; the window (interval, at least four scrapes);
@@ -64,6 +65,11 @@ def test_selector_scopes_service_namespace_and_track() -> None:
 
 def test_selector_omits_the_namespace_when_unknown() -> None:
     assert analysis.selector(Scope("svc"), "canary") == '{service="svc", track="canary"}'
+
+
+def test_selector_of_every_track_has_no_track_matcher() -> None:
+    assert analysis.selector(SCOPE, None) == '{service="support-bot", namespace="prod"}'
+    assert analysis.selector(Scope("svc"), None) == '{service="svc"}'
 
 
 def test_label_values_are_escaped() -> None:

@@ -7,8 +7,8 @@ Covers:
   described, every default valid against its own schema;
 - `kubernetes-validate` (strict) accepts it as apiextensions.k8s.io/v1 for Kubernetes 1.30 and the
   newest schemas it ships;
-- names, short name, category, status subresource and printer columns pointing at real status
-  fields of the right type;
+- names, short name, category, status subresource and printer columns (the budget ones in `-o wide`
+  only) pointing at real status fields of the right type;
 - every model's `cel_rules` sit on that model's node, compile with a CEL parser, and their
   `fieldPath`s name real properties; the root caps metadata.name at 40 characters;
 - schema defaults agree with the pydantic defaults (defaulting a minimal spec through the schema
@@ -165,9 +165,10 @@ def test_names_subresource_and_columns(manifest: dict[str, Any], schema: dict[st
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Ready", "Canary", "Age"]
+    assert list(columns) == ["Phase", "Ready", "Canary", "Spent", "Remaining", "Age"]
     assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
-    for name in ("Phase", "Ready", "Canary"):
+    assert [name for name, column in columns.items() if column.get("priority")] == ["Spent", "Remaining"]  # -o wide
+    for name in ("Phase", "Ready", "Canary", "Spent", "Remaining"):
         node = schema
         for part in columns[name]["jsonPath"].strip(".").split("."):
             node = node["properties"][part]
