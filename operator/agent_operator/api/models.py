@@ -29,6 +29,11 @@ SINGULAR = "agentservice"
 SHORT_NAMES = ["agsvc"]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# An AgentService's name: it names Services (`<name>-api`), which must be DNS-1035 labels
+# (k8s.io/apimachinery IsDNS1035Label: a letter first), at most 63 characters. Children whose
+# `<name>-<suffix>` would pass their kind's limit are shortened (manifests/naming.py).
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+SERVICE_NAME_MAX_LENGTH = 63
 # The names of the objects a spec references (Secrets, ServiceAccounts) are DNS subdomains, as the
 # API server requires (k8s.io/apimachinery IsDNS1123Subdomain, at most 253 characters). The rule
 # also keeps a name from ever being more than one URL path segment: no '/', '%', '.' or '..'.
@@ -764,7 +769,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    name: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL)
+    name: str = Field(min_length=1, max_length=SERVICE_NAME_MAX_LENGTH, pattern=DNS_1035_LABEL)
     namespace: str = "default"
     uid: str | None = None
     generation: int | None = None
