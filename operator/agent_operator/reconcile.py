@@ -253,6 +253,9 @@ class Reconciler:
             conflicts=result.conflicts,
         )
         canary = plan.status if plan is not None else prior
+        # What exists now and is ours: what apply found or wrote, and what a hold kept as it runs.
+        present = set(result.live) | {ref for ref, obj in mine.items() if obj is not None}
+        present.difference_update(pruned)
         report = status.Report(
             revision=canary.stable_revision or desired.revision,
             canary=canary,
@@ -260,6 +263,7 @@ class Reconciler:
             written=result.written,
             existed=frozenset(ref for ref in result.written if live.get(ref) is not None),
             pruned=pruned,
+            children=tuple(ref for ref in (*desired.refs, *desired.canary_refs) if ref in present),
         )
         outcome = Outcome(models.Phase.PENDING, written=result.written + pruned, missing_secrets=tuple(missing))
         return findings, report, outcome

@@ -937,6 +937,16 @@ class BudgetStatus(BaseModel):
     message: str = Field(default="", description="Why the figures are missing or old; empty when fresh.")
 
 
+class ChildRef(BaseModel):
+    """One child object, in the AgentService's namespace, by the name it was given."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    api_version: str = Field(description="Its apiVersion, e.g. apps/v1.")
+    kind: str = Field(description="Its kind, e.g. Deployment.")
+    name: str = Field(description="Its name: `<name>-<suffix>`, or shortened with a hash when that is too long.")
+
+
 class AgentServiceStatus(BaseModel):
     """Observed state, written by the operator."""
 
@@ -951,4 +961,8 @@ class AgentServiceStatus(BaseModel):
     canary: CanaryStatus = Field(default_factory=CanaryStatus, description="Canary rollout state.")
     budget: BudgetStatus | None = Field(
         default=None, description="Today's spend and what is left of spec.budget.dailyUSD (set with dailyUSD)."
+    )
+    children: list[ChildRef] = Field(
+        default_factory=list,
+        description="The children that exist and this AgentService controls, in apply order (the canary's last).",
     )

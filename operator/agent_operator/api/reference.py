@@ -74,7 +74,7 @@ def markdown() -> str:
         f"`metadata.name` is a DNS-1035 label (lowercase letters, digits and '-', a letter first) of at most "
         f"{models.SERVICE_NAME_MAX_LENGTH} characters; a child whose `<name>-<suffix>` is longer than its kind "
         "allows (63, or 46 for a Deployment and the objects named after it) is named "
-        "`<name cut short>-<10 hex of sha256>-<suffix>`. "
+        "`<name cut short>-<10 hex of sha256>-<suffix>`, listed in `status.children`. "
         "Cross-field rules are enforced by the API server (CEL) and by `agentctl render` alike.",
         "",
         "| field | type | required | default | constraints | description |",

@@ -10,6 +10,7 @@ Covers:
   never promoted; an Event names the reason;
 - the `agentops.dev/promote` annotation mid-rollout promotes (stable takes the new template,
   canaries removed, Promoted True, the one-shot annotation removed, promotions counted, weight 0);
+  `status.children` lists the canary track last while it runs, and not once it is removed;
 - the `agentops.dev/abort` annotation mid-rollout rolls back (canaries removed, stable exactly as
   before, RolledBack, annotation removed, rollbacks counted); re-applying the stable template is
   immediate (Idle, no Deployment write);
@@ -196,8 +197,15 @@ async def test_template_change_starts_a_rollout_beside_the_kept_stable(op: Canar
     assert canary_of(op)["phase"] == "Paused" and image_of(deployments(op)["demo-api"]) == OLD_IMAGE
 
 
+def status_children(op: CanaryOperator) -> list[str]:
+    return [f"{c['kind']}/{c['name']}" for c in op.status().get("children") or []]
+
+
 async def test_promote_annotation_mid_rollout(op: CanaryOperator) -> None:
     await start_rollout(op, canary_service(interval="1h"))
+    # status.children lists the canary track last while it runs
+    canary_track = ["ConfigMap/demo-config-canary", "Deployment/demo-api-canary", "Deployment/demo-worker-canary"]
+    await eventually(lambda: status_children(op)[-3:] == canary_track)
     await annotate(op, **{naming.PROMOTE_ANNOTATION: "true"})
     promoted = await eventually(lambda: (c := op.condition("Promoted")).get("status") == "True" and c, timeout=15)
     assert promoted["reason"] == "Promoted"
@@ -206,6 +214,9 @@ async def test_promote_annotation_mid_rollout(op: CanaryOperator) -> None:
     assert image_of(live["demo-api"]) == NEW_IMAGE and image_of(live["demo-worker"]) == NEW_IMAGE
     assert (live["demo-api"]["spec"]["replicas"], live["demo-worker"]["spec"]["replicas"]) == (2, 3)
     assert "ConfigMap/demo-config-canary" not in op.children()
+    await eventually(
+        lambda: not set(canary_track) & set(status_children(op)) and "Deployment/demo-api" in status_children(op)
+    )
     status = canary_of(op)
     assert status["phase"] == "Promoted" and status["weight"] == 0
     assert status["stableRevision"] == op.status()["revision"]

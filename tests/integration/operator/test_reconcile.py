@@ -3,7 +3,8 @@
 Covers:
 - create → every child exists, owned (controller ownerReference to the AgentService's uid) and
   labelled with the standard labels; status goes Progressing → Ready once the Deployments report
-  ready, with observedGeneration, replicas/readyReplicas and Events;
+  ready, with observedGeneration, replicas/readyReplicas, `children` (every child, in apply
+  order) and Events;
 - updates of image, env, worker replicas and an alert threshold → exactly the children whose
   rendered manifest changed are written (the emulator's request log), nothing else;
 - a deleted child and a hand-edited child are restored by the next resync pass;
@@ -75,6 +76,10 @@ async def test_create_builds_every_child_owned_and_labelled(operator: Operator) 
     await operator.cluster.simulate_rollouts()
     status = await eventually(lambda: operator.status().get("phase") == "Ready" and operator.status())
     assert status["readyReplicas"] == 5
+    assert status["children"] == [
+        {"apiVersion": c["apiVersion"], "kind": c["kind"], "name": c["metadata"]["name"]}
+        for c in rendered(body).values()
+    ]
     ready = operator.condition("Ready")
     assert ready["status"] == "True" and ready["reason"] == "AllReplicasReady"
     assert ready["observedGeneration"] == 1 and ready["lastTransitionTime"]
