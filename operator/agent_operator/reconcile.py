@@ -231,6 +231,7 @@ class Reconciler:
             self._inventory,
             body,
             desired=[ObjectRef.of(c) for c in adopted],
+            named=[*desired.refs, *desired.canary_refs],
             present=list(result.live),
             selector=desired.selector,
             remove=plan.remove if plan is not None else (),
