@@ -116,6 +116,10 @@ class ServiceKeys:
         """A provider's shared limiter state: `requests` / `tokens` (GCRA arrival times) or `backoff`."""
         return self.key("ratelimit", provider, part)
 
+    def breaker(self, provider: str) -> str:
+        """A provider's circuit, shared by every replica (`circuits.SharedCircuit`): a hash, absent while closed."""
+        return self.key("breaker", provider)
+
     def cache(self, digest: str) -> str:
         """A cached model reply, by the hash of its request."""
         return self.key("cache", digest)
