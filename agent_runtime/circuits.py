@@ -261,8 +261,8 @@ class SharedCircuit:
     async def record(self, permit: Permit, outcome: Outcome) -> None:
         # The process's own breaker hears every outcome, so a fallback starts from what this process saw.
         self.fallback.breaker.record(outcome, self._clock(), permit.token)
-        if outcome == Outcome.RELEASE and permit.decision != Decision.PROBE:
-            return  # releasing is only a probe handing its turn back: nothing to tell
+        if outcome == Outcome.RELEASE and not (permit.shared and permit.decision == Decision.PROBE):
+            return  # releasing is only the shared probe handing its turn back: nothing to tell
         if self._redis_worth_trying():
             await self._run(outcome.value, permit.token)
 

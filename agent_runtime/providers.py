@@ -15,8 +15,9 @@ answer becomes `ProviderResponseError` (final: retrying elsewhere will not make 
    `rate_limit_max_wait_seconds` away is passed over for the next one (the last one waits);
 4. the provider's circuit is asked (allow, deny, or the half-open probe) right before the request,
    and told how it went; on a 5xx, timeout, connection error or 429 the call moves on to the next
-   provider at once; a 429's `retry-after` becomes the shared backoff. A call served by any provider but the strategy's
-   first choice (which just failed, or whose circuit is open) counts in `agent_provider_fallbacks_total`;
+   provider at once; a 429's `retry-after` becomes the shared backoff. A call served by any
+   provider but the strategy's first choice (which just failed, or whose circuit is open) counts
+   in `agent_provider_fallbacks_total`;
 5. when every candidate failed, the next round starts after an exponential backoff with full
    jitter, up to `provider_max_retries` more rounds. The SDK's own retries are off
    (`max_retries=0`; the `anthropic` client would otherwise resend a 5xx, 429, 408 or a connection
