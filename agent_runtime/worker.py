@@ -98,6 +98,7 @@ class Worker:
         self.claim_interval_seconds = max(queue.claim_idle_ms / 1000 / 3, 0.05)
         self.processed = 0  # deliveries handled to the end (any outcome), for tests and the benchmark
         self._stopping = asyncio.Event()
+        self._closing = False  # run() is ending: the background loops end at their next turn
         self._inflight: dict[asyncio.Task[None], Entry] = {}
 
     def stop(self) -> None:
@@ -121,6 +122,7 @@ class Worker:
             await self._loop()
         finally:
             await self._drain()
+            self._closing = True
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -212,7 +214,10 @@ class Worker:
             log.info("consumers_forgotten", count=removed)
 
     async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
-        while True:
+        # Not `while True`: redis-py's asyncio client can swallow a cancellation that lands inside a
+        # command (redis/redis-py#2028; seen with 5.3.1 in about 2 % of cancellations of a running
+        # command), and a loop relying on it alone then runs for ever and `run()` never returns.
+        while not self._closing:
             await asyncio.sleep(seconds)
             try:
                 await action()

@@ -7,6 +7,10 @@ Covers:
   wait it answers);
 - the key is `agent:{<namespace>/<service>}:breaker:<provider>`, absent while closed with no
   failures (a success deletes it), and carries a TTL while it holds state;
+- a probe answered with a 429 hands its turn back (the shared backoff holds the primary meanwhile):
+  the next call probes at once, succeeds, and the circuit is closed (its key gone);
+- a worker stops even when the circuits' periodic refresh swallows its cancellation (redis-py's
+  asyncio client can, when the cancel lands inside a command: redis/redis-py#2028);
 - with Redis stopped, a `SharedCircuit` falls back to this process's breaker: calls go on, the
   dead primary gets exactly `failure_threshold` calls before the process's circuit opens, the
   fallback is logged once per provider however many script calls fail, and the gauge shows the
@@ -15,7 +19,9 @@ Covers:
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 
 import redis.asyncio
 from agentops_dev.localmodel import LocalModelServer
@@ -29,6 +35,9 @@ from agent_runtime.config import ProviderConfig, RuntimeConfig
 from agent_runtime.constants import ServiceKeys
 from agent_runtime.metrics import Metrics
 from agent_runtime.providers import ProviderSet, build_providers
+from agent_runtime.worker import Worker
+from tests.integration.runtime.conftest import MakeWorker
+from tests.support.waiting import eventually
 
 LABELS = {"service": "svc", "track": "stable"}
 _OPS = ["ask", "ask", "ask", "success", "failure", "failure", "failure", "release", "peek"]
@@ -108,6 +117,72 @@ def two(primary: LocalModelServer, backup: LocalModelServer) -> list[ProviderCon
         ProviderConfig(name="primary", model="claude-sonnet-5-5", base_url=primary.url),
         ProviderConfig(name="backup", model="claude-haiku-4-5", base_url=backup.url),
     ]
+
+
+async def test_a_rate_limited_probe_hands_its_turn_back(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis
+) -> None:
+    async with LocalModelServer() as primary, LocalModelServer() as backup:
+        cfg = config.model_copy(
+            update={"providers": two(primary, backup), "breaker_failure_threshold": 1, "breaker_cooldown_seconds": 0.2}
+        )
+        providers = build_providers(cfg, metrics=Metrics(CollectorRegistry(), service="svc", track="stable"),
+                                    redis_client=redis_client)  # fmt: skip
+        circuit = providers.circuits["primary"]
+
+        async def call(n: int) -> str:
+            reply = await providers.complete(system="s", messages=[{"role": "user", "content": f"Hi {n}"}],
+                                             tools=[], max_tokens=50, task_id=f"t{n}")  # fmt: skip
+            return reply.provider
+
+        try:
+            primary.faults.script = ["500"]
+            assert await call(0) == "backup"  # the primary's circuit opens
+            assert circuit.view().state == BreakerState.OPEN
+            await eventually(lambda: circuit.view().available(time.monotonic()), timeout=10)  # cool-down over
+            primary.faults.script = ["429"]
+            primary.faults.retry_after = 0.05
+            assert await call(1) == "backup"  # the probe got a 429: no verdict on the primary's health
+            assert circuit.view().state == BreakerState.HALF_OPEN and circuit.view().available(time.monotonic())
+            assert await call(2) == "primary"  # the next caller probes (after the 429's backoff) and closes it
+            assert [c.outcome for c in primary.calls] == ["500", "429", "ok"]
+            assert not await redis_client.exists(cfg.keys().breaker("primary"))
+        finally:
+            await providers.aclose()
+
+
+class SwallowsCancellation:
+    """A refresh that swallows the cancellation landing in it, as redis-py sometimes does inside a command."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.swallowed = 0
+
+    async def refresh(self) -> None:
+        if self.swallowed:
+            return  # once is enough: a loop that goes round again now spins instead of hanging the test
+        self.entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.swallowed += 1
+
+
+async def test_a_worker_stops_though_a_refresh_swallows_its_cancellation(make_worker: MakeWorker) -> None:
+    parts = make_worker()
+    refresh = SwallowsCancellation()
+    worker = Worker(
+        queue=parts.queue, runner=parts.worker.runner, metrics=parts.metrics, depth_interval_seconds=0.01,
+        circuits=refresh,
+    )  # fmt: skip
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(refresh.entered.wait(), 30)  # the periodic refresh is under way
+    worker.stop()
+    done, _ = await asyncio.wait({running}, timeout=30)
+    if not done:  # before the fix: its loop went round again and `run()` never returned
+        running.cancel()  # a second cancellation, not swallowed this time
+        await asyncio.wait({running}, timeout=30)
+    assert done and refresh.swallowed == 1
 
 
 async def test_falls_back_to_the_process_breaker_while_redis_is_away(
