@@ -6,8 +6,9 @@ Usage (from the repository root): `PYTHONPATH=. python bench/breakers.py [--work
 One redis-server (no persistence), two local model servers in this process: a primary answering
 every request with HTTP 500 and a healthy backup (strategy `failover`). Real worker processes
 (`agent-runtime worker`, forked from a preloaded fork server) share the Redis. Each figure is taken
-with `breakerScope` `process` (each process its own circuit: the runtime before issue 14) and
-`service` (one circuit per provider in Redis for the whole fleet), alternated, in one run.
+with the runtime config's `breaker_scope` `process` (each process its own circuit: the runtime
+before issue 14) and `service` (one circuit per provider in Redis for the whole fleet), alternated,
+in one run.
 
 1. Dead provider: W workers started and reading, then T single-step tasks submitted; every task
    must succeed (on the backup). Counted at the primary's own request log: every HTTP request it
