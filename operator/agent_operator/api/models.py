@@ -227,7 +227,7 @@ class Provider(Model):
 
 
 class CircuitBreaker(Model):
-    """Per-provider circuit breakers (state per replica)."""
+    """Per-provider circuit breakers (state shared by the service's replicas through Redis; docs/providers.md)."""
 
     failure_threshold: int = Field(
         default=5, ge=1, le=100, description="Consecutive failures (5xx, timeouts) that open a provider's circuit."
