@@ -108,5 +108,6 @@ def build_worker(
         burst=burst,
         consumer=consumer,
         budget=watch,
+        circuits=providers,
     )
     return WorkerParts(worker=worker, queue=queue, metrics=metrics, providers=providers)

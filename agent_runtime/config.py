@@ -101,7 +101,12 @@ class RuntimeConfig(BaseModel):
         description="Submit answers 429 while this many tasks are queued or running (None: no bound).",
     )
     task_ttl_seconds: int = Field(default=7 * 86_400, ge=60, description="How long finished task records are kept.")
-    provider_max_retries: int = Field(default=2, ge=0, description="SDK retries per model call (honours retry-after).")
+    provider_max_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Further rounds over the providers when every one failed (exponential backoff with jitter);"
+        " the SDK's own retries are off, so each request goes through the limiter and the breaker.",
+    )
     provider_timeout_seconds: float = Field(default=120.0, gt=0)
     # --- resilience (ratelimit.py, breaker.py, cache.py, degradation.py, budget.py) ---
     rate_limit_burst_fraction: float = Field(
@@ -120,6 +125,11 @@ class RuntimeConfig(BaseModel):
     )
     breaker_cooldown_seconds: float = Field(
         default=30.0, ge=0, description="Time an open circuit waits before letting one probe call through."
+    )
+    breaker_scope: Literal["service", "process"] = Field(
+        default="service",
+        description="Where circuit state lives: in Redis, one circuit per provider for every replica (service),"
+        " or in each process (process; also the fallback while Redis cannot be reached).",
     )
     degraded_tools: list[str] = Field(
         default_factory=list, description="Tools kept when degraded (reduced_tools and below); others are withheld."

@@ -34,6 +34,7 @@ SERIES_REQUESTS: Final = "agent_requests_total"
 SERIES_LATENCY_BUCKET: Final = "agent_latency_seconds_bucket"
 SERIES_COST: Final = "agent_cost_usd_total"
 SERIES_FALLBACKS: Final = "agent_provider_fallbacks_total"
+SERIES_PROVIDER_CALLS: Final = METRIC_PROVIDER_CALLS
 LABEL_SERVICE: Final = "service"
 LABEL_TRACK: Final = "track"
 
@@ -77,7 +78,7 @@ class ServiceKeys:
 
     Several services, in several namespaces, may share one Redis: the namespace is part of every
     key, so two services of the same name in two namespaces share nothing (tasks, queue,
-    idempotency keys, cache, budget, limiter). The braces are a Redis Cluster hash tag: all keys
+    idempotency keys, cache, budget, limiter, circuit breakers). The braces are a Redis Cluster hash tag: all keys
     of a service hash to one slot, so the multi-key Lua scripts stay valid on a Cluster.
     Namespace and service are Kubernetes names (no braces), and whatever a client supplies
     (task ids, idempotency keys) comes after the tag, so it cannot move a key to another slot.
@@ -114,6 +115,10 @@ class ServiceKeys:
     def ratelimit(self, provider: str, part: str) -> str:
         """A provider's shared limiter state: `requests` / `tokens` (GCRA arrival times) or `backoff`."""
         return self.key("ratelimit", provider, part)
+
+    def breaker(self, provider: str) -> str:
+        """A provider's circuit, shared by every replica (`circuits.SharedCircuit`): a hash, absent while closed."""
+        return self.key("breaker", provider)
 
     def cache(self, digest: str) -> str:
         """A cached model reply, by the hash of its request."""

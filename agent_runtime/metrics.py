@@ -85,7 +85,8 @@ class Metrics:
         )
         self.circuit = Gauge(
             constants.METRIC_CIRCUIT_STATE,
-            "Circuit breaker state: 0 closed, 1 half-open, 2 open (per process).",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open (the service's, shared through Redis;"
+            " this process's own while it cannot reach Redis).",
             [*_BASE, "provider"],
             registry=registry,
         )

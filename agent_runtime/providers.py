@@ -8,16 +8,21 @@ answer becomes `ProviderResponseError` (final: retrying elsewhere will not make 
 `ProviderSet.complete` makes one call:
 
 1. the strategy orders the providers (`failover`: as configured; `round_robin`; `weighted`);
-   providers whose circuit is open are skipped (`breaker.py`);
+   providers whose circuit is open are skipped (`breaker.py`: the decision; `circuits.py`: its
+   state, shared by the service's replicas in Redis, per process while Redis is away);
 2. the response cache is asked first (`cache.py`); a hit makes no provider call;
 3. the shared rate limiter reserves a slot (`ratelimit.py`); a provider whose slot is more than
    `rate_limit_max_wait_seconds` away is passed over for the next one (the last one waits);
-4. on a 5xx, timeout, connection error or 429 the call moves on to the next provider at once; a
-   429's `retry-after` becomes the shared backoff. A call served by any provider but the strategy's
-   first choice (which just failed, or whose circuit is open) counts in `agent_provider_fallbacks_total`;
+4. the provider's circuit is asked (allow, deny, or the half-open probe) right before the request,
+   and told how it went; on a 5xx, timeout, connection error or 429 the call moves on to the next
+   provider at once; a 429's `retry-after` becomes the shared backoff. A call served by any
+   provider but the strategy's first choice (which just failed, or whose circuit is open) counts
+   in `agent_provider_fallbacks_total`;
 5. when every candidate failed, the next round starts after an exponential backoff with full
-   jitter, up to `provider_max_retries` more rounds (the SDK's own retries are off: each attempt
-   goes through the limiter and the breaker);
+   jitter, up to `provider_max_retries` more rounds. The SDK's own retries are off
+   (`max_retries=0`; the `anthropic` client would otherwise resend a 5xx, 429, 408 or a connection
+   error twice by default, unseen by us): each HTTP request goes through the limiter and the
+   breaker, so a dead provider's circuit counts every request it received;
 6. when no circuit can take a call, it fails at once with `AllProvidersUnavailable`
    ("all providers unavailable"): a fast failure, not a hang.
 """
@@ -37,8 +42,9 @@ import redis.asyncio
 from anthropic.types import Message
 
 from agent_runtime import constants, errors
-from agent_runtime.breaker import Breaker, BreakerState
+from agent_runtime.breaker import BreakerState, Decision, Outcome, Policy
 from agent_runtime.cache import ResponseCache, request_digest
+from agent_runtime.circuits import LocalCircuit, Permit, ProviderCircuit, SharedCircuit
 from agent_runtime.config import ProviderConfig, RuntimeConfig
 from agent_runtime.degradation import Level, level_of
 from agent_runtime.logging import get_logger
@@ -147,7 +153,7 @@ class ProviderSet:
         metrics: Metrics,
         limiter: RateLimiter | None = None,
         cache: ResponseCache | None = None,
-        breakers: Mapping[str, Breaker] | None = None,
+        circuits: Mapping[str, ProviderCircuit] | None = None,
         max_retries: int = 0,
         retry_base_seconds: float = 0.5,
         retry_max_seconds: float = 8.0,
@@ -165,7 +171,10 @@ class ProviderSet:
         self.metrics = metrics
         self.limiter = limiter
         self.cache = cache
-        self.breakers = {p.name: (breakers or {}).get(p.name) or Breaker() for p in self.providers}
+        # The circuits read the same clock (monotonic by default): their views are compared with it.
+        self.circuits: dict[str, ProviderCircuit] = {
+            p.name: (circuits or {}).get(p.name) or LocalCircuit(Policy(), clock=clock) for p in self.providers
+        }
         self.max_retries = max_retries
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
@@ -200,20 +209,23 @@ class ProviderSet:
     def level(self) -> Level:
         """The degradation level the circuits allow now (`degradation.py`)."""
         now = self._clock()
-        states = [
-            BreakerState.OPEN if not b.available(now) else b.observed_state(now)
-            for b in (self.breakers[p.name] for p in self.providers)
-        ]
-        return level_of(states)
+        views = [self.circuits[p.name].view() for p in self.providers]
+        return level_of([BreakerState.OPEN if not v.available(now) else v.observed(now) for v in views])
 
     def refresh_metrics(self) -> Level:
-        """Export every circuit's state and the degradation level; return the level."""
+        """Export every circuit's state (as last read) and the degradation level; return the level."""
         now = self._clock()
-        for name, breaker in self.breakers.items():
-            self.metrics.circuit_state(name, int(breaker.observed_state(now)))
+        for name, circuit in self.circuits.items():
+            self.metrics.circuit_state(name, int(circuit.view().observed(now)))
         level = self.level()
         self.metrics.degradation_level(int(level))
         return level
+
+    async def refresh(self) -> None:
+        """Read every circuit's state again (shared ones from Redis) and export it."""
+        for circuit in self.circuits.values():
+            await circuit.refresh()
+        self.refresh_metrics()
 
     async def complete(
         self,
@@ -232,7 +244,9 @@ class ProviderSet:
                 delay = self._rng.uniform(0, min(self.retry_max_seconds, self.retry_base_seconds * 2 ** (attempt - 1)))
                 await self._sleep(delay)
             now = self._clock()
-            candidates = [(rank, p) for rank, p in enumerate(self.order()) if self.breakers[p.name].available(now)]
+            candidates = [
+                (rank, p) for rank, p in enumerate(self.order()) if self.circuits[p.name].view().available(now)
+            ]
             if not candidates:
                 break
             for index, (rank, provider) in enumerate(candidates):
@@ -247,7 +261,7 @@ class ProviderSet:
                 if reply is not None:
                     return reply
         self.refresh_metrics()
-        if not any(b.available(self._clock()) for b in self.breakers.values()):
+        if not any(c.view().available(self._clock()) for c in self.circuits.values()):
             raise errors.AllProvidersUnavailable(self._all_down_message(failures))
         if not failures:
             raise errors.ProviderUnavailable("no provider could take the call: their circuits are being probed")
@@ -276,21 +290,22 @@ class ProviderSet:
             wait = float("inf") if max_wait is None else max_wait
             grant = await self.limiter.acquire(provider.name, estimate, max_wait=wait)
             self.metrics.waited_for_slot(provider.name, grant.waited)
-        breaker = self.breakers[provider.name]
-        if not breaker.allow(self._clock()):
+        circuit = self.circuits[provider.name]
+        permit = await circuit.ask()
+        if permit.decision == Decision.DENY:
             return None
         try:
             reply = await provider.complete(**request)
         except errors.ProviderUnavailable as exc:
-            await self._failed(provider, breaker, exc)
+            await self._failed(provider, circuit, permit, exc)
             raise
         except BaseException as exc:  # malformed reply, cancellation: says nothing about the provider's health
-            if breaker.state == BreakerState.HALF_OPEN:
-                breaker.probe_started = None  # let the next caller probe
+            if permit.decision == Decision.PROBE:
+                await circuit.record(permit, Outcome.RELEASE)  # let the next caller probe
             if isinstance(exc, errors.ProviderError):
                 self.metrics.provider_call(provider.name, "error")
             raise
-        breaker.record_success(self._clock())
+        await circuit.record(permit, Outcome.SUCCESS)
         self.metrics.provider_call(provider.name, "ok")
         self.metrics.provider_healthy(provider.name, True)
         self.refresh_metrics()
@@ -300,27 +315,26 @@ class ProviderSet:
             await self.cache.put(digest, reply)
         return reply
 
-    async def _failed(self, provider: Provider, breaker: Breaker, exc: errors.ProviderUnavailable) -> None:
+    async def _failed(
+        self, provider: Provider, circuit: ProviderCircuit, permit: Permit, exc: errors.ProviderUnavailable
+    ) -> None:
         self.metrics.provider_healthy(provider.name, False)
         if exc.rate_limited:
             self.metrics.provider_call(provider.name, "rate_limited")
-            if breaker.state == BreakerState.HALF_OPEN:
-                breaker.probe_started = None
+            if permit.decision == Decision.PROBE:
+                await circuit.record(permit, Outcome.RELEASE)
             if self.limiter is not None and provider.name in self.limiter.limits:
                 seconds = exc.retry_after if exc.retry_after is not None else _DEFAULT_RETRY_AFTER
                 await self.limiter.backoff(provider.name, seconds)
                 log.info("provider_backoff", provider=provider.name, seconds=seconds)
         else:
             self.metrics.provider_call(provider.name, "unavailable")
-            breaker.record_failure(self._clock())
+            await circuit.record(permit, Outcome.FAILURE)
         self.refresh_metrics()
 
     def _all_down_message(self, failures: Sequence[str]) -> str:
         now = self._clock()
-        waits = []
-        for name, breaker in self.breakers.items():
-            left = max(breaker.cooldown_seconds - (now - breaker.opened_at), 0.0)
-            waits.append(f"{name} (next probe in {left:.0f} s)")
+        waits = [f"{name} (next probe in {c.view().wait(now):.0f} s)" for name, c in self.circuits.items()]
         message = "all providers unavailable: circuit open for " + ", ".join(waits)
         if failures:
             message += f"; last error: {failures[-1]}"
@@ -390,8 +404,9 @@ def build_providers(
 ) -> ProviderSet:
     """Build every configured provider (API keys from `provider_key_env(name)`).
 
-    With a Redis client the rate limits are enforced and, when enabled, the response cache is used;
-    without one (unit tests of the agent loop) neither is.
+    With a Redis client the rate limits are enforced, the circuits are shared by every replica
+    (unless `breaker_scope` is `process`) and, when enabled, the response cache is used; without one
+    (unit tests of the agent loop) none of that, and each circuit is this process's own.
     """
     env = os.environ if environ is None else environ
     built = [_build_one(p, config, env) for p in config.providers]
@@ -402,21 +417,25 @@ def build_providers(
             cache = ResponseCache(
                 redis_client, keys=config.keys(), ttl_seconds=config.cache_ttl_seconds, metrics=metrics
             )
-    breakers = {
-        p.name: Breaker(
-            failure_threshold=config.breaker_failure_threshold,
-            cooldown_seconds=config.breaker_cooldown_seconds,
-            probe_timeout_seconds=config.provider_timeout_seconds,
-        )
-        for p in config.providers
-    }
+    policy = Policy(
+        failure_threshold=config.breaker_failure_threshold,
+        cooldown_seconds=config.breaker_cooldown_seconds,
+        probe_timeout_seconds=config.provider_timeout_seconds,
+    )
+    circuits: dict[str, ProviderCircuit] = {}
+    for p in config.providers:
+        if redis_client is not None and config.breaker_scope == "service":
+            key = config.keys().breaker(p.name)
+            circuits[p.name] = SharedCircuit(redis_client, key=key, provider=p.name, policy=policy)
+        else:
+            circuits[p.name] = LocalCircuit(policy)
     return ProviderSet(
         built,
         strategy=config.strategy,
         metrics=metrics,
         limiter=limiter,
         cache=cache,
-        breakers=breakers,
+        circuits=circuits,
         max_retries=config.provider_max_retries,
         retry_base_seconds=config.retry_base_seconds,
         retry_max_seconds=config.retry_max_seconds,

@@ -37,6 +37,12 @@ __all__ = ["Runner", "Worker", "consumer_name", "serve_probes"]
 log = get_logger(__name__)
 
 
+class Refreshable(Protocol):
+    """State read from Redis for the metrics, re-read with the queue depth (the providers' shared circuits)."""
+
+    async def refresh(self) -> None: ...
+
+
 class Runner(Protocol):
     """What runs a task: `agent.Agent` in production; a no-op in the queue benchmark."""
 
@@ -75,6 +81,7 @@ class Worker:
         block_ms: int = 500,
         depth_interval_seconds: float = 2.0,
         budget: BudgetWatch | None = None,
+        circuits: Refreshable | None = None,
     ) -> None:
         self.queue = queue
         self.runner = runner
@@ -87,9 +94,11 @@ class Worker:
         self.block_ms = block_ms
         self.depth_interval_seconds = depth_interval_seconds
         self.budget = budget
+        self.circuits = circuits
         self.claim_interval_seconds = max(queue.claim_idle_ms / 1000 / 3, 0.05)
         self.processed = 0  # deliveries handled to the end (any outcome), for tests and the benchmark
         self._stopping = asyncio.Event()
+        self._closing = False  # run() is ending: the background loops end at their next turn
         self._inflight: dict[asyncio.Task[None], Entry] = {}
 
     def stop(self) -> None:
@@ -113,6 +122,7 @@ class Worker:
             await self._loop()
         finally:
             await self._drain()
+            self._closing = True
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -120,6 +130,8 @@ class Worker:
 
     async def refresh_depth(self) -> None:
         self.metrics.set_queue_depth(await self.queue.depth())
+        if self.circuits is not None:
+            await self.circuits.refresh()  # falls back on its own when Redis is away: never raises for it
         if self.budget is not None:
             await self.budget.refresh_metrics()
 
@@ -202,7 +214,10 @@ class Worker:
             log.info("consumers_forgotten", count=removed)
 
     async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
-        while True:
+        # Not `while True`: redis-py's asyncio client can swallow a cancellation that lands inside a
+        # command (redis/redis-py#2028; seen with 5.3.1 in about 2 % of cancellations of a running
+        # command), and a loop relying on it alone then runs for ever and `run()` never returns.
+        while not self._closing:
             await asyncio.sleep(seconds)
             try:
                 await action()

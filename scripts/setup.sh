@@ -82,11 +82,12 @@ PY
     "$TOOLS/bin/kubectl" version --client >/dev/null
 }
 
-# The real control plane of the cluster tests (`make test` asks for it with SETUP_CONTROLPLANE=1;
-# `make demo` does not need it). Built from Go modules into .tools/, once per pinned version.
+# The real control plane of the cluster tests and prometheus-adapter, which feeds their HPA
+# controller (`make test` asks for them with SETUP_CONTROLPLANE=1; `make demo` does not need them).
+# Built from Go modules into .tools/, once per pinned version.
 install_controlplane() {
     [ "${SETUP_CONTROLPLANE:-0}" = 1 ] || return 0
-    if bash scripts/controlplane.sh built; then
+    if bash scripts/controlplane.sh built && bash scripts/prometheus-adapter.sh built; then
         return 0
     fi
     if ! command -v go >/dev/null; then
@@ -99,6 +100,8 @@ install_controlplane() {
     fi
     log "building the Kubernetes control plane from its Go modules (first time only: about 15 minutes on 2 cores)"
     bash scripts/controlplane.sh build
+    log "building prometheus-adapter from its Go module (first time only: about 6 minutes on 2 cores)"
+    bash scripts/prometheus-adapter.sh build
 }
 
 # Where the commands are: `make` puts both directories on its own PATH, a shell does not.

@@ -18,7 +18,10 @@ relies on a few behaviours of a real API server, which this subclass adds (and n
   each applier's fields (`f:` keys, lists as leaves), enough for the operator's replicas handover;
 - `PUT` replaces an object; `DELETE` honours finalizers and then garbage-collects, in the
   background, every object whose ownerReferences name the deleted one (the kube GC's job);
-- list requests honour equality-based `labelSelector`s.
+- list requests honour equality-based `labelSelector`s;
+- a watch misses no change: it is subscribed to the change feed in the same step (under the store's
+  lock) as it reads the objects it starts with. kmock subscribes after sending those objects, so a
+  change made meanwhile reached no watcher (a watch started, then a patch, and no event).
 
 Lookups are O(1) (kmock scans every object for each request), so a thousand AgentServices with
 their children stay fast. The emulator runs no controllers: `simulate_rollouts` plays the
@@ -475,6 +478,28 @@ class DevCluster(kmock.KubernetesEmulator):
         if namespace is not None:
             return list(by_namespace.get(namespace, {}).values())
         return [key for names in by_namespace.values() for key in names.values()]
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        """The current objects as ADDED, then every change after them (none lost in between)."""
+        yield b""  # the headers go out at once, even while nothing happens (as kmock does)
+        assert request.resource is not None
+        bus = self._buses[request.resource]
+        async with self._lock:  # changes are put on the bus under this lock: none slips between
+            marker = await bus.mark()
+            keys = self._collection(request.resource, request.namespace)
+            current = [self.objects[key].raw for key in keys if not self.objects[key].deleted]
+        try:
+            for obj in current:
+                if request.name is None or obj.get("metadata", {}).get("name") == request.name:
+                    yield {"type": "ADDED", "object": obj}
+            async for event in bus.stream(since=marker):
+                meta = event.get("object", {}).get("metadata", {})
+                if (request.namespace is None or meta.get("namespace") == request.namespace) and (
+                    request.name is None or meta.get("name") == request.name
+                ):
+                    yield event
+        finally:
+            await bus.unmark(marker)
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         assert request.resource is not None

@@ -8,7 +8,8 @@ calculation per turn (a `tool_use` turn), then answers with the results; otherwi
 text. `usage` is counted from the request and reply sizes (about four characters per token).
 
 Fault injection is per server instance (`Faults`): an error ratio with status 429 (with
-`retry-after`), 500 or 529, malformed bodies, added latency, and a script of forced outcomes for the
+`retry-after`), 500 or 529, malformed bodies, added latency, a hold (replies wait until it is
+lifted; optionally only those after the first N calls), and a script of forced outcomes for the
 next requests (`fault_script(k)`: exactly k final errors in every 10 calls, a model version that
 fails k tasks in 10). Every call is recorded (`calls`), with the task id header and the step
 (assistant turns already in the transcript), so tests can prove which steps were re-sent.
@@ -64,6 +65,8 @@ class Faults:
     retry_after: float | None = 1.0  # seconds, sent with 429 and 529
     malformed_ratio: float = 0.0  # share answered 200 with a truncated JSON body
     latency_seconds: float = 0.0  # added before every reply
+    hold: bool = False  # replies wait while set: a model that stalls until the test lets it go
+    hold_after: int = 0  # with `hold`: the first `hold_after` calls are answered, the later ones wait
     script: list[str] = field(
         default_factory=list
     )  # forced outcomes, consumed in order: an HTTP status ("429", "400", ...) | "malformed" | "ok"
@@ -91,6 +94,7 @@ class CallRecord:
     output_tokens: int = 0
     dialect: str = "anthropic"  # or "openai" (POST /v1/chat/completions)
     tools: list[str] = field(default_factory=list)  # names of the tools the request offered
+    number: int = 0  # 1 for the first call the server received, and so on
 
 
 def _tokens(text: str) -> int:
@@ -237,6 +241,7 @@ class LocalModelServer:
             task_id=request.headers.get(constants.TASK_ID_HEADER), step=0, started=time.time(), dialect=dialect
         )
         self.calls.append(record)
+        record.number = len(self.calls)
         try:
             return await self._answer(request, record)
         except asyncio.CancelledError:
@@ -262,6 +267,8 @@ class LocalModelServer:
         record.tools = [str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)]
         if self.faults.latency_seconds:
             await asyncio.sleep(self.faults.latency_seconds)
+        while self.faults.hold and record.number > self.faults.hold_after:  # read afresh: a PUT replaces it
+            await asyncio.sleep(0.05)
         outcome = self._outcome()
         record.outcome = outcome
         if outcome == "malformed":

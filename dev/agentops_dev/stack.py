@@ -2,7 +2,8 @@
 kubelet running its pods as runtime processes.
 
 `running_stack(...)` starts the dev cluster (kmock's emulator on loopback), the operator exactly as
-`agentctl operator` runs it (`run.Background`, here with `--prometheus-url` and 1 s scrapes), and
+`agentctl operator` runs it (`run.Background`, here with `--prometheus-url`, 1 s scrapes and 1 s
+budget refreshes), and
 a `Kubelet` whose pods a `DiscoveringPrometheus` scrapes; all are stopped after. A `Stack` reads the
 AgentService, its children and Events off the dev cluster, writes the spec, and puts load on it.
 Redis, Prometheus and the model servers belong to the caller (each track may have its own model).
@@ -33,7 +34,10 @@ __all__ = ["AGSVC", "ANALYSIS_TICK", "NAMESPACE", "RESYNC", "Stack", "running_st
 AGSVC: Final = devcluster.AGSVC
 ANALYSIS_TICK: Final = 0.2
 RESYNC: Final = 1.0
-SERVE_TIMEOUT: Final = 30.0
+BUDGET_INTERVAL: Final = 1.0  # status.budget refreshes (the production default is 60 s)
+BUDGET_TICK: Final = 0.2
+START_TIMEOUT: Final = 120.0  # pods are processes: slow to start on a busy machine
+SETTLE_TIMEOUT: Final = 20.0
 
 
 def service_body(name: str, model_url: str, redis_url: str, **canary: Any) -> dict[str, Any]:
@@ -122,11 +126,11 @@ class Stack:
         name = body["metadata"]["name"]
         await self.put(body)
         await waiting.eventually(
-            lambda: self.kubelet.errors or self.status(name).get("phase") == "Ready", timeout=SERVE_TIMEOUT
+            lambda: self.kubelet.errors or self.status(name).get("phase") == "Ready", timeout=START_TIMEOUT
         )
         if self.kubelet.errors:
             raise RuntimeError(f"pods of {name} did not start: {self.kubelet.errors}")
-        await waiting.eventually(lambda: self.canary(name).get("phase") == "Idle", timeout=SERVE_TIMEOUT)
+        await waiting.eventually(lambda: self.canary(name).get("phase") == "Idle", timeout=SETTLE_TIMEOUT)
 
     @contextlib.asynccontextmanager
     async def load(self, name: str, rate: float) -> AsyncIterator[LoadGenerator]:
@@ -158,6 +162,8 @@ async def running_stack(
             prometheus_url=prometheus_url or prometheus.url,
             prometheus_scrape_interval=1.0,
             analysis_tick=ANALYSIS_TICK,
+            budget_interval=BUDGET_INTERVAL,
+            budget_tick=BUDGET_TICK,
         )
         operator = run.Background(config, opmetrics.create())
         await operator.start()

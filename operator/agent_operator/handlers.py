@@ -4,12 +4,13 @@ One reconcile serves create, update and resume; a resync loop re-runs it for eve
 `resync_interval` seconds to restore deleted or hand-edited children and to notice Secrets that
 appeared, and a second loop reconciles, every `analysis_tick` seconds, only the objects whose
 canary rollout has an analysis due (`spec.canary.interval` is usually much shorter than the
-resync). Each loop is one task fed by the watch stream (`on.event`), not a `kopf.timer`: kopf
-puts a finalizer on every object with a timer, and this operator needs none — the children carry
-ownerReferences, so Kubernetes' garbage collector removes them with their AgentService, and
+resync); a third refreshes `status.budget` from Prometheus when it is due, outside any reconcile
+(`budgetreport`). Each loop is one task fed by the watch stream (`on.event`), not a `kopf.timer`:
+kopf puts a finalizer on every object with a timer, and this operator needs none — the children
+carry ownerReferences, so Kubernetes' garbage collector removes them with their AgentService, and
 nothing outside the cluster needs cleaning up.
 
-The reconciler reaches the handlers through kopf's `memo` (injected by `run.py`), and both loop
+The reconciler reaches the handlers through kopf's `memo` (injected by `run.py`), and the loop
 intervals are registration arguments, so no handler reads configuration.
 """
 
@@ -51,7 +52,11 @@ async def _run(body: kopf.Body, memo: Any) -> reconcile.Outcome:
 
 
 def register(
-    registry: kopf.OperatorRegistry, *, resync_interval: float, analysis_tick: float = reconcile.ANALYSIS_TICK
+    registry: kopf.OperatorRegistry,
+    *,
+    resync_interval: float,
+    analysis_tick: float = reconcile.ANALYSIS_TICK,
+    budget_tick: float = reconcile.BUDGET_TICK,
 ) -> None:
     """Register the AgentService handlers on `registry`."""
 
@@ -73,10 +78,11 @@ def register(
     async def agentservice_resync_start(memo: Any, **_: Any) -> None:
         memo.resync = asyncio.create_task(_reconciler(memo).resync_forever(resync_interval), name="resync")
         memo.analysis = asyncio.create_task(_reconciler(memo).analyse_forever(analysis_tick), name="canary-analysis")
+        memo.budget = asyncio.create_task(_reconciler(memo).budgets_forever(budget_tick), name="budget-status")
 
     @kopf.on.cleanup(registry=registry)
     async def agentservice_resync_stop(memo: Any, **_: Any) -> None:
-        for name in ("resync", "analysis"):
+        for name in ("resync", "analysis", "budget"):
             task: asyncio.Task[None] | None = getattr(memo, name, None)
             if task is not None:
                 task.cancel()

@@ -1,4 +1,4 @@
-"""The operator's own Prometheus metrics: reconciles, their duration, errors, API writes and canaries.
+"""The operator's own Prometheus metrics: reconciles, their duration, errors, API writes, canaries, budgets.
 
 Every metric lives on an injected registry (tests build a fresh one and assert exact values);
 labels are bounded (a result, an error class, a verb and a kind — never an object name).
@@ -31,6 +31,7 @@ class Metrics:
     rollbacks: Counter
     analyses: Counter
     analysis_duration: Histogram
+    budget_refreshes: Counter
 
     def exposition(self) -> bytes:
         """The text exposition format of the registry (the `/metrics` body)."""
@@ -100,6 +101,12 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
             f"{CANARY_PREFIX}_analysis_duration_seconds",
             "Wall-clock time of one canary analysis (every Prometheus query of it).",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        ),
+        budget_refreshes=Counter(
+            f"{PREFIX}_budget_refreshes_total",
+            "Refreshes of status.budget, by outcome (measured, no_data, error, not_configured).",
+            ["result"],
             registry=registry,
         ),
     )

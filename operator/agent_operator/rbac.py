@@ -5,7 +5,8 @@ Where each rule comes from:
   optional child (both autoscaling engines, PDBs, NetworkPolicy, alerts), with the verbs the
   apply layer uses on a child: `get` to compare with the live object, `create` and `patch`
   for server-side apply (which creates an absent object); `list` and `delete` for the kinds
-  `kube.prune.prune` removes (`prune.PRUNABLE`); `delete` for the canary track's objects;
+  `kube.prune.prune` removes (`prune.PRUNABLE`, and `prune.RENAMEABLE` under a name the naming
+  rule no longer gives); `delete` for the canary track's objects;
 - referenced Secrets are read (`get`) by `secrets.py`; Events are posted (`create`);
 - the AgentService itself: kopf lists and watches it and keeps its bookkeeping in annotations
   (`patch`); the operator writes its status subresource (`patch`) and never reads single objects;
@@ -68,7 +69,7 @@ def _namespaced_grants() -> dict[tuple[str, str], set[str]]:
     grants: dict[tuple[str, str], set[str]] = defaultdict(set)
     for api_version, kind in child_kinds():
         grants[(_group(api_version), client.PLURALS[(api_version, kind)])].update(CHILD_VERBS)
-    for api_version, kind in prune.PRUNABLE:
+    for api_version, kind in prune.LISTED:
         grants[(_group(api_version), client.PLURALS[(api_version, kind)])].update(PRUNE_VERBS)
     for api_version, kind in CANARY_KINDS:
         grants[(_group(api_version), client.PLURALS[(api_version, kind)])].add("delete")

@@ -24,7 +24,7 @@ from typing import Any, Final
 import pydantic
 import structlog
 
-from agent_operator import objects, opmetrics, status
+from agent_operator import budgetreport, objects, opmetrics, status
 from agent_operator.api import models, validation
 from agent_operator.canary import rollouts
 from agent_operator.kube import apply, prune, secrets
@@ -37,6 +37,8 @@ log = structlog.get_logger(__name__)
 WORKLOAD_KINDS: Final = frozenset({"Deployment"})
 DEFAULT_RETRY_DELAY: Final = 10.0
 ANALYSIS_TICK: Final = 1.0  # how often the analysis loop looks for due canary analyses
+BUDGET_TICK: Final = 1.0  # how often the budget loop looks for due budget refreshes
+BUDGET_CONCURRENCY: Final = 2  # refreshes at once: each holds a worker thread while Prometheus answers
 MAX_CONCURRENT_RECONCILES: Final = 32
 
 
@@ -70,12 +72,14 @@ class Reconciler:
         operator_version: str | None = None,
         clock: Callable[[], str] = utcnow,
         canary: rollouts.Rollouts | None = None,
+        budgets: budgetreport.BudgetReporter | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._operator_version = operator_version
         self._rollouts = canary if canary is not None else rollouts.Rollouts(client, metrics)
         self._status = status.Reporter(client, metrics, clock=clock, prometheus_url=self._rollouts.prometheus_url)
+        self._budgets = budgets or budgetreport.BudgetReporter(client, metrics, prometheus=None)
         self._inventory = prune.Inventory()
         self._locks: dict[str, asyncio.Lock] = {}
         self._known: dict[str, dict[str, Any]] = {}
@@ -89,6 +93,7 @@ class Reconciler:
         self._known.pop(uid, None)
         self._rollouts.forget(uid)
         self._status.forget(uid)
+        self._budgets.forget(uid)
         self._inventory.forget(uid)
         self._metrics.services.set(len(self._known))
 
@@ -115,6 +120,29 @@ class Reconciler:
             await asyncio.sleep(tick)
             due = [uid for uid in list(self._known) if self._rollouts.due(uid)]
             await asyncio.gather(*(self._reconcile_logged(uid, gate) for uid in due))
+
+    async def budgets_forever(self, tick: float = BUDGET_TICK, *, concurrency: int = BUDGET_CONCURRENCY) -> None:
+        """Every `tick` seconds, refresh `status.budget` of the objects whose refresh is due.
+
+        Outside any reconcile and its lock (`budgetreport`): a slow Prometheus holds no reconcile up.
+        """
+        gate = asyncio.Semaphore(concurrency)
+        while True:
+            await asyncio.sleep(tick)
+            due = [uid for uid, body in list(self._known.items()) if self._budgets.due(uid, body)]
+            await asyncio.gather(*(self._refresh_budget(uid, gate) for uid in due))
+
+    async def _refresh_budget(self, uid: str, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            body = self._known.get(uid)
+            if body is None:
+                return  # deleted meanwhile
+            try:
+                await self._budgets.refresh(uid, body)
+            except Exception:
+                log.exception("budget_refresh_crashed", name=body["metadata"].get("name"))
+            if uid not in self._known:
+                self._budgets.forget(uid)  # deleted while it was refreshed: keep nothing of it
 
     async def _reconcile_logged(self, uid: str, gate: asyncio.Semaphore) -> None:
         """Reconcile from a loop: a failure is logged and retried on the next pass."""
@@ -203,6 +231,7 @@ class Reconciler:
             self._inventory,
             body,
             desired=[ObjectRef.of(c) for c in adopted],
+            named=[*desired.refs, *desired.canary_refs],
             present=list(result.live),
             selector=desired.selector,
             remove=plan.remove if plan is not None else (),
@@ -225,6 +254,9 @@ class Reconciler:
             conflicts=result.conflicts,
         )
         canary = plan.status if plan is not None else prior
+        # What exists now and is ours: what apply found or wrote, and what a hold kept as it runs.
+        present = set(result.live) | {ref for ref, obj in mine.items() if obj is not None}
+        present.difference_update(pruned)
         report = status.Report(
             revision=canary.stable_revision or desired.revision,
             canary=canary,
@@ -232,6 +264,7 @@ class Reconciler:
             written=result.written,
             existed=frozenset(ref for ref in result.written if live.get(ref) is not None),
             pruned=pruned,
+            children=tuple(ref for ref in (*desired.refs, *desired.canary_refs) if ref in present),
         )
         outcome = Outcome(models.Phase.PENDING, written=result.written + pruned, missing_secrets=tuple(missing))
         return findings, report, outcome

@@ -13,7 +13,8 @@ get their collaborators through kopf's `memo`. Choices made for kopf:
 Canary analyses need a Prometheus: `--prometheus-url` (or `PROMETHEUS_URL`). Without it the
 operator still runs, and a canary rollout holds, then pauses, with a condition saying so.
 `--prometheus-scrape-interval` is the scrape interval of the runtime's metrics, which sets the
-shortest analysis window (four scrapes).
+shortest analysis window (four scrapes). The same Prometheus gives `status.budget` of services with
+a daily budget, refreshed at most every `--budget-interval` seconds (default 60; docs/budgets.md).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import aiohttp.web
 import kopf
 import structlog
 
-from agent_operator import __version__, handlers, opmetrics, reconcile
+from agent_operator import __version__, budget, budgetreport, handlers, opmetrics, reconcile
 from agent_operator.canary import rollouts
 from agent_operator.canary.prometheus import Prometheus
 from agent_operator.kube import client as kube_client
@@ -59,6 +60,8 @@ class Config:
     prometheus_url: str | None = None  # where canary analyses query; None: analyses cannot run
     prometheus_scrape_interval: float = rollouts.DEFAULT_SCRAPE_INTERVAL
     analysis_tick: float = reconcile.ANALYSIS_TICK
+    budget_interval: float = budget.DEFAULT_INTERVAL  # seconds between refreshes of one status.budget
+    budget_tick: float = reconcile.BUDGET_TICK
 
     @property
     def all_namespaces(self) -> bool:
@@ -86,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=rollouts.DEFAULT_SCRAPE_INTERVAL,
         metavar="SECONDS",
         help="scrape interval of the runtime metrics (an analysis window spans at least four)",
+    )
+    parser.add_argument(
+        "--budget-interval",
+        type=float,
+        default=budget.DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help="refresh status.budget (today's spend, from Prometheus) at most this often (default: %(default)s)",
     )
     parser.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("AGENT_LOG_FORMAT", "json"))
     parser.add_argument("--verbose", action="store_true")
@@ -163,9 +173,21 @@ async def operate(
         prometheus=prometheus,
         scrape_interval_seconds=config.prometheus_scrape_interval,
     )
-    reconciler = reconcile.Reconciler(client, metrics, operator_version=config.operator_version, canary=canary_rollouts)
+    # Its own client: the budget loop's queries never wait behind an analysis's in one connection pool.
+    budget_prometheus = Prometheus(config.prometheus_url) if config.prometheus_url else None
+    budgets = budgetreport.BudgetReporter(
+        client, metrics, prometheus=budget_prometheus, interval=config.budget_interval
+    )
+    reconciler = reconcile.Reconciler(
+        client, metrics, operator_version=config.operator_version, canary=canary_rollouts, budgets=budgets
+    )
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, resync_interval=config.resync_interval, analysis_tick=config.analysis_tick)
+    handlers.register(
+        registry,
+        resync_interval=config.resync_interval,
+        analysis_tick=config.analysis_tick,
+        budget_tick=config.budget_tick,
+    )
 
     @kopf.on.login(registry=registry)
     async def agentservice_login(**_: Any) -> kopf.ConnectionInfo:
@@ -196,8 +218,9 @@ async def operate(
         )
     finally:
         await client.close()
-        if prometheus is not None:
-            prometheus.close()
+        for connected in (prometheus, budget_prometheus):
+            if connected is not None:
+                connected.close()
         if runner is not None:
             await runner.cleanup()
 
@@ -265,6 +288,7 @@ def config_from(args: argparse.Namespace) -> Config:
         server=getattr(args, "server", None),
         prometheus_url=getattr(args, "prometheus_url", None) or None,
         prometheus_scrape_interval=getattr(args, "prometheus_scrape_interval", rollouts.DEFAULT_SCRAPE_INTERVAL),
+        budget_interval=getattr(args, "budget_interval", budget.DEFAULT_INTERVAL),
     )
 
 

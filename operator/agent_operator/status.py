@@ -186,6 +186,12 @@ def canary_json(canary: models.CanaryStatus) -> dict[str, Any]:
     return canary.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def children_json(children: Sequence[ObjectRef]) -> list[dict[str, Any]]:
+    """`status.children` as written: apiVersion, kind and name of each (the namespace is the owner's)."""
+    refs = (models.ChildRef(api_version=ref.api_version, kind=ref.kind, name=ref.name) for ref in children)
+    return [ref.model_dump(mode="json", by_alias=True) for ref in refs]
+
+
 def canary_conditions(
     spec: models.Canary, canary: models.CanaryStatus, desired_revision: str, *, prometheus_url: str | None
 ) -> list[models.Condition] | None:
@@ -352,6 +358,7 @@ class Report:
     written: tuple[ObjectRef, ...] = ()  # children applied
     existed: frozenset[ObjectRef] = frozenset()  # of those, the ones that existed before
     pruned: tuple[ObjectRef, ...] = ()
+    children: tuple[ObjectRef, ...] | None = None  # `status.children`; None: not known (left as it was)
 
 
 class Reporter:
@@ -446,6 +453,8 @@ class Reporter:
         }
         if report.canary is not None:
             status["canary"] = canary_json(report.canary)
+        if report.children is not None:
+            status["children"] = children_json(report.children)
         current = {k: live_status.get(k) for k in status}
         if current == status:
             return phase_, None, conds, previous

@@ -3,7 +3,9 @@
 - `controlplane` (session): etcd, kube-apiserver, kube-controller-manager and kube-scheduler from
   `scripts/controlplane.sh`, the CRD applied and Established. Without Go, outside CI, every test
   here skips naming the reason; with `CI=true` a missing Go or a failed build fails them.
-- `kubelet` (session): a Node whose bound pods are reported Running and Ready.
+- `kubelet` (session): a Node, its kubelet authenticated as that Node; its bound pods are reported
+  Running and Ready, or run as runtime processes in the namespaces a test hands it
+  (`kubelet.run_namespace`).
 - `installed_operator` (module): the chart installed cluster-wide into `agent-system`, and the
   operator as a real `agentctl operator` process with the chart's own arguments, authenticated by
   a TokenRequest token of the chart's ServiceAccount (not as cluster-admin).
@@ -27,7 +29,7 @@ from tests.cluster.harness import (
     run_operator_as_chart,
 )
 from tests.support import controlplane as cp
-from tests.support.kubelet import HarnessKubelet
+from tests.support.kubelet import HarnessKubelet, node_kubeconfig
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +61,12 @@ def third_party_crds(controlplane: cp.ControlPlane) -> None:
     controlplane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
 
 
+NODE = "harness-node"
+
+
 @pytest.fixture(scope="session")
 def kubelet(controlplane: cp.ControlPlane) -> Iterator[HarnessKubelet]:
-    harness = HarnessKubelet(controlplane.kubeconfig).start()
+    harness = HarnessKubelet(node_kubeconfig(controlplane, NODE)).start()
     try:
         yield harness
     finally:

@@ -1,4 +1,5 @@
-"""Helpers of the `cluster` tests: helm, the chart's operator as a process, waiting for an event."""
+"""Helpers of the `cluster` tests: helm, the chart's operator as a process, `kubectl agentservice`,
+waiting for an event."""
 
 from __future__ import annotations
 
@@ -152,3 +153,26 @@ def run_operator_as_chart(
     return OperatorProcess(
         args=args, kubeconfig=kubeconfig, log_path=workdir / f"{release}-operator.log", health_port=health
     ).start()
+
+
+def plugin_command(
+    plane: cp.ControlPlane, *args: str, kubeconfig: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of `kubectl agentservice ARGS` (as cluster-admin unless another
+    kubeconfig is given, in $KUBECONFIG).
+
+    kubectl itself finds `kubectl-agentservice` on the PATH (the venv's console script) and runs it;
+    colour is off (`NO_COLOR`), as the output is compared as text.
+    """
+    path = f"{AGENTCTL.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "KUBECONFIG": str(kubeconfig or plane.kubeconfig), "NO_COLOR": "1"}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    return [cp.kubectl_path(), "agentservice", *args], env
+
+
+def kubectl_plugin(
+    plane: cp.ControlPlane, *args: str, kubeconfig: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `kubectl agentservice ARGS` to its end (see `plugin_command`)."""
+    argv, env = plugin_command(plane, *args, kubeconfig=kubeconfig)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)

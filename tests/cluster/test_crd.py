@@ -2,9 +2,9 @@
 
 The cel-python checks in tests/integration/ship/test_examples.py stay as the fast unit check; here the API server
 itself judges: the CRD is Established (so it is structural and within the CEL cost budget),
-`kubectl explain` prints the models' field docs, `kubectl get agsvc` shows the printer columns,
-every valid example passes `kubectl apply --dry-run=server` and every invalid one is refused
-with the message its `# cel:` or `# schema:` comment states.
+`kubectl explain` prints the models' field docs, `kubectl get agsvc` shows the printer columns (the
+budget ones with `-o wide`), every valid example passes `kubectl apply --dry-run=server` and every
+invalid one is refused with the message its `# cel:` or `# schema:` comment states.
 """
 
 from __future__ import annotations
@@ -67,7 +67,10 @@ def test_crd_is_established_explained_and_has_printer_columns(controlplane: cp.C
     assert header[:1] == ["NAME"], table
     for column in ("PHASE", "READY", "CANARY", "AGE"):
         assert column in header, table
+    assert "SPENT" not in header, table  # the budget columns are for -o wide
     assert "support-agent" in table
+    wide = controlplane.kubectl("get", "agsvc", "-n", "printer-columns", "-o", "wide").stdout
+    assert {"SPENT", "REMAINING"} <= set(wide.splitlines()[0].split()), wide
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
-"""Fixtures of the end-to-end canary tests: Redis, a discovering Prometheus, and a `Stack` per test.
+"""Fixtures of the end-to-end tests: Redis, a discovering Prometheus, and a `Stack` per test.
 
-The stack itself (`agentops_dev.stack`) is the dev cluster with the real operator analysing against
-Prometheus and a kubelet running its Deployments as runtime processes; `agentctl demo` runs on the
-same. Model servers belong to each test (each track its own).
+The stack itself (`agentops_dev.stack`) is the dev cluster with the real operator (analysing against
+Prometheus, 1 s scrapes and 1 s budget refreshes) and a kubelet running its Deployments as runtime
+processes; `agentctl demo` runs on the same. Model servers belong to each test (each track its own).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ __all__ = ["LATENCY_BUCKETS", "MetricsExporter", "Traffic"]
 
 LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 INTENT = "chat"
+PROVIDER = "primary"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Traffic:
     latency_seconds: float = 1.0  # every task takes this long
     cost_per_task: float = 0.0  # USD
     fallbacks_per_task: float = 0.0
+    provider_error_ratio: float = 0.0  # share of tasks whose first model call fails (then a retry succeeds)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class _Track:
     pending: float = 0.0  # tasks owed but not yet finished (fractions carry over between ticks)
     errors_owed: float = 0.0
     fallbacks_owed: float = 0.0
+    provider_errors_owed: float = 0.0
 
 
 class MetricsExporter:
@@ -66,6 +69,12 @@ class MetricsExporter:
         self.cost = Counter(constants.METRIC_COST, "LLM spend in USD.", labels, registry=self.registry)
         self.fallbacks = Counter(
             constants.METRIC_PROVIDER_FALLBACKS, "Calls moved to another provider.", labels, registry=self.registry
+        )
+        self.provider_calls = Counter(
+            constants.METRIC_PROVIDER_CALLS,
+            "Model calls sent to a provider, by outcome.",
+            [*labels, "provider", "outcome"],
+            registry=self.registry,
         )
         self.host = host
         self.tick = tick
@@ -91,6 +100,7 @@ class MetricsExporter:
             self.latency.labels(service, track)
             self.cost.labels(service, track)
             self.fallbacks.labels(service, track)
+            self.provider_calls.labels(service, track, PROVIDER, "ok")
 
     def _produce(self) -> None:
         last = time.monotonic()
@@ -116,6 +126,11 @@ class MetricsExporter:
             self.latency.labels(service, track).observe(traffic.latency_seconds)
             if traffic.cost_per_task:
                 self.cost.labels(service, track).inc(traffic.cost_per_task)
+            state.provider_errors_owed += traffic.provider_error_ratio
+            if state.provider_errors_owed >= 1:
+                state.provider_errors_owed -= 1
+                self.provider_calls.labels(service, track, PROVIDER, "unavailable").inc()
+            self.provider_calls.labels(service, track, PROVIDER, "ok").inc()
             state.fallbacks_owed += traffic.fallbacks_per_task
             if state.fallbacks_owed >= 1:
                 whole = int(state.fallbacks_owed)

@@ -21,7 +21,6 @@ from pydantic.fields import FieldInfo
 
 CRD_NAME: Final = f"{models.PLURAL}.{models.GROUP}"
 CATEGORIES: Final = ["all"]
-NAME_MAX_LENGTH: Final = 40
 
 # Keywords a structural schema may carry (apiextensions.k8s.io/v1 JSONSchemaProps, minus the
 # ones we never emit such as $ref, anyOf, allOf, oneOf, not, definitions).
@@ -62,15 +61,17 @@ ALLOWED_KEYWORDS: Final = frozenset(
 
 KEY_ORDER: Final = ("description", "type", "nullable", "default")
 
-# The name feeds every child name (suffixes included, <= 63 characters), so it is capped below the
-# Kubernetes limit; see naming.py. A structural schema may restrict metadata.name (and nothing else
-# in metadata): the pattern lives there, because a root CEL `matches()` on a name the CEL cost
-# estimator sees as unbounded could exceed the rule cost budget. The length is also a root CEL rule
-# (constant cost), so `kubectl apply` names the reason.
+# The name names Services, so it is a DNS-1035 label (at most 63 characters, a letter first); child
+# names longer than their kind allows are shortened with a hash (manifests/naming.py). A structural
+# schema may restrict metadata.name (and nothing else in metadata): the pattern lives there, because
+# a root CEL `matches()` on a name the CEL cost estimator sees as unbounded could exceed the rule
+# cost budget. The length is also a root CEL rule (constant cost), so `kubectl apply` names the reason.
 ROOT_RULES: Final = [
     {
-        "rule": f"size(self.metadata.name) <= {NAME_MAX_LENGTH}",
-        "message": f"metadata.name must be at most {NAME_MAX_LENGTH} characters (child names derive from it)",
+        "rule": f"size(self.metadata.name) <= {models.SERVICE_NAME_MAX_LENGTH}",
+        "message": (
+            f"metadata.name must be at most {models.SERVICE_NAME_MAX_LENGTH} characters (it names the Services)"
+        ),
     },
 ]
 # Only `type` and `properties.name`/`generateName`: kube-apiserver refuses a CRD whose metadata
@@ -81,8 +82,8 @@ METADATA_SCHEMA: Final = {
         "name": {
             "type": "string",
             "description": "Name of the AgentService; every child's name derives from it.",
-            "maxLength": NAME_MAX_LENGTH,
-            "pattern": models.DNS_LABEL,
+            "maxLength": models.SERVICE_NAME_MAX_LENGTH,
+            "pattern": models.DNS_1035_LABEL,
         }
     },
 }
@@ -257,6 +258,21 @@ def build_crd() -> dict[str, Any]:
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
                         {"name": "Canary", "type": "integer", "jsonPath": ".status.canary.weight"},
+                        # `kubectl get agsvc -o wide` only (priority 1): empty for services without dailyUSD.
+                        {
+                            "name": "Spent",
+                            "type": "number",
+                            "jsonPath": ".status.budget.spentTodayUSD",
+                            "description": "USD spent this UTC day (status.budget, from Prometheus).",
+                            "priority": 1,
+                        },
+                        {
+                            "name": "Remaining",
+                            "type": "number",
+                            "jsonPath": ".status.budget.remainingUSD",
+                            "description": "USD of spec.budget.dailyUSD still to spend today (status.budget).",
+                            "priority": 1,
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": open_api_schema()},

@@ -29,6 +29,11 @@ SINGULAR = "agentservice"
 SHORT_NAMES = ["agsvc"]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# An AgentService's name: it names Services (`<name>-api`), which must be DNS-1035 labels
+# (k8s.io/apimachinery IsDNS1035Label: a letter first), at most 63 characters. Children whose
+# `<name>-<suffix>` would pass their kind's limit are shortened (manifests/naming.py).
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+SERVICE_NAME_MAX_LENGTH = 63
 # The names of the objects a spec references (Secrets, ServiceAccounts) are DNS subdomains, as the
 # API server requires (k8s.io/apimachinery IsDNS1123Subdomain, at most 253 characters). The rule
 # also keeps a name from ever being more than one URL path segment: no '/', '%', '.' or '..'.
@@ -222,7 +227,7 @@ class Provider(Model):
 
 
 class CircuitBreaker(Model):
-    """Per-provider circuit breakers (state per replica)."""
+    """Per-provider circuit breakers (state shared by the service's replicas through Redis; docs/providers.md)."""
 
     failure_threshold: int = Field(
         default=5, ge=1, le=100, description="Consecutive failures (5xx, timeouts) that open a provider's circuit."
@@ -573,6 +578,19 @@ class Canary(Model):
     max_fallback_ratio: float | None = Field(
         default=None, gt=0, description="Canary provider fallbacks per task may be at most this multiple of stable's."
     )
+    max_latency_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        description="Canary p95 task latency may be at most this multiple of stable's (e.g. 1.5).",
+    )
+    max_provider_error_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Canary provider error rate (model calls that failed: 5xx, timeouts, refused connections, "
+            "other errors; 429s excluded) may be at most this multiple of stable's."
+        ),
+    )
     failure_limit: int = Field(default=2, ge=1, le=100, description="Failed checks that trigger a rollback.")
     inconclusive_limit: int = Field(
         default=5,
@@ -751,7 +769,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    name: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL)
+    name: str = Field(min_length=1, max_length=SERVICE_NAME_MAX_LENGTH, pattern=DNS_1035_LABEL)
     namespace: str = "default"
     uid: str | None = None
     generation: int | None = None
@@ -883,9 +901,50 @@ class CanaryStatus(BaseModel):
     message: str = Field(default="", description="Why the rollout is where it is.")
     last_analysis: Analysis | None = Field(default=None, description="The latest analysis.")
     history: list[Analysis] = Field(default_factory=list, description="The last 10 analyses.")
+    next_analysis_time: str = Field(
+        default="",
+        description="When the next analysis is due (RFC 3339, UTC); an operator that restarts keeps to it.",
+    )
     rollouts: list[RolloutRecord] = Field(
         default_factory=list, description="The last 10 finished rollouts, oldest first."
     )
+
+
+class BudgetStatus(BaseModel):
+    """The UTC day's spend against `spec.budget.dailyUSD`, read from Prometheus (docs/budgets.md)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    daily_usd: float = Field(alias="dailyUSD", description="The daily budget the spec sets (spec.budget.dailyUSD).")
+    day: str = Field(default="", description="The UTC day (YYYY-MM-DD) the figures are for.")
+    spent_today_usd: float | None = Field(
+        default=None, alias="spentTodayUSD", description="Settled spend of that day, all replicas and tracks."
+    )
+    reserved_usd: float | None = Field(
+        default=None, alias="reservedUSD", description="Worst cases reserved by the model calls in flight."
+    )
+    remaining_usd: float | None = Field(
+        default=None, alias="remainingUSD", description="What the runtime still lets the day spend."
+    )
+    held_tasks: int | None = Field(default=None, description="Tasks waiting for money (onExhausted: hold).")
+    observed_at: str = Field(
+        default="",
+        description=(
+            "When Prometheus returned these figures (RFC 3339); a refresh that finds the same figures does not"
+            " rewrite it."
+        ),
+    )
+    message: str = Field(default="", description="Why the figures are missing or old; empty when fresh.")
+
+
+class ChildRef(BaseModel):
+    """One child object, in the AgentService's namespace, by the name it was given."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    api_version: str = Field(description="Its apiVersion, e.g. apps/v1.")
+    kind: str = Field(description="Its kind, e.g. Deployment.")
+    name: str = Field(description="Its name: `<name>-<suffix>`, or shortened with a hash when that is too long.")
 
 
 class AgentServiceStatus(BaseModel):
@@ -900,3 +959,10 @@ class AgentServiceStatus(BaseModel):
     ready_replicas: int = Field(default=0, description="Ready pods across API and worker Deployments.")
     revision: str = Field(default="", description="Pod-template hash now served by the stable track.")
     canary: CanaryStatus = Field(default_factory=CanaryStatus, description="Canary rollout state.")
+    budget: BudgetStatus | None = Field(
+        default=None, description="Today's spend and what is left of spec.budget.dailyUSD (set with dailyUSD)."
+    )
+    children: list[ChildRef] = Field(
+        default_factory=list,
+        description="The children that exist and this AgentService controls, in apply order (the canary's last).",
+    )

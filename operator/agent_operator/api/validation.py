@@ -26,6 +26,9 @@ PATTERN_MEANINGS: Final = {
     models.DURATION: "must be a duration such as 30s, 5m or 1h30m",
     models.QUANTITY: "must be a Kubernetes quantity such as 250m, 1 or 512Mi",
     models.DNS_LABEL: "must be a DNS label: lowercase letters, digits and '-', starting and ending alphanumeric",
+    models.DNS_1035_LABEL: (
+        "must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter and ending alphanumeric"
+    ),
     models.DNS_SUBDOMAIN: (
         "must be a DNS subdomain: lowercase letters, digits, '-' and '.', each dot-separated part"
         " starting and ending alphanumeric (an object in the AgentService's namespace)"

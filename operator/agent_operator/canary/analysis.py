@@ -12,6 +12,12 @@ Checks (names as they appear in `status.canary.lastAnalysis`):
 - `error-ratio` (when `maxErrorRatio` is set): canary error rate / stable error rate.
 - `cost-ratio` (when `maxCostRatio` is set): canary cost per task / stable cost per task.
 - `fallback-ratio` (when a maximum is given): canary / stable provider fallbacks per task.
+- `latency-ratio` (when `maxLatencyRatio` is set): canary p95 task latency / stable p95.
+- `provider-error-ratio` (when `maxProviderErrorRatio` is set): canary / stable share of model
+  calls that failed at the provider (the runtime's `llm_provider_calls_total`, outcomes
+  `unavailable` and `error`; `rate_limited` excluded). A provider failing 5xx or timing out is
+  often retried or failed over, so the task still succeeds and `error-rate` sees nothing; this
+  check sees the calls.
 - each `spec.canary.checks` entry, its `{{service}}`, `{{namespace}}` and `{{track}}` filled in.
 
 Each check ends in one of four verdicts:
@@ -69,11 +75,18 @@ CHECK_P95_LATENCY: Final = "p95-latency"
 CHECK_ERROR_RATIO: Final = "error-ratio"
 CHECK_COST_RATIO: Final = "cost-ratio"
 CHECK_FALLBACK_RATIO: Final = "fallback-ratio"
+CHECK_LATENCY_RATIO: Final = "latency-ratio"
+CHECK_PROVIDER_ERROR_RATIO: Final = "provider-error-ratio"
+# Outcomes of `llm_provider_calls_total` that count as the provider failing (not 429s: a shared
+# limit, not the canary's fault).
+PROVIDER_FAILURES: Final = ("unavailable", "error")
 
 # Floors of the stable value in relative checks (see the module docstring).
 ERROR_RATE_FLOOR: Final = 0.01
 COST_PER_TASK_FLOOR: Final = 0.0001
 FALLBACK_RATE_FLOOR: Final = 0.01
+LATENCY_FLOOR_SECONDS: Final = 0.001
+PROVIDER_ERROR_RATE_FLOOR: Final = 0.01
 # A rate needs at least two samples in its window; four scrapes leave room for a missed one.
 MIN_WINDOW_SCRAPES: Final = 4
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
@@ -155,14 +168,27 @@ def label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def selector(scope: Scope, track: str, **extra: str) -> str:
-    """Label matchers of one track of one service; no namespace matcher when the scope has none."""
+def selector(
+    scope: Scope,
+    track: str | None,
+    *,
+    equal: Mapping[str, str] | None = None,
+    regex: Mapping[str, str] | None = None,
+) -> str:
+    """Label matchers of one track of one service (every track: `track=None`); no namespace matcher
+    when the scope has none. The one spelling of a service's series, for analyses and the budget status.
+
+    `equal` adds equality matchers, `regex` regular-expression ones (`label=~"a|b"`).
+    """
     matchers = {constants.LABEL_SERVICE: scope.service}
     if scope.namespace:
         matchers["namespace"] = scope.namespace
-    matchers[constants.LABEL_TRACK] = track
-    matchers.update(extra)
-    return "{" + ", ".join(f'{key}="{label_value(value)}"' for key, value in matchers.items()) + "}"
+    if track is not None:
+        matchers[constants.LABEL_TRACK] = track
+    matchers.update(equal or {})
+    parts = [f'{key}="{label_value(value)}"' for key, value in matchers.items()]
+    parts += [f'{key}=~"{label_value(value)}"' for key, value in (regex or {}).items()]
+    return "{" + ", ".join(parts) + "}"
 
 
 def requests_expr(scope: Scope, track: str) -> str:
@@ -172,7 +198,7 @@ def requests_expr(scope: Scope, track: str) -> str:
 
 def _per_task(numerator_series: str, scope: Scope, track: str, **extra: str) -> str:
     """Rate of a counter divided by the rate of finished tasks; a counter never created counts as 0."""
-    numerator = f"sum(rate({numerator_series}{selector(scope, track, **extra)}[{scope.window}]))"
+    numerator = f"sum(rate({numerator_series}{selector(scope, track, equal=extra)}[{scope.window}]))"
     tasks = f"sum(rate({constants.SERIES_REQUESTS}{selector(scope, track)}[{scope.window}]))"
     # `or vector(0)`: a runtime creates the `failed` (or fallbacks) series at the first occurrence;
     # no series yet means none happened, not "no data". Zero tasks still gives 0/0 = NaN = no data.
@@ -192,6 +218,15 @@ def cost_per_task_expr(scope: Scope, track: str) -> str:
 def fallback_rate_expr(scope: Scope, track: str) -> str:
     """Provider fallbacks per finished task of one track."""
     return _per_task(constants.SERIES_FALLBACKS, scope, track)
+
+
+def provider_error_rate_expr(scope: Scope, track: str) -> str:
+    """Failed model calls / model calls of one track (see `PROVIDER_FAILURES`)."""
+    calls = f"{constants.SERIES_PROVIDER_CALLS}{selector(scope, track)}"
+    failures = {"outcome": "|".join(PROVIDER_FAILURES)}
+    failed = f"{constants.SERIES_PROVIDER_CALLS}{selector(scope, track, regex=failures)}"
+    # `or vector(0)` as in `_per_task`: no failure series yet is no failure; no call is no data
+    return f"((sum(rate({failed}[{scope.window}]))) or vector(0)) / sum(rate({calls}[{scope.window}]))"
 
 
 def p95_latency_expr(scope: Scope, track: str) -> str:
@@ -244,6 +279,14 @@ def plan(canary: models.Canary, scope: Scope, *, max_fallback_ratio: float | Non
         (CHECK_ERROR_RATIO, canary.max_error_ratio, error_rate_expr, ERROR_RATE_FLOOR, "error rate"),
         (CHECK_COST_RATIO, canary.max_cost_ratio, cost_per_task_expr, COST_PER_TASK_FLOOR, "cost per task"),
         (CHECK_FALLBACK_RATIO, max_fallback_ratio, fallback_rate_expr, FALLBACK_RATE_FLOOR, "fallbacks per task"),
+        (CHECK_LATENCY_RATIO, canary.max_latency_ratio, p95_latency_expr, LATENCY_FLOOR_SECONDS, "p95 latency"),
+        (
+            CHECK_PROVIDER_ERROR_RATIO,
+            canary.max_provider_error_ratio,
+            provider_error_rate_expr,
+            PROVIDER_ERROR_RATE_FLOOR,
+            "provider error rate",
+        ),
     ]
     for name, limit, expr, floor, what in relative:
         if limit is not None:

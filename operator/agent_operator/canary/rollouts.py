@@ -29,15 +29,41 @@ Clock = Callable[[], float]
 
 @dataclasses.dataclass
 class Schedule:
-    """When one object's next analysis is due; in memory, so a restart waits one more interval."""
+    """When one object's next analysis is due.
+
+    Counted on the monotonic clock; the wall-clock time of the same moment goes into
+    `status.canary.nextAnalysisTime`, from which an operator that restarts takes the schedule up
+    (`resumable`: this process has not counted an interval for the object yet).
+    """
 
     running_for: tuple[str, int] | None = None  # (canary revision, weight) the interval is counted for
     due: float = 0.0  # monotonic time of the next analysis
+    due_time: str = ""  # the same moment as a status timestamp
     watching: bool = False  # a rollout that wants analyses: the analysis loop looks at it
+    resumable: bool = True
 
 
 def _utcnow() -> str:
     return rfc3339(datetime.datetime.now(tz=datetime.UTC))
+
+
+def status_time(moment: float) -> str:
+    """A wall-clock time (seconds since the epoch) as `2026-01-01T00:00:00.123Z`: milliseconds, so
+    a schedule taken up after a restart keeps to the second."""
+    when = datetime.datetime.fromtimestamp(moment, tz=datetime.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def seconds_until(stamp: str, wall_now: float) -> float | None:
+    """Seconds from `wall_now` to a status timestamp; None when it does not parse (the status is
+    written by the operator, but anyone allowed to write it could put anything there)."""
+    try:
+        moment = datetime.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.timestamp() - wall_now
 
 
 class Rollouts:
@@ -51,6 +77,7 @@ class Rollouts:
         prometheus: Prometheus | None = None,
         scrape_interval_seconds: float = DEFAULT_SCRAPE_INTERVAL,
         monotonic: Clock = time.monotonic,
+        wall: Clock = time.time,
         now: Callable[[], str] = _utcnow,
     ) -> None:
         self._client = client
@@ -58,6 +85,7 @@ class Rollouts:
         self._prometheus = prometheus
         self._scrape_interval = scrape_interval_seconds
         self._monotonic = monotonic
+        self._wall = wall
         self._now = now
         self._schedules: dict[str, Schedule] = {}
 
@@ -106,8 +134,20 @@ class Rollouts:
         decision = machine.decide(spec, prior, observed)
         laid = tracks.layout(desired, decision.status, everything)
         rollouts = rollouthistory.updated(prior, decision, self._now)
-        new_status = decision.status.model_copy(update={"actual_weight": laid.actual_weight, "rollouts": rollouts})
-        schedule.watching = machine.needs_analysis(spec, new_status)
+        schedule.watching = machine.needs_analysis(spec, decision.status)
+        counted = schedule.watching and schedule.running_for == (
+            decision.status.canary_revision,
+            decision.status.weight,
+        )
+        new_status = decision.status.model_copy(
+            update={
+                "actual_weight": laid.actual_weight,
+                "rollouts": rollouts,
+                # empty while no interval is counted for where the rollout now stands (a new step
+                # waits for its canary pods; a paused rollout is not analysed)
+                "next_analysis_time": schedule.due_time if counted else "",
+            }
+        )
         return tracks.Plan(
             children=laid.children,
             live=canary_live,
@@ -140,12 +180,26 @@ class Rollouts:
             return None
         key = (prior.canary_revision, prior.weight)
         if schedule.running_for != key:
-            schedule.running_for, schedule.due = key, now + interval
+            wait = interval
+            if schedule.resumable and prior.next_analysis_time:
+                # the interval a previous operator process was counting for this very step: keep
+                # to its end (at once when it has passed), never wait longer than one interval
+                left = seconds_until(prior.next_analysis_time, self._wall())
+                if left is not None:
+                    wait = min(interval, max(0.0, left))
+            schedule.resumable = False
+            self._count(schedule, key, now, wait)
+            if wait > 0:
+                return None
+        elif now < schedule.due:
             return None
-        if now < schedule.due:
-            return None
-        schedule.due = now + interval
+        self._count(schedule, key, now, interval)
         return await self.analyse(svc, prior.weight)
+
+    def _count(self, schedule: Schedule, key: tuple[str, int], now: float, wait: float) -> None:
+        """Start counting `wait` seconds to the next analysis of `key`."""
+        schedule.running_for, schedule.due = key, now + wait
+        schedule.due_time = status_time(self._wall() + wait)
 
     @staticmethod
     def _canary_ready(desired: builders.Desired, live: Mapping[ObjectRef, dict[str, Any] | None]) -> bool:

@@ -1,7 +1,10 @@
 """Prune: delete the owned children a spec no longer wants, and the canary track's objects at rest.
 
-Deployments are never pruned by kind: the canary plan decides when the canary track goes
-(`remove=`). Nothing someone else controls is ever deleted.
+Deployments are never pruned because the spec stopped wanting them: the canary plan decides when
+the canary track goes (`remove=`). A Deployment or Service the operator owns under a name the
+naming rule no longer gives (an upgrade that shortens long names, manifests/naming.py) is a
+leftover, though, and is deleted: two worker Deployments must not both consume the queue.
+Nothing someone else controls is ever deleted.
 """
 
 from __future__ import annotations
@@ -25,14 +28,21 @@ PRUNABLE: Final = (
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 )
+# Children that every spec has, but whose names can change with the naming rule; deleted when owned
+# and named as no child of this AgentService is (neither track), never because of the spec.
+RENAMEABLE: Final = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+)
+LISTED: Final = PRUNABLE + RENAMEABLE
 
 
 class Inventory:
-    """The prunable children known to exist, per owner uid, once a list has established them.
+    """The prunable and renameable children known to exist, per owner uid, once a list has established them.
 
-    The first prune of an owner after start-up lists each prunable kind (five LIST calls); from
+    The first prune of an owner after start-up lists each of those kinds (seven LIST calls); from
     then on the inventory follows what apply found or wrote, so a resync pass over N services
-    costs no LIST calls instead of 5 N.
+    costs no LIST calls instead of 7 N.
     """
 
     def __init__(self) -> None:
@@ -45,15 +55,15 @@ class Inventory:
     async def known(
         self, client: Client, owner: Mapping[str, Any], present: Sequence[ObjectRef], selector: Mapping[str, str]
     ) -> set[ObjectRef]:
-        """The owner's prunable children: listed once, then kept up to date from `present`."""
+        """The owner's prunable and renameable children: listed once, then kept up to date from `present`."""
         meta = owner["metadata"]
         uid = str(meta.get("uid"))
         known = self._known.get(uid)
         if known is not None:
-            known.update(ref for ref in present if (ref.api_version, ref.kind) in PRUNABLE)
+            known.update(ref for ref in present if (ref.api_version, ref.kind) in LISTED)
             return known
         known = set()
-        for api_version, kind in PRUNABLE:
+        for api_version, kind in LISTED:
             for obj in await client.list_objects(api_version, kind, meta["namespace"], selector=selector):
                 if objects.owned_by(obj, meta.get("uid")):  # never someone else's object
                     known.add(ObjectRef(api_version, kind, meta["namespace"], obj["metadata"]["name"]))
@@ -67,21 +77,26 @@ async def prune(
     owner: Mapping[str, Any],
     *,
     desired: Sequence[ObjectRef],
+    named: Sequence[ObjectRef],
     present: Sequence[ObjectRef],
     selector: Mapping[str, str],
     remove: Sequence[ObjectRef] = (),
     live: Mapping[ObjectRef, Any] | None = None,
 ) -> tuple[ObjectRef, ...]:
-    """Delete owned children of the prunable kinds that are not `desired`, then `remove`; return them.
+    """Delete owned children of the prunable kinds that are not `desired`, and of the renameable
+    kinds that are not `named`, then `remove`; return them.
 
-    `present`: the desired children that apply found or wrote (they exist now). `remove`: objects
-    to delete when the owner controls them as read in `live` (the canary track at rest).
+    `named`: every child the builders name for this AgentService, both tracks (`Desired.refs` and
+    `Desired.canary_refs`). `present`: the desired children that apply found or wrote (they exist
+    now). `remove`: objects to delete when the owner controls them as read in `live` (the canary
+    track at rest).
     """
     known = await inventory.known(client, owner, present, selector)
-    wanted = set(desired)
+    wanted, names = set(desired), set(named)
     deleted = []
     for ref in sorted(known):
-        if ref in wanted:
+        kind = (ref.api_version, ref.kind)
+        if (kind in PRUNABLE and ref in wanted) or (kind in RENAMEABLE and ref in names):
             continue
         log.info("prune", child=ref.key)
         await client.delete(ref.api_version, ref.kind, ref.namespace, ref.name)

@@ -91,7 +91,7 @@ def dashboard_json(svc: models.AgentService) -> dict[str, Any]:
     name = svc.metadata.name
     panels = [_panel(i, title, unit, targets) for i, (title, unit, targets) in enumerate(panel_queries(svc))]
     return {
-        "uid": f"agsvc-{svc.metadata.namespace}-{name}"[:40],
+        "uid": naming.dashboard_uid(svc.metadata.namespace, name),
         "title": f"AgentService {svc.metadata.namespace}/{name}",
         "tags": ["agentservice", "llm-agents"],
         "timezone": "browser",

@@ -348,10 +348,6 @@ def build_pod_disruption_budget(
     }
 
 
-def network_policy_name(service: str) -> str:
-    return f"{service}-ingress"
-
-
 def build_network_policy(svc: models.AgentService, *, operator_version: str) -> dict[str, Any]:
     """Ingress to the service's pods: the task API from its own namespace and the allowed ones,
     the metrics ports from the monitoring namespace. Egress stays open (LLM APIs, Redis)."""
@@ -379,7 +375,7 @@ def build_network_policy(svc: models.AgentService, *, operator_version: str) -> 
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {
-            "name": network_policy_name(name),
+            "name": naming.network_policy_name(name),
             "namespace": svc.metadata.namespace,
             "labels": naming.standard_labels(name, "network", app_version(svc, operator_version)),
         },

@@ -217,7 +217,9 @@ def _api_error(what: str, exc: ApiException, namespace: str) -> str:
         return f'{what} not found in namespace "{namespace}"'
     if exc.status == 404:
         return f"the cluster has no {models.PLURAL}.{models.GROUP} (is the AgentService CRD installed?)"
-    if exc.status in (401, 403):
+    if exc.status == 401:  # who you are is not known: another error than being refused (403)
+        return f"unauthorized: the API server did not accept the kubeconfig's credentials ({message or exc.reason})"
+    if exc.status == 403:
         return f"forbidden: {message or exc.reason}"
     return f"{what}: the API server answered {exc.status} {exc.reason}: {message}".rstrip(": ")
 

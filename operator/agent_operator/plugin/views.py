@@ -150,7 +150,7 @@ def get_view(
     events: Sequence[Mapping[str, Any]],
     now: datetime.datetime,
 ) -> str:
-    """The `get` view: rollout, replicas per track, last analysis, conditions, recent Events."""
+    """The `get` view: rollout, the day's spend, replicas per track, last analysis, conditions, recent Events."""
     meta = svc.get("metadata") or {}
     name = str(meta.get("name", ""))
     status = svc.get("status") or {}
@@ -166,6 +166,7 @@ def get_view(
     ]
     if canary.get("message"):
         lines.append(f"Message:    {canary['message']}")
+    lines += _budget(svc, now)
     lines += ["", "Replicas:", *_replicas(name, deployments)]
     lines += ["", *_analysis(canary.get("lastAnalysis"), now)]
     lines += ["", "Conditions:", *_conditions(status.get("conditions") or [], now)]
@@ -182,6 +183,39 @@ def _position(svc: Mapping[str, Any], canary: Mapping[str, Any]) -> str:
     weight = canary.get("weight", 0)
     actual = canary.get("actualWeight", weight)
     return f"   step {step_text(svc)}   weight {weight}% (actual {actual}%)   steps {marked}"
+
+
+def usd(amount: Any) -> str:
+    """Dollars as the runtime writes them: cents, or four decimals below one dollar."""
+    if not isinstance(amount, int | float):
+        return "-"
+    return f"${amount:.2f}" if abs(amount) >= 1 else f"${amount:.4f}"
+
+
+def _budget(svc: Mapping[str, Any], now: datetime.datetime) -> list[str]:
+    """`Budget:` (with spec.budget.dailyUSD): the day's spend, what is left, its age, why it is old."""
+    shown = (svc.get("status") or {}).get("budget")
+    daily = ((svc.get("spec") or {}).get("budget") or {}).get("dailyUSD")
+    if not isinstance(shown, Mapping):
+        return [] if daily is None else [f"Budget:     {usd(daily)} a day, not measured yet"]
+    daily = shown.get("dailyUSD", daily)
+    if shown.get("spentTodayUSD") is None:
+        line = f"Budget:     {usd(daily)} a day, not measured"
+    else:
+        day = shown.get("day") or "?"
+        when = "today" if day == now.astimezone(datetime.UTC).strftime("%Y-%m-%d") else f"on {day} (UTC)"
+        parts = [f"{usd(shown['spentTodayUSD'])} of {usd(daily)} spent {when}"]
+        if shown.get("reservedUSD") is not None:
+            parts.append(f"{usd(shown['reservedUSD'])} reserved")
+        if shown.get("remainingUSD") is not None:
+            parts.append(f"{usd(shown['remainingUSD'])} left")
+        if shown.get("heldTasks"):
+            parts.append(f"{shown['heldTasks']} tasks held")
+        line = f"Budget:     {', '.join(parts)}   observed {age(shown.get('observedAt'), now)} ago"
+    lines = [line]
+    if shown.get("message"):
+        lines.append(f"            {shown['message']}")
+    return lines
 
 
 def _replicas(name: str, deployments: Mapping[str, Mapping[str, Any]]) -> list[str]:

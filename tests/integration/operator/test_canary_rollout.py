@@ -10,6 +10,7 @@ Covers:
   never promoted; an Event names the reason;
 - the `agentops.dev/promote` annotation mid-rollout promotes (stable takes the new template,
   canaries removed, Promoted True, the one-shot annotation removed, promotions counted, weight 0);
+  `status.children` lists the canary track last while it runs, and not once it is removed;
 - the `agentops.dev/abort` annotation mid-rollout rolls back (canaries removed, stable exactly as
   before, RolledBack, annotation removed, rollbacks counted); re-applying the stable template is
   immediate (Idle, no Deployment write);
@@ -28,6 +29,8 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import datetime
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -186,15 +189,23 @@ async def test_template_change_starts_a_rollout_beside_the_kept_stable(op: Canar
             <= {e["reason"] for e in op.cluster.live_objects("v1/events", "default")}
         )
     )
-    assert sample(op, "agentservice_canary_analyses_total", verdict="error") >= 2
-    assert sample(op, "agentservice_canary_analysis_duration_seconds_count") >= 2
+    # the canary metrics of a reconcile are recorded after its writes: wait for them
+    await eventually(lambda: sample(op, "agentservice_canary_analyses_total", verdict="error") >= 2)
+    await eventually(lambda: sample(op, "agentservice_canary_analysis_duration_seconds_count") >= 2)
     # still analysed while paused (a conclusive result would resume it), still not promoted
     await asyncio.sleep(1.5)
     assert canary_of(op)["phase"] == "Paused" and image_of(deployments(op)["demo-api"]) == OLD_IMAGE
 
 
+def status_children(op: CanaryOperator) -> list[str]:
+    return [f"{c['kind']}/{c['name']}" for c in op.status().get("children") or []]
+
+
 async def test_promote_annotation_mid_rollout(op: CanaryOperator) -> None:
     await start_rollout(op, canary_service(interval="1h"))
+    # status.children lists the canary track last while it runs
+    canary_track = ["ConfigMap/demo-config-canary", "Deployment/demo-api-canary", "Deployment/demo-worker-canary"]
+    await eventually(lambda: status_children(op)[-3:] == canary_track)
     await annotate(op, **{naming.PROMOTE_ANNOTATION: "true"})
     promoted = await eventually(lambda: (c := op.condition("Promoted")).get("status") == "True" and c, timeout=15)
     assert promoted["reason"] == "Promoted"
@@ -203,12 +214,16 @@ async def test_promote_annotation_mid_rollout(op: CanaryOperator) -> None:
     assert image_of(live["demo-api"]) == NEW_IMAGE and image_of(live["demo-worker"]) == NEW_IMAGE
     assert (live["demo-api"]["spec"]["replicas"], live["demo-worker"]["spec"]["replicas"]) == (2, 3)
     assert "ConfigMap/demo-config-canary" not in op.children()
+    await eventually(
+        lambda: not set(canary_track) & set(status_children(op)) and "Deployment/demo-api" in status_children(op)
+    )
     status = canary_of(op)
     assert status["phase"] == "Promoted" and status["weight"] == 0
     assert status["stableRevision"] == op.status()["revision"]
     await eventually(lambda: naming.PROMOTE_ANNOTATION not in (op.service() or {})["metadata"].get("annotations", {}))
-    assert sample(op, "agentservice_canary_promotions_total", reason="PromotedByAnnotation") == 1
-    assert sample(op, "agentservice_canary_weight", service="demo", namespace="default") == 0
+    # recorded after the reconcile's writes (the gate removal included): wait for them
+    await eventually(lambda: sample(op, "agentservice_canary_promotions_total", reason="PromotedByAnnotation") == 1)
+    await eventually(lambda: sample(op, "agentservice_canary_weight", service="demo", namespace="default") == 0)
     assert op.condition("Paused")["status"] == "False"
 
 
@@ -227,7 +242,7 @@ async def test_abort_annotation_mid_rollout_and_immediate_revert(op: CanaryOpera
     promoted = op.condition("Promoted")
     assert promoted["status"] == "False" and promoted["reason"] == "RolledBack"
     await eventually(lambda: naming.ABORT_ANNOTATION not in (op.service() or {})["metadata"].get("annotations", {}))
-    assert sample(op, "agentservice_canary_rollbacks_total", reason="Aborted") == 1
+    await eventually(lambda: sample(op, "agentservice_canary_rollbacks_total", reason="Aborted") == 1)
     # the rejected template stays rejected: no retry loop
     await op.settle(passes=3)
     assert canary_of(op)["phase"] == "RolledBack" and "demo-api-canary" not in deployments(op)
@@ -286,3 +301,56 @@ async def test_without_canary_the_stable_track_updates_directly(op: CanaryOperat
     assert set(deployments(op)) == {"demo-api", "demo-worker"}
     assert not op.condition("Promoted")  # canary conditions only where canaries are in use
     assert canary_of(op)["phase"] == "Idle"
+
+
+def _when(stamp: str) -> float:
+    return datetime.datetime.fromisoformat(stamp).timestamp()
+
+
+def _analyses(op: Operator) -> float:
+    return sum(sample(op, "agentservice_canary_analyses_total", verdict=v) for v in ("error", "success"))
+
+
+async def test_a_restarted_operator_keeps_the_analysis_schedule(op: CanaryOperator) -> None:
+    """The next analysis time is in the status: a new operator process keeps to it, once, not later.
+
+    An operator that counted afresh would analyse a whole interval after its start; this one
+    analyses at the time the status names (at once when that time passed while it was down),
+    exactly once, and counts the next interval from there. When an analysis ran is read from the
+    status, not from when the test saw it: the next time it names is that moment plus the interval
+    (milliseconds), so a busy machine's late polling cannot blur the comparison.
+    """
+    interval = 20.0
+    slack = 5.0  # lateness tolerated on a busy machine; counting afresh would be 5 s later still
+
+    def analysed(count: int) -> dict[str, Any] | None:
+        canary = canary_of(op)
+        return canary if len(canary.get("history") or []) == count and canary.get("nextAnalysisTime") else None
+
+    await start_rollout(op, canary_service(interval=f"{interval:g}s", inconclusiveLimit=100))
+    due = _when((await eventually(lambda: analysed(1), timeout=2 * interval))["nextAnalysisTime"])
+
+    # killed 5 s before the next analysis, started again: it comes at `due`, about 5 s after the
+    # start, not 20 s after it
+    await eventually(lambda: time.time() > due - 5, timeout=interval, interval=0.2)
+    await op.halt()
+    counted = _analyses(op)
+    await op.start()
+    restarted = time.time()
+    second = await eventually(lambda: analysed(2), timeout=2 * interval)
+    ran = _when(second["nextAnalysisTime"]) - interval
+    assert due - 0.05 <= ran <= due + slack, (ran - due, due - restarted)
+    assert ran < restarted + interval - slack, (ran - restarted, due - restarted)  # not counted afresh
+    assert _analyses(op) == counted + 1  # once
+    due = ran + interval
+
+    # down past the due time: the analysis runs at once on the start, once
+    await op.halt()
+    await eventually(lambda: time.time() > due + 1, timeout=2 * interval, interval=0.2)
+    counted = _analyses(op)
+    await op.start()
+    restarted = time.time()
+    third = await eventually(lambda: analysed(3), timeout=2 * interval)
+    ran = _when(third["nextAnalysisTime"]) - interval
+    assert restarted - 1 <= ran <= restarted + slack, ran - restarted
+    assert _analyses(op) == counted + 1

@@ -9,8 +9,8 @@ Covers:
 - a slow canary fails the p95 latency check;
 - a canary with no traffic (series at zero) is inconclusive, and one with no series at all is
   inconclusive, or a failure under `onNoData: fail`;
-- a canary 3x worse than stable fails the error, cost and fallback ratio checks while its absolute
-  error rate passes; one as good as stable passes them;
+- a canary 3x worse than stable fails the error, cost, fallback, latency and provider-error ratio
+  checks while its absolute error rate passes; one as good as stable passes them;
 - user checks: placeholders filled and answered, bad PromQL and a many-series answer are errors with
   Prometheus's reason, scalars and NaN results are read right;
 - Prometheus down (nothing listening) is an error for every check, quickly, never a success;
@@ -41,8 +41,9 @@ PROFILES: dict[str, dict[str, Traffic]] = {
     "slow": {"stable": STABLE, "canary": Traffic(RPS, 0.01, 90, 0.01, 0.1)},
     "idle": {"stable": STABLE, "canary": Traffic(0.0)},
     "absent": {"stable": STABLE},
-    "worse": {"stable": Traffic(RPS, 0.05, 3, 0.01, 0.1), "canary": Traffic(RPS, 0.15, 3, 0.03, 0.3)},
-    "same": {"stable": Traffic(RPS, 0.05, 3, 0.01, 0.1), "canary": Traffic(RPS, 0.05, 3, 0.01, 0.1)},
+    # 3x worse on every relative measure: errors, cost, fallbacks, latency (3 s -> 9 s), provider errors
+    "worse": {"stable": Traffic(RPS, 0.05, 3, 0.01, 0.1, 0.1), "canary": Traffic(RPS, 0.15, 9, 0.03, 0.3, 0.3)},
+    "same": {"stable": Traffic(RPS, 0.05, 3, 0.01, 0.1, 0.1), "canary": Traffic(RPS, 0.05, 3, 0.01, 0.1, 0.1)},
 }
 
 
@@ -164,12 +165,16 @@ def counted_ratio_bounds(ratio: models.CheckResult, expected: float, stable_per_
     return (expected * k - 1) / (k + 1), ((expected * k + 1) / (k - 1) if k > 1 else float("inf"))
 
 
+RELATIVE = {"max_error_ratio": 2, "max_cost_ratio": 1.5, "max_latency_ratio": 1.5, "max_provider_error_ratio": 2}
+
+
 def test_a_canary_three_times_worse_than_stable_fails_the_relative_checks(client: Prometheus) -> None:
-    canary_spec = spec(max_error_rate=0.2, max_error_ratio=2, max_cost_ratio=1.5)
+    canary_spec = spec(max_error_rate=0.2, max_p95_latency_seconds=60, **RELATIVE)
     result = run(client, "worse", canary_spec, max_fallback_ratio=2)
     assert result.verdict == "failure"
     assert check(result, "error-rate").verdict == "success"  # 0.15 is within the absolute 0.2
-    for name in ("error-ratio", "cost-ratio", "fallback-ratio"):
+    assert check(result, "p95-latency").verdict == "success"  # 9 s is within the absolute 60 s
+    for name in ("error-ratio", "cost-ratio", "fallback-ratio", "latency-ratio", "provider-error-ratio"):
         ratio = check(result, name)
         assert ratio.verdict == "failure", ratio
         assert ratio.value is not None and ratio.value > 2, ratio
@@ -177,7 +182,10 @@ def test_a_canary_three_times_worse_than_stable_fails_the_relative_checks(client
     # cost is per task, the same on every task of a track: no counting error, 3x exactly (up to
     # a scrape landing mid-tick, a tick's tasks in one counter and not yet in the other)
     assert check(result, "cost-ratio").value == pytest.approx(3.0, rel=0.05)
-    # errors (5 % vs 15 %) and fallbacks (0.1 vs 0.3 per task) are counted events
+    # p95 interpolated in its bucket: 3 s in (2, 5] -> 4.85 s, 9 s in (5, 10] -> 9.75 s
+    assert check(result, "latency-ratio").value == pytest.approx(9.75 / 4.85, rel=0.05)
+    # errors (5 % vs 15 %), fallbacks (0.1 vs 0.3 per task) and failed model calls (0.1 vs 0.3 per
+    # task, among 1.1 vs 1.3 calls per task: a share of calls 0.3/1.3 over 0.1/1.1) are counted events
     for name, stable_per_task in (("error-ratio", 0.05), ("fallback-ratio", 0.1)):
         ratio = check(result, name)
         low, high = counted_ratio_bounds(ratio, 3.0, stable_per_task)
@@ -185,9 +193,12 @@ def test_a_canary_three_times_worse_than_stable_fails_the_relative_checks(client
 
 
 def test_a_canary_as_good_as_stable_passes_the_relative_checks(client: Prometheus) -> None:
-    canary_spec = spec(max_error_rate=0.2, max_error_ratio=2, max_cost_ratio=1.5)
+    canary_spec = spec(max_error_rate=0.2, **RELATIVE)
     result = run(client, "same", canary_spec, max_fallback_ratio=2)
     assert result.verdict == "success", analysis.summary(result)
+    assert check(result, "latency-ratio").value == pytest.approx(1.0, rel=0.01)
+    provider = check(result, "provider-error-ratio")
+    assert provider.verdict == "success" and 'outcome=~"unavailable|error"' in provider.query
     error_ratio = check(result, "error-ratio")
     low, high = counted_ratio_bounds(error_ratio, 1.0, 0.05)
     assert error_ratio.value is not None and low <= error_ratio.value <= high, (low, high, error_ratio)

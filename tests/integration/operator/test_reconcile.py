@@ -3,12 +3,15 @@
 Covers:
 - create → every child exists, owned (controller ownerReference to the AgentService's uid) and
   labelled with the standard labels; status goes Progressing → Ready once the Deployments report
-  ready, with observedGeneration, replicas/readyReplicas and Events;
+  ready, with observedGeneration, replicas/readyReplicas, `children` (every child, in apply
+  order) and Events;
 - updates of image, env, worker replicas and an alert threshold → exactly the children whose
   rendered manifest changed are written (the emulator's request log), nothing else;
 - a deleted child and a hand-edited child are restored by the next resync pass;
 - steady state → zero write requests over several resync passes;
 - operator restart (resume) → no duplicate children and zero writes;
+- a Deployment and a Service it owns under a name the naming rule no longer gives (an upgrade that
+  shortened long names) are deleted after a restart; an unowned one with the same labels stays;
 - the auth token survives updates and restarts; metrics count every write the operator makes.
 """
 
@@ -75,6 +78,10 @@ async def test_create_builds_every_child_owned_and_labelled(operator: Operator) 
     await operator.cluster.simulate_rollouts()
     status = await eventually(lambda: operator.status().get("phase") == "Ready" and operator.status())
     assert status["readyReplicas"] == 5
+    assert status["children"] == [
+        {"apiVersion": c["apiVersion"], "kind": c["kind"], "name": c["metadata"]["name"]}
+        for c in rendered(body).values()
+    ]
     ready = operator.condition("Ready")
     assert ready["status"] == "True" and ready["reason"] == "AllReplicasReady"
     assert ready["observedGeneration"] == 1 and ready["lastTransitionTime"]
@@ -207,6 +214,56 @@ async def test_restart_resumes_without_duplicates_or_writes(operator: Operator) 
     assert after == before
     assert len(operator.cluster.live_objects("apps/v1/deployments")) == 4
     assert operator.children()["Secret/demo-auth"]["data"]["token"] == token
+
+
+def leftover(kind: str, name: str, owner: dict[str, Any] | None) -> dict[str, Any]:
+    """A Deployment or Service labelled as the service's, as an earlier operator would have named it."""
+    meta: dict[str, Any] = {"name": name, "namespace": "default", "labels": naming.instance_labels("demo")}
+    if owner is not None:
+        meta["ownerReferences"] = [
+            {"apiVersion": models.API_VERSION, "kind": models.KIND, "name": "demo",
+             "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+        ]  # fmt: skip
+    selector = {"matchLabels": naming.selector_labels("demo", naming.Component.WORKER)}
+    if kind == "Deployment":
+        template = {
+            "metadata": {"labels": selector["matchLabels"]},
+            "spec": {"containers": [{"name": "w", "image": "x"}]},
+        }
+        return {
+            "apiVersion": "apps/v1",
+            "kind": kind,
+            "metadata": meta,
+            "spec": {"selector": selector, "template": template},
+        }
+    return {
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": meta,
+        "spec": {"selector": selector["matchLabels"], "ports": [{"port": 9}]},
+    }
+
+
+async def test_children_of_an_earlier_naming_rule_are_deleted_after_a_restart(operator: Operator) -> None:
+    await ready_service(operator, agent_service())
+    owner = operator.service()
+    assert owner is not None
+    before = {key: obj["metadata"]["uid"] for key, obj in operator.children().items()}
+    await operator.halt()
+    for plural, kind in (("apps/v1/deployments", "Deployment"), ("v1/services", "Service")):
+        await operator.cluster.put_object(plural, leftover(kind, "demo-worker-by-an-older-rule", owner))
+        await operator.cluster.put_object(plural, leftover(kind, "demo-worker-not-ours", None))
+    await operator.start()
+    await eventually(
+        lambda: (
+            not {"Deployment/demo-worker-by-an-older-rule", "Service/demo-worker-by-an-older-rule"}
+            & operator.children().keys()
+        ),
+        timeout=15,
+    )
+    after = operator.children()
+    assert {"Deployment/demo-worker-not-ours", "Service/demo-worker-not-ours"} <= after.keys()  # not ours: kept
+    assert {k: v["metadata"]["uid"] for k, v in after.items() if "not-ours" not in k} == before
 
 
 async def test_metrics_count_the_operators_writes(operator: Operator) -> None:

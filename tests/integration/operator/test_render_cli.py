@@ -77,8 +77,8 @@ def test_every_problem_of_every_document_one_line_each(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f'error: {path}:21: AgentService "Bad_Name" is invalid:',
-        f"{path}:24: metadata.name: must be a DNS label: lowercase letters, digits and '-', starting and ending "
-        "alphanumeric (got 'Bad_Name')",
+        f"{path}:24: metadata.name: must be a DNS-1035 label: lowercase letters, digits and '-', starting with a "
+        "letter and ending alphanumeric (got 'Bad_Name')",
         f"{path}:36: spec.autoscaling.maxReplicas: must be >= minReplicas (5)",
         f"{path}:38: spec.limits.maxStepsPerTask: must be >= 1 (got 0)",
         f"error: {other}:1: document 1 is v1/Secret, not agentops.dev/v1alpha1/AgentService",

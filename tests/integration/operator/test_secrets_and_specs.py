@@ -4,6 +4,7 @@ Covers:
 - a provider's apiKeySecretRef naming a missing Secret → SecretMissing (naming the Secret and the
   field), a Warning Event, no Deployment; the Secret created → the service recovers on its own
   (resync timer, no nudge); a Secret without the key → SecretMissing naming the key;
+  `status.children` lists what a hold creates (no Deployment) and keeps (running Deployments);
 - a spec that passes the CRD schema but not the model → SpecInvalid naming the field, phase
   Failed, a Warning Event, no children, and no hot retry loop; fixing it recovers;
 - autoscaling turned on for a Deployment with applied replicas → the HPA is created and the
@@ -43,6 +44,10 @@ def deployments(op: Operator) -> list[str]:
     return sorted(k for k in op.children() if k.startswith("Deployment/"))
 
 
+def status_children(operator: Operator) -> list[str]:
+    return [f"{c['kind']}/{c['name']}" for c in operator.status().get("children") or []]
+
+
 async def test_missing_secret_blocks_pods_until_it_appears(operator: Operator) -> None:
     await operator.put(agent_service(model=KEYED))
     missing = await eventually(
@@ -58,6 +63,8 @@ async def test_missing_secret_blocks_pods_until_it_appears(operator: Operator) -
     await operator.settle(passes=3)
     assert deployments(operator) == []
     assert "ConfigMap/demo-config" in operator.children()  # everything but the pods is in place
+    assert set(status_children(operator)) == set(operator.children())  # and listed as they are
+    assert "Secret/demo-auth" in status_children(operator)
 
     # A Secret without the key is still missing, and the message says which key.
     await operator.cluster.put_object("v1/secrets", secret("llm", other="x"))
@@ -90,6 +97,7 @@ async def test_deleted_secret_leaves_running_pods_alone(operator: Operator) -> N
     written = child_writes(operator.cluster.writes(mark))
     assert not any(w.startswith("deployments/") for w in written)  # the new template is not rolled out
     assert len(deployments(operator)) == 2  # the running ones stay
+    assert {"Deployment/demo-api", "Deployment/demo-worker"} <= set(status_children(operator))  # and are listed
 
 
 async def test_invalid_spec_gets_a_condition_and_no_hot_loop(operator: Operator) -> None:

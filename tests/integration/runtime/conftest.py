@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis.asyncio
 from agentops_dev.localmodel import LocalModelServer
-from agentops_dev.localredis import LocalRedis
+from agentops_dev.localredis import LocalRedis, free_port
 from agentops_dev.runtimeprocesses import ForkedRuntime, write_config
 from prometheus_client import CollectorRegistry
 
@@ -115,11 +115,15 @@ class Fleet:
         self.directory = directory
         self.redis_server = redis_server
         self.processes: list[ForkedRuntime] = []
+        self.metrics_urls: list[str] = []  # each process's /metrics, when started with `metrics=True`
 
-    async def start(self, cfg: RuntimeConfig, *, burst: bool, count: int = 4) -> None:
+    async def start(self, cfg: RuntimeConfig, *, burst: bool, count: int = 4, metrics: bool = False) -> None:
         path = write_config(self.directory, cfg.model_dump(mode="json"))
-        args = ["worker", "--metrics-port", "0", *(["--burst"] if burst else [])]
         for _ in range(count):
+            port = free_port() if metrics else 0
+            args = ["worker", "--host", "127.0.0.1", "--metrics-port", str(port), *(["--burst"] if burst else [])]
+            if metrics:
+                self.metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
             process = ForkedRuntime(args, config_path=path, redis_url=self.redis_server.url)
             await process.start()
             self.processes.append(process)

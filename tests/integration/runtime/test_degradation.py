@@ -16,7 +16,7 @@ import asyncio
 from agentops_dev.localmodel import LocalModelServer
 from prometheus_client import CollectorRegistry
 
-from agent_runtime.breaker import BreakerState
+from agent_runtime.breaker import BreakerState, Outcome
 from agent_runtime.config import ProviderConfig, RuntimeConfig
 from agent_runtime.degradation import STATIC_MESSAGE, Level, level_of
 from agent_runtime.tasks import TaskRecord, TaskStatus
@@ -40,6 +40,12 @@ def test_level_of() -> None:
     assert [level.label for level in Level] == ["full", "reduced_tools", "fallback_only", "static"]
 
 
+async def _report(parts: object, provider: str, outcome: Outcome) -> None:
+    """One call's outcome, as the call path reports it (here to the service's circuit in Redis)."""
+    circuit = parts.providers.circuits[provider]  # type: ignore[attr-defined]
+    await circuit.record(await circuit.ask(), outcome)
+
+
 async def _run(parts: object, text: str) -> TaskRecord:
     made = await parts.queue.submit(text, max_steps=6)  # type: ignore[attr-defined]
     await asyncio.wait_for(parts.worker.run(), 20)  # type: ignore[attr-defined]
@@ -61,28 +67,27 @@ async def test_levels_through_the_agent(make_worker: MakeWorker, config: Runtime
         )
         registry = CollectorRegistry()
         parts = make_worker(cfg=cfg, registry=registry)
-        breakers = parts.providers.breakers
 
         record = await _run(parts, "What is 2+3?")
         assert record.status == TaskStatus.SUCCEEDED and record.degradation == "full"
         assert primary.calls[0].tools == ["calculator", "current_time", "word_count"]
 
-        breakers["backup"].record_failure(parts.providers._clock())  # the backup's circuit opens
+        await _report(parts, "backup", Outcome.FAILURE)  # the backup's circuit opens
         record = await _run(parts, "What is 4+5?")
         assert record.status == TaskStatus.SUCCEEDED and record.degradation == "reduced_tools"
         assert record.view().degradation == "reduced_tools"
         assert [c.tools for c in primary.calls[-2:]] == [["calculator"], ["calculator"]]
         assert registry.get_sample_value("agent_degradation_level", LABELS) == 1
 
-        breakers["primary"].record_failure(parts.providers._clock())
-        breakers["backup"].record_success(parts.providers._clock())
+        await _report(parts, "primary", Outcome.FAILURE)
+        await _report(parts, "backup", Outcome.SUCCESS)
         calls_before = len(primary.calls)
         record = await _run(parts, "Hello")
         assert record.status == TaskStatus.SUCCEEDED and record.degradation == "fallback_only"
         assert len(primary.calls) == calls_before and backup.calls[-1].tools == ["calculator"]
         assert registry.get_sample_value("agent_degradation_level", LABELS) == 2
 
-        breakers["backup"].record_failure(parts.providers._clock())
+        await _report(parts, "backup", Outcome.FAILURE)
         calls = len(primary.calls) + len(backup.calls)
         record = await _run(parts, "Hello again")
         assert record.status == TaskStatus.FAILED and record.degradation == "static"

@@ -1,6 +1,7 @@
 """Provider failover, circuit breakers, retries, strategies and the openai-compatible kind (real servers).
 
-Covers, with the local model server's fault injection and a real redis-server:
+Covers, with the local model server's fault injection and a real redis-server (which holds the
+circuits: `circuits.SharedCircuit`; the fleet-wide behaviour is in test_shared_breakers.py):
 - a primary answering 500 → the same task (first delivery) fails over to the backup; after
   `breaker_failure_threshold` failures the primary's circuit opens and it gets no more calls; after
   the cool-down exactly one probe goes to it; the probe's success closes the circuit

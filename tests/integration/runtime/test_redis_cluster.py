@@ -19,6 +19,8 @@ from agentops_dev.waiting import eventually
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.api import create_app
+from agent_runtime.breaker import Policy
+from agent_runtime.circuits import circuit_script, run_op
 from agent_runtime.composition import build_ledger, build_worker, connect_redis
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.providers import limits_of
@@ -94,6 +96,11 @@ async def test_every_key_path_works_on_a_cluster_and_stays_in_one_slot(
         labels = {"service": cfg.service, "track": "stable"}
         assert registry.get_sample_value("agent_cache_requests_total", {**labels, "result": "hit"}) == 2.0
         assert await queue.depth() == 0
+
+    # The worker asked the provider's shared circuit before every call (nothing stored while all went
+    # well); a failure stores it, on the service's slot too.
+    reply = await run_op(circuit_script(cluster_client), keys.breaker("local"), "failure", policy=Policy())
+    assert reply.failures == 1 and await cluster_client.exists(keys.breaker("local"))
 
     # The shared limits and budget keep working (scripts with Redis's TIME, INCRBYFLOAT).
     assert (await build_ledger(cfg, cluster_client).snapshot()).spent > 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 from agentops_dev.localmodel import Faults, LocalModelServer
 from agentops_dev.runtimeprocesses import ForkedRuntime, write_config
 from agentops_dev.waiting import eventually
@@ -26,10 +25,6 @@ from tests.integration.runtime.conftest import AUTH, TOKEN
 from tests.support.redis_topologies import running_sentinel_group
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="failed on a fresh clone's quiet CI run and once in a full run, cause not found yet (issue 17 open)",
-)
 async def test_acknowledged_tasks_survive_a_sentinel_failover(
     tmp_path: Path, config: RuntimeConfig, model_server: LocalModelServer
 ) -> None:
@@ -56,16 +51,18 @@ async def test_acknowledged_tasks_survive_a_sentinel_failover(
                 await worker.start()
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
 
-                async def submit(n: int) -> None:
+                async def submit(n: int) -> bool:
                     nonlocal refused
                     text = f"Task {n}: compute {n}+1, then {n}*2."
                     response = await api.post("/v1/tasks", json={"input": text}, headers=AUTH)
                     if response.status_code == 202:
                         accepted.append(response.json()["task_id"])
-                    else:  # during the failover: 503 with retry-after, nothing promised
-                        assert response.status_code == 503, response.text
-                        assert "retry-after" in response.headers
-                        refused += 1
+                        return True
+                    # during the failover: 503 with retry-after, nothing promised
+                    assert response.status_code == 503, response.text
+                    assert "retry-after" in response.headers
+                    refused += 1
+                    return False
 
                 async def status_of(task_id: str) -> str:
                     response = await api.get(f"/v1/tasks/{task_id}", headers=AUTH)
@@ -84,14 +81,25 @@ async def test_acknowledged_tasks_survive_a_sentinel_failover(
                 while group.primary_port() == old.port:  # submissions go on while sentinel decides
                     await submit(n)
                     n += 1
-                for after in range(n, n + 8):
-                    await submit(after)
+                # One sentinel naming the new primary is not the client healed: the sentinel the
+                # client asks first may still name the dead one for a moment (hello messages spread
+                # the new configuration), so a caller does what the 503 says, retries, until the
+                # service takes tasks again; then 8 more are promised on the new primary.
+                wanted = len(accepted) + 8
+
+                async def eight_more() -> bool:
+                    nonlocal n
+                    n += 1
+                    await submit(n)
+                    return len(accepted) >= wanted
+
+                await eventually(eight_more, timeout=30, interval=0.1)
 
                 async def all_succeeded() -> bool:
                     return all([await status_of(t) == "succeeded" for t in accepted])
 
                 await eventually(all_succeeded, timeout=60, interval=0.2)
-            assert len(accepted) >= 20, (len(accepted), refused)
+            assert len(accepted) >= 20, (len(accepted), refused)  # 12 before the kill, 8 after
             assert all(worker.alive() for worker in workers)  # nobody restarted
         finally:
             for worker in workers:

@@ -1,7 +1,8 @@
 """Canary analysis (`agent_operator.canary.analysis`): the PromQL of each check and the judgement of values.
 
 Covers:
-- selectors: service and track always, namespace only when known, label values escaped;
+- selectors: service always, track unless every track is meant, namespace only when known, label
+  values escaped;
 - the exact PromQL of the built-in checks (request count, error rate, p95 latency) and of the
   relative ones (error, cost-per-task and fallback ratios against the stable track, floored),
   present only when configured; the window (interval, at least four scrapes);
@@ -57,13 +58,18 @@ def check_result(result: models.Analysis, name: str) -> models.CheckResult:
 
 def test_selector_scopes_service_namespace_and_track() -> None:
     assert analysis.selector(SCOPE, "canary") == '{service="support-bot", namespace="prod", track="canary"}'
-    assert analysis.selector(SCOPE, "stable", status="failed") == (
+    assert analysis.selector(SCOPE, "stable", equal={"status": "failed"}) == (
         '{service="support-bot", namespace="prod", track="stable", status="failed"}'
     )
 
 
 def test_selector_omits_the_namespace_when_unknown() -> None:
     assert analysis.selector(Scope("svc"), "canary") == '{service="svc", track="canary"}'
+
+
+def test_selector_of_every_track_has_no_track_matcher() -> None:
+    assert analysis.selector(SCOPE, None) == '{service="support-bot", namespace="prod"}'
+    assert analysis.selector(Scope("svc"), None) == '{service="svc"}'
 
 
 def test_label_values_are_escaped() -> None:
@@ -338,3 +344,21 @@ def test_success_needs_numbers_in_range_and_enough_traffic(
     assert (canary_requests.value or 0) >= min_requests
     if relative:
         assert (measured[plan.stable_requests].value or 0) >= min_requests
+
+
+def test_latency_and_provider_error_ratios_compare_both_tracks_when_set() -> None:
+    scope = analysis.Scope(service="svc", namespace="team-a", window="60s")
+    off = analysis.plan(models.Canary.model_validate({"enabled": True}), scope)
+    assert not {"latency-ratio", "provider-error-ratio"} & {c.name for c in off.checks}
+    on = analysis.plan(
+        models.Canary.model_validate({"enabled": True, "maxLatencyRatio": 1.5, "maxProviderErrorRatio": 2}), scope
+    )
+    checks = {c.name: c for c in on.checks}
+    for name, limit in (("latency-ratio", 1.5), ("provider-error-ratio", 2)):
+        check = checks[name]
+        assert check.gate == analysis.Gate.BOTH and check.max == limit
+        assert 'track="canary"' in check.query and 'track="stable"' in check.query
+        assert 'namespace="team-a"' in check.query
+    assert 'outcome=~"unavailable|error"' in checks["provider-error-ratio"].query
+    assert "rate_limited" not in checks["provider-error-ratio"].query
+    assert "histogram_quantile(0.95" in checks["latency-ratio"].query

@@ -6,8 +6,11 @@ Covers:
 - deterministic output (same input, byte-identical JSON) and no mutation of the input;
 - owner independence: no ownerReferences, every child namespaced like its AgentService and
   carrying the standard `app.kubernetes.io/*` labels; unique kind/name pairs;
-- names and label values valid for Kubernetes (≤ 63 characters, label syntax) for the longest
-  AgentService name the CRD allows;
+- names and label values valid for Kubernetes for the longest AgentService name the CRD allows
+  (63 characters), with KEDA and without: every name a DNS-1035 label, Deployments (and what is
+  named after them) within 46 characters, the rest within 63, label keys and values valid, every
+  reference to a child (selectors, scale targets, volumes, secretKeyRefs) naming the child built;
+  two such names alike but for their last character share no child name;
 - the ConfigMap holds a `RuntimeConfig` the runtime can load, whose providers' `api_key_env` are
   exactly the secretKeyRef env vars of the Deployments; the auth Secret is rendered without data;
 - the ServiceMonitor finds a Service port for each of its endpoints; the version defaults to the
@@ -24,7 +27,7 @@ import pydantic
 import pytest
 from agent_operator import __version__
 from agent_operator.api import models
-from agent_operator.manifests import builders, naming, runtimeconfig, workloads
+from agent_operator.manifests import builders, naming, runtimeconfig
 
 from agent_runtime import config, constants
 
@@ -136,21 +139,57 @@ def _walk_labels(obj: Any) -> list[dict[str, str]]:
     return found
 
 
-def test_names_and_labels_valid_for_the_longest_name() -> None:
-    longest = "a" * 40 + ""  # the CRD caps AgentService names at 40 characters
-    s = svc(name=longest, namespace="n" * 63, networkPolicy={"enabled": True}, image="r.io/x:" + "v" * 128)
-    children = builders.build_children(s)
-    children.append(
-        workloads.build_deployment(s, naming.Component.WORKER, operator_version="1", track=naming.Track.CANARY)
+LONGEST = "a-name-of-sixty-three-characters-exactly-the-most-a-service-has"
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+NAMED_AFTER_A_DEPLOYMENT = {"Deployment", "HorizontalPodAutoscaler", "ScaledObject", "PodDisruptionBudget"}
+
+
+def every_child(s: models.AgentService) -> list[dict[str, Any]]:
+    """The steady-state children and the canary track."""
+    wanted = builders.desired(s, operator_version="1")
+    return [*wanted.children, *wanted.canary]
+
+
+@pytest.mark.parametrize("engine", ["hpa", "keda"])
+def test_names_and_labels_valid_for_the_longest_name(engine: str) -> None:
+    assert len(LONGEST) == models.SERVICE_NAME_MAX_LENGTH == 63
+    s = svc(
+        name=LONGEST,
+        namespace="n" * 63,
+        networkPolicy={"enabled": True},
+        image="r.io/x:" + "v" * 128,
+        autoscaling={"engine": engine},
     )
-    children.append(runtimeconfig.build_config_map(s, app_version="1", track=naming.Track.CANARY))
+    children = every_child(s)
+    names = {(c["kind"], c["metadata"]["name"]) for c in children}
+    assert len(names) == len(children)
     for child in children:
         name = child["metadata"]["name"]
-        assert len(name) <= 63 and DNS_LABEL.match(name), name
+        limit = 46 if child["kind"] in NAMED_AFTER_A_DEPLOYMENT else 63
+        assert len(name) <= limit and DNS_1035.match(name), (child["kind"], name)
+        assert name != LONGEST and name.startswith("a-name-of-sixty"), name  # shortened, still recognisable
+        assert child["metadata"]["labels"]["app.kubernetes.io/instance"] == LONGEST
         for labels in _walk_labels(child):
             for key, value in labels.items():
                 assert LABEL_NAME.match(key) and len(key.rsplit("/", 1)[-1]) <= 63, key
                 assert len(value) <= 63 and LABEL_VALUE.match(value), (key, value)
+    # Every reference names a child that is built (a shortened name is one name, used everywhere).
+    built = {name for _, name in names}
+    workers = [c for c in children if c["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
+    assert {c["spec"]["scaleTargetRef"]["name"] for c in workers} <= built
+    for deployment in (c for c in children if c["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v} <= built
+        env = pod["containers"][0]["env"]
+        assert naming.auth_secret_name(LONGEST) in {
+            e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+        }
+    assert naming.auth_secret_name(LONGEST) in built
+
+
+def test_long_names_alike_but_for_the_last_character_share_no_child() -> None:
+    one, other = every_child(svc(name=LONGEST)), every_child(svc(name=LONGEST[:-1] + "z"))
+    assert not {(c["kind"], c["metadata"]["name"]) for c in one} & {(c["kind"], c["metadata"]["name"]) for c in other}
 
 
 PRICED = {m: {"inputPerMtok": 3, "outputPerMtok": 15} for m in ("m", "b", "s")}

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from agent_operator.api import models
 from agent_operator.api.models import CanaryPhase
 from agent_operator.canary import machine
 from agent_operator.canary.machine import Action, Observation, Reason
+from agent_operator.canary.rollouts import seconds_until, status_time
 from agent_operator.manifests import naming
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -708,3 +710,11 @@ def test_the_state_machine_and_the_analysis_import_nothing_that_does_io() -> Non
         }
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         assert imported <= PURE_IMPORTS, (module, imported - PURE_IMPORTS)
+
+
+def test_status_times_keep_milliseconds_and_hostile_ones_are_ignored() -> None:
+    stamp = status_time(1_800_000_000.25)
+    assert stamp == "2027-01-15T08:00:00.250Z"
+    assert seconds_until(stamp, 1_800_000_000.0) == pytest.approx(0.25)
+    for hostile in ("", "tomorrow", "2027-01-15T08:00:00", "9999-99-99T00:00:00Z"):
+        assert seconds_until(hostile, 1_800_000_000.0) is None

@@ -7,10 +7,11 @@ Covers:
   described, every default valid against its own schema;
 - `kubernetes-validate` (strict) accepts it as apiextensions.k8s.io/v1 for Kubernetes 1.30 and the
   newest schemas it ships;
-- names, short name, category, status subresource and printer columns pointing at real status
-  fields of the right type;
+- names, short name, category, status subresource and printer columns (the budget ones in `-o wide`
+  only) pointing at real status fields of the right type;
 - every model's `cel_rules` sit on that model's node, compile with a CEL parser, and their
-  `fieldPath`s name real properties; the root caps metadata.name at 40 characters;
+  `fieldPath`s name real properties; the root caps metadata.name at 63 characters, a DNS-1035
+  label (it names Services);
 - schema defaults agree with the pydantic defaults (defaulting a minimal spec through the schema
   and parsing it gives the same model as parsing it bare);
 - `docs/reference.md` is exactly `reference.markdown()` and lists every spec field and rule.
@@ -19,6 +20,7 @@ Covers:
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,9 +167,10 @@ def test_names_subresource_and_columns(manifest: dict[str, Any], schema: dict[st
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Ready", "Canary", "Age"]
+    assert list(columns) == ["Phase", "Ready", "Canary", "Spent", "Remaining", "Age"]
     assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
-    for name in ("Phase", "Ready", "Canary"):
+    assert [name for name, column in columns.items() if column.get("priority")] == ["Spent", "Remaining"]  # -o wide
+    for name in ("Phase", "Ready", "Canary", "Spent", "Remaining"):
         node = schema
         for part in columns[name]["jsonPath"].strip(".").split("."):
             node = node["properties"][part]
@@ -204,14 +207,17 @@ def test_cel_rules_compile_and_field_paths_exist(schema: dict[str, Any]) -> None
 
 
 def test_root_caps_the_name(schema: dict[str, Any]) -> None:
-    assert crd.NAME_MAX_LENGTH == models.ObjectMeta.model_fields["name"].metadata[1].max_length == 40
+    assert models.SERVICE_NAME_MAX_LENGTH == models.ObjectMeta.model_fields["name"].metadata[1].max_length == 63
     name = schema["properties"]["metadata"]["properties"]["name"]
-    assert (name["maxLength"], name["pattern"]) == (40, models.DNS_LABEL)
+    assert (name["maxLength"], name["pattern"]) == (63, models.DNS_1035_LABEL)
     assert set(schema["properties"]["metadata"]["properties"]) == {"name"}  # all a CRD may restrict
     minimal = yaml.safe_load((ROOT / "examples" / "minimal.yaml").read_text())
-    for length, failures in [(40, []), (41, ["(root): " + crd.ROOT_RULES[0]["message"]])]:
+    for length, failures in [(63, []), (64, ["(root): " + crd.ROOT_RULES[0]["message"]])]:
         minimal["metadata"]["name"] = "a" * length
         assert cel_failures(apply_defaults(copy.deepcopy(minimal), schema), schema) == failures
+    # A Service name starts with a letter (IsDNS1035Label), so the AgentService's does.
+    pattern = re.compile(name["pattern"])
+    assert pattern.match("a-1") and not pattern.match("1-a") and not pattern.match("a-") and not pattern.match("A")
 
 
 def test_committed_reference_is_up_to_date() -> None:

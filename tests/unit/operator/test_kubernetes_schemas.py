@@ -10,7 +10,7 @@ Covers:
 - the validators can fail: an unknown field, a wrong type and a missing required field are each
   rejected (so a green run means something);
 - a set of representative specs built here (minimal, every field, KEDA, fixed replicas, secret-held
-  Redis URL, custom image, 40-character name) and every `examples/*.yaml` AgentService, if present;
+  Redis URL, custom image, 63-character name) and every `examples/*.yaml` AgentService, if present;
 - a hypothesis property: any valid spec renders deterministic manifests that all validate (or is
   refused with a CrossFieldError only for the one combination the builders cannot serve: the KEDA
   engine without a literal, credential-free Redis URL).
@@ -222,7 +222,7 @@ def representative_specs() -> dict[str, models.AgentService]:
             autoscaling={"enabled": False}, podDisruptionBudget={"enabled": False}, alerts={"enabled": False}
         ),
         "digest-image": agent_service(image="agentops/agent-runtime@sha256:" + "a" * 64),
-        "long-name": agent_service(name="a" * 40, namespace="n" * 63, networkPolicy={"enabled": True}),
+        "long-name": agent_service(name="a" * 63, namespace="n" * 63, networkPolicy={"enabled": True}),
     }
 
 
@@ -372,7 +372,7 @@ def agent_services(draw: st.DrawFn) -> dict[str, Any]:
         spec["image"] = draw(
             st.sampled_from(["img", "r.io:5000/team/img:v1.0", "img:latest", "img@sha256:" + "b" * 64])
         )
-    name = draw(st.from_regex(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?", fullmatch=True))
+    name = draw(st.from_regex(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True))
     return {
         "apiVersion": models.API_VERSION,
         "kind": models.KIND,

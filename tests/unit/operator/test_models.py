@@ -5,7 +5,7 @@ Covers:
 - camelCase on the wire (and Python names accepted), unknown fields rejected, models frozen;
 - every spec field carries a description;
 - each cross-field rule raises `CrossFieldError` naming the field to change;
-- durations, apiVersion/kind checks and the 40-character name cap;
+- durations, apiVersion/kind checks and the name: a DNS-1035 label of at most 63 characters;
 - property tests (hypothesis): for every model with CEL rules, the pydantic validator and the
   CEL rules of the generated schema (evaluated with cel-python, defaults applied) accept exactly
   the same inputs.
@@ -138,11 +138,15 @@ def test_api_version_kind_and_name() -> None:
         with pytest.raises(pydantic.ValidationError, match="must be"):
             models.AgentService.from_manifest(body)
     body = manifest()
-    body["metadata"]["name"] = "a" * 40
+    body["metadata"]["name"] = "a" * 63
     assert models.AgentService.from_manifest(body).metadata.namespace == "default"
-    body["metadata"]["name"] = "a" * 41
-    with pytest.raises(pydantic.ValidationError, match="at most 40"):
+    body["metadata"]["name"] = "a" * 64
+    with pytest.raises(pydantic.ValidationError, match="at most 63"):
         models.AgentService.from_manifest(body)
+    for name in ("7-agent", "agent-", "-agent", "Agent", "agent.one"):  # a Service name: IsDNS1035Label
+        body["metadata"]["name"] = name
+        with pytest.raises(pydantic.ValidationError, match="should match pattern"):
+            models.AgentService.from_manifest(body)
 
 
 # --- pydantic and CEL agree ---------------------------------------------------------------------

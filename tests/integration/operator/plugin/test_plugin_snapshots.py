@@ -1,10 +1,11 @@
 """`kubectl agentservice get | list | history` output, compared with committed snapshots.
 
 The dev cluster holds a service in the middle of a rollout (a failed analysis, one canary worker
-not ready, two finished rollouts, Events) and one at rest in another namespace, all written over
-HTTP as the operator and the Deployment controller would. Every time in them is relative to the
-service's creation, and the plugin's clock is frozen at creation + 10.5 minutes, so the text is the
-same on every run. `UPDATE_SNAPSHOTS=1` rewrites the files (review the diff).
+not ready, two finished rollouts, Events, the day's spend against its daily budget) and one at rest
+(no budget) in another namespace, all written over HTTP as the operator and the Deployment
+controller would. Every time in them is relative to the service's creation, and the plugin's clock
+is frozen at creation + 10.5 minutes, so the text is the same on every run. `UPDATE_SNAPSHOTS=1`
+rewrites the files (review the diff).
 
 Also covers the one-line errors (exit 1): not found, no rollout in progress, forbidden, an
 unreachable cluster; and that `-n` and `--context` pick the namespace.
@@ -102,7 +103,7 @@ def event(
 async def world(cluster: tuple[devcluster.DevCluster, str]) -> datetime.datetime:
     """The objects of the snapshots; returns the frozen 'now'."""
     emulator, url = cluster
-    body = agent_service("support-agent", canary={"enabled": True, "steps": [10, 50, 100]})
+    body = agent_service("support-agent", canary={"enabled": True, "steps": [10, 50, 100]}, budget={"dailyUSD": 5.0})
     svc = await emulator.put_object(AGSVC, body)
     created = views.parse_time(svc["metadata"]["creationTimestamp"])
     assert created is not None
@@ -190,6 +191,16 @@ async def world(cluster: tuple[devcluster.DevCluster, str]) -> datetime.datetime
         },
     ]
     path = f"/apis/{AGSVC}".replace(models.PLURAL, f"namespaces/default/{models.PLURAL}") + "/support-agent"
+    now = created + datetime.timedelta(minutes=10, seconds=30)
+    budget = {
+        "dailyUSD": 5.0,
+        "day": now.strftime("%Y-%m-%d"),  # the frozen clock's UTC day: "today" on any day
+        "spentTodayUSD": 1.25,
+        "reservedUSD": 0.0125,
+        "remainingUSD": 3.7375,
+        "heldTasks": 2,
+        "observedAt": at(created, 8),
+    }
     status = {
         "phase": "Ready",
         "replicas": 7,
@@ -197,6 +208,7 @@ async def world(cluster: tuple[devcluster.DevCluster, str]) -> datetime.datetime
         "revision": STABLE,
         "canary": canary,
         "conditions": conditions,
+        "budget": budget,
     }
     await patch_status(url, path, status)
     for name, replicas, ready in (
@@ -243,7 +255,7 @@ async def world(cluster: tuple[devcluster.DevCluster, str]) -> datetime.datetime
         },
     )
     # 30 s of slack: billing-agent may be created a second after support-agent and must still read 10m
-    return created + datetime.timedelta(minutes=10, seconds=30)
+    return now
 
 
 async def test_get_shows_the_rollout_replicas_analysis_conditions_and_events(
