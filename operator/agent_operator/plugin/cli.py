@@ -46,6 +46,7 @@ MERGE_PATCH: Final = "application/merge-patch+json"
 EXIT_ERROR: Final = 1
 EXIT_INTERRUPTED: Final = 130
 WATCH_TIMEOUT_SECONDS: Final = 300  # each watch request; then it is simply made again
+SIGNAL_POLL_SECONDS: Final = 0.2  # how soon `get --watch` notices Ctrl-C (see `_watch`)
 CLEAR: Final = "\x1b[H\x1b[2J"
 
 Clock = Callable[[], datetime.datetime]
@@ -268,7 +269,13 @@ def _watch(cluster: Cluster, name: str, out: Output, now: Clock) -> int:
     for function, args, kwargs in cluster.watches(name):
         threading.Thread(target=_follow, args=(function, args, kwargs, changes), daemon=True).start()
     while True:
-        item = changes.get()  # interrupted by Ctrl-C (KeyboardInterrupt, handled by main)
+        try:
+            # Never an unbounded wait: the kernel may hand Ctrl-C's SIGINT to a watch thread, and
+            # Python runs signal handlers in the main thread only when it next runs bytecode; a
+            # main thread asleep on a lock with no timeout would not see Ctrl-C until a change came.
+            item = changes.get(timeout=SIGNAL_POLL_SECONDS)
+        except queue.Empty:
+            continue
         if isinstance(item, BaseException):
             raise item
         while not changes.empty():  # a burst of events is one redraw
