@@ -25,6 +25,9 @@ LIMIT: Final = 10
 def outcome(prior: models.CanaryStatus, decision: machine.Decision) -> models.RolloutRecord | None:
     """The record of the rollout this decision ends (without its time), or None."""
     new = decision.status
+    if _already_ended(prior, new):
+        # a gate seen again before its removal reached the body (a stale watch event) ends nothing
+        return None
     if decision.action == machine.Action.PROMOTE:
         return _record(prior, new.stable_revision, "Promoted", decision)
     if decision.action == machine.Action.ROLL_BACK:
@@ -44,6 +47,15 @@ def updated(
     if ended is None:
         return list(prior.rollouts)
     return [*prior.rollouts, ended.model_copy(update={"finished_time": now()})][-LIMIT:]
+
+
+def _already_ended(prior: models.CanaryStatus, new: models.CanaryStatus) -> bool:
+    """The decision restates how the last rollout ended: same phase, same revisions."""
+    return (
+        prior.phase == new.phase
+        and prior.phase in (models.CanaryPhase.PROMOTED, models.CanaryPhase.ROLLED_BACK)
+        and (prior.stable_revision, prior.canary_revision) == (new.stable_revision, new.canary_revision)
+    )
 
 
 def _record(prior: models.CanaryStatus, revision: str, kind: str, decision: machine.Decision) -> models.RolloutRecord:
