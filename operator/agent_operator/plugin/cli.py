@@ -489,5 +489,20 @@ def main(
     return code
 
 
+def run() -> None:
+    """The console script's entry: `main`, then the exit.
+
+    After Ctrl-C ends `get --watch`, the process ends at once (`os._exit`, output flushed first):
+    its watch threads sit in blocking socket reads, and an interpreter shutdown waiting on them
+    could keep the terminal from returning.
+    """
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()
