@@ -21,6 +21,7 @@ log = structlog.get_logger(__name__)
 PRUNABLE: Final = (
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("policy/v1", "PodDisruptionBudget"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
@@ -30,9 +31,9 @@ PRUNABLE: Final = (
 class Inventory:
     """The prunable children known to exist, per owner uid, once a list has established them.
 
-    The first prune of an owner after start-up lists each prunable kind (five LIST calls); from
+    The first prune of an owner after start-up lists each prunable kind (a LIST call per kind); from
     then on the inventory follows what apply found or wrote, so a resync pass over N services
-    costs no LIST calls instead of 5 N.
+    costs no LIST calls instead of one per kind and service.
     """
 
     def __init__(self) -> None:
