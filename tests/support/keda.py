@@ -171,6 +171,8 @@ class Keda:
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "POD_NAMESPACE": NAMESPACE,  # where KEDA keeps its own objects
+            # Where ClusterTriggerAuthentications' Secrets live; in a pod, its ServiceAccount's namespace file.
+            "KEDA_CLUSTER_OBJECT_NAMESPACE": NAMESPACE,
             "WATCH_NAMESPACE": "",  # every namespace
         }
         with log_path.open("ab") as log:
