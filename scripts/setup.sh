@@ -102,7 +102,7 @@ install_controlplane() {
     bash scripts/controlplane.sh build
     log "building prometheus-adapter from its Go module (first time only: about 6 minutes on 2 cores)"
     bash scripts/prometheus-adapter.sh build
-    log "building KEDA (operator and metrics server) from its Go module (first time only: about 25 minutes on 2 cores)"
+    log "building KEDA (operator and metrics server) from its Go module (first time only: about 15 minutes on 2 idle cores)"
     bash scripts/keda.sh build
 }
 
