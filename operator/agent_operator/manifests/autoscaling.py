@@ -110,7 +110,7 @@ def build_scaled_object(svc: models.AgentService, *, operator_version: str) -> d
     spec = svc.spec.autoscaling
     trigger = redisconfig.keda_trigger(svc.spec.redis)  # by mode: -streams, -cluster-, -sentinel-
     keys = runtimeconfig.runtime_config(svc).keys()  # the very keys the runtime uses (namespace and service)
-    auth = {"authenticationRef": {"name": naming.deployment_name(name, naming.Component.WORKER)}}
+    auth_name = naming.deployment_name(name, naming.Component.WORKER)
     triggers = [
         {
             "type": trigger.type,
@@ -121,7 +121,8 @@ def build_scaled_object(svc: models.AgentService, *, operator_version: str) -> d
                 "streamLength": str(spec.target_queue_depth_per_replica),
                 "activationLagCount": "0",
             },
-            **(auth if trigger.secret_refs else {}),
+            # A dict of its own per trigger: a shared one would render as a YAML anchor and alias.
+            **({"authenticationRef": {"name": auth_name}} if trigger.secret_refs else {}),
         }
         for priority in constants.PRIORITIES
     ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from agent_operator import cli
 from agent_operator.api import models
 from agent_operator.kube import secrets
 from agent_operator.manifests import autoscaling, naming, workloads
@@ -141,6 +142,11 @@ def test_keda_with_the_url_in_a_secret_reads_address_and_password_from_that_secr
             {"parameter": "password", "name": "redis-credentials", "key": "password"},
         ]
     }
+    refs = [trigger["authenticationRef"] for trigger in scaled["spec"]["triggers"]]
+    assert len({id(r) for r in refs}) == len(refs)  # not one shared dict
+    # and `agentctl render` prints every object in full, never a YAML anchor and alias
+    shared = {"name": "x"}
+    assert "&" not in cli.to_yaml([{"a": shared, "b": shared}]) and "&" not in cli.to_yaml([auth, scaled])
     for trigger in scaled["spec"]["triggers"]:
         assert trigger["type"] == "redis-streams"
         assert trigger["authenticationRef"] == {"name": "demo-worker"}
