@@ -49,6 +49,7 @@ KINDS: Final = (
     ("apps/v1/deployments", "Deployment"),
     ("autoscaling/v2/horizontalpodautoscalers", "HorizontalPodAutoscaler"),
     ("keda.sh/v1alpha1/scaledobjects", "ScaledObject"),
+    ("keda.sh/v1alpha1/triggerauthentications", "TriggerAuthentication"),
     ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget"),
     ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy"),
     ("monitoring.coreos.com/v1/prometheusrules", "PrometheusRule"),

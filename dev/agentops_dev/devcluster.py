@@ -69,6 +69,7 @@ RESOURCES: Final[dict[tuple[str, str, str], tuple[str, bool, tuple[str, ...]]]] 
     ("monitoring.coreos.com", "v1", "prometheusrules"): ("PrometheusRule", True, ()),
     ("monitoring.coreos.com", "v1", "servicemonitors"): ("ServiceMonitor", True, ()),
     ("keda.sh", "v1alpha1", "scaledobjects"): ("ScaledObject", True, ("status",)),
+    ("keda.sh", "v1alpha1", "triggerauthentications"): ("TriggerAuthentication", True, ("status",)),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): ("CustomResourceDefinition", False, ("status",)),
     (models.GROUP, models.VERSION, models.PLURAL): (models.KIND, True, ("status",)),
 }

@@ -25,7 +25,13 @@ EXIT_INVALID = 2
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (dashboard JSON, system prompts) as literal blocks, for reviewable diffs."""
+    """Multi-line strings (dashboard JSON, system prompts) as literal blocks, for reviewable diffs.
+
+    Never anchors and aliases: an object that appears twice is printed twice, as a reviewer reads it.
+    """
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

@@ -2,11 +2,12 @@
 
 Where each rule comes from:
 - the children: every kind that `builders.build_children` emits for specs that switch on every
-  optional child (both autoscaling engines, PDBs, NetworkPolicy, alerts), with the verbs the
-  apply layer uses on a child: `get` to compare with the live object, `create` and `patch`
-  for server-side apply (which creates an absent object); `list` and `delete` for the kinds
-  `kube.prune.prune` removes (`prune.PRUNABLE`, and `prune.RENAMEABLE` under a name the naming
-  rule no longer gives); `delete` for the canary track's objects;
+  optional child (both autoscaling engines, the Redis URL literal or in a Secret: KEDA's
+  TriggerAuthentication, PDBs, NetworkPolicy, alerts), with the verbs the apply layer uses on a
+  child: `get` to compare with the live object, `create` and `patch` for server-side apply (which
+  creates an absent object); `list` and `delete` for the kinds `kube.prune.prune` removes
+  (`prune.PRUNABLE`, and `prune.RENAMEABLE` under a name the naming rule no longer gives);
+  `delete` for the canary track's objects;
 - referenced Secrets are read (`get`) by `secrets.py`; Events are posted (`create`);
 - the AgentService itself: kopf lists and watches it and keeps its bookkeeping in annotations
   (`patch`); the operator writes its status subresource (`patch`) and never reads single objects;
@@ -43,14 +44,22 @@ _BASE_SPEC: dict[str, Any] = {
 }
 
 
+# A literal URL, and one in a Secret (with engine keda: KEDA's TriggerAuthentication).
+_REDIS: tuple[dict[str, Any], ...] = (
+    {"url": "redis://redis:6379/0"},
+    {"urlSecretRef": {"name": "redis", "key": "url"}},
+)
+
+
 def _group(api_version: str) -> str:
     return api_version.rpartition("/")[0]
 
 
 def _specs_with_every_child() -> list[models.AgentService]:
     services = []
-    for engine, canary in itertools.product(models.AutoscalingEngine, (False, True)):
+    for engine, canary, redis in itertools.product(models.AutoscalingEngine, (False, True), _REDIS):
         spec = {**_BASE_SPEC, "autoscaling": {"engine": engine.value, "minReplicas": 1}, "canary": {"enabled": canary}}
+        spec["redis"] = redis
         manifest = {"apiVersion": models.API_VERSION, "kind": models.KIND, "metadata": {"name": "x"}, "spec": spec}
         services.append(models.AgentService.model_validate(manifest))
     return services

@@ -31,10 +31,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
-import subprocess
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,10 +43,11 @@ from agentops_dev.localprometheus import DiscoveringPrometheus, serving
 from kubernetes import client, config
 
 from agent_runtime import constants
-from tests.cluster.harness import AGENTCTL, OperatorProcess, free_port, wait_for
+from tests.cluster.harness import OperatorProcess, wait_for
+from tests.cluster.scenario import LocalModel, Sampler, draining_count, finished_results, worker_pods
 from tests.support import adapter as metrics_adapter
 from tests.support import controlplane as cp
-from tests.support.kubelet import HarnessKubelet, PodWorker
+from tests.support.kubelet import HarnessKubelet
 from tests.support.redis_server import LocalRedis, running_redis
 from tests.support.scrapetargets import ServiceMonitorTargets
 
@@ -104,99 +102,6 @@ def agent_service(model_url: str, redis_url: str) -> dict[str, Any]:
     }
 
 
-class LocalModel:
-    """`agent-runtime localmodel` as its own process; its calls and faults over HTTP."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = directory / "localmodel.log"
-        runtime = shutil.which("agent-runtime", path=str(AGENTCTL.parent))
-        assert runtime is not None, "agent-runtime is not installed in the virtualenv"
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [runtime, "localmodel", "--port", str(self.port), "--latency", str(LATENCY)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            )  # fmt: skip
-        wait_for(self._answers, timeout=60, what="the local model")
-
-    def _answers(self) -> bool:
-        assert self.process.poll() is None, self.log_path.read_text()
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/_local/calls", timeout=2) as response:
-            return bool(response.status == 200)
-        return False
-
-    def calls(self) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(f"{self.url}/_local/calls", timeout=30) as response:
-            calls: list[dict[str, Any]] = json.loads(response.read())
-            return calls
-
-    def hold(self, on: bool, *, after: int = 0) -> None:
-        """Hold the replies to every call after the first `after` (or let them all go)."""
-        body = json.dumps({"latency_seconds": LATENCY, "hold": on, "hold_after": after}).encode()
-        request = urllib.request.Request(f"{self.url}/_local/faults", data=body, method="PUT")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 200
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-@dataclasses.dataclass
-class Sample:
-    """One look at the scenario: when, the worker Deployment's replicas, the queue's depth."""
-
-    at: float
-    replicas: int
-    depth: int
-
-
-class Sampler:
-    """Looks at the worker Deployment and the queue every quarter second, on a thread."""
-
-    def __init__(self, apps: client.AppsV1Api, queue: redis.Redis, streams: list[str]) -> None:
-        self.apps = apps
-        self.queue = queue
-        self.streams = streams
-        self.samples: list[Sample] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sampler", daemon=True)
-
-    def depth(self) -> int:
-        pipe = self.queue.pipeline(transaction=False)
-        for stream in self.streams:
-            pipe.xlen(stream)
-        return int(sum(pipe.execute()))
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.25):
-            try:
-                replicas = self.apps.read_namespaced_deployment(WORKER, NAMESPACE).spec.replicas or 0
-                self.samples.append(Sample(time.monotonic(), replicas, self.depth()))
-            except Exception as error:  # kept for the test to fail on
-                self.errors.append(error)
-
-    def last(self) -> Sample | None:
-        return self.samples[-1] if self.samples else None
-
-    def first(self, after: float, test: Any) -> Sample | None:
-        return next((s for s in self.samples if s.at >= after and test(s)), None)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 @dataclasses.dataclass
 class Stack:
     plane: cp.ControlPlane
@@ -231,7 +136,7 @@ def stack(
         (directory / part).mkdir()
     with contextlib.ExitStack() as exits:
         store = exits.enter_context(running_redis(directory / "redis", durable=False))
-        model = LocalModel(directory)
+        model = LocalModel(directory, LATENCY)
         exits.callback(model.stop)
         prometheus = exits.enter_context(serving(DiscoveringPrometheus(directory / "prometheus")))
         admin = client.ApiClient(config.new_client_from_config(str(plane.kubeconfig)).configuration)
@@ -267,27 +172,10 @@ def worker_hpa_reads_the_queue(autoscaling: client.AutoscalingV2Api) -> bool:
     )
 
 
-def log_events(path: Path) -> Iterator[dict[str, Any]]:
-    for line in path.read_text(errors="replace").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            event = json.loads(line)
-            if isinstance(event, dict):
-                yield event
-
-
-def worker_pods(kubelet: HarnessKubelet) -> list[PodWorker]:
-    return [w for w in kubelet.workers(NAMESPACE) if w.labels.get("app.kubernetes.io/component") == "worker"]
-
-
-def draining_count(log: Path) -> int:
-    """The tasks a worker had in flight when it was told to stop (0 when it had none), from its log."""
-    return sum(int(e.get("inflight", 0)) for e in log_events(log) if e.get("event") == "worker_draining")
-
-
 def draining(kubelet: HarnessKubelet) -> dict[str, int]:
     """Worker pods being deleted that are draining tasks: pod -> tasks in flight when SIGTERM came."""
     found = {}
-    for worker in worker_pods(kubelet):
+    for worker in worker_pods(kubelet, NAMESPACE):
         if not worker.deleting or not worker.process.containers:
             continue
         log = worker.process.containers[0].log_path
@@ -335,7 +223,8 @@ def test_hpa_scales_workers_on_queue_depth_and_scale_in_loses_no_task(
     # The queue stays at 40 tasks, every worker holds its two, and the HPA (ceil(40 / 10) = 4)
     # removes pods that are draining them; the test lets the model go once it sees one.
     stack.model.hold(True, after=TASKS - HOLD_AT)
-    with Sampler(apps, store, [keys.stream(p) for p in constants.PRIORITIES]) as sampler:
+    streams = [keys.stream(p) for p in constants.PRIORITIES]
+    with Sampler(apps, store, streams, deployment=WORKER, namespace=NAMESPACE) as sampler:
         # The backlog: 200 tasks through the task API of the running API pod.
         started = time.monotonic()
         task_ids = []
@@ -365,7 +254,7 @@ def test_hpa_scales_workers_on_queue_depth_and_scale_in_loses_no_task(
         wait_for(finished, timeout=300, interval=0.5, what="every task succeeded")
         drained = time.monotonic()
         wait_for(lambda: (s := sampler.last()) and s.replicas == 1, timeout=240, what="back to 1 worker")
-        wait_for(lambda: len(worker_pods(kubelet)) == 1, timeout=180, what="one worker pod left")
+        wait_for(lambda: len(worker_pods(kubelet, NAMESPACE)) == 1, timeout=180, what="one worker pod left")
     assert not sampler.errors, sampler.errors
     assert not kubelet.errors, kubelet.errors
 
@@ -383,18 +272,18 @@ def test_hpa_scales_workers_on_queue_depth_and_scale_in_loses_no_task(
     other = [c for c in stack.model.calls() if c["outcome"] != "ok"]
     assert other == [], other
     assert calls == collections.Counter(task_ids), "a task was called twice or never"
-    results = collections.Counter(
-        event["task_id"]
-        for log in stack.pods.glob(f"{NAMESPACE}_{WORKER}-*/worker.log")
-        for event in log_events(log)
-        if event.get("event") == "task_finished"
-    )
+    results = collections.Counter(finished_results(stack.pods, NAMESPACE, WORKER))
     lost = [t for t in task_ids if results[t] == 0]
     duplicated = [t for t in task_ids if results[t] > 1 or calls[t] > 1]
     assert lost == [] and duplicated == [], (lost, duplicated)
 
     # The pods the scale-in removed drained their tasks and exited 0 within their grace period.
-    ended = [t for t in kubelet.terminations if t.pod.startswith(f"{WORKER}-")]
+    # The kubelet is the session's: the KEDA scenario's pods have the same names in another namespace.
+    ended = [
+        t
+        for t in kubelet.terminations
+        if t.pod.startswith(f"{WORKER}-") and (stack.pods / f"{NAMESPACE}_{t.pod}").is_dir()
+    ]
     assert ended and all(t.exit_code == 0 and not t.killed for t in ended), ended
     assert set(in_flight) <= {t.pod for t in ended}
     drained_by_pod = {t.pod: draining_count(stack.pods / f"{NAMESPACE}_{t.pod}" / "worker.log") for t in ended}

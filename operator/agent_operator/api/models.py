@@ -60,7 +60,13 @@ KEDA_REDIS_URL = (
 KEDA_REDIS_MESSAGE = (
     "the keda engine needs a plain redis.url (redis[s]://, redis[s]+cluster:// or redis[s]+sentinel://"
     " host[:port][,host[:port]...][/db]) without credentials"
-    " (KEDA connects to Redis itself; put the password in redis.passwordSecretRef)"
+    " (KEDA connects to Redis itself; put the password in redis.passwordSecretRef,"
+    " or keep the whole URL in redis.urlSecretRef)"
+)
+KEDA_KEYS_MESSAGE = "redis.keda names keys of the urlSecretRef Secret: it applies only with urlSecretRef"
+KEDA_SENTINEL_MESSAGE = (
+    "the keda engine with a Sentinel URL in redis.urlSecretRef needs redis.masterName"
+    " (KEDA cannot read the primary's name from the Secret)"
 )
 
 
@@ -338,7 +344,22 @@ class Autoscaling(Model):
         description="CPU utilization percent to aim for.",
     )
     scale_down_stabilization_seconds: int = Field(
-        default=300, ge=0, le=3600, description="How long load must stay low before replicas are removed."
+        default=300,
+        ge=0,
+        le=3600,
+        description=(
+            "How long load must stay low before replicas are removed (engine keda: also how long the queue must"
+            " stay empty before the last worker goes, KEDA's cooldownPeriod)."
+        ),
+    )
+    polling_interval_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description=(
+            "Engine keda: how often KEDA reads the queue (its pollingInterval); at zero workers, the longest wait"
+            " before the first task wakes one."
+        ),
     )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
@@ -449,6 +470,44 @@ class RedisTLS(Model):
     )
 
 
+class RedisKeda(Model):
+    """Engine keda with `urlSecretRef`: where KEDA finds the address and credentials in that same Secret.
+
+    KEDA's redis streams triggers take an address and a password, never a URL, so the Secret that
+    holds the pods' URL holds them for KEDA too; a TriggerAuthentication the operator renders reads
+    them from it (nothing is copied). What is not secret comes from the spec: `mode`, `masterName`,
+    `tls.enabled` and the database below.
+    """
+
+    address_key: str = Field(
+        default="address",
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DATA_KEY,
+        description="Key of the urlSecretRef Secret holding host:port (Cluster, Sentinel: host:port,host:port,...).",
+    )
+    password_key: str = Field(
+        default="password",
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DATA_KEY,
+        description="Key of the same Secret holding the password (not read when passwordSecretRef is set).",
+    )
+    username_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DATA_KEY,
+        description="Key of the same Secret holding the ACL user (not read when username is set); unset: none.",
+    )
+    database_index: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="The database the URL names (standalone, Sentinel): KEDA cannot read it from the Secret.",
+    )
+
+
 class RedisSpec(Model):
     """Where the queue, limits and checkpoints live: a standalone Redis, a Redis Cluster or a Sentinel group."""
 
@@ -492,19 +551,33 @@ class RedisSpec(Model):
     wait_timeout_ms: int = Field(
         default=500, ge=1, le=60_000, description="How long such a write waits for replicas before answering 503."
     )
+    keda: RedisKeda | None = Field(
+        default=None,
+        description=(
+            "Engine keda with urlSecretRef: the keys of that Secret KEDA reads (it cannot take a URL apart);"
+            " unset: `address` and `password`. See docs/redis.md."
+        ),
+    )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
             "rule": "has(self.url) != has(self.urlSecretRef)",
             "message": "set exactly one of url or urlSecretRef",
             "fieldPath": ".url",
-        }
+        },
+        {
+            "rule": "!has(self.keda) || has(self.urlSecretRef)",
+            "message": KEDA_KEYS_MESSAGE,
+            "fieldPath": ".keda",
+        },
     ]
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RedisSpec:
         if (self.url is None) == (self.url_secret_ref is None):
             raise CrossFieldError("url", "set exactly one of url or urlSecretRef")
+        if self.keda is not None and self.url_secret_ref is None:
+            raise CrossFieldError("keda", KEDA_KEYS_MESSAGE)
         return self
 
 
@@ -718,10 +791,16 @@ class AgentServiceSpec(Model):
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
             "rule": "!self.autoscaling.enabled || self.autoscaling.engine != 'keda'"
-            f" || (has(self.redis.url) && self.redis.url.matches(r'{KEDA_REDIS_URL}'))",
+            f" || has(self.redis.urlSecretRef) || (has(self.redis.url) && self.redis.url.matches(r'{KEDA_REDIS_URL}'))",
             "message": KEDA_REDIS_MESSAGE,
             "fieldPath": ".redis.url",
-        }
+        },
+        {
+            "rule": "!self.autoscaling.enabled || self.autoscaling.engine != 'keda' || !has(self.redis.urlSecretRef)"
+            " || !has(self.redis.mode) || self.redis.mode != 'sentinel' || has(self.redis.masterName)",
+            "message": KEDA_SENTINEL_MESSAGE,
+            "fieldPath": ".redis.masterName",
+        },
     ]
 
     @model_validator(mode="after")
@@ -752,7 +831,15 @@ class AgentServiceSpec(Model):
     @model_validator(mode="after")
     def _keda_reaches_redis(self) -> AgentServiceSpec:
         keda = self.autoscaling.enabled and self.autoscaling.engine == AutoscalingEngine.KEDA
-        if keda and (self.redis.url is None or not re.match(KEDA_REDIS_URL, self.redis.url)):
+        if not keda:
+            return self
+        if self.redis.url_secret_ref is not None:
+            # The URL is secret: KEDA reads the address and password from that Secret's other keys
+            # (redis.keda), and the mode and master name from the spec.
+            if self.redis.mode == RedisMode.SENTINEL and self.redis.master_name is None:
+                raise CrossFieldError("redis.masterName", KEDA_SENTINEL_MESSAGE)
+            return self
+        if self.redis.url is None or not re.match(KEDA_REDIS_URL, self.redis.url):
             raise CrossFieldError("redis.url", KEDA_REDIS_MESSAGE)
         return self
 

@@ -50,6 +50,7 @@ PLURALS: Final[dict[tuple[str, str], str]] = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrules",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "triggerauthentications",
     (models.API_VERSION, models.KIND): models.PLURAL,
 }
 

@@ -5,8 +5,8 @@ a difference, so a reconcile with nothing changed makes zero write calls:
 - every field of the desired manifest must be present and equal in the live object (defaults
   the API server adds are ignored; quantities compare by value, `1000m` == `1`; empty maps and
   lists equal absent ones, which the server drops);
-- lists of named items (containers, env, ports, volumes) match by name, other lists by position
-  and length;
+- lists of named items (containers, env, ports, volumes) match by name, other lists (and lists
+  whose items share a name) by position and length;
 - the hash of the whole desired manifest rides along as an annotation, so a field the operator
   stops setting (an env var, a label) is noticed although "desired ⊆ live" still holds.
 """
@@ -81,12 +81,18 @@ def _same_scalar(desired: Any, live: Any) -> bool:
 
 
 def _list_key(items: Sequence[Any]) -> str | None:
-    """The merge key of a list of named items, if every item has it."""
+    """The merge key of a list of named items, if every item has it and no two items share it.
+
+    Items that share a `name` are not a named list (a TriggerAuthentication's `secretTargetRef`
+    names the same Secret once per parameter): they compare by position.
+    """
     if not items or not all(isinstance(i, Mapping) for i in items):
         return None
     for key in NAMED_LIST_KEYS:
         if all(key in i for i in items):
-            return key
+            values = [json.dumps(i[key], sort_keys=True) for i in items]
+            if len(set(values)) == len(values):
+                return key
     return None
 
 

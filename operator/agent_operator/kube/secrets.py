@@ -5,9 +5,9 @@ read back on every later reconcile, so re-applying the Secret never rotates it b
 Rotating is writing a new token into the Secret (or deleting it, and a new one is generated): the
 pod templates carry the token's digest (`with_token_digest`), so the pods roll onto the new token.
 
-Provider keys, a Redis URL and `env[].secretKeyRef`s are only referenced, never copied: the
-operator checks that each named Secret and key exists before it rolls out pods, because a pod
-whose `secretKeyRef` does not resolve never starts.
+Provider keys, a Redis URL (and the keys KEDA reads beside it) and `env[].secretKeyRef`s are only
+referenced, never copied: the operator checks that each named Secret and key exists before it rolls
+out pods, because a pod whose `secretKeyRef` does not resolve never starts.
 
 Every Secret the operator reads is in the AgentService's own namespace (`Client.read_secret`, the
 one reader): the operator may read Secrets cluster-wide, a tenant may not, so neither a read nor
@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from agent_operator.api import models
 from agent_operator.kube.client import Client
-from agent_operator.manifests import runtimeconfig
+from agent_operator.manifests import redisconfig, runtimeconfig
 from agent_operator.objects import ObjectRef
 
 TOKEN_BYTES: Final = 32
@@ -63,6 +63,10 @@ def references(spec: models.AgentServiceSpec) -> list[Reference]:
     if spec.redis.password_secret_ref is not None:
         ref = spec.redis.password_secret_ref
         refs.append(Reference(ref.name, ref.key, "spec.redis.passwordSecretRef"))
+    if spec.autoscaling.enabled and spec.autoscaling.engine == models.AutoscalingEngine.KEDA:
+        # The keys KEDA reads through the TriggerAuthentication (urlSecretRef): without them KEDA
+        # cannot reach the queue and the workers would stay at zero.
+        refs.extend(Reference(name, key, field) for name, key, field in redisconfig.keda_secret_keys(spec.redis))
     if spec.redis.tls is not None and spec.redis.tls.ca_secret_ref is not None:
         ref = spec.redis.tls.ca_secret_ref
         refs.append(Reference(ref.name, ref.key, "spec.redis.tls.caSecretRef"))

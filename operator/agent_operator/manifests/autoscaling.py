@@ -1,11 +1,12 @@
 """Autoscalers of one AgentService: HorizontalPodAutoscalers (autoscaling/v2) and the KEDA ScaledObject.
 
-Workers scale on queue depth: with the `hpa` engine through the Pods metric `agent_queue_depth`
+Workers scale on queue depth: with the `hpa` engine through the Object metric `agent_queue_depth`
 (served by a Prometheus metrics adapter) plus CPU; with the `keda` engine through one
 `redis-streams` trigger (`redis-cluster-streams`, `redis-sentinel-streams` by the Redis mode) per
-priority stream, reading the consumer group's pending entries
-directly from Redis. The API always scales on CPU with an HPA. Autoscalers target the stable
-Deployments only: during a rollout the operator sizes the canary explicitly.
+priority stream, reading each stream's length directly from Redis (and, with `redis.urlSecretRef`,
+a TriggerAuthentication naming the Secret keys KEDA reads the address and password from). The API
+always scales on CPU with an HPA. Autoscalers target the stable Deployments only: during a rollout
+the operator sizes the canary explicitly.
 """
 
 from __future__ import annotations
@@ -82,27 +83,46 @@ def build_hpa(svc: models.AgentService, component: naming.Component, *, operator
 
 def redis_trigger_connection(redis: models.RedisSpec) -> dict[str, str]:
     """The connection metadata of a KEDA Redis trigger (see `redisconfig.keda_trigger`)."""
-    return redisconfig.keda_trigger(redis)[1]
+    return redisconfig.keda_trigger(redis).metadata
+
+
+def _worker_labels(svc: models.AgentService, operator_version: str) -> dict[str, str]:
+    name = svc.metadata.name
+    return naming.standard_labels(name, naming.Component.WORKER.value, workloads.app_version(svc, operator_version))
 
 
 def build_scaled_object(svc: models.AgentService, *, operator_version: str) -> dict[str, Any]:
-    """The KEDA ScaledObject of the stable worker Deployment: one redis-streams trigger per priority."""
+    """The KEDA ScaledObject of the stable worker Deployment: one redis-streams trigger per priority.
+
+    Each trigger counts its stream's entries (XLEN): no `consumerGroup`, on purpose. With a consumer
+    group, KEDA's redis-streams scaler counts the group's *pending* entries (XPENDING) and ignores
+    `streamLength`: at zero workers nothing is delivered, so nothing is pending, and the workers never
+    wake. With `lagCount` it counts the group's lag, the entries not delivered yet: tasks in flight do
+    not count, so a queue whose last tasks are running looks idle and the last worker is taken away
+    under them (and KEDA 2.16 refused `activationLagCount: 0` there, so one task woke nothing: keda
+    #6478, #7835). The runtime deletes an entry when it acknowledges it, so XLEN is exactly the
+    waiting + pending work of that priority, the same figure as `agent_queue_depth`; a stream that
+    does not exist yet counts 0 (keda #7447 does not arise). KEDA activates a trigger when its count
+    is above `activationLagCount` (the lag mode's name; the threshold applies to every mode): 0, so
+    one waiting task wakes a worker, and the workers go to zero only when nothing is waiting or running.
+    """
     name = svc.metadata.name
     spec = svc.spec.autoscaling
-    trigger_type, connection = redisconfig.keda_trigger(svc.spec.redis)  # by mode: -streams, -cluster-, -sentinel-
+    trigger = redisconfig.keda_trigger(svc.spec.redis)  # by mode: -streams, -cluster-, -sentinel-
     keys = runtimeconfig.runtime_config(svc).keys()  # the very keys the runtime uses (namespace and service)
+    auth_name = naming.deployment_name(name, naming.Component.WORKER)
     triggers = [
         {
-            "type": trigger_type,
+            "type": trigger.type,
             "name": f"queue-{priority}",
             "metadata": {
-                **connection,
+                **trigger.metadata,
                 "stream": keys.stream(priority),
-                "consumerGroup": constants.CONSUMER_GROUP,
-                # The runtime deletes an entry when it acknowledges it, so XLEN is waiting + pending:
-                # the same figure as agent_queue_depth (for one priority stream).
                 "streamLength": str(spec.target_queue_depth_per_replica),
+                "activationLagCount": "0",
             },
+            # A dict of its own per trigger: a shared one would render as a YAML anchor and alias.
+            **({"authenticationRef": {"name": auth_name}} if trigger.secret_refs else {}),
         }
         for priority in constants.PRIORITIES
     ]
@@ -112,25 +132,47 @@ def build_scaled_object(svc: models.AgentService, *, operator_version: str) -> d
         "metadata": {
             "name": naming.deployment_name(name, naming.Component.WORKER),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(
-                name, naming.Component.WORKER.value, workloads.app_version(svc, operator_version)
-            ),
+            "labels": _worker_labels(svc, operator_version),
         },
         "spec": {
             "scaleTargetRef": _target_ref(name, naming.Component.WORKER),
             "minReplicaCount": spec.min_replicas,
             "maxReplicaCount": spec.max_replicas,
+            "pollingInterval": spec.polling_interval_seconds,
+            # From the last task seen to zero workers (a count of 1 or more keeps them).
+            "cooldownPeriod": spec.scale_down_stabilization_seconds,
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior(spec)}},
             "triggers": triggers,
         },
     }
 
 
+def build_trigger_authentication(svc: models.AgentService, *, operator_version: str) -> dict[str, Any] | None:
+    """The TriggerAuthentication of the ScaledObject's triggers, when KEDA needs Secret keys (urlSecretRef).
+
+    It names the Secret and keys; KEDA reads them itself (the operator never reads or copies them).
+    """
+    refs = redisconfig.keda_trigger(svc.spec.redis).secret_refs
+    if not refs:
+        return None
+    return {
+        "apiVersion": KEDA_API_VERSION,
+        "kind": "TriggerAuthentication",
+        "metadata": {
+            "name": naming.deployment_name(svc.metadata.name, naming.Component.WORKER),
+            "namespace": svc.metadata.namespace,
+            "labels": _worker_labels(svc, operator_version),
+        },
+        "spec": {"secretTargetRef": refs},
+    }
+
+
 def build_autoscalers(svc: models.AgentService, *, operator_version: str) -> list[dict[str, Any]]:
-    """Every autoscaler of the service, or none when autoscaling is disabled."""
+    """Every autoscaler of the service (and the TriggerAuthentication KEDA needs), or none when disabled."""
     if not svc.spec.autoscaling.enabled:
         return []
     api = build_hpa(svc, naming.Component.API, operator_version=operator_version)
     if svc.spec.autoscaling.engine == models.AutoscalingEngine.KEDA:
-        return [api, build_scaled_object(svc, operator_version=operator_version)]
+        auth = build_trigger_authentication(svc, operator_version=operator_version)
+        return [api, *([auth] if auth is not None else []), build_scaled_object(svc, operator_version=operator_version)]
     return [api, build_hpa(svc, naming.Component.WORKER, operator_version=operator_version)]

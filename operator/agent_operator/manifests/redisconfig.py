@@ -6,12 +6,14 @@ this module derives both from the spec, so the operator and the runtime read one
 - the password reaches the pods only as a `secretKeyRef` env var, and the CA bundle as a
   read-only Secret volume whose path the ConfigMap names;
 - the KEDA trigger type follows the mode (`redis-streams`, `redis-cluster-streams`,
-  `redis-sentinel-streams`), and KEDA reads the password from the worker's own env var
-  (`passwordFromEnv`), so no TriggerAuthentication is needed for it.
+  `redis-sentinel-streams`); KEDA reads a `passwordSecretRef` password from the worker's own env
+  var (`passwordFromEnv`), and with `urlSecretRef` the address and password from other keys of that
+  Secret, through a TriggerAuthentication.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from typing import Any, Final
 
@@ -72,20 +74,34 @@ def volumes(redis: models.RedisSpec) -> list[dict[str, Any]]:
     return [{"name": CA_VOLUME, "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": CA_FILE}]}}]
 
 
-def keda_trigger(redis: models.RedisSpec) -> tuple[str, dict[str, str]]:
-    """The KEDA trigger type and its connection metadata for this Redis. Pure.
+@dataclasses.dataclass(frozen=True)
+class KedaTrigger:
+    """How a KEDA Redis trigger reaches this Redis.
 
-    KEDA dials Redis itself, so it needs the addresses from a literal URL (a URL kept in a Secret
-    cannot be read at render time) and credentials from the worker container's env
-    (`usernameFromEnv`/`passwordFromEnv`), never from the URL.
+    `metadata` goes into every trigger; `secret_refs` (a TriggerAuthentication's `secretTargetRef`
+    entries: parameter, Secret name, key) carry what only a Secret holds; empty: no
+    TriggerAuthentication is needed.
     """
-    if redis.url is None:
-        raise models.CrossFieldError(
-            "spec.redis.urlSecretRef",
-            "autoscaling engine keda needs a literal spec.redis.url: KEDA's redis streams triggers take host:port, "
-            "which cannot be derived from a Secret at render time (use engine hpa, or a password-less url "
-            "with redis.passwordSecretRef)",
-        )
+
+    type: str
+    metadata: dict[str, str]
+    secret_refs: list[dict[str, str]]
+
+
+def keda_trigger(redis: models.RedisSpec) -> KedaTrigger:
+    """The KEDA trigger type, its connection metadata and its Secret references for this Redis. Pure.
+
+    KEDA dials Redis itself and takes an address and a password, never a URL:
+    - a literal `url` gives the addresses (no credentials may be in it); `username` and
+      `passwordSecretRef` reach KEDA from the worker container's env (`usernameFromEnv`,
+      `passwordFromEnv`, which KEDA resolves from the Deployment, Secret included);
+    - with `urlSecretRef` the address is secret too: a TriggerAuthentication reads it and the
+      password from other keys of that same Secret (`redis.keda`), and the mode, master name, TLS
+      and database come from the spec.
+    """
+    if redis.url_secret_ref is not None:
+        return _keda_trigger_from_secret(redis, redis.url_secret_ref)
+    assert redis.url is not None  # the model insists on exactly one of url and urlSecretRef
     try:
         target = redisconn.parse(redis.url, runtime_settings(redis), environ={})
     except runtime_errors.ConfigError as exc:
@@ -94,7 +110,7 @@ def keda_trigger(redis: models.RedisSpec) -> tuple[str, dict[str, str]]:
         raise models.CrossFieldError(
             "spec.redis.url",
             "autoscaling engine keda cannot pass credentials from a literal url to KEDA; "
-            "use redis.username and redis.passwordSecretRef",
+            "use redis.username and redis.passwordSecretRef, or redis.urlSecretRef",
         )
     addresses = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in target.nodes)
     metadata: dict[str, str] = {"enableTLS": "true" if target.tls else "false"}
@@ -105,8 +121,47 @@ def keda_trigger(redis: models.RedisSpec) -> tuple[str, dict[str, str]]:
     else:
         assert target.master_name is not None  # parse() insists on it
         metadata |= {"addresses": addresses, "sentinelMaster": target.master_name, "databaseIndex": str(target.db)}
+    metadata |= _credentials_from_env(redis)
+    return KedaTrigger(KEDA_TRIGGER_TYPES[target.mode], metadata, [])
+
+
+def _credentials_from_env(redis: models.RedisSpec) -> dict[str, str]:
+    metadata = {}
     if redis.username is not None:
         metadata["usernameFromEnv"] = redisconn.USERNAME_ENV
     if redis.password_secret_ref is not None:
         metadata["passwordFromEnv"] = redisconn.PASSWORD_ENV
-    return KEDA_TRIGGER_TYPES[target.mode], metadata
+    return metadata
+
+
+def _keda_trigger_from_secret(redis: models.RedisSpec, ref: models.SecretKeyRef) -> KedaTrigger:
+    keys = redis.keda or models.RedisKeda()
+    mode = redisconn.RedisMode(str(redis.mode)) if redis.mode is not None else redisconn.RedisMode.STANDALONE
+    metadata: dict[str, str] = {"enableTLS": "true" if tls_enabled(redis) else "false"}
+    if mode == redisconn.RedisMode.STANDALONE:
+        metadata["databaseIndex"] = str(keys.database_index)
+    elif mode == redisconn.RedisMode.SENTINEL:
+        if redis.master_name is None:
+            raise models.CrossFieldError("spec.redis.masterName", models.KEDA_SENTINEL_MESSAGE)
+        metadata |= {"sentinelMaster": redis.master_name, "databaseIndex": str(keys.database_index)}
+    metadata |= _credentials_from_env(redis)
+    # KEDA's parameter: `address` for one server, `addresses` for a Cluster's or Sentinel group's list.
+    address = "address" if mode == redisconn.RedisMode.STANDALONE else "addresses"
+    refs = [_secret_ref(address, ref.name, keys.address_key)]
+    if redis.password_secret_ref is None:
+        refs.append(_secret_ref("password", ref.name, keys.password_key))
+    if redis.username is None and keys.username_key is not None:
+        refs.append(_secret_ref("username", ref.name, keys.username_key))
+    return KedaTrigger(KEDA_TRIGGER_TYPES[mode], metadata, refs)
+
+
+def _secret_ref(parameter: str, name: str, key: str) -> dict[str, str]:
+    return {"parameter": parameter, "name": name, "key": key}
+
+
+def keda_secret_keys(redis: models.RedisSpec) -> list[tuple[str, str, str]]:
+    """The keys of Secrets KEDA reads through the TriggerAuthentication: (Secret, key, spec field)."""
+    if redis.url_secret_ref is None:
+        return []
+    fields = {"address": "addressKey", "addresses": "addressKey", "password": "passwordKey", "username": "usernameKey"}
+    return [(r["name"], r["key"], f"spec.redis.keda.{fields[r['parameter']]}") for r in keda_trigger(redis).secret_refs]

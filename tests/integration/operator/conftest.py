@@ -33,6 +33,7 @@ CHILD_PLURALS = (
     "monitoring.coreos.com/v1/prometheusrules",
     "monitoring.coreos.com/v1/servicemonitors",
     "keda.sh/v1alpha1/scaledobjects",
+    "keda.sh/v1alpha1/triggerauthentications",
 )
 BASE_SPEC: dict[str, Any] = {
     "model": {"providers": [{"name": "primary", "model": "claude-test", "baseURL": "http://127.0.0.1:9/"}]},

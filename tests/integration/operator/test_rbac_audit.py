@@ -43,6 +43,10 @@ NOT_EXERCISED = {
     ("keda.sh", "scaledobjects", "patch"),
     ("keda.sh", "scaledobjects", "get"),
     ("keda.sh", "scaledobjects", "delete"),
+    ("keda.sh", "triggerauthentications", "create"),
+    ("keda.sh", "triggerauthentications", "patch"),
+    ("keda.sh", "triggerauthentications", "get"),
+    ("keda.sh", "triggerauthentications", "delete"),
     ("", "configmaps", "delete"),
 }
 __all__ = ["op"]  # the canary operator fixture, used below

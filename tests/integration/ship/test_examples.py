@@ -154,7 +154,15 @@ def _unset_fields(path: Path) -> set[str]:
 
 
 # Fields that exclude each other: full.yaml sets one, another example must set the other.
-EXCLUSIVE = {"RedisSpec.url_secret_ref": "RedisSpec.url"}
+EXCLUSIVE = {
+    "RedisSpec.url_secret_ref": "RedisSpec.url",
+    # KEDA's keys of the urlSecretRef Secret (examples/keda.yaml)
+    "RedisSpec.keda": "RedisSpec.url",
+    "RedisKeda.address_key": "RedisSpec.url",
+    "RedisKeda.password_key": "RedisSpec.url",
+    "RedisKeda.username_key": "RedisSpec.url",
+    "RedisKeda.database_index": "RedisSpec.url",
+}
 
 
 def test_full_example_sets_every_field() -> None:

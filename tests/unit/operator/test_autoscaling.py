@@ -7,11 +7,14 @@ Covers:
   count), plus CPU; API HPA: CPU only; min/max and the scale-down
   stabilization window from the spec; minReplicas never below 1 for an HPA;
 - engine keda: a ScaledObject instead of the worker HPA, one redis-streams trigger per priority
-  stream (the runtime's own keys: `agent:{<namespace>/<name>}:tasks:<priority>`, the group
-  `constants.CONSUMER_GROUP`, streamLength = target), the
-  KEDA address, database and TLS derived from the Redis URL, scale to zero allowed;
-- engine keda with a URL KEDA cannot be given (secret-held or with credentials): a CrossFieldError
-  naming the field;
+  stream (the runtime's own keys: `agent:{<namespace>/<name>}:tasks:<priority>`), counting the
+  stream's length (no consumer group: KEDA would count pending entries, 0 at zero workers) against
+  streamLength = target and activating above 0; pollingInterval and cooldownPeriod from the spec;
+  the KEDA address, database and TLS derived from the Redis URL, scale to zero allowed;
+- engine keda with `urlSecretRef`: a TriggerAuthentication reading the address and password (and a
+  username) from keys of that same Secret, referenced by every trigger; the mode, master name, TLS
+  and database from the spec; a Sentinel without masterName refused;
+- engine keda with a URL KEDA cannot be given (with credentials): a CrossFieldError naming the field;
 - autoscaling disabled: no autoscaler at all.
 """
 
@@ -20,7 +23,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from agent_operator import cli
 from agent_operator.api import models
+from agent_operator.kube import secrets
 from agent_operator.manifests import autoscaling, naming, workloads
 from pydantic import ValidationError
 
@@ -94,12 +99,132 @@ def test_keda_replaces_the_worker_hpa() -> None:
     ]
     for trigger in triggers:
         assert trigger["type"] == "redis-streams"
-        assert trigger["metadata"]["consumerGroup"] == constants.CONSUMER_GROUP
+        # XLEN mode: with a consumerGroup KEDA counts pending entries (and ignores streamLength),
+        # which stay 0 at zero workers, so the first task would never wake one.
+        assert "consumerGroup" not in trigger["metadata"] and "lagCount" not in trigger["metadata"]
         assert trigger["metadata"]["streamLength"] == "7"
+        assert trigger["metadata"]["activationLagCount"] == "0"
         assert trigger["metadata"]["address"] == "redis.agents.svc:6379"
         assert trigger["metadata"]["databaseIndex"] == "0"
+        assert "authenticationRef" not in trigger
         assert trigger["metadata"]["enableTLS"] == "false"
         assert all(isinstance(v, str) for v in trigger["metadata"].values())
+    # KEDA's defaults: every 30 s, and 300 s (the stabilization window) from the last task to zero
+    assert (scaled["spec"]["pollingInterval"], scaled["spec"]["cooldownPeriod"]) == (30, 300)
+
+
+def test_keda_polling_and_cooldown_follow_the_spec() -> None:
+    s = svc(autoscaling={"engine": "keda", "minReplicas": 0, "pollingIntervalSeconds": 5,
+                         "scaleDownStabilizationSeconds": 20})  # fmt: skip
+    scaled = autoscaling.build_autoscalers(s, operator_version=V)[-1]
+    assert (scaled["spec"]["pollingInterval"], scaled["spec"]["cooldownPeriod"]) == (5, 20)
+    assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == {
+        "scaleDown": {"stabilizationWindowSeconds": 20}
+    }
+
+
+def keda_with_secret(**redis: Any) -> list[dict[str, Any]]:
+    body = {"urlSecretRef": {"name": "redis-credentials", "key": "url"}, **redis}
+    return autoscaling.build_autoscalers(
+        svc(redis=body, autoscaling={"engine": "keda", "minReplicas": 0}), operator_version=V
+    )
+
+
+def test_keda_with_the_url_in_a_secret_reads_address_and_password_from_that_secret() -> None:
+    api_hpa, auth, scaled = keda_with_secret()
+    assert api_hpa["kind"] == "HorizontalPodAutoscaler"
+    assert (auth["apiVersion"], auth["kind"]) == ("keda.sh/v1alpha1", "TriggerAuthentication")
+    assert auth["metadata"]["name"] == scaled["metadata"]["name"] == "demo-worker"
+    assert auth["metadata"]["labels"] == scaled["metadata"]["labels"]
+    assert auth["spec"] == {
+        "secretTargetRef": [
+            {"parameter": "address", "name": "redis-credentials", "key": "address"},
+            {"parameter": "password", "name": "redis-credentials", "key": "password"},
+        ]
+    }
+    refs = [trigger["authenticationRef"] for trigger in scaled["spec"]["triggers"]]
+    assert len({id(r) for r in refs}) == len(refs)  # not one shared dict
+    # and `agentctl render` prints every object in full, never a YAML anchor and alias
+    shared = {"name": "x"}
+    assert "&" not in cli.to_yaml([{"a": shared, "b": shared}]) and "&" not in cli.to_yaml([auth, scaled])
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["type"] == "redis-streams"
+        assert trigger["authenticationRef"] == {"name": "demo-worker"}
+        # nothing secret in the ScaledObject: no address, no password
+        assert {k: v for k, v in trigger["metadata"].items() if k != "stream"} == {
+            "enableTLS": "false",
+            "databaseIndex": "0",
+            "streamLength": "50",
+            "activationLagCount": "0",
+        }
+
+
+@pytest.mark.parametrize(
+    ("redis", "trigger_type", "metadata", "refs"),
+    [
+        (
+            {
+                "keda": {
+                    "addressKey": "host",
+                    "passwordKey": "redis-password",
+                    "usernameKey": "user",
+                    "databaseIndex": 3,
+                },
+                "tls": {"enabled": True},
+            },
+            "redis-streams",
+            {"enableTLS": "true", "databaseIndex": "3"},
+            [("address", "host"), ("password", "redis-password"), ("username", "user")],
+        ),
+        (
+            {"mode": "cluster"},
+            "redis-cluster-streams",
+            {"enableTLS": "false"},
+            [("addresses", "address"), ("password", "password")],
+        ),
+        (
+            {"mode": "sentinel", "masterName": "agents", "keda": {"databaseIndex": 1}},
+            "redis-sentinel-streams",
+            {"enableTLS": "false", "sentinelMaster": "agents", "databaseIndex": "1"},
+            [("addresses", "address"), ("password", "password")],
+        ),
+        (
+            # a password of its own (and a literal user): from the worker's env, as with a literal url
+            {"username": "svc", "passwordSecretRef": {"name": "pw", "key": "p"}, "keda": {"usernameKey": "u"}},
+            "redis-streams",
+            {
+                "enableTLS": "false",
+                "databaseIndex": "0",
+                "usernameFromEnv": "AGENT_REDIS_USERNAME",
+                "passwordFromEnv": "AGENT_REDIS_PASSWORD",
+            },
+            [("address", "address")],
+        ),
+    ],
+)
+def test_keda_with_the_url_in_a_secret_follows_the_spec(
+    redis: dict[str, Any], trigger_type: str, metadata: dict[str, str], refs: list[tuple[str, str]]
+) -> None:
+    _, auth, scaled = keda_with_secret(**redis)
+    assert [(r["parameter"], r["key"]) for r in auth["spec"]["secretTargetRef"]] == refs
+    assert {r["name"] for r in auth["spec"]["secretTargetRef"]} == {"redis-credentials"}
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["type"] == trigger_type
+        skip = {"stream", "streamLength", "activationLagCount"}
+        assert {k: v for k, v in trigger["metadata"].items() if k not in skip} == metadata
+
+
+def test_keda_with_a_sentinel_url_in_a_secret_needs_the_master_name() -> None:
+    with pytest.raises(ValidationError, match=r"needs redis\.masterName"):
+        svc(redis={"urlSecretRef": {"name": "r", "key": "url"}, "mode": "sentinel"}, autoscaling={"engine": "keda"})
+
+
+def test_redis_keda_needs_a_url_secret() -> None:
+    with pytest.raises(ValidationError, match=r"applies only with urlSecretRef"):
+        svc(redis={"url": "redis://r:6379/0", "keda": {}})
+    # with the hpa engine the keys are accepted (and not used): switching engines keeps the spec valid
+    assert len(autoscaling.build_autoscalers(svc(redis={"urlSecretRef": {"name": "r", "key": "url"}, "keda": {}}),
+                                             operator_version=V)) == 2  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -114,10 +239,7 @@ def test_keda_connection_from_url(url: str, expected: dict[str, str]) -> None:
     assert autoscaling.redis_trigger_connection(models.RedisSpec(url=url)) == expected
 
 
-@pytest.mark.parametrize(
-    "redis",
-    [{"urlSecretRef": {"name": "r", "key": "url"}}, {"url": "redis://:pw@r:6379/0"}],
-)
+@pytest.mark.parametrize("redis", [{"url": "redis://:pw@r:6379/0"}, {"url": "redis://r:6379/queue"}])
 def test_keda_specs_without_a_plain_url_are_invalid(redis: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match=r"the keda engine needs a plain redis\.url"):
         svc(redis=redis, autoscaling={"engine": "keda"})
@@ -181,5 +303,26 @@ def test_keda_trigger_type_follows_the_redis_mode(
     for trigger in scaled["spec"]["triggers"]:
         assert trigger["type"] == trigger_type
         assert {
-            k: v for k, v in trigger["metadata"].items() if k not in {"stream", "consumerGroup", "streamLength"}
+            k: v for k, v in trigger["metadata"].items() if k not in {"stream", "streamLength", "activationLagCount"}
         } == (expected)
+
+
+def test_the_keys_keda_reads_are_checked_like_every_secret_reference() -> None:
+    """A missing `address` or `password` key would leave KEDA unable to read the queue: SecretMissing."""
+    redis = {"urlSecretRef": {"name": "redis-credentials", "key": "url"}, "keda": {"usernameKey": "user"}}
+    refs = secrets.references(svc(redis=redis, autoscaling={"engine": "keda", "minReplicas": 0}).spec)
+    assert [(r.name, r.key, r.field) for r in refs if r.name == "redis-credentials"] == [
+        ("redis-credentials", "url", "spec.redis.urlSecretRef"),
+        ("redis-credentials", "address", "spec.redis.keda.addressKey"),
+        ("redis-credentials", "password", "spec.redis.keda.passwordKey"),
+        ("redis-credentials", "user", "spec.redis.keda.usernameKey"),
+    ]
+    live = {"redis-credentials": {"data": {"url": "cmVkaXM6Ly9y", "address": "cjo2Mzc5"}}}
+    assert secrets.problems(refs, live)[-2:] == [
+        "key 'password' not in Secret 'redis-credentials' (spec.redis.keda.passwordKey)",
+        "key 'user' not in Secret 'redis-credentials' (spec.redis.keda.usernameKey)",
+    ]
+    # the hpa engine (or autoscaling off) does not need them
+    for scaling in ({"engine": "hpa"}, {"engine": "keda", "enabled": False}):
+        refs = secrets.references(svc(redis=redis, autoscaling=scaling).spec)
+        assert [r.key for r in refs if r.name == "redis-credentials"] == ["url"]

@@ -141,6 +141,18 @@ def test_ports_match_by_their_key_when_unnamed() -> None:
     assert diff.drift(desired, {"ports": [{"containerPort": 8000}]}) == [".ports"]
 
 
+def test_items_that_share_a_name_compare_by_position() -> None:
+    """A TriggerAuthentication names one Secret per parameter: not a list keyed by name."""
+    refs = [
+        {"parameter": "address", "name": "redis-credentials", "key": "address"},
+        {"parameter": "password", "name": "redis-credentials", "key": "password"},
+    ]
+    assert diff.drift({"secretTargetRef": refs}, {"secretTargetRef": [dict(r) for r in refs]}) == []
+    swapped = [refs[0] | {"key": "host"}, refs[1]]
+    assert diff.drift({"secretTargetRef": refs}, {"secretTargetRef": swapped}) == [".secretTargetRef[0].key"]
+    assert diff.drift({"secretTargetRef": refs}, {"secretTargetRef": refs[:1]}) == [".secretTargetRef"]
+
+
 def test_other_lists_compare_by_position_and_length() -> None:
     assert diff.drift({"args": ["a", "b"]}, {"args": ["a", "b"]}) == []
     assert diff.drift({"args": ["a", "b"]}, {"args": ["b", "a"]}) == [".args[0]", ".args[1]"]

@@ -4,7 +4,8 @@ Covers:
 - built-in kinds (ConfigMap, Secret, Service, Deployment, HPA, PDB, NetworkPolicy) validate with
   kubernetes-validate in strict mode (unknown fields rejected) against Kubernetes 1.30 and the
   newest version the installed kubernetes-validate ships;
-- the custom-resource kinds (PrometheusRule, ServiceMonitor, ScaledObject) validate with jsonschema
+- the custom-resource kinds (PrometheusRule, ServiceMonitor, ScaledObject, TriggerAuthentication)
+  validate with jsonschema
   against the upstream CRDs' openAPIV3Schema vendored in `tests/schemas/` (see its README), made
   strict, with `metadata` checked as ObjectMeta;
 - the validators can fail: an unknown field, a wrong type and a missing required field are each
@@ -13,7 +14,8 @@ Covers:
   Redis URL, custom image, 63-character name) and every `examples/*.yaml` AgentService, if present;
 - a hypothesis property: any valid spec renders deterministic manifests that all validate (or is
   refused with a CrossFieldError only for the one combination the builders cannot serve: the KEDA
-  engine without a literal, credential-free Redis URL).
+  engine with a literal Redis URL that carries credentials; a URL in a Secret is served through a
+  TriggerAuthentication).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ CRD_SCHEMA_FILES = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.monitoring.coreos.com.v1.yaml",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.monitoring.coreos.com.v1.yaml",
     ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject.keda.sh.v1alpha1.yaml",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): "triggerauthentication.keda.sh.v1alpha1.yaml",
 }
 OBJECT_META_REF = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
@@ -215,6 +218,18 @@ def representative_specs() -> dict[str, models.AgentService]:
             },
             autoscaling={"engine": "keda"},
         ),
+        "keda-url-in-secret": agent_service(
+            redis={"urlSecretRef": {"name": "redis", "key": "url"}}, autoscaling={"engine": "keda", "minReplicas": 0}
+        ),
+        "keda-cluster-url-in-secret": agent_service(
+            redis={
+                "urlSecretRef": {"name": "redis", "key": "url"},
+                "mode": "cluster",
+                "tls": {"enabled": True},
+                "keda": {"addressKey": "nodes", "passwordKey": "pw", "usernameKey": "user"},
+            },
+            autoscaling={"engine": "keda", "pollingIntervalSeconds": 5},
+        ),
         "keda-tls": agent_service(
             redis={"url": "rediss://redis.example.com:6380/3"}, autoscaling={"engine": "keda", "maxReplicas": 5}
         ),
@@ -328,8 +343,13 @@ def agent_services(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans())
         else {"urlSecretRef": draw(SECRET_REF)}
     )
-    if engine == "keda":  # KEDA dials Redis itself: the model requires a plain URL (see models.AgentServiceSpec)
+    if engine == "keda" and "url" in redis:  # a literal URL for KEDA: without credentials (models.AgentServiceSpec)
         redis = {"url": draw(st.sampled_from(["redis://r:6379/0", "rediss://r.example.com/2"]))}
+    elif "urlSecretRef" in redis and draw(st.booleans()):
+        redis["keda"] = {
+            "addressKey": draw(st.sampled_from(["address", "host"])),
+            "databaseIndex": draw(st.integers(0, 15)),
+        }
     env = []
     for var_name in draw(st.lists(ENV_NAME, max_size=4)):
         env.append(
@@ -351,6 +371,7 @@ def agent_services(draw: st.DrawFn) -> dict[str, Any]:
             "maxReplicas": draw(st.integers(max(low, 1), 50)),
             "targetQueueDepthPerReplica": draw(st.integers(1, 1000)),
             "scaleDownStabilizationSeconds": draw(st.integers(0, 3600)),
+            "pollingIntervalSeconds": draw(st.integers(1, 3600)),
         },
         "budget": {
             "dailyUSD": draw(st.none() | st.floats(0, 1000)),
@@ -385,7 +406,7 @@ def keda_cannot_serve(svc: models.AgentService) -> bool:
     spec = svc.spec
     if not spec.autoscaling.enabled or spec.autoscaling.engine != models.AutoscalingEngine.KEDA:
         return False
-    return spec.redis.url is None or "@" in spec.redis.url
+    return spec.redis.url is not None and "@" in spec.redis.url
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
