@@ -31,6 +31,7 @@ class Metrics:
     rollbacks: Counter
     analyses: Counter
     analysis_duration: Histogram
+    child_events: Counter
 
     def exposition(self) -> bytes:
         """The text exposition format of the registry (the `/metrics` body)."""
@@ -100,6 +101,12 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
             f"{CANARY_PREFIX}_analysis_duration_seconds",
             "Wall-clock time of one canary analysis (every Prometheus query of it).",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        ),
+        child_events=Counter(
+            f"{PREFIX}_child_events_total",
+            "Changes of owned children seen by the watches that asked for their AgentService's reconcile, by kind.",
+            ["kind"],
             registry=registry,
         ),
     )

@@ -20,7 +20,7 @@ import json
 import re
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import aiohttp
@@ -199,6 +199,46 @@ class Client:
                     return payload if isinstance(payload, dict) else None
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 raise TransportError(f"{method} {path}: {exc!r}") from exc
+        raise ApiError(401, "Unauthorized", "the API server rejected the operator's credentials twice")
+
+    async def stream(
+        self, path: str, params: Mapping[str, str], *, read_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of one watch call, decoded line by line, until the server ends it.
+
+        ApiError when the call is refused (a 404 too: a watch has no "absent" answer); a 401 logs
+        in again once. `read_timeout` bounds the silence between two chunks, not the whole call,
+        which lasts as long as the server keeps it open; a silence that long ends the call as the
+        server's own timeout would (the caller resumes from the last version it saw). Lines are
+        split here, not by aiohttp's `readline`, which refuses lines longer than its buffer (a
+        dashboard ConfigMap can be).
+        """
+        for attempt in (1, 2):
+            session = await self._ensure(renew=attempt == 2)
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=read_timeout)
+            try:
+                async with session.get(
+                    self._server + path, params=params, timeout=timeout, allow_redirects=False
+                ) as response:
+                    if response.status == 401 and attempt == 1:
+                        continue
+                    if response.status >= 300:
+                        raise await _api_error(response)
+                    buffer = bytearray()
+                    chunks = response.content.iter_any()
+                    while True:
+                        try:
+                            chunk = await anext(chunks)
+                        except (StopAsyncIteration, TimeoutError):
+                            return
+                        buffer.extend(chunk)
+                        while (end := buffer.find(b"\n")) >= 0:
+                            line = bytes(buffer[:end])
+                            del buffer[: end + 1]
+                            if line.strip():
+                                yield json.loads(line)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                raise TransportError(f"GET {path} (watch): {exc!r}") from exc
         raise ApiError(401, "Unauthorized", "the API server rejected the operator's credentials twice")
 
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
