@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import datetime
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import pydantic
@@ -82,11 +82,16 @@ class Reconciler:
         # One limit shared by kopf's handlers and both loops: without it a burst of creations runs
         # every reconcile at once, and the peak stays in the process's RSS (bench/RESULTS.md).
         self._gate = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
+        # Per object: the resourceVersion of the body whose one-shot gates (promote, abort) were acted
+        # on and removed, and those gates. A loop may hand over that same body again before the
+        # removal's watch event arrives; it must not act on them twice (a second rollback recorded).
+        self._spent: dict[str, tuple[str | None, frozenset[str]]] = {}
 
     def forget(self, uid: str) -> None:
         """Drop the bookkeeping of a deleted object."""
         self._locks.pop(uid, None)
         self._known.pop(uid, None)
+        self._spent.pop(uid, None)
         self._rollouts.forget(uid)
         self._status.forget(uid)
         self._inventory.forget(uid)
@@ -155,6 +160,7 @@ class Reconciler:
         return outcome
 
     async def _reconcile(self, uid: str, body: Mapping[str, Any]) -> Outcome:
+        body = self._unspent(uid, body)
         generation = body.get("metadata", {}).get("generation")
         prior = status.canary_of(self._status.previous(uid, body))
         try:
@@ -166,7 +172,18 @@ class Reconciler:
         else:
             findings, report, outcome = await self._converge(uid, body, svc, desired, prior)
         phase, written = await self._status.report(uid, body, findings, report)
+        if report.plan is not None and (gates := _gates_on(body, report.plan.decision.consumed)):
+            self._spent[uid] = (body.get("metadata", {}).get("resourceVersion"), gates)
         return dataclasses.replace(outcome, phase=phase, status_written=written)
+
+    def _unspent(self, uid: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`body` without the one-shot gates already acted on when this same version was reconciled."""
+        meta = body.get("metadata", {})
+        spent = self._spent.get(uid)
+        if spent is None or spent[0] != meta.get("resourceVersion") or not _gates_on(body, spent[1]):
+            return body
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in spent[1]}
+        return {**body, "metadata": {**meta, "annotations": annotations}}
 
     async def _converge(
         self,
@@ -250,6 +267,11 @@ class Reconciler:
         except ValueError as exc:
             raise SpecInvalid(str(exc)) from None
         return svc, desired
+
+
+def _gates_on(body: Mapping[str, Any], gates: Iterable[str]) -> frozenset[str]:
+    """Those of `gates` that the body's annotations carry."""
+    return frozenset(gates) & (body.get("metadata", {}).get("annotations") or {}).keys()
 
 
 def _uid(body: Mapping[str, Any]) -> str:
