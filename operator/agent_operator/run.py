@@ -36,6 +36,7 @@ from agent_operator import __version__, handlers, opmetrics, reconcile
 from agent_operator.canary import rollouts
 from agent_operator.canary.prometheus import Prometheus
 from agent_operator.kube import client as kube_client
+from agent_operator.kube import watch
 
 log = structlog.get_logger(__name__)
 
@@ -164,6 +165,8 @@ async def operate(
         scrape_interval_seconds=config.prometheus_scrape_interval,
     )
     reconciler = reconcile.Reconciler(client, metrics, operator_version=config.operator_version, canary=canary_rollouts)
+    # Children are watched in the scope the operator serves: the whole cluster, or its namespaces.
+    children = watch.Children(client, reconciler.poke, metrics, namespaces=config.namespaces)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, resync_interval=config.resync_interval, analysis_tick=config.analysis_tick)
 
@@ -190,7 +193,7 @@ async def operate(
             clusterwide=config.all_namespaces,
             namespaces=list(config.namespaces),
             liveness_endpoint=liveness,
-            memo=kopf.Memo(reconciler=reconciler),
+            memo=kopf.Memo(reconciler=reconciler, children=children),
             stop_flag=stop_flag,
             ready_flag=ready_flag,
         )
