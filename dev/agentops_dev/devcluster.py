@@ -45,7 +45,7 @@ import datetime
 import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Final
 
 import aiohttp.web
@@ -270,7 +270,7 @@ class DevCluster(kmock.KubernetesEmulator):
         return len(self._payloads) > self._builtin_payloads
 
     async def _fast_read(self, request: rendering.Request) -> aiohttp.web.StreamResponse | None:
-        """Serve get and list directly: kmock's DSL matches each request against every past
+        """Serve get, list and watch directly: kmock's DSL matches each request against every past
         request of every reaction (`request in view` iterates the view), quadratic over a run."""
         if request.resource is None or not request.resource.plural or request.subresource or self._reactions():
             return None  # discovery, subresources, or custom reactions
@@ -278,7 +278,25 @@ class DevCluster(kmock.KubernetesEmulator):
             return _json(await self._serve_fetch(request))
         if request.action == kmock.action.LIST:
             return _json(await self._serve_list(request))
+        if request.action == kmock.action.WATCH:
+            return await self._stream_watch(request)
         return None
+
+    async def _stream_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """Stream `_serve_watch` as JSON lines, without kmock's DSL (0.25 s per watch late in a test run)."""
+        assert request._raw_request is not None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        events = self._serve_watch(request)
+        try:
+            with contextlib.suppress(ConnectionError):  # the client went away
+                async for item in events:
+                    if isinstance(item, dict):
+                        await response.write(json.dumps(item).encode() + b"\n")
+                await response.write_eof()
+        finally:
+            await events.aclose()  # unsubscribes from the change feed now, not when collected
+        return response
 
     @staticmethod
     def _normalised(response: aiohttp.web.StreamResponse, *, created: bool) -> aiohttp.web.StreamResponse:
@@ -551,7 +569,7 @@ class DevCluster(kmock.KubernetesEmulator):
             return list(by_namespace.get(namespace, {}).values())
         return [key for names in by_namespace.values() for key in names.values()]
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+    async def _serve_watch(self, request: rendering.Request) -> AsyncGenerator[rendering.Payload, None]:
         """The current objects as ADDED (or the changes after `resourceVersion`), then every change."""
         yield b""  # the headers go out at once, even while nothing happens (as kmock does)
         assert request.resource is not None
