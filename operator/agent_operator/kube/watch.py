@@ -23,8 +23,11 @@ What pokes: an event about a child whose controller is an AgentService (a contro
 ownerReference) when the child is new, gone, or its fingerprint changed. The fingerprint ignores
 what the API server moves by itself (resourceVersion, managedFields) and, except for the kinds whose
 status the AgentService reports (Deployments), the status: HPA, PDB and ScaledObject statuses move
-every few seconds and never need a repair. The operator's own writes come back as events too; the
-reconcile they cause finds nothing to do and writes nothing.
+every few seconds and never need a repair. The operator's own applies come back as events too: an event
+carrying the very resourceVersion the operator's last apply of that object produced
+(`client.Client.own_write`, which waits for the apply's answer when the event comes first) is its
+echo and pokes nobody: a repair would find nothing to do, and at a burst of creations these
+repairs tripled the reconciles. Any other version of the object pokes.
 
 Not watched: Secrets. RBAC cannot narrow `list` or `watch` by label, so watching the auth Secret
 would let the operator read every Secret of the cluster, where today it only `get`s the ones an
@@ -264,7 +267,7 @@ class Stream:
                 received += 1
                 self._version = str((obj.get("metadata") or {}).get("resourceVersion") or self._version)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    self._seen(kind, obj)
+                    await self._seen(kind, obj)
         except client.ApiError as exc:
             if exc.status == 410:
                 raise Gone from None
@@ -273,7 +276,7 @@ class Stream:
             raise
         return received
 
-    def _seen(self, kind: str, obj: Mapping[str, Any]) -> None:
+    async def _seen(self, kind: str, obj: Mapping[str, Any]) -> None:
         uid = str(obj.get("metadata", {}).get("uid", ""))
         known = self._children.get(uid)
         owner = owner_of(obj)
@@ -285,6 +288,8 @@ class Stream:
             return
         entry = (owner, self._fingerprint(obj))
         self._children[uid] = entry
+        if await self._api.own_write(self._kind.kind, obj):
+            return  # the echo of the operator's own apply: the reconcile that wrote it wanted exactly this
         if entry != known:
             self._changed(owner)
             if known is not None and known[0] != owner:

@@ -24,7 +24,14 @@ from agent_operator import opmetrics
 from agent_operator.manifests import naming
 from agentops_dev import devcluster
 
-from tests.integration.operator.conftest import Operator, agent_service, eventually, quiet_and_ready, ready_service
+from tests.integration.operator.conftest import (
+    Operator,
+    agent_service,
+    events,
+    eventually,
+    quiet_and_ready,
+    ready_service,
+)
 
 NO_RESYNC = 3600.0  # longer than any test: a repair seen here came through a watch
 MERGE = {"Content-Type": "application/merge-patch+json"}
@@ -137,10 +144,13 @@ async def test_a_change_needing_no_repair_and_the_repairs_own_echo_write_nothing
     await eventually(lambda: counter(watched, "reconciles_total") > reconciles)
     assert operator_writes(watched, mark) == []
 
-    # A repair writes; the events of its own writes come back and are reconciled to nothing.
+    # A repair writes (the Deployment, then the status: not ready), the Deployment controller rolls
+    # it out, the status goes Ready again with its Event; nothing follows.
+    readied = len(events(watched, "Ready"))
     await delete(watched, "/apis/apps/v1/namespaces/default/deployments/demo-api")
-    await eventually(lambda: "Deployment/demo-api" in watched.children())
+    await eventually(lambda: watched.condition("Ready").get("status") == "False")
     await watched.cluster.simulate_rollouts("default")
+    await eventually(lambda: len(events(watched, "Ready")) == readied + 1)
     await quiet_and_ready(watched)
     mark, reconciles = watched.cluster.request_count, counter(watched, "reconciles_total")
     await asyncio.sleep(3.0)  # several seconds of steady state: nothing may happen in them

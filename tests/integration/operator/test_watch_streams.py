@@ -3,7 +3,8 @@
 Covers: the API server selects the children (the watch carries the managed-by label selector, an
 unlabelled object never arrives); a new, changed or deleted child pokes its controlling
 AgentService, a change of status alone does not, except for Deployments (their status is
-reported); an object without an AgentService controller pokes nothing; a child that loses the
+reported); the echo of the operator's own apply pokes nobody, a later change does; an object
+without an AgentService controller pokes nothing; a child that loses the
 label pokes its owner; a lost connection whose changes were compacted away (410) is listed
 again, and exactly the owners of what changed meanwhile are poked; a kind the cluster does not
 serve is logged once, retried quietly, and watched once it is served.
@@ -159,6 +160,17 @@ async def test_changes_poke_the_owner_and_a_status_alone_does_not(cluster: Any, 
     assert await w.next_poke() == "uid-b"
     await emulator.put_object(HPAS, child(HPAS, "b-worker", "uid-b", labelled=False, spec={"maxReplicas": 3}))
     assert await w.next_poke() == "uid-b"
+    assert w.pokes.empty()
+
+
+async def test_the_echo_of_an_own_apply_pokes_nobody_and_a_later_change_does(cluster: Any, watching: Any) -> None:
+    emulator, _ = cluster
+    w = await watching(CONFIGMAPS)
+    await w.client.apply(child(CONFIGMAPS, "a-config", "uid-a", data={"k": "1"}))  # the operator's own write
+    await emulator.put_object(CONFIGMAPS, child(CONFIGMAPS, "b-config", "uid-b", data={"k": "1"}))
+    assert await w.next_poke() == "uid-b"  # nothing before it: the apply's echo poked nobody
+    await emulator.put_object(CONFIGMAPS, child(CONFIGMAPS, "a-config", "uid-a", data={"k": "2"}))
+    assert await w.next_poke() == "uid-a"  # someone else's change after it does
     assert w.pokes.empty()
 
 
