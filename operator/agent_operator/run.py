@@ -73,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
     parser.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", DEFAULT_HEALTH_PORT)))
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
-    parser.add_argument("--resync-interval", type=float, default=DEFAULT_RESYNC_INTERVAL, metavar="SECONDS")
+    parser.add_argument(
+        "--resync-interval",
+        type=float,
+        default=DEFAULT_RESYNC_INTERVAL,
+        metavar="SECONDS",
+        help="full pass over every AgentService, the safety net (children are watched; docs/operator.md)",
+    )
     parser.add_argument("--server", default=None, help="API server URL without credentials (development)")
     parser.add_argument(
         "--prometheus-url",
