@@ -8,6 +8,8 @@ Covers, with the operator's resync interval at an hour (so that only the watches
 - a change the watch sees that needs no repair (an annotation someone adds to a Deployment) makes
   a reconcile and zero writes, and the operator's own writes after a repair do not keep it busy:
   over several seconds after the repair settled, no reconcile and no write;
+- the operator's own writes come back as events and poke nobody: five services created at once
+  are reconciled once each (kopf's create handler), with no child event counted;
 - the auth Secret is not watched (RBAC cannot narrow Secrets by label): its repair is the resync's
   (tests/integration/operator/test_reconcile.py).
 """
@@ -29,6 +31,7 @@ from tests.integration.operator.conftest import (
     agent_service,
     events,
     eventually,
+    kopf_handled,
     quiet_and_ready,
     ready_service,
 )
@@ -156,3 +159,15 @@ async def test_a_change_needing_no_repair_and_the_repairs_own_echo_write_nothing
     await asyncio.sleep(3.0)  # several seconds of steady state: nothing may happen in them
     assert operator_writes(watched, mark) == []
     assert counter(watched, "reconciles_total") == reconciles
+
+
+async def test_the_echoes_of_a_burst_of_creations_poke_nobody(watched: Operator) -> None:
+    names = [f"burst-{i}" for i in range(5)]
+    for name in names:
+        await watched.put(agent_service(name=name))
+    for name in names:  # every child applied, the status written (Progressing: no Deployment controller here)
+        await eventually(lambda name=name: watched.status(name).get("phase") == "Progressing")
+        await eventually(lambda name=name: kopf_handled(watched, name))
+    await asyncio.sleep(2.0)  # a poke would have been reconciled within 0.1 s: nothing may come
+    assert counter(watched, "child_events_total") == 0
+    assert counter(watched, "reconciles_total") == len(names)  # kopf's create handler, once each
