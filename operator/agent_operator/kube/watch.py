@@ -21,13 +21,13 @@ each namespace the operator serves):
 
 What pokes: an event about a child whose controller is an AgentService (a controller
 ownerReference) when the child is new, gone, or its fingerprint changed. The fingerprint ignores
-what the API server moves by itself (resourceVersion, managedFields) and, except for the kinds whose
-status the AgentService reports (Deployments), the status: HPA, PDB and ScaledObject statuses move
-every few seconds and never need a repair. The operator's own applies come back as events too: an event
-carrying the very resourceVersion the operator's last apply of that object produced
-(`client.Client.own_write`, which waits for the apply's answer when the event comes first) is its
-echo and pokes nobody: a repair would find nothing to do, and at a burst of creations these
-repairs tripled the reconciles. Any other version of the object pokes.
+what the API server moves by itself (resourceVersion, managedFields) and, except for the kinds
+whose status the AgentService reports (Deployments), the status: HPA, PDB and ScaledObject
+statuses move every few seconds and never need a repair. The operator's own applies come back as
+events too: an event carrying the very resourceVersion the operator's last apply of that object
+produced (`client.Client.own_write`, which waits for the apply's answer when the event comes
+first) is its echo and pokes nobody: a repair would find nothing to do, and at a burst of
+creations these repairs tripled the reconciles. Any other version of the object pokes.
 
 Not watched: Secrets. RBAC cannot narrow `list` or `watch` by label, so watching the auth Secret
 would let the operator read every Secret of the cluster, where today it only `get`s the ones an
