@@ -16,8 +16,15 @@ Figures printed (JSON):
 - the operator's write calls at steady state, by verb and kind, counted from the moment the
   reconcile is complete until the operator's own `reconciles_total` has grown by `passes + 1`
   times N: whatever pass was in flight at that moment, `passes` full resync passes over every
-  service fall inside the window.
-Targets (issue 3): p50 <= 0.2 s, 1,000 reconciled <= 60 s, RSS <= 200 MB, 0 steady-state writes.
+  service fall inside the window;
+- drift repair: p50/p95/max seconds from deleting a worker Deployment (one service at a time,
+  `--drift-samples` of them, spread over the N) to a new Deployment of that name (a new uid),
+  polled every 10 ms; and the operator's RSS after it. The child watches repair it; the resync
+  (`--resync`, 20 s by default) would take up to a whole interval;
+- reconciles and child events (the watches' pokes, `child_events_total`) during the burst: the
+  operator's own writes come back as events, and each poked service is reconciled once more.
+Targets: p50 <= 0.2 s, 1,000 reconciled <= 60 s, RSS <= 200 MB, 0 steady-state writes (issue 3);
+drift repaired in <= 2 s p50 with 1,000 services held (issue 14).
 
 `--controlplane DIR` runs the same drive against the real control plane (`scripts/controlplane.sh
 start DIR`: etcd, kube-apiserver, controller manager, scheduler) instead of the emulator: the CRD
@@ -104,10 +111,12 @@ async def samples(http: aiohttp.ClientSession, metrics_url: str) -> dict[str, fl
     """The operator's counters: `reconciles`, and `writes:<verb>/<kind>` per label set."""
     async with http.get(metrics_url) as response:
         text = await response.text()
-    found: dict[str, float] = {"reconciles": 0.0}
+    found: dict[str, float] = {"reconciles": 0.0, "child_events": 0.0}
     for line in text.splitlines():
         if line.startswith("agentservice_operator_reconciles_total{"):
             found["reconciles"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("agentservice_operator_child_events_total{"):
+            found["child_events"] += float(line.rsplit(" ", 1)[1])
         elif line.startswith("agentservice_operator_api_writes_total{"):
             labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
             name = f"writes:{labels['verb'].strip(chr(34))}/{labels['kind'].strip(chr(34))}"
@@ -161,6 +170,30 @@ async def children_per_service(http: aiohttp.ClientSession, url: str, namespace:
     return total
 
 
+async def uid_of(http: aiohttp.ClientSession, url: str) -> str | None:
+    async with http.get(url) as response:
+        if response.status != 200:
+            return None
+        return str((await response.json())["metadata"]["uid"])
+
+
+async def drift_repair(http: aiohttp.ClientSession, url: str, services: int, samples: int) -> list[float]:
+    """Seconds from deleting a worker Deployment to its replacement existing, one service at a time."""
+    seconds = []
+    for index in range(samples):
+        name = f"svc-{index * services // samples}-worker"
+        path = f"{url}/apis/apps/v1/namespaces/scale/deployments/{name}"
+        old = await uid_of(http, path)
+        assert old is not None, name
+        async with http.delete(path) as response:
+            assert response.status == 200, await response.text()
+        started = time.perf_counter()
+        while await uid_of(http, path) in (None, old):
+            await asyncio.sleep(0.01)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
 async def drive(
     url: str,
     metrics_url: str,
@@ -168,6 +201,7 @@ async def drive(
     services: int,
     latency_samples: int,
     passes: int,
+    drift_samples: int,
     pids: Mapping[str, int],
     ssl_context: ssl.SSLContext | None = None,
     audit_writes: Callable[[int], dict[str, int]] | None = None,
@@ -189,6 +223,7 @@ async def drive(
             latencies.append(time.perf_counter() - started)
         per_service = await children_per_service(http, url, "latency")
 
+        burst0 = await samples(http, metrics_url)
         cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
         started = time.perf_counter()
         for chunk in range(0, services, 50):
@@ -202,6 +237,10 @@ async def drive(
         cpu1 = {name: cpu_s(pid) for name, pid in pids.items()}
 
         before = await samples(http, metrics_url)
+        burst = {
+            "reconciles": int(before["reconciles"] - burst0["reconciles"]),
+            "child_events": int(before["child_events"] - burst0["child_events"]),
+        }
         mark = audit_mark() if audit_mark is not None else 0
         steady_started = time.perf_counter()
         goal = before["reconciles"] + (passes + 1) * (services + latency_samples)
@@ -210,6 +249,20 @@ async def drive(
         steady = time.perf_counter() - steady_started
         cpu2 = {name: cpu_s(pid) for name, pid in pids.items()}
         audited = {"steady_state_writes_audit_log": audit_writes(mark)} if audit_writes is not None else {}
+        memory = {name: memory_mb(pid) for name, pid in pids.items()}
+
+        repairs = await drift_repair(http, url, services, drift_samples) if drift_samples else []
+        drift = (
+            {
+                "drift_repair_samples": len(repairs),
+                "drift_repair_p50_s": round(statistics.median(repairs), 3),
+                "drift_repair_p95_s": round(statistics.quantiles(repairs, n=20, method="inclusive")[18], 3),
+                "drift_repair_max_s": round(max(repairs), 3),
+                "memory_mb_after_drift": {name: memory_mb(pid) for name, pid in pids.items()},
+            }
+            if len(repairs) >= 2
+            else {}
+        )
         return {
             "create_to_children_p50_s": round(statistics.median(latencies), 3),
             "create_to_children_p99_s": round(statistics.quantiles(latencies, n=100)[98], 3),
@@ -218,12 +271,14 @@ async def drive(
             "create_requests_s": round(created, 1),
             "reconcile_all_s": round(reconcile_all, 1),
             "reconcile_all_cpu_s": {name: round(cpu1[name] - cpu0[name], 1) for name in pids},
-            "memory_mb": {name: memory_mb(pid) for name, pid in pids.items()},
+            "burst": burst,
+            "memory_mb": memory,
             "steady_window_s": round(steady, 1),
             "steady_reconciles": int(after["reconciles"] - before["reconciles"]),
             "steady_cpu_s": {name: round(cpu2[name] - cpu1[name], 1) for name in pids},
             "steady_state_writes": writes_between(before, after),
             **audited,
+            **drift,
         }
 
 
@@ -276,6 +331,7 @@ def run_dev_cluster(args: argparse.Namespace) -> dict[str, Any]:
                 services=args.services,
                 latency_samples=args.samples,
                 passes=args.passes,
+                drift_samples=args.drift_samples,
                 pids={"operator": operator.pid, "emulator": cluster.pid},
             )
         )
@@ -343,6 +399,7 @@ def run_control_plane(args: argparse.Namespace) -> dict[str, Any]:
                 services=args.services,
                 latency_samples=args.samples,
                 passes=args.passes,
+                drift_samples=args.drift_samples,
                 pids=pids,
                 ssl_context=context,
                 audit_writes=audit_writes,
@@ -363,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--resync", type=float, default=20.0)
     parser.add_argument("--passes", type=int, default=2, help="full resync passes inside the steady-state window")
+    parser.add_argument("--drift-samples", type=int, default=50, help="worker Deployments deleted, one at a time")
     parser.add_argument("--operator-log", default=os.devnull, help="file for the operator's stderr (JSON logs)")
     parser.add_argument("--controlplane", metavar="DIR", help="run on the real control plane, its data under DIR")
     args = parser.parse_args(argv)

@@ -1,17 +1,19 @@
 """kopf handlers: thin decorators around `Reconciler.reconcile`, registered on an explicit registry.
 
-One reconcile serves create, update and resume; a resync loop re-runs it for every object each
-`resync_interval` seconds to restore deleted or hand-edited children and to notice Secrets that
-appeared, and a second loop reconciles, every `analysis_tick` seconds, only the objects whose
-canary rollout has an analysis due (`spec.canary.interval` is usually much shorter than the
-resync); a third refreshes `status.budget` from Prometheus when it is due, outside any reconcile
-(`budgetreport`). Each loop is one task fed by the watch stream (`on.event`), not a `kopf.timer`:
-kopf puts a finalizer on every object with a timer, and this operator needs none — the children
-carry ownerReferences, so Kubernetes' garbage collector removes them with their AgentService, and
-nothing outside the cluster needs cleaning up.
+One reconcile serves create, update and resume. Three loops re-run it, each one task started at
+start-up: the repair loop, for the objects whose children the watches of `kube.watch` saw
+deleted or changed (drift repaired within seconds); a resync loop, for every object each
+`resync_interval` seconds, the safety net (Secrets that appeared, the auth Secret, which is not
+watched, anything a watch missed); and a loop that reconciles, every `analysis_tick` seconds, only
+the objects whose canary rollout has an analysis due (`spec.canary.interval` is usually much
+shorter than the resync). A fourth refreshes `status.budget` from Prometheus when it is due,
+outside any reconcile (`budgetreport`). The loops know the objects from kopf's watch stream
+(`on.event`); none is a `kopf.timer`: kopf puts a finalizer on every object with a timer, and this
+operator needs none — the children carry ownerReferences, so Kubernetes' garbage collector removes
+them with their AgentService, and nothing outside the cluster needs cleaning up.
 
-The reconciler reaches the handlers through kopf's `memo` (injected by `run.py`), and the loop
-intervals are registration arguments, so no handler reads configuration.
+The reconciler and the child watches reach the handlers through kopf's `memo` (injected by
+`run.py`), and the loop intervals are registration arguments, so no handler reads configuration.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import kopf
 
 from agent_operator import reconcile
 from agent_operator.api import models
+from agent_operator.kube import watch
 from agent_operator.kube.client import ApiError
 
 RESOURCE = (models.GROUP, models.VERSION, models.PLURAL)
@@ -76,13 +79,18 @@ def register(
 
     @kopf.on.startup(registry=registry)
     async def agentservice_resync_start(memo: Any, **_: Any) -> None:
-        memo.resync = asyncio.create_task(_reconciler(memo).resync_forever(resync_interval), name="resync")
-        memo.analysis = asyncio.create_task(_reconciler(memo).analyse_forever(analysis_tick), name="canary-analysis")
-        memo.budget = asyncio.create_task(_reconciler(memo).budgets_forever(budget_tick), name="budget-status")
+        reconciler = _reconciler(memo)
+        memo.resync = asyncio.create_task(reconciler.resync_forever(resync_interval), name="resync")
+        memo.analysis = asyncio.create_task(reconciler.analyse_forever(analysis_tick), name="canary-analysis")
+        memo.budget = asyncio.create_task(reconciler.budgets_forever(budget_tick), name="budget-status")
+        memo.repair = asyncio.create_task(reconciler.repair_forever(), name="repair")
+        children: watch.Children | None = getattr(memo, "children", None)
+        if children is not None:
+            memo.watch = asyncio.create_task(children.run_forever(), name="child-watch")
 
     @kopf.on.cleanup(registry=registry)
     async def agentservice_resync_stop(memo: Any, **_: Any) -> None:
-        for name in ("resync", "analysis", "budget"):
+        for name in ("watch", "repair", "resync", "analysis", "budget"):
             task: asyncio.Task[None] | None = getattr(memo, name, None)
             if task is not None:
                 task.cancel()

@@ -32,6 +32,7 @@ class Metrics:
     analyses: Counter
     analysis_duration: Histogram
     budget_refreshes: Counter
+    child_events: Counter
 
     def exposition(self) -> bytes:
         """The text exposition format of the registry (the `/metrics` body)."""
@@ -107,6 +108,12 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
             f"{PREFIX}_budget_refreshes_total",
             "Refreshes of status.budget, by outcome (measured, no_data, error, not_configured).",
             ["result"],
+            registry=registry,
+        ),
+        child_events=Counter(
+            f"{PREFIX}_child_events_total",
+            "Changes of owned children seen by the watches that asked for their AgentService's reconcile, by kind.",
+            ["kind"],
             registry=registry,
         ),
     )

@@ -8,6 +8,8 @@ Where each rule comes from:
   creates an absent object); `list` and `delete` for the kinds `kube.prune.prune` removes
   (`prune.PRUNABLE`, and `prune.RENAMEABLE` under a name the naming rule no longer gives);
   `delete` for the canary track's objects;
+  `list` and `watch` for the kinds `kube.watch` follows (`watch.WATCHED`: every child kind but
+  Secrets, which RBAC cannot narrow by label);
 - referenced Secrets are read (`get`) by `secrets.py`; Events are posted (`create`);
 - the AgentService itself: kopf lists and watches it and keeps its bookkeeping in annotations
   (`patch`); the operator writes its status subresource (`patch`) and never reads single objects;
@@ -25,11 +27,12 @@ from collections import defaultdict
 from typing import Any
 
 from agent_operator.api import models
-from agent_operator.kube import client, prune
+from agent_operator.kube import client, prune, watch
 from agent_operator.manifests import builders
 
 CHILD_VERBS = ("create", "get", "patch")
 PRUNE_VERBS = ("delete", "list")
+WATCH_VERBS = ("list", "watch")
 # The canary track's objects (`builders.Desired.canary`) exist only during a rollout and are
 # deleted at promotion or rollback.
 CANARY_KINDS = (("apps/v1", "Deployment"), ("v1", "ConfigMap"))
@@ -80,6 +83,8 @@ def _namespaced_grants() -> dict[tuple[str, str], set[str]]:
         grants[(_group(api_version), client.PLURALS[(api_version, kind)])].update(CHILD_VERBS)
     for api_version, kind in prune.LISTED:
         grants[(_group(api_version), client.PLURALS[(api_version, kind)])].update(PRUNE_VERBS)
+    for watched in watch.WATCHED:
+        grants[(_group(watched.api_version), client.PLURALS[(watched.api_version, watched.kind)])].update(WATCH_VERBS)
     for api_version, kind in CANARY_KINDS:
         grants[(_group(api_version), client.PLURALS[(api_version, kind)])].add("delete")
     grants[("", "secrets")].add("get")

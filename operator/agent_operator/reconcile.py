@@ -5,6 +5,12 @@ actual state, closes the gap and reports it; running it twice in a row changes n
 time (zero writes). A spec that cannot be served becomes the `SpecInvalid` condition; a transient
 API fault propagates as `kube.client.ApiError` for the handlers to retry.
 
+Three loops call it besides kopf's handlers: the repair loop, for the services whose children a
+watch saw change (`kube.watch`: a child deleted or edited by hand is repaired within a second or
+so); the resync loop, every service every `resync_interval` (the safety net: a missing Secret that
+appeared, the auth Secret, which is not watched, anything a watch missed); and the canary analysis
+loop.
+
 Pods are held back (no Deployment written, no mounted ConfigMap changed) while a referenced
 Secret is missing, or while an object the pods consume (the auth Secret, a runtime ConfigMap)
 belongs to someone else: they would crash-loop or run on someone else's data. Everything else is
@@ -17,8 +23,9 @@ import asyncio
 import copy
 import dataclasses
 import datetime
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import pydantic
@@ -40,6 +47,11 @@ ANALYSIS_TICK: Final = 1.0  # how often the analysis loop looks for due canary a
 BUDGET_TICK: Final = 1.0  # how often the budget loop looks for due budget refreshes
 BUDGET_CONCURRENCY: Final = 2  # refreshes at once: each holds a worker thread while Prometheus answers
 MAX_CONCURRENT_RECONCILES: Final = 32
+# A burst of child events (a Deployment and its status, a cascade of deletions) is one repair.
+REPAIR_DEBOUNCE: Final = 0.1
+# At most one repair of a service per second: a child that someone else keeps changing back
+# (another controller, a mutating webhook) is fought over at this pace, not at the watch's.
+REPAIR_SPACING: Final = 1.0
 
 
 def utcnow() -> str:
@@ -86,11 +98,24 @@ class Reconciler:
         # One limit shared by kopf's handlers and both loops: without it a burst of creations runs
         # every reconcile at once, and the peak stays in the process's RSS (bench/RESULTS.md).
         self._gate = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
+        # The repair loop's queue: uids poked and not yet taken, those being repaired, and when each
+        # was last repaired (monotonic time).
+        self._pending: set[str] = set()
+        self._repairing: set[str] = set()
+        self._repaired_at: dict[str, float] = {}
+        self._poked = asyncio.Event()
+        # Per object: the resourceVersion of the body whose one-shot gates (promote, abort) were acted
+        # on and removed, and those gates. A loop may hand over that same body again before the
+        # removal's watch event arrives; it must not act on them twice (a second rollback recorded).
+        self._spent: dict[str, tuple[str | None, frozenset[str]]] = {}
 
     def forget(self, uid: str) -> None:
         """Drop the bookkeeping of a deleted object."""
         self._locks.pop(uid, None)
         self._known.pop(uid, None)
+        self._pending.discard(uid)
+        self._repaired_at.pop(uid, None)
+        self._spent.pop(uid, None)
         self._rollouts.forget(uid)
         self._status.forget(uid)
         self._budgets.forget(uid)
@@ -102,6 +127,52 @@ class Reconciler:
         uid = _uid(body)
         self._known[uid] = copy.deepcopy(dict(body))
         self._metrics.services.set(len(self._known))
+
+    def poke(self, uid: str) -> None:
+        """Ask for a reconcile of the object `uid` soon (a child of it changed); unknown uids are ignored.
+
+        Unknown: not observed yet (its own create handler reconciles it) or already deleted (the
+        garbage collector's cascade).
+        """
+        if uid in self._known:
+            self._pending.add(uid)
+            self._poked.set()
+
+    async def repair_forever(
+        self, debounce: float = REPAIR_DEBOUNCE, *, spacing: float = REPAIR_SPACING, concurrency: int = 16
+    ) -> None:
+        """Reconcile the poked objects: each once per burst, never twice at once, at most once per `spacing`."""
+        gate = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await self._poked.wait()
+                await asyncio.sleep(debounce)
+                self._poked.clear()
+                # A uid being repaired stays pending: its task runs once more after the current pass.
+                for uid in self._pending - self._repairing:
+                    self._repairing.add(uid)
+                    task = asyncio.create_task(self._repair(uid, gate, spacing), name=f"repair-{uid}")
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _repair(self, uid: str, gate: asyncio.Semaphore, spacing: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while uid in self._pending:
+                wait = self._repaired_at.get(uid, -math.inf) + spacing - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue  # still wanted? (a deleted object is forgotten meanwhile)
+                self._pending.discard(uid)  # a poke from here on is after the reads below: it runs again
+                self._repaired_at[uid] = loop.time()
+                await self._reconcile_logged(uid, gate)
+        finally:
+            self._repairing.discard(uid)
 
     async def resync_forever(self, interval: float, *, concurrency: int = 16) -> None:
         """Reconcile every known object every `interval` seconds (level-triggered drift repair).
@@ -183,6 +254,7 @@ class Reconciler:
         return outcome
 
     async def _reconcile(self, uid: str, body: Mapping[str, Any]) -> Outcome:
+        body = self._unspent(uid, body)
         generation = body.get("metadata", {}).get("generation")
         prior = status.canary_of(self._status.previous(uid, body))
         try:
@@ -194,7 +266,18 @@ class Reconciler:
         else:
             findings, report, outcome = await self._converge(uid, body, svc, desired, prior)
         phase, written = await self._status.report(uid, body, findings, report)
+        if report.plan is not None and (gates := _gates_on(body, report.plan.decision.consumed)):
+            self._spent[uid] = (body.get("metadata", {}).get("resourceVersion"), gates)
         return dataclasses.replace(outcome, phase=phase, status_written=written)
+
+    def _unspent(self, uid: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`body` without the one-shot gates already acted on when this same version was reconciled."""
+        meta = body.get("metadata", {})
+        spent = self._spent.get(uid)
+        if spent is None or spent[0] != meta.get("resourceVersion") or not _gates_on(body, spent[1]):
+            return body
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in spent[1]}
+        return {**body, "metadata": {**meta, "annotations": annotations}}
 
     async def _converge(
         self,
@@ -283,6 +366,11 @@ class Reconciler:
         except ValueError as exc:
             raise SpecInvalid(str(exc)) from None
         return svc, desired
+
+
+def _gates_on(body: Mapping[str, Any], gates: Iterable[str]) -> frozenset[str]:
+    """Those of `gates` that the body's annotations carry."""
+    return frozenset(gates) & (body.get("metadata", {}).get("annotations") or {}).keys()
 
 
 def _uid(body: Mapping[str, Any]) -> str:

@@ -37,6 +37,7 @@ from agent_operator import __version__, budget, budgetreport, handlers, opmetric
 from agent_operator.canary import rollouts
 from agent_operator.canary.prometheus import Prometheus
 from agent_operator.kube import client as kube_client
+from agent_operator.kube import watch
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
     parser.add_argument("--health-port", type=int, default=int(os.environ.get("HEALTH_PORT", DEFAULT_HEALTH_PORT)))
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
-    parser.add_argument("--resync-interval", type=float, default=DEFAULT_RESYNC_INTERVAL, metavar="SECONDS")
+    parser.add_argument(
+        "--resync-interval",
+        type=float,
+        default=DEFAULT_RESYNC_INTERVAL,
+        metavar="SECONDS",
+        help="full pass over every AgentService, the safety net (children are watched; docs/operator.md)",
+    )
     parser.add_argument("--server", default=None, help="API server URL without credentials (development)")
     parser.add_argument(
         "--prometheus-url",
@@ -181,6 +188,8 @@ async def operate(
     reconciler = reconcile.Reconciler(
         client, metrics, operator_version=config.operator_version, canary=canary_rollouts, budgets=budgets
     )
+    # Children are watched in the scope the operator serves: the whole cluster, or its namespaces.
+    children = watch.Children(client, reconciler.poke, metrics, namespaces=config.namespaces)
     registry = kopf.OperatorRegistry()
     handlers.register(
         registry,
@@ -212,7 +221,7 @@ async def operate(
             clusterwide=config.all_namespaces,
             namespaces=list(config.namespaces),
             liveness_endpoint=liveness,
-            memo=kopf.Memo(reconciler=reconciler),
+            memo=kopf.Memo(reconciler=reconciler, children=children),
             stop_flag=stop_flag,
             ready_flag=ready_flag,
         )

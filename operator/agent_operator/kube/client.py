@@ -8,19 +8,22 @@ the alternatives:
   a thousand services would queue behind a handful of threads, and server-side apply needs a
   raw `PATCH` with `application/apply-patch+yaml` that its typed API does not offer anyway.
 One async session with connection pooling serves every handler of the event loop; a 401 makes
-it log in again (service-account tokens rotate). The client keeps no cache of objects.
+it log in again (service-account tokens rotate). The client keeps no cache of objects, only the
+resourceVersion each of its latest applies produced, so that the child watches can tell the echo
+of the operator's own write from someone else's change (`own_write`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime
 import json
 import re
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import aiohttp
@@ -36,6 +39,12 @@ APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE: Final = "application/merge-patch+json"
 REQUEST_TIMEOUT: Final = 30.0
 CONNECT_TIMEOUT: Final = 10.0
+# Applies remembered until their watch event comes back; one whose event never comes (a kind
+# nobody watches, a no-op) is forgotten once this many newer ones are held.
+OWN_WRITES: Final = 4096
+OWN_WRITE_WAIT: Final = 5.0  # longest a watch event waits for the answer of an apply under way
+
+Key = tuple[str, str | None, str]  # kind, namespace, name
 
 # (apiVersion, kind) -> plural: every kind the builders emit, plus the AgentService itself.
 PLURALS: Final[dict[tuple[str, str], str]] = {
@@ -136,6 +145,9 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
         self._lock = asyncio.Lock()
+        # (kind, namespace, name) -> the resourceVersion an apply produced (None: it failed), a future
+        # while the apply is under way (its watch event may come back before its response).
+        self._own: collections.OrderedDict[Key, asyncio.Future[str | None]] = collections.OrderedDict()
 
     async def _ensure(self, *, renew: bool = False) -> aiohttp.ClientSession:
         async with self._lock:
@@ -202,6 +214,46 @@ class Client:
                 raise TransportError(f"{method} {path}: {exc!r}") from exc
         raise ApiError(401, "Unauthorized", "the API server rejected the operator's credentials twice")
 
+    async def stream(
+        self, path: str, params: Mapping[str, str], *, read_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of one watch call, decoded line by line, until the server ends it.
+
+        ApiError when the call is refused (a 404 too: a watch has no "absent" answer); a 401 logs
+        in again once. `read_timeout` bounds the silence between two chunks, not the whole call,
+        which lasts as long as the server keeps it open; a silence that long ends the call as the
+        server's own timeout would (the caller resumes from the last version it saw). Lines are
+        split here, not by aiohttp's `readline`, which refuses lines longer than its buffer (a
+        dashboard ConfigMap can be).
+        """
+        for attempt in (1, 2):
+            session = await self._ensure(renew=attempt == 2)
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=read_timeout)
+            try:
+                async with session.get(
+                    self._server + path, params=params, timeout=timeout, allow_redirects=False
+                ) as response:
+                    if response.status == 401 and attempt == 1:
+                        continue
+                    if response.status >= 300:
+                        raise await _api_error(response)
+                    buffer = bytearray()
+                    chunks = response.content.iter_any()
+                    while True:
+                        try:
+                            chunk = await anext(chunks)
+                        except (StopAsyncIteration, TimeoutError):
+                            return
+                        buffer.extend(chunk)
+                        while (end := buffer.find(b"\n")) >= 0:
+                            line = bytes(buffer[:end])
+                            del buffer[: end + 1]
+                            if line.strip():
+                                yield json.loads(line)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+                raise TransportError(f"GET {path} (watch): {exc!r}") from exc
+        raise ApiError(401, "Unauthorized", "the API server rejected the operator's credentials twice")
+
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         if kind == "Secret":
             raise TypeError("Secrets are read with read_secret, which keeps them to the AgentService's namespace")
@@ -233,10 +285,47 @@ class Client:
         meta = manifest["metadata"]
         path = object_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
         params = {"fieldManager": manager or self._field_manager, "force": "true"}
-        result = await self.request(
-            "PATCH", path, body=manifest, params=params, content_type=APPLY_CONTENT_TYPE, kind=manifest["kind"]
-        )
+        key: Key = (manifest["kind"], meta.get("namespace"), meta["name"])
+        version: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._own.pop(key, None)
+        self._own[key] = version
+        while len(self._own) > OWN_WRITES:
+            self._own.popitem(last=False)[1].cancel()
+        result: dict[str, Any] | None = None
+        try:
+            result = await self.request(
+                "PATCH", path, body=manifest, params=params, content_type=APPLY_CONTENT_TYPE, kind=manifest["kind"]
+            )
+        finally:
+            if not version.done():
+                written = ((result or {}).get("metadata") or {}).get("resourceVersion")
+                version.set_result(str(written) if written else None)
         return result or {}
+
+    async def own_write(self, kind: str, obj: Mapping[str, Any]) -> bool:
+        """Whether `obj` (a watch event's object) is the very version this client's last apply of it produced.
+
+        Waits for that apply's answer when it is still under way (`OWN_WRITE_WAIT` at most); forgets
+        the apply once matched.
+        """
+        meta = obj.get("metadata") or {}
+        key: Key = (kind, meta.get("namespace"), str(meta.get("name", "")))
+        version = self._own.get(key)
+        if version is None or meta.get("resourceVersion") is None:
+            return False
+        try:
+            produced = await asyncio.wait_for(asyncio.shield(version), OWN_WRITE_WAIT)
+        except TimeoutError:
+            return False  # a slow apply: the event is treated as someone else's (a needless repair at worst)
+        except asyncio.CancelledError:
+            if not version.cancelled():
+                raise  # our own caller is cancelled
+            return False  # forgotten: too many newer applies
+        if produced != str(meta["resourceVersion"]):
+            return False
+        if self._own.get(key) is version:
+            del self._own[key]
+        return True
 
     async def list_objects(
         self, api_version: str, kind: str, namespace: str, *, selector: Mapping[str, str]

@@ -7,7 +7,8 @@ Covers:
   order) and Events;
 - updates of image, env, worker replicas and an alert threshold → exactly the children whose
   rendered manifest changed are written (the emulator's request log), nothing else;
-- a deleted child and a hand-edited child are restored by the next resync pass;
+- a hand-edited child is restored (a watch or the resync, whichever comes first), and the auth
+  Secret, which no watch follows, by the next resync pass (test_child_watch.py: the watches alone);
 - steady state → zero write requests over several resync passes;
 - operator restart (resume) → no duplicate children and zero writes;
 - a Deployment and a Service it owns under a name the naming rule no longer gives (an upgrade that
@@ -153,19 +154,19 @@ async def test_updates_write_exactly_the_affected_children(operator: Operator) -
     assert worker["spec"]["replicas"] == 7
 
 
-async def test_deleted_child_is_restored_by_the_resync_timer(operator: Operator) -> None:
+async def test_deleted_auth_secret_is_restored_by_the_resync_timer(operator: Operator) -> None:
     children = await ready_service(operator, agent_service())
-    original = children["ConfigMap/demo-config"]
+    original = children["Secret/demo-auth"]
     async with aiohttp.ClientSession() as http:
-        response = await http.delete(f"{operator.url}/api/v1/namespaces/default/configmaps/demo-config")
+        response = await http.delete(f"{operator.url}/api/v1/namespaces/default/secrets/demo-auth")
         assert response.status == 200
-    assert "ConfigMap/demo-config" not in operator.children()
-    restored = await eventually(lambda: operator.children().get("ConfigMap/demo-config"))
-    assert restored["data"] == original["data"]
+    assert "Secret/demo-auth" not in operator.children()
+    restored = await eventually(lambda: operator.children().get("Secret/demo-auth"))
+    assert set(restored["data"]) == {"token"}
     assert restored["metadata"]["uid"] != original["metadata"]["uid"]
 
 
-async def test_hand_edited_child_is_restored_by_the_resync_timer(operator: Operator) -> None:
+async def test_hand_edited_child_is_restored(operator: Operator) -> None:
     children = await ready_service(operator, agent_service())
     image = children["Deployment/demo-api"]["spec"]["template"]["spec"]["containers"][0]["image"]
     edit = {"spec": {"replicas": 9, "template": {"spec": {"containers": [{"name": "api", "image": "evil:latest"}]}}}}

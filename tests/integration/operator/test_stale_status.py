@@ -1,8 +1,11 @@
-"""A stale body reconciled after our own status write must not rewrite the status (regression).
+"""A stale body reconciled after our own writes must not rewrite the status nor act again (regression).
 
 Covers: the resync pass or a late watch event hands the reconciler a body older than its own last
 status write; fresh timestamps must not be mistaken for a change (that rewrote every status once
-per service in the 1,000-service bench, with wrong lastTransitionTimes).
+per service in the 1,000-service bench, with wrong lastTransitionTimes). A body still carrying a
+one-shot gate (abort) that the reconciler already acted on and removed does not act again (the
+repair loop, which runs right after a rollback deleted the canary Deployments, recorded a second
+rollback).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from agent_operator.kube import client as kube_client
 from agentops_dev import devcluster
 
 from tests.integration.operator.conftest import AGSVC, agent_service
+from tests.integration.operator.test_canary_rollout import NEW_IMAGE, OLD_IMAGE, canary_service
 
 
 async def test_stale_body_after_own_status_write_writes_nothing(cluster: tuple[devcluster.DevCluster, str]) -> None:
@@ -34,6 +38,48 @@ async def test_stale_body_after_own_status_write_writes_nothing(cluster: tuple[d
         mark = emulator.request_count
         again = await reconciler.reconcile(body)  # the same (stale) body, seven seconds later
         assert not again.status_written, emulator.writes(mark)
+        assert emulator.writes(mark) == []
+    finally:
+        await client.close()
+
+
+async def test_stale_body_with_a_gate_already_acted_on_does_not_act_again(
+    cluster: tuple[devcluster.DevCluster, str],
+) -> None:
+    """The abort gate is acted on and removed; the same body, handed over again before the removal's
+    watch event (the repair loop runs right after), must not roll the rollout back a second time."""
+    emulator, url = cluster
+    metrics = opmetrics.create()
+
+    async def login() -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=url, default_namespace="default")
+
+    def rollouts() -> list[tuple[str, str]]:
+        canary = ((emulator.live(AGSVC, "default", "demo") or {}).get("status") or {}).get("canary") or {}
+        return [(r["outcome"], r["reason"]) for r in canary.get("rollouts") or []]
+
+    client = kube_client.Client(login, metrics)
+    reconciler = reconcile.Reconciler(client, metrics)
+    try:
+        body = canary_service()
+        body["spec"]["image"] = OLD_IMAGE
+        await reconciler.reconcile(await emulator.put_object(AGSVC, body))
+        await emulator.simulate_rollouts("default")
+        await reconciler.reconcile(copy.deepcopy(emulator.live(AGSVC, "default", "demo")))
+        body["spec"]["image"] = NEW_IMAGE
+        await emulator.put_object(AGSVC, body)
+        await reconciler.reconcile(copy.deepcopy(emulator.live(AGSVC, "default", "demo")))  # the rollout starts
+        live = copy.deepcopy(emulator.live(AGSVC, "default", "demo"))
+        assert live is not None and live["status"]["canary"]["phase"] == "Progressing"
+        live["metadata"].setdefault("annotations", {})["agentops.dev/abort"] = "true"
+        stale = copy.deepcopy(await emulator.put_object(AGSVC, live))
+
+        await reconciler.reconcile(stale)  # rolls back, removes the gate
+        assert rollouts() == [("RolledBack", "Aborted")]
+        assert "agentops.dev/abort" not in (emulator.live(AGSVC, "default", "demo") or {})["metadata"]["annotations"]
+        mark = emulator.request_count
+        await reconciler.reconcile(stale)  # the same body again, gate and all
+        assert rollouts() == [("RolledBack", "Aborted")]
         assert emulator.writes(mark) == []
     finally:
         await client.close()

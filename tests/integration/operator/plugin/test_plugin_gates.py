@@ -102,6 +102,9 @@ async def test_abort_then_promote_full(op: CanaryOperator, kubeconfig: Path) -> 
         f"{status['stableRevision']} kept (agentops.dev/abort=true)\n"
     )
     await eventually(lambda: canary_of(op).get("phase") == "RolledBack", timeout=30)
+    # The gate is removed after the status is written: a copy of the object read before that would
+    # carry it into the next spec, and abort the next rollout too.
+    await eventually(lambda: "agentops.dev/abort" not in ((op.service() or {})["metadata"].get("annotations") or {}))
 
     await new_image(op, NEW_IMAGE + "-fixed")
     await eventually(lambda: canary_of(op).get("phase") == "Progressing", timeout=30)
