@@ -14,9 +14,11 @@ Figures printed (JSON):
   seconds the operator and the emulator each spent over that window;
 - the operator's RSS (and peak RSS) with all of them held, after the steady-state window;
 - the operator's write calls at steady state, by verb and kind, counted from the moment the
-  reconcile is complete until the operator's own `reconciles_total` has grown by `passes + 1`
-  times N: whatever pass was in flight at that moment, `passes` full resync passes over every
-  service fall inside the window;
+  reconcile is complete (on the real control plane: and every service Ready, `ready_all_s`, since
+  its controllers and the harness node keep rolling the pods out after that, and the statuses
+  follow) until the operator's own `reconciles_total` has grown by `passes + 1` times N: whatever
+  pass was in flight at that moment, `passes` full resync passes over every service fall inside
+  the window;
 - drift repair: p50/p95/max seconds from deleting a worker Deployment (one service at a time,
   `--drift-samples` of them, spread over the N) to a new Deployment of that name (a new uid),
   polled every 10 ms; and the operator's RSS after it. The child watches repair it; the resync
@@ -72,6 +74,7 @@ CHILD_COLLECTIONS = (
     "/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors",
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+READY_TIMEOUT = 900.0  # seconds from the burst's start until every service is Ready (real control plane)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -159,6 +162,14 @@ async def complete(http: aiohttp.ClientSession, url: str, namespace: str, servic
     return found >= services * children
 
 
+async def all_ready(http: aiohttp.ClientSession, url: str, namespace: str, services: int) -> bool:
+    """Every AgentService of the namespace reports Ready."""
+    async with http.get(f"{url}{AGSVC}/namespaces/{namespace}/{models.PLURAL}") as response:
+        items = (await response.json())["items"]
+    ready = sum(1 for item in items if (item.get("status") or {}).get("phase") == "Ready")
+    return ready >= services
+
+
 async def children_per_service(http: aiohttp.ClientSession, url: str, namespace: str) -> int:
     """How many children one service of SPEC has (read from the latency namespace, one service)."""
     total = 0
@@ -202,6 +213,7 @@ async def drive(
     latency_samples: int,
     passes: int,
     drift_samples: int,
+    settle_ready: bool = False,
     pids: Mapping[str, int],
     ssl_context: ssl.SSLContext | None = None,
     audit_writes: Callable[[int], dict[str, int]] | None = None,
@@ -235,6 +247,17 @@ async def drive(
             await asyncio.sleep(1.0)
         reconcile_all = time.perf_counter() - started
         cpu1 = {name: cpu_s(pid) for name, pid in pids.items()}
+        settled = {}
+        if settle_ready:  # pods roll out after the children exist: steady state starts once all are Ready
+            while not await all_ready(http, url, "scale", services):
+                if time.perf_counter() - started > READY_TIMEOUT:
+                    raise TimeoutError(
+                        f"not every service Ready after {READY_TIMEOUT:g} s: the harness node schedules about"
+                        " 380 pods (64 CPUs); each service runs 2, the latency samples too"
+                    )
+                await asyncio.sleep(1.0)
+            settled = {"ready_all_s": round(time.perf_counter() - started, 1)}
+            cpu1 = {name: cpu_s(pid) for name, pid in pids.items()}
 
         before = await samples(http, metrics_url)
         burst = {
@@ -270,6 +293,7 @@ async def drive(
             "services": services,
             "create_requests_s": round(created, 1),
             "reconcile_all_s": round(reconcile_all, 1),
+            **settled,
             "reconcile_all_cpu_s": {name: round(cpu1[name] - cpu0[name], 1) for name in pids},
             "burst": burst,
             "memory_mb": memory,
@@ -400,6 +424,7 @@ def run_control_plane(args: argparse.Namespace) -> dict[str, Any]:
                 latency_samples=args.samples,
                 passes=args.passes,
                 drift_samples=args.drift_samples,
+                settle_ready=True,
                 pids=pids,
                 ssl_context=context,
                 audit_writes=audit_writes,
