@@ -87,6 +87,7 @@ WATCHED: Final = (
     Kind("monitoring.coreos.com/v1", "PrometheusRule"),
     Kind("monitoring.coreos.com/v1", "ServiceMonitor"),
     Kind("keda.sh/v1alpha1", "ScaledObject"),
+    Kind("keda.sh/v1alpha1", "TriggerAuthentication"),
 )
 UNWATCHED: Final[Mapping[tuple[str, str], str]] = {
     (
