@@ -63,9 +63,9 @@ def register(
     resync_interval: float,
     analysis_tick: float = reconcile.ANALYSIS_TICK,
     budget_tick: float = reconcile.BUDGET_TICK,
-    peering: bool = False,
+    peering: str | None = None,
 ) -> None:
-    """Register the AgentService handlers on `registry` (`peering`: the loops follow kopf's pause)."""
+    """Register the AgentService handlers on `registry` (`peering`: its name; the loops follow kopf's pause)."""
 
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
@@ -93,9 +93,14 @@ def register(
         children: watch.Children | None = getattr(memo, "children", None)
         if children is not None:
             loops["child-watch"] = children.run_forever
-        paused = leadership.kopf_paused() if peering else leadership.AlwaysActive()
+        paused: leadership.Paused = leadership.AlwaysActive()
+        ready = None
+        if peering is not None:
+            paused = leadership.kopf_paused()
+            ready = leadership.kopf_peering_started(paused, peering)
         memo.loops = asyncio.create_task(
-            leadership.run_while_active(paused, loops, on_standby=reconciler.forget_all), name="operator-loops"
+            leadership.run_while_active(paused, loops, on_standby=reconciler.forget_all, ready=ready),
+            name="operator-loops",
         )
 
     @kopf.on.cleanup(registry=registry)

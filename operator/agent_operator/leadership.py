@@ -68,6 +68,25 @@ def kopf_paused() -> Paused:
     raise LookupError(f"kopf's pause state was not found (task {_PAUSE_HOLDER!r}): kopf changed, see leadership.py")
 
 
+async def kopf_peering_started(paused: Paused, peering: str, *, poll: float = 0.1) -> None:
+    """Wait until kopf has begun its peering: its pause toggle for the peering object exists.
+
+    Before that, kopf's pause state is off although nothing is known of the other replicas yet:
+    kopf creates the toggle (on: paused) only once it has discovered the peering resource, just
+    before it watches anything. kopf names the toggle `NAME@NAMESPACE` (`orchestration.py`):
+    tests/cluster/test_ha.py fails if that changes (a standby would log `operator_active` at start,
+    and a replica waiting for a name kopf no longer uses would never become active). Polled:
+    kopf notifies nobody outside its own condition.
+    """
+    prefix = f"{peering}@"
+    while not any((getattr(toggle, "name", None) or "").startswith(prefix) for toggle in _toggles(paused)):
+        await asyncio.sleep(poll)
+
+
+def _toggles(paused: Paused) -> list[object]:
+    return list(paused) if isinstance(paused, aiotoggles.ToggleSet) else []
+
+
 class AlwaysActive:
     """The pause state of a standalone operator: never paused."""
 
@@ -87,12 +106,16 @@ async def run_while_active(
     loops: Mapping[str, Loop],
     *,
     on_standby: Callable[[], None] = lambda: None,
+    ready: Awaitable[None] | None = None,
 ) -> None:
     """Run `loops` while this replica is active; cancel them when it pauses, start them again on resume.
 
-    `on_standby` runs after the loops are cancelled: what the replica remembers of the objects goes
-    stale while another one is active (kopf lists them all again on resume).
+    `ready` is awaited first (`kopf_peering_started`). `on_standby` runs after the loops are
+    cancelled: what the replica remembers of the objects goes stale while another one is active
+    (kopf lists them all again on resume).
     """
+    if ready is not None:
+        await ready
     while True:
         await paused.wait_for(False)
         log.info("operator_active", loops=sorted(loops))

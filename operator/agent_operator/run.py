@@ -231,7 +231,7 @@ async def operate(
         resync_interval=config.resync_interval,
         analysis_tick=config.analysis_tick,
         budget_tick=config.budget_tick,
-        peering=config.peering is not None,
+        peering=config.peering,
     )
 
     @kopf.on.login(registry=registry)
