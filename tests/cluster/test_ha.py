@@ -1,7 +1,8 @@
 """Two operator replicas on the real control plane: one active, one standby, a takeover on kill -9.
 
-The chart is installed with `replicaCount=2` (its ClusterKopfPeering, the peering CRDs, the RBAC to
-use them); two `agentctl operator` processes run with the chart's own arguments (`--peering`,
+The chart is installed with `replicaCount=2`, cluster-wide (a ClusterKopfPeering) and namespaced
+(a KopfPeering in the watched namespace), with the peering CRDs and the RBAC to use them; two
+`agentctl operator` processes run with the chart's own arguments (`--peering`,
 `--peering-lifetime=20`, the default start-time priority), each as the chart's ServiceAccount with
 a token of its own: the audit log tells their requests apart by the token's id
 (`authentication.kubernetes.io/credential-id`).
@@ -19,6 +20,7 @@ active one hands over at once, without waiting for the lifetime; nothing was ref
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -34,9 +36,6 @@ from tests.support.kubelet import HarnessKubelet
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
-RELEASE = "ha"
-PEERING = f"{RELEASE}-agentservice-operator"  # the chart's default: the release's full name
-NAMESPACE = "ha"
 TAKEOVER_BOUND = 30.0  # the issue's bound: kill -9 of the active replica to the standby writing
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
 CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
@@ -50,20 +49,37 @@ def credential(kubeconfig: Path) -> str:
     return f"JTI={claims['jti']}"
 
 
-def writes(plane: cp.ControlPlane, mark: int) -> list[tuple[str, str]]:
-    """The operators' writes in the test namespace since `mark`: (token id, `verb resource/sub/name`)."""
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """The chart installed with two replicas, cluster-wide or for the one namespace of the test."""
+
+    name: str
+    namespace: str  # where the test's AgentServices live
+    cluster_wide: bool
+
+    @property
+    def peering(self) -> str:
+        return f"{self.name}-agentservice-operator"  # the chart's default: the release's full name
+
+
+def writes(plane: cp.ControlPlane, mark: int, namespace: str) -> list[tuple[str, str]]:
+    """The operators' writes in `namespace` since `mark`: (token id, `verb resource/sub/name`)."""
     found = []
     for event in plane.audit_since(mark):
         ref = event.get("objectRef", {})
-        if not is_operator(event) or event.get("verb") not in WRITES or ref.get("namespace") != NAMESPACE:
+        if not is_operator(event) or event.get("verb") not in WRITES or ref.get("namespace") != namespace:
             continue
+        if ref.get("resource") == "kopfpeerings":
+            continue  # every replica's keep-alive (a namespaced install's peering object lives here)
         ids = event.get("user", {}).get("extra", {}).get(CREDENTIAL_ID) or ["?"]
         found.append((ids[0], f"{event['verb']} {ref.get('resource')}/{ref.get('subresource', '')}/{ref.get('name')}"))
     return found
 
 
-def peers(plane: cp.ControlPlane) -> dict[str, Any]:
-    status: dict[str, Any] = plane.get("clusterkopfpeering", PEERING).get("status") or {}
+def peers(plane: cp.ControlPlane, release: Release) -> dict[str, Any]:
+    """The replicas alive in the peering object, by kopf's identity."""
+    where = ("clusterkopfpeering",) if release.cluster_wide else ("kopfpeering", "-n", release.namespace)
+    status: dict[str, Any] = plane.get(*where, release.peering).get("status") or {}
     return status
 
 
@@ -71,11 +87,11 @@ def is_active(operator: OperatorProcess) -> bool:
     return '"operator_active"' in operator.logs()
 
 
-def started(plane: cp.ControlPlane, workdir: Path) -> OperatorProcess:
+def started(plane: cp.ControlPlane, release: Release, workdir: Path) -> OperatorProcess:
     """One replica: the chart's arguments, a 3 s resync (passes to wait on), a token of its own."""
     workdir.mkdir()
     return run_operator_as_chart(
-        plane, workdir, release=RELEASE, namespace=OPERATOR_NAMESPACE, overrides={"--resync-interval": str(RESYNC)}
+        plane, workdir, release=release.name, namespace=OPERATOR_NAMESPACE, overrides={"--resync-interval": str(RESYNC)}
     )
 
 
@@ -83,57 +99,68 @@ def token_of(operator: OperatorProcess) -> str:
     return credential(operator.kubeconfig)
 
 
-def steady(plane: cp.ControlPlane) -> int:
+def steady(plane: cp.ControlPlane, namespace: str) -> int:
     """Wait for a resync pass after which the operators write nothing more here; the mark after it."""
     settle = plane.audit_mark()
-    wait_for(lambda: resync_passes(plane, settle, NAMESPACE) >= 1, timeout=20 * RESYNC, what="a resync pass")
+    wait_for(lambda: resync_passes(plane, settle, namespace) >= 1, timeout=20 * RESYNC, what="a resync pass")
     mark = plane.audit_mark()
-    wait_for(lambda: resync_passes(plane, mark, NAMESPACE) >= 2, timeout=20 * RESYNC, what="two resync passes")
-    assert writes(plane, mark) == [], writes(plane, mark)
+    wait_for(lambda: resync_passes(plane, mark, namespace) >= 2, timeout=20 * RESYNC, what="two resync passes")
+    assert writes(plane, mark, namespace) == [], writes(plane, mark, namespace)
     return mark
 
 
-@pytest.fixture(scope="module")
-def ha_release(controlplane: cp.ControlPlane, third_party_crds: None, kubelet: HarnessKubelet) -> Iterator[None]:
-    helm(controlplane, "install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-         "--set", "logFormat=json", "--set", "replicaCount=2")  # fmt: skip
+@pytest.fixture(params=["cluster-wide", "namespaced"])
+def ha_release(
+    controlplane: cp.ControlPlane, third_party_crds: None, kubelet: HarnessKubelet, request: pytest.FixtureRequest
+) -> Iterator[Release]:
+    """replicaCount=2: a ClusterKopfPeering cluster-wide; namespaced, a KopfPeering in the namespace."""
+    cluster_wide = request.param == "cluster-wide"
+    release = Release("ha" if cluster_wide else "ha-ns", "ha" if cluster_wide else "ha-ns", cluster_wide)
+    controlplane.kubectl("create", "namespace", release.namespace)  # before the install: a Role goes into it
+    scope = (
+        []
+        if cluster_wide
+        else ["--set", "watch.allNamespaces=false", "--set", f"watch.namespaces={{{release.namespace}}}"]
+    )
+    helm(controlplane, "install", release.name, str(CHART), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
+         "--set", "logFormat=json", "--set", "replicaCount=2", *scope)  # fmt: skip
     try:
-        yield
+        yield release
     finally:
-        helm(controlplane, "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
+        helm(controlplane, "uninstall", release.name, "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
+        controlplane.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
 
 
 def test_standby_takes_over_after_kill_without_loss_or_double_writes(
     controlplane: cp.ControlPlane,
-    ha_release: None,
+    ha_release: Release,
     tmp_path: Path,
     record_property: Any,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    plane = controlplane
-    assert peers(plane) == {}, "the chart's peering object exists, empty"
+    plane, release, namespace = controlplane, ha_release, ha_release.namespace
+    assert peers(plane, release) == {}, "the chart's peering object exists, empty"
     replicas: list[OperatorProcess] = []
     try:
         # The replica started first leads (the default priority falls with the start time).
-        first = started(plane, tmp_path / "first")
+        first = started(plane, release, tmp_path / "first")
         replicas.append(first)
         wait_for(lambda: is_active(first), timeout=60, what="the first replica active")
-        second = started(plane, tmp_path / "second")
+        second = started(plane, release, tmp_path / "second")
         replicas.append(second)
-        wait_for(lambda: len(peers(plane)) == 2, timeout=60, what="both replicas in the peering object")
+        wait_for(lambda: len(peers(plane, release)) == 2, timeout=60, what="both replicas in the peering object")
         first_id, second_id = token_of(first), token_of(second)
 
-        plane.kubectl("create", "namespace", NAMESPACE)
         mark = plane.audit_mark()
         names = ("ha-a", "ha-b", "ha-c")
         for name in names:
-            apply(plane, agent_service(name, NAMESPACE))
+            apply(plane, agent_service(name, namespace))
         for name in names:
             plane.kubectl(
-                "wait", "--for=condition=Ready", f"agsvc/{name}", "-n", NAMESPACE, "--timeout=120s", timeout=150
+                "wait", "--for=condition=Ready", f"agsvc/{name}", "-n", namespace, "--timeout=120s", timeout=150
             )
-        before_kill = steady(plane)
-        by_writer = {writer for writer, _ in writes(plane, mark)}
+        before_kill = steady(plane, namespace)
+        by_writer = {writer for writer, _ in writes(plane, mark, namespace)}
         assert by_writer == {first_id}, f"only the active replica writes (standby {second_id}): {by_writer}"
         assert not is_active(second), "the standby's loops never started"
 
@@ -143,8 +170,8 @@ def test_standby_takes_over_after_kill_without_loss_or_double_writes(
         killed = time.monotonic()
         first.process.wait()
         # Changes while no replica is active: one spec edited, one service created.
-        apply(plane, agent_service("ha-b", NAMESPACE, worker={"replicas": 3}))
-        apply(plane, agent_service("ha-new", NAMESPACE))
+        apply(plane, agent_service("ha-b", namespace, worker={"replicas": 3}))
+        apply(plane, agent_service("ha-new", namespace))
         wait_for(lambda: is_active(second), timeout=60, what="the standby active")
         takeover = time.monotonic() - killed
         record_property("takeover_after_kill_seconds", round(takeover, 1))
@@ -152,17 +179,17 @@ def test_standby_takes_over_after_kill_without_loss_or_double_writes(
 
         # No reconcile lost: the edit and the new service are served by the new active replica.
         wait_for(
-            lambda: children(plane, NAMESPACE, "ha-b")["Deployment/ha-b-worker"]["spec"]["replicas"] == 3,
+            lambda: children(plane, namespace, "ha-b")["Deployment/ha-b-worker"]["spec"]["replicas"] == 3,
             timeout=90,
             what="the edit made during the handover applied",
         )
-        wait_for(lambda: "Deployment/ha-new-worker" in children(plane, NAMESPACE, "ha-new"), timeout=90, what="ha-new")
-        plane.kubectl("wait", "--for=condition=Ready", "agsvc/ha-new", "-n", NAMESPACE, "--timeout=120s", timeout=150)
-        steady(plane)
+        wait_for(lambda: "Deployment/ha-new-worker" in children(plane, namespace, "ha-new"), timeout=90, what="ha-new")
+        plane.kubectl("wait", "--for=condition=Ready", "agsvc/ha-new", "-n", namespace, "--timeout=120s", timeout=150)
+        steady(plane, namespace)
 
         # No double write: across the handover only the new active replica wrote, nothing to the
         # services nobody changed, and the changed Deployment once.
-        handover = writes(plane, before_kill)
+        handover = writes(plane, before_kill, namespace)
         assert {writer for writer, _ in handover} == {second_id}, handover
         untouched = [w for _, w in handover if w.split("/")[-1].startswith(("ha-a", "ha-c"))]
         assert untouched == [], untouched
@@ -170,21 +197,21 @@ def test_standby_takes_over_after_kill_without_loss_or_double_writes(
         assert len(worker_patches) == 1, handover
 
         # A replica started later stands by; a graceful stop of the active one hands over at once.
-        third = started(plane, tmp_path / "third")
+        third = started(plane, release, tmp_path / "third")
         replicas.append(third)
-        wait_for(lambda: len(peers(plane)) == 2, timeout=60, what="the dead replica cleaned, the third one in")
+        wait_for(lambda: len(peers(plane, release)) == 2, timeout=60, what="the dead replica cleaned, the third one in")
         third_id = token_of(third)
         mark = plane.audit_mark()
-        apply(plane, agent_service("ha-c", NAMESPACE, worker={"replicas": 1}))
+        apply(plane, agent_service("ha-c", namespace, worker={"replicas": 1}))
         wait_for(
-            lambda: children(plane, NAMESPACE, "ha-c")["Deployment/ha-c-worker"]["spec"]["replicas"] == 1,
+            lambda: children(plane, namespace, "ha-c")["Deployment/ha-c-worker"]["spec"]["replicas"] == 1,
             timeout=90,
             what="an edit served by the active replica",
         )
         # Two resync passes more (reads): the active replica looked at everything again meanwhile.
         looked = plane.audit_mark()
-        wait_for(lambda: resync_passes(plane, looked, NAMESPACE) >= 2, timeout=20 * RESYNC, what="two resync passes")
-        assert {writer for writer, _ in writes(plane, mark)} == {second_id}, "the newcomer did not preempt"
+        wait_for(lambda: resync_passes(plane, looked, namespace) >= 2, timeout=20 * RESYNC, what="two resync passes")
+        assert {writer for writer, _ in writes(plane, mark, namespace)} == {second_id}, "the newcomer did not preempt"
         assert not is_active(third)
         stopped = time.monotonic()
         second.stop()  # SIGTERM: kopf removes it from the peering object on its way out
@@ -192,18 +219,17 @@ def test_standby_takes_over_after_kill_without_loss_or_double_writes(
         graceful = time.monotonic() - stopped
         record_property("takeover_after_sigterm_seconds", round(graceful, 1))
         with capsys.disabled():
-            print(f"\nHA takeover: {takeover:.1f} s after kill -9, {graceful:.1f} s after SIGTERM")
+            print(f"\nHA takeover ({release.name}): {takeover:.1f} s after kill -9, {graceful:.1f} s after SIGTERM")
         assert graceful <= TAKEOVER_BOUND
-        apply(plane, agent_service("ha-a", NAMESPACE, worker={"replicas": 1}))
+        apply(plane, agent_service("ha-a", namespace, worker={"replicas": 1}))
         wait_for(
-            lambda: children(plane, NAMESPACE, "ha-a")["Deployment/ha-a-worker"]["spec"]["replicas"] == 1,
+            lambda: children(plane, namespace, "ha-a")["Deployment/ha-a-worker"]["spec"]["replicas"] == 1,
             timeout=90,
             what="an edit served by the third replica",
         )
-        assert {writer for writer, _ in writes(plane, mark)} <= {second_id, third_id}
+        assert {writer for writer, _ in writes(plane, mark, namespace)} <= {second_id, third_id}
     finally:
         for replica in replicas:
             replica.stop()
-        plane.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
     for replica in replicas:
         assert not replica.forbidden_lines(), "refused:\n" + "\n".join(replica.forbidden_lines()[:10])
