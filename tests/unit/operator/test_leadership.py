@@ -3,8 +3,9 @@
 Covers: the loops start while the replica is active, are cancelled when kopf pauses it (a peer with
 a higher priority, or the same one) and start again when kopf resumes it, and the replica's memory
 of the objects is dropped on the way to standby; a loop that fails leaves the others running;
-`kopf_paused` finds the pause state inside a real kopf operator's tasks (this test fails when a
-kopf release moves it: leadership.py reads a kopf internal); at equal priorities kopf pauses every
+`kopf_paused` finds the pause state inside a real kopf operator's tasks, and the peering toggle
+`kopf_peering_started` waits for is the one kopf's orchestrator creates, paused (these fail when a
+kopf release moves them: leadership.py reads kopf internals); at equal priorities kopf pauses every
 replica, which is why default priorities differ; the default priority falls with the start time.
 """
 
@@ -19,7 +20,9 @@ import kopf
 import pytest
 from agent_operator import leadership
 from kopf._cogs.aiokits import aiotoggles
+from kopf._cogs.structs import references
 from kopf._core.engines import peering
+from kopf._core.reactor import orchestration
 
 TIMEOUT = 10.0
 
@@ -119,6 +122,42 @@ async def test_kopf_paused_is_the_state_of_a_real_kopf_operator() -> None:
         toggle = await paused.make_toggle(True, name="test")
         assert leadership.kopf_paused().is_on()
         await paused.drop_toggle(toggle)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.parametrize("namespaces", [[None], ["team-a", "team-b"]], ids=["cluster-wide", "namespaced"])
+async def test_kopf_peering_started_sees_kopfs_own_peering_toggle(namespaces: list[str | None]) -> None:
+    """kopf's orchestrator, as it begins the peering, creates the toggle `kopf_peering_started` waits for:
+    named after the peering object, and on (paused) until the peering object is read."""
+    settings = kopf.OperatorSettings()
+    settings.peering.name = "ha"
+    settings.peering.mandatory = True
+    paused = aiotoggles.ToggleSet(any)
+    ensemble = orchestration.Ensemble(
+        operator_indexed=aiotoggles.ToggleSet(all),
+        operator_paused=paused,
+        peering_missing=await paused.make_toggle(name="peering CRD is missing"),
+    )
+    waiting = asyncio.create_task(leadership.kopf_peering_started(paused, "ha", poll=0.01))
+    resource = references.Resource(
+        group="kopf.dev", version="v1", plural="clusterkopfpeerings" if namespaces == [None] else "kopfpeerings",
+        namespaced=namespaces != [None],
+    )  # fmt: skip
+    await orchestration.spawn_missing_peerings(
+        settings=settings,
+        identity=peering.Identity("me"),
+        resources=[resource],
+        namespaces=namespaces,  # type: ignore[arg-type]
+        ensemble=ensemble,
+    )
+    tasks = ensemble.get_tasks(ensemble.get_keys())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await waiting
+        assert paused.is_on()  # paused until kopf has read the peering object
     finally:
         for task in tasks:
             task.cancel()
