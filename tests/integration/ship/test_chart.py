@@ -149,6 +149,10 @@ def test_two_replicas_elect_one_through_a_cluster_peering() -> None:
     pod_id = next(env for env in container["env"] if env["name"] == "POD_ID")  # kopf's identity of the replica
     assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert_valid([doc for doc in docs if doc["kind"] not in PEERING_KINDS])
+    spread = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert spread["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == (
+        "kubernetes.io/hostname"
+    )
     document = rbac.rules_document()
     cluster_role = next(doc for doc in docs if doc["kind"] == "ClusterRole")
     assert cluster_role["rules"] == document["cluster"] + document["namespaced"] + document["clusterPeering"]
