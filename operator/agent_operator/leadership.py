@@ -27,6 +27,7 @@ log = structlog.get_logger(__name__)
 
 # kopf's root task that stops its daemons when the operator pauses: it holds the pause state.
 _PAUSE_HOLDER = "daemon killer"
+_STANDBY = "paused by kopf: a live peer with a higher (or the same) priority, or the peering not read yet"
 
 
 class Paused(Protocol):
@@ -116,6 +117,8 @@ async def run_while_active(
     """
     if ready is not None:
         await ready
+    if paused.is_on():
+        log.info("operator_standby", reason=_STANDBY)
     while True:
         await paused.wait_for(False)
         log.info("operator_active", loops=sorted(loops))
@@ -130,7 +133,7 @@ async def run_while_active(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        log.info("operator_standby", reason="kopf paused this replica: a live peer has a higher priority")
+        log.info("operator_standby", reason=_STANDBY)
         on_standby()
 
 
