@@ -14,6 +14,9 @@ them with their AgentService, and nothing outside the cluster needs cleaning up.
 
 The reconciler and the child watches reach the handlers through kopf's `memo` (injected by
 `run.py`), and the loop intervals are registration arguments, so no handler reads configuration.
+
+With peering (several replicas, `leadership`), the loops run only while kopf has this replica
+active: a standby writes nothing, and what it remembered of the objects is dropped when it pauses.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from agent_operator import reconcile
+from agent_operator import leadership, reconcile
 from agent_operator.api import models
 from agent_operator.kube import watch
 from agent_operator.kube.client import ApiError
@@ -60,8 +63,9 @@ def register(
     resync_interval: float,
     analysis_tick: float = reconcile.ANALYSIS_TICK,
     budget_tick: float = reconcile.BUDGET_TICK,
+    peering: str | None = None,
 ) -> None:
-    """Register the AgentService handlers on `registry`."""
+    """Register the AgentService handlers on `registry` (`peering`: its name; the loops follow kopf's pause)."""
 
     @kopf.on.resume(*RESOURCE, registry=registry)
     @kopf.on.create(*RESOURCE, registry=registry)
@@ -78,21 +82,31 @@ def register(
             _reconciler(memo).observe(body)
 
     @kopf.on.startup(registry=registry)
-    async def agentservice_resync_start(memo: Any, **_: Any) -> None:
+    async def agentservice_loops_start(memo: Any, **_: Any) -> None:
         reconciler = _reconciler(memo)
-        memo.resync = asyncio.create_task(reconciler.resync_forever(resync_interval), name="resync")
-        memo.analysis = asyncio.create_task(reconciler.analyse_forever(analysis_tick), name="canary-analysis")
-        memo.budget = asyncio.create_task(reconciler.budgets_forever(budget_tick), name="budget-status")
-        memo.repair = asyncio.create_task(reconciler.repair_forever(), name="repair")
+        loops: dict[str, leadership.Loop] = {
+            "resync": lambda: reconciler.resync_forever(resync_interval),
+            "canary-analysis": lambda: reconciler.analyse_forever(analysis_tick),
+            "budget-status": lambda: reconciler.budgets_forever(budget_tick),
+            "repair": reconciler.repair_forever,
+        }
         children: watch.Children | None = getattr(memo, "children", None)
         if children is not None:
-            memo.watch = asyncio.create_task(children.run_forever(), name="child-watch")
+            loops["child-watch"] = children.run_forever
+        paused: leadership.Paused = leadership.AlwaysActive()
+        ready = None
+        if peering is not None:
+            paused = leadership.kopf_paused()
+            ready = leadership.kopf_peering_started(paused, peering)
+        memo.loops = asyncio.create_task(
+            leadership.run_while_active(paused, loops, on_standby=reconciler.forget_all, ready=ready),
+            name="operator-loops",
+        )
 
     @kopf.on.cleanup(registry=registry)
-    async def agentservice_resync_stop(memo: Any, **_: Any) -> None:
-        for name in ("watch", "repair", "resync", "analysis", "budget"):
-            task: asyncio.Task[None] | None = getattr(memo, name, None)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    async def agentservice_loops_stop(memo: Any, **_: Any) -> None:
+        task: asyncio.Task[None] | None = getattr(memo, "loops", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

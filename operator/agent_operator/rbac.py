@@ -13,7 +13,11 @@ Where each rule comes from:
 - referenced Secrets are read (`get`) by `secrets.py`; Events are posted (`create`);
 - the AgentService itself: kopf lists and watches it and keeps its bookkeeping in annotations
   (`patch`); the operator writes its status subresource (`patch`) and never reads single objects;
-- cluster scope: kopf watches CustomResourceDefinitions.
+- cluster scope: kopf watches CustomResourceDefinitions;
+- with peering (`--peering`, several replicas): kopf lists and watches its peering object and
+  patches its own keep-alive into it (and removes dead peers from it): `clusterPeering`, granted
+  with the cluster-wide rules, or `namespacedPeering`, granted in each watched namespace. A single
+  replica runs standalone and is granted neither.
 
 `agentctl rbac` prints this document; the Helm chart grants exactly it (a test compares the
 rendered chart with it), and an audit test replays the operator against the dev cluster and
@@ -37,6 +41,9 @@ WATCH_VERBS = ("list", "watch")
 # deleted at promotion or rollback.
 CANARY_KINDS = (("apps/v1", "Deployment"), ("v1", "ConfigMap"))
 AGENTSERVICE_VERBS = ("list", "patch", "watch")
+# kopf's peering: the observer lists and watches the object; keep-alives and clean-ups patch it.
+PEERING_GROUP = "kopf.dev"
+PEERING_VERBS = ("list", "patch", "watch")
 
 _BASE_SPEC: dict[str, Any] = {
     "model": {"providers": [{"name": "p", "model": "m", "apiKeySecretRef": {"name": "k", "key": "k"}}]},
@@ -106,11 +113,17 @@ def _rules(grants: dict[tuple[str, str], set[str]]) -> list[dict[str, Any]]:
 
 
 def rules_document() -> dict[str, list[dict[str, Any]]]:
-    """`cluster`: cluster-scoped needs; `namespaced`: granted cluster-wide or per watched namespace."""
+    """`cluster`: cluster-scoped needs; `namespaced`: granted cluster-wide or per watched namespace;
+    `clusterPeering` and `namespacedPeering`: the same two scopes, granted only with peering."""
     # kopf watches CRDs to learn its resources; it watches namespaces only for glob patterns,
     # which `agentctl operator` never passes (exact names or cluster-wide).
     cluster = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
-    return {"cluster": _rules(cluster), "namespaced": _rules(_namespaced_grants())}
+    return {
+        "cluster": _rules(cluster),
+        "namespaced": _rules(_namespaced_grants()),
+        "clusterPeering": _rules({(PEERING_GROUP, "clusterkopfpeerings"): set(PEERING_VERBS)}),
+        "namespacedPeering": _rules({(PEERING_GROUP, "kopfpeerings"): set(PEERING_VERBS)}),
+    }
 
 
 def allows(document: dict[str, list[dict[str, Any]]], group: str, resource: str, verb: str) -> bool:

@@ -122,6 +122,15 @@ class Reconciler:
         self._inventory.forget(uid)
         self._metrics.services.set(len(self._known))
 
+    def forget_all(self) -> None:
+        """Drop the bookkeeping of every object: this replica went standby, another one writes now.
+
+        kopf lists every object again when it resumes this replica (`observe` refills it); an
+        object deleted meanwhile must not stay behind, or the resync would recreate its children.
+        """
+        for uid in list(self._known):
+            self.forget(uid)
+
     def observe(self, body: Mapping[str, Any]) -> None:
         """Remember the latest body of an object (fed from the watch stream) for the resync loop."""
         uid = _uid(body)

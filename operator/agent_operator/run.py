@@ -2,8 +2,10 @@
 
 Everything configurable is read here, once, at start-up (flags, then kopf settings); handlers
 get their collaborators through kopf's `memo`. Choices made for kopf:
-- standalone (no peering objects): the chart runs one replica, and the Deployment's `Recreate`
-  strategy keeps two operators from overlapping;
+- standalone (no peering objects) by default: the chart's single replica, whose Deployment's
+  `Recreate` strategy keeps two operators from overlapping; with `--peering NAME` (the chart's
+  `replicaCount` 2 or more) kopf's peering elects one active replica, the others stand by and the
+  operator's own loops follow (`leadership`); `--peering-lifetime` bounds the takeover;
 - kopf's own bookkeeping (handler progress, the last handled spec) lives in `agentops.dev/*`
   annotations, never in the status, whose schema belongs to the AgentService API;
 - no finalizer on AgentServices: deletion is the garbage collector's job (why: `handlers`);
@@ -33,7 +35,7 @@ import aiohttp.web
 import kopf
 import structlog
 
-from agent_operator import __version__, budget, budgetreport, handlers, opmetrics, reconcile
+from agent_operator import __version__, budget, budgetreport, handlers, leadership, opmetrics, reconcile
 from agent_operator.canary import rollouts
 from agent_operator.canary.prometheus import Prometheus
 from agent_operator.kube import client as kube_client
@@ -45,6 +47,9 @@ ANNOTATIONS_PREFIX: Final = "agentops.dev"
 DEFAULT_HEALTH_PORT: Final = 8080
 DEFAULT_METRICS_PORT: Final = 9090
 DEFAULT_RESYNC_INTERVAL: Final = 60.0
+# A replica not heard of for this long is dead. kopf's default is 60 s; 20 s keeps the takeover
+# under 30 s, and the keep-alive (every lifetime minus 5-10 s, kopf's jitter) still has 5 s to land.
+DEFAULT_PEERING_LIFETIME: Final = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +68,9 @@ class Config:
     analysis_tick: float = reconcile.ANALYSIS_TICK
     budget_interval: float = budget.DEFAULT_INTERVAL  # seconds between refreshes of one status.budget
     budget_tick: float = reconcile.BUDGET_TICK
+    peering: str | None = None  # the peering object's name; None: standalone
+    priority: int | None = None  # None: `leadership.default_priority()`, the earliest replica leads
+    peering_lifetime: int = DEFAULT_PEERING_LIFETIME
 
     @property
     def all_namespaces(self) -> bool:
@@ -104,6 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="refresh status.budget (today's spend, from Prometheus) at most this often (default: %(default)s)",
     )
+    parser.add_argument(
+        "--peering",
+        default=None,
+        metavar="NAME",
+        help="run as one of several replicas: kopf's peering object NAME elects the active one "
+        "(ClusterKopfPeering, or a KopfPeering in each --namespace; docs/operator.md)",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority, the highest live one is active (default: from the start time, the earliest leads)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=DEFAULT_PEERING_LIFETIME,
+        metavar="SECONDS",
+        help="a replica not heard of for this long is dead and a standby takes over (default: %(default)s)",
+    )
     parser.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("AGENT_LOG_FORMAT", "json"))
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -112,7 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_for(config: Config) -> kopf.OperatorSettings:
     """kopf's settings, fixed once at start-up."""
     settings = kopf.OperatorSettings()
-    settings.peering.standalone = True
+    settings.peering.standalone = config.peering is None
+    if config.peering is not None:
+        settings.peering.name = config.peering
+        # Paused until the peering object has been read: a replica never starts writing before it
+        # knows whether another one is active.
+        settings.peering.mandatory = True
+        settings.peering.priority = config.priority if config.priority is not None else leadership.default_priority()
+        settings.peering.lifetime = config.peering_lifetime
     settings.peering.clusterwide = config.all_namespaces
     # Watching given namespaces needs no namespace scan: kopf would otherwise list and watch every
     # namespace cluster-wide, which a namespaced install's RBAC rightly forbids (a 403 at start).
@@ -196,6 +231,7 @@ async def operate(
         resync_interval=config.resync_interval,
         analysis_tick=config.analysis_tick,
         budget_tick=config.budget_tick,
+        peering=config.peering,
     )
 
     @kopf.on.login(registry=registry)
@@ -212,12 +248,16 @@ async def operate(
         namespaces=list(config.namespaces) or "all",
         resync_interval=config.resync_interval,
         prometheus=config.prometheus_url or "not configured: canary rollouts cannot be analysed",
+        peering=config.peering or "standalone",
+        priority=settings.peering.priority if config.peering is not None else None,
+        peering_lifetime=config.peering_lifetime if config.peering is not None else None,
     )
     try:
         await kopf.operator(
             registry=registry,
             settings=settings,
-            standalone=True,
+            standalone=config.peering is None,
+            peering_name=config.peering,
             clusterwide=config.all_namespaces,
             namespaces=list(config.namespaces),
             liveness_endpoint=liveness,
@@ -298,6 +338,9 @@ def config_from(args: argparse.Namespace) -> Config:
         prometheus_url=getattr(args, "prometheus_url", None) or None,
         prometheus_scrape_interval=getattr(args, "prometheus_scrape_interval", rollouts.DEFAULT_SCRAPE_INTERVAL),
         budget_interval=getattr(args, "budget_interval", budget.DEFAULT_INTERVAL),
+        peering=getattr(args, "peering", None) or None,
+        priority=getattr(args, "priority", None),
+        peering_lifetime=getattr(args, "peering_lifetime", DEFAULT_PEERING_LIFETIME),
     )
 
 

@@ -41,3 +41,10 @@ app.kubernetes.io/component: operator
 {{- .Release.Namespace -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The peering object's name (replicaCount >= 2): peering.name, or the release's full name.
+*/}}
+{{- define "agentservice-operator.peeringName" -}}
+{{- default (include "agentservice-operator.fullname" .) .Values.peering.name -}}
+{{- end }}

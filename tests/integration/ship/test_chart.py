@@ -4,7 +4,10 @@ Covers: `helm lint --strict` and `helm template` with the default values and eac
 `ci/`; every rendered document validates with kubernetes-validate (strict, 1.30 and the newest) or,
 for the ServiceMonitor, against the vendored upstream CRD schema; `values.schema.json` rejects bad
 values with a clear helm error; the chart's CRD is the generated one; chart, app and package
-versions agree; the RBAC the chart grants is exactly the generated least-privilege rule set.
+versions agree; the RBAC the chart grants is exactly the generated least-privilege rule set;
+one replica runs standalone, two or more get kopf's peering object (cluster-wide or one per watched
+namespace), the operator arguments naming it and the RBAC to use it, and the chart ships the
+peering CRDs.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ def test_operator_arguments_are_understood_by_agentctl_operator(values: Path | N
         ("metrics.port=70000", "port"),
         ("prometheus.url=prometheus:9090", "url"),
         ("unknownKey=1", "unknownKey"),
+        ("replicaCount=0", "replicaCount"),
+        ("peering.lifetimeSeconds=5", "lifetimeSeconds"),
     ],
 )
 def test_values_schema_rejects_bad_values(setting: str, message: str) -> None:
@@ -113,3 +118,63 @@ def test_rbac_is_the_generated_rule_set() -> None:
     assert granted == rules_file["cluster"] + rules_file["namespaced"]
     for rule in granted:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+
+
+PEERING_KINDS = {"ClusterKopfPeering", "KopfPeering"}
+
+
+def test_one_replica_runs_standalone() -> None:
+    docs = render()
+    assert not [doc for doc in docs if doc["kind"] in PEERING_KINDS]
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [arg for arg in args if arg.startswith("--peering")]
+
+
+def test_two_replicas_elect_one_through_a_cluster_peering() -> None:
+    """replicaCount 2: a ClusterKopfPeering, the operator told its name and lifetime, the RBAC to use it."""
+    from agent_operator import rbac, run
+
+    docs = render(None, "--set", "replicaCount=2", "--set", "peering.lifetimeSeconds=25")
+    (peering,) = [doc for doc in docs if doc["kind"] in PEERING_KINDS]
+    assert peering["apiVersion"] == "kopf.dev/v1" and peering["kind"] == "ClusterKopfPeering"
+    assert "namespace" not in peering["metadata"]
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    parsed = run.build_parser().parse_args(container["args"][1:])
+    assert parsed.peering == peering["metadata"]["name"] and parsed.peering_lifetime == 25
+    assert parsed.priority is None  # the default: the earliest replica leads (leadership.default_priority)
+    pod_id = next(env for env in container["env"] if env["name"] == "POD_ID")  # kopf's identity of the replica
+    assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert_valid([doc for doc in docs if doc["kind"] not in PEERING_KINDS])
+    spread = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert spread["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]["topologyKey"] == (
+        "kubernetes.io/hostname"
+    )
+    document = rbac.rules_document()
+    cluster_role = next(doc for doc in docs if doc["kind"] == "ClusterRole")
+    assert cluster_role["rules"] == document["cluster"] + document["namespaced"] + document["clusterPeering"]
+
+
+def test_two_replicas_namespaced_use_a_peering_in_each_namespace() -> None:
+    from agent_operator import rbac
+
+    docs = render(CHART / "ci" / "namespaced-values.yaml", "--set", "replicaCount=2", "--set", "peering.name=ops-ha")
+    peerings = sorted((doc["kind"], doc["metadata"]["namespace"]) for doc in docs if doc["kind"] in PEERING_KINDS)
+    assert peerings == [("KopfPeering", "agents-a"), ("KopfPeering", "agents-b")]
+    args = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=ops-ha" in args
+    document = rbac.rules_document()
+    for role in (doc for doc in docs if doc["kind"] == "Role"):
+        assert role["rules"] == document["namespaced"] + document["namespacedPeering"]
+    cluster_role = next(doc for doc in docs if doc["kind"] == "ClusterRole")
+    assert cluster_role["rules"] == document["cluster"]  # no ClusterKopfPeering access when namespaced
+
+
+def test_peering_crds_are_shipped() -> None:
+    crds = list(yaml.safe_load_all((CHART / "crds" / "kopfpeerings.kopf.dev.yaml").read_text()))
+    scopes = {crd["spec"]["names"]["kind"]: crd["spec"]["scope"] for crd in crds}
+    assert scopes == {"ClusterKopfPeering": "Cluster", "KopfPeering": "Namespaced"}
+    assert {crd["spec"]["group"] for crd in crds} == {"kopf.dev"}
