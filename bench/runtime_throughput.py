@@ -20,11 +20,13 @@ Targets (issue 4): overhead p50 ≤ 2 ms, throughput ≥ 1.0x arq, 500 tasks ≈
 
 Parts 3 and 4 also print the CPU seconds of this process (the worker) per call, measured around
 `worker.run()` only, and the local model server's (from /proc): on a loaded machine the wall times
-say little, the CPU per call says what the worker costs. `calibration` is the CPU time of a fixed
-pure-Python loop, printed with every figure: a busy (virtual) machine inflates CPU time too (stolen
-and shared cycles), so figures are compared through it. Load averages are printed with each figure.
+say little, the CPU per call says what the worker costs. A busy machine inflates CPU time too
+(shared caches, context switches: 2-4x at a load of 10-40 on 2 cores), so compare figures taken
+side by side. `calibration` is the CPU time of a fixed pure-Python loop (it barely moves with the
+load, unlike a task's CPU time). Load averages are printed with each figure.
 The no-op drain runs `--rounds` times, ours and arq alternating; the ratio is the median of the
-per-round ratios. The event loop is uvloop, as `agent-runtime worker` runs (`--loop asyncio`: the
+per-round ratios, printed with the drain's CPU per task of each (this process's CPU: the
+worker's). The event loop is uvloop, as `agent-runtime worker` runs (`--loop asyncio`: the
 standard one).
 """
 
@@ -131,14 +133,15 @@ async def ours_throughput(client: redis.asyncio.Redis, tasks: int, concurrency: 
     start = time.perf_counter()
     for i in range(tasks):
         await queue.submit(f"task {i}", max_steps=1)
-    submitted = time.perf_counter()
+    submitted, cpu = time.perf_counter(), cpu_seconds()
     await worker.run()
-    done = time.perf_counter()
+    done, cpu = time.perf_counter(), cpu_seconds() - cpu
     assert worker.processed == tasks and await queue.depth() == 0
     return {
         "submit_per_s": tasks / (submitted - start),
         "run_per_s": tasks / (done - submitted),
         "e2e_per_s": tasks / (done - start),
+        "run_cpu_ms": cpu / tasks * 1000,
     }
 
 
@@ -183,8 +186,9 @@ async def arq_run(port: int, tasks: int, concurrency: int, *, poll_delay: float)
         poll_delay=poll_delay,
         log_results=False,
     )
+    cpu = cpu_seconds()
     await worker.main()
-    done = time.perf_counter()
+    done, cpu = time.perf_counter(), cpu_seconds() - cpu
     assert worker.jobs_complete == tasks and all(jobs), worker.jobs_complete
     await worker.close()
     await pool.aclose()
@@ -192,6 +196,7 @@ async def arq_run(port: int, tasks: int, concurrency: int, *, poll_delay: float)
         "submit_per_s": tasks / (submitted - start),
         "run_per_s": tasks / (done - submitted),
         "e2e_per_s": tasks / (done - start),
+        "run_cpu_ms": cpu / tasks * 1000,
     }
 
 
@@ -277,10 +282,15 @@ async def queue_part(client: redis.asyncio.Redis, port: int, args: argparse.Name
           f"median of {args.rounds} alternating rounds, {load()}")  # fmt: skip
     for side, name in ((0, "ours"), (1, "arq ")):
         print(f"  {name} : submit {median(side, 'submit_per_s'):7.0f}/s   drain {median(side, 'run_per_s'):7.0f}/s   "
-              f"end-to-end {median(side, 'e2e_per_s'):7.0f}/s")  # fmt: skip
+              f"end-to-end {median(side, 'e2e_per_s'):7.0f}/s   "
+              f"drain CPU {median(side, 'run_cpu_ms'):.3f} ms/task")  # fmt: skip
     drains = " ".join(f"{ours['run_per_s'] / arq['run_per_s']:.2f}" for ours, arq in rounds)
+    # On a loaded machine the wall-clock ratio follows the scheduler; CPU per task does not (as much):
+    # arq's drain CPU over ours is the drain ratio a core of our own would give.
+    cpu_ratio = statistics.median(arq["run_cpu_ms"] / ours["run_cpu_ms"] for ours, arq in rounds)
     print(f"  ratio ours/arq: drain {ratio('run_per_s'):.2f}x   end-to-end {ratio('e2e_per_s'):.2f}x   "
           f"(targets >= 1.0x, drain >= 1.5x; drain per round: {drains})")  # fmt: skip
+    print(f"  drain CPU per task, arq / ours: {cpu_ratio:.2f}x")
 
     overheads = await ours_overhead(client, args.overhead_tasks)
     print(f"\n  queue overhead per task (submit -> result stored, idle worker, {len(overheads)} tasks):")
