@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
+import uvloop
 from prometheus_client import CollectorRegistry
 
 from agent_runtime import config as runtime_config
@@ -80,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "api":
             return _run_api(args)
         if args.command == "worker":
-            return asyncio.run(_run_worker(args))
+            # uvloop: the worker's CPU goes to sockets (Redis, the providers) and event-loop turns,
+            # which uvloop does in C; ~10 % less CPU per model call (bench/RESULTS.md).
+            return uvloop.run(_run_worker(args))
         if args.command == "demo":
             localdemo = _dev_module("localdemo", "demo")
             asyncio.run(
@@ -89,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             return 0
-        return asyncio.run(_run_localmodel(args))
+        return uvloop.run(_run_localmodel(args))
     except errors.ConfigError as exc:
         print(f"agent-runtime: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -120,7 +123,13 @@ def _run_api(args: argparse.Namespace) -> int:
     app = create_app(config, redis=redis_client, registry=CollectorRegistry(), auth_token=token)
     server = _ApiServer(
         uvicorn.Config(
-            app, host=args.host, port=args.port, log_config=None, access_log=False, timeout_graceful_shutdown=20
+            app,
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=20,
+            loop="uvloop",  # as the worker: the API's CPU goes to sockets and event-loop turns too
         )
     )
     try:

@@ -75,7 +75,10 @@ def build_worker(
 ) -> WorkerParts:
     """Wire one worker; the caller runs `parts.worker.run()` and then `await parts.aclose()`."""
     metrics = Metrics(registry, service=config.service, track=config.track.value, known_intents=config.known_intents)
-    providers = build_providers(config, metrics=metrics, environ=environ, redis_client=redis_client)
+    concurrency = concurrency or config.worker_concurrency
+    providers = build_providers(
+        config, metrics=metrics, environ=environ, redis_client=redis_client, concurrency=concurrency
+    )
     prices = PriceTable(config.prices)
     ledger = build_ledger(config, redis_client, clock=clock)
     agent = Agent(
@@ -102,7 +105,7 @@ def build_worker(
         queue=queue,
         runner=agent,
         metrics=metrics,
-        concurrency=concurrency or config.worker_concurrency,
+        concurrency=concurrency,
         task_timeout_seconds=config.task_timeout_seconds,
         shutdown_grace_seconds=config.shutdown_grace_seconds,
         burst=burst,

@@ -118,13 +118,23 @@ class OpenAICompatProvider:
     kind = "openai-compatible"
 
     def __init__(
-        self, name: str, model: str, *, base_url: str, api_key: str | None, timeout: float, weight: int = 1
+        self,
+        name: str,
+        model: str,
+        *,
+        base_url: str,
+        api_key: str | None,
+        timeout: float,
+        weight: int = 1,
+        connections: int = 100,
     ) -> None:
         self.name = name
         self.model = model
         self.weight = weight
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        # As many pooled connections as the worker has calls in flight (httpx's default keeps 20).
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self.client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, limits=limits)
 
     async def complete(
         self,

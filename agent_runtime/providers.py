@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import anthropic
+import httpx2
 import redis.asyncio
 from anthropic.types import Message
 
@@ -355,14 +356,24 @@ def _api_key(provider: ProviderConfig, environ: Mapping[str, str]) -> str | None
     return key
 
 
-def _build_one(provider: ProviderConfig, config: RuntimeConfig, environ: Mapping[str, str]) -> Provider:
+def _build_one(
+    provider: ProviderConfig, config: RuntimeConfig, environ: Mapping[str, str], *, connections: int
+) -> Provider:
     key = _api_key(provider, environ)
     if provider.kind == "anthropic":
+        # One client, so one connection pool, per provider, shared by every task of the process. Its
+        # transport is aiohttp's (the SDK's own `DefaultAioHttpClient`), not httpcore's: httpcore's
+        # pool walks every connection on each request and each response (`has_expired`, a socket
+        # poll per idle one), which at 500 concurrent calls cost more CPU than the rest of a task
+        # (bench/RESULTS.md, "Runtime throughput"). The pool holds as many connections as the worker
+        # runs tasks, so a call never waits for one and a connection is kept for the next call.
+        limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
         client = anthropic.AsyncAnthropic(
             api_key=key or _NO_KEY,
             base_url=provider.base_url,
             max_retries=0,  # retries are ours: each attempt goes through the limiter and the breaker
             timeout=config.provider_timeout_seconds,
+            http_client=anthropic.DefaultAioHttpClient(timeout=config.provider_timeout_seconds, limits=limits),
             _strict_response_validation=True,
         )
         return AnthropicProvider(provider.name, provider.model, client, provider.weight)
@@ -376,6 +387,7 @@ def _build_one(provider: ProviderConfig, config: RuntimeConfig, environ: Mapping
             api_key=key,
             timeout=config.provider_timeout_seconds,
             weight=provider.weight,
+            connections=connections,
         )
     raise errors.ConfigError(
         f"providers[{provider.name}].kind: {provider.kind!r} is not one of anthropic, openai-compatible"
@@ -401,15 +413,20 @@ def build_providers(
     metrics: Metrics,
     environ: Mapping[str, str] | None = None,
     redis_client: redis.asyncio.Redis | None = None,
+    concurrency: int | None = None,
 ) -> ProviderSet:
     """Build every configured provider (API keys from `provider_key_env(name)`).
+
+    Each provider's connection pool holds `concurrency` connections (default `worker_concurrency`):
+    as many as the worker has calls in flight.
 
     With a Redis client the rate limits are enforced, the circuits are shared by every replica
     (unless `breaker_scope` is `process`) and, when enabled, the response cache is used; without one
     (unit tests of the agent loop) none of that, and each circuit is this process's own.
     """
     env = os.environ if environ is None else environ
-    built = [_build_one(p, config, env) for p in config.providers]
+    connections = concurrency or config.worker_concurrency
+    built = [_build_one(p, config, env, connections=connections) for p in config.providers]
     limiter = cache = None
     if redis_client is not None:
         limiter = RateLimiter(redis_client, keys=config.keys(), limits=limits_of(config))

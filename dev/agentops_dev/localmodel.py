@@ -11,8 +11,9 @@ Fault injection is per server instance (`Faults`): an error ratio with status 42
 `retry-after`), 500 or 529, malformed bodies, added latency, a hold (replies wait until it is
 lifted; optionally only those after the first N calls), and a script of forced outcomes for the
 next requests (`fault_script(k)`: exactly k final errors in every 10 calls, a model version that
-fails k tasks in 10). Every call is recorded (`calls`), with the task id header and the step
-(assistant turns already in the transcript), so tests can prove which steps were re-sent.
+fails k tasks in 10). Every call is recorded (`calls`), with the task id header, the step
+(assistant turns already in the transcript), so tests can prove which steps were re-sent, and the
+client's end of the connection it came on (`connection`), so they can count the connections used.
 `GET /_local/calls` and `PUT /_local/faults` expose the same when the server runs as a separate
 process.
 """
@@ -95,6 +96,7 @@ class CallRecord:
     dialect: str = "anthropic"  # or "openai" (POST /v1/chat/completions)
     tools: list[str] = field(default_factory=list)  # names of the tools the request offered
     number: int = 0  # 1 for the first call the server received, and so on
+    connection: str = ""  # the client's address and port: one per TCP connection
 
 
 def _tokens(text: str) -> int:
@@ -237,8 +239,13 @@ class LocalModelServer:
         return await self._serve(request, "openai")
 
     async def _serve(self, request: web.Request, dialect: str) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         record = CallRecord(
-            task_id=request.headers.get(constants.TASK_ID_HEADER), step=0, started=time.time(), dialect=dialect
+            task_id=request.headers.get(constants.TASK_ID_HEADER),
+            step=0,
+            started=time.time(),
+            dialect=dialect,
+            connection=f"{peer[0]}:{peer[1]}" if peer else "",
         )
         self.calls.append(record)
         record.number = len(self.calls)
