@@ -10,12 +10,19 @@ the end (the garbage collector removes its children, the kubelet its pods).
 - fault runs: a healthy canary (steps 10, 20, 50, 100) passes its analysis at 10; at a random
   moment of the next interval its model starts answering 30 % of calls with an error (HTTP 400);
   measured: seconds from that moment to `status.canary.phase == RolledBack`, and the same in
-  intervals. `failureLimit: 2`, so the floor is one interval (fault just before an analysis whose
-  window is mostly faulty) plus one, and the goal is at most two;
-- healthy runs: a canary as good as stable (steps 10, 50, 100); counted: promoted, rolled back
-  (a false rollback), paused or stuck.
+  intervals; and, for every analysis after the fault, the fault's age when it ran (seen by polling
+  the status every 20 ms), its verdict and the error rate it measured: the smallest age that failed
+  and the largest that passed bound the detection delay (docs/canary.md, "How fast a fault is
+  caught"). With `failureLimit` F a fault at a random moment is rolled back after d + (F-1) to
+  d + F intervals (d: the detection delay), so within two intervals needs F = 1 and d <= interval;
+- healthy runs: a canary as good as stable (steps 10, 50, 100), the same `failureLimit`; counted:
+  promoted, rolled back (a false rollback), paused or stuck.
 
-Run: `python bench/canary.py [--fault-runs 10] [--healthy-runs 20] [--interval 3]`.
+Also reported: the load averages (`/proc/loadavg`) at every run, the spacing of the analyses seen,
+and how late Prometheus scraped (its own `prometheus_target_interval_length_seconds` quantiles
+and the targets' `scrape_duration_seconds`).
+
+Run: `python bench/canary.py [--fault-runs 10] [--healthy-runs 20] [--interval 3] [--failure-limit 1]`.
 """
 
 from __future__ import annotations
@@ -23,10 +30,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
+import itertools
+import json
 import random
 import statistics
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +50,41 @@ from agentops_dev.stack import AGSVC, NAMESPACE, Stack, running_stack, service_b
 from agentops_dev.waiting import eventually
 
 RATE = 16.0
+LOADS: list[float] = []  # 1-minute load average at the start of every run
+
+
+def load_average() -> str:
+    """`/proc/loadavg`'s three averages, as `uptime` prints them."""
+    one, five, fifteen = Path("/proc/loadavg").read_text().split()[:3]
+    LOADS.append(float(one))
+    return f"{one}, {five}, {fifteen}"
+
+
+def error_rate(analysis: dict[str, Any]) -> float | None:
+    for check in analysis.get("checks", []):
+        if check["name"] == "error-rate":
+            value = check.get("value")
+            return None if value is None else round(float(value), 4)
+    return None
+
+
+class Watcher:
+    """Polls a service's canary status and stamps each new analysis with the monotonic time it was seen."""
+
+    def __init__(self, stack: Stack, name: str) -> None:
+        self.stack, self.name = stack, name
+        self.seen: list[tuple[float, dict[str, Any]]] = []
+        self.count = 0
+
+    def poll(self) -> dict[str, Any]:
+        status = self.stack.canary(self.name)
+        history = status.get("history") or []
+        last = status.get("lastAnalysis")
+        # history is reset by a new rollout and bounded to 10: count by the last analysis's identity
+        if last and (not self.seen or self.seen[-1][1] != last):
+            self.seen.append((time.monotonic(), last))
+        self.count = len(history)
+        return status
 
 
 async def _rollout(stack: Stack, name: str, model: LocalModelServer) -> None:
@@ -48,13 +95,24 @@ async def _rollout(stack: Stack, name: str, model: LocalModelServer) -> None:
     await eventually(lambda: stack.kubelet.ready_at(f"{name}-worker-canary") is not None, timeout=30)
 
 
+def _due_in(status: dict[str, Any]) -> float | None:
+    """Seconds from now to `status.canary.nextAnalysisTime`: where in its interval the fault started."""
+    stamp = status.get("nextAnalysisTime")
+    if not stamp:
+        return None
+    return round(datetime.datetime.fromisoformat(stamp).timestamp() - time.time(), 2)
+
+
 async def _retire(stack: Stack, name: str) -> None:
     await stack.cluster.delete_object(AGSVC, NAMESPACE, name)
     await eventually(lambda: not any(p.deployment.startswith(f"{name}-") for p in stack.kubelet.pods.values()), 30)
 
 
-async def fault_run(stack: Stack, index: int, interval: float, rng: random.Random) -> dict[str, Any]:
+async def fault_run(
+    stack: Stack, index: int, interval: float, failure_limit: int, rng: random.Random
+) -> dict[str, Any]:
     name = f"fault-{index}"
+    load = load_average()
     async with LocalModelServer() as stable_model, LocalModelServer() as canary_model:
         body = service_body(
             name,
@@ -63,30 +121,54 @@ async def fault_run(stack: Stack, index: int, interval: float, rng: random.Rando
             steps=[10, 20, 50, 100],
             interval=f"{interval:g}s",
             minRequests=5,
-            failureLimit=2,
+            failureLimit=failure_limit,
         )
         await stack.serve(body)
+        watcher = Watcher(stack, name)
         async with stack.load(name, RATE):
             await _rollout(stack, name, canary_model)
-            await eventually(lambda: stack.canary(name).get("weight") == 20, timeout=30, interval=0.02)
+            await eventually(lambda: watcher.poll().get("weight") == 20, timeout=30, interval=0.02)
+            step = time.monotonic()
             await asyncio.sleep(rng.uniform(0, interval))
             canary_model.faults = Faults(error_ratio=0.3, error_status=FAULT_STATUS, seed=index)
             fault = time.monotonic()
+            due_in = _due_in(stack.canary(name))
             await eventually(
-                lambda: stack.canary(name).get("phase") in ("RolledBack", "Promoted"), timeout=60, interval=0.02
+                lambda: watcher.poll().get("phase") in ("RolledBack", "Promoted"), timeout=60, interval=0.02
             )
             seconds = time.monotonic() - fault
         status = stack.canary(name)
     await _retire(stack, name)
-    verdicts = [a["verdict"] for a in status["history"] if a["weight"] == 20]
-    return {"phase": status["phase"], "seconds": seconds, "intervals": seconds / interval, "at_20": verdicts}
+    # every analysis seen after the fault: (fault age when seen, weight, verdict, error rate measured)
+    after = [
+        (round(seen - fault, 2), a["weight"], a["verdict"], error_rate(a)) for seen, a in watcher.seen if seen > fault
+    ]
+    # seen apart: the step to 20 and the first analysis at 20 (the first interval), then each next one
+    times = [step] + [seen for seen, _ in watcher.seen if seen > step]
+    spacing = [round(b - a, 2) for a, b in itertools.pairwise(times)]
+    return {
+        "phase": status["phase"],
+        "seconds": round(seconds, 2),
+        "intervals": round(seconds / interval, 2),
+        "due_in": due_in,
+        "after_fault": after,
+        "spacing": spacing,
+        "load": load,
+    }
 
 
-async def healthy_run(stack: Stack, index: int, interval: float) -> dict[str, Any]:
+async def healthy_run(stack: Stack, index: int, interval: float, failure_limit: int) -> dict[str, Any]:
     name = f"healthy-{index}"
+    load = load_average()
     async with LocalModelServer() as stable_model, LocalModelServer() as canary_model:
         body = service_body(
-            name, stable_model.url, stack.redis_url, steps=[10, 50, 100], interval=f"{interval:g}s", minRequests=5
+            name,
+            stable_model.url,
+            stack.redis_url,
+            steps=[10, 50, 100],
+            interval=f"{interval:g}s",
+            minRequests=5,
+            failureLimit=failure_limit,
         )
         await stack.serve(body)
         started = time.monotonic()
@@ -101,7 +183,8 @@ async def healthy_run(stack: Stack, index: int, interval: float) -> dict[str, An
         status = stack.canary(name)
         seconds = time.monotonic() - started
     await _retire(stack, name)
-    return {"phase": status["phase"], "seconds": seconds, "analyses": [a["verdict"] for a in status["history"]]}
+    analyses = [(a["weight"], a["verdict"], error_rate(a)) for a in status["history"]]
+    return {"phase": status["phase"], "seconds": round(seconds, 1), "analyses": analyses, "load": load}
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -118,22 +201,64 @@ async def main_async(args: argparse.Namespace) -> None:
         try:
             prometheus.wait_ready()
             async with running_stack(root / "pods", redis.url, prometheus) as stack:
+                print(f"start: load average {load_average()}", flush=True)
                 faults = []
                 for i in range(args.fault_runs):
-                    faults.append(await fault_run(stack, i, args.interval, rng))
+                    faults.append(await fault_run(stack, i, args.interval, args.failure_limit, rng))
                     print(f"fault run {i}: {faults[-1]}", flush=True)
                 healthy = []
                 for i in range(args.healthy_runs):
-                    healthy.append(await healthy_run(stack, i, args.interval))
+                    healthy.append(await healthy_run(stack, i, args.interval, args.failure_limit))
                     print(f"healthy run {i}: {healthy[-1]}", flush=True)
+                print(f"end: load average {load_average()}", flush=True)
+                scrapes = scrape_health(prometheus.url)
         finally:
             prometheus.stop()
             redis.kill()
-    report(faults, healthy, args.interval)
+    report(faults, healthy, args.interval, args.failure_limit, scrapes)
 
 
-def report(faults: list[dict[str, Any]], healthy: list[dict[str, Any]], interval: float) -> None:
-    print(f"\ninterval {interval:g} s, 1 s scrapes, {RATE:g} tasks/s, failureLimit 2")
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def scrape_health(url: str) -> str:
+    """How late Prometheus scraped: its own scrape-interval quantiles and the targets' scrape durations."""
+    lines = []
+    for line in _get(f"{url}/metrics").splitlines():
+        if line.startswith('prometheus_target_interval_length_seconds{interval="1s"'):
+            lines.append(line)
+    for what in ("0.5", "0.99", "1"):
+        query = f"max(quantile_over_time({what}, scrape_duration_seconds[3h]))"
+        body = json.loads(_get(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": query})))
+        result = body["data"]["result"]
+        value = float(result[0]["value"][1]) if result else float("nan")
+        lines.append(f"scrape duration, worst target's {what} quantile over the run: {value:.3f} s")
+    return "\n".join(lines)
+
+
+def report(
+    faults: list[dict[str, Any]], healthy: list[dict[str, Any]], interval: float, failure_limit: int, scrapes: str
+) -> None:
+    print(f"\ninterval {interval:g} s, 1 s scrapes, {RATE:g} tasks/s, failureLimit {failure_limit}")
+    if LOADS:
+        print(
+            f"1-minute load average at the runs: min {min(LOADS):.2f}, median {statistics.median(LOADS):.2f}, "
+            f"max {max(LOADS):.2f}"
+        )
+    print(scrapes)
+    first = [r["after_fault"][0] for r in faults if r["after_fault"]]
+    failed = sorted(age for age, _, verdict, _ in first if verdict == "failure")
+    passed = sorted(age for age, _, verdict, _ in first if verdict != "failure")
+    if failed:
+        print(f"first analysis after the fault: failed at fault ages {failed}")
+    if passed:
+        print(f"first analysis after the fault: did not fail at fault ages {passed}")
+    spacing = sorted(x for r in faults for x in r["spacing"])
+    if spacing:
+        median, worst = statistics.median(spacing), spacing[-1]
+        print(f"analyses seen apart (the step to the first, then each next): median {median:.2f} s, max {worst:.2f} s")
     rolled = [r for r in faults if r["phase"] == "RolledBack"]
     if rolled:
         seconds = sorted(r["seconds"] for r in rolled)
@@ -163,6 +288,7 @@ def main() -> None:
     parser.add_argument("--healthy-runs", type=int, default=20)
     parser.add_argument("--interval", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument("--failure-limit", type=int, default=1)
     asyncio.run(main_async(parser.parse_args()))
 
 

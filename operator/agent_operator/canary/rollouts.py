@@ -42,6 +42,18 @@ class Schedule:
     watching: bool = False  # a rollout that wants analyses: the analysis loop looks at it
     resumable: bool = True
 
+    def settle(self, stands_at: tuple[str, int] | None) -> None:
+        """After a decision: drop an interval counted for another step than where the rollout now stands.
+
+        A step (or a new revision) moves the rollout while the interval of the old step is still
+        counted; kept, the analysis loop would look at the object only at the old step's due time,
+        and count the new step's interval from there: its first analysis one interval late (measured
+        by bench/canary.py: 5 s after a step instead of 3). Dropped, the loop looks at the next tick
+        and the new step's interval starts as soon as its canary pods are ready.
+        """
+        if self.running_for is not None and self.running_for != stands_at:
+            self.running_for = None
+
 
 def _utcnow() -> str:
     return rfc3339(datetime.datetime.now(tz=datetime.UTC))
@@ -135,6 +147,7 @@ class Rollouts:
         laid = tracks.layout(desired, decision.status, everything)
         rollouts = rollouthistory.updated(prior, decision, self._now)
         schedule.watching = machine.needs_analysis(spec, decision.status)
+        schedule.settle((decision.status.canary_revision, decision.status.weight) if schedule.watching else None)
         counted = schedule.watching and schedule.running_for == (
             decision.status.canary_revision,
             decision.status.weight,
