@@ -103,6 +103,11 @@ def _due_in(status: dict[str, Any]) -> float | None:
     return round(datetime.datetime.fromisoformat(stamp).timestamp() - time.time(), 2)
 
 
+def _age(analysis: dict[str, Any], since: float) -> float:
+    """Seconds from `since` (wall clock) to when the analysis's queries ran (its `time`, in milliseconds)."""
+    return round(datetime.datetime.fromisoformat(analysis["time"]).timestamp() - since, 2)
+
+
 async def _retire(stack: Stack, name: str) -> None:
     await stack.cluster.delete_object(AGSVC, NAMESPACE, name)
     await eventually(lambda: not any(p.deployment.startswith(f"{name}-") for p in stack.kubelet.pods.values()), 30)
@@ -131,7 +136,7 @@ async def fault_run(
             step = time.monotonic()
             await asyncio.sleep(rng.uniform(0, interval))
             canary_model.faults = Faults(error_ratio=0.3, error_status=FAULT_STATUS, seed=index)
-            fault = time.monotonic()
+            fault, fault_wall = time.monotonic(), time.time()
             due_in = _due_in(stack.canary(name))
             await eventually(
                 lambda: watcher.poll().get("phase") in ("RolledBack", "Promoted"), timeout=60, interval=0.02
@@ -139,9 +144,12 @@ async def fault_run(
             seconds = time.monotonic() - fault
         status = stack.canary(name)
     await _retire(stack, name)
-    # every analysis seen after the fault: (fault age when seen, weight, verdict, error rate measured)
+    # every analysis seen after the fault: (fault age when its queries ran, when it was seen in the
+    # status, weight, verdict, error rate measured)
     after = [
-        (round(seen - fault, 2), a["weight"], a["verdict"], error_rate(a)) for seen, a in watcher.seen if seen > fault
+        (_age(a, fault_wall), round(seen - fault, 2), a["weight"], a["verdict"], error_rate(a))
+        for seen, a in watcher.seen
+        if seen > fault
     ]
     # seen apart: the step to 20 and the first analysis at 20 (the first interval), then each next one
     times = [step] + [seen for seen, _ in watcher.seen if seen > step]
@@ -249,12 +257,16 @@ def report(
         )
     print(scrapes)
     first = [r["after_fault"][0] for r in faults if r["after_fault"]]
-    failed = sorted(age for age, _, verdict, _ in first if verdict == "failure")
-    passed = sorted(age for age, _, verdict, _ in first if verdict != "failure")
+    failed = sorted(age for age, _, _, verdict, _ in first if verdict == "failure")
+    passed = sorted(age for age, _, _, verdict, _ in first if verdict != "failure")
     if failed:
-        print(f"first analysis after the fault: failed at fault ages {failed}")
+        print(f"first analysis after the fault: failed at fault ages {failed} s (when its queries ran)")
     if passed:
-        print(f"first analysis after the fault: did not fail at fault ages {passed}")
+        print(f"first analysis after the fault: did not fail at fault ages {passed} s")
+    lags = sorted(round(seen - ran, 2) for r in faults for ran, seen, *_ in r["after_fault"])
+    if lags:
+        median, worst = statistics.median(lags), lags[-1]
+        print(f"queries run -> analysis seen in the status: median {median:.2f} s, max {worst:.2f} s")
     spacing = sorted(x for r in faults for x in r["spacing"])
     if spacing:
         median, worst = statistics.median(spacing), spacing[-1]

@@ -738,6 +738,17 @@ def test_a_step_drops_the_interval_counted_for_the_previous_step() -> None:
     assert idle.running_for is None
 
 
+def test_a_step_that_changes_no_pod_keeps_the_cadence() -> None:
+    """The same replicas at both weights: the interval counted goes on for the new step, due as it was."""
+    schedule = Schedule(running_for=("abc", 10), due=103.0, due_time="t", watching=True)
+    schedule.settle(("abc", 20), same_pods=True)
+    assert (schedule.running_for, schedule.due, schedule.due_time) == (("abc", 20), 103.0, "t")
+    for elsewhere in (None, ("abc", 10)):  # not analysed any more; still where it was
+        kept = Schedule(running_for=("abc", 10), due=103.0, watching=True)
+        kept.settle(elsewhere, same_pods=True)
+        assert kept.running_for == (None if elsewhere is None else ("abc", 10))
+
+
 def test_failure_limit_one_rolls_back_at_the_first_failed_analysis() -> None:
     """The spec that bounds a rollback to two intervals of any fault (docs/canary.md)."""
     decision = decide(progressing(), analysis=result("failure"), canary_spec=spec(failure_limit=1))
