@@ -92,7 +92,8 @@ async def _rollout(stack: Stack, name: str, model: LocalModelServer) -> None:
         body["spec"]["model"]["providers"][0]["baseURL"] = model.url
 
     await stack.edit(name, change)
-    await eventually(lambda: stack.kubelet.ready_at(f"{name}-worker-canary") is not None, timeout=30)
+    # generous: on the loaded 2 cores a canary pod once took more than 30 s to be ready
+    await eventually(lambda: stack.kubelet.ready_at(f"{name}-worker-canary") is not None, timeout=120)
 
 
 def _due_in(status: dict[str, Any]) -> float | None:
