@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from agentops_dev import kubelet
 from agentops_dev.localmodel import FAULT_STATUS, Faults, LocalModelServer
 from agentops_dev.localprometheus import DiscoveringPrometheus
 from agentops_dev.localredis import LocalRedis
@@ -196,8 +197,23 @@ async def healthy_run(stack: Stack, index: int, interval: float, failure_limit: 
     return {"phase": status["phase"], "seconds": round(seconds, 1), "analyses": analyses, "load": load}
 
 
+async def attempt(run: Any, stack: Stack, name: str) -> dict[str, Any]:
+    """One run; a run whose pods could not start on the loaded machine is reported, not fatal."""
+    stack.kubelet.errors.clear()  # a pod of an earlier run that started late must not fail this one
+    try:
+        result: dict[str, Any] = await run
+    except (TimeoutError, RuntimeError) as exc:
+        with contextlib.suppress(TimeoutError, RuntimeError):
+            await _retire(stack, name)
+        return {"phase": "not run", "why": str(exc)[:200], "load": load_average()}
+    return result
+
+
 async def main_async(args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
+    # a runtime pod needs more than the dev kubelet's 30 s to answer /healthz when the 2 cores run
+    # a load average of 20 (seen: a run lost to it)
+    setattr(kubelet, "START_TIMEOUT", 120.0)  # noqa: B010 (a Final of the dev package, for this bench only)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-canary-") as tmp:
         root = Path(tmp)
@@ -213,11 +229,14 @@ async def main_async(args: argparse.Namespace) -> None:
                 print(f"start: load average {load_average()}", flush=True)
                 faults = []
                 for i in range(args.fault_runs):
-                    faults.append(await fault_run(stack, i, args.interval, args.failure_limit, rng))
+                    run = fault_run(stack, i, args.interval, args.failure_limit, rng)
+                    faults.append(await attempt(run, stack, f"fault-{i}"))
                     print(f"fault run {i}: {faults[-1]}", flush=True)
                 healthy = []
                 for i in range(args.healthy_runs):
-                    healthy.append(await healthy_run(stack, i, args.interval, args.failure_limit))
+                    healthy.append(
+                        await attempt(healthy_run(stack, i, args.interval, args.failure_limit), stack, f"healthy-{i}")
+                    )
                     print(f"healthy run {i}: {healthy[-1]}", flush=True)
                 print(f"end: load average {load_average()}", flush=True)
                 scrapes = scrape_health(prometheus.url)
@@ -257,6 +276,11 @@ def report(
             f"max {max(LOADS):.2f}"
         )
     print(scrapes)
+    lost = [r for r in [*faults, *healthy] if r["phase"] == "not run"]
+    if lost:
+        print(f"runs lost to pods that did not start: {len(lost)}")
+    faults = [r for r in faults if r["phase"] != "not run"]
+    healthy = [r for r in healthy if r["phase"] != "not run"]
     first = [r["after_fault"][0] for r in faults if r["after_fault"]]
     failed = sorted(age for age, _, _, verdict, _ in first if verdict == "failure")
     passed = sorted(age for age, _, _, verdict, _ in first if verdict != "failure")

@@ -89,14 +89,18 @@ async def test_healthy_canary_is_promoted_through_every_step(stack: Stack) -> No
 
 async def test_faulty_canary_is_rolled_back_within_two_intervals(stack: Stack) -> None:
     name = "faulty"
-    interval = 3.0
+    # The fault starts once the step to 20 is seen, up to ~1.5 s after the analysis that made it on
+    # the loaded machine; the step changes no pod, so the next analysis is due one interval after
+    # that analysis (docs/canary.md). To fail, it needs the fault at least d old (one scrape, its
+    # duration and a fifth of the window: ~2.5 s here), so the interval must exceed 1.5 + 2.5 s.
+    interval = 5.0
     async with LocalModelServer() as stable_model, LocalModelServer() as canary_model:
         body = service_body(
             name,
             stable_model.url,
             stack.redis_url,
             steps=[10, 20, 50, 100],
-            interval="3s",
+            interval=f"{interval:g}s",
             minRequests=5,
             failureLimit=2,
         )
