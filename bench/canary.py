@@ -8,10 +8,11 @@ stack serves every run; each run is a fresh AgentService (1 API and 2 worker rep
 the end (the garbage collector removes its children, the kubelet its pods).
 
 - fault runs: a healthy canary (steps 10, 20, 50, 100) passes its analysis at 10; at a random
-  moment of the next interval its model starts answering 30 % of calls with an error (HTTP 400);
-  measured: seconds from that moment to `status.canary.phase == RolledBack`, and the same in
-  intervals; and, for every analysis after the fault, the fault's age when it ran (seen by polling
-  the status every 20 ms), its verdict and the error rate it measured: the smallest age that failed
+  moment of the next interval (counted from that analysis's time) its model starts answering 30 %
+  of calls with an error (HTTP 400); measured: seconds from that moment to
+  `status.canary.phase == RolledBack`, and the same in intervals; and, for every analysis after
+  the fault, the fault's age when its queries ran (its `time`) and when it was seen (polling the
+  status every 20 ms), its verdict and the error rate it measured: the smallest age that failed
   and the largest that passed bound the detection delay (docs/canary.md, "How fast a fault is
   caught"). With `failureLimit` F a fault at a random moment is rolled back after d + (F-1) to
   d + F intervals (d: the detection delay), so within two intervals needs F = 1 and d <= interval;
@@ -105,9 +106,14 @@ def _due_in(status: dict[str, Any]) -> float | None:
     return round(datetime.datetime.fromisoformat(stamp).timestamp() - time.time(), 2)
 
 
+def _wall(analysis: dict[str, Any]) -> float:
+    """When the analysis's queries ran (its `time`, in milliseconds), on the wall clock."""
+    return datetime.datetime.fromisoformat(analysis["time"]).timestamp()
+
+
 def _age(analysis: dict[str, Any], since: float) -> float:
-    """Seconds from `since` (wall clock) to when the analysis's queries ran (its `time`, in milliseconds)."""
-    return round(datetime.datetime.fromisoformat(analysis["time"]).timestamp() - since, 2)
+    """Seconds from `since` (wall clock) to when the analysis's queries ran."""
+    return round(_wall(analysis) - since, 2)
 
 
 async def _retire(stack: Stack, name: str) -> None:
@@ -134,9 +140,17 @@ async def fault_run(
         watcher = Watcher(stack, name)
         async with stack.load(name, RATE):
             await _rollout(stack, name, canary_model)
-            await eventually(lambda: watcher.poll().get("weight") == 20, timeout=30, interval=0.02)
+            moved = await eventually(
+                lambda: (c := watcher.poll()).get("weight") == 20 and c, timeout=120, interval=0.02
+            )
             step = time.monotonic()
-            await asyncio.sleep(rng.uniform(0, interval))
+            # a random moment of the interval at 20, which starts with the analysis that moved the
+            # rollout there (the step changes no pod: docs/canary.md), not when the bench saw the
+            # step: on the loaded machine the status came up to 2.9 s after that analysis, and a
+            # fault drawn from then fell after the analysis at 20 and before the last one (promoted)
+            target = _wall(moved["lastAnalysis"]) + rng.uniform(0, interval)
+            late = max(0.0, time.time() - target)
+            await asyncio.sleep(max(0.0, target - time.time()))
             canary_model.faults = Faults(error_ratio=0.3, error_status=FAULT_STATUS, seed=index)
             fault, fault_wall = time.monotonic(), time.time()
             due_in = _due_in(stack.canary(name))
@@ -161,6 +175,7 @@ async def fault_run(
         "seconds": round(seconds, 2),
         "intervals": round(seconds / interval, 2),
         "due_in": due_in,
+        "late": round(late, 2),  # the moment drawn had passed when the step was seen: injected then
         "after_fault": after,
         "spacing": spacing,
         "load": load,
@@ -276,6 +291,9 @@ def report(
             f"max {max(LOADS):.2f}"
         )
     print(scrapes)
+    late = [r["late"] for r in faults if r.get("late")]
+    if late:
+        print(f"faults injected late (the step was seen after the moment drawn): {len(late)}, by {sorted(late)} s")
     lost = [r for r in [*faults, *healthy] if r["phase"] == "not run"]
     if lost:
         print(f"runs lost to pods that did not start: {len(lost)}")
