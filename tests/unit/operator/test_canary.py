@@ -754,12 +754,3 @@ def test_failure_limit_one_rolls_back_at_the_first_failed_analysis() -> None:
     decision = decide(progressing(), analysis=result("failure"), canary_spec=spec(failure_limit=1))
     assert decision.action == Action.ROLL_BACK and decision.reason == Reason.FAILURE_LIMIT
     assert decision.status.total_failures == 1 and "1 of failureLimit 1" in decision.status.message
-
-
-def test_analyses_keep_to_their_cadence_when_the_loop_is_late() -> None:
-    """The next analysis is due one interval after this one was due, not after it ran late."""
-    schedule = Schedule(running_for=("abc", 10), due=100.0, watching=True)
-    assert schedule.next_due(100.0, 3.0) == 103.0  # on time
-    assert schedule.next_due(100.8, 3.0) == 103.0  # 0.8 s late: the next one is not pushed back
-    assert schedule.next_due(104.0, 3.0) == 107.0  # a whole interval late: counted afresh from now
-    assert Schedule(due=0.0).next_due(50.0, 3.0) == 53.0  # nothing was due: from now
