@@ -23,7 +23,8 @@ Also reported: the load averages (`/proc/loadavg`) at every run, the spacing of 
 and how late Prometheus scraped (its own `prometheus_target_interval_length_seconds` quantiles
 and the targets' `scrape_duration_seconds`).
 
-Run: `python bench/canary.py [--fault-runs 10] [--healthy-runs 20] [--interval 3] [--failure-limit 1]`.
+Run: `python bench/canary.py [--fault-runs 10] [--healthy-runs 20] [--interval 3] [--failure-limit 1]
+[--min-requests 5]`.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ async def _retire(stack: Stack, name: str) -> None:
 
 
 async def fault_run(
-    stack: Stack, index: int, interval: float, failure_limit: int, rng: random.Random
+    stack: Stack, index: int, interval: float, failure_limit: int, rng: random.Random, *, min_requests: int = 5
 ) -> dict[str, Any]:
     name = f"fault-{index}"
     load = load_average()
@@ -133,7 +134,7 @@ async def fault_run(
             stack.redis_url,
             steps=[10, 20, 50, 100],
             interval=f"{interval:g}s",
-            minRequests=5,
+            minRequests=min_requests,
             failureLimit=failure_limit,
         )
         await stack.serve(body)
@@ -182,7 +183,9 @@ async def fault_run(
     }
 
 
-async def healthy_run(stack: Stack, index: int, interval: float, failure_limit: int) -> dict[str, Any]:
+async def healthy_run(
+    stack: Stack, index: int, interval: float, failure_limit: int, min_requests: int = 5
+) -> dict[str, Any]:
     name = f"healthy-{index}"
     load = load_average()
     async with LocalModelServer() as stable_model, LocalModelServer() as canary_model:
@@ -192,7 +195,7 @@ async def healthy_run(stack: Stack, index: int, interval: float, failure_limit: 
             stack.redis_url,
             steps=[10, 50, 100],
             interval=f"{interval:g}s",
-            minRequests=5,
+            minRequests=min_requests,
             failureLimit=failure_limit,
         )
         await stack.serve(body)
@@ -244,13 +247,17 @@ async def main_async(args: argparse.Namespace) -> None:
                 print(f"start: load average {load_average()}", flush=True)
                 faults = []
                 for i in range(args.fault_runs):
-                    run = fault_run(stack, i, args.interval, args.failure_limit, rng)
+                    run = fault_run(stack, i, args.interval, args.failure_limit, rng, min_requests=args.min_requests)
                     faults.append(await attempt(run, stack, f"fault-{i}"))
                     print(f"fault run {i}: {faults[-1]}", flush=True)
                 healthy = []
                 for i in range(args.healthy_runs):
                     healthy.append(
-                        await attempt(healthy_run(stack, i, args.interval, args.failure_limit), stack, f"healthy-{i}")
+                        await attempt(
+                            healthy_run(stack, i, args.interval, args.failure_limit, args.min_requests),
+                            stack,
+                            f"healthy-{i}",
+                        )
                     )
                     print(f"healthy run {i}: {healthy[-1]}", flush=True)
                 print(f"end: load average {load_average()}", flush=True)
@@ -344,6 +351,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--failure-limit", type=int, default=1)
+    parser.add_argument("--min-requests", type=int, default=5)
     asyncio.run(main_async(parser.parse_args()))
 
 
