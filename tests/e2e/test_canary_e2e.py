@@ -6,9 +6,10 @@ so the canary pods really call another model than the stable ones. Covers:
 - a healthy canary is promoted through every step (an analysis passes at 10 and at 50), the
   `Promoted` condition is set, the stable pods restart on the new template and the canaries go;
 - a canary whose model answers 30 % of calls with an error (HTTP 400: final, so the task fails; a
-  5xx is retried by the runtime) is rolled back within two intervals of
-  its pods starting to serve, the stable template untouched; the status and an Event name the
-  failing query, the measured value and the threshold;
+  5xx is retried by the runtime) from right after a step is rolled back by the two analyses after
+  the fault (failureLimit 2; one holding on too little traffic on a starved machine is allowed,
+  a pass is not), the stable template untouched; the status and an Event name the failing query,
+  the measured value and the threshold;
 - a canary with no traffic is neither promoted nor rolled back: it holds, pauses with a reason
   (`InconclusiveLimitReached`, "0 canary requests"), and traffic arriving resumes and promotes it;
 - a relative check (`maxErrorRatio: 2`) passes a canary exactly as good as stable (both 10 %
@@ -89,14 +90,18 @@ async def test_healthy_canary_is_promoted_through_every_step(stack: Stack) -> No
 
 async def test_faulty_canary_is_rolled_back_within_two_intervals(stack: Stack) -> None:
     name = "faulty"
-    interval = 3.0
+    # The fault starts once the step to 20 is seen, up to ~1.5 s after the analysis that made it on
+    # the loaded machine; the step changes no pod, so the next analysis is due one interval after
+    # that analysis (docs/canary.md). To fail, it needs the fault at least d old (one scrape, its
+    # duration and a fifth of the window: ~2.5 s here), so the interval must exceed 1.5 + 2.5 s.
+    interval = 5.0
     async with LocalModelServer() as stable_model, LocalModelServer() as canary_model:
         body = service_body(
             name,
             stable_model.url,
             stack.redis_url,
             steps=[10, 20, 50, 100],
-            interval="3s",
+            interval=f"{interval:g}s",
             minRequests=5,
             failureLimit=2,
         )
@@ -116,9 +121,14 @@ async def test_faulty_canary_is_rolled_back_within_two_intervals(stack: Stack) -
                 for v in VERDICTS
                 if (n := stack.sample("agentservice_canary_analyses_total", verdict=v) - ran_before[v])
             }
-        assert ran == {"failure": 2}, f"analyses from the fault to the rollback (interval {interval}s): {ran}"
+        # exactly two failures and no pass; an analysis may hold on too little traffic (the loaded
+        # machine starving the canary pods: seen at a load average of 25), which counts for nothing
+        conclusive = {v: n for v, n in ran.items() if v != "inconclusive"}
+        assert conclusive == {"failure": 2}, f"analyses from the fault to the rollback (interval {interval}s): {ran}"
         after = [a for a in stack.canary(name)["history"] if a["weight"] == 20]
-        assert [a["verdict"] for a in after] == ["failure", "failure"], after
+        assert [a["verdict"] for a in after if a["verdict"] != "inconclusive"] == ["failure", "failure"], after
+        for held in (a for a in after if a["verdict"] == "inconclusive"):
+            assert all("fewer than minRequests" in c["message"] for c in held["checks"]), held
         status = stack.canary(name)
         check = next(c for c in status["lastAnalysis"]["checks"] if c["name"] == "error-rate")
         assert check["verdict"] == "failure" and 0.1 < check["value"] < 0.6, check

@@ -952,7 +952,7 @@ class Analysis(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
 
-    time: str = Field(description="When the analysis ran (RFC 3339).")
+    time: str = Field(description="When the analysis ran (RFC 3339, milliseconds).")
     weight: int = Field(description="Canary weight during the analysis.")
     verdict: str = Field(description="success, failure, inconclusive or error.")
     checks: list[CheckResult] = Field(default_factory=list, description="Each check's result.")

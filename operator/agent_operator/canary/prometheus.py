@@ -51,6 +51,12 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_ms(moment: datetime) -> str:
+    """`2026-01-01T00:00:00.123Z`: milliseconds, for times compared with scrapes a second apart."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def parse_result(result: Any) -> analysis.Measurement:
     """One `data.result` of an instant query as a measurement (see the module docstring)."""
     if isinstance(result, list) and not result:
@@ -177,7 +183,9 @@ class Prometheus:
         """Run the queries of `plan` and judge them into one `Analysis` at `weight`."""
         started = time.monotonic()
         moment = now or datetime.now(UTC)
-        result = analysis.judge(plan, self.measure(plan.queries()), time=rfc3339(moment), weight=weight)
+        # to the millisecond: when the queries ran, against scrapes a second apart (bench/canary.py
+        # tells the fault's age at the analysis from it)
+        result = analysis.judge(plan, self.measure(plan.queries()), time=rfc3339_ms(moment), weight=weight)
         logger.info(
             "canary analysis",
             prometheus=self.url,

@@ -42,6 +42,22 @@ class Schedule:
     watching: bool = False  # a rollout that wants analyses: the analysis loop looks at it
     resumable: bool = True
 
+    def settle(self, stands_at: tuple[str, int] | None, *, same_pods: bool = False) -> None:
+        """After a decision: what the interval being counted is for, once the rollout stands at `stands_at`.
+
+        A step (or a new revision) moves the rollout while the interval of the old step is still
+        counted. Kept as it was, the analysis loop would look at the object only at the old step's
+        due time and count the new step's interval from there: its first analysis one interval late
+        (bench/canary.py measured 5 s after a step at a 3 s interval). So the interval is dropped,
+        and the loop looks at its next tick: the new step's interval starts once its canary pods are
+        ready at the new size. A step that changes no pod (`same_pods`: the same replicas of each
+        track at both weights) changes no traffic either, so the interval counted goes on for the
+        new step: the next analysis keeps to the cadence, one interval after the one that moved it.
+        """
+        if self.running_for is None or self.running_for == stands_at:
+            return
+        self.running_for = stands_at if same_pods and stands_at is not None else None
+
 
 def _utcnow() -> str:
     return rfc3339(datetime.datetime.now(tz=datetime.UTC))
@@ -135,6 +151,11 @@ class Rollouts:
         laid = tracks.layout(desired, decision.status, everything)
         rollouts = rollouthistory.updated(prior, decision, self._now)
         schedule.watching = machine.needs_analysis(spec, decision.status)
+        stands_at = (decision.status.canary_revision, decision.status.weight) if schedule.watching else None
+        same_pods = schedule.running_for == (decision.status.canary_revision, prior.weight) and tracks.same_pods(
+            desired, prior.weight, decision.status.weight, everything
+        )
+        schedule.settle(stands_at, same_pods=same_pods)
         counted = schedule.watching and schedule.running_for == (
             decision.status.canary_revision,
             decision.status.weight,
@@ -193,6 +214,9 @@ class Rollouts:
                 return None
         elif now < schedule.due:
             return None
+        # from now, not from when it was due: a late analysis must not pull the next one closer
+        # (kept to a grid, one 2.4 s late at a 3 s interval was followed 0.6 s later by another
+        # reading nearly the same window, and with failureLimit 2 both failures would count)
         self._count(schedule, key, now, interval)
         return await self.analyse(svc, prior.weight)
 

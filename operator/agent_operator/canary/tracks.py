@@ -111,6 +111,15 @@ def _counts(desired: builders.Desired, weight: int, live: Live) -> dict[naming.C
     return counts
 
 
+def same_pods(desired: builders.Desired, weight: int, other: int, live: Live) -> bool:
+    """Whether two weights give every component the same replicas of each track.
+
+    Weights are served by replica counts only, so a step between two such weights changes no pod
+    and no traffic (2 workers run one canary pod at 10 %, 20 % and 50 % alike).
+    """
+    return _counts(desired, weight, live) == _counts(desired, other, live)
+
+
 def layout(desired: builders.Desired, status: models.CanaryStatus, live: Live) -> Layout:
     """The children of both tracks for `status`."""
     keep = status.stable_revision != desired.revision

@@ -27,7 +27,7 @@ from agent_operator.api import models
 from agent_operator.api.models import CanaryPhase
 from agent_operator.canary import machine
 from agent_operator.canary.machine import Action, Observation, Reason
-from agent_operator.canary.rollouts import seconds_until, status_time
+from agent_operator.canary.rollouts import Schedule, seconds_until, status_time
 from agent_operator.manifests import naming
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -718,3 +718,39 @@ def test_status_times_keep_milliseconds_and_hostile_ones_are_ignored() -> None:
     assert seconds_until(stamp, 1_800_000_000.0) == pytest.approx(0.25)
     for hostile in ("", "tomorrow", "2027-01-15T08:00:00", "9999-99-99T00:00:00Z"):
         assert seconds_until(hostile, 1_800_000_000.0) is None
+
+
+def test_a_step_drops_the_interval_counted_for_the_previous_step() -> None:
+    """The interval of the step the rollout left is dropped, so the analysis loop looks at once.
+
+    Kept, the loop would wake only at the old step's due time and count the new step's interval
+    from there: the first analysis at the new weight one interval late.
+    """
+    schedule = Schedule(running_for=("abc", 10), due=103.0, watching=True)
+    schedule.settle(("abc", 10))  # still at the step counted for (a failure holds the weight)
+    assert schedule.running_for == ("abc", 10) and schedule.due == 103.0
+    for elsewhere in (("abc", 50), ("def", 10), None):  # a step, a new revision, not analysed any more
+        moved = Schedule(running_for=("abc", 10), due=103.0, watching=True)
+        moved.settle(elsewhere)
+        assert moved.running_for is None, elsewhere
+    idle = Schedule()
+    idle.settle(("abc", 50))
+    assert idle.running_for is None
+
+
+def test_a_step_that_changes_no_pod_keeps_the_cadence() -> None:
+    """The same replicas at both weights: the interval counted goes on for the new step, due as it was."""
+    schedule = Schedule(running_for=("abc", 10), due=103.0, due_time="t", watching=True)
+    schedule.settle(("abc", 20), same_pods=True)
+    assert (schedule.running_for, schedule.due, schedule.due_time) == (("abc", 20), 103.0, "t")
+    for elsewhere in (None, ("abc", 10)):  # not analysed any more; still where it was
+        kept = Schedule(running_for=("abc", 10), due=103.0, watching=True)
+        kept.settle(elsewhere, same_pods=True)
+        assert kept.running_for == (None if elsewhere is None else ("abc", 10))
+
+
+def test_failure_limit_one_rolls_back_at_the_first_failed_analysis() -> None:
+    """The spec that bounds a rollback to two intervals of any fault (docs/canary.md)."""
+    decision = decide(progressing(), analysis=result("failure"), canary_spec=spec(failure_limit=1))
+    assert decision.action == Action.ROLL_BACK and decision.reason == Reason.FAILURE_LIMIT
+    assert decision.status.total_failures == 1 and "1 of failureLimit 1" in decision.status.message

@@ -162,3 +162,16 @@ def test_layout_beside_workers_scaled_to_zero_reports_the_real_weight() -> None:
     out = {ObjectRef.of(c).key: c for c in laid.children}
     assert out["Deployment/demo-worker-canary"]["spec"]["replicas"] == 1
     assert laid.actual_weight == 100
+
+
+def test_same_pods_tells_steps_that_change_no_replica() -> None:
+    """Weights are served by replica counts: a step between two weights of the same counts moves no pod."""
+    small = _svc()  # api 2, worker 3: one canary of each at 10, 20 and 50 %
+    desired = builders.desired(small)
+    live = _by_ref(_live_stable(small, OLD_IMAGE), desired)
+    assert tracks.same_pods(desired, 10, 20, live) and tracks.same_pods(desired, 20, 50, live)
+    big = _svc(worker={"replicas": 10})  # workers: 1 canary at 10 %, 2 at 20 %
+    desired = builders.desired(big)
+    live = _by_ref(_live_stable(big, OLD_IMAGE), desired)
+    assert not tracks.same_pods(desired, 10, 20, live)
+    assert tracks.same_pods(desired, 10, 10, live)
