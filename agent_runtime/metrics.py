@@ -193,6 +193,17 @@ class Metrics:
     def circuit_state(self, provider: str, state: int) -> None:
         self.circuit.labels(self.service, self.track, provider).set(state)
 
+    def providers_configured(self, providers: Iterable[str]) -> None:
+        """Export every outcome of every provider at 0 from the start.
+
+        A counter series that first appears at its first failure has no earlier sample, so
+        `increase()` over a window misses that failure (the canary's provider error ratio saw a
+        fault one scrape late); a series present at 0 counts it from its first increment.
+        """
+        for provider in providers:
+            for outcome in constants.PROVIDER_OUTCOMES:
+                self.provider_calls.labels(self.service, self.track, provider, outcome)
+
     def provider_call(self, provider: str, outcome: str) -> None:
         self.provider_calls.labels(self.service, self.track, provider, outcome).inc()
 

@@ -427,6 +427,7 @@ def build_providers(
     env = os.environ if environ is None else environ
     connections = concurrency or config.worker_concurrency
     built = [_build_one(p, config, env, connections=connections) for p in config.providers]
+    metrics.providers_configured(p.name for p in config.providers)
     limiter = cache = None
     if redis_client is not None:
         limiter = RateLimiter(redis_client, keys=config.keys(), limits=limits_of(config))

@@ -212,3 +212,21 @@ def test_openai_compatible_needs_a_base_url(config: RuntimeConfig) -> None:
     )
     with pytest.raises(errors.ConfigError, match="not one of anthropic, openai-compatible"):
         build_providers(cfg, metrics=Metrics(CollectorRegistry(), service="svc", track="stable"), environ={})
+
+
+def test_every_provider_outcome_is_exported_from_the_start(config: RuntimeConfig) -> None:
+    """Each provider's call counters exist at 0 before any call, so a window's increase() sees the first failure."""
+    cfg = config.model_copy(
+        update={
+            "providers": [
+                ProviderConfig(name="primary", model="claude-sonnet-5-5", base_url="http://127.0.0.1:9"),
+                ProviderConfig(name="backup", model="claude-haiku-4-5", base_url="http://127.0.0.1:9"),
+            ]
+        }
+    )
+    registry = CollectorRegistry()
+    build_providers(cfg, metrics=Metrics(registry, service="svc", track="stable"), environ={})
+    for provider in ("primary", "backup"):
+        for outcome in ("ok", "unavailable", "rate_limited", "error"):
+            labels = {**LABELS, "provider": provider, "outcome": outcome}
+            assert registry.get_sample_value("llm_provider_calls_total", labels) == 0.0, labels
