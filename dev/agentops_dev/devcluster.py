@@ -719,19 +719,26 @@ class DevCluster(kmock.KubernetesEmulator):
         return [r for r in self._requests[since:] if r.method in ("POST", "PATCH", "PUT", "DELETE")]
 
 
-class _Counted(list[rendering.Request]):
-    """kmock's request log, counted but not kept: for long benchmarks, where nothing reads it back.
+class _Recent(list[rendering.Request]):
+    """kmock's request log, holding only the latest requests: for long benchmarks.
 
     kmock keeps every request it served (for the tests' `writes(since=...)`): 1.1 GB after a bench
-    of 1,000 services, ten times that at 10,000, and the garbage collector walks all of it.
+    of 1,000 services, ten times that at 10,000, and the garbage collector walks all of it. Its
+    reactions (discovery, watches) look a request up in the log while serving it, so the newest
+    ones stay; `len()` counts every request served, as kmock's ids and `request_count` expect.
     """
+
+    KEEP = 1000
 
     def __init__(self) -> None:
         super().__init__()
         self._count = 0
 
-    def append(self, _: rendering.Request) -> None:
+    def append(self, request: rendering.Request) -> None:
+        super().append(request)
         self._count += 1
+        if super().__len__() > 2 * self.KEEP:
+            del self[: self.KEEP]
 
     def __len__(self) -> int:
         return self._count
@@ -743,11 +750,11 @@ async def running(
 ) -> AsyncIterator[tuple[DevCluster, str]]:
     """Serve a fresh dev cluster over HTTP on loopback; yield it with its base URL.
 
-    `keep_requests=False`: requests are counted, not kept (`writes()` then finds none).
+    `keep_requests=False`: only the latest requests are kept (`writes()` is then meaningless).
     """
     cluster = DevCluster()
     if not keep_requests:
-        cluster._requests = _Counted()
+        cluster._requests = _Recent()
     async with cluster, kmock.Server(cluster, host=host, port=port) as server:
         yield cluster, str(server.url).rstrip("/")
 
@@ -777,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument(
-        "--forget-requests", action="store_true", help="count requests, keep none (long benchmarks: memory)"
+        "--forget-requests", action="store_true", help="keep only the latest requests (long benchmarks: memory)"
     )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
