@@ -29,8 +29,7 @@ from agent_operator.api import models
 from agent_operator.kube import client as kube_client
 from agent_operator.kube import watch
 from agentops_dev import devcluster
-
-from tests.support.waiting import eventually
+from agentops_dev.waiting import eventually
 
 HPAS = "autoscaling/v2/horizontalpodautoscalers"
 CONFIGMAPS = "v1/configmaps"

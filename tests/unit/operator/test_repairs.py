@@ -19,8 +19,7 @@ import pytest
 from agent_operator import opmetrics, reconcile
 from agent_operator.api import models
 from agent_operator.kube.client import Client
-
-from tests.support.waiting import eventually
+from agentops_dev.waiting import eventually
 
 
 class Recording(reconcile.Reconciler):
