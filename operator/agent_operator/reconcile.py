@@ -123,9 +123,22 @@ class Reconciler:
         self._metrics.services.set(len(self._known))
 
     def observe(self, body: Mapping[str, Any]) -> None:
-        """Remember the latest body of an object (fed from the watch stream) for the resync loop."""
+        """Remember the latest body of an object (fed from the watch stream) for the resync loop.
+
+        What is kept is what a reconcile reads, once: no managedFields (the API server's record of
+        who set which field, several KB per object, read by nobody here), and the status shared
+        with the one the reporter remembers writing when they are equal. With 10,000 services
+        these copies are most of the operator's memory (bench/RESULTS.md).
+        """
         uid = _uid(body)
-        self._known[uid] = copy.deepcopy(dict(body))
+        kept = {key: copy.deepcopy(value) for key, value in body.items() if key not in ("metadata", "status")}
+        kept["metadata"] = {
+            key: copy.deepcopy(value) for key, value in body.get("metadata", {}).items() if key != "managedFields"
+        }
+        if "status" in body:
+            status_ = self._status.shared(uid, body["status"])
+            kept["status"] = status_ if status_ is not body["status"] else copy.deepcopy(status_)
+        self._known[uid] = kept
         self._metrics.services.set(len(self._known))
 
     def poke(self, uid: str) -> None:
