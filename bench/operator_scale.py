@@ -360,7 +360,7 @@ async def drive(
         }
 
 
-async def wait_healthy(url: str, timeout: float = 60.0) -> None:
+async def wait_healthy(url: str, timeout: float = 300.0) -> None:  # a loaded machine imports slowly
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while True:
