@@ -4,7 +4,8 @@ Covers: pokes of one object in a burst make one reconcile; a poke of an object t
 not know (not observed yet, or deleted) is ignored; a poke that arrives while the object is being
 repaired makes one more reconcile after it, never two at once; two repairs of one object are at
 least `spacing` apart; a resync pass starts no reconcile while a repair is due or running, but a
-repair waiting out its spacing does not hold it. `reconcile` is replaced by a recorder (these are
+repair waiting out its spacing does not hold it; the budget loop looks only at services with a
+daily budget or a status.budget to clear. `reconcile` is replaced by a recorder (these are
 the loop's rules, not the reconcile's); each wait is for the recorded call it asserts on.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import kopf
 import pytest
-from agent_operator import opmetrics, reconcile
+from agent_operator import budgetreport, opmetrics, reconcile
 from agent_operator.api import models
 from agent_operator.kube.client import Client
 from agentops_dev.waiting import eventually
@@ -182,3 +183,41 @@ async def test_a_repair_waiting_out_its_spacing_does_not_hold_a_pass(monkeypatch
         resync.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await resync
+
+
+class Budgets(budgetreport.BudgetReporter):
+    """Records the services refreshed; never measures nor writes."""
+
+    def __init__(self, client: Client, metrics: opmetrics.Metrics) -> None:
+        super().__init__(client, metrics, prometheus=None)
+        self.refreshed: list[str] = []
+
+    async def refresh(self, uid: str, body: Mapping[str, Any]) -> bool:
+        self.refreshed.append(uid)
+        return False
+
+
+async def test_the_budget_loop_looks_only_at_services_with_a_budget() -> None:
+    """A daily budget, or a `status.budget` left to clear, is refreshed; a service with neither is not looked at."""
+
+    async def login() -> kopf.ConnectionInfo:
+        raise AssertionError("no request is made")
+
+    metrics = opmetrics.create()
+    budgets = Budgets(Client(login, metrics), metrics)
+    reconciler = reconcile.Reconciler(Client(login, metrics), metrics, budgets=budgets)
+    reconciler.observe({"metadata": {"uid": "plain", "name": "plain"}, "spec": {}})
+    reconciler.observe({"metadata": {"uid": "daily", "name": "daily"}, "spec": {"budget": {"dailyUSD": 5}}})
+    left = {"metadata": {"uid": "left", "name": "left"}, "spec": {}, "status": {"budget": {"dailyUSD": 5}}}
+    reconciler.observe(left)
+    loop = asyncio.create_task(reconciler.budgets_forever(0.01))
+    try:
+        await eventually(lambda: {"daily", "left"} <= set(budgets.refreshed))  # one tick refreshes all that are due
+        assert "plain" not in budgets.refreshed
+        reconciler.observe({**left, "status": {}})  # cleared: no longer looked at
+        reconciler.observe({"metadata": {"uid": "plain", "name": "plain"}, "spec": {"budget": {"dailyUSD": 1}}})
+        await eventually(lambda: "plain" in budgets.refreshed)
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
