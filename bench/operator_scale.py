@@ -49,7 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,18 +170,27 @@ async def create(
         assert response.status == 201, await response.text()
 
 
-async def count(http: aiohttp.ClientSession, url: str) -> int:
+class NotNow(Exception):
+    """The API server did not answer a check this time (a 504 under load): check again later."""
+
+
+async def items(http: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
     async with http.get(url) as response:
-        return len((await response.json())["items"])
+        if response.status != 200:
+            raise NotNow(f"{response.status} from {url}")
+        found: list[dict[str, Any]] = (await response.json())["items"]
+        return found
+
+
+async def count(http: aiohttp.ClientSession, url: str) -> int:
+    return len(await items(http, url))
 
 
 async def complete(http: aiohttp.ClientSession, url: str, namespace: str, services: int, children: int) -> bool:
     """Every status observed its generation and every child of every service exists."""
-    async with http.get(f"{url}{AGSVC}/namespaces/{namespace}/{models.PLURAL}") as response:
-        items = (await response.json())["items"]
     observed = sum(
         1
-        for item in items
+        for item in await items(http, f"{url}{AGSVC}/namespaces/{namespace}/{models.PLURAL}")
         if (item.get("status") or {}).get("observedGeneration") == item["metadata"].get("generation")
     )
     if observed < services:
@@ -192,11 +201,18 @@ async def complete(http: aiohttp.ClientSession, url: str, namespace: str, servic
     return found >= services * children
 
 
+async def checked(check: Awaitable[bool]) -> bool:
+    """A check's answer; False when the API server did not answer it this time."""
+    try:
+        return await check
+    except NotNow:
+        return False
+
+
 async def all_ready(http: aiohttp.ClientSession, url: str, namespace: str, services: int) -> bool:
     """Every AgentService of the namespace reports Ready."""
-    async with http.get(f"{url}{AGSVC}/namespaces/{namespace}/{models.PLURAL}") as response:
-        items = (await response.json())["items"]
-    ready = sum(1 for item in items if (item.get("status") or {}).get("phase") == "Ready")
+    listed = await items(http, f"{url}{AGSVC}/namespaces/{namespace}/{models.PLURAL}")
+    ready = sum(1 for item in listed if (item.get("status") or {}).get("phase") == "Ready")
     return ready >= services
 
 
@@ -294,14 +310,14 @@ async def drive(
                 *(create(http, url, f"svc-{i}", "scale", spec) for i in range(chunk, min(chunk + 50, services)))
             )
         created = time.perf_counter() - started
-        while not await complete(http, url, "scale", services, per_service):
+        while not await checked(complete(http, url, "scale", services, per_service)):
             await asyncio.sleep(poll)
         reconcile_all = time.perf_counter() - started
         cpu1 = {name: cpu_s(pid) for name, pid in pids.items()}
         loads["reconciled"] = machine()
         settled = {}
         if settle_ready:  # pods roll out after the children exist: steady state starts once all are Ready
-            while not await all_ready(http, url, "scale", services):
+            while not await checked(all_ready(http, url, "scale", services)):
                 if time.perf_counter() - started > READY_TIMEOUT:
                     raise TimeoutError(
                         f"not every service Ready after {READY_TIMEOUT:g} s: the harness node schedules about"
