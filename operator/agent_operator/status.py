@@ -381,6 +381,19 @@ class Reporter:
         if identity is not None:
             self._drop_weight(*identity)
 
+    def shared(self, uid: str, status: Any) -> Any:
+        """`status` itself, or the equal status last written for `uid` (one object, not two).
+
+        The reconciler keeps every object's latest body for its loops; once the watch brings our
+        own write back, that body's status equals what is remembered here, and keeping both copies
+        would hold every status twice (11 KB each in Python objects: 110 MB at 10,000 services).
+        Neither copy is ever changed in place.
+        """
+        written = self._written.get(uid)
+        if written is not None and written.status == status:
+            return written.status
+        return status
+
     def previous(self, uid: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """The status a reconcile starts from: the last one written, else the body's.
 
