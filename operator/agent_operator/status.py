@@ -31,6 +31,7 @@ from agent_operator.objects import ObjectRef
 log = structlog.get_logger(__name__)
 
 READY: Final = "Ready"
+WRITE_BASES: Final = 8  # body versions remembered per object as older than our last status write
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 SPEC_INVALID: Final = "SpecInvalid"
@@ -342,10 +343,19 @@ def _conditions(status: Mapping[str, Any]) -> list[models.Condition]:
 
 @dataclasses.dataclass(frozen=True)
 class Written:
-    """The status last written, and the resourceVersion of the body it was computed from."""
+    """The status last written, and the resourceVersions of the bodies our writes were computed from.
+
+    `bases` holds the last `WRITE_BASES` of them, newest last: a body of any of those versions
+    predates our last write. One is not enough: a loop that took a body and then waited for the
+    object's lock behind a handler that wrote twice holds a body older than the last write's base.
+    """
 
     status: dict[str, Any]
-    resource_version: str | None
+    bases: tuple[str | None, ...]
+
+    def predates(self, version: str | None) -> bool:
+        """A body of `version` was read before our last status write."""
+        return version in self.bases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,7 +452,7 @@ class Reporter:
         conditions after and before."""
         written = self._written.get(uid)
         version = body.get("metadata", {}).get("resourceVersion")
-        if written is not None and written.resource_version == version:
+        if written is not None and written.predates(version):
             # A body older than our own last status write (a resync pass or a late watch event):
             # start from what we wrote, or fresh timestamps would look like a change and be written.
             body = {**body, "status": {**(body.get("status") or {}), **written.status}}
@@ -471,13 +481,14 @@ class Reporter:
         current = {k: live_status.get(k) for k in status}
         if current == status:
             return phase_, None, conds, previous
-        if written is not None and written.status == status and written.resource_version == version:
+        if written is not None and written.status == status and written.predates(version):
             return phase_, None, conds, previous  # our own write is not in this (stale) body yet
         patch = dict(status)
         if report.canary is not None and isinstance(live_status.get("canary"), Mapping):
             # a merge patch keeps keys it does not mention: null out the ones the new status dropped
             patch["canary"] = {**dict.fromkeys(live_status["canary"]), **status["canary"]}
-        return phase_, (patch, Written(status, version)), conds, previous
+        bases = (*written.bases, version)[-WRITE_BASES:] if written is not None else (version,)
+        return phase_, (patch, Written(status, bases)), conds, previous
 
     def _record(self, uid: str, body: Mapping[str, Any], plan: tracks.Plan) -> None:
         """The rollout's metrics: promotions and rollbacks that moved it, and the canary weight."""

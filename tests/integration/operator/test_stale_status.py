@@ -83,3 +83,31 @@ async def test_stale_body_with_a_gate_already_acted_on_does_not_act_again(
         assert emulator.writes(mark) == []
     finally:
         await client.close()
+
+
+async def test_a_body_older_than_the_last_two_writes_writes_nothing(cluster: tuple[devcluster.DevCluster, str]) -> None:
+    """A loop took a body, then waited for the object's lock while a handler wrote the status twice.
+
+    The body predates both writes (not only the last one): it must not rewrite the status nor post
+    the Ready Event again (the loaded suite saw a second Ready Event from the repair loop).
+    """
+    emulator, url = cluster
+    metrics = opmetrics.create()
+
+    async def login() -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=url, default_namespace="default")
+
+    client = kube_client.Client(login, metrics)
+    reconciler = reconcile.Reconciler(client, metrics)
+    try:
+        oldest = copy.deepcopy(await emulator.put_object(AGSVC, agent_service()))  # V1, no status
+        assert (await reconciler.reconcile(oldest)).status_written  # Progressing: the pods are not ready
+        await emulator.simulate_rollouts("default")
+        newer = copy.deepcopy(emulator.live(AGSVC, "default", "demo"))
+        assert (await reconciler.reconcile(newer)).status_written  # Ready
+        mark = emulator.request_count
+        again = await reconciler.reconcile(oldest)
+        assert not again.status_written, emulator.writes(mark)
+        assert emulator.writes(mark) == []
+    finally:
+        await client.close()
