@@ -33,6 +33,7 @@ import pytest
 from tests.cluster.harness import OperatorProcess, kubectl_plugin, plugin_command, wait_for
 from tests.cluster.test_lifecycle import agent_service, apply
 from tests.support import controlplane as cp
+from tests.support.interrupt import as_foreground_job
 
 # The first test of a session also starts the control plane: a slow machine needs more than 120 s.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
@@ -120,7 +121,13 @@ class Watching:
         argv, env = plugin_command(plane, "get", NAME, "-n", NAMESPACE, "--watch")
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+            argv,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=as_foreground_job,  # noqa: PLW1509 - a signal reset only, before exec
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

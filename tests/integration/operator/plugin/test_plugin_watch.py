@@ -28,6 +28,7 @@ from agentops_dev import devcluster
 
 from tests.integration.operator.conftest import eventually
 from tests.integration.operator.plugin.test_plugin_snapshots import world  # noqa: F401 - the snapshot objects, as a fixture
+from tests.support.interrupt import as_foreground_job
 
 PLUGIN = Path(sys.executable).parent / "kubectl-agentservice"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -40,8 +41,9 @@ class Terminal:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         pid, fd = pty.fork()
-        if pid == 0:  # the child: size the terminal, then become the plugin
+        if pid == 0:  # the child: size the terminal, then become the plugin, as a foreground job
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
+            as_foreground_job()
             os.execve(args[0], args, env)
         self.pid, self.fd = pid, fd
         self.output = ""
