@@ -4,10 +4,11 @@
 #
 # Build:  docker build -t agentops/agent-runtime:0.1.0 .
 #
-# Pinned inputs. The base image is a full version tag, the Python the test suite runs on; pin it
-# by digest at build time where your registry policy asks for one (the digest of a tag is only
-# known by resolving it against the registry, which this repository's CI cannot reach):
-#   docker build --build-arg PYTHON_IMAGE=python:3.11.7-slim-bookworm@sha256:<digest> .
+# Pinned inputs. The base image is the Python the test suite runs on, pinned by the digest of its
+# multi-platform index, so a rebuilt tag cannot change what we ship. This repository's CI reaches
+# no registry, so the digest was taken from public build records that resolved this tag, not
+# resolved here; to move to a newer base, resolve the new tag's digest and change both parts:
+#   docker buildx imagetools inspect python:3.11.7-slim-bookworm
 # The Python dependencies are pinned by constraints.txt (`make constraints`, from the test venv).
 #
 # Development package. The image ships neither the development fakes (dev/: the local model, the
@@ -21,7 +22,7 @@
 # worker pods, and the chart gives the operator liveness and readiness probes on /healthz. A test
 # starts each entry point and checks that it serves the path its probes use.
 
-ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm@sha256:cfd7ed5c11a88ce533d69a1da2fd932d647f9eb6791c5b4ddce081aedf7f7876
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
