@@ -212,7 +212,9 @@ def test_hpa_scales_workers_on_queue_depth_and_scale_in_loses_no_task(
     except AssertionError as error:
         hpa = plane.get("hpa", WORKER, "-n", NAMESPACE)
         conditions = [f"{c['type']}={c['status']}: {c.get('message')}" for c in hpa["status"].get("conditions", [])]
-        raise AssertionError(f"{error}\n{conditions}\nadapter log:\n{stack.adapter.logs()[-2000:]}") from None
+        raise AssertionError(
+            f"{error}\n{conditions}\nkubelet errors: {kubelet.errors}\nadapter log:\n{stack.adapter.logs()[-2000:]}"
+        ) from None
     assert not kubelet.errors, kubelet.errors
     (api_pod,) = [w for w in kubelet.workers(NAMESPACE) if w.labels.get("app.kubernetes.io/component") == "api"]
     wait_for(api_pod.process.ready, timeout=60, what="the API pod ready")

@@ -136,10 +136,12 @@ class PodProcess:
                     raise PodSpecError(f"container {container['name']}: subPath mounts are not supported here")
                 mounts[str(mount["mountPath"]).rstrip("/") or "/"] = volumes[mount["name"]]
             env = self._environment(container)
-            argv = [self._command(container), *(str(a) for a in container.get("args") or [])]
-            argv += self._listen_args(container)
+            # Only what the pod spec says is moved to the volumes' host folders: the command is this
+            # venv's executable and the listen flags are the harness's own (a venv under /tmp, as in a
+            # clone there, is no path inside the pod's /tmp emptyDir).
+            args = [_host_path(str(a), mounts) for a in container.get("args") or []]
+            argv = [self._command(container), *args, *self._listen_args(container)]
             env = {key: _host_path(value, mounts) for key, value in env.items()}
-            argv = [_host_path(arg, mounts) for arg in argv]
             base = {"PATH": f"{VENV_BIN}{os.pathsep}{os.defpath}", "HOME": str(self.directory)}
             containers.append(
                 Container(
