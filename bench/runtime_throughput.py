@@ -239,16 +239,24 @@ def start_model_server(latency: float) -> tuple[subprocess.Popen[bytes], str]:
     return process, f"http://127.0.0.1:{port}"
 
 
-async def agent_run(client: redis.asyncio.Redis, base_url: str, tasks: int, concurrency: int) -> tuple[float, float]:
-    """Wall and CPU seconds for one worker process to finish `tasks` one-step tasks through the real agent."""
+async def agent_run(
+    client: redis.asyncio.Redis, base_url: str, tasks: int, concurrency: int, without: frozenset[str] = frozenset()
+) -> tuple[float, float]:
+    """Wall and CPU seconds for one worker process to finish `tasks` one-step tasks through the real agent.
+
+    `without` prices parts of the call path by leaving them out: "limiter" (no rate limits, so no
+    acquire and settle scripts) and "shared-breakers" (the per-process breaker, no ask and record
+    scripts). The budget's reserve and settle, the claim, the checkpoint and the finish always run.
+    """
     await client.flushdb()
+    limits = {} if "limiter" in without else {"requests_per_minute": 10_000_000, "tokens_per_minute": 1_000_000_000}
     config = RuntimeConfig(
         service="bench",
         providers=[ProviderConfig(name="local", model=MODEL, base_url=base_url)],
         provider_max_retries=0,
         # The shared rate limiter (issue 5) would pace this to 600 calls a minute: measure the queue and loop.
-        requests_per_minute=10_000_000,
-        tokens_per_minute=1_000_000_000,
+        **limits,
+        breaker_scope="process" if "shared-breakers" in without else "service",
         worker_concurrency=concurrency,
     )
     parts = build_worker(config, redis_client=client, registry=CollectorRegistry(), burst=True)
@@ -309,7 +317,7 @@ async def agent_part(client: redis.asyncio.Redis, args: argparse.Namespace) -> N
     model, url = start_model_server(0.0)
     try:
         model_cpu = cpu_seconds_of(model.pid)
-        elapsed, cpu = await agent_run(client, url, args.agent_tasks, args.concurrency)
+        elapsed, cpu = await agent_run(client, url, args.agent_tasks, args.concurrency, args.without)
         model_cpu = cpu_seconds_of(model.pid) - model_cpu
         calls = args.agent_tasks
         print(f"\n3. real agent loop, instant local model in another process: {calls} one-step tasks "
@@ -327,7 +335,7 @@ async def slow_part(client: redis.asyncio.Redis, args: argparse.Namespace) -> No
         print(f"\n4. {args.slow_tasks} tasks, one model call of 1 s each, one worker process")
         for concurrency in (100, 500):
             model_cpu = cpu_seconds_of(model.pid)
-            elapsed, cpu = await agent_run(client, url, args.slow_tasks, concurrency)
+            elapsed, cpu = await agent_run(client, url, args.slow_tasks, concurrency, args.without)
             model_cpu = cpu_seconds_of(model.pid) - model_cpu
             ideal = 1.0 * math.ceil(args.slow_tasks / concurrency)
             print(f"  concurrency {concurrency:3d}: {elapsed:.2f} s (ideal {ideal:.0f} s, {elapsed / ideal:.2f}x); "
@@ -342,6 +350,8 @@ async def main(args: argparse.Namespace) -> None:
     runtime_logging.configure("error")
     print(f"runtime_throughput: {args.tasks} tasks, concurrency {args.concurrency}, Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores, {args.loop} event loop, {load()}")  # fmt: skip
+    if args.without:
+        print(f"call path without: {', '.join(sorted(args.without))}")
     print(f"calibration: {calibration():.2f} CPU s for the fixed loop (~0.5 s on an idle core)")
     with LocalRedis(durable=False) as server:
         client = connect_redis(server.url)
@@ -365,7 +375,15 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the no-op drain, ours and arq")
     parser.add_argument("--parts", default="queue,agent,slow", help="comma-separated: queue, agent, slow")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--without",
+        type=lambda value: frozenset(filter(None, value.split(","))),
+        default=frozenset(),
+        help="comma-separated parts of the model call path to leave out, to price them: limiter, shared-breakers",
+    )
     arguments = parser.parse_args()
+    if unknown := arguments.without - {"limiter", "shared-breakers"}:
+        parser.error(f"--without: unknown part(s) {', '.join(sorted(unknown))} (limiter, shared-breakers)")
     if arguments.loop == "uvloop":
         uvloop.run(main(arguments))
     else:
