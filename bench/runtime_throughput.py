@@ -244,18 +244,19 @@ async def agent_run(
 ) -> tuple[float, float]:
     """Wall and CPU seconds for one worker process to finish `tasks` one-step tasks through the real agent.
 
-    `without` prices parts of the call path by leaving them out: "limiter" (no rate limits, so no
-    acquire and settle scripts) and "shared-breakers" (the per-process breaker, no ask and record
-    scripts). The budget's reserve and settle, the claim, the checkpoint and the finish always run.
+    `without` prices parts of the call path by leaving them out: "shared-breakers" (the per-process
+    breaker: no ask and record scripts). The rest cannot be left out by configuration: every provider
+    has rate limits (acquire and settle), every task a budget (reserve and settle), and the claim,
+    the checkpoint and the finish always run.
     """
     await client.flushdb()
-    limits = {} if "limiter" in without else {"requests_per_minute": 10_000_000, "tokens_per_minute": 1_000_000_000}
     config = RuntimeConfig(
         service="bench",
         providers=[ProviderConfig(name="local", model=MODEL, base_url=base_url)],
         provider_max_retries=0,
         # The shared rate limiter (issue 5) would pace this to 600 calls a minute: measure the queue and loop.
-        **limits,
+        requests_per_minute=10_000_000,
+        tokens_per_minute=1_000_000_000,
         breaker_scope="process" if "shared-breakers" in without else "service",
         worker_concurrency=concurrency,
     )
@@ -379,11 +380,11 @@ if __name__ == "__main__":
         "--without",
         type=lambda value: frozenset(filter(None, value.split(","))),
         default=frozenset(),
-        help="comma-separated parts of the model call path to leave out, to price them: limiter, shared-breakers",
+        help="comma-separated parts of the model call path to leave out, to price them: shared-breakers",
     )
     arguments = parser.parse_args()
-    if unknown := arguments.without - {"limiter", "shared-breakers"}:
-        parser.error(f"--without: unknown part(s) {', '.join(sorted(unknown))} (limiter, shared-breakers)")
+    if unknown := arguments.without - {"shared-breakers"}:
+        parser.error(f"--without: unknown part(s) {', '.join(sorted(unknown))} (known: shared-breakers)")
     if arguments.loop == "uvloop":
         uvloop.run(main(arguments))
     else:
