@@ -8,15 +8,18 @@ cluster's URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import kopf
 import pytest
 from agent_operator import opmetrics, run
 from agent_operator.api import models
+from agent_operator.kube import client as kube_client
 from agentops_dev import devcluster
 from agentops_dev.waiting import eventually
 
@@ -132,6 +135,21 @@ def child_writes(requests: list[Any]) -> set[str]:
 async def cluster() -> AsyncIterator[tuple[devcluster.DevCluster, str]]:
     async with devcluster.running() as served:
         yield served
+
+
+@contextlib.asynccontextmanager
+async def direct_client(url: str, metrics: opmetrics.Metrics) -> AsyncIterator[kube_client.Client]:
+    """The operator's API client on the dev cluster at `url`, outside kopf (for a `Reconciler` driven
+    by hand); closed on exit."""
+
+    async def login() -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=url, default_namespace="default")
+
+    client = kube_client.Client(login, metrics)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest.fixture

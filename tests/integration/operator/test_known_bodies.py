@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import copy
 
-import kopf
 from agent_operator import opmetrics, reconcile
-from agent_operator.kube import client as kube_client
 from agentops_dev import devcluster
 
-from tests.integration.operator.conftest import AGSVC, agent_service
+from tests.integration.operator.conftest import AGSVC, agent_service, direct_client
 
 MANAGED = [{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]
 
@@ -26,12 +24,8 @@ async def test_kept_body_shares_the_written_status_and_drops_managed_fields(
     emulator, url = cluster
     metrics = opmetrics.create()
 
-    async def login() -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=url, default_namespace="default")
-
-    client = kube_client.Client(login, metrics)
-    reconciler = reconcile.Reconciler(client, metrics)
-    try:
+    async with direct_client(url, metrics) as client:
+        reconciler = reconcile.Reconciler(client, metrics)
         created = copy.deepcopy(await emulator.put_object(AGSVC, agent_service()))
         assert (await reconciler.reconcile(created)).status_written
         echo = copy.deepcopy(emulator.live(AGSVC, "default", "demo"))  # the watch event of our status write
@@ -58,5 +52,3 @@ async def test_kept_body_shares_the_written_status_and_drops_managed_fields(
         foreign["spec"]["image"] = "changed"
         assert kept["status"]["phase"] == "Failed"  # a copy: the caller's body may change after
         assert kept["spec"].get("image") != "changed"
-    finally:
-        await client.close()

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import copy
 
-import kopf
 from agent_operator import opmetrics, reconcile
-from agent_operator.kube import client as kube_client
 from agentops_dev import devcluster
 
-from tests.integration.operator.conftest import AGSVC, agent_service
+from tests.integration.operator.conftest import AGSVC, agent_service, direct_client
 from tests.integration.operator.test_canary_rollout import NEW_IMAGE, OLD_IMAGE, canary_service
 
 
@@ -26,12 +24,8 @@ async def test_stale_body_after_own_status_write_writes_nothing(cluster: tuple[d
     times = iter(["2026-01-01T00:00:00Z", "2026-01-01T00:00:07Z"])
     metrics = opmetrics.create()
 
-    async def login() -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=url, default_namespace="default")
-
-    client = kube_client.Client(login, metrics)
-    reconciler = reconcile.Reconciler(client, metrics, clock=lambda: next(times))
-    try:
+    async with direct_client(url, metrics) as client:
+        reconciler = reconcile.Reconciler(client, metrics, clock=lambda: next(times))
         body = copy.deepcopy(await emulator.put_object(AGSVC, agent_service()))  # a snapshot: version V1, no status
         first = await reconciler.reconcile(body)
         assert first.status_written
@@ -39,8 +33,6 @@ async def test_stale_body_after_own_status_write_writes_nothing(cluster: tuple[d
         again = await reconciler.reconcile(body)  # the same (stale) body, seven seconds later
         assert not again.status_written, emulator.writes(mark)
         assert emulator.writes(mark) == []
-    finally:
-        await client.close()
 
 
 async def test_stale_body_with_a_gate_already_acted_on_does_not_act_again(
@@ -51,16 +43,12 @@ async def test_stale_body_with_a_gate_already_acted_on_does_not_act_again(
     emulator, url = cluster
     metrics = opmetrics.create()
 
-    async def login() -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=url, default_namespace="default")
-
     def rollouts() -> list[tuple[str, str]]:
         canary = ((emulator.live(AGSVC, "default", "demo") or {}).get("status") or {}).get("canary") or {}
         return [(r["outcome"], r["reason"]) for r in canary.get("rollouts") or []]
 
-    client = kube_client.Client(login, metrics)
-    reconciler = reconcile.Reconciler(client, metrics)
-    try:
+    async with direct_client(url, metrics) as client:
+        reconciler = reconcile.Reconciler(client, metrics)
         body = canary_service()
         body["spec"]["image"] = OLD_IMAGE
         await reconciler.reconcile(await emulator.put_object(AGSVC, body))
@@ -81,8 +69,6 @@ async def test_stale_body_with_a_gate_already_acted_on_does_not_act_again(
         await reconciler.reconcile(stale)  # the same body again, gate and all
         assert rollouts() == [("RolledBack", "Aborted")]
         assert emulator.writes(mark) == []
-    finally:
-        await client.close()
 
 
 async def test_a_body_older_than_the_last_two_writes_writes_nothing(cluster: tuple[devcluster.DevCluster, str]) -> None:
@@ -94,12 +80,8 @@ async def test_a_body_older_than_the_last_two_writes_writes_nothing(cluster: tup
     emulator, url = cluster
     metrics = opmetrics.create()
 
-    async def login() -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(server=url, default_namespace="default")
-
-    client = kube_client.Client(login, metrics)
-    reconciler = reconcile.Reconciler(client, metrics)
-    try:
+    async with direct_client(url, metrics) as client:
+        reconciler = reconcile.Reconciler(client, metrics)
         oldest = copy.deepcopy(await emulator.put_object(AGSVC, agent_service()))  # V1, no status
         assert (await reconciler.reconcile(oldest)).status_written  # Progressing: the pods are not ready
         await emulator.simulate_rollouts("default")
@@ -109,5 +91,3 @@ async def test_a_body_older_than_the_last_two_writes_writes_nothing(cluster: tup
         again = await reconciler.reconcile(oldest)
         assert not again.status_written, emulator.writes(mark)
         assert emulator.writes(mark) == []
-    finally:
-        await client.close()
