@@ -240,12 +240,12 @@ def start_model_server(latency: float) -> tuple[subprocess.Popen[bytes], str]:
 
 
 async def agent_run(
-    client: redis.asyncio.Redis, base_url: str, tasks: int, concurrency: int, without: frozenset[str] = frozenset()
+    client: redis.asyncio.Redis, base_url: str, tasks: int, concurrency: int, process_breakers: bool = False
 ) -> tuple[float, float]:
     """Wall and CPU seconds for one worker process to finish `tasks` one-step tasks through the real agent.
 
-    `without` prices parts of the call path by leaving them out: "shared-breakers" (the per-process
-    breaker: no ask and record scripts). The rest cannot be left out by configuration: every provider
+    `process_breakers` prices the shared breakers' two scripts a call (ask, record) by running the
+    per-process breaker instead. The rest cannot be left out by configuration: every provider
     has rate limits (acquire and settle), every task a budget (reserve and settle), and the claim,
     the checkpoint and the finish always run.
     """
@@ -257,7 +257,7 @@ async def agent_run(
         # The shared rate limiter (issue 5) would pace this to 600 calls a minute: measure the queue and loop.
         requests_per_minute=10_000_000,
         tokens_per_minute=1_000_000_000,
-        breaker_scope="process" if "shared-breakers" in without else "service",
+        breaker_scope="process" if process_breakers else "service",
         worker_concurrency=concurrency,
     )
     parts = build_worker(config, redis_client=client, registry=CollectorRegistry(), burst=True)
@@ -318,7 +318,7 @@ async def agent_part(client: redis.asyncio.Redis, args: argparse.Namespace) -> N
     model, url = start_model_server(0.0)
     try:
         model_cpu = cpu_seconds_of(model.pid)
-        elapsed, cpu = await agent_run(client, url, args.agent_tasks, args.concurrency, args.without)
+        elapsed, cpu = await agent_run(client, url, args.agent_tasks, args.concurrency, args.process_breakers)
         model_cpu = cpu_seconds_of(model.pid) - model_cpu
         calls = args.agent_tasks
         print(f"\n3. real agent loop, instant local model in another process: {calls} one-step tasks "
@@ -336,7 +336,7 @@ async def slow_part(client: redis.asyncio.Redis, args: argparse.Namespace) -> No
         print(f"\n4. {args.slow_tasks} tasks, one model call of 1 s each, one worker process")
         for concurrency in (100, 500):
             model_cpu = cpu_seconds_of(model.pid)
-            elapsed, cpu = await agent_run(client, url, args.slow_tasks, concurrency, args.without)
+            elapsed, cpu = await agent_run(client, url, args.slow_tasks, concurrency, args.process_breakers)
             model_cpu = cpu_seconds_of(model.pid) - model_cpu
             ideal = 1.0 * math.ceil(args.slow_tasks / concurrency)
             print(f"  concurrency {concurrency:3d}: {elapsed:.2f} s (ideal {ideal:.0f} s, {elapsed / ideal:.2f}x); "
@@ -351,8 +351,8 @@ async def main(args: argparse.Namespace) -> None:
     runtime_logging.configure("error")
     print(f"runtime_throughput: {args.tasks} tasks, concurrency {args.concurrency}, Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores, {args.loop} event loop, {load()}")  # fmt: skip
-    if args.without:
-        print(f"call path without: {', '.join(sorted(args.without))}")
+    if args.process_breakers:
+        print("call path: per-process circuit breakers (no shared-breaker scripts)")
     print(f"calibration: {calibration():.2f} CPU s for the fixed loop (~0.5 s on an idle core)")
     with LocalRedis(durable=False) as server:
         client = connect_redis(server.url)
@@ -377,14 +377,11 @@ if __name__ == "__main__":
     parser.add_argument("--parts", default="queue,agent,slow", help="comma-separated: queue, agent, slow")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument(
-        "--without",
-        type=lambda value: frozenset(filter(None, value.split(","))),
-        default=frozenset(),
-        help="comma-separated parts of the model call path to leave out, to price them: shared-breakers",
+        "--process-breakers",
+        action="store_true",
+        help="per-process circuit breakers instead of shared ones, to price the shared breakers' round trips",
     )
     arguments = parser.parse_args()
-    if unknown := arguments.without - {"shared-breakers"}:
-        parser.error(f"--without: unknown part(s) {', '.join(sorted(unknown))} (known: shared-breakers)")
     if arguments.loop == "uvloop":
         uvloop.run(main(arguments))
     else:
