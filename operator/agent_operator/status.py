@@ -31,7 +31,6 @@ from agent_operator.objects import ObjectRef
 log = structlog.get_logger(__name__)
 
 READY: Final = "Ready"
-WRITE_BASES: Final = 8  # body versions remembered per object as older than our last status write
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 SPEC_INVALID: Final = "SpecInvalid"
@@ -43,6 +42,7 @@ PAUSED: Final = "Paused"
 ANALYSIS_READY: Final = "AnalysisReady"
 CANARY_CONDITIONS: Final = (PROMOTED, PAUSED, ANALYSIS_READY)
 MESSAGE_LIMIT: Final = 1000
+WRITE_BASES: Final = 8  # body versions remembered per object as older than our last status write
 
 TRUE = models.ConditionStatus.TRUE
 FALSE = models.ConditionStatus.FALSE
