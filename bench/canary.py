@@ -24,7 +24,7 @@ and how late Prometheus scraped (its own `prometheus_target_interval_length_seco
 and the targets' `scrape_duration_seconds`).
 
 Run: `python bench/canary.py [--fault-runs 10] [--healthy-runs 20] [--interval 3] [--failure-limit 1]
-[--min-requests 5]`.
+[--min-requests 5] [--rate 16]`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from agentops_dev.localredis import LocalRedis
 from agentops_dev.stack import AGSVC, NAMESPACE, Stack, running_stack, service_body
 from agentops_dev.waiting import eventually
 
-RATE = 16.0
+DEFAULT_RATE = 16.0  # tasks/s submitted across the API pods
 LOADS: list[float] = []  # 1-minute load average at the start of every run
 
 
@@ -123,7 +123,14 @@ async def _retire(stack: Stack, name: str) -> None:
 
 
 async def fault_run(
-    stack: Stack, index: int, interval: float, failure_limit: int, rng: random.Random, *, min_requests: int = 5
+    stack: Stack,
+    index: int,
+    interval: float,
+    failure_limit: int,
+    rng: random.Random,
+    *,
+    min_requests: int = 5,
+    rate: float = DEFAULT_RATE,
 ) -> dict[str, Any]:
     name = f"fault-{index}"
     load = load_average()
@@ -139,7 +146,7 @@ async def fault_run(
         )
         await stack.serve(body)
         watcher = Watcher(stack, name)
-        async with stack.load(name, RATE):
+        async with stack.load(name, rate):
             await _rollout(stack, name, canary_model)
             moved = await eventually(
                 lambda: (c := watcher.poll()).get("weight") == 20 and c, timeout=120, interval=0.02
@@ -184,7 +191,7 @@ async def fault_run(
 
 
 async def healthy_run(
-    stack: Stack, index: int, interval: float, failure_limit: int, min_requests: int = 5
+    stack: Stack, index: int, interval: float, failure_limit: int, *, min_requests: int = 5, rate: float = DEFAULT_RATE
 ) -> dict[str, Any]:
     name = f"healthy-{index}"
     load = load_average()
@@ -200,7 +207,7 @@ async def healthy_run(
         )
         await stack.serve(body)
         started = time.monotonic()
-        async with stack.load(name, RATE):
+        async with stack.load(name, rate):
             await _rollout(stack, name, canary_model)
             with contextlib.suppress(TimeoutError):  # paused or stuck: reported as such
                 await eventually(
@@ -247,25 +254,24 @@ async def main_async(args: argparse.Namespace) -> None:
                 print(f"start: load average {load_average()}", flush=True)
                 faults = []
                 for i in range(args.fault_runs):
-                    run = fault_run(stack, i, args.interval, args.failure_limit, rng, min_requests=args.min_requests)
+                    run = fault_run(
+                        stack, i, args.interval, args.failure_limit, rng, min_requests=args.min_requests, rate=args.rate
+                    )
                     faults.append(await attempt(run, stack, f"fault-{i}"))
                     print(f"fault run {i}: {faults[-1]}", flush=True)
                 healthy = []
                 for i in range(args.healthy_runs):
-                    healthy.append(
-                        await attempt(
-                            healthy_run(stack, i, args.interval, args.failure_limit, args.min_requests),
-                            stack,
-                            f"healthy-{i}",
-                        )
+                    run = healthy_run(
+                        stack, i, args.interval, args.failure_limit, min_requests=args.min_requests, rate=args.rate
                     )
+                    healthy.append(await attempt(run, stack, f"healthy-{i}"))
                     print(f"healthy run {i}: {healthy[-1]}", flush=True)
                 print(f"end: load average {load_average()}", flush=True)
                 scrapes = scrape_health(prometheus.url)
         finally:
             prometheus.stop()
             redis.kill()
-    report(faults, healthy, args.interval, args.failure_limit, scrapes)
+    report(faults, healthy, args, scrapes)
 
 
 def _get(url: str) -> str:
@@ -288,10 +294,12 @@ def scrape_health(url: str) -> str:
     return "\n".join(lines)
 
 
-def report(
-    faults: list[dict[str, Any]], healthy: list[dict[str, Any]], interval: float, failure_limit: int, scrapes: str
-) -> None:
-    print(f"\ninterval {interval:g} s, 1 s scrapes, {RATE:g} tasks/s, failureLimit {failure_limit}")
+def report(faults: list[dict[str, Any]], healthy: list[dict[str, Any]], args: argparse.Namespace, scrapes: str) -> None:
+    interval = args.interval
+    print(
+        f"\ninterval {interval:g} s, 1 s scrapes, {args.rate:g} tasks/s, failureLimit {args.failure_limit}, "
+        f"minRequests {args.min_requests}"
+    )
     if LOADS:
         print(
             f"1-minute load average at the runs: min {min(LOADS):.2f}, median {statistics.median(LOADS):.2f}, "
@@ -352,6 +360,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--failure-limit", type=int, default=1)
     parser.add_argument("--min-requests", type=int, default=5)
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="tasks/s submitted (default: %(default)s)")
     asyncio.run(main_async(parser.parse_args()))
 
 
