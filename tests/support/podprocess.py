@@ -142,7 +142,8 @@ class PodProcess:
             args = [_host_path(str(a), mounts) for a in container.get("args") or []]
             argv = [self._command(container), *args, *self._listen_args(container)]
             env = {key: _host_path(value, mounts) for key, value in env.items()}
-            base = {"PATH": f"{VENV_BIN}{os.pathsep}{os.defpath}", "HOME": str(self.directory)}
+            # As the image's ENV: unbuffered, so a pod killed by the test leaves its last lines in its log.
+            base = {"PATH": f"{VENV_BIN}{os.pathsep}{os.defpath}", "HOME": str(self.directory), "PYTHONUNBUFFERED": "1"}
             containers.append(
                 Container(
                     spec=container, argv=argv, env={**base, **env}, log_path=self.directory / f"{container['name']}.log"

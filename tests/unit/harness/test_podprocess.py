@@ -48,6 +48,7 @@ def test_the_command_stays_the_venvs_and_spec_paths_move_into_the_volumes(tmp_pa
     assert args[:3] == ["worker", "--config", str(volumes / "scratch" / "config.json")]
     assert args[3:5] == ["--host", podprocess.HOST] and args[5] == "--metrics-port"
     assert container.env["TMPDIR"] == str(volumes / "tmp")
+    assert container.env["PYTHONUNBUFFERED"] == "1"  # as the image's ENV: a killed pod's log keeps its last lines
 
 
 def test_a_venv_under_a_mounted_path_is_not_moved(tmp_path: Path, monkeypatch: Any) -> None:
