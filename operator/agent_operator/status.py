@@ -42,7 +42,6 @@ PAUSED: Final = "Paused"
 ANALYSIS_READY: Final = "AnalysisReady"
 CANARY_CONDITIONS: Final = (PROMOTED, PAUSED, ANALYSIS_READY)
 MESSAGE_LIMIT: Final = 1000
-WRITE_BASES: Final = 8  # body versions remembered per object as older than our last status write
 
 TRUE = models.ConditionStatus.TRUE
 FALSE = models.ConditionStatus.FALSE
@@ -342,23 +341,6 @@ def _conditions(status: Mapping[str, Any]) -> list[models.Condition]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Written:
-    """The status last written, and the resourceVersions of the bodies our writes were computed from.
-
-    `bases` holds the last `WRITE_BASES` of them, newest last: a body of any of those versions
-    predates our last write. One is not enough: a loop that took a body and then waited for the
-    object's lock behind a handler that wrote twice holds a body older than the last write's base.
-    """
-
-    status: dict[str, Any]
-    bases: tuple[str | None, ...]
-
-    def predates(self, version: str | None) -> bool:
-        """A body of `version` was read before our last status write."""
-        return version in self.bases
-
-
-@dataclasses.dataclass(frozen=True)
 class Report:
     """What one reconcile has to say besides its findings."""
 
@@ -381,7 +363,7 @@ class Reporter:
         self._metrics = metrics
         self._clock = clock
         self._prometheus_url = prometheus_url
-        self._written: dict[str, Written] = {}
+        self._written: dict[str, dict[str, Any]] = {}  # uid -> the status last written
         self._weights: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name) of a canary weight series
 
     def forget(self, uid: str) -> None:
@@ -400,8 +382,8 @@ class Reporter:
         Neither copy is ever changed in place.
         """
         written = self._written.get(uid)
-        if written is not None and written.status == status:
-            return written.status
+        if written is not None and written == status:
+            return written
         return status
 
     def previous(self, uid: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -415,7 +397,7 @@ class Reporter:
         """
         written = self._written.get(uid)
         if written is not None:
-            return written.status
+            return written
         return dict(body.get("status") or {})
 
     async def report(
@@ -447,15 +429,20 @@ class Reporter:
 
     def _status(
         self, uid: str, body: Mapping[str, Any], findings: Findings, report: Report
-    ) -> tuple[models.Phase, tuple[dict[str, Any], Written] | None, list[models.Condition], list[models.Condition]]:
+    ) -> tuple[
+        models.Phase, tuple[dict[str, Any], dict[str, Any]] | None, list[models.Condition], list[models.Condition]
+    ]:
         """The phase; the status patch and what to remember once written (None: nothing to write); the
         conditions after and before."""
         written = self._written.get(uid)
-        version = body.get("metadata", {}).get("resourceVersion")
-        if written is not None and written.predates(version):
-            # A body older than our own last status write (a resync pass or a late watch event):
-            # start from what we wrote, or fresh timestamps would look like a change and be written.
-            body = {**body, "status": {**(body.get("status") or {}), **written.status}}
+        if written is not None:
+            # Start from what we wrote last, not from the body's copy. Only the operator writes these
+            # keys, so its last write is never older than a body's, while a body often is: a resync
+            # pass, a late watch event, a loop that took the body and then waited for the object's
+            # lock, a body of a version another writer made before our write (the budget report's
+            # `status.budget`). Fresh timestamps on such a body would look like a change: a second
+            # write, a second Ready Event. (Versions cannot say which is newer: they are opaque.)
+            body = {**body, "status": {**(body.get("status") or {}), **written}}
         live_status = body.get("status") or {}
         previous = _conditions(live_status)
         now = self._clock()
@@ -481,14 +468,11 @@ class Reporter:
         current = {k: live_status.get(k) for k in status}
         if current == status:
             return phase_, None, conds, previous
-        if written is not None and written.status == status and written.predates(version):
-            return phase_, None, conds, previous  # our own write is not in this (stale) body yet
         patch = dict(status)
         if report.canary is not None and isinstance(live_status.get("canary"), Mapping):
             # a merge patch keeps keys it does not mention: null out the ones the new status dropped
             patch["canary"] = {**dict.fromkeys(live_status["canary"]), **status["canary"]}
-        bases = (*written.bases, version)[-WRITE_BASES:] if written is not None else (version,)
-        return phase_, (patch, Written(status, bases)), conds, previous
+        return phase_, (patch, status), conds, previous
 
     def _record(self, uid: str, body: Mapping[str, Any], plan: tracks.Plan) -> None:
         """The rollout's metrics: promotions and rollbacks that moved it, and the canary weight."""

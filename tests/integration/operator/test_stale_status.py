@@ -91,3 +91,30 @@ async def test_a_body_older_than_the_last_two_writes_writes_nothing(cluster: tup
         again = await reconciler.reconcile(oldest)
         assert not again.status_written, emulator.writes(mark)
         assert emulator.writes(mark) == []
+
+
+async def test_a_body_of_another_writers_version_older_than_our_write_writes_nothing(
+    cluster: tuple[devcluster.DevCluster, str],
+) -> None:
+    """The budget report wrote `status.budget` (a version of its own) just before the reconcile's
+    status write; a loop that took that body must not rewrite the status nor post the Ready Event
+    again. No version of ours says that body is older (versions are opaque): what we wrote last does.
+    The loaded suite saw this twice (test_budget_status: a second status write and Ready Event).
+    """
+    emulator, url = cluster
+    metrics = opmetrics.create()
+
+    async with direct_client(url, metrics) as client:
+        reconciler = reconcile.Reconciler(client, metrics)
+        await emulator.put_object(AGSVC, agent_service())
+        await emulator.simulate_rollouts("default")  # no-op until the Deployments exist
+        created = copy.deepcopy(emulator.live(AGSVC, "default", "demo"))
+        assert created is not None
+        await client.patch_status(created, {"budget": {"dailyUSD": 5.0, "message": "no Prometheus"}})
+        other = copy.deepcopy(emulator.live(AGSVC, "default", "demo"))  # the budget report's version
+        assert other is not None and other["metadata"]["resourceVersion"] != created["metadata"]["resourceVersion"]
+        assert (await reconciler.reconcile(created)).status_written
+        mark = emulator.request_count
+        again = await reconciler.reconcile(other)
+        assert not again.status_written, emulator.writes(mark)
+        assert emulator.writes(mark) == []
