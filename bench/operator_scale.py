@@ -391,11 +391,11 @@ async def wait_healthy(url: str, timeout: float = 300.0) -> None:  # a loaded ma
             await asyncio.sleep(0.2)
 
 
-def operator_command(metrics_port: int, health_port: int, resync: float) -> list[str]:
+def operator_command(metrics_port: int, health_port: int, args: argparse.Namespace) -> list[str]:
     return [
         sys.executable, "-m", "agent_operator.run", "--all-namespaces",
         "--metrics-port", str(metrics_port), "--health-port", str(health_port),
-        "--resync-interval", str(resync), "--log-format", "json",
+        "--resync-interval", str(args.resync), "--log-format", "json", *args.operator_arg,
     ]  # fmt: skip
 
 
@@ -412,7 +412,7 @@ def run_dev_cluster(args: argparse.Namespace) -> dict[str, Any]:
         metrics_port, health_port = free_port(), free_port()
         with open(args.operator_log, "w") as log:
             operator = subprocess.Popen(
-                [*operator_command(metrics_port, health_port, args.resync), "--server", url],
+                [*operator_command(metrics_port, health_port, args), "--server", url],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
@@ -463,7 +463,7 @@ def run_control_plane(args: argparse.Namespace) -> dict[str, Any]:
         metrics_port, health_port = free_port(), free_port()
         with open(args.operator_log, "w") as log:
             operator = subprocess.Popen(
-                operator_command(metrics_port, health_port, args.resync),
+                operator_command(metrics_port, health_port, args),
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env={**os.environ, "KUBECONFIG": str(kubeconfig)},
@@ -524,11 +524,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resync", type=float, default=20.0)
     parser.add_argument("--passes", type=int, default=2, help="full resync passes inside the steady-state window")
     parser.add_argument("--drift-samples", type=int, default=50, help="worker Deployments deleted, one at a time")
+    parser.add_argument(
+        "--operator-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for the operator, e.g. --operator-arg=--worker-limit=0 (repeatable)",
+    )
     parser.add_argument("--operator-log", default=os.devnull, help="file for the operator's stderr (JSON logs)")
     parser.add_argument("--controlplane", metavar="DIR", help="run on the real control plane, its data under DIR")
     parser.add_argument("--no-pods", action="store_true", help="services without pods (no autoscaler, 0 replicas)")
     args = parser.parse_args(argv)
     result = run_control_plane(args) if args.controlplane else run_dev_cluster(args)
+    result["operator_args"] = args.operator_arg
     print(json.dumps(result, indent=2))
     return 0
 

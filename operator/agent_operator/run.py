@@ -50,6 +50,10 @@ DEFAULT_RESYNC_INTERVAL: Final = 60.0
 # A replica not heard of for this long is dead. kopf's default is 60 s; 20 s keeps the takeover
 # under 30 s, and the keep-alive (every lifetime minus 5-10 s, kopf's jitter) still has 5 s to land.
 DEFAULT_PEERING_LIFETIME: Final = 20
+# AgentServices kopf processes at once (a worker each, holding its body and diff while it waits for
+# the reconcile gate). kopf's default is unbounded: 1,000 services created at once start 1,000
+# workers. Past the limit kopf stops reading the watch, so the rest wait as bytes in the socket.
+DEFAULT_WORKER_LIMIT: Final = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +75,18 @@ class Config:
     peering: str | None = None  # the peering object's name; None: standalone
     priority: int | None = None  # None: `leadership.default_priority()`, the earliest replica leads
     peering_lifetime: int = DEFAULT_PEERING_LIFETIME
+    worker_limit: int | None = DEFAULT_WORKER_LIMIT  # None: unbounded
 
     @property
     def all_namespaces(self) -> bool:
         return not self.namespaces
+
+
+def _worker_limit(value: str) -> int:
+    limit = int(value)
+    if limit < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (unbounded) or more, not {limit}")
+    return limit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a replica not heard of for this long is dead and a standby takes over (default: %(default)s)",
     )
+    parser.add_argument(
+        "--worker-limit",
+        type=_worker_limit,
+        default=DEFAULT_WORKER_LIMIT,
+        metavar="N",
+        help="AgentServices kopf processes at once, the rest wait in the watch (0: unbounded; default: %(default)s)",
+    )
     parser.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("AGENT_LOG_FORMAT", "json"))
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -163,6 +182,7 @@ def settings_for(config: Config) -> kopf.OperatorSettings:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
+    settings.queueing.worker_limit = config.worker_limit
     settings.execution.max_workers = 4  # every handler is async; the pool only serves kopf's internals
     return settings
 
@@ -341,6 +361,7 @@ def config_from(args: argparse.Namespace) -> Config:
         peering=getattr(args, "peering", None) or None,
         priority=getattr(args, "priority", None),
         peering_lifetime=getattr(args, "peering_lifetime", DEFAULT_PEERING_LIFETIME),
+        worker_limit=getattr(args, "worker_limit", DEFAULT_WORKER_LIMIT) or None,
     )
 
 

@@ -74,6 +74,8 @@ def test_operator_arguments_are_understood_by_agentctl_operator(values: Path | N
     parsed = run.build_parser().parse_args(container["args"][1:])  # exits (fails the test) on an unknown flag
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (parsed.health_port, parsed.metrics_port) == (ports["health"], ports["metrics"])
+    if values is None:
+        assert parsed.worker_limit == run.DEFAULT_WORKER_LIMIT
 
 
 @pytest.mark.parametrize(
@@ -86,6 +88,7 @@ def test_operator_arguments_are_understood_by_agentctl_operator(values: Path | N
         ("unknownKey=1", "unknownKey"),
         ("replicaCount=0", "replicaCount"),
         ("peering.lifetimeSeconds=5", "lifetimeSeconds"),
+        ("workerLimit=-1", "workerLimit"),
     ],
 )
 def test_values_schema_rejects_bad_values(setting: str, message: str) -> None:
