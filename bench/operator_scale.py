@@ -392,8 +392,11 @@ async def wait_healthy(url: str, timeout: float = 300.0) -> None:  # a loaded ma
 
 
 def operator_command(metrics_port: int, health_port: int, args: argparse.Namespace) -> list[str]:
+    # memray in the operator's own process (not a child): its pid is still the one measured, and
+    # the capture is written when the bench stops the operator (SIGTERM, kopf's graceful exit).
+    memray = ["-m", "memray", "run", "--aggregate", "--trace-python-allocators", "--force", "-o", args.memray]
     return [
-        sys.executable, "-m", "agent_operator.run", "--all-namespaces",
+        sys.executable, *(memray if args.memray else []), "-m", "agent_operator.run", "--all-namespaces",
         "--metrics-port", str(metrics_port), "--health-port", str(health_port),
         "--resync-interval", str(args.resync), "--log-format", "json", *args.operator_arg,
     ]  # fmt: skip
@@ -534,7 +537,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operator-log", default=os.devnull, help="file for the operator's stderr (JSON logs)")
     parser.add_argument("--controlplane", metavar="DIR", help="run on the real control plane, its data under DIR")
     parser.add_argument("--no-pods", action="store_true", help="services without pods (no autoscaler, 0 replicas)")
+    parser.add_argument(
+        "--memray",
+        metavar="FILE",
+        help="run the operator under memray (`pip install memray`), its high-water mark by allocation site in FILE"
+        " (`python -m memray stats FILE`); its RSS figures then include memray's own",
+    )
     args = parser.parse_args(argv)
+    if args.memray:
+        import importlib.util
+
+        if importlib.util.find_spec("memray") is None:
+            parser.error("--memray needs memray: pip install memray")
     result = run_control_plane(args) if args.controlplane else run_dev_cluster(args)
     result["operator_args"] = args.operator_arg
     print(json.dumps(result, indent=2))
