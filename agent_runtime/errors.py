@@ -1,17 +1,18 @@
-"""The runtime's error vocabulary, and the one place that maps Redis and Anthropic SDK errors into it.
+"""The runtime's error vocabulary, and the mapping of Redis errors and HTTP answers into it.
 
-Callers catch these classes, never `redis.exceptions.*` or `anthropic.*`: the mapping below decides
-what is transient (retry or reclaim later) and what is final (fail the task with a message a person
-can act on).
+Callers catch these classes, never `redis.exceptions.*` or an SDK's: the mappings decide what is
+transient (retry or reclaim later) and what is final (fail the task with a message a person can act
+on). Each provider dialect maps its own client's exceptions next to that client
+(`providers.provider_error` for the `anthropic` SDK, `openai_compat.provider_error` for httpx),
+through `from_http_status` here. This module imports no provider client: the operator uses it (Redis
+URLs, the runtime's config) and would otherwise load the whole `anthropic` SDK, ~60 MB of its
+memory (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
-import anthropic
-import httpx
 import redis.exceptions
 
 from agent_runtime.tasks import Waiting
@@ -34,8 +35,6 @@ __all__ = [
     "TaskNotFound",
     "TaskStateConflict",
     "from_http_status",
-    "from_httpx",
-    "from_provider",
     "from_redis",
     "redis_refusal",
     "retry_after_seconds",
@@ -182,17 +181,6 @@ def from_redis(exc: redis.exceptions.RedisError) -> AgentRuntimeError:
     return AgentRuntimeError(f"Redis error: {type(exc).__name__}: {exc}")
 
 
-def from_provider(provider: str, exc: Exception) -> ProviderError:
-    """Map an error raised by an `anthropic` client call (SDK errors, and JSON errors on malformed bodies)."""
-    if isinstance(exc, anthropic.APIStatusError):
-        return from_http_status(provider, exc.status_code, _api_message(exc), exc.response.headers)
-    if isinstance(exc, anthropic.APIConnectionError):  # includes APITimeoutError
-        return ProviderUnavailable(f"provider {provider!r} unreachable: {type(exc).__name__}: {exc}")
-    if isinstance(exc, anthropic.APIResponseValidationError | json.JSONDecodeError | ValueError | TypeError):
-        return ProviderResponseError(f"provider {provider!r} sent a malformed reply: {type(exc).__name__}: {exc}")
-    return ProviderResponseError(f"provider {provider!r} call failed: {type(exc).__name__}: {exc}")
-
-
 def from_http_status(provider: str, status: int, message: str, headers: Mapping[str, str]) -> ProviderError:
     """Map an HTTP error answer of any provider dialect: 429 and 5xx are transient, other 4xx final."""
     if status == 429 or status >= 500:
@@ -202,15 +190,6 @@ def from_http_status(provider: str, status: int, message: str, headers: Mapping[
             retry_after=retry_after_seconds(headers),
         )
     return ProviderResponseError(f"provider {provider!r} rejected the request (HTTP {status}): {message}")
-
-
-def from_httpx(provider: str, exc: Exception) -> ProviderError:
-    """Map an error raised while calling an OpenAI-compatible endpoint with httpx."""
-    if isinstance(exc, httpx.TransportError):  # connect, read, write and pool errors and timeouts
-        return ProviderUnavailable(f"provider {provider!r} unreachable: {type(exc).__name__}: {exc}")
-    if isinstance(exc, json.JSONDecodeError | ValueError | TypeError | KeyError):
-        return ProviderResponseError(f"provider {provider!r} sent a malformed reply: {type(exc).__name__}: {exc}")
-    return ProviderResponseError(f"provider {provider!r} call failed: {type(exc).__name__}: {exc}")
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -226,12 +205,3 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         if 0 <= value <= 3600:
             return value
     return None
-
-
-def _api_message(exc: anthropic.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-    return str(exc.message)

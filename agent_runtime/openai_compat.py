@@ -4,7 +4,7 @@ The agent loop speaks the Messages API's shapes (content blocks, `tool_use`, `to
 module translates a request into `POST {base_url}/chat/completions` and the answer back, so nothing
 above `providers.py` knows which dialect served a step. The translation is pure (`to_chat_request`,
 `from_chat_reply`); `OpenAICompatProvider` adds the HTTP call and maps its errors through
-`errors.from_http_status` / `errors.from_httpx`.
+`errors.from_http_status` / `provider_error`.
 
 OpenAI tool messages have no error flag, so a `tool_result` with `is_error` is sent with its text
 prefixed by `TOOL_ERROR_PREFIX`.
@@ -112,6 +112,17 @@ def from_chat_reply(provider: str, model: str, body: Any) -> ModelReply:
         ) from exc
 
 
+def provider_error(provider: str, exc: Exception) -> errors.ProviderError:
+    """Map an error raised while calling an OpenAI-compatible endpoint with httpx."""
+    if isinstance(exc, httpx.TransportError):  # connect, read, write and pool errors and timeouts
+        return errors.ProviderUnavailable(f"provider {provider!r} unreachable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, json.JSONDecodeError | ValueError | TypeError | KeyError):
+        return errors.ProviderResponseError(
+            f"provider {provider!r} sent a malformed reply: {type(exc).__name__}: {exc}"
+        )
+    return errors.ProviderResponseError(f"provider {provider!r} call failed: {type(exc).__name__}: {exc}")
+
+
 class OpenAICompatProvider:
     """One OpenAI-compatible endpoint (`base_url` ends before `/chat/completions`, e.g. `.../v1`)."""
 
@@ -159,7 +170,7 @@ class OpenAICompatProvider:
         except errors.ProviderError:
             raise
         except Exception as exc:
-            raise errors.from_httpx(self.name, exc) from exc
+            raise provider_error(self.name, exc) from exc
         return from_chat_reply(self.name, self.model, payload)
 
     async def aclose(self) -> None:

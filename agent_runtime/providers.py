@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import random
 import time
@@ -81,6 +82,28 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
+def provider_error(provider: str, exc: Exception) -> errors.ProviderError:
+    """Map an error raised by an `anthropic` client call (SDK errors, and JSON errors on malformed bodies)."""
+    if isinstance(exc, anthropic.APIStatusError):
+        return errors.from_http_status(provider, exc.status_code, _api_message(exc), exc.response.headers)
+    if isinstance(exc, anthropic.APIConnectionError):  # includes APITimeoutError
+        return errors.ProviderUnavailable(f"provider {provider!r} unreachable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, anthropic.APIResponseValidationError | json.JSONDecodeError | ValueError | TypeError):
+        return errors.ProviderResponseError(
+            f"provider {provider!r} sent a malformed reply: {type(exc).__name__}: {exc}"
+        )
+    return errors.ProviderResponseError(f"provider {provider!r} call failed: {type(exc).__name__}: {exc}")
+
+
+def _api_message(exc: anthropic.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    return str(exc.message)
+
+
 class AnthropicProvider:
     """An Anthropic Messages API endpoint, through the official SDK."""
 
@@ -112,7 +135,7 @@ class AnthropicProvider:
                 extra_headers={constants.TASK_ID_HEADER: task_id},
             )
         except Exception as exc:
-            raise errors.from_provider(self.name, exc) from exc
+            raise provider_error(self.name, exc) from exc
         return self._reply(message)
 
     async def aclose(self) -> None:
