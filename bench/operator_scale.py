@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         "--memray",
         metavar="FILE",
         help="run the operator under memray (`pip install memray`), its high-water mark by allocation site in FILE"
-        " (`python -m memray stats FILE`); its RSS figures then include memray's own",
+        " (`python -m memray summary FILE`); its RSS figures then include memray's own",
     )
     args = parser.parse_args(argv)
     if args.memray:
