@@ -5,8 +5,8 @@ transient (retry or reclaim later) and what is final (fail the task with a messa
 on). Each provider dialect maps its own client's exceptions next to that client
 (`providers.provider_error` for the `anthropic` SDK, `openai_compat.provider_error` for httpx),
 through `from_http_status` here. This module imports no provider client: the operator uses it (Redis
-URLs, the runtime's config) and would otherwise load the whole `anthropic` SDK, ~60 MB of its
-memory (bench/RESULTS.md).
+URLs, the runtime's config) and would otherwise load the whole `anthropic` SDK, 46 MB of its
+memory at start-up (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ __all__ = [
     "TaskStateConflict",
     "from_http_status",
     "from_redis",
+    "provider_call_failed",
+    "provider_malformed_reply",
+    "provider_unreachable",
     "redis_refusal",
     "retry_after_seconds",
 ]
@@ -190,6 +193,21 @@ def from_http_status(provider: str, status: int, message: str, headers: Mapping[
             retry_after=retry_after_seconds(headers),
         )
     return ProviderResponseError(f"provider {provider!r} rejected the request (HTTP {status}): {message}")
+
+
+def provider_unreachable(provider: str, exc: Exception) -> ProviderUnavailable:
+    """A client's connect, read, write or pool error or timeout: transient."""
+    return ProviderUnavailable(f"provider {provider!r} unreachable: {type(exc).__name__}: {exc}")
+
+
+def provider_malformed_reply(provider: str, exc: Exception) -> ProviderResponseError:
+    """A reply that does not parse as the dialect's answer: final (retrying elsewhere will not fix it)."""
+    return ProviderResponseError(f"provider {provider!r} sent a malformed reply: {type(exc).__name__}: {exc}")
+
+
+def provider_call_failed(provider: str, exc: Exception) -> ProviderResponseError:
+    """Any other failure of a client call: final."""
+    return ProviderResponseError(f"provider {provider!r} call failed: {type(exc).__name__}: {exc}")
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

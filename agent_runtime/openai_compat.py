@@ -115,12 +115,10 @@ def from_chat_reply(provider: str, model: str, body: Any) -> ModelReply:
 def provider_error(provider: str, exc: Exception) -> errors.ProviderError:
     """Map an error raised while calling an OpenAI-compatible endpoint with httpx."""
     if isinstance(exc, httpx.TransportError):  # connect, read, write and pool errors and timeouts
-        return errors.ProviderUnavailable(f"provider {provider!r} unreachable: {type(exc).__name__}: {exc}")
+        return errors.provider_unreachable(provider, exc)
     if isinstance(exc, json.JSONDecodeError | ValueError | TypeError | KeyError):
-        return errors.ProviderResponseError(
-            f"provider {provider!r} sent a malformed reply: {type(exc).__name__}: {exc}"
-        )
-    return errors.ProviderResponseError(f"provider {provider!r} call failed: {type(exc).__name__}: {exc}")
+        return errors.provider_malformed_reply(provider, exc)
+    return errors.provider_call_failed(provider, exc)
 
 
 class OpenAICompatProvider:

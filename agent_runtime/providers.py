@@ -87,12 +87,10 @@ def provider_error(provider: str, exc: Exception) -> errors.ProviderError:
     if isinstance(exc, anthropic.APIStatusError):
         return errors.from_http_status(provider, exc.status_code, _api_message(exc), exc.response.headers)
     if isinstance(exc, anthropic.APIConnectionError):  # includes APITimeoutError
-        return errors.ProviderUnavailable(f"provider {provider!r} unreachable: {type(exc).__name__}: {exc}")
+        return errors.provider_unreachable(provider, exc)
     if isinstance(exc, anthropic.APIResponseValidationError | json.JSONDecodeError | ValueError | TypeError):
-        return errors.ProviderResponseError(
-            f"provider {provider!r} sent a malformed reply: {type(exc).__name__}: {exc}"
-        )
-    return errors.ProviderResponseError(f"provider {provider!r} call failed: {type(exc).__name__}: {exc}")
+        return errors.provider_malformed_reply(provider, exc)
+    return errors.provider_call_failed(provider, exc)
 
 
 def _api_message(exc: anthropic.APIStatusError) -> str:
