@@ -169,6 +169,10 @@ class Reconciler:
             self._budgeted.discard(uid)
         self._metrics.services.set(len(self._known))
 
+    def follow_children(self, watched: prune.Watched) -> None:
+        """Take what the child watches know as the prune inventory's source (`watch.Children.owned`)."""
+        self._inventory.follow(watched)
+
     def poke(self, uid: str) -> None:
         """Ask for a reconcile of the object `uid` soon (a child of it changed); unknown uids are ignored.
 

@@ -245,6 +245,7 @@ async def operate(
     )
     # Children are watched in the scope the operator serves: the whole cluster, or its namespaces.
     children = watch.Children(client, reconciler.poke, metrics, namespaces=config.namespaces)
+    reconciler.follow_children(children.owned)  # new services' children from the watches, not LISTs
     registry = kopf.OperatorRegistry()
     handlers.register(
         registry,

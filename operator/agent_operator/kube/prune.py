@@ -9,7 +9,7 @@ Nothing someone else controls is ever deleted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 import structlog
@@ -38,16 +38,28 @@ RENAMEABLE: Final = (
 LISTED: Final = PRUNABLE + RENAMEABLE
 
 
-class Inventory:
-    """The prunable and renameable children known to exist, per owner uid, once a list has established them.
+# (api_version, kind, namespace, owner uid) -> the names of the owner's children of that kind as the
+# child watches know them, or None when they cannot say (not listed in time): `watch.Children.owned`.
+Watched = Callable[[str, str, str, str], Awaitable[Collection[str] | None]]
 
-    The first prune of an owner after start-up lists each of those kinds (seven LIST calls); from
-    then on the inventory follows what apply found or wrote, so a resync pass over N services
-    costs no LIST calls instead of 7 N.
+
+class Inventory:
+    """The prunable and renameable children known to exist, per owner uid, once established.
+
+    The first prune of an owner after start-up establishes each of those kinds: from the child
+    watches when they have listed that kind (`watched`), else by a LIST with the owner's label
+    selector. From then on the inventory follows what apply found or wrote, so a resync pass over
+    N services costs no LIST calls. The watches matter at scale: each LIST costs the API server a
+    scan of every object of the kind in the namespace, seven per new service.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, watched: Watched | None = None) -> None:
         self._known: dict[str, set[ObjectRef]] = {}
+        self._watched = watched
+
+    def follow(self, watched: Watched) -> None:
+        """Establish new owners from the child watches (`watch.Children.owned`) from now on."""
+        self._watched = watched
 
     def forget(self, owner_uid: str) -> None:
         """Drop what is known about an owner's children (the owner was deleted)."""
@@ -64,10 +76,16 @@ class Inventory:
             known.update(ref for ref in present if (ref.api_version, ref.kind) in LISTED)
             return known
         known = set()
+        namespace = meta["namespace"]
         for api_version, kind in LISTED:
-            for obj in await client.list_objects(api_version, kind, meta["namespace"], selector=selector):
-                if objects.owned_by(obj, meta.get("uid")):  # never someone else's object
-                    known.add(ObjectRef(api_version, kind, meta["namespace"], obj["metadata"]["name"]))
+            names = await self._watched(api_version, kind, namespace, uid) if self._watched is not None else None
+            if names is None:
+                names = [
+                    obj["metadata"]["name"]
+                    for obj in await client.list_objects(api_version, kind, namespace, selector=selector)
+                    if objects.owned_by(obj, meta.get("uid"))  # never someone else's object
+                ]
+            known.update(ObjectRef(api_version, kind, namespace, name) for name in names)
         self._known[uid] = known
         return known
 

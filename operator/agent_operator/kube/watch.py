@@ -33,18 +33,28 @@ Not watched: Secrets. RBAC cannot narrow `list` or `watch` by label, so watching
 would let the operator read every Secret of the cluster, where today it only `get`s the ones an
 AgentService names. A deleted or edited auth Secret is repaired by the resync.
 
-In memory per watched child: its owner's uid (interned: one string per AgentService) and an integer
-fingerprint, which is what the comparisons above need; nothing of the object itself.
+In memory per watched child: its owner's uid (interned: one string per AgentService), an integer
+fingerprint, which is what the comparisons above need, and its name; nothing of the object itself.
+
+What the watches know is also the prune inventory's first source (`Children.owned`): the names of
+an AgentService's children of a kind come from its stream, not from a LIST with the service's
+label selector. Those lists cost the API server a scan of every object of the kind in the
+namespace each, seven per service on its first reconcile: quadratic in the services of one
+namespace, the dev cluster's wall at 3,000 services (bench/RESULTS.md). As controller-runtime
+waits for its caches to sync, a reconcile at start-up waits for the stream's first list to answer
+(`SYNC_WAIT` at most); when that list failed, it LISTs as before. A kind the cluster does not serve
+(404) has no objects: it answers empty until it is served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import structlog
 from agent_operator import opmetrics
@@ -60,10 +70,19 @@ READ_MARGIN: Final = 30.0  # silence beyond the call's own timeout after which t
 UNSERVED_RETRY: Final = 60.0
 BACKOFF_MIN: Final = 1.0
 BACKOFF_MAX: Final = 30.0
+SYNC_WAIT: Final = 30.0  # seconds `Children.owned` waits for a stream's first list before saying "unknown"
 PAGE: Final = 500  # objects per list page: a thousand services' dashboards never sit in memory at once
 VOLATILE_METADATA: Final = frozenset({"resourceVersion", "managedFields"})
 
 Poke = Callable[[str], None]
+
+
+class Child(NamedTuple):
+    """What a stream keeps of a watched child."""
+
+    owner: str  # the controlling AgentService's uid
+    fingerprint: int
+    name: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +174,12 @@ class Stream:
         self._unserved_retry = unserved_retry
         self._backoff = backoff
         self._path = client.object_path(kind.api_version, kind.kind, namespace)
-        self._children: dict[str, tuple[str, int]] = {}  # child uid -> (owner uid, fingerprint)
+        self._children: dict[str, Child] = {}  # by the child's uid
+        self._owned: dict[str, dict[str, str]] = {}  # owner uid -> child uid -> name (`owned`)
         self._listed = False
+        self._unserved = False  # the last answer was 404: the kind has no objects
+        # Set once the first list has had its answer, whatever it was: `Children.owned` waits for it.
+        self.tried = asyncio.Event()
         self._version: str | None = None
         # Retry state: the current back-off, and what has been logged (once per streak).
         self._delay = backoff[0]
@@ -166,12 +189,51 @@ class Stream:
     def scope(self) -> str:
         return self._namespace or "all namespaces"
 
+    @property
+    def kind(self) -> Kind:
+        return self._kind
+
+    @property
+    def namespace(self) -> str | None:
+        return self._namespace
+
+    def owned(self, owner: str) -> frozenset[str] | None:
+        """Names of the children of this kind that `owner` (a uid) controls, as far as the watch
+        knows; None until the stream has listed (the caller must ask the API server)."""
+        if self._unserved:
+            return frozenset()
+        if not self._listed:
+            return None
+        return frozenset(self._owned.get(owner, {}).values())
+
+    def _keep(self, uid: str, child: Child) -> None:
+        previous = self._children.get(uid)
+        if previous is not None and previous.owner != child.owner:
+            self._disown(uid, previous.owner)
+        self._children[uid] = child
+        self._owned.setdefault(child.owner, {})[uid] = child.name
+
+    def _drop(self, uid: str) -> None:
+        previous = self._children.pop(uid, None)
+        if previous is not None:
+            self._disown(uid, previous.owner)
+
+    def _disown(self, uid: str, owner: str) -> None:
+        names = self._owned.get(owner)
+        if names is not None:
+            names.pop(uid, None)
+            if not names:
+                del self._owned[owner]
+
     async def run_forever(self) -> None:
         """List and watch until cancelled; every failure is retried (see the module's docstring)."""
         while True:
             try:
                 if self._version is None:
-                    await self._list()
+                    try:
+                        await self._list()
+                    finally:
+                        self.tried.set()
                     self._running()
                 if not await self._watch():
                     await asyncio.sleep(self._backoff[0])  # a call that ended empty: never hammer the server
@@ -182,6 +244,7 @@ class Stream:
                     await self._pause()
                 self._expired = True
             except NotServed:
+                self._unserved = True
                 if not self._announced:
                     log.info(
                         "child_watch_not_served", kind=self._kind.kind, scope=self.scope, retry=self._unserved_retry
@@ -218,12 +281,16 @@ class Stream:
                     for owner in {entry[0] for entry in (before, after) if entry is not None}:
                         self._changed(owner)
         self._children = children
+        self._owned = {}
+        for uid, child in children.items():
+            self._owned.setdefault(child.owner, {})[uid] = child.name
         self._listed = True
+        self._unserved = False
         self._version = version
 
-    async def _fetch(self) -> tuple[dict[str, tuple[str, int]], str]:
+    async def _fetch(self) -> tuple[dict[str, Child], str]:
         """The owned children, page by page, and the list's resourceVersion."""
-        children: dict[str, tuple[str, int]] = {}
+        children: dict[str, Child] = {}
         params = {"labelSelector": SELECTOR, "limit": str(PAGE)}
         while True:
             try:
@@ -233,10 +300,11 @@ class Stream:
                     raise Gone from None
                 raise
             if page is None:
+                self._unserved = True  # before the raise: `tried` wakes the waiters on its way out
                 raise NotServed
             for obj in page.get("items") or []:
                 if (owner := owner_of(obj)) is not None:
-                    children[str(obj["metadata"]["uid"])] = (owner, self._fingerprint(obj))
+                    children[str(obj["metadata"]["uid"])] = self._child(owner, obj)
             meta = page.get("metadata") or {}
             if not meta.get("continue"):
                 break
@@ -282,22 +350,23 @@ class Stream:
         known = self._children.get(uid)
         owner = owner_of(obj)
         if kind == "DELETED" or owner is None:  # gone, or no longer an AgentService's: its owner should look
-            self._children.pop(uid, None)
-            owner = owner or (known[0] if known is not None else None)
+            self._drop(uid)
+            owner = owner or (known.owner if known is not None else None)
             if owner is not None:
                 self._changed(owner)
             return
-        entry = (owner, self._fingerprint(obj))
-        self._children[uid] = entry
+        entry = self._child(owner, obj)
+        self._keep(uid, entry)
         if await self._api.own_write(self._kind.kind, obj):
             return  # the echo of the operator's own apply: the reconcile that wrote it wanted exactly this
         if entry != known:
             self._changed(owner)
-            if known is not None and known[0] != owner:
-                self._changed(known[0])  # the controller changed hands: both should look
+            if known is not None and known.owner != owner:
+                self._changed(known.owner)  # the controller changed hands: both should look
 
-    def _fingerprint(self, obj: Mapping[str, Any]) -> int:
-        return fingerprint(obj, with_status=self._kind.reports_status)
+    def _child(self, owner: str, obj: Mapping[str, Any]) -> Child:
+        name = sys.intern(str(obj.get("metadata", {}).get("name", "")))
+        return Child(owner, fingerprint(obj, with_status=self._kind.reports_status), name)
 
     def _changed(self, owner: str) -> None:
         self._metrics.child_events.labels(kind=self._kind.kind).inc()
@@ -315,10 +384,29 @@ class Children:
         *,
         namespaces: Sequence[str] = (),
         kinds: Sequence[Kind] = WATCHED,
+        sync_wait: float = SYNC_WAIT,
         **options: Any,
     ) -> None:
+        self._sync_wait = sync_wait
         scopes: Sequence[str | None] = tuple(namespaces) or (None,)
         self.streams = [Stream(api, kind, ns, poke, metrics, **options) for kind in kinds for ns in scopes]
+        self._serving: dict[tuple[str, str, str | None], Stream] = {
+            (s.kind.api_version, s.kind.kind, s.namespace): s for s in self.streams
+        }
+
+    async def owned(self, api_version: str, kind: str, namespace: str, owner: str) -> frozenset[str] | None:
+        """Names of the children of one kind in `namespace` that `owner` controls, from the stream
+        that watches them; None when the stream cannot say: the caller asks the API server.
+
+        Before the stream's first list has answered, this waits for it (`sync_wait` at most); a
+        first list that failed is not waited for again (the stream retries with its back-off).
+        """
+        stream = self._serving.get((api_version, kind, namespace)) or self._serving.get((api_version, kind, None))
+        if stream is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stream.tried.wait(), self._sync_wait)
+        return stream.owned(owner)
 
     async def run_forever(self) -> None:
         """Run every stream until cancelled."""

@@ -10,6 +10,9 @@ Covers, with the operator's resync interval at an hour (so that only the watches
   over several seconds after the repair settled, no reconcile and no write;
 - the operator's own writes come back as events and poke nobody: five services created at once
   are reconciled once each (kopf's create handler), with no child event counted;
+- a service's children are known to prune from the watches, not from LISTs with its label selector
+  (seven per new service, each a scan of the namespace for the API server): an operator restarted
+  after autoscaling was turned off prunes the HPAs it finds through the watches, with no such LIST;
 - the auth Secret is not watched (RBAC cannot narrow Secrets by label): its repair is the resync's
   (tests/integration/operator/test_reconcile.py).
 """
@@ -23,6 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 from agent_operator import opmetrics
+from agent_operator.kube import watch
 from agent_operator.manifests import naming
 from agentops_dev import devcluster
 
@@ -171,3 +175,21 @@ async def test_the_echoes_of_a_burst_of_creations_poke_nobody(watched: Operator)
     await asyncio.sleep(2.0)  # a poke would have been reconciled within 0.1 s: nothing may come
     assert counter(watched, "child_events_total") == 0
     assert counter(watched, "reconciles_total") == len(names)  # kopf's create handler, once each
+
+
+async def test_prune_finds_a_services_children_through_the_watches_not_lists(watched: Operator) -> None:
+    hpa = {"autoscaling": {"enabled": True, "engine": "hpa", "minReplicas": 1, "maxReplicas": 4}}
+    await ready_service(watched, agent_service(**hpa))
+    assert any(k.startswith("HorizontalPodAutoscaler/") for k in watched.children())
+
+    # Autoscaling turned off while the operator is down: the new one knows nothing of the HPAs yet.
+    await watched.halt()
+    await watched.put(agent_service(autoscaling={"enabled": False}))
+    mark = watched.cluster.request_count
+    await watched.start(resync=NO_RESYNC)
+    await eventually(lambda: not any(k.startswith("HorizontalPodAutoscaler/") for k in watched.children()))
+
+    requests = watched.cluster._requests[mark:]
+    selected = [r for r in requests if r.method == "GET" and r.name is None and r.params.get("labelSelector")]
+    assert selected, "the watches list with the managed-by selector"
+    assert {r.params["labelSelector"] for r in selected} == {watch.SELECTOR}, "no LIST with the service's selector"

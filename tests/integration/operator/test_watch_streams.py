@@ -7,7 +7,10 @@ reported); the echo of the operator's own apply pokes nobody, a later change doe
 without an AgentService controller pokes nothing; a child that loses the
 label pokes its owner; a lost connection whose changes were compacted away (410) is listed
 again, and exactly the owners of what changed meanwhile are poked; a kind the cluster does not
-serve is logged once, retried quietly, and watched once it is served.
+serve is logged once, retried quietly, and watched once it is served. What a stream says each
+owner controls (`owned`, the prune inventory's source) follows the list and every change, is
+unknown until the first list (`Children.owned` waits for it, then gives up) and empty for a kind
+not served.
 
 The pokes land in a queue in arrival order, so "this change poked nobody" is checked by making a
 later change and seeing that its poke is the next one.
@@ -221,14 +224,85 @@ async def test_a_kind_not_served_is_skipped_quietly_and_watched_once_served(clus
         with structlog.testing.capture_logs() as logs:
             handle.task = asyncio.create_task(handle.stream.run_forever())
             await eventually(lambda: len(handle.requests(watching=False)) >= 5)  # tried again, and again
+            assert handle.stream.owned("uid-a") == frozenset()  # not served: no objects of the kind
             emulator.resources[resource] = info  # installed
             await eventually(lambda: handle.requests(watching=True))
             await emulator.put_object(SCALEDOBJECTS, child(SCALEDOBJECTS, "a-worker", "uid-a", spec={}))
             assert await handle.next_poke() == "uid-a"
+            assert handle.stream.owned("uid-a") == {"a-worker"}
     finally:
         await handle.stop()
     said = [(e["log_level"], e["event"]) for e in logs]
     assert said == [("info", "child_watch_not_served"), ("info", "child_watch_running")], said
+
+
+async def test_owned_follows_the_list_and_every_change(cluster: Any, watching: Any) -> None:
+    emulator, _ = cluster
+    await emulator.put_object(HPAS, child(HPAS, "a-worker", "uid-a", spec={}))
+    await emulator.put_object(HPAS, child(HPAS, "a-loose", "uid-a", controller=False, spec={}))
+    w = await watching(HPAS)
+    assert w.stream.owned("uid-a") == {"a-worker"}  # from the list; a reference not the controller's owns nothing
+
+    await emulator.put_object(HPAS, child(HPAS, "a-api", "uid-a", spec={}))
+    assert await w.next_poke() == "uid-a"
+    assert w.stream.owned("uid-a") == {"a-worker", "a-api"}
+    await emulator.put_object(HPAS, child(HPAS, "a-api", "uid-b", spec={}))  # the controller changes hands
+    assert {await w.next_poke(), await w.next_poke()} == {"uid-a", "uid-b"}
+    assert (w.stream.owned("uid-a"), w.stream.owned("uid-b")) == ({"a-worker"}, {"a-api"})
+    await emulator.delete_object(HPAS, "default", "a-worker")
+    assert await w.next_poke() == "uid-a"
+    assert w.stream.owned("uid-a") == frozenset()
+    await emulator.put_object(HPAS, child(HPAS, "a-api", "uid-b", labelled=False, spec={}))  # leaves the selection
+    assert await w.next_poke() == "uid-b"
+    assert w.stream.owned("uid-b") == frozenset()
+
+    # A gap: what the list after it finds replaces what the stream knew.
+    async with emulator.watch_gap(HPAS):
+        await emulator.put_object(HPAS, child(HPAS, "c-worker", "uid-c", spec={}))
+    assert await w.next_poke() == "uid-c"
+    assert w.stream.owned("uid-c") == {"c-worker"}
+
+
+async def test_children_owned_waits_for_the_first_list_then_gives_up(cluster: Any) -> None:
+    emulator, url = cluster
+    await emulator.put_object(HPAS, child(HPAS, "a-worker", "uid-a", spec={}))
+
+    async def login() -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=url, default_namespace="default")
+
+    api = kube_client.Client(login, opmetrics.create())
+    hpa = ("autoscaling/v2", "HorizontalPodAutoscaler", "default", "uid-a")
+    try:
+        # Never listed (not started): unknown once the wait is over; a kind no stream covers: unknown.
+        idle = watch.Children(api, lambda _: None, opmetrics.create(), kinds=[kind_of(HPAS)], sync_wait=0.05)
+        assert await idle.owned(*hpa) is None
+        assert await idle.owned("v1", "ConfigMap", "default", "uid-a") is None
+
+        # Asked before the first list: the answer comes when the list lands.
+        children = watch.Children(api, lambda _: None, opmetrics.create(), kinds=[kind_of(HPAS)])
+        asking = asyncio.create_task(children.owned(*hpa))
+        await asyncio.sleep(0)  # the question is asked first
+        assert not asking.done()
+        running = asyncio.create_task(children.run_forever())
+        try:
+            assert await asyncio.wait_for(asking, 10) == {"a-worker"}
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+        # A first list that fails: unknown as soon as it has failed, not after the whole wait.
+        emulator["list", kmock.resource(HPAS)] << 500
+        failing = watch.Children(api, lambda _: None, opmetrics.create(), kinds=[kind_of(HPAS)], sync_wait=3600)
+        running = asyncio.create_task(failing.run_forever())
+        try:
+            assert await asyncio.wait_for(failing.owned(*hpa), 10) is None
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    finally:
+        await api.close()
 
 
 async def test_a_silent_watch_call_ends_instead_of_failing(cluster: Any) -> None:
