@@ -47,15 +47,15 @@ class Inventory:
     """The prunable and renameable children known to exist, per owner uid, once established.
 
     The first prune of an owner after start-up establishes each of those kinds: from the child
-    watches when they have listed that kind (`watched`), else by a LIST with the owner's label
+    watches when they have listed that kind (`follow`), else by a LIST with the owner's label
     selector. From then on the inventory follows what apply found or wrote, so a resync pass over
     N services costs no LIST calls. The watches matter at scale: each LIST costs the API server a
     scan of every object of the kind in the namespace, seven per new service.
     """
 
-    def __init__(self, watched: Watched | None = None) -> None:
+    def __init__(self) -> None:
         self._known: dict[str, set[ObjectRef]] = {}
-        self._watched = watched
+        self._watched: Watched | None = None  # set by `follow`
 
     def follow(self, watched: Watched) -> None:
         """Establish new owners from the child watches (`watch.Children.owned`) from now on."""
