@@ -1,7 +1,7 @@
 """Runtime throughput: the queue with an instant model, next to arq; and 500 tasks at 1 s model latency.
 
 Usage: `python bench/runtime_throughput.py [--tasks N] [--concurrency C] [--slow-tasks 500] [--rounds R]
-[--parts queue,agent,slow] [--loop uvloop|asyncio]`.
+[--parts queue,agent,slow,floor] [--loop uvloop|asyncio]`.
 
 One redis-server (no persistence) on a free loopback port serves every part, each on a flushed DB:
 1. Queue, no-op task (the runner returns at once): N tasks submitted through `TaskQueue.submit` (what
@@ -15,6 +15,11 @@ One redis-server (no persistence) on a free loopback port serves every part, eac
    tasks/s of one worker process.
 4. 500 tasks, each one model call of 1 s (local model server in another process), one worker process
    with concurrency 100 and then 500: wall time against the ideal 1 s x ⌈500 / concurrency⌉.
+5. The floor under part 4 (`--parts floor`): the same 500 concurrent 1 s calls with no queue, no
+   Redis and no agent loop: through the runtime's Anthropic provider alone (the SDK's client as the
+   worker builds it), and as bare aiohttp POSTs of the same request whose JSON replies are decoded.
+   What a task adds on top of a call is part 4 minus the first; what the SDK adds on top of HTTP is
+   the first minus the second.
 Targets (issue 4): overhead p50 ≤ 2 ms, throughput ≥ 1.0x arq, 500 tasks ≈ 1 s x ⌈500 / C⌉; issue 14:
 500 concurrent 1 s calls in ≤ 1.3 s, no-op drain ≥ 1.5x arq.
 
@@ -44,6 +49,7 @@ import sys
 import time
 from typing import Any
 
+import aiohttp
 import redis.asyncio
 import uvloop
 from agentops_dev.localmodel import MODEL
@@ -60,6 +66,7 @@ from agent_runtime.composition import build_worker, connect_redis
 from agent_runtime.config import ProviderConfig, RuntimeConfig
 from agent_runtime.constants import ServiceKeys
 from agent_runtime.metrics import Metrics
+from agent_runtime.providers import build_providers
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import Checkpoint, TaskStatus
 from agent_runtime.worker import Worker
@@ -347,6 +354,64 @@ async def slow_part(client: redis.asyncio.Redis, args: argparse.Namespace) -> No
         model.wait()
 
 
+async def provider_calls(base_url: str, calls: int) -> tuple[float, float]:
+    """Wall and CPU seconds of `calls` concurrent calls through the runtime's provider (the SDK's client)."""
+    config = RuntimeConfig(
+        service="bench",
+        providers=[ProviderConfig(name="local", model=MODEL, base_url=base_url)],
+        provider_max_retries=0,
+        worker_concurrency=calls,
+    )
+    metrics = Metrics(CollectorRegistry(), service="bench", track="stable")
+    provider = build_providers(config, metrics=metrics).providers[0]
+
+    async def one(i: int) -> None:
+        messages = [{"role": "user", "content": f"Say hello to number {i}."}]
+        await provider.complete(system="You are terse.", messages=messages, tools=[], max_tokens=256, task_id=str(i))
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(min(calls, 50))))  # warm-up: connections, imports
+        start, cpu = time.perf_counter(), cpu_seconds()
+        await asyncio.gather(*(one(i) for i in range(calls)))
+        return time.perf_counter() - start, cpu_seconds() - cpu
+    finally:
+        await provider.aclose()
+
+
+async def http_calls(base_url: str, calls: int) -> tuple[float, float]:
+    """Wall and CPU seconds of `calls` concurrent bare aiohttp POSTs of the same request, replies decoded."""
+    headers = {"x-api-key": "none", "anthropic-version": "2023-06-01"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=calls), headers=headers) as session:
+
+        async def one(i: int) -> None:
+            body = {"model": MODEL, "max_tokens": 256, "system": "You are terse.",
+                    "messages": [{"role": "user", "content": f"Say hello to number {i}."}]}  # fmt: skip
+            async with session.post(f"{base_url}/v1/messages", json=body) as response:
+                response.raise_for_status()
+                await response.json()
+
+        await asyncio.gather(*(one(i) for i in range(min(calls, 50))))  # warm-up
+        start, cpu = time.perf_counter(), cpu_seconds()
+        await asyncio.gather(*(one(i) for i in range(calls)))
+        return time.perf_counter() - start, cpu_seconds() - cpu
+
+
+async def floor_part(args: argparse.Namespace) -> None:
+    model, url = start_model_server(1.0)
+    calls = args.slow_tasks
+    try:
+        print(f"\n5. the floor: {calls} concurrent calls of 1 s each, one process, no queue, no Redis, no agent loop")
+        for name, run in (("runtime's provider (SDK)", provider_calls), ("bare aiohttp POST + JSON", http_calls)):
+            model_cpu = cpu_seconds_of(model.pid)
+            elapsed, cpu = await run(url, calls)
+            model_cpu = cpu_seconds_of(model.pid) - model_cpu
+            print(f"  {name}: {elapsed:.2f} s (ideal 1 s); CPU per call: caller {per_call(cpu, calls)}, "
+                  f"model server {per_call(model_cpu, calls)}; {load()}")  # fmt: skip
+    finally:
+        model.terminate()
+        model.wait()
+
+
 async def main(args: argparse.Namespace) -> None:
     runtime_logging.configure("error")
     print(f"runtime_throughput: {args.tasks} tasks, concurrency {args.concurrency}, Python {sys.version.split()[0]}, "
@@ -362,6 +427,8 @@ async def main(args: argparse.Namespace) -> None:
             await agent_part(client, args)
         if "slow" in args.parts:
             await slow_part(client, args)
+        if "floor" in args.parts:
+            await floor_part(args)
         await client.aclose()
     print(f"\ncalibration: {calibration():.2f} CPU s for the fixed loop; {load()}")
 
@@ -374,7 +441,7 @@ if __name__ == "__main__":
     parser.add_argument("--agent-tasks", type=int, default=1000)
     parser.add_argument("--slow-tasks", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the no-op drain, ours and arq")
-    parser.add_argument("--parts", default="queue,agent,slow", help="comma-separated: queue, agent, slow")
+    parser.add_argument("--parts", default="queue,agent,slow", help="comma-separated: queue, agent, slow, floor")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument(
         "--process-breakers",
