@@ -34,6 +34,7 @@ from typing import Any, Final
 import aiohttp.web
 import kopf
 import structlog
+import uvloop
 
 from agent_operator import __version__, budget, budgetreport, handlers, leadership, opmetrics, reconcile
 from agent_operator.canary import rollouts
@@ -371,7 +372,9 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
     args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
     _configure_logging(getattr(args, "log_format", "json"), getattr(args, "verbose", False))
     try:
-        asyncio.run(operate(config_from(args)))
+        # uvloop: the operator's CPU goes to its API connections (watch streams, reads, applies) and
+        # event-loop turns, which uvloop does in C (bench/RESULTS.md: 10,000 services).
+        uvloop.run(operate(config_from(args)))
     except KeyboardInterrupt:
         return 130
     return 0
