@@ -54,6 +54,7 @@ import aiohttp.web
 import attrs
 import jsonpatch  # kmock's own dependency
 import kmock
+import orjson
 import uvloop
 import yaml
 from agent_operator.api import models
@@ -205,7 +206,7 @@ def _expired(since: str) -> dict[str, Any]:
 
 
 def _json(payload: Any, status: int = 200) -> aiohttp.web.Response:
-    return aiohttp.web.Response(body=json.dumps(payload).encode(), status=status, content_type="application/json")
+    return aiohttp.web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
 def _status(exc: kmock.KubernetesError) -> aiohttp.web.Response:
@@ -324,7 +325,7 @@ class DevCluster(kmock.KubernetesEmulator):
             with contextlib.suppress(ConnectionError):  # the client went away
                 async for item in events:
                     if isinstance(item, dict):
-                        await response.write(json.dumps(item).encode() + b"\n")
+                        await response.write(orjson.dumps(item) + b"\n")
                 await response.write_eof()
         finally:
             await events.aclose()  # unsubscribes from the change feed now, not when collected

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
 import kopf
+import orjson
 import structlog
 from agent_operator import objects
 from agent_operator.kube import diff
@@ -48,7 +48,7 @@ class Result:
 
 def adopt(children: Sequence[Mapping[str, Any]], owner: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Copies of `children` owned by `owner` (controller ownerReference), hash-stamped."""
-    adopted = [json.loads(json.dumps(child)) for child in children]
+    adopted = [orjson.loads(orjson.dumps(child)) for child in children]
     kopf.append_owner_reference(adopted, owner=kopf.Body(cast(kopf.RawBody, dict(owner))))
     return [diff.stamp(child) for child in adopted]  # already private copies: stamped in place
 

@@ -19,7 +19,6 @@ import asyncio
 import collections
 import dataclasses
 import datetime
-import json
 import re
 import urllib.parse
 import uuid
@@ -28,6 +27,7 @@ from typing import Any, Final
 
 import aiohttp
 import kopf
+import orjson
 import structlog
 from agent_operator import objects, opmetrics
 from agent_operator.api import models
@@ -194,7 +194,7 @@ class Client:
             self._metrics.writes.labels(verb=method.lower(), kind=kind or "unknown").inc()
         for attempt in (1, 2):
             session = await self._ensure(renew=attempt == 2)
-            data = None if body is None else json.dumps(body)
+            data = None if body is None else orjson.dumps(body)
             headers = {"Content-Type": content_type} if body is not None else {}
             try:
                 # No redirects: the API server never redirects a resource request, and following
@@ -208,7 +208,7 @@ class Client:
                         return None
                     if response.status >= 300:  # a redirect (not followed) is a refusal too
                         raise await _api_error(response)
-                    payload = await response.json(content_type=None)
+                    payload = await response.json(content_type=None, loads=orjson.loads)
                     return payload if isinstance(payload, dict) else None
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 raise TransportError(f"{method} {path}: {exc!r}") from exc
@@ -249,7 +249,7 @@ class Client:
                             line = bytes(buffer[:end])
                             del buffer[: end + 1]
                             if line.strip():
-                                yield json.loads(line)
+                                yield orjson.loads(line)
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 raise TransportError(f"GET {path} (watch): {exc!r}") from exc
         raise ApiError(401, "Unauthorized", "the API server rejected the operator's credentials twice")
@@ -399,7 +399,7 @@ class Client:
 
 async def _api_error(response: aiohttp.ClientResponse) -> ApiError:
     try:
-        payload = await response.json(content_type=None)
+        payload = await response.json(content_type=None, loads=orjson.loads)
     except (ValueError, aiohttp.ContentTypeError):
         payload = {}
     if not isinstance(payload, dict):

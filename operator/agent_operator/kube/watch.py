@@ -51,11 +51,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
+import orjson
 import structlog
 from agent_operator import opmetrics
 from agent_operator.api import models
@@ -147,7 +147,7 @@ def fingerprint(obj: Mapping[str, Any], *, with_status: bool) -> int:
     rest = {k: v for k, v in obj.items() if k not in ("metadata", "apiVersion", "kind")}
     if not with_status:
         rest.pop("status", None)
-    return hash(json.dumps([meta, rest], sort_keys=True, separators=(",", ":")))
+    return hash(orjson.dumps([meta, rest], option=orjson.OPT_SORT_KEYS))
 
 
 class Stream:
