@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import dataclasses
 import hashlib
 import re
@@ -144,10 +143,13 @@ def with_token_digest(children: Sequence[dict[str, Any]], token: str) -> list[di
         if child.get("kind") != "Deployment":
             result.append(child)
             continue
-        stamped = copy.deepcopy(child)
-        meta = stamped["spec"]["template"].setdefault("metadata", {})
-        meta["annotations"] = {**(meta.get("annotations") or {}), TOKEN_DIGEST_ANNOTATION: digest}
-        result.append(stamped)
+        # New dicts along the path to the annotations only: the rest is shared with `child`, which
+        # is not changed (`apply.adopt` copies each child whole before it is sent).
+        template = child["spec"]["template"]
+        meta = template.get("metadata") or {}
+        annotations = {**(meta.get("annotations") or {}), TOKEN_DIGEST_ANNOTATION: digest}
+        stamped_template = {**template, "metadata": {**meta, "annotations": annotations}}
+        result.append({**child, "spec": {**child["spec"], "template": stamped_template}})
     return result
 
 
