@@ -55,6 +55,11 @@ DEFAULT_PEERING_LIFETIME: Final = 20
 # the reconcile gate). kopf's default is unbounded: 1,000 services created at once start 1,000
 # workers. Past the limit kopf stops reading the watch, so the rest wait as bytes in the socket.
 DEFAULT_WORKER_LIMIT: Final = 128
+# How long a kopf worker waits for its object's next event before it exits and frees its slot
+# (kopf's default: 5 s). The events a reconcile causes (its status patch, kopf's annotations) come
+# back within a second; held 5 s, 128 slots let at most ~25 services a second through a burst, which
+# was the wall at 2,000 and 10,000 services created at once (bench/RESULTS.md), not the CPU.
+WORKER_IDLE_TIMEOUT: Final = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +189,7 @@ def settings_for(config: Config) -> kopf.OperatorSettings:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.queueing.worker_limit = config.worker_limit
+    settings.queueing.idle_timeout = WORKER_IDLE_TIMEOUT
     settings.execution.max_workers = 4  # every handler is async; the pool only serves kopf's internals
     return settings
 
