@@ -33,6 +33,7 @@ class Metrics:
     analysis_duration: Histogram
     budget_refreshes: Counter
     child_events: Counter
+    repairs_pending: Gauge
 
     def exposition(self) -> bytes:
         """The text exposition format of the registry (the `/metrics` body)."""
@@ -114,6 +115,11 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
             f"{PREFIX}_child_events_total",
             "Changes of owned children seen by the watches that asked for their AgentService's reconcile, by kind.",
             ["kind"],
+            registry=registry,
+        ),
+        repairs_pending=Gauge(
+            f"{PREFIX}_repairs_pending",
+            "AgentServices whose reconcile a child change asked for and that is not done yet (the repair backlog).",
             registry=registry,
         ),
     )

@@ -130,6 +130,7 @@ class Reconciler:
         self._pending.discard(uid)
         self._repaired_at.pop(uid, None)
         self._settle_repairs()
+        self._count_repairs()
         self._spent.pop(uid, None)
         self._rollouts.forget(uid)
         self._status.forget(uid)
@@ -181,6 +182,7 @@ class Reconciler:
         """
         if uid in self._known:
             self._pending.add(uid)
+            self._count_repairs()
             self._poked.set()
             if uid not in self._spaced:  # a repair waiting out its spacing is not due yet
                 self._no_repairs.clear()
@@ -230,6 +232,11 @@ class Reconciler:
         finally:
             self._repairing.discard(uid)
             self._settle_repairs()
+            self._count_repairs()
+
+    def _count_repairs(self) -> None:
+        """Publish the repair backlog: services poked and not yet reconciled, or being reconciled."""
+        self._metrics.repairs_pending.set(len(self._pending | self._repairing))
 
     def _settle_repairs(self) -> None:
         """Let the deferred resync reconciles go once no repair is due or running.

@@ -221,3 +221,24 @@ async def test_the_budget_loop_looks_only_at_services_with_a_budget() -> None:
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop
+
+
+async def test_the_backlog_gauge_counts_a_repair_from_its_poke_until_its_reconcile_is_done(recorder: Recording) -> None:
+    def backlog() -> float | None:
+        return recorder._metrics.registry.get_sample_value("agentservice_operator_repairs_pending")
+
+    recorder.known("a", "b")
+    recorder.hold.clear()
+    async with repairing(recorder, spacing=0.0):
+        recorder.poke("a")
+        recorder.poke("b")
+        assert backlog() == 2  # asked for, not taken yet
+        await eventually(lambda: len(recorder.running) == 2)
+        assert backlog() == 2  # being reconciled
+        recorder.poke("a")  # again, while it runs: one more after it
+        recorder.hold.set()
+        await eventually(lambda: len(recorder.calls) == 3 and not recorder.running)
+        await eventually(lambda: backlog() == 0)
+    recorder.poke("b")
+    recorder.forget("b")  # deleted before its repair ran
+    assert backlog() == 0
