@@ -117,6 +117,9 @@ class Reconciler:
         self._no_repairs.set()
         self._repaired_at: dict[str, float] = {}
         self._poked = asyncio.Event()
+        # The repair backlog, read from these sets when the metrics are collected: poked and not yet
+        # reconciled (spacing included), or being reconciled.
+        metrics.repairs_pending.set_function(lambda: len(self._pending | self._repairing))
         # Per object: the resourceVersion of the body whose one-shot gates (promote, abort) were acted
         # on and removed, and those gates. A loop may hand over that same body again before the
         # removal's watch event arrives; it must not act on them twice (a second rollback recorded).
@@ -130,7 +133,6 @@ class Reconciler:
         self._pending.discard(uid)
         self._repaired_at.pop(uid, None)
         self._settle_repairs()
-        self._count_repairs()
         self._spent.pop(uid, None)
         self._rollouts.forget(uid)
         self._status.forget(uid)
@@ -182,7 +184,6 @@ class Reconciler:
         """
         if uid in self._known:
             self._pending.add(uid)
-            self._count_repairs()
             self._poked.set()
             if uid not in self._spaced:  # a repair waiting out its spacing is not due yet
                 self._no_repairs.clear()
@@ -232,11 +233,6 @@ class Reconciler:
         finally:
             self._repairing.discard(uid)
             self._settle_repairs()
-            self._count_repairs()
-
-    def _count_repairs(self) -> None:
-        """Publish the repair backlog: services poked and not yet reconciled, or being reconciled."""
-        self._metrics.repairs_pending.set(len(self._pending | self._repairing))
 
     def _settle_repairs(self) -> None:
         """Let the deferred resync reconciles go once no repair is due or running.
