@@ -53,8 +53,9 @@ class _Call:
 class _Batcher:
     """The script calls of one client not yet sent: they leave together at the next turn of the loop."""
 
-    def __init__(self, client: redis.asyncio.Redis) -> None:
-        self._client = client
+    def __init__(self) -> None:
+        # No reference to the client: the batchers are kept by a weak mapping keyed by it, and a
+        # value holding its key would keep every client ever made alive.
         self._waiting: list[_Call] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sending: set[asyncio.Task[None]] = set()  # strong references: a bare task may be collected
@@ -92,8 +93,9 @@ class _Batcher:
 
     async def _round(self, calls: list[_Call], *, last: bool) -> list[_Call]:
         """Send the calls in one pipeline and answer them; return those to send again after NOSCRIPT."""
+        client = calls[0].script.registered_client  # the calls of one batcher share it
         try:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             for call in calls:
                 # the command itself: redis-py refuses `pipe.evalsha` on a Cluster, not EVALSHA
                 pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
@@ -110,7 +112,7 @@ class _Batcher:
                 _settle(call, reply)
         try:  # a new server or a flushed cache: load each script once, then those calls go again
             for script in {id(call.script): call.script for call in unloaded}.values():
-                script.sha = await self._client.script_load(script.script)
+                script.sha = await client.script_load(script.script)
         except Exception as exc:
             for call in unloaded:
                 _settle(call, exc)
@@ -155,7 +157,7 @@ async def run_script(script: AsyncScript, keys: Sequence[str], args: Sequence[st
     client = script.registered_client
     batcher = _batchers.get(client)
     if batcher is None:
-        batcher = _batchers[client] = _Batcher(client)
+        batcher = _batchers[client] = _Batcher()
     reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     batcher.add(_Call(script, list(keys), list(args), reply))
     return await reply

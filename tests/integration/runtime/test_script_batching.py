@@ -8,6 +8,8 @@ flushed script cache and a caller cancelled before its batch leaves behave as th
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 import redis.asyncio
@@ -87,3 +89,14 @@ async def test_a_dead_connection_fails_every_call_of_the_batch() -> None:
     )
     assert all(isinstance(result, redis.exceptions.ConnectionError) for result in results), results
     await client.aclose()
+
+
+async def test_a_client_is_not_kept_alive_by_its_batcher(redis_server: LocalRedis) -> None:
+    client = connect_redis(redis_server.url)
+    echo = client.register_script(ECHO)
+    assert await scripts.run_script(echo, ["{t}:n"], ["x"]) == "x"
+    gone = weakref.ref(client)
+    await client.aclose()
+    del client, echo
+    gc.collect()
+    assert gone() is None
