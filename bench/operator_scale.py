@@ -86,6 +86,7 @@ CHILD_COLLECTIONS = (
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 900.0  # seconds per 1,000 services from the burst's start until every service is Ready (real CP)
 CHECK_INTERVAL = 0.5  # seconds between the driver's counts of the watched services (local, no request)
+PROGRESS_INTERVAL = 60.0  # seconds between the progress lines on stderr during the burst
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -345,6 +346,26 @@ def drift_figures(repairs: list[float], pids: Mapping[str, int]) -> dict[str, An
     }
 
 
+_last_progress = 0.0
+
+
+def progress(started: float, pids: Mapping[str, int], **counts: int) -> None:
+    """A line on stderr each minute of a burst (counts, CPU, RSS): a run stopped early says how far it got."""
+    global _last_progress  # noqa: PLW0603  # one driver per process
+    now = time.perf_counter()
+    if now - _last_progress < PROGRESS_INTERVAL:
+        return
+    _last_progress = now
+    line = {
+        "elapsed_s": round(now - started, 1),
+        **counts,
+        "cpu_s": {name: round(cpu_s(pid), 1) for name, pid in pids.items()},
+        "rss_mb": {name: memory_mb(pid)["rss"] for name, pid in pids.items()},
+        "loadavg": [round(value, 2) for value in os.getloadavg()],
+    }
+    print(json.dumps(line), file=sys.stderr, flush=True)
+
+
 async def drive(
     url: str,
     metrics_url: str,
@@ -382,6 +403,7 @@ async def drive(
             while tracked.observed() < services or not await checked(
                 children_complete(http, url, "scale", services, per_service)
             ):
+                progress(started, pids, observed=tracked.observed())
                 await asyncio.sleep(CHECK_INTERVAL if tracked.observed() < services else poll)
             reconcile_all = time.perf_counter() - started
             cpu1 = {name: cpu_s(pid) for name, pid in pids.items()}
@@ -394,6 +416,7 @@ async def drive(
                         f"not every service Ready after {ready_timeout:g} s: the harness node schedules about"
                         " 380 pods (64 CPUs); each service runs 2, the latency samples too"
                     )
+                progress(started, pids, ready=tracked.ready())
                 await asyncio.sleep(CHECK_INTERVAL)
         if settle_ready:
             settled = {"ready_all_s": round(time.perf_counter() - started, 1)}
