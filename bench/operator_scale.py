@@ -346,24 +346,27 @@ def drift_figures(repairs: list[float], pids: Mapping[str, int]) -> dict[str, An
     }
 
 
-_last_progress = 0.0
-
-
-def progress(started: float, pids: Mapping[str, int], **counts: int) -> None:
+class Progress:
     """A line on stderr each minute of a burst (counts, CPU, RSS): a run stopped early says how far it got."""
-    global _last_progress  # noqa: PLW0603  # one driver per process
-    now = time.perf_counter()
-    if now - _last_progress < PROGRESS_INTERVAL:
-        return
-    _last_progress = now
-    line = {
-        "elapsed_s": round(now - started, 1),
-        **counts,
-        "cpu_s": {name: round(cpu_s(pid), 1) for name, pid in pids.items()},
-        "rss_mb": {name: memory_mb(pid)["rss"] for name, pid in pids.items()},
-        "loadavg": [round(value, 2) for value in os.getloadavg()],
-    }
-    print(json.dumps(line), file=sys.stderr, flush=True)
+
+    def __init__(self, started: float, pids: Mapping[str, int]) -> None:
+        self._started = started
+        self._pids = pids
+        self._last = 0.0
+
+    def __call__(self, **counts: int) -> None:
+        now = time.perf_counter()
+        if now - self._last < PROGRESS_INTERVAL:
+            return
+        self._last = now
+        line = {
+            "elapsed_s": round(now - self._started, 1),
+            **counts,
+            "cpu_s": {name: round(cpu_s(pid), 1) for name, pid in self._pids.items()},
+            "rss_mb": {name: memory_mb(pid)["rss"] for name, pid in self._pids.items()},
+            "loadavg": [round(value, 2) for value in os.getloadavg()],
+        }
+        print(json.dumps(line), file=sys.stderr, flush=True)
 
 
 async def drive(
@@ -394,6 +397,7 @@ async def drive(
         tracked = Services(http, url, "scale")
         with tracked:
             started = time.perf_counter()
+            progress = Progress(started, pids)
             for chunk in range(0, services, 50):
                 await asyncio.gather(
                     *(create(http, url, f"svc-{i}", "scale", spec) for i in range(chunk, min(chunk + 50, services)))
@@ -403,7 +407,7 @@ async def drive(
             while tracked.observed() < services or not await checked(
                 children_complete(http, url, "scale", services, per_service)
             ):
-                progress(started, pids, observed=tracked.observed())
+                progress(observed=tracked.observed())
                 await asyncio.sleep(CHECK_INTERVAL if tracked.observed() < services else poll)
             reconcile_all = time.perf_counter() - started
             cpu1 = {name: cpu_s(pid) for name, pid in pids.items()}
@@ -416,7 +420,7 @@ async def drive(
                         f"not every service Ready after {ready_timeout:g} s: the harness node schedules about"
                         " 380 pods (64 CPUs); each service runs 2, the latency samples too"
                     )
-                progress(started, pids, ready=tracked.ready())
+                progress(ready=tracked.ready())
                 await asyncio.sleep(CHECK_INTERVAL)
         if settle_ready:
             settled = {"ready_all_s": round(time.perf_counter() - started, 1)}
