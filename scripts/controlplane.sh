@@ -3,7 +3,7 @@
 # kube-controller-manager and kube-scheduler, built from their Go modules (tests/controlplane/)
 # and run as local processes on free loopback ports. No Docker, no downloaded binary.
 #
-#   scripts/controlplane.sh build        build the binaries once into .tools/ (cached by version)
+#   scripts/controlplane.sh build        build the binaries once into the cache (~/.cache/agentops, keyed by version)
 #   scripts/controlplane.sh bin          print the folder holding the binaries (builds if missing)
 #   scripts/controlplane.sh built        exit 0 when the binaries are in the cache, 1 when not
 #   scripts/controlplane.sh start DIR    run the four processes; data, certificates, logs under DIR;
@@ -43,7 +43,7 @@ ldflags() {
 cache_dir() {
     local digest
     digest=$( (cat "$MODULE/go.mod" "$MODULE/go.sum" "$MODULE/cmd/etcd/main.go"; ldflags) | sha256sum | cut -c1-12)
-    echo "${CONTROLPLANE_TOOLS:-$ROOT/.tools}/controlplane/$(k8s_version)-${digest}"
+    echo "${CONTROLPLANE_TOOLS:-${AGENTOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentops}}/controlplane/$(k8s_version)-${digest}"
 }
 
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler)

@@ -4,7 +4,7 @@
 # reads), built from their Go module (tests/keda/: github.com/kedacore/keda/v2, pinned) like the
 # control plane and prometheus-adapter. No Docker, no downloaded binary.
 #
-#   scripts/keda.sh build   build both binaries once into .tools/ (cached by version)
+#   scripts/keda.sh build   build both binaries once into the cache (~/.cache/agentops, keyed by version)
 #   scripts/keda.sh dir     print the folder holding `keda-operator` and `keda-adapter` (builds if missing)
 #   scripts/keda.sh built   exit 0 when both binaries are in the cache, 1 when not
 #
@@ -33,7 +33,7 @@ LDFLAGS="-s -w -X $PACKAGE/version.Version=$(keda_version)"
 cache_dir() {
     local digest
     digest=$( (cat "$MODULE/go.mod" "$MODULE/go.sum"; echo "$LDFLAGS") | sha256sum | cut -c1-12)
-    echo "${CONTROLPLANE_TOOLS:-$ROOT/.tools}/keda/$(keda_version)-${digest}"
+    echo "${CONTROLPLANE_TOOLS:-${AGENTOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentops}}/keda/$(keda_version)-${digest}"
 }
 
 built() {

@@ -3,7 +3,7 @@
 # controller reads, built from its Go module (tests/adapter/: sigs.k8s.io/prometheus-adapter,
 # pinned) like the control plane. No Docker, no downloaded binary.
 #
-#   scripts/prometheus-adapter.sh build   build the binary once into .tools/ (cached by version)
+#   scripts/prometheus-adapter.sh build   build the binary once into the cache (~/.cache/agentops, keyed by version)
 #   scripts/prometheus-adapter.sh bin     print the path of the binary (builds if missing)
 #   scripts/prometheus-adapter.sh built   exit 0 when the binary is in the cache, 1 when not
 #
@@ -30,7 +30,7 @@ LDFLAGS="-s -w"
 cache_dir() {
     local digest
     digest=$( (cat "$MODULE/go.mod" "$MODULE/go.sum"; echo "$LDFLAGS") | sha256sum | cut -c1-12)
-    echo "${CONTROLPLANE_TOOLS:-$ROOT/.tools}/prometheus-adapter/$(adapter_version)-${digest}"
+    echo "${CONTROLPLANE_TOOLS:-${AGENTOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentops}}/prometheus-adapter/$(adapter_version)-${digest}"
 }
 
 built() {
