@@ -22,23 +22,24 @@ Before each step the loop asks the providers for the degradation level (`degrada
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent_runtime import budget, errors, tracing
+from agent_runtime import budget, costs, errors, tracing
 from agent_runtime.budget import BudgetLedger, Reservation, Scope, Verdict
 from agent_runtime.degradation import STATIC_MESSAGE, Level
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
 from agent_runtime.providers import ProviderSet
-from agent_runtime.tasks import Checkpoint, TaskStatus, Waiting
+from agent_runtime.tasks import CallUsage, Checkpoint, TaskStatus, Waiting
 from agent_runtime.tools import ToolError, ToolRegistry
 
 __all__ = ["Agent", "Outcome", "SaveCheckpoint"]
 
 SaveCheckpoint = Callable[[Checkpoint], Awaitable[None]]
+ROUTE_DEFAULT = "default"  # the route label of calls made without `routing` (one tier: the providers)
 log = get_logger(__name__)
 
 
@@ -82,6 +83,9 @@ class Agent:
         self.on_exhausted = on_exhausted
         # Failover may send a call to any provider: its worst case is at the dearest of their prices.
         self.call_prices = [prices.price(p.model) for p in providers.providers]
+        # Calls are reported under the model the spec configures for the provider that answered: a
+        # bounded set (a reply's own model id may carry a date, or anything an endpoint sends).
+        self.configured_models = {p.name: p.model for p in providers.providers}
 
     async def run(
         self,
@@ -92,8 +96,14 @@ class Agent:
         max_steps: int,
         save: SaveCheckpoint,
         fence: int = 0,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Outcome:
-        """Continue the task from `checkpoint` (empty for a new task) until a final answer or the step limit."""
+        """Continue the task from `checkpoint` (empty for a new task) until a final answer or the step limit.
+
+        `metadata` (the task's) names the user and intent its calls are reported under (`costs.py`).
+        """
+        metadata = metadata or {}
+        user, intent = costs.user_label(metadata), self.metrics.intent(metadata.get("intent"))
         state = checkpoint if checkpoint.messages else Checkpoint(messages=[{"role": "user", "content": task_input}])
         if checkpoint.messages:
             log.info("task_resumed", step=state.step)
@@ -121,7 +131,7 @@ class Agent:
             if not verdict.fits:
                 return self._not_made(verdict, state, worst)
             try:
-                state, cost = await self._step(task_id, state, level)
+                state = await self._step(task_id, state, level)
             except errors.AllProvidersUnavailable as exc:
                 await self._release(reservation)
                 log.warning("all_providers_unavailable", error=str(exc))
@@ -136,7 +146,15 @@ class Agent:
             # Settled before the checkpoint: a crash or a lost claim between the two must not
             # leave a paid call uncounted.
             if reservation is not None and self.ledger is not None:
-                await self.ledger.settle(reservation, budget.micros(cost))
+                call = state.calls[-1]
+                charge = costs.Charge(
+                    model=call.model,
+                    user=user,
+                    intent=intent,
+                    input_tokens=call.input_tokens,
+                    output_tokens=call.output_tokens,
+                )
+                await self.ledger.settle(reservation, call.cost_micros, charge)
             await save(state)
 
     async def _reserve(
@@ -207,7 +225,7 @@ class Agent:
             return schemas
         return [schema for schema in schemas if schema["name"] in self.degraded_tools]
 
-    async def _step(self, task_id: str, state: Checkpoint, level: Level) -> tuple[Checkpoint, float]:
+    async def _step(self, task_id: str, state: Checkpoint, level: Level) -> Checkpoint:
         with tracing.span("agent.step", {"agent.step": state.step + 1, "agent.degradation": level.label}) as span:
             reply = await self.providers.complete(
                 system=self.system_prompt,
@@ -242,12 +260,22 @@ class Agent:
             degradation=level.label,
         )
         content = reply.content or [{"type": "text", "text": ""}]
+        call = CallUsage(
+            model=self.configured_models.get(reply.provider, reply.model),
+            provider=reply.provider,
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
+            cost_micros=budget.micros(cost),
+            cached=reply.cached,
+        )
+        self.metrics.model_call(call.model, route=ROUTE_DEFAULT, call=call)
         checkpoint = Checkpoint(
             messages=[*state.messages, {"role": "assistant", "content": content}],
             step=state.step + 1,
             usage=state.usage.plus(reply.input_tokens, reply.output_tokens, cost),
+            calls=[*state.calls, call],
         )
-        return checkpoint, cost
+        return checkpoint
 
     async def _call_tool(self, use: dict[str, Any]) -> dict[str, Any]:
         name = str(use.get("name"))

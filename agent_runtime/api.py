@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import redis.asyncio
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
@@ -34,9 +34,10 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_runtime import budget, constants, errors, tracing
+from agent_runtime import budget, constants, costs, errors, tracing
 from agent_runtime.budget import BudgetLedger
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.costs import CostReports
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
 from agent_runtime.queue import TaskQueue
@@ -115,6 +116,8 @@ def create_app(
         per_task_limit_usd=config.per_task_budget_usd,
     )
     app.include_router(_task_routes(config, queue, metrics, auth_token, daily))
+    reports = CostReports(redis, keys=config.keys(), retention_days=config.report_retention_days)
+    app.include_router(_cost_routes(config, reports, auth_token))
     app.include_router(_probe_routes(queue, metrics, daily))
     _install_error_handlers(app, metrics, daily)
     app.add_middleware(_RequestId)
@@ -126,14 +129,7 @@ def create_app(
 def _task_routes(
     config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, auth_token: str | None, daily: BudgetLedger
 ) -> APIRouter:
-    async def authorize(request: Request) -> None:
-        if auth_token is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), auth_token.encode()):
-            raise _Unauthorized
-
-    router = APIRouter(prefix=constants.TASKS_PATH, dependencies=[Depends(authorize)])
+    router = APIRouter(prefix=constants.TASKS_PATH, dependencies=[Depends(_bearer(auth_token))])
 
     @router.post("", status_code=202, response_model=SubmitResponse)
     async def submit(body: SubmitRequest, response: Response) -> SubmitResponse:
@@ -183,6 +179,35 @@ def _task_routes(
             )
             log.info("task_cancelled", task_id=task_id)
         return CancelResponse(task_id=task_id, status=status)
+
+    return router
+
+
+def _bearer(auth_token: str | None) -> Callable[[Request], Awaitable[None]]:
+    """The dependency every `/v1` route needs: `Authorization: Bearer <AGENT_AUTH_TOKEN>`."""
+
+    async def authorize(request: Request) -> None:
+        if auth_token is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), auth_token.encode()):
+            raise _Unauthorized
+
+    return authorize
+
+
+def _cost_routes(config: RuntimeConfig, reports: CostReports, auth_token: str | None) -> APIRouter:
+    router = APIRouter(prefix=constants.COSTS_PATH, dependencies=[Depends(_bearer(auth_token))])
+
+    @router.get("")
+    async def cost_report(
+        start: str | None = Query(default=None, alias="from", max_length=64, description="RFC 3339; default: to - 24h"),
+        end: str | None = Query(default=None, alias="to", max_length=64, description="RFC 3339; default: now"),
+        top: int = Query(default=costs.DEFAULT_TOP, ge=0, le=costs.MAX_TOP, description="Dearest tasks listed."),
+    ) -> dict[str, Any]:
+        """Spend of a period by model, user, intent and hour, and its dearest tasks (docs/costs.md)."""
+        period = costs.parse_range(start, end, now=time.time(), retention_days=config.report_retention_days)
+        return await reports.report(period, top=top)
 
     return router
 
@@ -255,6 +280,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: BudgetLedger)
     handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
         errors.TaskNotFound: _plain(404),
         errors.InvalidTask: _plain(422),
+        errors.InvalidReportRange: _plain(422),
         errors.IdempotencyConflict: _plain(409),
     }
 

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio
 import redis.exceptions
 
-from agent_runtime import constants, errors
+from agent_runtime import constants, costs, errors
 from agent_runtime.config import PriceConfig
 from agent_runtime.scripts import run_script
 
@@ -323,9 +323,12 @@ return {scope, n(day_spent), n(day_reserved), n(task_spent), n(task_reserved)}
 """
 )
 
-# KEYS: holds, expiry, day spent (of the reservation's day), task spent
-# ARGV: id, cost µUSD, day ttl s, task ttl s     (counts the cost even if the hold was released)
-_SETTLE = """
+# KEYS: holds, expiry, day spent (of the reservation's day), task spent[, the hour's cost figures]
+# ARGV: id, cost µUSD, day ttl s, task ttl s[, the call's report figures: see costs.AGGREGATE_LUA]
+# (counts the cost even if the hold was released; a call that was answered is added to its hour's
+# report in the same script, so the report and the day's spend cannot disagree)
+_SETTLE = (
+    """
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 local cost = tonumber(ARGV[2])
@@ -335,8 +338,12 @@ if cost > 0 then
   redis.call('INCRBY', KEYS[4], ARGV[2])
   redis.call('EXPIRE', KEYS[4], ARGV[4])
 end
+"""
+    + costs.AGGREGATE_LUA
+    + """
 return redis.call('GET', KEYS[3]) or '0'
 """
+)
 
 # KEYS: holds, expiry, day spent, held tasks, legacy day spend   ARGV: day
 # Returns {day spent, day reserved, held tasks} (expired reservations are dropped first)
@@ -367,6 +374,7 @@ class Reservation:
     day: str
     task_id: str
     amount: int  # micro-USD
+    hour: str = ""  # the UTC hour it was made in (`costs.hour_of`), where the call's cost is reported
 
 
 @dataclass(frozen=True)
@@ -402,6 +410,8 @@ class BudgetLedger:
         per_task_limit_usd: float | None,
         hold_ttl_seconds: float = 3600.0,
         task_ttl_seconds: int = 7 * 86_400,
+        report_retention_days: int = 35,
+        report_max_users: int = 100,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis_client
@@ -411,6 +421,8 @@ class BudgetLedger:
         self.daily_limit_usd = daily_limit_usd
         self.hold_ttl_seconds = hold_ttl_seconds
         self.task_ttl_seconds = task_ttl_seconds
+        self.report_ttl_seconds = report_retention_days * 86_400 + 86_400
+        self.report_max_users = report_max_users
         self._clock = clock
         self._reserve = redis_client.register_script(_RESERVE)
         self._settle = redis_client.register_script(_SETTLE)
@@ -429,7 +441,8 @@ class BudgetLedger:
 
         `task_floor` is the task's spend as its checkpoint knows it (tasks begun before this ledger).
         """
-        day = self.today()
+        now = self._clock()
+        day, hour = day_of(now), costs.hour_of(now)
         reservation_id = uuid.uuid4().hex
         keys = [
             self.keys.budget_holds(),
@@ -453,10 +466,13 @@ class BudgetLedger:
         verdict = Verdict(Scope(scope), amount, int(day_spent), int(day_reserved), int(task_spent), int(task_reserved))
         if not verdict.fits:
             return verdict, None
-        return verdict, Reservation(id=reservation_id, day=day, task_id=task_id, amount=amount)
+        return verdict, Reservation(id=reservation_id, day=day, task_id=task_id, amount=amount, hour=hour)
 
-    async def settle(self, reservation: Reservation, cost: int) -> int:
-        """Replace the reservation by the call's real cost (µUSD; 0: no call was billed); the day's spend after."""
+    async def settle(self, reservation: Reservation, cost: int, charge: costs.Charge | None = None) -> int:
+        """Replace the reservation by the call's real cost (µUSD; 0: no call was billed); the day's spend after.
+
+        With a `charge` (the call was answered) the call is added to its hour's cost report as well.
+        """
         keys = [
             self.keys.budget_holds(),
             self.keys.budget_expiry(),
@@ -464,6 +480,18 @@ class BudgetLedger:
             self.keys.budget_task(reservation.task_id),
         ]
         args: list[str | int] = [reservation.id, max(cost, 0), _KEEP_DAY_SECONDS, self.task_ttl_seconds]
+        if charge is not None:
+            # the reservation's hour, so that the hour lies in the day whose spend the call joins
+            keys.append(self.keys.costs_hour(reservation.hour))
+            args += [
+                self.report_ttl_seconds,
+                charge.model,
+                charge.user,
+                charge.intent,
+                max(charge.input_tokens, 0),
+                max(charge.output_tokens, 0),
+                self.report_max_users,
+            ]
         return int(await _run(run_script(self._settle, keys, args)))
 
     async def snapshot(self) -> Snapshot:

@@ -16,6 +16,7 @@ from agent_runtime import budget, redisconn
 from agent_runtime.agent import Agent
 from agent_runtime.budget import BudgetLedger, BudgetWatch
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.costs import CostReports
 from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
 from agent_runtime.providers import ProviderSet, build_providers
@@ -24,7 +25,7 @@ from agent_runtime.redisconn import RedisSettings
 from agent_runtime.tools import load_registry
 from agent_runtime.worker import Worker
 
-__all__ = ["WorkerParts", "build_ledger", "build_worker", "connect_redis"]
+__all__ = ["WorkerParts", "build_ledger", "build_reports", "build_worker", "connect_redis"]
 
 
 def connect_redis(
@@ -47,8 +48,15 @@ def build_ledger(
         # room for that release's own round trip: a live worker's reservation never expires under it.
         hold_ttl_seconds=config.task_timeout_seconds + 10.0,
         task_ttl_seconds=config.task_ttl_seconds,
+        report_retention_days=config.report_retention_days,
+        report_max_users=config.report_max_users,
         clock=clock,
     )
+
+
+def build_reports(config: RuntimeConfig, redis_client: redis.asyncio.Redis) -> CostReports:
+    """The service's cost reports in Redis (read by the API, ranked into by the workers)."""
+    return CostReports(redis_client, keys=config.keys(), retention_days=config.report_retention_days)
 
 
 @dataclass
@@ -112,5 +120,6 @@ def build_worker(
         consumer=consumer,
         budget=watch,
         circuits=providers,
+        reports=build_reports(config, redis_client),
     )
     return WorkerParts(worker=worker, queue=queue, metrics=metrics, providers=providers)

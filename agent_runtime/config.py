@@ -82,6 +82,12 @@ class RuntimeConfig(BaseModel):
         default=5.0, gt=0, description="How often workers look whether held tasks can go back to the queue."
     )
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    report_retention_days: int = Field(
+        default=35, ge=1, le=400, description="Days the cost reports' hourly figures and rankings are kept."
+    )
+    report_max_users: int = Field(
+        default=100, ge=1, le=10_000, description="Users named in one hour's cost figures; the rest count as 'other'."
+    )
     worker_concurrency: int = 8
     shutdown_grace_seconds: float = 110.0
     tools: list[str] = Field(default_factory=list, description="Import paths of extra tool modules.")

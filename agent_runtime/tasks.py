@@ -16,6 +16,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_METADATA_DEPTH",
     "TERMINAL",
+    "CallUsage",
     "Checkpoint",
     "Progress",
     "TaskRecord",
@@ -93,6 +94,19 @@ class Usage(BaseModel):
         )
 
 
+class CallUsage(BaseModel):
+    """One completed model call of a task: which model answered, its tokens and what it was charged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    provider: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_micros: int = Field(default=0, description="What the budget ledger settled for it (micro-USD, rounded up).")
+    cached: bool = False
+
+
 class Checkpoint(BaseModel):
     """The agent loop's state after its last completed step: enough to resume without re-running it."""
 
@@ -101,6 +115,18 @@ class Checkpoint(BaseModel):
     messages: list[dict[str, Any]] = Field(default_factory=list)
     step: int = 0  # model calls completed (each one billed exactly once)
     usage: Usage = Field(default_factory=Usage)
+    calls: list[CallUsage] = Field(default_factory=list)  # one per completed step, in order
+
+    def cost_micros(self) -> int:
+        """The task's spend as the ledger counted it: the sum of its calls' settled micro-dollars."""
+        return sum(call.cost_micros for call in self.calls)
+
+    def main_model(self) -> str:
+        """The model that cost the task most (the first one on a tie; "" before any call)."""
+        totals: dict[str, int] = {}
+        for call in self.calls:
+            totals[call.model] = totals.get(call.model, 0) + call.cost_micros
+        return max(totals, key=lambda model: totals[model], default="")
 
 
 class Waiting(BaseModel):
@@ -134,6 +160,7 @@ class TaskView(BaseModel):
     error: str | None = None
     last_error: str | None = None
     usage: Usage
+    calls: list[CallUsage] = Field(default_factory=list, description="Each model call: model, provider, tokens, cost.")
     degradation: str | None = None  # worst degradation level the task ran at (full … static)
     waiting: Waiting | None = None  # why a queued task waits (only while queued)
     attempts: int
@@ -207,6 +234,7 @@ class TaskRecord(BaseModel):
             error=self.error,
             last_error=self.last_error,
             usage=usage,
+            calls=self.checkpoint.calls,
             degradation=self.degradation,
             waiting=self.waiting if self.status == TaskStatus.QUEUED else None,
             attempts=self.deliveries,
