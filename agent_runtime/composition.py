@@ -100,15 +100,19 @@ def build_worker(
         per_task_budget_usd=config.per_task_budget_usd,
         ledger=ledger,
         on_exhausted=config.budget_on_exhausted,
+        min_output_tokens=config.budget_min_output_tokens,
+        budget_wait_seconds=config.budget_wait_seconds,
     )
     queue = TaskQueue.from_config(config, redis_client)
     watch = BudgetWatch(
         ledger,
         queue,
         metrics,
-        smallest_call=budget.smallest_call(agent.call_prices, config.max_output_tokens),
+        smallest_call=budget.smallest_call(agent.call_prices, agent.min_output_tokens),
         interval_seconds=config.budget_check_seconds,
+        most=concurrency,
     )
+    agent.on_settled = watch.money_back
     worker = Worker(
         queue=queue,
         runner=agent,

@@ -78,6 +78,18 @@ class RuntimeConfig(BaseModel):
         default="hold",
         description="A task whose next call does not fit the daily budget waits for money (hold) or fails (fail).",
     )
+    budget_min_output_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="When the day's budget cannot cover a call's full max_output_tokens, the call may still go"
+        " with its output capped to what is left, down to this many tokens (below: the task waits or is held).",
+    )
+    budget_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a call that does not fit waits for calls in flight to settle (their reservations"
+        " are worst cases) before its task is held.",
+    )
     budget_check_seconds: float = Field(
         default=5.0, gt=0, description="How often workers look whether held tasks can go back to the queue."
     )

@@ -138,6 +138,11 @@ class Waiting(BaseModel):
     message: str = Field(description="The figures, and when the task may run again.")
     until: float = Field(description="Unix time money comes back (the next 00:00 UTC), unless the budget is raised.")
     needed_usd: float = Field(description="What the task's next model call could cost (its reservation).")
+    least_usd: float | None = Field(
+        default=None,
+        description="The least its next call must reserve to go (its output capped to budget_min_output_tokens):"
+        " the task is sent back as soon as the day has that much left.",
+    )
     spent_usd: float = Field(description="The day's spend when the task was put aside.")
     reserved_usd: float = Field(description="Reserved by calls in flight then.")
     limit_usd: float = Field(description="The daily budget (budget.dailyUSD).")

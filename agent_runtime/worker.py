@@ -299,6 +299,10 @@ class Worker:
                 log.warning("hold_failed", error=str(store))  # still pending: reclaimed (and held) later
                 return
             log.info("task_held", step=latest.step, reason=exc.waiting.reason, until=exc.waiting.until)
+            if self.budget is not None:
+                # A call in flight may have settled between this task's verdict and its hold, finding
+                # nothing held to send back: look once more now that the task is in the held set.
+                await self.budget.money_back()
             return
         except errors.StoreUnavailable as exc:
             log.warning("task_interrupted", error=str(exc))  # pending: resumed from its checkpoint later
