@@ -31,7 +31,7 @@ from agentops_dev.localmodel import LocalModelServer
 from agentops_dev.localredis import LocalRedis
 from agentops_dev.runtimeprocesses import ForkedRuntime, write_config
 
-from agent_runtime.budget import MICROS
+from agent_runtime.budget import MICROS, BudgetLedger
 from agent_runtime.composition import build_ledger, connect_redis
 from agent_runtime.config import ProviderConfig, RuntimeConfig
 from agent_runtime.pricing import PriceTable
@@ -99,37 +99,47 @@ async def run(args: argparse.Namespace) -> None:
                     process.signal(signal.SIGTERM)
                 for process in processes:
                     await process.wait(60)
-            records = [await queue.get(task_id) for task_id in ids]
-            final = await ledger.snapshot()
-            prices = PriceTable()
-            calls = model.completed()
-            billed = sum(prices.cost(MODEL, c.input_tokens, c.output_tokens) for c in calls)
-            statuses = {status: sum(r.status == status for r in records) for status in TaskStatus}
-            budget = args.budget * MICROS
-            hold = "never" if first_hold is None else f"${first_hold / MICROS:.6f} ({first_hold / budget:.1%})"
-            print(
-                f"tasks {args.tasks}, workers {args.workers} x {args.concurrency}, budget ${args.budget:.2f},"
-                f" max_output_tokens {args.max_output_tokens}, latency {args.latency:g} s, padding {args.padding}"
-            )
-            print(f"  spend at the first hold: {hold}")
-            print(
-                f"  spend at the end: ${final.spent / MICROS:.6f} ({final.spent / budget:.1%}), after {elapsed:.1f} s"
-            )
-            print(f"  billed (model server usage at list price): ${billed:.6f} over {len(calls)} calls")
-            recorded = sum(r.checkpoint.usage.cost_usd for r in records)
-            print(
-                f"  the tasks' own usage at list price: ${recorded:.6f} over {sum(r.checkpoint.step for r in records)} calls"
-            )
-            print(f"  overspend: ${max(billed - args.budget, 0):.6f}")
-            print(
-                f"  tasks: {statuses[TaskStatus.SUCCEEDED]} succeeded, {final.held_tasks} held,"
-                f" {statuses[TaskStatus.FAILED]} failed, {statuses[TaskStatus.QUEUED]} queued"
-            )
+            await report(args, model, queue=queue, ledger=ledger, ids=ids, first_hold=first_hold, elapsed=elapsed)
     finally:
         for process in processes:
             await process.kill()
         await client.aclose()
         server.stop()
+
+
+async def report(
+    args: argparse.Namespace,
+    model: LocalModelServer,
+    *,
+    queue: TaskQueue,
+    ledger: BudgetLedger,
+    ids: list[str],
+    first_hold: int | None,
+    elapsed: float,
+) -> None:
+    records = [await queue.get(task_id) for task_id in ids]
+    final = await ledger.snapshot()
+    prices = PriceTable()
+    calls = model.completed()
+    billed = sum(prices.cost(MODEL, c.input_tokens, c.output_tokens) for c in calls)
+    statuses = {status: sum(r.status == status for r in records) for status in TaskStatus}
+    budget = args.budget * MICROS
+    hold = "never" if first_hold is None else f"${first_hold / MICROS:.6f} ({first_hold / budget:.1%})"
+    print(
+        f"tasks {args.tasks}, workers {args.workers} x {args.concurrency}, budget ${args.budget:.2f},"
+        f" max_output_tokens {args.max_output_tokens}, latency {args.latency:g} s, padding {args.padding}"
+    )
+    print(f"  spend at the first hold: {hold}")
+    print(f"  spend at the end: ${final.spent / MICROS:.6f} ({final.spent / budget:.1%}), after {elapsed:.1f} s")
+    print(f"  billed (model server usage at list price): ${billed:.6f} over {len(calls)} calls")
+    recorded = sum(r.checkpoint.usage.cost_usd for r in records)
+    steps = sum(r.checkpoint.step for r in records)
+    print(f"  the tasks' own usage at list price: ${recorded:.6f} over {steps} calls")
+    print(f"  overspend: ${max(billed - args.budget, 0):.6f}")
+    print(
+        f"  tasks: {statuses[TaskStatus.SUCCEEDED]} succeeded, {final.held_tasks} held,"
+        f" {statuses[TaskStatus.FAILED]} failed, {statuses[TaskStatus.QUEUED]} queued"
+    )
 
 
 def main() -> None:
