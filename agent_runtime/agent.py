@@ -29,8 +29,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent_runtime import budget, costs, errors, tracing
+from agent_runtime import budget, costs, errors, routing, tracing
 from agent_runtime.budget import BudgetLedger, Reservation, Scope, Verdict
+from agent_runtime.config import RoutingConfig
 from agent_runtime.degradation import STATIC_MESSAGE, Level
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
@@ -76,6 +77,7 @@ class Agent:
         min_output_tokens: int = 256,
         budget_wait_seconds: float = 30.0,
         on_settled: Callable[[], Awaitable[None]] | None = None,
+        routing: RoutingConfig | None = None,
     ) -> None:
         self.providers = providers
         self.tools = tools
@@ -90,6 +92,7 @@ class Agent:
         self.min_output_tokens = max(1, min(min_output_tokens, max_output_tokens))
         self.budget_wait_seconds = budget_wait_seconds
         self.on_settled = on_settled
+        self.routing = routing
         # Failover may send a call to any provider: its worst case is at the dearest of their prices.
         self.call_prices = [prices.price(p.model) for p in providers.providers]
         # A reservation capped to what the day has left prices input and output at the dearest
@@ -116,7 +119,6 @@ class Agent:
         `metadata` (the task's) names the user and intent its calls are reported under (`costs.py`).
         """
         metadata = metadata or {}
-        user, intent = costs.user_label(metadata), self.metrics.intent(metadata.get("intent"))
         state = checkpoint if checkpoint.messages else Checkpoint(messages=[{"role": "user", "content": task_input}])
         if checkpoint.messages:
             log.info("task_resumed", step=state.step)
@@ -140,33 +142,77 @@ class Agent:
                 return self._budget_outcome(state, worst)
             level = self.providers.refresh_metrics()
             worst = max(worst, level)
-            verdict, reservation = await self._reserve(task_id, fence, state, level)
-            if not verdict.fits:
-                return self._not_made(verdict, state, worst)
-            try:
-                state = await self._step(task_id, state, level, verdict.output_tokens or self.max_output_tokens)
-            except errors.AllProvidersUnavailable as exc:
-                await self._release(reservation)
-                log.warning("all_providers_unavailable", error=str(exc))
-                return Outcome(
-                    TaskStatus.FAILED, state, result=STATIC_MESSAGE, error=str(exc), degradation=Level.STATIC.label
-                )
-            except BaseException:
-                # No reply: the call failed, was refused or was cancelled, and is not billed. If the
-                # release fails (Redis away) the reservation's expiry brings the money back.
-                await self._release(reservation)
-                raise
-            # Settled before the checkpoint: a crash or a lost claim between the two must not
-            # leave a paid call uncounted.
-            await self._settle(reservation, state.calls[-1], user=user, intent=intent)
+            made = await self._paid_call(task_id, fence, state, level, worst=worst, metadata=metadata)
+            if isinstance(made, Outcome):
+                return made
+            state = made
             await save(state)
 
+    async def _paid_call(
+        self, task_id: str, fence: int, state: Checkpoint, level: Level, *, worst: Level, metadata: Mapping[str, Any]
+    ) -> Checkpoint | Outcome:
+        """One model call, reserved first and settled after: the next step, or the classifier's label."""
+        classify = self._needs_label(state, metadata)
+        request = self._classifier_request(state) if classify else self._request(state, level)
+        verdict, reservation = await self._reserve(task_id, fence, state, request)
+        if not verdict.fits:
+            return self._not_made(verdict, state, worst)
+        if classify:
+            assert self.routing is not None and self.routing.classifier is not None
+            route = routing.Route(routing.CLASSIFIER_ROUTE, self.routing.classifier)
+        else:
+            complexity = state.complexity or routing.complexity_of(metadata)
+            route = routing.choose(
+                self.routing, complexity=complexity, intent=metadata.get("intent"), remaining_usd=self._left(verdict)
+            )
+        max_tokens = min(verdict.output_tokens or request.max_tokens, request.max_tokens)
+        try:
+            made = await self._step(task_id, state, level, request, max_tokens=max_tokens, route=route)
+        except errors.AllProvidersUnavailable as exc:
+            await self._release(reservation)
+            log.warning("all_providers_unavailable", error=str(exc))
+            return Outcome(
+                TaskStatus.FAILED, state, result=STATIC_MESSAGE, error=str(exc), degradation=Level.STATIC.label
+            )
+        except BaseException:
+            # No reply: the call failed, was refused or was cancelled, and is not billed. If the
+            # release fails (Redis away) the reservation's expiry brings the money back.
+            await self._release(reservation)
+            raise
+        # Settled before the checkpoint: a crash or a lost claim between the two must not
+        # leave a paid call uncounted.
+        user, intent = costs.user_label(metadata), self.metrics.intent(metadata.get("intent"))
+        await self._settle(reservation, made.calls[-1], user=user, intent=intent)
+        return made
+
+    def _needs_label(self, state: Checkpoint, metadata: Mapping[str, Any]) -> bool:
+        """Routing has a classifier, and the task no complexity of its own nor one labelled before."""
+        return (
+            self.routing is not None
+            and self.routing.classifier is not None
+            and state.complexity is None
+            and routing.complexity_of(metadata) is None
+        )
+
+    def _left(self, verdict: Verdict) -> float | None:
+        """What the day's budget had left before this call's reservation (USD; None without a daily budget)."""
+        if self.ledger is None or self.ledger.daily_limit is None:
+            return None
+        return max(self.ledger.daily_limit - verdict.day_spent - verdict.day_reserved, 0) / budget.MICROS
+
+    def _request(self, state: Checkpoint, level: Level) -> _Request:
+        return _Request(self.system_prompt, state.messages, self._tool_schemas(level), self.max_output_tokens)
+
+    def _classifier_request(self, state: Checkpoint) -> _Request:
+        first = state.messages[0]
+        return _Request(routing.CLASSIFIER_SYSTEM, [first], [], routing.CLASSIFIER_MAX_TOKENS, classify=True)
+
     async def _reserve(
-        self, task_id: str, fence: int, state: Checkpoint, level: Level
+        self, task_id: str, fence: int, state: Checkpoint, request: _Request
     ) -> tuple[Verdict, Reservation | None]:
         """Reserve the next call's worst case (see `budget.py`); without a ledger, only the per-task cap."""
-        bound = budget.input_token_bound(self.system_prompt, state.messages, self._tool_schemas(level))
-        amount = budget.worst_case(self.call_prices, bound, self.max_output_tokens)
+        bound = budget.input_token_bound(request.system, request.messages, request.tools)
+        amount = budget.worst_case(self.call_prices, bound, request.max_tokens)
         spent = budget.micros(state.usage.cost_usd)
         if self.ledger is None:
             limit = None if self.per_task_budget_usd is None else budget.micros(self.per_task_budget_usd)
@@ -180,8 +226,8 @@ class Agent:
             shrink = budget.Shrink(
                 input_micros=bound * self.dearest_input,
                 output_micros=self.dearest_output,
-                max_output=self.max_output_tokens,
-                min_output=self.min_output_tokens,
+                max_output=request.max_tokens,
+                min_output=min(self.min_output_tokens, request.max_tokens),
             )
         deadline = time.monotonic() + self.budget_wait_seconds
         pause = 0.02
@@ -268,14 +314,22 @@ class Agent:
             return schemas
         return [schema for schema in schemas if schema["name"] in self.degraded_tools]
 
-    async def _step(self, task_id: str, state: Checkpoint, level: Level, max_tokens: int) -> Checkpoint:
-        with tracing.span("agent.step", {"agent.step": state.step + 1, "agent.degradation": level.label}) as span:
+    async def _step(
+        self, task_id: str, state: Checkpoint, level: Level, request: _Request, *, max_tokens: int, route: routing.Route
+    ) -> Checkpoint:
+        attributes: tracing.Attributes = {
+            "agent.step": state.step + 1,
+            "agent.degradation": level.label,
+            "agent.route": route.name,
+        }
+        with tracing.span("agent.step", attributes) as span:
             reply = await self.providers.complete(
-                system=self.system_prompt,
-                messages=state.messages,
-                tools=self._tool_schemas(level),
+                system=request.system,
+                messages=request.messages,
+                tools=request.tools,
                 max_tokens=max_tokens,
                 task_id=task_id,
+                prefer=route.provider,
             )
             cost = 0.0 if reply.cached else self.prices.cost(reply.model, reply.input_tokens, reply.output_tokens)
             span.set(
@@ -291,10 +345,21 @@ class Agent:
                 }
             )
         self.metrics.spent(cost)  # billed now, whatever happens next
-        log.info(
-            "step_completed",
-            step=state.step + 1,
+        call = CallUsage(
+            model=self.configured_models.get(reply.provider, reply.model),
             provider=reply.provider,
+            route=route.name,
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
+            cost_micros=budget.micros(cost),
+            cached=reply.cached,
+        )
+        self.metrics.model_call(call.model, route=route.name, call=call)
+        log.info(
+            "step_completed" if not request.classify else "task_classified",
+            step=state.step + (0 if request.classify else 1),
+            provider=reply.provider,
+            route=route.name,
             stop_reason=reply.stop_reason,
             input_tokens=reply.input_tokens,
             output_tokens=reply.output_tokens,
@@ -302,23 +367,18 @@ class Agent:
             cached=reply.cached,
             degradation=level.label,
         )
+        usage = state.usage.plus(reply.input_tokens, reply.output_tokens, cost)
+        if request.classify:  # a label for routing, not a step of the conversation
+            label = routing.label_of(_text(reply.content or []))
+            return state.model_copy(update={"complexity": label, "usage": usage, "calls": [*state.calls, call]})
         content = reply.content or [{"type": "text", "text": ""}]
-        call = CallUsage(
-            model=self.configured_models.get(reply.provider, reply.model),
-            provider=reply.provider,
-            input_tokens=reply.input_tokens,
-            output_tokens=reply.output_tokens,
-            cost_micros=budget.micros(cost),
-            cached=reply.cached,
-        )
-        self.metrics.model_call(call.model, route=ROUTE_DEFAULT, call=call)
-        checkpoint = Checkpoint(
+        return Checkpoint(
             messages=[*state.messages, {"role": "assistant", "content": content}],
             step=state.step + 1,
-            usage=state.usage.plus(reply.input_tokens, reply.output_tokens, cost),
+            usage=usage,
             calls=[*state.calls, call],
+            complexity=state.complexity,
         )
-        return checkpoint
 
     async def _call_tool(self, use: dict[str, Any]) -> dict[str, Any]:
         name = str(use.get("name"))
@@ -333,6 +393,17 @@ class Agent:
                 return {"type": "tool_result", "tool_use_id": use["id"], "content": str(exc), "is_error": True}
         self.metrics.tool_called(name, ok=True)
         return {"type": "tool_result", "tool_use_id": use["id"], "content": output}
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What one model call sends (the max_tokens before any cap by the budget)."""
+
+    system: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    max_tokens: int
+    classify: bool = False
 
 
 def _text(content: list[dict[str, Any]]) -> str:

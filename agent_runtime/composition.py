@@ -102,6 +102,7 @@ def build_worker(
         on_exhausted=config.budget_on_exhausted,
         min_output_tokens=config.budget_min_output_tokens,
         budget_wait_seconds=config.budget_wait_seconds,
+        routing=config.routing,
     )
     queue = TaskQueue.from_config(config, redis_client)
     watch = BudgetWatch(

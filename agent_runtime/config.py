@@ -46,6 +46,29 @@ class ProviderConfig(BaseModel):
     )
 
 
+class RouteRule(BaseModel):
+    """One routing rule: tasks whose metadata matches (every field set) go to `provider` first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    provider: str
+    complexity: str | None = None
+    intent: str | None = None
+
+
+class RoutingConfig(BaseModel):
+    """`spec.model.routing` as the runtime sees it (`routing.py` decides)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: list[RouteRule] = Field(default_factory=list)
+    default: str | None = None
+    classifier: str | None = None
+    fallback_below_usd: float | None = None
+    fallback_provider: str | None = None
+
+
 class PriceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,6 +88,7 @@ class RuntimeConfig(BaseModel):
     track: Track = Track.STABLE
     providers: list[ProviderConfig] = Field(default_factory=list)
     strategy: str = "failover"
+    routing: RoutingConfig | None = None
     system_prompt: str = "You are a helpful agent. Use the tools when they help, then answer concisely."
     max_output_tokens: int = 1024
     requests_per_minute: int = 600

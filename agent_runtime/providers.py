@@ -213,8 +213,17 @@ class ProviderSet:
     def _refresh_on_scrape(self) -> None:
         self.refresh_metrics()
 
-    def order(self) -> list[Provider]:
-        """The providers in the order the next call tries them (circuits not considered)."""
+    def order(self, prefer: str | None = None) -> list[Provider]:
+        """The providers in the order the next call tries them (circuits not considered).
+
+        `prefer` (a provider name, from routing) goes first; the others follow in the strategy's order.
+        """
+        ordered = self._strategy_order()
+        if prefer is not None:
+            ordered.sort(key=lambda p: p.name != prefer)  # stable: the rest keep the strategy's order
+        return ordered
+
+    def _strategy_order(self) -> list[Provider]:
         if self.strategy == "round_robin":
             start = next(self._turn) % len(self.providers)
             return self.providers[start:] + self.providers[:start]
@@ -257,8 +266,12 @@ class ProviderSet:
         tools: Sequence[Mapping[str, Any]],
         max_tokens: int,
         task_id: str,
+        prefer: str | None = None,
     ) -> ModelReply:
-        """One model call through cache, circuits, limiter, failover and retries (see the module docstring)."""
+        """One model call through cache, circuits, limiter, failover and retries (see the module docstring).
+
+        `prefer`: the provider routing chose, tried first (`ProviderSet.order`).
+        """
         failures: list[str] = []
         request = {"system": system, "messages": messages, "tools": tools, "max_tokens": max_tokens, "task_id": task_id}
         for attempt in range(self.max_retries + 1):
@@ -267,7 +280,7 @@ class ProviderSet:
                 await self._sleep(delay)
             now = self._clock()
             candidates = [
-                (rank, p) for rank, p in enumerate(self.order()) if self.circuits[p.name].view().available(now)
+                (rank, p) for rank, p in enumerate(self.order(prefer)) if self.circuits[p.name].view().available(now)
             ]
             if not candidates:
                 break

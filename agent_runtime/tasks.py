@@ -101,6 +101,7 @@ class CallUsage(BaseModel):
 
     model: str
     provider: str
+    route: str = "default"  # the routing decision that chose the provider tried first (`routing.py`)
     input_tokens: int = 0
     output_tokens: int = 0
     cost_micros: int = Field(default=0, description="What the budget ledger settled for it (micro-USD, rounded up).")
@@ -115,7 +116,8 @@ class Checkpoint(BaseModel):
     messages: list[dict[str, Any]] = Field(default_factory=list)
     step: int = 0  # model calls completed (each one billed exactly once)
     usage: Usage = Field(default_factory=Usage)
-    calls: list[CallUsage] = Field(default_factory=list)  # one per completed step, in order
+    calls: list[CallUsage] = Field(default_factory=list)  # every model call in order: the steps, and a classifier's
+    complexity: str | None = None  # the classifier's label (routing), kept so that it is asked once per task
 
     def cost_micros(self) -> int:
         """The task's spend as the ledger counted it: the sum of its calls' settled micro-dollars."""

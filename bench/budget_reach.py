@@ -13,7 +13,8 @@ case as the runtime reserves it (the input bound plus all of `--max-output-token
 
 Every 10 ms the bench reads the day's figures from Redis (the ledger's snapshot). It reports:
 the spend when the first task was held (and the share of the budget), the spend at the end (once
-nothing runs, nothing is reserved, the queue is empty and that lasts 3 s), the spend the model
+nothing runs, nothing is reserved, the queue is empty and that lasts 3 s, or after `--max-seconds`:
+a runtime that sends held tasks back only to hold them again is never quiet), the spend the model
 server's own usage counts at list price (billed), tasks succeeded / held / failed, and any overspend
 (billed over the budget).
 """
@@ -93,6 +94,8 @@ async def run(args: argparse.Namespace) -> None:
                         quiet_since = time.monotonic()
                     elif time.monotonic() - quiet_since >= SETTLED_SECONDS:
                         break
+                    if time.monotonic() - started > args.max_seconds:  # held tasks sent back and held again
+                        break
                     await asyncio.sleep(0.01)
                 elapsed = time.monotonic() - started
                 for process in processes:
@@ -130,7 +133,10 @@ async def report(
         f" max_output_tokens {args.max_output_tokens}, latency {args.latency:g} s, padding {args.padding}"
     )
     print(f"  spend at the first hold: {hold}")
-    print(f"  spend at the end: ${final.spent / MICROS:.6f} ({final.spent / budget:.1%}), after {elapsed:.1f} s")
+    ended = "quiet" if elapsed <= args.max_seconds else "still sending held tasks back and holding them again"
+    print(
+        f"  spend at the end: ${final.spent / MICROS:.6f} ({final.spent / budget:.1%}), after {elapsed:.1f} s ({ended})"
+    )
     print(f"  billed (model server usage at list price): ${billed:.6f} over {len(calls)} calls")
     recorded = sum(r.checkpoint.usage.cost_usd for r in records)
     steps = sum(r.checkpoint.step for r in records)
@@ -150,6 +156,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1.0)
     parser.add_argument("--max-output-tokens", type=int, default=8192)
     parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--max-seconds", type=float, default=90.0, help="stop measuring after this long")
     parser.add_argument("--padding", type=int, default=4000, help="characters of context before each question")
     asyncio.run(run(parser.parse_args()))
 

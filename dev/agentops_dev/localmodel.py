@@ -49,6 +49,9 @@ __all__ = [
 ]
 
 MODEL = "claude-sonnet-5-5"
+# A system prompt holding this asks for a task's complexity (`agent_runtime.routing.CLASSIFIER_SYSTEM`):
+# the reply is one word, by how many expressions the task asks to compute.
+CLASSIFY_MARKER = "Classify the complexity of the user's task"
 # A final model error: the runtime does not retry a 400, so each one fails its task. A 5xx would
 # not do for a "bad model version": the runtime retries it (the task is redelivered), so it shows
 # as latency rather than as failed tasks.
@@ -128,7 +131,12 @@ def respond(body: dict[str, Any], *, message_id: str) -> dict[str, Any]:
     expressions = _EXPRESSION.findall(prompt)
     results = _tool_results(messages)
     content: list[dict[str, Any]]
-    if "calculator" in offered and len(results) < len(expressions):
+    if CLASSIFY_MARKER in str(body.get("system") or ""):
+        # the runtime's routing classifier: as many expressions to compute, as complex the task
+        label = "simple" if len(expressions) <= 1 else "medium" if len(expressions) == 2 else "complex"
+        content = [{"type": "text", "text": label}]
+        stop_reason = "end_turn"
+    elif "calculator" in offered and len(results) < len(expressions):
         expression = expressions[len(results)]
         digest = hashlib.sha256(f"{prompt}\x00{len(results)}".encode()).hexdigest()[:24]
         content = [

@@ -243,6 +243,66 @@ class CircuitBreaker(Model):
     )
 
 
+class Complexity(StrEnum):
+    SIMPLE = "simple"
+    MEDIUM = "medium"
+    COMPLEX = "complex"
+
+
+class RouteMetadata(Model):
+    """What a rule matches in a task's metadata (every field set must be equal)."""
+
+    complexity: Complexity | None = Field(
+        default=None, description="metadata.complexity (or the classifier's label when the task carries none)."
+    )
+    intent: str | None = Field(default=None, min_length=1, max_length=63, description="metadata.intent.")
+
+
+class RoutingRule(Model):
+    """Tasks whose metadata matches go to one provider first (its failover goes on to the others)."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL, description="The route's name: the `route` metric label."
+    )
+    metadata: RouteMetadata = Field(description="What the task's metadata must hold.")
+    provider: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="A name of model.providers.")
+
+
+class BudgetFallback(Model):
+    """Below this much left of the day's budget, every new model call goes to one (cheap) provider."""
+
+    below_remaining_usd: float = Field(
+        alias="belowRemainingUSD", ge=0, description="Remaining daily budget (USD) under which the fallback applies."
+    )
+    provider: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="A name of model.providers.")
+
+
+ROUTES_RESERVED = ("default", "fallback", "classifier")
+
+
+class Routing(Model):
+    """Which provider each model call goes to first, chosen per call (docs/costs.md)."""
+
+    rules: list[RoutingRule] = Field(default_factory=list, max_length=16, description="First match wins.")
+    default: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Provider of tasks no rule matches (unset: the strategy's order, as without routing).",
+    )
+    classifier: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Provider that labels a task without metadata.complexity (one call, charged to the task).",
+    )
+    budget_fallback: BudgetFallback | None = Field(
+        default=None, description="Send every new call to a cheap provider when the day's budget runs low."
+    )
+
+
 class ModelSpec(Model):
     """Which LLMs serve the agents and how calls are spread across them."""
 
@@ -263,6 +323,9 @@ class ModelSpec(Model):
         default_factory=list,
         max_length=50,
         description="Tools still offered while degraded (a circuit not closed); the others are withheld.",
+    )
+    routing: Routing | None = Field(
+        default=None, description="Route calls by task complexity, intent and remaining budget (docs/costs.md)."
     )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
@@ -286,7 +349,29 @@ class ModelSpec(Model):
             raise CrossFieldError("providers", f"provider names must be unique (repeated: {', '.join(duplicates)})")
         if self.strategy == Strategy.WEIGHTED and not any(p.weight > 0 for p in self.providers):
             raise CrossFieldError("providers", "the weighted strategy needs at least one provider with weight > 0")
+        if self.routing is not None:
+            self._routing_consistent(self.routing, set(names))
         return self
+
+    @staticmethod
+    def _routing_consistent(routing: Routing, names: set[str]) -> None:
+        known = ", ".join(sorted(names))
+        referenced: list[tuple[str, str | None]] = [
+            (f"routing.rules[{i}].provider", r.provider) for i, r in enumerate(routing.rules)
+        ]
+        referenced += [("routing.default", routing.default), ("routing.classifier", routing.classifier)]
+        if routing.budget_fallback is not None:
+            referenced.append(("routing.budgetFallback.provider", routing.budget_fallback.provider))
+        for field, name in referenced:
+            if name is not None and name not in names:
+                raise CrossFieldError(field, f"no provider named {name!r} in model.providers ({known})")
+        rule_names = [r.name for r in routing.rules]
+        for i, name in enumerate(rule_names):
+            if name in ROUTES_RESERVED or rule_names.index(name) != i:
+                raise CrossFieldError(
+                    f"routing.rules[{i}].name",
+                    f"rule names must be unique and not one of {', '.join(ROUTES_RESERVED)} (got {name!r})",
+                )
 
 
 # --- workloads -----------------------------------------------------------------------------------

@@ -61,11 +61,31 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         model: config.PriceConfig(input_per_mtok=price.input_per_mtok, output_per_mtok=price.output_per_mtok)
         for model, price in sorted(spec.budget.prices.items())
     }
+    routing = None
+    if spec.model.routing is not None:
+        route = spec.model.routing
+        fallback = route.budget_fallback
+        routing = config.RoutingConfig(
+            rules=[
+                config.RouteRule(
+                    name=r.name,
+                    provider=r.provider,
+                    complexity=None if r.metadata.complexity is None else str(r.metadata.complexity),
+                    intent=r.metadata.intent,
+                )
+                for r in route.rules
+            ],
+            default=route.default,
+            classifier=route.classifier,
+            fallback_below_usd=None if fallback is None else fallback.below_remaining_usd,
+            fallback_provider=None if fallback is None else fallback.provider,
+        )
     return config.RuntimeConfig(
         service=svc.metadata.name,
         namespace=svc.metadata.namespace,
         providers=providers,
         strategy=str(spec.model.strategy),
+        routing=routing,
         system_prompt=spec.model.system_prompt,
         max_output_tokens=spec.model.max_output_tokens,
         requests_per_minute=spec.limits.requests_per_minute,
