@@ -256,3 +256,60 @@ def test_version_default_and_revision() -> None:
     assert (
         builders.desired(s, operator_version="0.0.1").revision != builders.desired(s, operator_version="0.0.2").revision
     )
+
+
+ROUTING = {
+    "rules": [
+        {"name": "easy", "metadata": {"complexity": "simple"}, "provider": "second"},
+        {"name": "help", "metadata": {"intent": "support"}, "provider": "backup-llm"},
+    ],
+    "default": "claude",
+    "classifier": "second",
+    "budgetFallback": {"belowRemainingUSD": 1.0, "provider": "second"},
+}
+
+
+def test_routing_and_report_retention_reach_the_runtime_config() -> None:
+    providers = svc().spec.model.model_dump(by_alias=True, exclude_none=True)["providers"]
+    config_map = builders.build_children(
+        svc(model={"providers": providers, "routing": ROUTING}, budget={"reportRetentionDays": 90})
+    )[0]
+    loaded = config.RuntimeConfig.model_validate_json(config_map["data"][runtimeconfig.CONFIG_KEY])
+    assert loaded.report_retention_days == 90
+    assert loaded.routing == config.RoutingConfig(
+        rules=[
+            config.RouteRule(name="easy", provider="second", complexity="simple"),
+            config.RouteRule(name="help", provider="backup-llm", intent="support"),
+        ],
+        default="claude",
+        classifier="second",
+        fallback_below_usd=1.0,
+        fallback_provider="second",
+    )
+    unrouted = config.RuntimeConfig.model_validate_json(
+        builders.build_children(svc())[0]["data"][runtimeconfig.CONFIG_KEY]
+    )
+    assert unrouted.routing is None and unrouted.report_retention_days == 35
+
+
+@pytest.mark.parametrize(
+    ("routing", "message"),
+    [
+        ({"default": "nope"}, "routing.default: no provider named 'nope' in model.providers"),
+        ({"classifier": "gone"}, "routing.classifier: no provider named 'gone'"),
+        ({"budgetFallback": {"belowRemainingUSD": 1, "provider": "x"}}, "routing.budgetFallback.provider: no provider"),
+        ({"rules": [{"name": "a", "metadata": {}, "provider": "zzz"}]}, "routing.rules[0].provider: no provider"),
+        (
+            {"rules": [{"name": "fallback", "metadata": {}, "provider": "claude"}]},
+            "routing.rules[0].name: rule names must be unique and not one of default, fallback, classifier",
+        ),
+        (
+            {"rules": [{"name": "a", "metadata": {}, "provider": "claude"}] * 2},
+            "routing.rules[1].name: rule names must be unique",
+        ),
+    ],
+)
+def test_routing_names_only_configured_providers(routing: dict[str, Any], message: str) -> None:
+    providers = svc().spec.model.model_dump(by_alias=True, exclude_none=True)["providers"]
+    with pytest.raises(pydantic.ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        svc(model={"providers": providers, "routing": routing})
