@@ -412,7 +412,7 @@ return {scope, n(day_spent), n(day_reserved), n(task_spent), n(task_reserved), n
 """
 )
 
-# KEYS: holds, expiry, day spent (of the reservation's day), task spent[, the hour's cost figures]
+# KEYS: holds, expiry, day spent (of the reservation's day), task spent[, the hour's and the day's cost figures]
 # ARGV: id, cost µUSD, day ttl s, task ttl s[, the call's report figures: see costs.AGGREGATE_LUA]
 # (counts the cost even if the hold was released; a call that was answered is added to its hour's
 # report in the same script, so the report and the day's spend cannot disagree)
@@ -587,7 +587,7 @@ class BudgetLedger:
         args: list[str | int] = [reservation.id, max(cost, 0), _KEEP_DAY_SECONDS, self.task_ttl_seconds]
         if charge is not None:
             # the reservation's hour, so that the hour lies in the day whose spend the call joins
-            keys.append(self.keys.costs_hour(reservation.hour))
+            keys += [self.keys.costs_hour(reservation.hour), self.keys.costs_day(reservation.day)]
             args += [
                 self.report_ttl_seconds,
                 charge.model,

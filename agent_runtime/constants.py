@@ -161,6 +161,10 @@ class ServiceKeys:
         user and intent (`costs.py`)."""
         return self.key("costs", "hour", hour)
 
+    def costs_day(self, day: str) -> str:
+        """One UTC day's cost figures: the same fields as its hours' summed, plus each hour's cost and requests."""
+        return self.key("costs", "day", day)
+
     def costs_top(self, day: str) -> str:
         """The day's dearest finished tasks: task id → micro-USD (a sorted set, kept short)."""
         return self.key("costs", "top", day)

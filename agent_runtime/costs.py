@@ -1,7 +1,8 @@
 """Cost reports: what the service spent, by UTC hour, model, user and intent, and its dearest tasks.
 
 Every settled model call is added, in the same Lua script that adds it to the day's budget spend
-(`budget.py`'s settle), to the hash of its UTC hour (`ServiceKeys.costs_hour`): cost in
+(`budget.py`'s settle), to the hash of its UTC hour (`ServiceKeys.costs_hour`) and of its day
+(`costs_day`, which also keeps each hour's cost and requests; a report reads whole days from it): cost in
 micro-dollars, requests (model calls), input and output tokens, each also by model, by user
 (`metadata.user`) and by intent. The report's total therefore equals the budget's spend over the
 same hours to the micro-dollar, and a task's cost (the sum of its calls' settled micro-dollars,
@@ -120,6 +121,16 @@ class Range:
             moment += datetime.timedelta(hours=1)
         return out
 
+    def sources(self) -> list[str]:
+        """What a report reads: whole UTC days inside the period as days (`YYYY-MM-DD`), the rest as hours."""
+        by_day: dict[str, list[str]] = {}
+        for hour in self.hours():
+            by_day.setdefault(hour[:10], []).append(hour)
+        out: list[str] = []
+        for day, hours in by_day.items():
+            out += [day] if len(hours) == 24 else hours
+        return out
+
     def days(self) -> list[str]:
         day = self.start.date()
         out: list[str] = []
@@ -191,23 +202,30 @@ def build_report(
     by_user: dict[str, dict[str, int]] = {}
     by_intent: dict[str, dict[str, int]] = {}
     by_hour: dict[str, dict[str, float | int]] = {}
-    for hour, fields in hours:
+    for source, fields in hours:
         if not fields:
             continue
         cost, calls = int(fields.get("cost", 0)), int(fields.get("requests", 0))
         total += cost
         requests += calls
-        by_hour[rfc3339(hour_start(hour))] = {"costUSD": _usd(cost), "requests": calls}
+        is_day = len(source) == 10  # a whole day's hash: its hours are `h|HH|…` fields
+        if not is_day:
+            by_hour[rfc3339(hour_start(source))] = {"costUSD": _usd(cost), "requests": calls}
+        hourly: dict[str, dict[str, int]] = {}
         for field, raw in fields.items():
             parts = _split(field)
             if parts is None:
                 continue
             kind, name, figure = parts
-            table = {"m": by_model, "u": by_user, "i": by_intent}.get(kind)
+            table = {"m": by_model, "u": by_user, "i": by_intent, "h": hourly}.get(kind)
             if table is None:
                 continue
             row = table.setdefault(name, {})
             row[figure] = row.get(figure, 0) + int(raw)
+        if is_day:
+            for hh, row in sorted(hourly.items()):
+                moment = rfc3339(hour_start(f"{source}T{hh}"))
+                by_hour[moment] = {"costUSD": _usd(row.get("cost", 0)), "requests": row.get("requests", 0)}
     start, end = period.start.timestamp(), period.end.timestamp()
     ranked = sorted(
         (t for t in tasks if start <= float(t["finishedAt"]) < end),
@@ -230,7 +248,7 @@ def build_report(
             intent: {"costUSD": _usd(row.get("cost", 0)), "requests": row.get("requests", 0)}
             for intent, row in sorted(by_intent.items())
         },
-        "byHour": by_hour,
+        "byHour": dict(sorted(by_hour.items())),
         "topExpensiveTasks": [
             {
                 "taskId": str(t["taskId"]),
@@ -262,33 +280,42 @@ def _users(by_user: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, floa
 
 # --- Redis -----------------------------------------------------------------------------------------
 
-# Appended to the settle script (budget.py), which passes the hour's hash as KEYS[5] and, from
-# ARGV[5] on: hour ttl s, model, user, intent, input tokens, output tokens, most users per hour.
-# The cost is ARGV[2] (micro-USD), the same figure the day's spend gains.
+# Appended to the settle script (budget.py), which passes the hour's hash as KEYS[5] (its name ends
+# in the hour, `…THH`), the day's as KEYS[6] and, from ARGV[5] on: ttl s, model, user, intent, input
+# tokens, output tokens, most users per hash. The cost is ARGV[2] (micro-USD), the same figure the
+# day's spend gains. The day's hash repeats the hour's figures (and `h|HH|cost`/`requests` per
+# hour), so that a report over whole days reads one hash a day instead of 24.
 AGGREGATE_LUA: Final = """
 if KEYS[5] then
-  local h, cost = KEYS[5], ARGV[2]
-  redis.call('HINCRBY', h, 'cost', cost)
-  redis.call('HINCRBY', h, 'requests', 1)
-  redis.call('HINCRBY', h, 'input', ARGV[9])
-  redis.call('HINCRBY', h, 'output', ARGV[10])
-  local model, user, intent = ARGV[6], ARGV[7], ARGV[8]
-  redis.call('HINCRBY', h, 'm|' .. model .. '|cost', cost)
-  redis.call('HINCRBY', h, 'm|' .. model .. '|requests', 1)
-  redis.call('HINCRBY', h, 'm|' .. model .. '|input', ARGV[9])
-  redis.call('HINCRBY', h, 'm|' .. model .. '|output', ARGV[10])
-  if redis.call('HEXISTS', h, 'u|' .. user .. '|cost') == 0 then
-    if tonumber(redis.call('HGET', h, 'users') or '0') >= tonumber(ARGV[11]) then
-      user = 'other'
-    else
-      redis.call('HINCRBY', h, 'users', 1)
+  local cost, model, intent = ARGV[2], ARGV[6], ARGV[8]
+  local hh = string.sub(KEYS[5], -2)
+  for k = 5, 6 do
+    local h, user = KEYS[k], ARGV[7]
+    redis.call('HINCRBY', h, 'cost', cost)
+    redis.call('HINCRBY', h, 'requests', 1)
+    redis.call('HINCRBY', h, 'input', ARGV[9])
+    redis.call('HINCRBY', h, 'output', ARGV[10])
+    redis.call('HINCRBY', h, 'm|' .. model .. '|cost', cost)
+    redis.call('HINCRBY', h, 'm|' .. model .. '|requests', 1)
+    redis.call('HINCRBY', h, 'm|' .. model .. '|input', ARGV[9])
+    redis.call('HINCRBY', h, 'm|' .. model .. '|output', ARGV[10])
+    if redis.call('HEXISTS', h, 'u|' .. user .. '|cost') == 0 then
+      if tonumber(redis.call('HGET', h, 'users') or '0') >= tonumber(ARGV[11]) then
+        user = 'other'
+      else
+        redis.call('HINCRBY', h, 'users', 1)
+      end
     end
+    redis.call('HINCRBY', h, 'u|' .. user .. '|cost', cost)
+    redis.call('HINCRBY', h, 'u|' .. user .. '|requests', 1)
+    redis.call('HINCRBY', h, 'i|' .. intent .. '|cost', cost)
+    redis.call('HINCRBY', h, 'i|' .. intent .. '|requests', 1)
+    if k == 6 then
+      redis.call('HINCRBY', h, 'h|' .. hh .. '|cost', cost)
+      redis.call('HINCRBY', h, 'h|' .. hh .. '|requests', 1)
+    end
+    redis.call('EXPIRE', h, ARGV[5])
   end
-  redis.call('HINCRBY', h, 'u|' .. user .. '|cost', cost)
-  redis.call('HINCRBY', h, 'u|' .. user .. '|requests', 1)
-  redis.call('HINCRBY', h, 'i|' .. intent .. '|cost', cost)
-  redis.call('HINCRBY', h, 'i|' .. intent .. '|requests', 1)
-  redis.call('EXPIRE', h, ARGV[5])
 end
 """
 
@@ -335,11 +362,11 @@ class CostReports:
 
     async def report(self, period: Range, *, top: int) -> dict[str, Any]:
         """The report of a period: one pipelined read of its hours and its days' rankings."""
-        hours = period.hours()
+        hours = period.sources()
         days = period.days()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for hour in hours:
-                pipe.hgetall(self.keys.costs_hour(hour))
+            for source in hours:
+                pipe.hgetall(self.keys.costs_day(source) if len(source) == 10 else self.keys.costs_hour(source))
             for day in days:
                 pipe.zrange(self.keys.costs_top(day), 0, -1, withscores=True)
                 pipe.hgetall(self.keys.costs_top_info(day))

@@ -42,6 +42,22 @@ def test_a_period_defaults_to_the_last_24_hours() -> None:
     assert period.days() == ["2026-03-09", "2026-03-10"]
 
 
+def test_whole_days_are_read_from_the_days_hash() -> None:
+    period = costs.parse_range("2026-03-08T22:30:00Z", "2026-03-10T01:00:00Z", now=NOON, retention_days=35)
+    assert period.sources() == ["2026-03-08T22", "2026-03-08T23", "2026-03-09", "2026-03-10T00"]
+    day = {"cost": "7", "requests": "2", "h|03|cost": "5", "h|03|requests": "1", "h|17|cost": "2", "h|17|requests": "1",
+           "m|a|cost": "7", "m|a|requests": "2"}  # fmt: skip
+    report = costs.build_report(
+        period, [("2026-03-08T23", {"cost": "1", "requests": "1"}), ("2026-03-09", day)], [], top=10
+    )
+    assert report["byHour"] == {
+        "2026-03-08T23:00:00Z": {"costUSD": 0.000001, "requests": 1},
+        "2026-03-09T03:00:00Z": {"costUSD": 0.000005, "requests": 1},
+        "2026-03-09T17:00:00Z": {"costUSD": 0.000002, "requests": 1},
+    }
+    assert report["totalCostUSD"] == 0.000008 and report["byModel"]["a"]["requests"] == 2
+
+
 def test_a_period_in_any_offset_is_read_in_utc() -> None:
     period = costs.parse_range("2026-03-10T09:00:00+09:00", "2026-03-10T02:00:00Z", now=NOON, retention_days=35)
     assert period.hours() == ["2026-03-10T00", "2026-03-10T01"]
@@ -178,6 +194,16 @@ async def test_the_report_equals_the_tasks_and_the_budget_to_the_micro_dollar(
         top = report["topExpensiveTasks"][0]
         assert top["model"] == first.checkpoint.main_model()
         assert top["tokens"] == first.checkpoint.usage.input_tokens + first.checkpoint.usage.output_tokens
+
+        # the whole UTC day, read from the day's hash, tells the same (the burst ran within the last hour)
+        today = datetime.datetime.fromtimestamp(time.time(), datetime.UTC).replace(hour=0, minute=0, second=0)
+        tomorrow = today + datetime.timedelta(days=1)
+        whole = {"from": costs.rfc3339(today), "to": costs.rfc3339(tomorrow), "top": 5}
+        day_report = (await api.get("/v1/costs", params=whole, headers=AUTH)).json()
+        if costs.hour_of(started)[:10] == costs.hour_of(time.time())[:10]:  # not across midnight
+            for key in ("totalCostUSD", "totalRequests", "byModel", "byIntent", "topExpensiveTasks"):
+                assert day_report[key] == report[key], key
+            assert {k: v for k, v in day_report["byHour"].items() if v["requests"]} == report["byHour"]
 
         view = (await api.get(f"/v1/tasks/{first.task_id}", headers=AUTH)).json()
         assert [c["model"] for c in view["calls"]] == [c.model for c in first.checkpoint.calls]
