@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent_runtime import budget, costs, errors, routing, tracing
+from agent_runtime import budget, costs, errors, prompts, routing, tracing
 from agent_runtime.budget import BudgetLedger, Reservation, Scope, Verdict
 from agent_runtime.config import RoutingConfig
 from agent_runtime.degradation import STATIC_MESSAGE, Level
@@ -78,6 +78,7 @@ class Agent:
         budget_wait_seconds: float = 30.0,
         on_settled: Callable[[], Awaitable[None]] | None = None,
         routing: RoutingConfig | None = None,
+        max_input_tokens: int | None = None,
     ) -> None:
         self.providers = providers
         self.tools = tools
@@ -93,6 +94,7 @@ class Agent:
         self.budget_wait_seconds = budget_wait_seconds
         self.on_settled = on_settled
         self.routing = routing
+        self.max_input_tokens = max_input_tokens
         # Failover may send a call to any provider: its worst case is at the dearest of their prices.
         self.call_prices = [prices.price(p.model) for p in providers.providers]
         # A reservation capped to what the day has left prices input and output at the dearest
@@ -154,6 +156,18 @@ class Agent:
         """One model call, reserved first and settled after: the next step, or the classifier's label."""
         classify = self._needs_label(state, metadata)
         request = self._classifier_request(state) if classify else self._request(state, level)
+        if self.max_input_tokens is not None and not classify:
+            # counted as the provider routing would try first counts (the budget's fallback aside)
+            ahead = routing.choose(
+                self.routing,
+                complexity=state.complexity or routing.complexity_of(metadata),
+                intent=metadata.get("intent"),
+                remaining_usd=None,
+            )
+            fitted = await self._fit(request, self.max_input_tokens, prefer=ahead.provider)
+            if isinstance(fitted, str):
+                return Outcome(TaskStatus.FAILED, state, error=fitted, degradation=worst.label)
+            request = fitted
         verdict, reservation = await self._reserve(task_id, fence, state, request)
         if not verdict.fits:
             return self._not_made(verdict, state, worst)
@@ -184,6 +198,38 @@ class Agent:
         user, intent = costs.user_label(metadata), self.metrics.intent(metadata.get("intent"))
         await self._settle(reservation, made.calls[-1], user=user, intent=intent)
         return made
+
+    async def _count(self, request: _Request, prefer: str | None) -> tuple[int, str]:
+        """The request's input tokens: counted by the provider, else the bytes' upper bound (and which)."""
+        counted = await self.providers.count_tokens(
+            system=request.system, messages=request.messages, tools=request.tools, prefer=prefer
+        )
+        if counted is not None:
+            return counted[0], f"counted by provider {counted[1]}"
+        bound = budget.input_token_bound(request.system, request.messages, request.tools)
+        return bound, "estimated from the request's bytes, an upper bound"
+
+    async def _fit(self, request: _Request, ceiling: int, *, prefer: str | None) -> _Request | str:
+        """The request with its history shortened to fit `ceiling` (`prompts.py`), or why it cannot be."""
+        tokens, how = await self._count(request, prefer)
+        if tokens <= ceiling:
+            return request
+        candidates = prompts.shortened(request.messages)
+        if not candidates:
+            return prompts.single_turn_message(tokens, ceiling, how)
+        low, high = 0, len(candidates) - 1
+        shortest, how = await self._count(dataclasses.replace(request, messages=candidates[high]), prefer)
+        if shortest > ceiling:
+            return prompts.single_turn_message(shortest, ceiling, how)
+        while low < high:  # the first (mildest) candidate that fits: they only get shorter
+            middle = (low + high) // 2
+            size, _ = await self._count(dataclasses.replace(request, messages=candidates[middle]), prefer)
+            if size <= ceiling:
+                high = middle
+            else:
+                low = middle + 1
+        log.info("prompt_shortened", input_tokens=tokens, ceiling=ceiling, candidate=low, candidates=len(candidates))
+        return dataclasses.replace(request, messages=candidates[low])
 
     def _needs_label(self, state: Checkpoint, metadata: Mapping[str, Any]) -> bool:
         """Routing has a classifier, and the task no complexity of its own nor one labelled before."""

@@ -103,6 +103,7 @@ def build_worker(
         min_output_tokens=config.budget_min_output_tokens,
         budget_wait_seconds=config.budget_wait_seconds,
         routing=config.routing,
+        max_input_tokens=config.max_input_tokens,
     )
     queue = TaskQueue.from_config(config, redis_client)
     watch = BudgetWatch(

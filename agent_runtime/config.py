@@ -89,6 +89,10 @@ class RuntimeConfig(BaseModel):
     providers: list[ProviderConfig] = Field(default_factory=list)
     strategy: str = "failover"
     routing: RoutingConfig | None = None
+    max_input_tokens: int | None = Field(
+        default=None, ge=1, description="Ceiling of a call's input tokens; older history is shortened to fit."
+    )
+    prompt_trim: Literal["drop"] = Field(default="drop", description="How a history over the ceiling is shortened.")
     system_prompt: str = "You are a helpful agent. Use the tools when they help, then answer concisely."
     max_output_tokens: int = 1024
     requests_per_minute: int = 600

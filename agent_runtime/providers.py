@@ -136,6 +136,22 @@ class AnthropicProvider:
             raise provider_error(self.name, exc) from exc
         return self._reply(message)
 
+    async def count_tokens(
+        self, *, system: str, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]
+    ) -> int | None:
+        """The request's input tokens by the Messages API's count-tokens endpoint; None when it cannot say."""
+        try:
+            counted = await self.client.messages.count_tokens(
+                model=self.model,
+                system=system,
+                messages=list(messages),  # type: ignore[arg-type]
+                tools=list(tools),  # type: ignore[arg-type]
+            )
+        except Exception as exc:  # the caller falls back to an upper bound
+            log.info("count_tokens_failed", provider=self.name, error=str(exc)[:200])
+            return None
+        return int(counted.input_tokens)
+
     async def aclose(self) -> None:
         await self.client.close()
 
@@ -236,6 +252,23 @@ class ProviderSet:
                 remaining.remove(pick)
             return ordered
         return list(self.providers)
+
+    async def count_tokens(
+        self,
+        *,
+        system: str,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        prefer: str | None = None,
+    ) -> tuple[int, str] | None:
+        """The input tokens of a request as the provider the call would try first counts them, and that
+        provider's name; None when it has no count-tokens endpoint or it failed."""
+        first = self.order(prefer)[0]
+        counter = getattr(first, "count_tokens", None)
+        if counter is None:
+            return None
+        counted = await counter(system=system, messages=messages, tools=tools)
+        return None if counted is None else (counted, first.name)
 
     def level(self) -> Level:
         """The degradation level the circuits allow now (`degradation.py`)."""

@@ -5,7 +5,10 @@ like the OpenAI chat-completions API (the `openai-compatible` kind: the request 
 Messages form, answered by the same `respond`, and written back), deterministically: when the
 first user message contains arithmetic and the request offers the `calculator` tool, it asks for one
 calculation per turn (a `tool_use` turn), then answers with the results; otherwise it answers with
-text. `usage` is counted from the request and reply sizes (about four characters per token).
+text. `usage` is counted from the request and reply sizes (about four characters per token);
+`POST /v1/messages/count_tokens` answers the same input count without a reply (`counted` counts
+them). A system prompt asking to classify a task's complexity (the runtime's routing classifier)
+is answered with one word.
 
 Fault injection is per server instance (`Faults`): an error ratio with status 429 (with
 `retry-after`), 500 or 529, malformed bodies, added latency, a hold (replies wait until it is
@@ -29,6 +32,7 @@ import random
 import re
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -51,6 +55,7 @@ __all__ = [
 MODEL = "claude-sonnet-5-5"
 # A system prompt holding this asks for a task's complexity (`agent_runtime.routing.CLASSIFIER_SYSTEM`):
 # the reply is one word, by how many expressions the task asks to compute.
+_TOOL_INDEX = re.compile(r"^toolu_(\d{3})_")
 CLASSIFY_MARKER = "Classify the complexity of the user's task"
 # A final model error: the runtime does not retry a 400, so each one fails its task. A 5xx would
 # not do for a "bad model version": the runtime retries it (the task is redelivered), so it shows
@@ -123,6 +128,18 @@ def _tool_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def input_tokens(body: Mapping[str, Any]) -> int:
+    """The input tokens of a request, as this server counts (and bills) them: a quarter of its JSON's length."""
+    request_size = json.dumps([body.get("system"), body.get("messages"), body.get("tools")], separators=(",", ":"))
+    return _tokens(request_size)
+
+
+def _next_index(results: list[dict[str, Any]]) -> int:
+    """The index of the next expression to compute: one past the highest answered (ids `toolu_<index>_…`)."""
+    answered = [int(m.group(1)) for r in results if (m := _TOOL_INDEX.match(str(r.get("tool_use_id", ""))))]
+    return max(answered) + 1 if answered else len(results)
+
+
 def respond(body: dict[str, Any], *, message_id: str) -> dict[str, Any]:
     """The deterministic reply to a Messages API request body. Pure."""
     messages: list[dict[str, Any]] = body["messages"]
@@ -136,12 +153,16 @@ def respond(body: dict[str, Any], *, message_id: str) -> dict[str, Any]:
         label = "simple" if len(expressions) <= 1 else "medium" if len(expressions) == 2 else "complex"
         content = [{"type": "text", "text": label}]
         stop_reason = "end_turn"
-    elif "calculator" in offered and len(results) < len(expressions):
-        expression = expressions[len(results)]
-        digest = hashlib.sha256(f"{prompt}\x00{len(results)}".encode()).hexdigest()[:24]
+    elif "calculator" in offered and _next_index(results) < len(expressions):
+        index = _next_index(results)
+        expression = expressions[index]
+        digest = hashlib.sha256(f"{prompt}\x00{index}".encode()).hexdigest()[:24]
+        # the id carries the expression's index: a history shortened by the runtime (older turns
+        # removed) still tells which expression comes next
+        tool_id = f"toolu_{index:03d}_{digest}"
         content = [
             {"type": "text", "text": f"Let me compute {expression}."},
-            {"type": "tool_use", "id": f"toolu_{digest}", "name": "calculator", "input": {"expression": expression}},
+            {"type": "tool_use", "id": tool_id, "name": "calculator", "input": {"expression": expression}},
         ]
         stop_reason = "tool_use"
     else:
@@ -159,7 +180,6 @@ def respond(body: dict[str, Any], *, message_id: str) -> dict[str, Any]:
             text = "You asked: " + " ".join(prompt.split())[:200]
         content = [{"type": "text", "text": text}]
         stop_reason = "end_turn"
-    request_size = json.dumps([body.get("system"), messages, body.get("tools")], separators=(",", ":"))
     return {
         "id": message_id,
         "type": "message",
@@ -169,7 +189,7 @@ def respond(body: dict[str, Any], *, message_id: str) -> dict[str, Any]:
         "stop_reason": stop_reason,
         "stop_sequence": None,
         "usage": {
-            "input_tokens": _tokens(request_size),
+            "input_tokens": input_tokens(body),
             "output_tokens": _tokens(json.dumps(content)) + 8,
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
@@ -189,6 +209,7 @@ class LocalModelServer:
         self.port = port
         self.faults = faults or Faults()
         self.calls: list[CallRecord] = []
+        self.counted = 0  # POST /v1/messages/count_tokens requests answered
         self._rng = random.Random(self.faults.seed)
         self._runner: web.AppRunner | None = None
 
@@ -205,6 +226,7 @@ class LocalModelServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/_local/calls", self._list_calls)
         app.router.add_put("/_local/faults", self._set_faults)
@@ -243,6 +265,18 @@ class LocalModelServer:
         if faults.malformed_ratio and self._rng.random() < faults.malformed_ratio:
             return "malformed"
         return "ok"
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        """The Messages API's token count: the input tokens `respond` would bill for this request."""
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            return web.json_response(_error_body(400, f"request body is not JSON: {exc}"), status=400)
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages:
+            return web.json_response(_error_body(400, "messages: a non-empty list of messages is required"), status=400)
+        self.counted += 1
+        return web.json_response({"input_tokens": input_tokens(body)})
 
     async def _messages(self, request: web.Request) -> web.Response:
         return await self._serve(request, "anthropic")
@@ -417,4 +451,29 @@ def _validate(body: Any) -> str | None:
         return "messages: a non-empty list of messages is required"
     if messages[0].get("role") != "user":
         return "messages: the first message must use the user role"
+    return _unanswered_tool_use(messages)
+
+
+def _blocks(message: Mapping[str, Any], kind: str, key: str) -> set[str]:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return set()
+    return {str(b.get(key)) for b in content if isinstance(b, dict) and b.get("type") == kind}
+
+
+def _unanswered_tool_use(messages: list[dict[str, Any]]) -> str | None:
+    """As the Messages API: every `tool_use` is answered by a `tool_result` in the very next (user) message."""
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        uses = _blocks(message, "tool_use", "id")
+        if not uses:
+            continue
+        following = messages[index + 1] if index + 1 < len(messages) else {}
+        missing = uses - _blocks(following, "tool_result", "tool_use_id")
+        if following and missing:
+            return (
+                f"messages.{index + 1}: tool_use ids were found without tool_result blocks immediately after:"
+                f" {', '.join(sorted(missing))}"
+            )
     return None

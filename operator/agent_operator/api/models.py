@@ -243,6 +243,10 @@ class CircuitBreaker(Model):
     )
 
 
+class Trim(StrEnum):
+    DROP = "drop"
+
+
 class Complexity(StrEnum):
     SIMPLE = "simple"
     MEDIUM = "medium"
@@ -326,6 +330,17 @@ class ModelSpec(Model):
     )
     routing: Routing | None = Field(
         default=None, description="Route calls by task complexity, intent and remaining budget (docs/costs.md)."
+    )
+    max_input_tokens: int | None = Field(
+        default=None,
+        ge=256,
+        le=2_000_000,
+        description="Ceiling of each call's input tokens: an older history is shortened to fit (see trim);"
+        " unset: no ceiling.",
+    )
+    trim: Trim = Field(
+        default=Trim.DROP,
+        description="How a history over maxInputTokens is shortened: `drop` (older tool outputs, then older turns).",
     )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [

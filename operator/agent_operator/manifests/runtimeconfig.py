@@ -86,6 +86,7 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         providers=providers,
         strategy=str(spec.model.strategy),
         routing=routing,
+        max_input_tokens=spec.model.max_input_tokens,
         system_prompt=spec.model.system_prompt,
         max_output_tokens=spec.model.max_output_tokens,
         requests_per_minute=spec.limits.requests_per_minute,
