@@ -178,13 +178,6 @@ def _usd(amount: int) -> float:
     return amount / MICROS
 
 
-def _split(field: str) -> tuple[str, str, str] | None:
-    first, last = field.find("|"), field.rfind("|")
-    if first <= 0 or last <= first:
-        return None
-    return field[:first], field[first + 1 : last], field[last + 1 :]
-
-
 def build_report(
     period: Range,
     hours: Sequence[tuple[str, Mapping[str, str]]],
@@ -210,21 +203,19 @@ def build_report(
         requests += calls
         is_day = len(source) == 10  # a whole day's hash: its hours are `h|HH|…` fields
         if not is_day:
-            by_hour[rfc3339(hour_start(source))] = {"costUSD": _usd(cost), "requests": calls}
+            by_hour[f"{source}:00:00Z"] = {"costUSD": _usd(cost), "requests": calls}  # rfc3339 of the hour
         hourly: dict[str, dict[str, int]] = {}
+        tables = {"m": by_model, "u": by_user, "i": by_intent, "h": hourly}
         for field, raw in fields.items():
-            parts = _split(field)
-            if parts is None:
+            table = tables.get(field[:1])
+            if table is None or field[1:2] != "|":
                 continue
-            kind, name, figure = parts
-            table = {"m": by_model, "u": by_user, "i": by_intent, "h": hourly}.get(kind)
-            if table is None:
-                continue
+            name, _, figure = field[2:].rpartition("|")
             row = table.setdefault(name, {})
             row[figure] = row.get(figure, 0) + int(raw)
         if is_day:
             for hh, row in sorted(hourly.items()):
-                moment = rfc3339(hour_start(f"{source}T{hh}"))
+                moment = f"{source}T{hh}:00:00Z"
                 by_hour[moment] = {"costUSD": _usd(row.get("cost", 0)), "requests": row.get("requests", 0)}
     start, end = period.start.timestamp(), period.end.timestamp()
     ranked = sorted(
@@ -372,18 +363,27 @@ class CostReports:
                 pipe.hgetall(self.keys.costs_top_info(day))
             replies = await _run(pipe.execute())
         hashes = list(zip(hours, replies[: len(hours)], strict=True))
-        tasks: list[dict[str, Any]] = []
+        candidates: list[tuple[int, str, str]] = []
         rest = replies[len(hours) :]
         for ranked, info in zip(rest[::2], rest[1::2], strict=True):
-            for task_id, score in ranked:
-                detail = json.loads(info.get(task_id) or "{}")
+            candidates += [(int(score), task_id, info.get(task_id) or "{}") for task_id, score in ranked]
+        # dearest first; only as many details decoded as it takes to find `top` inside the period
+        candidates.sort(key=lambda c: (-c[0], c[1]))
+        start, end = period.start.timestamp(), period.end.timestamp()
+        tasks: list[dict[str, Any]] = []
+        for micros, task_id, raw in candidates:
+            if len(tasks) >= top:
+                break
+            detail = json.loads(raw)
+            finished = float(detail.get("finishedAt", 0.0))
+            if start <= finished < end:
                 tasks.append(
                     {
                         "taskId": task_id,
-                        "costMicros": int(score),
+                        "costMicros": micros,
                         "model": detail.get("model", ""),
                         "tokens": detail.get("tokens", 0),
-                        "finishedAt": detail.get("finishedAt", 0.0),
+                        "finishedAt": finished,
                     }
                 )
         return build_report(period, hashes, tasks, top=top)
