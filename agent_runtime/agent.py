@@ -31,11 +31,11 @@ from typing import Any, Literal
 
 from agent_runtime import budget, costs, errors, prompts, routing, tracing
 from agent_runtime.budget import BudgetLedger, Reservation, Scope, Verdict
-from agent_runtime.config import RoutingConfig
+from agent_runtime.config import PriceConfig, RoutingConfig
 from agent_runtime.degradation import STATIC_MESSAGE, Level
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
-from agent_runtime.pricing import PriceTable
+from agent_runtime.pricing import PriceTable, cache_write_price
 from agent_runtime.providers import ProviderSet
 from agent_runtime.tasks import CallUsage, Checkpoint, TaskStatus, Waiting
 from agent_runtime.tools import ToolError, ToolRegistry
@@ -79,6 +79,7 @@ class Agent:
         on_settled: Callable[[], Awaitable[None]] | None = None,
         routing: RoutingConfig | None = None,
         max_input_tokens: int | None = None,
+        prompt_caching: bool = False,
     ) -> None:
         self.providers = providers
         self.tools = tools
@@ -96,7 +97,7 @@ class Agent:
         self.routing = routing
         self.max_input_tokens = max_input_tokens
         # Failover may send a call to any provider: its worst case is at the dearest of their prices.
-        self.call_prices = [prices.price(p.model) for p in providers.providers]
+        self.call_prices = [_reserving(prices.price(p.model), prompt_caching) for p in providers.providers]
         # A reservation capped to what the day has left prices input and output at the dearest
         # rates of any provider, each on its own: an upper bound of every mix failover may bill.
         self.dearest_input = max((p.input_per_mtok for p in self.call_prices), default=0.0)
@@ -302,6 +303,8 @@ class Agent:
             intent=intent,
             input_tokens=call.input_tokens,
             output_tokens=call.output_tokens,
+            cache_write_tokens=call.cache_write_tokens,
+            cache_read_tokens=call.cache_read_tokens,
         )
         await self.ledger.settle(reservation, call.cost_micros, charge)
         if self.on_settled is not None and call.cost_micros < reservation.amount:
@@ -377,7 +380,17 @@ class Agent:
                 task_id=task_id,
                 prefer=route.provider,
             )
-            cost = 0.0 if reply.cached else self.prices.cost(reply.model, reply.input_tokens, reply.output_tokens)
+            cost = (
+                0.0
+                if reply.cached
+                else self.prices.cost(
+                    reply.model,
+                    reply.input_tokens,
+                    reply.output_tokens,
+                    cache_write_tokens=reply.cache_write_tokens,
+                    cache_read_tokens=reply.cache_read_tokens,
+                )
+            )
             span.set(
                 {  # names from the OpenTelemetry GenAI conventions; figures only, never the messages
                     "gen_ai.operation.name": "chat",
@@ -397,6 +410,8 @@ class Agent:
             route=route.name,
             input_tokens=reply.input_tokens,
             output_tokens=reply.output_tokens,
+            cache_write_tokens=reply.cache_write_tokens,
+            cache_read_tokens=reply.cache_read_tokens,
             cost_micros=budget.micros(cost),
             cached=reply.cached,
         )
@@ -439,6 +454,13 @@ class Agent:
                 return {"type": "tool_result", "tool_use_id": use["id"], "content": str(exc), "is_error": True}
         self.metrics.tool_called(name, ok=True)
         return {"type": "tool_result", "tool_use_id": use["id"], "content": output}
+
+
+def _reserving(price: PriceConfig, prompt_caching: bool) -> PriceConfig:
+    """The price a reservation assumes: with prompt caching, any input token may be a cache write (dearer)."""
+    if not prompt_caching:
+        return price
+    return price.model_copy(update={"input_per_mtok": max(price.input_per_mtok, cache_write_price(price))})
 
 
 @dataclass(frozen=True)

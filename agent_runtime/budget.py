@@ -596,6 +596,8 @@ class BudgetLedger:
                 max(charge.input_tokens, 0),
                 max(charge.output_tokens, 0),
                 self.report_max_users,
+                max(charge.cache_write_tokens, 0),
+                max(charge.cache_read_tokens, 0),
             ]
         return int(await _run(run_script(self._settle, keys, args)))
 

@@ -104,6 +104,7 @@ def build_worker(
         budget_wait_seconds=config.budget_wait_seconds,
         routing=config.routing,
         max_input_tokens=config.max_input_tokens,
+        prompt_caching=config.prompt_caching,
     )
     queue = TaskQueue.from_config(config, redis_client)
     watch = BudgetWatch(

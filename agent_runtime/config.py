@@ -74,6 +74,9 @@ class PriceConfig(BaseModel):
 
     input_per_mtok: float
     output_per_mtok: float
+    # prompt caching: None means the Messages API's published multipliers of the input price
+    cache_write_per_mtok: float | None = None
+    cache_read_per_mtok: float | None = None
 
 
 class RuntimeConfig(BaseModel):
@@ -89,6 +92,9 @@ class RuntimeConfig(BaseModel):
     providers: list[ProviderConfig] = Field(default_factory=list)
     strategy: str = "failover"
     routing: RoutingConfig | None = None
+    prompt_caching: bool = Field(
+        default=False, description="Mark the system prompt and tools as a cache prefix (anthropic providers)."
+    )
     max_input_tokens: int | None = Field(
         default=None, ge=1, description="Ceiling of a call's input tokens; older history is shortened to fit."
     )

@@ -84,6 +84,11 @@ def rfc3339(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_at(timestamp: float) -> str:
+    """`rfc3339` of a Unix time. Pure."""
+    return rfc3339(datetime.datetime.fromtimestamp(timestamp, datetime.UTC))
+
+
 def user_label(metadata: Mapping[str, Any]) -> str:
     """The bounded user label of a task: its `metadata.user`, `unknown` without one, `other` if unfit. Pure."""
     user = metadata.get("user")
@@ -103,6 +108,8 @@ class Charge:
     intent: str
     input_tokens: int
     output_tokens: int
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,7 +237,12 @@ def build_report(
             model: {
                 "costUSD": _usd(row.get("cost", 0)),
                 "requests": row.get("requests", 0),
-                "tokens": row.get("input", 0) + row.get("output", 0),
+                "tokens": row.get("input", 0)
+                + row.get("output", 0)
+                + row.get("cache_write", 0)
+                + row.get("cache_read", 0),
+                "cacheReadTokens": row.get("cache_read", 0),
+                "cacheWriteTokens": row.get("cache_write", 0),
             }
             for model, row in sorted(by_model.items())
         },
@@ -272,10 +284,11 @@ def _users(by_user: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, floa
 # --- Redis -----------------------------------------------------------------------------------------
 
 # Appended to the settle script (budget.py), which passes the hour's hash as KEYS[5] (its name ends
-# in the hour, `…THH`), the day's as KEYS[6] and, from ARGV[5] on: ttl s, model, user, intent, input
-# tokens, output tokens, most users per hash. The cost is ARGV[2] (micro-USD), the same figure the
-# day's spend gains. The day's hash repeats the hour's figures (and `h|HH|cost`/`requests` per
-# hour), so that a report over whole days reads one hash a day instead of 24.
+# in the hour, `…THH`), the day's as KEYS[6] and, from ARGV[5] on: ttl s, model, user, intent,
+# input tokens, output tokens, most users per hash[, cache write tokens, cache read tokens]. The
+# cost is ARGV[2] (micro-USD), the same figure the day's spend gains. The day's hash repeats the
+# hour's figures (and `h|HH|cost`/`requests` per hour), so that a report over whole days reads
+# one hash a day instead of 24.
 AGGREGATE_LUA: Final = """
 if KEYS[5] then
   local cost, model, intent = ARGV[2], ARGV[6], ARGV[8]
@@ -290,6 +303,12 @@ if KEYS[5] then
     redis.call('HINCRBY', h, 'm|' .. model .. '|requests', 1)
     redis.call('HINCRBY', h, 'm|' .. model .. '|input', ARGV[9])
     redis.call('HINCRBY', h, 'm|' .. model .. '|output', ARGV[10])
+    if ARGV[12] then
+      redis.call('HINCRBY', h, 'cache_write', ARGV[12])
+      redis.call('HINCRBY', h, 'cache_read', ARGV[13])
+      redis.call('HINCRBY', h, 'm|' .. model .. '|cache_write', ARGV[12])
+      redis.call('HINCRBY', h, 'm|' .. model .. '|cache_read', ARGV[13])
+    end
     if redis.call('HEXISTS', h, 'u|' .. user .. '|cost') == 0 then
       if tonumber(redis.call('HGET', h, 'users') or '0') >= tonumber(ARGV[11]) then
         user = 'other'

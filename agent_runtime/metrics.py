@@ -72,7 +72,7 @@ class Metrics:
         )
         self.model_tokens = Counter(
             constants.METRIC_MODEL_TOKENS,
-            "Tokens of answered model calls, by model and kind (input, output).",
+            "Tokens of answered model calls, by model and kind (input, output, cache_write, cache_read).",
             [*_BASE, "model", "kind"],
             registry=registry,
         )
@@ -196,6 +196,10 @@ class Metrics:
         self.model_cost.labels(self.service, self.track, model, route).inc(call.cost_micros / 1_000_000)
         self.model_tokens.labels(self.service, self.track, model, "input").inc(call.input_tokens)
         self.model_tokens.labels(self.service, self.track, model, "output").inc(call.output_tokens)
+        if call.cache_write_tokens:
+            self.model_tokens.labels(self.service, self.track, model, "cache_write").inc(call.cache_write_tokens)
+        if call.cache_read_tokens:
+            self.model_tokens.labels(self.service, self.track, model, "cache_read").inc(call.cache_read_tokens)
 
     def task_started(self) -> None:
         self.active.labels(self.service, self.track).inc()

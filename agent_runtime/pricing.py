@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from agent_runtime.config import PriceConfig
 
-__all__ = ["DEFAULT_PRICES", "FALLBACK", "PriceTable"]
+__all__ = ["DEFAULT_PRICES", "FALLBACK", "PriceTable", "cache_read_price", "cache_write_price"]
 
 # Published list prices (USD per million input / output tokens) of the Claude API. Models whose price
 # varies or is not published here (e.g. Haiku 5.5, Mythos) fall back to FALLBACK: set them in the spec.
@@ -55,7 +55,40 @@ class PriceTable:
         """Whether the table prices `model` (a daily budget refuses models it would price at the fallback)."""
         return model in self._overrides or any(model.startswith(p) for p in self._prefixes)
 
-    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
-        """USD for one call."""
+    def cost(
+        self,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
+    ) -> float:
+        """USD for one call (cache writes and reads at their own rates, `cache_write_price` / `cache_read_price`)."""
         price = self.price(model)
-        return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / 1_000_000
+        return (
+            input_tokens * price.input_per_mtok
+            + output_tokens * price.output_per_mtok
+            + cache_write_tokens * cache_write_price(price)
+            + cache_read_tokens * cache_read_price(price)
+        ) / 1_000_000
+
+
+# The Messages API prices a 5-minute cache write at 1.25 times the input price and a cache read at
+# 0.1 times it; a price in the spec (budget.prices) may set either.
+CACHE_WRITE_MULTIPLIER = 1.25
+CACHE_READ_MULTIPLIER = 0.1
+
+
+def cache_write_price(price: PriceConfig) -> float:
+    """USD per million input tokens written to the prompt cache. Pure."""
+    if price.cache_write_per_mtok is not None:
+        return price.cache_write_per_mtok
+    return price.input_per_mtok * CACHE_WRITE_MULTIPLIER
+
+
+def cache_read_price(price: PriceConfig) -> float:
+    """USD per million input tokens read from the prompt cache. Pure."""
+    if price.cache_read_per_mtok is not None:
+        return price.cache_read_per_mtok
+    return price.input_per_mtok * CACHE_READ_MULTIPLIER

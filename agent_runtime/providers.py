@@ -107,11 +107,20 @@ class AnthropicProvider:
 
     kind = "anthropic"
 
-    def __init__(self, name: str, model: str, client: anthropic.AsyncAnthropic, weight: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        client: anthropic.AsyncAnthropic,
+        weight: int = 1,
+        *,
+        prompt_caching: bool = False,
+    ) -> None:
         self.name = name
         self.model = model
         self.client = client
         self.weight = weight
+        self.prompt_caching = prompt_caching
 
     async def complete(
         self,
@@ -123,13 +132,22 @@ class AnthropicProvider:
         task_id: str,
     ) -> ModelReply:
         """Make one Messages API call; raise a `ProviderError` on any failure."""
+        system_blocks: str | list[dict[str, Any]] = system
+        tool_list = [dict(t) for t in tools]
+        if self.prompt_caching:
+            # Cache breakpoints on the system prompt and the last tool: the stable prefix of every
+            # call of every task (tools come first in the prompt, then the system prompt).
+            ephemeral = {"type": "ephemeral"}
+            system_blocks = [{"type": "text", "text": system, "cache_control": ephemeral}]
+            if tool_list:
+                tool_list[-1] = {**tool_list[-1], "cache_control": ephemeral}
         try:
             message = await self.client.messages.create(
                 model=self.model,
                 max_tokens=max_tokens,
-                system=system,
+                system=system_blocks,  # type: ignore[arg-type]
                 messages=list(messages),  # type: ignore[arg-type]
-                tools=list(tools),  # type: ignore[arg-type]
+                tools=tool_list,  # type: ignore[arg-type]
                 extra_headers={constants.TASK_ID_HEADER: task_id},
             )
         except Exception as exc:
@@ -177,6 +195,8 @@ class AnthropicProvider:
             stop_reason=message.stop_reason or "end_turn",
             input_tokens=message.usage.input_tokens,
             output_tokens=message.usage.output_tokens,
+            cache_write_tokens=message.usage.cache_creation_input_tokens or 0,
+            cache_read_tokens=message.usage.cache_read_input_tokens or 0,
         )
 
 
@@ -443,7 +463,9 @@ def _build_one(
             http_client=anthropic.DefaultAioHttpClient(timeout=config.provider_timeout_seconds, limits=limits),
             _strict_response_validation=True,
         )
-        return AnthropicProvider(provider.name, provider.model, client, provider.weight)
+        return AnthropicProvider(
+            provider.name, provider.model, client, provider.weight, prompt_caching=config.prompt_caching
+        )
     if provider.kind == "openai-compatible":
         if provider.base_url is None:
             raise errors.ConfigError(f"providers[{provider.name}].baseURL: an openai-compatible provider needs one")

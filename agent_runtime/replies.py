@@ -23,6 +23,10 @@ class ModelReply:
     input_tokens: int
     output_tokens: int
     cached: bool = False  # served from the response cache: no provider call, nothing billed
+    # prompt caching (`spec.model.promptCaching`): input tokens written to / read from the provider's
+    # cache, billed at their own rates and not part of `input_tokens` (as the Messages API counts them)
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
     def text(self) -> str:
         return "".join(block["text"] for block in self.content if block["type"] == "text")

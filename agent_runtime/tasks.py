@@ -104,6 +104,8 @@ class CallUsage(BaseModel):
     route: str = "default"  # the routing decision that chose the provider tried first (`routing.py`)
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_write_tokens: int = 0  # input tokens written to the provider's prompt cache (their own price)
+    cache_read_tokens: int = 0  # input tokens read from it
     cost_micros: int = Field(default=0, description="What the budget ledger settled for it (micro-USD, rounded up).")
     cached: bool = False
 

@@ -7,8 +7,10 @@ first user message contains arithmetic and the request offers the `calculator` t
 calculation per turn (a `tool_use` turn), then answers with the results; otherwise it answers with
 text. `usage` is counted from the request and reply sizes (about four characters per token);
 `POST /v1/messages/count_tokens` answers the same input count without a reply (`counted` counts
-them). A system prompt asking to classify a task's complexity (the runtime's routing classifier)
-is answered with one word.
+them). Prompt caching: a request whose system prompt or tools carry `cache_control` has that
+prefix billed as a cache write the first time, a cache read after (`cache_usage`). A system
+prompt asking to classify a task's complexity (the runtime's routing classifier) is answered with
+one word.
 
 Fault injection is per server instance (`Faults`): an error ratio with status 429 (with
 `retry-after`), 500 or 529, malformed bodies, added latency, a hold (replies wait until it is
@@ -106,6 +108,8 @@ class CallRecord:
     number: int = 0  # 1 for the first call the server received, and so on
     connection: str = ""  # the client's address and port: one per TCP connection
     max_tokens: int = 0  # the request's max_tokens (what the runtime let the call produce)
+    cache_write_tokens: int = 0  # prompt caching: prefix tokens written to the cache
+    cache_read_tokens: int = 0  # and read from it
 
 
 def _tokens(text: str) -> int:
@@ -138,6 +142,30 @@ def _next_index(results: list[dict[str, Any]]) -> int:
     """The index of the next expression to compute: one past the highest answered (ids `toolu_<index>_…`)."""
     answered = [int(m.group(1)) for r in results if (m := _TOOL_INDEX.match(str(r.get("tool_use_id", ""))))]
     return max(answered) + 1 if answered else len(results)
+
+
+def _cache_marked(body: Mapping[str, Any]) -> bool:
+    system = body.get("system")
+    blocks = [*(system if isinstance(system, list) else []), *(body.get("tools") or [])]
+    return any(isinstance(b, dict) and "cache_control" in b for b in blocks)
+
+
+def cache_usage(body: Mapping[str, Any], cache: set[str]) -> tuple[int, int, int]:
+    """(input, cache write, cache read) tokens of a request, with prompt caching as the Messages API bills it.
+
+    A request whose system prompt or tools carry `cache_control` has its prefix (tools and system)
+    written to `cache` the first time and read from it after; those tokens leave `input_tokens`.
+    """
+    total = input_tokens(body)
+    if not _cache_marked(body):
+        return total, 0, 0
+    prefix = json.dumps([body.get("system"), body.get("tools")], separators=(",", ":"))
+    size = min(_tokens(prefix), total - 1)
+    digest = hashlib.sha256(prefix.encode()).hexdigest()
+    if digest in cache:
+        return total - size, 0, size
+    cache.add(digest)
+    return total - size, size, 0
 
 
 def respond(body: dict[str, Any], *, message_id: str) -> dict[str, Any]:
@@ -210,6 +238,7 @@ class LocalModelServer:
         self.faults = faults or Faults()
         self.calls: list[CallRecord] = []
         self.counted = 0  # POST /v1/messages/count_tokens requests answered
+        self.prompt_cache: set[str] = set()  # digests of cached prompt prefixes (no expiry)
         self._rng = random.Random(self.faults.seed)
         self._runner: web.AppRunner | None = None
 
@@ -337,6 +366,9 @@ class LocalModelServer:
             message = f"injected fault: HTTP {status}"
             return web.json_response(error_body(status, message), status=status, headers=headers)
         reply = respond(body, message_id=f"msg_local_{len(self.calls):06d}")
+        fresh, written, read = cache_usage(body, self.prompt_cache)
+        reply["usage"].update(input_tokens=fresh, cache_creation_input_tokens=written, cache_read_input_tokens=read)
+        record.cache_write_tokens, record.cache_read_tokens = written, read
         record.input_tokens = reply["usage"]["input_tokens"]
         record.output_tokens = reply["usage"]["output_tokens"]
         payload = messages_to_chat(reply) if openai else reply

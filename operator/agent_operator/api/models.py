@@ -331,6 +331,11 @@ class ModelSpec(Model):
     routing: Routing | None = Field(
         default=None, description="Route calls by task complexity, intent and remaining budget (docs/costs.md)."
     )
+    prompt_caching: bool = Field(
+        default=False,
+        description="Mark the system prompt and tool definitions as a prompt-cache prefix (anthropic providers);"
+        " cache writes and reads are priced at their own rates (budget.prices).",
+    )
     max_input_tokens: int | None = Field(
         default=None,
         ge=256,
@@ -510,6 +515,14 @@ class ModelPrice(Model):
 
     input_per_mtok: float = Field(ge=0, description="USD per million input tokens.")
     output_per_mtok: float = Field(ge=0, description="USD per million output tokens.")
+    cache_write_per_mtok: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per million input tokens written to the prompt cache (default: 1.25x input).",
+    )
+    cache_read_per_mtok: float | None = Field(
+        default=None, ge=0, description="USD per million input tokens read from the prompt cache (default 0.1x input)."
+    )
 
 
 class OnExhausted(StrEnum):

@@ -58,7 +58,12 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         for p in spec.model.providers
     ]
     prices = {
-        model: config.PriceConfig(input_per_mtok=price.input_per_mtok, output_per_mtok=price.output_per_mtok)
+        model: config.PriceConfig(
+            input_per_mtok=price.input_per_mtok,
+            output_per_mtok=price.output_per_mtok,
+            cache_write_per_mtok=price.cache_write_per_mtok,
+            cache_read_per_mtok=price.cache_read_per_mtok,
+        )
         for model, price in sorted(spec.budget.prices.items())
     }
     routing = None
@@ -87,6 +92,7 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         strategy=str(spec.model.strategy),
         routing=routing,
         max_input_tokens=spec.model.max_input_tokens,
+        prompt_caching=spec.model.prompt_caching,
         system_prompt=spec.model.system_prompt,
         max_output_tokens=spec.model.max_output_tokens,
         requests_per_minute=spec.limits.requests_per_minute,
