@@ -112,7 +112,9 @@ def test_build_report_merges_hours_and_ranks_tasks() -> None:
     ]
     report = costs.build_report(period, hours, tasks, top=10)
     assert report["totalCostUSD"] == 0.000042 and report["totalRequests"] == 3
-    assert report["byModel"] == {"a": {"costUSD": 0.000042, "requests": 3, "tokens": 12}}
+    assert report["byModel"] == {
+        "a": {"costUSD": 0.000042, "requests": 3, "tokens": 12, "cacheReadTokens": 0, "cacheWriteTokens": 0}
+    }
     assert report["byUser"] == {"a|b": {"costUSD": 0.000042, "requests": 3}}
     assert list(report["byHour"]) == ["2026-03-10T10:00:00Z", "2026-03-10T11:00:00Z"]
     assert [t["taskId"] for t in report["topExpensiveTasks"]] == ["dear", "cheap"]  # `later` is past the end
