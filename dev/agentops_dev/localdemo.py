@@ -2,9 +2,10 @@
 
 `run_runtime_demo(out)` starts them all (Redis in a temporary directory on a free port; the API under
 uvicorn and the worker with its probe server, both in this process), submits a task that needs the
-calculator tool over real HTTP with the bearer token, polls it to completion and writes the answer,
-the usage and a few `/metrics` lines to `out`. Everything it started is stopped before it returns,
-also on error. `agentctl demo` and `agent-runtime demo` call it.
+calculator tool over real HTTP with the bearer token — routed: labelled by a cheap provider, then
+sent to the one its label calls for — polls it to completion and writes the answer, the usage, the
+route and model of each call, a few `/metrics` lines and the cost report (`GET /v1/costs`) to
+`out`. Everything it started is stopped before it returns, also on error. `agentctl demo` and `agent-runtime demo` call it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from agent_runtime import constants
 from agent_runtime import logging as runtime_logging
 from agent_runtime.api import create_app
 from agent_runtime.composition import build_worker, connect_redis
-from agent_runtime.config import ProviderConfig, RuntimeConfig
+from agent_runtime.config import ProviderConfig, RouteRule, RoutingConfig, RuntimeConfig
 from agent_runtime.tasks import TERMINAL
 from agent_runtime.worker import serve_probes
 from agentops_dev.localmodel import MODEL, Faults, LocalModelServer
 from agentops_dev.localredis import LocalRedis, free_port
 
 __all__ = ["DEMO_PROMPT", "run_runtime_demo"]
+
+CHEAP_MODEL = "claude-haiku-4-5"
 
 DEMO_PROMPT = "A crate holds 12*7+3 apples and a truck carries 2**10 crates. Work out both figures."
 _SHOWN_SERIES = (
@@ -66,9 +69,23 @@ async def _demo(out: TextIO, timeout: float) -> None:
         stack.push_async_callback(model.stop)
         out.write(f"redis-server      {redis_server.url}\nlocal model       {model.url} ({MODEL})\n")
 
+        # Two providers on the one local model: routing sends the task, labelled by the cheap one
+        # (two figures to compute: medium), to the stronger one (docs/costs.md).
+        routes = RoutingConfig(
+            rules=[
+                RouteRule(name="simple", complexity="simple", provider="cheap"),
+                RouteRule(name="medium", complexity="medium", provider="local"),
+            ],
+            default="local",
+            classifier="cheap",
+        )
         config = RuntimeConfig(
             service="demo",
-            providers=[ProviderConfig(name="local", model=MODEL, base_url=model.url)],
+            providers=[
+                ProviderConfig(name="local", model=MODEL, base_url=model.url),
+                ProviderConfig(name="cheap", model=CHEAP_MODEL, base_url=model.url),
+            ],
+            routing=routes,
             max_steps_per_task=8,
             worker_concurrency=4,
             shutdown_grace_seconds=5,
@@ -89,6 +106,8 @@ async def _demo(out: TextIO, timeout: float) -> None:
             for url in (metrics_url, api_url):
                 scrape = await client.get(url + constants.METRICS_PATH)
                 _metrics_lines(out, url, scrape.text)
+            report = (await client.get(constants.COSTS_PATH, params={"top": 3})).raise_for_status().json()
+            _cost_lines(out, report)
 
 
 @contextlib.asynccontextmanager
@@ -151,6 +170,20 @@ def _report(out: TextIO, view: dict[str, Any]) -> None:
         f"  usage:  {usage['input_tokens']} input tokens, {usage['output_tokens']} output tokens, "
         f"${usage['cost_usd']:.6f}\n"
     )
+    for call in view["calls"]:
+        out.write(
+            f"  call:   route {call['route']} -> {call['provider']} ({call['model']}),"
+            f" ${call['cost_micros'] / 1e6:.6f}\n"
+        )
+
+
+def _cost_lines(out: TextIO, report: dict[str, Any]) -> None:
+    out.write(f"\nGET  {constants.COSTS_PATH} (the last 24 hours)\n")
+    out.write(f"  total:  ${report['totalCostUSD']:.6f} over {report['totalRequests']} model calls\n")
+    for model, row in report["byModel"].items():
+        out.write(f"  model:  {model}: ${row['costUSD']:.6f}, {row['requests']} calls, {row['tokens']} tokens\n")
+    for task in report["topExpensiveTasks"]:
+        out.write(f"  task:   {task['taskId']}: ${task['costUSD']:.6f} ({task['model']})\n")
 
 
 def _metrics_lines(out: TextIO, url: str, text: str) -> None:

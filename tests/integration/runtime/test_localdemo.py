@@ -1,7 +1,8 @@
 """The runtime demo (`run_runtime_demo`), as `agentctl demo` runs it.
 
 Covers: it starts redis-server, the local model server, the API and a worker, runs a task that uses
-the calculator through them over HTTP, writes the answer, the usage and metric lines, and leaves no
+the calculator through them over HTTP (routed: a classifier call, then the routed provider), writes
+the answer, the usage, each call's route and model, metric lines and the cost report, and leaves no
 process or listening port behind.
 """
 
@@ -48,6 +49,12 @@ async def test_demo_runs_a_tool_task_and_cleans_up() -> None:
     )
     assert 'agent_tool_calls_total{service="demo",status="ok",tool_name="calculator",track="stable"} 2.0' in text
     assert 'agent_queue_depth{service="demo",track="stable"} 0.0' in text
+    # routed: labelled by the cheap provider, then every step on the one its label (medium) calls for
+    assert "call:   route classifier -> cheap (claude-haiku-4-5)" in text
+    assert len(re.findall(r"call:   route medium -> local \(claude-sonnet-5-5\)", text)) == 3
+    assert re.search(r"total:  \$0\.\d{6} over 4 model calls", text)
+    assert "model:  claude-haiku-4-5: $" in text and "model:  claude-sonnet-5-5: $" in text
+    assert len(re.findall(r"task:   [0-9a-f]{32}: \$0\.\d{6} \(claude-sonnet-5-5\)", text)) == 1
     urls = set(re.findall(r"(?:redis|http)://[\d.]+:\d+", text))
     assert len(urls) == 4
     assert not any(listening(url) for url in urls)
