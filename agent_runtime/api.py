@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import redis.asyncio
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
@@ -114,26 +114,20 @@ def create_app(
         daily_limit_usd=config.daily_budget_usd,
         per_task_limit_usd=config.per_task_budget_usd,
     )
-    app.include_router(_task_routes(config, queue, metrics, auth_token, daily))
+    app.include_router(_task_routes(config, queue, metrics, daily))
     app.include_router(_probe_routes(queue, metrics, daily))
     _install_error_handlers(app, metrics, daily)
-    app.add_middleware(_RequestId)
+    # Outermost last: traced, then headers checked (400) and the request id bound, then the token
+    # (401), then the body's size (413); the body is parsed only after all of them.
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(_Authorized, token=auth_token)
+    app.add_middleware(_RequestId)
     app.add_middleware(_Traced)
     return app
 
 
-def _task_routes(
-    config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, auth_token: str | None, daily: BudgetLedger
-) -> APIRouter:
-    async def authorize(request: Request) -> None:
-        if auth_token is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), auth_token.encode()):
-            raise _Unauthorized
-
-    router = APIRouter(prefix=constants.TASKS_PATH, dependencies=[Depends(authorize)])
+def _task_routes(config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, daily: BudgetLedger) -> APIRouter:
+    router = APIRouter(prefix=constants.TASKS_PATH)  # behind `_Authorized`
 
     @router.post("", status_code=202, response_model=SubmitResponse)
     async def submit(body: SubmitRequest, response: Response) -> SubmitResponse:
@@ -218,10 +212,6 @@ class _Rejected(Exception):
         self.status = status
 
 
-class _Unauthorized(Exception):
-    pass
-
-
 def status_path(task_id: str) -> str:
     """Where a task's status is served: a path relative to the API's own origin. Pure."""
     return f"{constants.TASKS_PATH}/{task_id}"
@@ -261,10 +251,6 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: BudgetLedger)
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, _describe(exc))
 
-    async def unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-        message = f"missing or invalid bearer token: send 'Authorization: Bearer <token>' ({constants.AUTH_TOKEN_ENV})"
-        return _error(401, message, {"www-authenticate": "Bearer"})
-
     async def rejected(request: Request, exc: _Rejected) -> JSONResponse:
         return _error(exc.status, str(exc))
 
@@ -290,7 +276,6 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: BudgetLedger)
         return _error(500, "internal error; the API's log has the details (look for request_failed)")
 
     handlers[RequestValidationError] = validation
-    handlers[_Unauthorized] = unauthorized
     handlers[_Rejected] = rejected
     handlers[errors.StoreUnavailable] = unavailable
     handlers[errors.QueueFull] = queue_full
@@ -301,8 +286,43 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: BudgetLedger)
         app.add_exception_handler(kind, handler)
 
 
+class _Authorized:
+    """Answer 401 to a `/v1` request without the bearer token, before anything reads its body.
+
+    A middleware, not a route dependency: FastAPI parses the body before it runs a route's
+    dependencies, so a client without the token learned from a 422 how its JSON was wrong.
+    `token=None` turns authentication off (local use only).
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = None if token is None else token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is None or scope["type"] != "http" or not _under(scope["path"], constants.TASKS_PATH):
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = sent.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.token):
+            message = (
+                f"missing or invalid bearer token: send 'Authorization: Bearer <token>' ({constants.AUTH_TOKEN_ENV})"
+            )
+            await _error(401, message, {"www-authenticate": "Bearer"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
 class _RequestId:
-    """Bind a request id (the client's `x-request-id`, or a new one) to every log line, and echo it."""
+    """Bind a request id (the client's `x-request-id`, or a new one) to every log line, and echo it.
+
+    A request with a header value that is not UTF-8 is answered 400 naming the header, here, before
+    anything decodes it (that was a 500).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -312,7 +332,16 @@ class _RequestId:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(constants.REQUEST_ID_HEADER.encode(), b"").decode()[:128] or uuid.uuid4().hex
+        for name, value in headers.items():
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                shown = name.decode("latin-1")[:64].encode("ascii", "replace").decode()
+                await _error(400, f"header {shown!r} is not UTF-8 text")(scope, receive, send)
+                return
+        sent = headers.get(constants.REQUEST_ID_HEADER.encode(), b"").decode()
+        # Printable ASCII only: the id is echoed in a header and written to every log line.
+        request_id = "".join(c for c in sent if " " < c < "\x7f")[:128] or uuid.uuid4().hex
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

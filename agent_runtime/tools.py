@@ -9,6 +9,7 @@ step after a crash harmless. A user module either exposes `TOOLS` (a list of `To
 from __future__ import annotations
 
 import ast
+import asyncio
 import datetime
 import importlib
 import inspect
@@ -90,46 +91,87 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _MAX_EXPONENT = 1000
 _MAX_EXPRESSION = 500
+# Every intermediate integer stays below 2**_MAX_BITS (about 1,200 digits): the bound is checked
+# before each operation from its operands' sizes, so `((9**999)**999)**999` is refused at its second
+# power instead of computing a number of millions of digits (seconds of one core, the worker's event
+# loop and its probes stuck behind it). Floats need no bound: they overflow to an error.
+_MAX_BITS = 4096
+# The evaluation runs in a thread, off the event loop; the bounds above keep it to microseconds,
+# this limit is the backstop.
+CALCULATOR_TIMEOUT_SECONDS = 2.0
 
 
 def calculate(expression: str) -> int | float:
-    """Evaluate arithmetic (numbers, + - * / // % **, parentheses) without `eval`."""
+    """Evaluate arithmetic (numbers, + - * / // % **, parentheses) without `eval`, every step bounded."""
     if len(expression) > _MAX_EXPRESSION:
         raise ToolError(f"expression longer than {_MAX_EXPRESSION} characters")
     try:
         tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as exc:
+    except (SyntaxError, RecursionError, MemoryError) as exc:
         raise ToolError(f"not an arithmetic expression: {expression!r}") from exc
-    return _evaluate(tree.body)
+    try:
+        return _evaluate(tree.body)
+    except RecursionError as exc:
+        raise ToolError("expression nests too deeply") from exc
+
+
+def _bits(value: int | float) -> int:
+    return abs(value).bit_length() if isinstance(value, int) else 0
+
+
+def _check_size(op: ast.operator, left: int | float, right: int | float) -> None:
+    """Refuse an operation whose integer result could pass `_MAX_BITS`, before it is computed."""
+    if isinstance(op, ast.Pow):
+        if abs(right) > _MAX_EXPONENT:
+            raise ToolError(f"exponent {right} too large (limit {_MAX_EXPONENT})")
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and _bits(left) * right > _MAX_BITS:
+            raise ToolError(f"result too large: more than {_MAX_BITS} bits")
+    elif isinstance(op, ast.Mult) and _bits(left) + _bits(right) > _MAX_BITS:
+        raise ToolError(f"result too large: more than {_MAX_BITS} bits")
 
 
 def _evaluate(node: ast.AST) -> int | float:
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        if _bits(node.value) > _MAX_BITS:
+            raise ToolError(f"number too large: more than {_MAX_BITS} bits")
         return node.value
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
-            raise ToolError(f"exponent {right} too large (limit {_MAX_EXPONENT})")
+        _check_size(node.op, left, right)
         try:
             value = _BINARY[type(node.op)](left, right)
         except ZeroDivisionError as exc:
             raise ToolError("division by zero") from exc
+        except OverflowError as exc:  # a float power, or an integer too large to turn into a float
+            raise ToolError("result is not a finite number") from exc
         if isinstance(value, float) and not math.isfinite(value):
             raise ToolError("result is not a finite number")
+        if isinstance(value, complex):  # a negative number to a fractional power
+            raise ToolError("result is not a real number")
+        if _bits(value) > _MAX_BITS:  # a sum of two numbers at the bound
+            raise ToolError(f"result too large: more than {_MAX_BITS} bits")
         return value  # type: ignore[no-any-return]
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_evaluate(node.operand))  # type: ignore[no-any-return]
     raise ToolError(f"unsupported element in expression: {ast.dump(node)[:80]}")
 
 
-def _calculator(tool_input: dict[str, Any]) -> str:
-    expression = tool_input.get("expression")
-    if not isinstance(expression, str):
-        raise ToolError("calculator needs {'expression': '<arithmetic>'}")
-    value = calculate(expression)
+def _format(value: int | float) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         value = int(value)
     return str(value)
+
+
+async def _calculator(tool_input: dict[str, Any]) -> str:
+    expression = tool_input.get("expression")
+    if not isinstance(expression, str):
+        raise ToolError("calculator needs {'expression': '<arithmetic>'}")
+    # Off the event loop: the worker's other tasks, heartbeats and probes go on meanwhile.
+    try:
+        value = await asyncio.wait_for(asyncio.to_thread(calculate, expression), CALCULATOR_TIMEOUT_SECONDS)
+    except TimeoutError as exc:
+        raise ToolError(f"calculation took longer than {CALCULATOR_TIMEOUT_SECONDS} s") from exc
+    return _format(value)
 
 
 def _current_time(tool_input: dict[str, Any]) -> str:

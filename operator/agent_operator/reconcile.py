@@ -32,7 +32,7 @@ from typing import Any, Final
 import pydantic
 import structlog
 
-from agent_operator import budget, budgetreport, objects, opmetrics, status
+from agent_operator import budget, budgetreport, objects, opmetrics, policy, status
 from agent_operator.api import models, validation
 from agent_operator.canary import rollouts
 from agent_operator.kube import apply, prune, secrets
@@ -72,10 +72,15 @@ class Outcome:
     spec_error: str = ""
     missing_secrets: tuple[str, ...] = ()
     status_written: bool = False
+    policy_violation: str = ""
 
 
 class SpecInvalid(Exception):
     """The spec passed the CRD schema but cannot be served; the message names the field."""
+
+
+class PolicyViolation(Exception):
+    """The spec is valid but breaks the platform's policy (`policy.Policy`); the message names the rule."""
 
 
 class Reconciler:
@@ -90,8 +95,10 @@ class Reconciler:
         clock: Callable[[], str] = utcnow,
         canary: rollouts.Rollouts | None = None,
         budgets: budgetreport.BudgetReporter | None = None,
+        admission: policy.Policy | None = None,
     ) -> None:
         self._client = client
+        self._policy = admission or policy.Policy()
         self._metrics = metrics
         self._operator_version = operator_version
         self._rollouts = canary if canary is not None else rollouts.Rollouts(client, metrics)
@@ -330,7 +337,7 @@ class Reconciler:
                 raise
             finally:
                 self._metrics.reconcile_duration.observe(time.perf_counter() - started)
-        result = "invalid" if outcome.spec_error else outcome.phase.value.lower()
+        result = "invalid" if outcome.spec_error or outcome.policy_violation else outcome.phase.value.lower()
         self._metrics.reconciles.labels(result=result if result in opmetrics.RESULTS else "progressing").inc()
         if outcome.spec_error:
             self._metrics.errors.labels(kind="invalid").inc()
@@ -346,6 +353,10 @@ class Reconciler:
             findings = status.Findings(generation=generation, spec_error=str(exc))
             report = status.Report(revision=prior.stable_revision, canary=prior)
             outcome = Outcome(models.Phase.FAILED, spec_error=str(exc))
+        except PolicyViolation as exc:  # nothing is built: no child is written or changed
+            findings = status.Findings(generation=generation, policy_violation=str(exc))
+            report = status.Report(revision=prior.stable_revision, canary=prior)
+            outcome = Outcome(models.Phase.FAILED, policy_violation=str(exc))
         else:
             findings, report, outcome = await self._converge(uid, body, svc, desired, prior)
         phase, written = await self._status.report(uid, body, findings, report)
@@ -436,12 +447,15 @@ class Reconciler:
         return findings, report, outcome
 
     def _desired(self, body: Mapping[str, Any]) -> tuple[models.AgentService, builders.Desired]:
-        """Parse the body and build its children, or raise SpecInvalid naming the field."""
+        """Parse the body and build its children, or raise SpecInvalid naming the field (PolicyViolation
+        naming the rule)."""
         try:
             svc = models.AgentService.model_validate(dict(body))
         except pydantic.ValidationError as exc:
             problems = validation.problems_from(exc)
             raise SpecInvalid("; ".join(str(p) for p in problems)) from None
+        if violations := self._policy.violations(svc.spec):
+            raise PolicyViolation("; ".join(violations))
         try:
             desired = builders.desired(svc, operator_version=self._operator_version)
         except models.CrossFieldError as exc:

@@ -36,7 +36,7 @@ import kopf
 import structlog
 import uvloop
 
-from agent_operator import __version__, budget, budgetreport, handlers, leadership, opmetrics, reconcile
+from agent_operator import __version__, budget, budgetreport, handlers, leadership, opmetrics, policy, reconcile
 from agent_operator.canary import rollouts
 from agent_operator.canary.prometheus import Prometheus
 from agent_operator.kube import client as kube_client
@@ -82,6 +82,8 @@ class Config:
     priority: int | None = None  # None: `leadership.default_priority()`, the earliest replica leads
     peering_lifetime: int = DEFAULT_PEERING_LIFETIME
     worker_limit: int | None = DEFAULT_WORKER_LIMIT  # None: unbounded
+    # The platform's rules (the chart's `policy.*` values); the default enforces none of them.
+    admission: policy.Policy = dataclasses.field(default_factory=policy.Policy)
 
     @property
     def all_namespaces(self) -> bool:
@@ -156,6 +158,47 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_WORKER_LIMIT,
         metavar="N",
         help="AgentServices kopf processes at once, the rest wait in the watch (0: unbounded; default: %(default)s)",
+    )
+    rules = parser.add_argument_group(
+        "policy", "the platform's rules for AgentServices (the chart's policy.* values; docs/security.md)"
+    )
+    rules.add_argument(
+        "--policy-enforced",
+        action="store_true",
+        help="refuse specs that break the rules below (PolicyViolation condition, no children)",
+    )
+    rules.add_argument(
+        "--policy-allowed-image",
+        action="append",
+        default=[],
+        metavar="REPOSITORY",
+        help="an image repository spec.image may name, with any tag or digest; ending in '/': a registry path",
+    )
+    rules.add_argument(
+        "--policy-allowed-service-account",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name spec.serviceAccountName may take",
+    )
+    rules.add_argument(
+        "--policy-allow-token-automount",
+        action="store_true",
+        help="let spec.automountServiceAccountToken be true",
+    )
+    rules.add_argument(
+        "--policy-allowed-pod-annotation",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a prefix every key of spec.podAnnotations must start with (one of them)",
+    )
+    rules.add_argument(
+        "--allowed-provider-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a closed list: provider baseURLs may name only these hosts (default: any but link-local and metadata)",
     )
     parser.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("AGENT_LOG_FORMAT", "json"))
     parser.add_argument("--verbose", action="store_true")
@@ -248,7 +291,12 @@ async def operate(
         client, metrics, prometheus=budget_prometheus, interval=config.budget_interval
     )
     reconciler = reconcile.Reconciler(
-        client, metrics, operator_version=config.operator_version, canary=canary_rollouts, budgets=budgets
+        client,
+        metrics,
+        operator_version=config.operator_version,
+        canary=canary_rollouts,
+        budgets=budgets,
+        admission=config.admission,
     )
     # Children are watched in the scope the operator serves: the whole cluster, or its namespaces.
     children = watch.Children(client, reconciler.poke, metrics, namespaces=config.namespaces)
@@ -370,6 +418,14 @@ def config_from(args: argparse.Namespace) -> Config:
         priority=getattr(args, "priority", None),
         peering_lifetime=getattr(args, "peering_lifetime", DEFAULT_PEERING_LIFETIME),
         worker_limit=getattr(args, "worker_limit", DEFAULT_WORKER_LIMIT) or None,
+        admission=policy.Policy(
+            enforced=getattr(args, "policy_enforced", False),
+            allowed_images=tuple(getattr(args, "policy_allowed_image", None) or ()),
+            allowed_service_accounts=tuple(getattr(args, "policy_allowed_service_account", None) or ()),
+            allow_token_automount=getattr(args, "policy_allow_token_automount", False),
+            allowed_pod_annotations=tuple(getattr(args, "policy_allowed_pod_annotation", None) or ()),
+            allowed_provider_hosts=tuple(getattr(args, "allowed_provider_host", None) or ()),
+        ),
     )
 
 

@@ -9,8 +9,11 @@ CEL validation). A test proves that both halves reject the same invalid examples
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import re
+import socket
+import urllib.parse
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
@@ -68,6 +71,58 @@ KEDA_SENTINEL_MESSAGE = (
     "the keda engine with a Sentinel URL in redis.urlSecretRef needs redis.masterName"
     " (KEDA cannot read the primary's name from the Secret)"
 )
+
+
+# Where a cloud's instance metadata answers (credentials of the node's identity): a provider pointed
+# there would send the service's prompts to it and return what it says; the runtime's calls carry
+# the provider's API key too. Link-local networks hold nothing else a provider could be.
+METADATA_HOSTS = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata.azure.com",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.tencentyun.com",
+        "metadata.platformequinix.com",
+    }
+)
+METADATA_NETWORKS = (
+    ipaddress.ip_network("169.254.0.0/16"),  # IPv4 link-local: AWS, GCP, Azure, OpenStack metadata
+    ipaddress.ip_network("fe80::/10"),  # IPv6 link-local
+    ipaddress.ip_network("fd00:ec2::/32"),  # AWS's IPv6 metadata endpoint (fd00:ec2::254)
+    ipaddress.ip_network("100.100.100.200/32"),  # Alibaba Cloud's metadata endpoint
+)
+
+
+def refused_host(url: str) -> str | None:
+    """Why the host of `url` may not be a provider's (a link-local or metadata address), or None.
+
+    Numeric hosts are read as a resolver reads them (`inet_aton`: `2852039166`, `0xa9fea9fe` and
+    `169.254.43518` are all 169.254.169.254), and IPv4 inside IPv6 (`::ffff:169.254.169.254`) as IPv4.
+    A name that resolves into these ranges is not caught here: that takes DNS, which a validator must
+    not depend on; `--allowed-provider-host` closes the list for those who need it (docs/security.md).
+    """
+    try:
+        host = (urllib.parse.urlsplit(url).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return "is not a valid URL"
+    if host in METADATA_HOSTS:
+        return f"names {host!r}, a cloud metadata host"
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            address = None  # a name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address is not None and any(address in network for network in METADATA_NETWORKS):
+        return f"names {address}, a link-local or metadata address"
+    return None
 
 
 class CrossFieldError(ValueError):
@@ -221,6 +276,13 @@ class Provider(Model):
             "fieldPath": ".apiKeySecretRef",
         }
     ]
+
+    @field_validator("base_url")
+    @classmethod
+    def _reachable_host(cls, value: str | None) -> str | None:
+        if value is not None and (reason := refused_host(value)) is not None:
+            raise ValueError(f"{reason}: a provider cannot be a link-local or cloud metadata endpoint")
+        return value
 
     @model_validator(mode="after")
     def _key_for_public_api(self) -> Provider:

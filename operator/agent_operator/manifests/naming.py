@@ -105,8 +105,13 @@ def dashboard_name(service: str) -> str:
 
 
 def dashboard_uid(namespace: str, service: str) -> str:
-    """The Grafana dashboard's uid, unique per AgentService: `agsvc-<namespace>-<svc>`, fitted to 40."""
-    return fit(f"agsvc-{namespace}-{service}", limit=GRAFANA_UID_MAX)
+    """The Grafana dashboard's uid, unique per AgentService: `agsvc-<namespace>_<svc>`, fitted to 40.
+
+    `_` (which Grafana allows in a uid) appears in neither a namespace nor an AgentService name, so
+    no two (namespace, name) pairs give the same string: with `-`, `team-a/x` and `team/a-x` did, and
+    one tenant's dashboard replaced the other's.
+    """
+    return fit(f"agsvc-{namespace}_{service}", limit=GRAFANA_UID_MAX)
 
 
 def prometheus_rule_name(service: str) -> str:

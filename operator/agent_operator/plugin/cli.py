@@ -103,7 +103,7 @@ class Cluster:
         except urllib3.exceptions.HTTPError as exc:
             host = self.api.configuration.host
             raise PluginError(f"cannot reach the cluster at {host}: {_reason(exc)}") from None
-        return json.loads(response.data or b"{}")
+        return views.printable_tree(json.loads(response.data or b"{}"))  # tenants wrote these strings
 
     def service(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call(
@@ -241,7 +241,7 @@ class Output:
         return shutil.get_terminal_size().columns if self.tty else None
 
     def text(self, text: str) -> str:
-        fitted = views.fit(text, self.width)
+        fitted = views.fit(views.printable(text, lines=True), self.width)
         return views.colourise(fitted) if self.colour else fitted
 
     def write(self, text: str) -> None:
@@ -477,7 +477,7 @@ def main(
         cluster = Cluster.connect(args.kubeconfig, args.context, args.namespace)
         code: int = args.func(cluster, args, out, now)
     except PluginError as exc:
-        print(f"error: {exc}", file=stderr or sys.stderr)
+        print(f"error: {views.printable(str(exc))}", file=stderr or sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:  # Ctrl-C ends `get --watch`: a clean exit, no traceback
         out.stream.write("\n")

@@ -45,6 +45,31 @@ _COLOURS: Final = {
 _COLOUR_WORDS: Final = re.compile(r"(?<![\w-])(" + "|".join(_COLOURS) + r")(?![\w-])")
 
 
+# Every string a tenant can write reaches an admin's terminal through this plugin: names, messages,
+# annotations, Events. C0 and C1 control characters (ESC starts a terminal escape sequence: it can
+# rewrite the screen, set the window title, or with some terminals write files), DEL, and the Unicode
+# bidirectional overrides (they reorder what is shown) are each replaced by `?`, before any view
+# is built (`printable_tree`), and once more over the finished text (`printable`), keeping its lines.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_BUT_NEWLINE: Final = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """`text` with every control character replaced by `?` (newlines kept when `lines`)."""
+    return (_CONTROL_BUT_NEWLINE if lines else _CONTROL).sub("?", text)
+
+
+def printable_tree(value: Any) -> Any:
+    """A JSON value read from the API with `printable` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [printable_tree(item) for item in value]
+    if isinstance(value, dict):
+        return {printable(str(key)): printable_tree(item) for key, item in value.items()}
+    return value
+
+
 # --- small helpers ------------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 Covers: submit → 202 with task id and status URL → a burst worker → succeeded with the answer and usage;
 multi-step tool use (one calculator call per expression, then the answer); cancel of a queued task (never
 runs) and of a finished one (409); idempotent resubmit (same task, one queue entry); bearer auth (401
-on /v1 without or with a wrong token, probes open); bad input with clear messages (invalid JSON, body
+on /v1 without or with a wrong token, probes open, checked before the body is parsed); a header that
+is not UTF-8 (400); bad input with clear messages (invalid JSON, body
 over the limit with and without content-length, input over max_input_chars, unknown priority, unknown
 field, unknown task id); /health and /ready; the request id echoed.
 """
@@ -180,6 +181,30 @@ async def test_bad_input_gets_a_clear_4xx(api: httpx.AsyncClient) -> None:
     assert missing.status_code == 404
     assert missing.json() == {"error": "no task 'does-not-exist' (unknown id, or its record expired)"}
     assert (await api.delete("/v1/tasks/does-not-exist", headers=AUTH)).status_code == 404
+
+
+async def test_the_token_is_checked_before_the_body_is_read(api: httpx.AsyncClient) -> None:
+    """Issue 27: bad JSON without a token is 401, not 422 (a 422 told a stranger how its JSON was wrong)."""
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        bad = await api.post(
+            "/v1/tasks", content=b'{"input": "hi",', headers={**headers, "content-type": "application/json"}
+        )
+        assert bad.status_code == 401, bad.text
+        invalid = await api.post("/v1/tasks", json={"input": "", "prio": 1}, headers=headers)
+        assert invalid.status_code == 401, invalid.text
+
+
+async def test_a_header_that_is_not_utf8_is_a_400(api: httpx.AsyncClient) -> None:
+    """Issue 27: a non-UTF-8 `x-request-id` (or any header) is the client's fault, named, not a 500."""
+    for name in ("x-request-id", "x-custom"):
+        response = await api.get("/health", headers=[(name.encode(), b"\xff\xfe-id")])
+        assert response.status_code == 400, response.text
+        assert response.json() == {"error": f"header {name!r} is not UTF-8 text"}
+        submitted = await api.post("/v1/tasks", json={"input": "hi"}, headers=[*AUTH.items(), (name, b"\xc3\x28")])
+        assert submitted.status_code == 400, submitted.text
+    # Control characters never reach the echoed id (nor the log lines that carry it).
+    response = await api.get("/health", headers={"x-request-id": "ab\tc\x1b[31m"})
+    assert response.headers["x-request-id"] == "abc[31m"
 
 
 async def test_request_id_is_echoed(api: httpx.AsyncClient) -> None:

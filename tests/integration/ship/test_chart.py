@@ -89,6 +89,9 @@ def test_operator_arguments_are_understood_by_agentctl_operator(values: Path | N
         ("replicaCount=0", "replicaCount"),
         ("peering.lifetimeSeconds=5", "lifetimeSeconds"),
         ("workerLimit=-1", "workerLimit"),
+        ("policy.allowTokenAutomount=maybe", "allowTokenAutomount"),
+        ("policy.allowedServiceAccounts={Not_A_Name}", "allowedServiceAccounts"),
+        ("policy.allowedImages={}", "allowedImages"),
     ],
 )
 def test_values_schema_rejects_bad_values(setting: str, message: str) -> None:
@@ -181,3 +184,59 @@ def test_peering_crds_are_shipped() -> None:
     scopes = {crd["spec"]["names"]["kind"]: crd["spec"]["scope"] for crd in crds}
     assert scopes == {"ClusterKopfPeering": "Cluster", "KopfPeering": "Namespaced"}
     assert {crd["spec"]["group"] for crd in crds} == {"kopf.dev"}
+
+
+def test_the_admission_policy_is_on_by_default_and_the_operator_gets_the_same_rules() -> None:
+    """Issue 27, point 4: a ValidatingAdmissionPolicy and its binding by default; the operator's flags
+    carry the same values (it enforces them itself where the policy is off)."""
+    from agent_operator import run
+
+    docs = render()
+    (policy,) = [doc for doc in docs if doc["kind"] == "ValidatingAdmissionPolicy"]
+    (binding,) = [doc for doc in docs if doc["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"] and "matchResources" not in binding["spec"]
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert variables["allowedImages"] == '["agentops/agent-runtime"]'  # the chart's own image repository
+    assert (variables["allowedServiceAccounts"], variables["allowTokenAutomount"]) == ("[]", "false")
+    assert variables["allowedPodAnnotations"] == "[]"
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    parsed = run.build_parser().parse_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"][1:])
+    rules = run.config_from(parsed).admission
+    assert rules.enforced and rules.allowed_images == ("agentops/agent-runtime",)
+    assert (rules.allowed_service_accounts, rules.allow_token_automount, rules.allowed_pod_annotations) == (
+        (),
+        False,
+        (),
+    )
+
+    custom = render(
+        None,
+        "--set", "policy.allowedImages={registry.example/team/,agentops/agent-runtime}",
+        "--set", "policy.allowedServiceAccounts={agent}",
+        "--set", "policy.allowTokenAutomount=true",
+        "--set", "policy.allowedPodAnnotations={prometheus.io/}",
+        "--set", "policy.allowedProviderHosts={llm.internal}",
+        "--set", "watch.allNamespaces=false",
+        "--set", "watch.namespaces={team-a,team-b}",
+    )  # fmt: skip
+    deployment = next(doc for doc in custom if doc["kind"] == "Deployment")
+    parsed = run.build_parser().parse_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"][1:])
+    rules = run.config_from(parsed).admission
+    assert rules.allowed_images == ("registry.example/team/", "agentops/agent-runtime")
+    assert rules.allowed_service_accounts == ("agent",) and rules.allow_token_automount
+    assert rules.allowed_pod_annotations == ("prometheus.io/",) and rules.allowed_provider_hosts == ("llm.internal",)
+    binding = next(doc for doc in custom if doc["kind"] == "ValidatingAdmissionPolicyBinding")
+    (selector,) = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert selector == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    policy = next(doc for doc in custom if doc["kind"] == "ValidatingAdmissionPolicy")
+    assert len(policy["spec"]["validations"]) == 5  # the closed list of provider hosts too
+
+    off = render(None, "--set", "policy.admissionPolicy=false")
+    assert not [doc for doc in off if doc["kind"].startswith("ValidatingAdmissionPolicy")]
+    deployment = next(doc for doc in off if doc["kind"] == "Deployment")
+    assert "--policy-enforced" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    disabled = render(None, "--set", "policy.enabled=false")
+    assert not [doc for doc in disabled if doc["kind"].startswith("ValidatingAdmissionPolicy")]
+    deployment = next(doc for doc in disabled if doc["kind"] == "Deployment")
+    assert not [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--policy")]
