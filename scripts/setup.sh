@@ -83,7 +83,8 @@ PY
 }
 
 # The real control plane of the cluster tests, prometheus-adapter, which feeds their HPA controller,
-# KEDA, and prom-label-proxy, which confines the operator's queries to a namespace (`make test` asks for them with SETUP_CONTROLPLANE=1; `make demo` does not need them).
+# KEDA, and prom-label-proxy, which confines the operator's queries to a namespace (`make test`
+# asks for them with SETUP_CONTROLPLANE=1; `make demo` does not need them).
 # Built from Go modules into .tools/, once per pinned version.
 install_controlplane() {
     [ "${SETUP_CONTROLPLANE:-0}" = 1 ] || return 0
