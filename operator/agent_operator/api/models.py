@@ -49,6 +49,8 @@ DURATION = r"^([0-9]+(ms|s|m|h))+$"
 MIN_INTERVAL_SECONDS: Final = 1.0
 MAX_INTERVAL_SECONDS: Final = 24 * 3600.0
 MAX_INTERVAL_LENGTH: Final = 16
+# at most six digits a number: 16 characters of them stay far below a duration's range (2,562,047h)
+INTERVAL = r"^([0-9]{1,6}(ms|s|m|h))+$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # Schemes of spec.redis.url: standalone, cluster and sentinel, each plain or TLS (`rediss`).
 REDIS_URL = r"^rediss?(\+(cluster|sentinel))?://"
@@ -646,7 +648,7 @@ class Canary(Model):
     )
     interval: str = Field(
         default="60s",
-        pattern=DURATION,
+        pattern=INTERVAL,
         max_length=MAX_INTERVAL_LENGTH,
         description="Time between analyses, 1s to 24h.",
     )
@@ -707,9 +709,9 @@ class Canary(Model):
             "fieldPath": ".steps",
         },
         {
-            # the length bound keeps `duration()` from overflowing (999999999999h) before it compares
-            "rule": "!has(self.interval) || (duration(self.interval) >= duration('1s') "
-            "&& duration(self.interval) <= duration('24h'))",
+            # the spelling is checked first: `duration()` would overflow on 999999999999h
+            "rule": "!has(self.interval) || (self.interval.matches('" + INTERVAL + "') "
+            "&& duration(self.interval) >= duration('1s') && duration(self.interval) <= duration('24h'))",
             "message": "the canary interval must be between 1s and 24h",
             "fieldPath": ".interval",
         },

@@ -51,8 +51,12 @@ class FairSlots:
         return self.in_use < self.total and self.running(namespace) < self.per_namespace
 
     def try_acquire(self, namespace: str) -> bool:
-        """Take a slot for `namespace` if one is free now and no other namespace is waiting for it."""
-        if self._waiting or not self._free_for(namespace):
+        """Take a slot for `namespace` if one is free for it now and none of its own waits before.
+
+        A waiting namespace that could run is granted a slot as soon as one frees (`_grant`), so a
+        free slot here is never one another namespace is owed.
+        """
+        if namespace in self._waiting or not self._free_for(namespace):
             return False
         self._running[namespace] = self.running(namespace) + 1
         return True
@@ -63,6 +67,7 @@ class FairSlots:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(namespace, deque()).append(future)
+        self._grant()
         try:
             await future
         except asyncio.CancelledError:
