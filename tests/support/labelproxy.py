@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -57,8 +58,13 @@ def require() -> Path:
 class LabelProxy:
     """One prom-label-proxy process on loopback, forwarding to `upstream`; stopped on exit."""
 
-    def __init__(self, upstream: str, log_path: Path, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, upstream: str, log_path: Path, *, host: str = "127.0.0.1", chart_args: Sequence[str] | None = None
+    ) -> None:
+        """`chart_args`: the sidecar's arguments as a rendered chart has them (its listen address
+        is moved to a free port here; `upstream` is then unused)."""
         self.upstream = upstream
+        self.chart_args = list(chart_args) if chart_args is not None else None
         self.log_path = log_path
         self.host = host
         self.port = free_port(host)
@@ -69,9 +75,15 @@ class LabelProxy:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> LabelProxy:
-        command = [str(require()), f"--insecure-listen-address={self.host}:{self.port}", f"--upstream={self.upstream}"]
+        listen = f"--insecure-listen-address={self.host}:{self.port}"
+        if self.chart_args is None:
+            args = [f"--upstream={self.upstream}", *CHART_ARGS]
+        else:
+            args = [a for a in self.chart_args if not a.startswith("--insecure-listen-address=")]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([*command, *CHART_ARGS], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                [str(require()), listen, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
         self._wait_ready()
         return self
 
