@@ -44,11 +44,14 @@ class SlowHop:
                         hop.held += 1
                     time.sleep(hop.delay)
                 status, body, kind = hop.forward(self.path, dict(self.headers))
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", kind)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up first (its timeout): as a slow server sees it
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet: thousands of queries
