@@ -259,13 +259,35 @@ class Reconciler:
             await asyncio.sleep(interval)
             await asyncio.gather(*(self._reconcile_logged(uid, gate, defer=True) for uid in list(self._known)))
 
-    async def analyse_forever(self, tick: float = ANALYSIS_TICK, *, concurrency: int = 16) -> None:
-        """Every `tick` seconds, reconcile the objects whose canary rollout has an analysis due."""
-        gate = asyncio.Semaphore(concurrency)
-        while True:
-            await asyncio.sleep(tick)
-            due = [uid for uid in list(self._known) if self._rollouts.due(uid)]
-            await asyncio.gather(*(self._reconcile_logged(uid, gate) for uid in due))
+    async def analyse_forever(self, tick: float = ANALYSIS_TICK) -> None:
+        """Every `tick` seconds, reconcile the objects whose canary rollout has an analysis due.
+
+        Each due object waits for an analysis slot of its namespace (`slots.FairSlots`: shared in
+        turn between namespaces) before it takes a reconcile slot, and the loop never waits for
+        them: a namespace whose analyses are slow holds up only its own next ones.
+        """
+        fair = self._rollouts.slots
+        gate = asyncio.Semaphore(fair.total)
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                await asyncio.sleep(tick)
+                for uid in list(self._known):
+                    if uid in running or not self._rollouts.due(uid):
+                        continue
+                    namespace = self._known[uid]["metadata"].get("namespace", "")
+                    task = asyncio.create_task(self._analyse_in_turn(uid, namespace, gate), name=f"analysis-{uid}")
+                    running[uid] = task
+                    task.add_done_callback(lambda _, uid=uid: running.pop(uid, None))  # type: ignore[misc]
+        finally:
+            for task in list(running.values()):
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+
+    async def _analyse_in_turn(self, uid: str, namespace: str, gate: asyncio.Semaphore) -> None:
+        async with self._rollouts.slots.slot(namespace):
+            if self._rollouts.due(uid):  # not analysed meanwhile by another reconcile
+                await self._reconcile_logged(uid, gate)
 
     async def budgets_forever(self, tick: float = BUDGET_TICK, *, concurrency: int = BUDGET_CONCURRENCY) -> None:
         """Every `tick` seconds, refresh `status.budget` of the objects whose refresh is due.

@@ -237,7 +237,14 @@ def canary_conditions(
             errors = [
                 f"{c.name}: {c.message}" for c in canary.last_analysis.checks if c.verdict == analysis.Verdict.ERROR
             ]
-        if errors:
+        refused = []
+        if machine.rollout_active(canary) and canary.last_analysis is not None:
+            refused = [c.name for c in canary.last_analysis.checks if c.message.startswith(analysis.REFUSED)]
+        if refused:
+            # names the checks, never a value: the query was never run
+            text = ", ".join(dict.fromkeys(refused))
+            ready = (FALSE, "QueryRefused", f"check(s) {text}: {analysis.REFUSED} (see status.canary.lastAnalysis)")
+        elif errors:
             text = "; ".join(dict.fromkeys(errors))
             ready = (FALSE, "AnalysisError", f"the last analysis could not run: {text}")
         else:

@@ -15,7 +15,7 @@ import re
 import socket
 import urllib.parse
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -47,6 +47,13 @@ DATA_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 NAME_MAX_LENGTH = 253
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
+# spec.canary.interval: an analysis at most every second (the analysis slots are shared by every
+# tenant), at least once a day; a bounded length, so that no spelling overflows a duration.
+MIN_INTERVAL_SECONDS: Final = 1.0
+MAX_INTERVAL_SECONDS: Final = 24 * 3600.0
+MAX_INTERVAL_LENGTH: Final = 16
+# at most six digits a number: 16 characters of them stay far below a duration's range (2,562,047h)
+INTERVAL = r"^([0-9]{1,6}(ms|s|m|h))+$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # Schemes of spec.redis.url: standalone, cluster and sentinel, each plain or TLS (`rediss`).
 REDIS_URL = r"^rediss?(\+(cluster|sentinel))?://"
@@ -701,7 +708,12 @@ class Canary(Model):
         max_length=20,
         description="Canary weights in percent, strictly increasing, ending at 100.",
     )
-    interval: str = Field(default="60s", pattern=DURATION, description="Time between analyses.")
+    interval: str = Field(
+        default="60s",
+        pattern=INTERVAL,
+        max_length=MAX_INTERVAL_LENGTH,
+        description="Time between analyses, 1s to 24h.",
+    )
     max_error_rate: float = Field(default=0.05, ge=0, le=1, description="Highest canary error rate that passes.")
     max_p95_latency_seconds: float = Field(default=60, gt=0, description="Highest canary p95 latency that passes.")
     max_error_ratio: float | None = Field(
@@ -758,7 +770,22 @@ class Canary(Model):
             "message": "canary steps must be strictly increasing",
             "fieldPath": ".steps",
         },
+        {
+            # the spelling is checked first: `duration()` would overflow on 999999999999h
+            "rule": "!has(self.interval) || (self.interval.matches('" + INTERVAL + "') "
+            "&& duration(self.interval) >= duration('1s') && duration(self.interval) <= duration('24h'))",
+            "message": "the canary interval must be between 1s and 24h",
+            "fieldPath": ".interval",
+        },
     ]
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, interval: str) -> str:
+        seconds = duration_seconds(interval)
+        if not MIN_INTERVAL_SECONDS <= seconds <= MAX_INTERVAL_SECONDS:
+            raise ValueError(f"the canary interval must be between 1s and 24h (got {interval})")
+        return interval
 
     @field_validator("steps")
     @classmethod

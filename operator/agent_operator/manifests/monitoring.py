@@ -2,8 +2,8 @@
 
 Pure: spec in, plain manifests out. Every series name comes from `agent_runtime.constants`, so a
 rename in the runtime cannot leave an alert watching a metric that no longer exists. Every query
-is scoped to one service with `service="<name>"` and `namespace="<ns>"` matchers: the runtime
-labels its metrics with the service, and the Prometheus Operator adds the namespace at scrape.
+is scoped to one service with `service="<name>"` and `namespace="<ns>"` matchers: both labels are
+the scrape target's (the ServiceMonitor's relabelling), never what a pod exposes.
 """
 
 from __future__ import annotations
@@ -170,12 +170,27 @@ def build_prometheus_rule(svc: models.AgentService, *, app_version: str | None =
     }
 
 
+# Where the labels of a series come from (docs/security.md, "Metrics no pod can forge"): from the
+# scrape target, never from what a process exposes. `namespace` is service discovery's; `service`
+# (the AgentService) and `track` are the pod's own labels, which the operator sets.
+POD_SERVICE_LABEL: Final = "app.kubernetes.io/instance"
+
+
+def meta_pod_label(label: str) -> str:
+    """The service-discovery meta label of a pod label (`app.kubernetes.io/instance` ->
+    `__meta_kubernetes_pod_label_app_kubernetes_io_instance`), as Prometheus sanitizes it."""
+    return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() or c == "_" else "_" for c in label)
+
+
 def build_service_monitor(svc: models.AgentService, *, app_version: str | None = None) -> dict[str, Any]:
     """The ServiceMonitor scraping the API and worker metrics endpoints of one service.
 
-    `honorLabels` keeps the runtime's own `service` label (the AgentService name): without it the
-    Prometheus Operator's `service` target label (the Kubernetes Service name) would win and the
-    runtime's would be renamed `exported_service`, breaking every alert and dashboard query.
+    `honorLabels: false`: a label a pod exposes never overrides one of its target, so no process
+    can write another namespace's, service's or track's series (what it exposes as `namespace`,
+    `service` or `track` is kept as `exported_namespace`, ...). The target's `namespace` comes from
+    service discovery; `track` from the pod's `track` label (`podTargetLabels`); `service` from the
+    pod's `app.kubernetes.io/instance` label, in place of the Kubernetes Service name the Prometheus
+    Operator puts there, so every query keeps reading `service="<AgentService>"`.
     """
     name = svc.metadata.name
     endpoints = [
@@ -183,7 +198,14 @@ def build_service_monitor(svc: models.AgentService, *, app_version: str | None =
             "port": port,
             "path": constants.METRICS_PATH,
             "interval": SCRAPE_INTERVAL,
-            "honorLabels": True,
+            "honorLabels": False,
+            "relabelings": [
+                {
+                    "action": "replace",
+                    "sourceLabels": [meta_pod_label(POD_SERVICE_LABEL)],
+                    "targetLabel": constants.LABEL_SERVICE,
+                },
+            ],
         }
         # The API serves /metrics on its HTTP port (API Service), the worker on its metrics port
         # (headless worker Service); both Services carry the instance labels selected below.
@@ -200,6 +222,7 @@ def build_service_monitor(svc: models.AgentService, *, app_version: str | None =
         "spec": {
             "selector": {"matchLabels": naming.instance_labels(name)},
             "namespaceSelector": {"matchNames": [svc.metadata.namespace]},
+            "podTargetLabels": [naming.TRACK_LABEL],
             "endpoints": endpoints,
         },
     }

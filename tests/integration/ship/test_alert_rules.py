@@ -298,9 +298,19 @@ def test_service_monitor_scrapes_the_runtime_services() -> None:
     scraped_ports = {e["port"] for e in monitor["spec"]["endpoints"]}
     service_ports = {p["name"] for s in selected for p in s["spec"]["ports"]}
     assert scraped_ports == service_ports == {"http", "metrics"}
+    pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in children if d["kind"] == "Deployment"]
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["path"] == constants.METRICS_PATH
-        assert endpoint["honorLabels"] is True  # keep the runtime's own `service` label
+        # the target's labels win over what a pod exposes (docs/security.md)
+        assert endpoint["honorLabels"] is False
+        # `service` from the pod's AgentService label, which every pod carries
+        (rule,) = endpoint["relabelings"]
+        assert rule["targetLabel"] == constants.LABEL_SERVICE
+        assert rule["sourceLabels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"]
+        assert all(labels["app.kubernetes.io/instance"] == svc.metadata.name for labels in pod_labels)
+    # `track` from the pod's own label, which every pod carries
+    assert monitor["spec"]["podTargetLabels"] == [constants.LABEL_TRACK]
+    assert all(labels[constants.LABEL_TRACK] in {"stable", "canary"} for labels in pod_labels)
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     # The ports the Services name are the containers' metrics ports.
     deployments = [c for c in children if c["kind"] == "Deployment"]

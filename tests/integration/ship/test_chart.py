@@ -240,3 +240,65 @@ def test_the_admission_policy_is_on_by_default_and_the_operator_gets_the_same_ru
     assert not [doc for doc in disabled if doc["kind"].startswith("ValidatingAdmissionPolicy")]
     deployment = next(doc for doc in disabled if doc["kind"] == "Deployment")
     assert not [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--policy")]
+def containers_of(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+
+
+def test_the_label_proxy_sidecar_confines_every_query_by_default() -> None:
+    from agent_operator import run
+
+    from tests.support.labelproxy import CHART_ARGS
+
+    containers = containers_of(render(None, "--set", "prometheus.url=http://prometheus.monitoring:9090"))
+    assert list(containers) == ["operator", "prom-label-proxy"]  # the operator first: tools read [0]
+    proxy = containers["prom-label-proxy"]
+    assert set(CHART_ARGS) <= set(proxy["args"])
+    assert "--upstream=http://prometheus.monitoring:9090" in proxy["args"]
+    assert "--insecure-listen-address=127.0.0.1:9095" in proxy["args"]  # loopback: only the operator
+    assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
+    parsed = run.build_parser().parse_args(containers["operator"]["args"][1:])
+    assert (parsed.prometheus_url, parsed.prometheus_namespace_param) == ("http://127.0.0.1:9095", "namespace")
+    assert (parsed.prometheus_query_timeout, parsed.analysis_time_limit) == (5, 20)
+
+    off = containers_of(
+        render(
+            None,
+            "--set",
+            "prometheus.url=http://prometheus.monitoring:9090",
+            "--set",
+            "prometheus.labelProxy.enabled=false",
+        )
+    )
+    assert list(off) == ["operator"]
+    parsed = run.build_parser().parse_args(off["operator"]["args"][1:])
+    assert (parsed.prometheus_url, parsed.prometheus_namespace_param) == ("http://prometheus.monitoring:9090", None)
+    assert list(containers_of(render())) == ["operator"]  # no Prometheus, no proxy
+
+
+@pytest.mark.parametrize(
+    ("keys", "variables"),
+    [
+        ({"bearerTokenKey": "token"}, {"PROMETHEUS_BEARER_TOKEN": "token"}),
+        (
+            {"usernameKey": "user", "passwordKey": "pass"},
+            {"PROMETHEUS_USERNAME": "user", "PROMETHEUS_PASSWORD": "pass"},
+        ),
+    ],
+)
+def test_prometheus_credentials_come_from_a_secret(keys: dict[str, str], variables: dict[str, str]) -> None:
+    sets = [
+        "--set",
+        "prometheus.url=http://prometheus.monitoring:9090",
+        "--set",
+        "prometheus.auth.secretName=prom-creds",
+    ]
+    for key, value in keys.items():
+        sets += ["--set", f"prometheus.auth.{key}={value}"]
+    docs = render(None, *sets)
+    operator = containers_of(docs)["operator"]
+    env = {e["name"]: e for e in operator["env"] if e["name"].startswith("PROMETHEUS_")}
+    assert {name: e["valueFrom"]["secretKeyRef"] for name, e in env.items()} == {
+        name: {"name": "prom-creds", "key": key} for name, key in variables.items()
+    }
+    assert_valid(docs)
