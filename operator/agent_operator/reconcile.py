@@ -33,6 +33,7 @@ import pydantic
 import structlog
 
 from agent_operator import budget, budgetreport, objects, opmetrics, status
+from agent_operator.api import defaults as api_defaults
 from agent_operator.api import models, validation
 from agent_operator.canary import rollouts
 from agent_operator.kube import apply, prune, secrets
@@ -90,8 +91,10 @@ class Reconciler:
         clock: Callable[[], str] = utcnow,
         canary: rollouts.Rollouts | None = None,
         budgets: budgetreport.BudgetReporter | None = None,
+        defaults: api_defaults.Defaults = api_defaults.NONE,
     ) -> None:
         self._client = client
+        self._defaults = defaults
         self._metrics = metrics
         self._operator_version = operator_version
         self._rollouts = canary if canary is not None else rollouts.Rollouts(client, metrics)
@@ -443,7 +446,7 @@ class Reconciler:
             problems = validation.problems_from(exc)
             raise SpecInvalid("; ".join(str(p) for p in problems)) from None
         try:
-            desired = builders.desired(svc, operator_version=self._operator_version)
+            desired = builders.desired(api_defaults.apply(svc, self._defaults), operator_version=self._operator_version)
         except models.CrossFieldError as exc:
             raise SpecInvalid(f"{exc.field}: {exc.message}") from None
         except ValueError as exc:

@@ -37,6 +37,7 @@ import structlog
 import uvloop
 
 from agent_operator import __version__, budget, budgetreport, handlers, leadership, opmetrics, reconcile
+from agent_operator.api import defaults as api_defaults
 from agent_operator.canary import rollouts
 from agent_operator.canary.prometheus import Prometheus
 from agent_operator.kube import client as kube_client
@@ -82,6 +83,9 @@ class Config:
     priority: int | None = None  # None: `leadership.default_priority()`, the earliest replica leads
     peering_lifetime: int = DEFAULT_PEERING_LIFETIME
     worker_limit: int | None = DEFAULT_WORKER_LIMIT  # None: unbounded
+    defaults: api_defaults.Defaults = (
+        api_defaults.NONE
+    )  # added to every AgentService (the chart's agentPods, monitoring)
 
     @property
     def all_namespaces(self) -> bool:
@@ -157,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="AgentServices kopf processes at once, the rest wait in the watch (0: unbounded; default: %(default)s)",
     )
+    api_defaults.add_arguments(parser)
     parser.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("AGENT_LOG_FORMAT", "json"))
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -248,7 +253,12 @@ async def operate(
         client, metrics, prometheus=budget_prometheus, interval=config.budget_interval
     )
     reconciler = reconcile.Reconciler(
-        client, metrics, operator_version=config.operator_version, canary=canary_rollouts, budgets=budgets
+        client,
+        metrics,
+        operator_version=config.operator_version,
+        canary=canary_rollouts,
+        budgets=budgets,
+        defaults=config.defaults,
     )
     # Children are watched in the scope the operator serves: the whole cluster, or its namespaces.
     children = watch.Children(client, reconciler.poke, metrics, namespaces=config.namespaces)
@@ -370,6 +380,7 @@ def config_from(args: argparse.Namespace) -> Config:
         priority=getattr(args, "priority", None),
         peering_lifetime=getattr(args, "peering_lifetime", DEFAULT_PEERING_LIFETIME),
         worker_limit=getattr(args, "worker_limit", DEFAULT_WORKER_LIMIT) or None,
+        defaults=api_defaults.from_args(args),
     )
 
 
@@ -378,9 +389,14 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
     args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
     _configure_logging(getattr(args, "log_format", "json"), getattr(args, "verbose", False))
     try:
+        config = config_from(args)
+    except ValueError as exc:  # a chart value the spec's own rules refuse: stop before serving anything
+        structlog.get_logger(__name__).error("invalid operator-wide default", error=str(exc))
+        return 2
+    try:
         # uvloop: the operator's CPU goes to its API connections (watch streams, reads, applies) and
         # event-loop turns, which uvloop does in C (bench/RESULTS.md: 10,000 services).
-        uvloop.run(operate(config_from(args)))
+        uvloop.run(operate(config))
     except KeyboardInterrupt:
         return 130
     return 0

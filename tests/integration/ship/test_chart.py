@@ -7,7 +7,8 @@ values with a clear helm error; the chart's CRD is the generated one; chart, app
 versions agree; the RBAC the chart grants is exactly the generated least-privilege rule set;
 one replica runs standalone, two or more get kopf's peering object (cluster-wide or one per watched
 namespace), the operator arguments naming it and the RBAC to use it, and the chart ships the
-peering CRDs.
+peering CRDs; the chart's agentPods.imagePullSecrets and monitoring labels/annotations reach the
+operator as its defaults.
 """
 
 from __future__ import annotations
@@ -181,3 +182,23 @@ def test_peering_crds_are_shipped() -> None:
     scopes = {crd["spec"]["names"]["kind"]: crd["spec"]["scope"] for crd in crds}
     assert scopes == {"ClusterKopfPeering": "Cluster", "KopfPeering": "Namespaced"}
     assert {crd["spec"]["group"] for crd in crds} == {"kopf.dev"}
+
+
+def test_agent_pod_and_monitoring_defaults_reach_the_operator() -> None:
+    from agent_operator import run
+    from agent_operator.api import defaults
+
+    deployment = next(
+        doc for doc in render(CHART / "ci" / "private-registry-values.yaml") if doc["kind"] == "Deployment"
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]  # the operator's own pod
+    config = run.config_from(run.build_parser().parse_args(pod["containers"][0]["args"][1:]))
+    assert config.defaults == defaults.Defaults(
+        image_pull_secrets=("regcred",),
+        monitoring_labels={"release": "kube-prometheus-stack"},
+        monitoring_annotations={"team": "agents"},
+    )
+    plain = next(doc for doc in render() if doc["kind"] == "Deployment")
+    args = plain["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert run.config_from(run.build_parser().parse_args(args[1:])).defaults == defaults.NONE
