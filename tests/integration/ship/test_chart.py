@@ -202,3 +202,26 @@ def test_agent_pod_and_monitoring_defaults_reach_the_operator() -> None:
     plain = next(doc for doc in render() if doc["kind"] == "Deployment")
     args = plain["spec"]["template"]["spec"]["containers"][0]["args"]
     assert run.config_from(run.build_parser().parse_args(args[1:])).defaults == defaults.NONE
+
+
+def quantity_bytes(text: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def test_default_operator_resources_cover_the_measured_peak_at_1000_services() -> None:
+    # bench/RESULTS.md: the operator's peak RSS with 1,000 services is at most 232.4 MB.
+    deployment = next(doc for doc in render() if doc["kind"] == "Deployment")
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert quantity_bytes(resources["limits"]["memory"]) >= 1.5 * 232.4e6
+    assert quantity_bytes(resources["requests"]["memory"]) >= 232.4e6
+    table = (ROOT / "docs" / "operator.md").read_text()
+    first_row = next(line for line in table.splitlines() if line.startswith("| up to 1,000 |"))
+    assert f"`cpu: {resources['requests']['cpu']}`, `memory: {resources['requests']['memory']}`" in first_row
+    assert f"`{resources['limits']['memory']}`" in first_row
+    ten_thousand = next(line for line in table.splitlines() if line.startswith("| up to 10,000 |"))
+    limit = ten_thousand.split("|")[4].strip().strip("`")
+    assert quantity_bytes(limit) >= 1.5 * 554e6  # the 10,000-service peak
