@@ -3,7 +3,8 @@
 `POST /v1/tasks` answers at once with the task id and its status URL (work happens in the workers);
 `GET /v1/tasks/{id}` shows status, progress, result, error, usage, the degradation level the
 task ran at and, for a queued task put aside by the daily budget, why it waits (`waiting`: the
-figures and when money comes back); `DELETE /v1/tasks/{id}` cancels. While the service's daily
+figures and when money comes back); `POST /v1/tasks/{id}/cancel` cancels (`DELETE /v1/tasks/{id}`
+does the same, deprecated: it cancels, the task stays readable). While the service's daily
 budget is spent or tasks wait for it, submissions answer 429 `budget exhausted until 00:00 UTC`
 with the figure and a `retry-after` (`budget.py`). `/metrics` also exports the day's budget figures.
 `/v1/*` needs `Authorization: Bearer <AGENT_AUTH_TOKEN>`; `/health`, `/ready` and `/metrics` do not
@@ -12,6 +13,9 @@ with the figure and a `retry-after` (`budget.py`). `/metrics` also exports the d
 refusing commands for now (READONLY, OOM, LOADING, MASTERDOWN, BUSY, ...) is a 503 with
 `retry-after`, and `/ready` answers 503 until Redis accepts writes again. `Location` and
 `status_url` are relative paths: nothing in a response echoes the request's Host header.
+
+`/openapi.json` documents every answer (status codes, bodies, content types, the bearer scheme);
+a 405 lists in `Allow` every method the path serves. A test runs schemathesis against it.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import redis.asyncio
 import structlog
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_runtime import budget, constants, errors, tracing
@@ -92,6 +98,38 @@ class CancelResponse(BaseModel):
     status: TaskStatus
 
 
+class ErrorBody(BaseModel):
+    """Every error answer: what went wrong, in words that say what to fix."""
+
+    error: str
+
+
+class ReadyBody(BaseModel):
+    ready: bool
+    reason: str | None = None
+
+
+class HealthBody(BaseModel):
+    status: str
+
+
+_ERROR_MEANINGS = {
+    400: "The body could not be read as the declared content type.",
+    401: "No bearer token, or not the service's (`Authorization: Bearer <token>`).",
+    404: "No such task (unknown id, or its record expired).",
+    409: "A conflict: the idempotency key names another task, or the task already ended.",
+    413: "The body is larger than max_body_bytes.",
+    422: "The request is invalid (the message names the field and the rule).",
+    429: "The queue is full or the daily budget is spent: retry after `Retry-After` seconds.",
+    503: "Redis is unreachable or refusing writes for now: retry after `Retry-After` seconds.",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error answers, each an `ErrorBody`."""
+    return {code: {"model": ErrorBody, "description": _ERROR_MEANINGS[code]} for code in codes}
+
+
 def create_app(
     config: RuntimeConfig,
     *,
@@ -106,6 +144,7 @@ def create_app(
         registry, service=config.service, track=config.track.value, known_intents=config.known_intents
     )
     app = FastAPI(title="agent-runtime", version="1", docs_url=None, redoc_url=None)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.queue = queue
     app.state.metrics = metrics
     daily = BudgetLedger(
@@ -129,7 +168,15 @@ def create_app(
 def _task_routes(config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, daily: BudgetLedger) -> APIRouter:
     router = APIRouter(prefix=constants.TASKS_PATH)  # behind `_Authorized`
 
-    @router.post("", status_code=202, response_model=SubmitResponse)
+    @router.post(
+        "",
+        status_code=202,
+        response_model=SubmitResponse,
+        responses={
+            200: {"model": SubmitResponse, "description": "A resubmission with the same idempotency key: that task."},
+            **_errors(400, 401, 409, 413, 422, 429, 503),
+        },
+    )
     async def submit(body: SubmitRequest, response: Response) -> SubmitResponse:
         if len(body.input) > config.max_input_chars:
             limit = config.max_input_chars
@@ -153,15 +200,18 @@ def _task_routes(config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, dail
         log.info("task_submitted", task_id=made.task_id, priority=body.priority)
         return SubmitResponse(task_id=made.task_id, status=TaskStatus.QUEUED, status_url=url)
 
-    @router.get("/{task_id}", response_model=TaskView)
+    @router.get("/{task_id}", response_model=TaskView, responses=_errors(401, 404, 422, 503))
     async def get_task(task_id: str) -> TaskView:
         tracing.annotate({"task.id": task_id})
         view = (await queue.get(task_id)).view()
         view.metadata.pop(tracing.CONTEXT_KEY, None)  # ours, not the client's
         return view
 
-    @router.delete("/{task_id}", response_model=CancelResponse)
+    cancel_responses = _errors(401, 404, 409, 422, 503)
+
+    @router.post("/{task_id}/cancel", response_model=CancelResponse, responses=cancel_responses)
     async def cancel_task(task_id: str) -> CancelResponse:
+        """Cancel a queued or running task; it stays readable, with status `cancelled`."""
         tracing.annotate({"task.id": task_id})
         status, changed = await queue.cancel(task_id)
         if status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
@@ -178,17 +228,26 @@ def _task_routes(config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, dail
             log.info("task_cancelled", task_id=task_id)
         return CancelResponse(task_id=task_id, status=status)
 
+    @router.delete("/{task_id}", response_model=CancelResponse, responses=cancel_responses, deprecated=True)
+    async def cancel_task_by_delete(task_id: str) -> CancelResponse:
+        """Deprecated alias of `POST /v1/tasks/{task_id}/cancel`, kept for one release: it cancels, the record stays."""
+        return await cancel_task(task_id)
+
     return router
 
 
 def _probe_routes(queue: TaskQueue, metrics: Metrics, daily: BudgetLedger) -> APIRouter:
     router = APIRouter()
 
-    @router.get(constants.HEALTH_PATH)
+    @router.get(constants.HEALTH_PATH, response_model=HealthBody)
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get(constants.READY_PATH)
+    @router.get(
+        constants.READY_PATH,
+        response_model=ReadyBody,
+        responses={503: {"model": ReadyBody, "description": "Redis does not accept writes (the reason says why)."}},
+    )
     async def ready() -> JSONResponse:
         try:
             await queue.probe()  # a write: a replica or a full Redis answers PING but refuses our writes
@@ -196,7 +255,11 @@ def _probe_routes(queue: TaskQueue, metrics: Metrics, daily: BudgetLedger) -> AP
             return JSONResponse({"ready": False, "reason": str(exc)}, status_code=503)
         return JSONResponse({"ready": True})
 
-    @router.get(constants.METRICS_PATH)
+    @router.get(
+        constants.METRICS_PATH,
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+    )
     async def scrape() -> Response:
         with contextlib.suppress(errors.StoreUnavailable):  # the last known depth stays; /ready says why
             metrics.set_queue_depth(await queue.depth())
@@ -269,7 +332,11 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: BudgetLedger)
         # the router's own 404 (unknown path) and 405 (wrong method, with its `allow`), body parse failures (400)
         if isinstance(exc.__cause__, RecursionError):  # JSON nested past the parser's limit: say which bound
             return _error(422, f"request body nests too deeply to parse; {_METADATA_DEPTH_RULE}")
-        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; list every method it serves.
+            headers["allow"] = ", ".join(_allowed_methods(request))
+        return _error(exc.status_code, str(exc.detail), headers)
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.error("request_failed", error=f"{type(exc).__name__}: {exc}")
@@ -315,6 +382,35 @@ class _Authorized:
 
 def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path.
+
+    Asked of each route as a request with that method (a route fully matches only a method it
+    serves), so it holds for routers FastAPI wraps as well as for plain routes.
+    """
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.router.routes
+        )
+    ]
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the bearer scheme the `/v1` routes require (built once)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith(constants.TASKS_PATH):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 class _RequestId:

@@ -100,7 +100,7 @@ install_controlplane() {
             log "Go is missing: CI must build the control plane for the cluster tests"
             return 1
         fi
-        log "Go not found: the cluster tests will be skipped (install Go 1.25+ to run them)"
+        log "Go not found: the cluster tests will be skipped (install Go 1.26+ to run them: KEDA needs it)"
         return 0
     fi
     log "building the Kubernetes control plane from its Go modules (first time only: about 15 minutes on 2 cores)"

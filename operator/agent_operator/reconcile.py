@@ -33,6 +33,7 @@ import pydantic
 import structlog
 
 from agent_operator import budget, budgetreport, objects, opmetrics, policy, status
+from agent_operator.api import defaults as api_defaults
 from agent_operator.api import models, validation
 from agent_operator.canary import rollouts
 from agent_operator.kube import apply, prune, secrets
@@ -96,9 +97,11 @@ class Reconciler:
         canary: rollouts.Rollouts | None = None,
         budgets: budgetreport.BudgetReporter | None = None,
         admission: policy.Policy | None = None,
+        defaults: api_defaults.Defaults = api_defaults.NONE,
     ) -> None:
         self._client = client
         self._policy = admission or policy.Policy()
+        self._defaults = defaults
         self._metrics = metrics
         self._operator_version = operator_version
         self._rollouts = canary if canary is not None else rollouts.Rollouts(client, metrics)
@@ -479,7 +482,7 @@ class Reconciler:
         if violations := self._policy.violations(svc.spec):
             raise PolicyViolation("; ".join(violations))
         try:
-            desired = builders.desired(svc, operator_version=self._operator_version)
+            desired = builders.desired(api_defaults.apply(svc, self._defaults), operator_version=self._operator_version)
         except models.CrossFieldError as exc:
             raise SpecInvalid(f"{exc.field}: {exc.message}") from None
         except ValueError as exc:

@@ -42,6 +42,7 @@ import structlog
 import uvloop
 
 from agent_operator import __version__, budget, budgetreport, handlers, leadership, opmetrics, policy, reconcile
+from agent_operator.api import defaults as api_defaults
 from agent_operator.canary import prometheus as prom
 from agent_operator.canary import rollouts
 from agent_operator.canary.prometheus import Prometheus
@@ -96,6 +97,9 @@ class Config:
     worker_limit: int | None = DEFAULT_WORKER_LIMIT  # None: unbounded
     # The platform's rules (the chart's `policy.*` values); the default enforces none of them.
     admission: policy.Policy = dataclasses.field(default_factory=policy.Policy)
+    defaults: api_defaults.Defaults = (
+        api_defaults.NONE
+    )  # added to every AgentService (the chart's agentPods, monitoring)
 
     @property
     def all_namespaces(self) -> bool:
@@ -260,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="a closed list: provider baseURLs may name only these hosts (default: any but link-local and metadata)",
     )
+    api_defaults.add_arguments(parser)
     parser.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("AGENT_LOG_FORMAT", "json"))
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -357,6 +362,7 @@ async def operate(
         canary=canary_rollouts,
         budgets=budgets,
         admission=config.admission,
+        defaults=config.defaults,
     )
     # Children are watched in the scope the operator serves: the whole cluster, or its namespaces.
     children = watch.Children(client, reconciler.poke, metrics, namespaces=config.namespaces)
@@ -496,6 +502,7 @@ def config_from(args: argparse.Namespace) -> Config:
             allowed_pod_annotations=tuple(getattr(args, "policy_allowed_pod_annotation", None) or ()),
             allowed_provider_hosts=tuple(getattr(args, "allowed_provider_host", None) or ()),
         ),
+        defaults=api_defaults.from_args(args),
     )
 
 
@@ -504,9 +511,14 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
     args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
     _configure_logging(getattr(args, "log_format", "json"), getattr(args, "verbose", False))
     try:
+        config = config_from(args)
+    except ValueError as exc:  # a chart value the spec's own rules refuse: stop before serving anything
+        structlog.get_logger(__name__).error("invalid operator-wide default", error=str(exc))
+        return 2
+    try:
         # uvloop: the operator's CPU goes to its API connections (watch streams, reads, applies) and
         # event-loop turns, which uvloop does in C (bench/RESULTS.md: 10,000 services).
-        uvloop.run(operate(config_from(args)))
+        uvloop.run(operate(config))
     except KeyboardInterrupt:
         return 130
     return 0

@@ -14,6 +14,7 @@ import itertools
 import re
 import socket
 import urllib.parse
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final
 
@@ -58,6 +59,15 @@ ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # Schemes of spec.redis.url: standalone, cluster and sentinel, each plain or TLS (`rediss`).
 REDIS_URL = r"^rediss?(\+(cluster|sentinel))?://"
 REDIS_MASTER_NAME = r"^[-._a-zA-Z0-9]+$"
+# A label key (k8s.io/apimachinery IsQualifiedName): an optional DNS-subdomain prefix and '/', then a
+# name of at most 63 characters; a label value is empty or such a name.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = rf"^({DNS_SUBDOMAIN[1:-1]}/)?{_LABEL_NAME}$"
+LABEL_VALUE = rf"^({_LABEL_NAME})?$"
+LABEL_PREFIX_MAX_LENGTH = 253
+# The operator's own labels select and own the children: a spec may not set them.
+RESERVED_LABEL_PREFIX = "app.kubernetes.io/"
+MONITORING_LABELS_MAX = 32
 REDIS_USERNAME = r"^[^\s@:]+$"
 _REDIS_HOST = r"([^@/:,\[\]]+|\[[0-9a-fA-F:.]+\])(:[0-9]+)?"
 # What KEDA's redis(-cluster|-sentinel)-streams triggers can dial: hosts (or [IPv6]) with optional
@@ -186,22 +196,83 @@ class SecretKeyRef(Model):
 
 
 class ResourceList(Model):
-    """CPU and memory quantities, as in a container's resources."""
+    """CPU and memory quantities, as in a container's resources; `null` leaves a quantity unset."""
 
     cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
     memory: str | None = Field(default=None, pattern=QUANTITY, description="Memory quantity, e.g. `512Mi`.")
+
+
+# Defaults live on each quantity, not on the whole object: a spec that sets only
+# `worker.resources.requests.cpu` keeps the memory request and the limits of the defaults, as the
+# API server's defaulting does for the stored object (null drops one: `memory: null`).
+
+
+class ApiRequests(ResourceList):
+    """Requests of the task API container."""
+
+    cpu: str | None = Field(default="100m", pattern=QUANTITY, description="CPU quantity, e.g. `250m` (`null`: none).")
+    memory: str | None = Field(
+        default="256Mi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+    )
+
+
+class ApiLimits(ResourceList):
+    """Limits of the task API container."""
+
+    cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
+    memory: str | None = Field(
+        default="512Mi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+    )
+
+
+class WorkerRequests(ResourceList):
+    """Requests of the worker container."""
+
+    cpu: str | None = Field(default="200m", pattern=QUANTITY, description="CPU quantity, e.g. `250m` (`null`: none).")
+    memory: str | None = Field(
+        default="256Mi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+    )
+
+
+class WorkerLimits(ResourceList):
+    """Limits of the worker container."""
+
+    cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
+    memory: str | None = Field(
+        default="1Gi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+    )
 
 
 class Resources(Model):
     """Requests and limits for one container."""
 
     requests: ResourceList = Field(
-        default_factory=lambda: ResourceList(cpu="100m", memory="256Mi"),
-        description="Resources the scheduler reserves for the container.",
+        default_factory=ResourceList, description="Resources the scheduler reserves for the container."
     )
     limits: ResourceList = Field(
-        default_factory=lambda: ResourceList(memory="512Mi"),
-        description="Hard caps; CPU is left unlimited by default to avoid throttling.",
+        default_factory=ResourceList, description="Hard caps; CPU is left unlimited by default to avoid throttling."
+    )
+
+
+class ApiResources(Resources):
+    """Requests and limits of the task API container."""
+
+    requests: ApiRequests = Field(
+        default_factory=ApiRequests, description="Resources the scheduler reserves for the container."
+    )
+    limits: ApiLimits = Field(
+        default_factory=ApiLimits, description="Hard caps; CPU is left unlimited by default to avoid throttling."
+    )
+
+
+class WorkerResources(Resources):
+    """Requests and limits of the worker container."""
+
+    requests: WorkerRequests = Field(
+        default_factory=WorkerRequests, description="Resources the scheduler reserves for the container."
+    )
+    limits: WorkerLimits = Field(
+        default_factory=WorkerLimits, description="Hard caps; CPU is left unlimited by default to avoid throttling."
     )
 
 
@@ -365,7 +436,7 @@ class ApiSpec(Model):
     """The task API Deployment."""
 
     replicas: int = Field(default=2, ge=0, le=100, description="Replicas when autoscaling is disabled.")
-    resources: Resources = Field(default_factory=Resources, description="Container resources.")
+    resources: ApiResources = Field(default_factory=ApiResources, description="Container resources.")
 
 
 class WorkerSpec(Model):
@@ -373,12 +444,7 @@ class WorkerSpec(Model):
 
     replicas: int = Field(default=2, ge=0, le=1000, description="Replicas when autoscaling is disabled.")
     concurrency: int = Field(default=8, ge=1, le=1000, description="Tasks one worker pod runs at once.")
-    resources: Resources = Field(
-        default_factory=lambda: Resources(
-            requests=ResourceList(cpu="200m", memory="256Mi"), limits=ResourceList(memory="1Gi")
-        ),
-        description="Container resources.",
-    )
+    resources: WorkerResources = Field(default_factory=WorkerResources, description="Container resources.")
     termination_grace_period_seconds: int = Field(
         default=120,
         ge=1,
@@ -738,7 +804,15 @@ class Canary(Model):
             "other errors; 429s excluded) may be at most this multiple of stable's."
         ),
     )
-    failure_limit: int = Field(default=2, ge=1, le=100, description="Failed checks that trigger a rollback.")
+    failure_limit: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description=(
+            "Failed analyses in one rollout (in a row or not) that roll it back; an analysis fails when any"
+            " of its checks fails."
+        ),
+    )
     inconclusive_limit: int = Field(
         default=5,
         ge=1,
@@ -834,6 +908,75 @@ class PodDisruptionBudgetSpec(Model):
     max_unavailable: int = Field(default=1, ge=0, le=1000, description="Pods that may be down at once.")
 
 
+class LocalObjectReference(Model):
+    """An object in the AgentService's namespace, by name."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the object, in the AgentService's namespace (a DNS subdomain).",
+    )
+
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+
+
+def check_label_keys(keys: Iterable[str], *, reserved: bool) -> None:
+    """Raise ValueError naming the first key that is not a label key (or, with `reserved`, is the operator's)."""
+    for key in keys:
+        prefix, _, name = key.rpartition("/")
+        if not re.match(LABEL_KEY, key) or len(prefix) > LABEL_PREFIX_MAX_LENGTH or len(name) > 63:
+            raise ValueError(f"{key!r} is not a label key ([prefix/]name, name at most 63 characters)")
+        if reserved and key.startswith(RESERVED_LABEL_PREFIX):
+            raise ValueError(f"{key!r}: keys under {RESERVED_LABEL_PREFIX} are set by the operator")
+
+
+class Monitoring(Model):
+    """Extra metadata of the ServiceMonitor and PrometheusRule, for the Prometheus that selects them.
+
+    kube-prometheus-stack's Prometheus selects only objects labelled `release: <its release>`; the
+    operator-wide default comes from the chart (`monitoring.labels`), these keys win over it.
+    """
+
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MONITORING_LABELS_MAX,
+        description=(
+            "Labels added to the ServiceMonitor and PrometheusRule, e.g. `release: kube-prometheus-stack`"
+            " (keys under app.kubernetes.io/ are the operator's)."
+        ),
+    )
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        max_length=MONITORING_LABELS_MAX,
+        description="Annotations added to the ServiceMonitor and PrometheusRule.",
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": f"self.labels.all(k, !k.startsWith('{RESERVED_LABEL_PREFIX}'))",
+            "message": f"labels under {RESERVED_LABEL_PREFIX} are set by the operator",
+            "fieldPath": ".labels",
+        }
+    ]
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        check_label_keys(labels, reserved=True)
+        return labels
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotation_keys(cls, annotations: dict[str, str]) -> dict[str, str]:
+        check_label_keys(annotations, reserved=False)
+        return annotations
+
+
+ImagePullSecrets = Annotated[list[LocalObjectReference], Field(max_length=16)]
+
+
 ServiceAccountName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=DNS_SUBDOMAIN)]
 
 
@@ -850,6 +993,14 @@ class AgentServiceSpec(Model):
         json_schema_extra={"enum": ["Always", "IfNotPresent", "Never"]},
         description="Kubernetes image pull policy.",
     )
+    image_pull_secrets: ImagePullSecrets = Field(
+        default_factory=list,
+        description=(
+            "Secrets (type kubernetes.io/dockerconfigjson, in the AgentService's namespace) the kubelet pulls the"
+            " image with, on every pod of the service; the operator-wide default (the chart's"
+            " `agentPods.imagePullSecrets`) is added after these."
+        ),
+    )
     model: ModelSpec = Field(description="LLM providers and the calling strategy.")
     api: ApiSpec = Field(default_factory=ApiSpec, description="The task API.")
     worker: WorkerSpec = Field(default_factory=WorkerSpec, description="The workers.")
@@ -859,6 +1010,9 @@ class AgentServiceSpec(Model):
     cache: Cache = Field(default_factory=Cache, description="Response cache.")
     redis: RedisSpec = Field(description="The Redis that holds queue, limits and checkpoints.")
     alerts: Alerts = Field(default_factory=Alerts, description="Alert thresholds.")
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring, description="Labels and annotations of the ServiceMonitor and PrometheusRule."
+    )
     canary: Canary = Field(default_factory=Canary, description="Canary rollouts.")
     env: list[EnvVar] = Field(default_factory=list, max_length=100, description="Extra environment variables.")
     pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every pod.")

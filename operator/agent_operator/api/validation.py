@@ -39,6 +39,9 @@ PATTERN_MEANINGS: Final = {
     models.REDIS_MASTER_NAME: "must be a Sentinel master name: letters, digits, '-', '_' and '.'",
     models.REDIS_USERNAME: "must be a Redis user name: no spaces, '@' or ':'",
     models.REDIS_URL: "must be a redis[s]:// URL, or redis[s]+cluster:// or redis[s]+sentinel://",
+    models.LABEL_VALUE: (
+        "must be a label value: empty, or letters, digits, '-', '_' and '.' starting and ending alphanumeric"
+    ),
 }
 VALUE_ERROR_PREFIX: Final = "Value error, "
 

@@ -74,7 +74,7 @@ def references(spec: models.AgentServiceSpec) -> list[Reference]:
         for i, e in enumerate(spec.env)
         if e.secret_key_ref is not None
     )
-    return refs
+    return list(dict.fromkeys(refs))  # the CA is both the pods' and KEDA's: reported once
 
 
 def problems(refs: Sequence[Reference], live: Mapping[str, Mapping[str, Any] | None]) -> list[str]:

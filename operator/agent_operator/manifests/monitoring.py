@@ -146,6 +146,16 @@ def build_alerts(svc: models.AgentService) -> list[dict[str, Any]]:
     return rules
 
 
+def _metadata(svc: models.AgentService, app_version: str | None) -> dict[str, Any]:
+    """Labels and annotations of both monitoring children: the spec's (`spec.monitoring`), then the operator's own."""
+    monitoring = svc.spec.monitoring
+    labels = {**monitoring.labels, **naming.standard_labels(svc.metadata.name, COMPONENT, app_version or __version__)}
+    meta: dict[str, Any] = {"labels": labels}
+    if monitoring.annotations:
+        meta["annotations"] = dict(monitoring.annotations)
+    return meta
+
+
 def build_prometheus_rule(svc: models.AgentService, *, app_version: str | None = None) -> dict[str, Any] | None:
     """The PrometheusRule with the service's alerts, or None when `spec.alerts.enabled` is false."""
     if not svc.spec.alerts.enabled:
@@ -157,7 +167,7 @@ def build_prometheus_rule(svc: models.AgentService, *, app_version: str | None =
         "metadata": {
             "name": naming.prometheus_rule_name(name),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, COMPONENT, app_version or __version__),
+            **_metadata(svc, app_version),
         },
         "spec": {
             "groups": [
@@ -217,7 +227,7 @@ def build_service_monitor(svc: models.AgentService, *, app_version: str | None =
         "metadata": {
             "name": naming.service_monitor_name(name),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, COMPONENT, app_version or __version__),
+            **_metadata(svc, app_version),
         },
         "spec": {
             "selector": {"matchLabels": naming.instance_labels(name)},

@@ -41,6 +41,7 @@ TRACK_LABEL: Final = "track"
 TEMPLATE_HASH_ANNOTATION: Final = "agentops.dev/template-hash"
 PROMOTE_ANNOTATION: Final = "agentops.dev/promote"
 ABORT_ANNOTATION: Final = "agentops.dev/abort"
+RETRY_ANNOTATION: Final = "agentops.dev/retry"  # start a rolled-back revision's rollout again
 
 DNS_LABEL_MAX: Final = 63
 DEPLOYMENT_NAME_MAX: Final = 46  # pod names keep their ReplicaSet's hash (module doc)

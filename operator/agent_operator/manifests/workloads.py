@@ -133,6 +133,7 @@ def container(
     svc: models.AgentService, component: naming.Component, track: naming.Track, operator_version: str
 ) -> dict[str, Any]:
     """The runtime container of one component."""
+    spec_resources: models.Resources
     if component == naming.Component.API:
         port_name, port, spec_resources = API_PORT_NAME, constants.API_PORT, svc.spec.api.resources
     else:
@@ -206,6 +207,8 @@ def pod_template(
             *redisconfig.volumes(svc.spec.redis),
         ],
     }
+    if svc.spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": ref.name} for ref in svc.spec.image_pull_secrets]
     if svc.spec.service_account_name is not None:
         pod_spec["serviceAccountName"] = svc.spec.service_account_name
     # Explicit either way: naming a ServiceAccount (for image pull secrets, workload identity) does

@@ -91,10 +91,10 @@ async def test_cancel_queued_task_never_runs(
     api: httpx.AsyncClient, make_worker: MakeWorker, model_server: LocalModelServer, redis_client: object
 ) -> None:
     task = await submit(api, "What is 1+1?")
-    response = await api.delete(f"/v1/tasks/{task['task_id']}", headers=AUTH)
+    response = await api.post(f"/v1/tasks/{task['task_id']}/cancel", headers=AUTH)
     assert response.status_code == 200
     assert response.json() == {"task_id": task["task_id"], "status": "cancelled"}
-    again = await api.delete(f"/v1/tasks/{task['task_id']}", headers=AUTH)
+    again = await api.post(f"/v1/tasks/{task['task_id']}/cancel", headers=AUTH)
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
 
     parts = make_worker()
@@ -107,7 +107,7 @@ async def test_cancel_queued_task_never_runs(
 async def test_cancel_finished_task_is_a_conflict(api: httpx.AsyncClient, make_worker: MakeWorker) -> None:
     task = await submit(api, "Say hello.")
     await make_worker().worker.run()
-    response = await api.delete(f"/v1/tasks/{task['task_id']}", headers=AUTH)
+    response = await api.post(f"/v1/tasks/{task['task_id']}/cancel", headers=AUTH)
     assert response.status_code == 409
     assert response.json() == {
         "error": f"task {task['task_id']} already succeeded; only queued or running tasks can be cancelled"
@@ -180,6 +180,7 @@ async def test_bad_input_gets_a_clear_4xx(api: httpx.AsyncClient) -> None:
     missing = await api.get("/v1/tasks/does-not-exist", headers=AUTH)
     assert missing.status_code == 404
     assert missing.json() == {"error": "no task 'does-not-exist' (unknown id, or its record expired)"}
+    assert (await api.post("/v1/tasks/does-not-exist/cancel", headers=AUTH)).status_code == 404
     assert (await api.delete("/v1/tasks/does-not-exist", headers=AUTH)).status_code == 404
 
 
@@ -205,6 +206,35 @@ async def test_a_header_that_is_not_utf8_is_a_400(api: httpx.AsyncClient) -> Non
     # Control characters never reach the echoed id (nor the log lines that carry it).
     response = await api.get("/health", headers={"x-request-id": "ab\tc\x1b[31m"})
     assert response.headers["x-request-id"] == "abc[31m"
+async def test_delete_is_the_deprecated_alias_of_cancel(api: httpx.AsyncClient) -> None:
+    task = await submit(api, "What is 1+1?")
+    response = await api.delete(f"/v1/tasks/{task['task_id']}", headers=AUTH)
+    assert (response.status_code, response.json()) == (200, {"task_id": task["task_id"], "status": "cancelled"})
+    # a cancel, not a deletion: the record stays readable
+    assert (await api.get(f"/v1/tasks/{task['task_id']}", headers=AUTH)).json()["status"] == "cancelled"
+    document = (await api.get("/openapi.json")).json()
+    assert document["paths"]["/v1/tasks/{task_id}"]["delete"]["deprecated"] is True
+    assert "deprecated" not in document["paths"]["/v1/tasks/{task_id}/cancel"]["post"]
+
+
+async def test_405_lists_every_method_of_the_path(api: httpx.AsyncClient) -> None:
+    response = await api.put("/v1/tasks/some-id", headers=AUTH)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET"
+    cancel = await api.get("/v1/tasks/some-id/cancel", headers=AUTH)
+    assert (cancel.status_code, cancel.headers["allow"]) == (405, "POST")
+
+
+async def test_openapi_documents_every_answer(api: httpx.AsyncClient) -> None:
+    paths = (await api.get("/openapi.json")).json()["paths"]
+    submit_codes = set(paths["/v1/tasks"]["post"]["responses"])
+    assert submit_codes == {"200", "202", "400", "401", "409", "413", "422", "429", "503"}
+    assert set(paths["/v1/tasks/{task_id}"]["get"]["responses"]) == {"200", "401", "404", "422", "503"}
+    assert set(paths["/v1/tasks/{task_id}/cancel"]["post"]["responses"]) == {"200", "401", "404", "409", "422", "503"}
+    assert paths["/v1/tasks"]["post"]["security"] == [{"bearer": []}]
+    error = paths["/v1/tasks"]["post"]["responses"]["409"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/ErrorBody"}
+    assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
 
 
 async def test_request_id_is_echoed(api: httpx.AsyncClient) -> None:

@@ -7,7 +7,8 @@ values with a clear helm error; the chart's CRD is the generated one; chart, app
 versions agree; the RBAC the chart grants is exactly the generated least-privilege rule set;
 one replica runs standalone, two or more get kopf's peering object (cluster-wide or one per watched
 namespace), the operator arguments naming it and the RBAC to use it, and the chart ships the
-peering CRDs.
+peering CRDs; the chart's agentPods.imagePullSecrets and monitoring labels/annotations reach the
+operator as its defaults.
 """
 
 from __future__ import annotations
@@ -302,3 +303,44 @@ def test_prometheus_credentials_come_from_a_secret(keys: dict[str, str], variabl
         name: {"name": "prom-creds", "key": key} for name, key in variables.items()
     }
     assert_valid(docs)
+def test_agent_pod_and_monitoring_defaults_reach_the_operator() -> None:
+    from agent_operator import run
+    from agent_operator.api import defaults
+
+    deployment = next(
+        doc for doc in render(CHART / "ci" / "private-registry-values.yaml") if doc["kind"] == "Deployment"
+    )
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]  # the operator's own pod
+    config = run.config_from(run.build_parser().parse_args(pod["containers"][0]["args"][1:]))
+    assert config.defaults == defaults.Defaults(
+        image_pull_secrets=("regcred",),
+        monitoring_labels={"release": "kube-prometheus-stack"},
+        monitoring_annotations={"team": "agents"},
+    )
+    plain = next(doc for doc in render() if doc["kind"] == "Deployment")
+    args = plain["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert run.config_from(run.build_parser().parse_args(args[1:])).defaults == defaults.NONE
+
+
+def quantity_bytes(text: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def test_default_operator_resources_cover_the_measured_peak_at_1000_services() -> None:
+    # bench/RESULTS.md: the operator's peak RSS with 1,000 services is at most 232.4 MB.
+    deployment = next(doc for doc in render() if doc["kind"] == "Deployment")
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert quantity_bytes(resources["limits"]["memory"]) >= 1.5 * 232.4e6
+    assert quantity_bytes(resources["requests"]["memory"]) >= 232.4e6
+    table = (ROOT / "docs" / "operator.md").read_text()
+    first_row = next(line for line in table.splitlines() if line.startswith("| up to 1,000 |"))
+    assert f"`cpu: {resources['requests']['cpu']}`, `memory: {resources['requests']['memory']}`" in first_row
+    assert f"`{resources['limits']['memory']}`" in first_row
+    ten_thousand = next(line for line in table.splitlines() if line.startswith("| up to 10,000 |"))
+    limit = ten_thousand.split("|")[4].strip().strip("`")
+    assert quantity_bytes(limit) >= 1.5 * 554e6  # the 10,000-service peak
