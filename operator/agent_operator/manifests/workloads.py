@@ -107,6 +107,9 @@ def env(svc: models.AgentService, track: naming.Track) -> list[dict[str, Any]]:
     for provider in spec.model.providers:
         if provider.api_key_secret_ref is not None:
             out.append(_secret_env(constants.provider_key_env(provider.name), provider.api_key_secret_ref))
+    for server in spec.tools.mcp_servers:
+        for i, header in enumerate(server.headers):
+            out.append(_secret_env(constants.mcp_header_env(server.name, i), header.secret_key_ref))
     reserved = {e["name"] for e in out}
     extra: dict[str, dict[str, Any]] = {}
     for var in spec.env:
