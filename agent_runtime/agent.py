@@ -119,6 +119,7 @@ class Agent:
                 return Outcome(TaskStatus.FAILED, state, error=error, degradation=worst.label)
             if self._over_budget(state):
                 return self._budget_outcome(state, worst)
+            await self.tools.settle()  # a tool list the server said changed is read before the call
             level = self.providers.refresh_metrics()
             worst = max(worst, level)
             verdict, reservation = await self._reserve(task_id, fence, state, level)

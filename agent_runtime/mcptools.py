@@ -56,6 +56,7 @@ MAX_NAME: Final = 64  # the Messages API's tool-name limit
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_-]")
 _CONNECT_TIMEOUT_SECONDS: Final = 10.0
 _FIRST_BACKOFF_SECONDS: Final = 0.05
+_RECONNECT_WAIT_SECONDS: Final = 5.0
 
 
 def exposed_name(server: str, tool: str) -> str:
@@ -129,6 +130,12 @@ class McpServer:
             self._task = asyncio.create_task(self._run(), name=f"mcp-{self.name}")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._tried.wait(), wait_seconds)
+
+    async def settle(self) -> None:
+        """Wait for a re-read of the tool list that a `list_changed` notification started (bounded)."""
+        relist = self._relist
+        if relist is not None and not relist.done():
+            await asyncio.wait({relist}, timeout=_CONNECT_TIMEOUT_SECONDS)
 
     async def wait_up(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -278,6 +285,9 @@ class McpServer:
         raise AssertionError("unreachable")
 
     async def _call_once(self, tool: str, exposed: str, arguments: dict[str, Any]) -> str:
+        if not self.up:
+            # Reconnecting (a lost connection, a restarted server): wait a little, within the timeout.
+            await self.wait_up(_RECONNECT_WAIT_SECONDS)
         session = self._session
         if session is None or not self.up:
             raise ToolError(f"{exposed}: MCP server {self.name!r} is not reachable ({self.reason})")

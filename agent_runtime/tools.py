@@ -98,6 +98,9 @@ class ToolSource(Protocol):
 
     def tools(self) -> Sequence[Tool]: ...
 
+    async def settle(self) -> None:
+        """Return once a change of the list already announced has been read."""
+
 
 def cap(text: str, limit: int | None) -> str:
     """`text` cut to `limit` bytes of UTF-8 (never inside a character), with a note when cut."""
@@ -134,6 +137,11 @@ class ToolRegistry:
             for tool in source.tools():
                 found.setdefault(tool.name, tool)
         return found
+
+    async def settle(self) -> None:
+        """Let every source finish reading a tool list it was told changed (before a model call)."""
+        for source in self.sources:
+            await source.settle()
 
     def get(self, name: str) -> Tool | None:
         return self.all().get(name)

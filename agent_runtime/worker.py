@@ -116,6 +116,7 @@ class Worker:
         """Process tasks until stopped (or, in burst mode, until the queue is empty)."""
         # MCP servers first: a task taken before its tools are listed would run without them. One
         # that cannot be reached does not hold the worker: it is reported (degraded) and retried.
+        self._closing = False  # a burst worker may be run again (tests: the same worker, a later batch)
         await self.tool_servers.start()
         degraded = self.tool_servers.degraded()
         if degraded:

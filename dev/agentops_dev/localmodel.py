@@ -137,29 +137,39 @@ def tool_requests(prompt: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _named_tools(
-    prompt: str, offered: set[Any], results: list[dict[str, Any]]
+    messages: list[dict[str, Any]], prompt: str, offered: set[Any], results: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], str] | None:
-    """The reply to a prompt naming tools to call: the next offered call, or the final answer."""
+    """The reply to a prompt naming tools to call: the next call to make, or the final answer.
+
+    Requests are taken in order: one already called (a tool_use in the transcript) pairs with its
+    result; the next one not called yet is called now if offered, else noted as not offered.
+    """
     requests = tool_requests(prompt)
     if not requests:
         return None
-    callable_ = [(name, data) for name, data in requests if name in offered]
-    if len(results) < len(callable_):
-        name, data = callable_[len(results)]
-        digest = hashlib.sha256(f"{prompt}\x00{len(results)}".encode()).hexdigest()[:24]
-        return [
-            {"type": "text", "text": f"Let me call {name}."},
-            {"type": "tool_use", "id": f"toolu_{digest}", "name": name, "input": data},
-        ], "tool_use"
+    issued = [
+        (b.get("name"), b.get("input"))
+        for m in messages
+        if m.get("role") == "assistant" and isinstance(m.get("content"), list)
+        for b in m["content"]
+        if isinstance(b, dict) and b.get("type") == "tool_use"
+    ]
     parts = []
-    outcomes = iter(results)
-    for name, _ in requests:
-        if name not in offered:
+    done = 0
+    for name, data in requests:
+        if done < len(issued) and issued[done] == (name, data):
+            result = results[done] if done < len(results) else {"content": "no result", "is_error": True}
+            done += 1
+            value = result["content"] if isinstance(result.get("content"), str) else _text_of(result.get("content"))
+            parts.append(f"{name} failed: {value}" if result.get("is_error") else f"{name} returned {value}")
+        elif done == len(issued) and name in offered:
+            digest = hashlib.sha256(f"{prompt}\x00{len(results)}".encode()).hexdigest()[:24]
+            return [
+                {"type": "text", "text": f"Let me call {name}."},
+                {"type": "tool_use", "id": f"toolu_{digest}", "name": name, "input": data},
+            ], "tool_use"
+        else:
             parts.append(f"{name} was not offered")
-            continue
-        result = next(outcomes)
-        value = result["content"] if isinstance(result.get("content"), str) else _text_of(result.get("content"))
-        parts.append(f"{name} failed: {value}" if result.get("is_error") else f"{name} returned {value}")
     return [{"type": "text", "text": "The answer: " + "; ".join(parts) + "."}], "end_turn"
 
 
@@ -171,7 +181,7 @@ def respond(body: dict[str, Any], *, message_id: str) -> dict[str, Any]:
     expressions = _EXPRESSION.findall(prompt)
     results = _tool_results(messages)
     content: list[dict[str, Any]]
-    named = _named_tools(prompt, offered, results)
+    named = _named_tools(messages, prompt, offered, results)
     if named is not None:
         content, stop_reason = named
     elif "calculator" in offered and len(results) < len(expressions):

@@ -6,7 +6,8 @@
 - `faults`: a server written with the SDK's `MCPServer`, with tools that misbehave on purpose:
   `slow` (sleeps), `record` (appends a line to a log file, then optionally waits: an "external"
   side effect a test can count), `die` (the first call kills the server's process mid-call; the
-  next process answers), `echo`. Over stdio or streamable HTTP.
+  next process answers), `echo`, `grow` (adds a tool and sends `notifications/tools/list_changed`).
+  Over stdio or streamable HTTP.
 
 `python -m agentops_dev.mcpservers time-http --port 0` prints `listening <url>` once it serves.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 __all__ = ["faults_server", "main"]
 
@@ -62,6 +63,15 @@ def faults_server(log_path: str | None) -> MCPServer:
     @server.tool(description="Repeat the text.")
     def echo(text: str) -> str:
         return text
+
+    @server.tool(description="Add a tool named `name` (it answers `<name> here`) and announce the new list.")
+    async def grow(name: str, ctx: Context) -> str:  # type: ignore[type-arg]
+        def added() -> str:
+            return f"{name} here"
+
+        server.add_tool(added, name=name, description=f"A tool added at run time: {name}.")
+        await ctx.session.send_tool_list_changed()
+        return f"added {name}"
 
     return server
 
