@@ -65,7 +65,7 @@ def faults_server(log_path: str | None) -> MCPServer:
         return text
 
     @server.tool(description="Add a tool named `name` (it answers `<name> here`) and announce the new list.")
-    async def grow(name: str, ctx: Context) -> str:  # type: ignore[type-arg]
+    async def grow(name: str, ctx: Context) -> str:
         def added() -> str:
             return f"{name} here"
 

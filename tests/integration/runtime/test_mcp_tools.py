@@ -321,7 +321,8 @@ async def test_a_server_down_at_start_degrades_without_stopping_the_worker(
             await mcp_processes("time-http", "--port", str(port))
 
             async def up() -> bool:
-                return (await client.get("/ready")).json() == {"ready": True}
+                body: dict[str, object] = (await client.get("/ready")).json()
+                return body == {"ready": True}
 
             await eventually(up, timeout=60)
             later = await queue.submit('call time__get_current_time {"timezone": "Europe/Berlin"}', max_steps=6)
