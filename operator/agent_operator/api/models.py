@@ -918,6 +918,12 @@ class NetworkPolicySpec(Model):
         pattern=DNS_LABEL,
         description="Namespace of Prometheus, allowed to scrape.",
     )
+    restrict_egress: bool = Field(
+        default=False,
+        description="Also restrict the pods' egress to what the spec names: DNS, Redis, the model providers"
+        " (port 443 and each baseURL's port), and each MCP server's host and port (docs/tools.md)."
+        " Link-local addresses (the node's and the cloud's metadata services) are never allowed.",
+    )
 
 
 class PodDisruptionBudgetSpec(Model):

@@ -39,6 +39,9 @@ PATTERN_MEANINGS: Final = {
     models.REDIS_MASTER_NAME: "must be a Sentinel master name: letters, digits, '-', '_' and '.'",
     models.REDIS_USERNAME: "must be a Redis user name: no spaces, '@' or ':'",
     models.REDIS_URL: "must be a redis[s]:// URL, or redis[s]+cluster:// or redis[s]+sentinel://",
+    models.MCP_URL: "must be an http:// or https:// URL with a host and no credentials",
+    models.HTTP_HEADER_NAME: "must be an HTTP header name: letters, digits and '-'",
+    models.PYTHON_MODULE: "must be a Python import path such as my_package.tools",
 }
 VALUE_ERROR_PREFIX: Final = "Value error, "
 
