@@ -54,7 +54,7 @@ log = get_logger(__name__)
 MAX_TOOLS: Final = 128
 MAX_NAME: Final = 64  # the Messages API's tool-name limit
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_-]")
-_CONNECT_TIMEOUT_SECONDS: Final = 10.0
+_CONNECT_TIMEOUT_SECONDS: Final = 30.0  # a stdio server is a process start and its imports
 _FIRST_BACKOFF_SECONDS: Final = 0.05
 _RECONNECT_WAIT_SECONDS: Final = 5.0
 
