@@ -53,6 +53,32 @@ class PriceConfig(BaseModel):
     output_per_mtok: float
 
 
+class ToolPolicyConfig(BaseModel):
+    """What the runtime allows one group of tools (an MCP server, a Python module); see `tools.Policy`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow_tools: list[str] | None = Field(default=None, description="Tool names offered; None: all.")
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_result_bytes: int = Field(default=65_536, ge=1)
+    side_effects: Literal["none", "external"] = "external"
+
+
+class McpServerConfig(ToolPolicyConfig):
+    """One MCP server: `url` (streamable HTTP) or `command` (stdio)."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=24)
+    url: str | None = None
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Header name -> the environment variable holding its value."
+    )
+    command: list[str] | None = None
+
+
+class PythonToolsConfig(ToolPolicyConfig):
+    module: str
+
+
 class RuntimeConfig(BaseModel):
     """Everything the API and worker processes need, secrets excepted."""
 
@@ -84,7 +110,15 @@ class RuntimeConfig(BaseModel):
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     worker_concurrency: int = 8
     shutdown_grace_seconds: float = 110.0
-    tools: list[str] = Field(default_factory=list, description="Import paths of extra tool modules.")
+    tools: list[str] = Field(
+        default_factory=list, description="Import paths of extra tool modules (the default policy of python_tools)."
+    )
+    builtin_tools: list[str] | None = Field(default=None, description="Built-in tools offered; None: all of them.")
+    mcp_servers: list[McpServerConfig] = Field(default_factory=list, description="MCP servers (spec.tools).")
+    python_tools: list[PythonToolsConfig] = Field(default_factory=list, description="Python tool modules.")
+    tool_reconnect_seconds: float = Field(
+        default=5.0, gt=0, description="Longest wait between attempts to reach an MCP server that is down."
+    )
     # --- queue and API tuning (defaults suit production; tests shorten the timeouts) ---
     priority_weights: dict[str, int] = Field(
         default_factory=lambda: {"high": 6, "normal": 3, "low": 1},

@@ -21,6 +21,9 @@ METRIC_CIRCUIT_STATE: Final = "llm_circuit_state"  # gauge 0 closed, 1 half-open
 METRIC_PROVIDER_CALLS: Final = "llm_provider_calls_total"  # labels: provider, outcome (PROVIDER_OUTCOMES)
 PROVIDER_OUTCOMES: Final = ("ok", "unavailable", "rate_limited", "error")
 METRIC_RATELIMIT_WAIT: Final = "llm_ratelimit_wait_seconds"  # histogram of time spent waiting for a slot
+METRIC_TOOL_LATENCY: Final = "agent_tool_call_seconds"  # histogram, label: tool_name
+METRIC_TOOL_SERVER_UP: Final = "agent_tool_server_up"  # gauge 1/0, label: server (MCP servers)
+METRIC_TOOL_CIRCUIT: Final = "agent_tool_circuit_state"  # gauge 0 closed, 1 half-open, 2 open, label: server
 METRIC_DEGRADATION: Final = "agent_degradation_level"  # gauge 0 full, 1 reduced_tools, 2 fallback_only, 3 static
 METRIC_CACHE: Final = "agent_cache_requests_total"  # label: result (hit|miss)
 METRIC_BUDGET_REJECTIONS: Final = "agent_budget_rejections_total"  # label: budget (daily|per_task)
@@ -65,6 +68,11 @@ DEAD_LETTER_SUFFIX: Final = "dead"
 def provider_key_env(provider_name: str) -> str:
     """Name of the environment variable that carries one provider's API key."""
     return "AGENT_PROVIDER_" + provider_name.upper().replace("-", "_") + "_API_KEY"
+
+
+def mcp_header_env(server_name: str, index: int) -> str:
+    """Name of the environment variable that carries the value of an MCP server's `index`-th header."""
+    return "AGENT_MCP_" + server_name.upper().replace("-", "_") + f"_HEADER_{index}"
 
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"

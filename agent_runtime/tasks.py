@@ -101,6 +101,11 @@ class Checkpoint(BaseModel):
     messages: list[dict[str, Any]] = Field(default_factory=list)
     step: int = 0  # model calls completed (each one billed exactly once)
     usage: Usage = Field(default_factory=Usage)
+    # The tool calls of the last step while they run (emptied once their results join `messages`):
+    # the result of each call already made, by tool_use id, and the ids of `external` calls sent
+    # whose result was not stored yet. A resumed task reuses the first and never re-sends the second.
+    tool_results: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tools_started: list[str] = Field(default_factory=list)
 
 
 class Waiting(BaseModel):

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final
 
+from agent_operator.api import endpoints
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -427,6 +428,187 @@ class ModelSpec(Model):
         if self.strategy == Strategy.WEIGHTED and not any(p.weight > 0 for p in self.providers):
             raise CrossFieldError("providers", "the weighted strategy needs at least one provider with weight > 0")
         return self
+
+
+# --- tools ---------------------------------------------------------------------------------------
+
+# `<server>__<tool>` must fit the Messages API's tool names (`^[a-zA-Z0-9_-]{1,64}$` at the
+# strictest): a short server name leaves the tool most of the room.
+TOOL_SERVER_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+TOOL_SERVER_NAME_MAX_LENGTH = 24
+PYTHON_MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+HTTP_HEADER_NAME = r"^[A-Za-z0-9][-A-Za-z0-9]*$"
+MCP_URL = r"^https?://[^/?#@\s]+(/[^\s]*)?$"
+# Headers the transport sets itself: a spec may not forge them.
+RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "content-type", "accept", "connection", "transfer-encoding", "mcp-session-id",
+     "mcp-protocol-version", "last-event-id"}
+)  # fmt: skip
+
+
+class BuiltinTool(StrEnum):
+    CALCULATOR = "calculator"
+    CURRENT_TIME = "current_time"
+    WORD_COUNT = "word_count"
+
+
+class SideEffects(StrEnum):
+    NONE = "none"
+    EXTERNAL = "external"
+
+
+ToolName = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class ToolPolicy(Model):
+    """What the runtime allows a group of tools (one MCP server, one Python module)."""
+
+    allow_tools: list[ToolName] | None = Field(
+        default=None,
+        max_length=200,
+        description="Tools offered to the model, by the name the server or module gives them; unset: all of them."
+        " A tool not listed is never offered nor called.",
+    )
+    timeout_seconds: int = Field(
+        default=30, ge=1, le=600, description="A call taking longer fails with a timeout error given to the model."
+    )
+    max_result_bytes: int = Field(
+        default=65_536,
+        ge=256,
+        le=1_048_576,
+        description="A result larger than this (UTF-8) is cut to it, with a note saying so.",
+    )
+    side_effects: SideEffects = Field(
+        default=SideEffects.EXTERNAL,
+        description="external: a call may change the world, so it is never repeated (a resumed task reuses its"
+        " checkpointed result, a call cut off by a crash or a lost connection is reported, not re-sent);"
+        " none: safe to call again.",
+    )
+
+
+class McpHeader(Model):
+    """An HTTP header sent to an MCP server, its value read from a Secret (never a literal)."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=HTTP_HEADER_NAME, description="Header name.")
+    secret_key_ref: SecretKeyRef = Field(description="Secret key holding the header's value.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.lower() in RESERVED_HEADERS:
+            raise ValueError(f"{value!r} is set by the MCP transport itself")
+        return value
+
+
+class McpServer(ToolPolicy):
+    """One MCP server: a URL (streamable HTTP, e.g. a Service) or a command in the image (stdio)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=TOOL_SERVER_NAME_MAX_LENGTH,
+        pattern=TOOL_SERVER_NAME,
+        description="The server's name; its tools reach the model as `<name>__<tool>`.",
+    )
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=MCP_URL,
+        description="Streamable-HTTP endpoint (http:// or https://, e.g. http://tools.my-ns.svc:8000/mcp)."
+        " Link-local and cloud metadata hosts are refused.",
+    )
+    headers: list[McpHeader] = Field(
+        default_factory=list, max_length=16, description="Headers sent with every request (with url only)."
+    )
+    command: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="A server present in the image, spoken to over stdio: the program and its arguments.",
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "has(self.url) != has(self.command)",
+            "message": "set url (streamable HTTP) or command (stdio), exactly one",
+            "fieldPath": ".url",
+        },
+        {
+            "rule": "!has(self.headers) || size(self.headers) == 0 || has(self.url)",
+            "message": "headers apply to a url server only",
+            "fieldPath": ".headers",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if (self.url is None) == (self.command is None):
+            raise CrossFieldError("url", "set url (streamable HTTP) or command (stdio), exactly one")
+        if self.headers and self.url is None:
+            raise CrossFieldError("headers", "headers apply to a url server only")
+        if self.url is not None:
+            problem = endpoints.host_problem(self.url)
+            if problem is not None:
+                raise CrossFieldError("url", f"{self.url!r} {problem}")
+        names = [h.name.lower() for h in self.headers]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise CrossFieldError("headers", f"header names must be unique (repeated: {', '.join(repeated)})")
+        return self
+
+
+class PythonTools(ToolPolicy):
+    """A module of tools installed in a derived image (`FROM` the runtime image, `pip install` your package)."""
+
+    module: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=PYTHON_MODULE,
+        description="Import path of a module exposing `TOOLS` (a list of agent_runtime.tools.Tool) or"
+        " `register(registry)`.",
+    )
+
+
+class ToolsSpec(Model):
+    """The agent's tools: built-ins, MCP servers and Python tool modules."""
+
+    builtin: list[BuiltinTool] = Field(
+        default_factory=lambda: list(BuiltinTool),
+        max_length=len(BuiltinTool),
+        description="Built-in tools offered (side-effect free); [] for none.",
+    )
+    mcp_servers: list[McpServer] = Field(default_factory=list, max_length=16, description="MCP servers.")
+    python: list[PythonTools] = Field(default_factory=list, max_length=16, description="Python tool modules.")
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "self.mcpServers.all(s, self.mcpServers.exists_one(t, t.name == s.name))",
+            "message": "MCP server names must be unique",
+            "fieldPath": ".mcpServers",
+        },
+        {
+            "rule": "self.python.all(p, self.python.exists_one(q, q.module == p.module))",
+            "message": "Python tool modules must be unique",
+            "fieldPath": ".python",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _unique(self) -> ToolsSpec:
+        for field, values in (
+            ("mcpServers", [s.name for s in self.mcp_servers]),
+            ("python", [p.module for p in self.python]),
+        ):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise CrossFieldError(field, f"must be unique (repeated: {', '.join(repeated)})")
+        return self
+
+    def summary(self) -> list[str]:
+        """One word per tool source, as `kubectl agentservice get` lists them."""
+        out = [f"{b}" for b in self.builtin]
+        out += [f"{s.name}__* (mcp {'http' if s.url else 'stdio'})" for s in self.mcp_servers]
+        out += [f"{p.module} (python)" for p in self.python]
+        return out
 
 
 # --- workloads -----------------------------------------------------------------------------------
@@ -899,6 +1081,12 @@ class NetworkPolicySpec(Model):
         pattern=DNS_LABEL,
         description="Namespace of Prometheus, allowed to scrape.",
     )
+    restrict_egress: bool = Field(
+        default=False,
+        description="Also restrict the pods' egress to what the spec names: DNS, Redis, the model providers"
+        " (port 443 and each baseURL's port), and each MCP server's host and port (docs/tools.md)."
+        " Link-local addresses (the node's and the cloud's metadata services) are never allowed.",
+    )
 
 
 class PodDisruptionBudgetSpec(Model):
@@ -1026,6 +1214,7 @@ class AgentServiceSpec(Model):
             " Kubernetes API, and a mounted token is a credential a compromised pod could use."
         ),
     )
+    tools: ToolsSpec = Field(default_factory=ToolsSpec, description="The agent's tools (docs/tools.md).")
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, description="Network policy.")
     pod_disruption_budget: PodDisruptionBudgetSpec = Field(
         default_factory=PodDisruptionBudgetSpec, description="Pod disruption budgets."

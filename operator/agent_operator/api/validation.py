@@ -42,6 +42,9 @@ PATTERN_MEANINGS: Final = {
     models.LABEL_VALUE: (
         "must be a label value: empty, or letters, digits, '-', '_' and '.' starting and ending alphanumeric"
     ),
+    models.MCP_URL: "must be an http:// or https:// URL with a host and no credentials",
+    models.HTTP_HEADER_NAME: "must be an HTTP header name: letters, digits and '-'",
+    models.PYTHON_MODULE: "must be a Python import path such as my_package.tools",
 }
 VALUE_ERROR_PREFIX: Final = "Value error, "
 

@@ -192,6 +192,7 @@ def get_view(
     if canary.get("message"):
         lines.append(f"Message:    {canary['message']}")
     lines += _budget(svc, now)
+    lines += tools_lines(svc)
     lines += ["", "Replicas:", *_replicas(name, deployments)]
     lines += ["", *_analysis(canary.get("lastAnalysis"), now)]
     lines += ["", "Conditions:", *_conditions(status.get("conditions") or [], now)]
@@ -240,6 +241,38 @@ def _budget(svc: Mapping[str, Any], now: datetime.datetime) -> list[str]:
     lines = [line]
     if shown.get("message"):
         lines.append(f"            {shown['message']}")
+    return lines
+
+
+def _policy_text(entry: Mapping[str, Any]) -> str:
+    parts = []
+    allow = entry.get("allowTools")
+    if isinstance(allow, list):
+        parts.append(f"allow {', '.join(str(a) for a in allow) or 'none'}")
+    parts.append(f"timeout {entry.get('timeoutSeconds', 30)}s")
+    parts.append(f"sideEffects {entry.get('sideEffects', 'external')}")
+    return "; ".join(parts)
+
+
+def tools_lines(svc: Mapping[str, Any]) -> list[str]:
+    """`Tools:`: the built-ins offered, each MCP server (its endpoint or command) and Python module, with policy."""
+    tools = (svc.get("spec") or {}).get("tools")
+    if not isinstance(tools, Mapping):
+        return ["Tools:      built-in calculator, current_time, word_count"]
+    builtin = tools.get("builtin")
+    names = ", ".join(str(b) for b in builtin) if isinstance(builtin, list) else "calculator, current_time, word_count"
+    lines = [f"Tools:      built-in {names or 'none'}"]
+    for server in tools.get("mcpServers") or []:
+        if not isinstance(server, Mapping):
+            continue
+        if server.get("url"):
+            where = f"http {server['url']}"
+        else:
+            where = "stdio " + " ".join(str(c) for c in server.get("command") or [])
+        lines.append(f"            mcp {server.get('name')}__*: {where} ({_policy_text(server)})")
+    for module in tools.get("python") or []:
+        if isinstance(module, Mapping):
+            lines.append(f"            python {module.get('module')} ({_policy_text(module)})")
     return lines
 
 

@@ -103,7 +103,16 @@ def event(
 async def world(cluster: tuple[devcluster.DevCluster, str]) -> datetime.datetime:
     """The objects of the snapshots; returns the frozen 'now'."""
     emulator, url = cluster
-    body = agent_service("support-agent", canary={"enabled": True, "steps": [10, 50, 100]}, budget={"dailyUSD": 5.0})
+    tools = {
+        "builtin": ["calculator"],
+        "mcpServers": [
+            {"name": "time", "url": "http://time.tools.svc:8000/mcp", "allowTools": ["get_current_time"]},
+            {"name": "clock", "command": ["mcp-server-time"], "sideEffects": "none"},
+        ],
+    }
+    body = agent_service(
+        "support-agent", canary={"enabled": True, "steps": [10, 50, 100]}, budget={"dailyUSD": 5.0}, tools=tools
+    )
     svc = await emulator.put_object(AGSVC, body)
     created = views.parse_time(svc["metadata"]["creationTimestamp"])
     assert created is not None
