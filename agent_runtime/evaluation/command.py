@@ -23,9 +23,7 @@ import pydantic
 
 from agent_runtime import config as runtime_config
 from agent_runtime import constants, errors
-from agent_runtime.evaluation.judge import Judge, JudgeSetupError
 from agent_runtime.evaluation.report import Report
-from agent_runtime.evaluation.runner import EvaluationTarget, run_suite
 from agent_runtime.evaluation.suite import MAX_RUNS, SuiteError, load_suite
 
 __all__ = ["EXIT_FAIL", "EXIT_INCONCLUSIVE", "EXIT_PASS", "EXIT_USAGE", "add_arguments", "run"]
@@ -114,6 +112,11 @@ def _token(name: str | None) -> str | None:
 
 
 async def _evaluate(args: argparse.Namespace) -> Report:
+    # Here, not at the top: they load the HTTP and provider clients, which the rest of agentctl
+    # (render, crd) does not need, and `agentctl --help` should not wait for.
+    from agent_runtime.evaluation.judge import Judge, JudgeSetupError  # noqa: PLC0415
+    from agent_runtime.evaluation.runner import EvaluationTarget, run_suite  # noqa: PLC0415
+
     _check_numbers(args)
     try:
         suite = load_suite(_read(args.suite))
