@@ -17,14 +17,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import pydantic
 
 from agent_runtime import config as runtime_config
 from agent_runtime import constants, errors
 from agent_runtime.evaluation.report import Report
-from agent_runtime.evaluation.suite import MAX_RUNS, SuiteError, load_suite
+from agent_runtime.evaluation.suite import MAX_RUNS, Suite, SuiteError, Thresholds, load_suite
+
+if TYPE_CHECKING:
+    from agent_runtime.evaluation.judge import Judge
 
 __all__ = ["EXIT_FAIL", "EXIT_INCONCLUSIVE", "EXIT_PASS", "EXIT_USAGE", "add_arguments", "run"]
 
@@ -38,8 +41,18 @@ class _Usage(Exception):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suite", required=True, metavar="FILE", help="the suite (YAML); - reads standard input")
-    parser.add_argument("--api", required=True, metavar="URL", help="the task API's base URL")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--suite", metavar="FILE", help="the suite (YAML); - reads standard input")
+    source.add_argument("--suite-env", metavar="NAME", help="an environment variable holding the suite (YAML)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--api", metavar="URL", help="the task API's base URL")
+    target.add_argument(
+        "--in-process-api",
+        action="store_true",
+        help="serve the task API in this process from the runtime config and Redis of the environment "
+        f"(${constants.CONFIG_PATH_ENV}, ${constants.REDIS_URL_ENV}, ${constants.QUEUE_LANE_ENV}): "
+        "the operator's evaluation Job reaches the candidate's queue this way, through no Service users reach",
+    )
     parser.add_argument(
         "--token-env",
         metavar="NAME",
@@ -64,7 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--termination-log", metavar="PATH", default=None, help=argparse.SUPPRESS)
 
 
-def _read(path: str) -> str:
+def _read(path: str | None, env_name: str | None) -> str:
+    if env_name is not None:
+        text = os.environ.get(env_name)
+        if not text:
+            raise _Usage(f"--suite-env: the environment variable {env_name} is not set")
+        return text
+    assert path is not None  # argparse: --suite or --suite-env
     if path == "-":
         return sys.stdin.read()
     try:
@@ -98,7 +117,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for flag, value in limits:
         if value is not None and not value > 0:
             raise _Usage(f"{flag}: {value} must be greater than 0")
-    if not args.api.startswith(("http://", "https://")):
+    if args.api is not None and not args.api.startswith(("http://", "https://")):
         raise _Usage(f"--api: {args.api!r} is not an http(s) URL")
 
 
@@ -118,10 +137,11 @@ async def _evaluate(args: argparse.Namespace) -> Report:
     from agent_runtime.evaluation.runner import EvaluationTarget, run_suite  # noqa: PLC0415
 
     _check_numbers(args)
+    where = args.suite or f"${args.suite_env}"
     try:
-        suite = load_suite(_read(args.suite))
+        suite = load_suite(_read(args.suite, args.suite_env))
     except SuiteError as exc:
-        raise _Usage(f"{args.suite}: {exc}") from None
+        raise _Usage(f"{where}: {exc}") from None
     if args.runs is not None:
         suite = suite.model_copy(update={"runs": args.runs})
     thresholds = suite.thresholds.merged(
@@ -129,7 +149,6 @@ async def _evaluate(args: argparse.Namespace) -> Report:
         max_cost_per_task_usd=args.max_cost_usd,
         max_p95_latency_seconds=args.max_p95_latency_seconds,
     )
-    target = EvaluationTarget(api_url=args.api, token=_token(args.token_env))
     judge = None
     if suite.judges():
         judge = Judge(_judge_config(args.config))
@@ -137,12 +156,39 @@ async def _evaluate(args: argparse.Namespace) -> Report:
             judge.check([j for _, j in suite.judges()])
         except JudgeSetupError as exc:
             index = suite.judges()[0][0]
-            raise _Usage(f"{args.suite}: cases[{index}].expect.{exc}") from None
+            raise _Usage(f"{where}: cases[{index}].expect.{exc}") from None
     try:
+        if args.in_process_api:
+            return await _against_in_process_api(suite, thresholds, args.concurrency, judge)
+        target = EvaluationTarget(api_url=args.api, token=_token(args.token_env))
         return await run_suite(suite, target, thresholds=thresholds, concurrency=args.concurrency, judge=judge)
     finally:
         if judge is not None:
             await judge.aclose()
+
+
+async def _against_in_process_api(
+    suite: Suite, thresholds: Thresholds, concurrency: int, judge: Judge | None
+) -> Report:
+    """The suite against the API app built here, on the environment's config and Redis (the Job's way)."""
+    import httpx  # noqa: PLC0415 - see _evaluate
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from agent_runtime.api import create_app  # noqa: PLC0415
+    from agent_runtime.composition import connect_redis  # noqa: PLC0415
+    from agent_runtime.evaluation.runner import EvaluationTarget, run_suite  # noqa: PLC0415
+
+    try:
+        config = runtime_config.load()
+    except (ValueError, pydantic.ValidationError) as exc:
+        raise _Usage(f"--in-process-api: the runtime config is not valid: {' '.join(str(exc).split())[:200]}") from None
+    redis_client = connect_redis(os.environ.get(constants.REDIS_URL_ENV, constants.DEFAULT_REDIS_URL), config.redis)
+    try:
+        app = create_app(config, redis=redis_client, registry=CollectorRegistry(), auth_token=None)
+        target = EvaluationTarget(api_url="http://in-process", transport=httpx.ASGITransport(app=app))
+        return await run_suite(suite, target, thresholds=thresholds, concurrency=concurrency, judge=judge)
+    finally:
+        await redis_client.aclose()
 
 
 def _text(report: Report, out: TextIO) -> None:

@@ -45,6 +45,7 @@ class EvaluationTarget:
     api_url: str
     token: str | None = None
     request_timeout_seconds: float = 10.0
+    transport: httpx.AsyncBaseTransport | None = None  # the API app in this process (`--in-process-api`)
 
 
 class _Ungraded(Exception):
@@ -170,6 +171,7 @@ async def run_suite(
         timeout=target.request_timeout_seconds,
         limits=limits,
         follow_redirects=False,
+        transport=target.transport,
     ) as client:
         session = _Session(client, suite, judge, clock)
 

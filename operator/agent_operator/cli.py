@@ -20,6 +20,7 @@ import yaml
 
 from agent_operator import __version__
 from agent_operator.api import crd, models, reference, validation
+from agent_runtime import logging as runtime_logging
 from agent_runtime.evaluation import command as evaluation_command
 
 EXIT_INVALID = 2
@@ -176,6 +177,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    runtime_logging.configure("warning")  # the runtime's log lines go to stderr: stdout is the report
     return evaluation_command.run(args, prog="agentctl eval")
 
 

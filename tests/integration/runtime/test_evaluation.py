@@ -140,7 +140,8 @@ async def test_a_model_answering_30_percent_wrong_fails_naming_the_cases(stack: 
     failed = [c for c in report["cases"] if not c["passed"]]
     assert len(failed) == 3
     for case in failed:
-        answer = (lambda a, b, c: a * b + c)(*CASES[int(case["name"].split("-")[1])])
+        a, b, c = CASES[int(case["name"].split("-")[1])]
+        answer = a * b + c
         assert f"numeric: expected {answer} ± 0, the answer ends with {answer + 1}" in case["reason"]
         assert case["costUSD"] > 0  # the task succeeded and was paid for: wrong, with no error
     assert all(c.outcome == "ok" for c in stack.model.calls)
@@ -210,3 +211,72 @@ async def test_bad_suites_and_flags_exit_2_with_one_line(
     code, out, err = await evaluate(args)
     assert code == 2
     assert out == "" and err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+async def test_a_candidate_in_its_own_lane_sees_only_the_evaluation(
+    tmp_path: Path, config: RuntimeConfig, redis_server: LocalRedis, model_server: LocalModelServer
+) -> None:
+    """The Job's way: `--in-process-api` on the candidate's config and lane; a user task never reaches it.
+
+    The stable worker (main lane) calls `model_server`; the candidate's worker (lane `eval-1`) calls a
+    model answering 3 of 10 wrong. The evaluation fails with accuracy 0.7 and only the candidate's
+    model saw its tasks; a user task submitted meanwhile is answered by the stable worker only.
+    """
+    async with LocalModelServer(faults=Faults(wrong_per_ten=3)) as candidate_model:
+        candidate = config.model_copy(
+            update={"providers": [config.providers[0].model_copy(update={"base_url": candidate_model.url})]}
+        )
+        (tmp_path / "stable").mkdir()
+        (tmp_path / "candidate").mkdir()
+        stable_path = write_config(tmp_path / "stable", config.model_dump(mode="json"))
+        candidate_path = write_config(tmp_path / "candidate", candidate.model_dump(mode="json"))
+        lane = {constants.QUEUE_LANE_ENV: "eval-1", constants.TRACK_ENV: "canary"}
+        workers = [
+            ForkedRuntime(["worker", "--metrics-port", "0"], config_path=stable_path, redis_url=redis_server.url),
+            ForkedRuntime(
+                ["worker", "--metrics-port", "0"], config_path=candidate_path, redis_url=redis_server.url, env=lane
+            ),
+        ]
+        port = free_port()
+        user_api = ForkedRuntime(
+            ["api", "--host", "127.0.0.1", "--port", str(port)],
+            config_path=stable_path,
+            redis_url=redis_server.url,
+            env={constants.AUTH_TOKEN_ENV: TOKEN},
+        )
+        for process in [*workers, user_api]:
+            await process.start()
+        try:
+            suite = tmp_path / "suite.yaml"
+            suite.write_text(suite_yaml(judge=False))
+            env = {
+                constants.CONFIG_PATH_ENV: str(candidate_path),
+                constants.REDIS_URL_ENV: redis_server.url,
+                **lane,
+                "SUITE": suite.read_text(),
+            }
+            code, out, err = await evaluate(["--suite-env", "SUITE", "--in-process-api", "-o", "json"], env=env)
+            assert code == 1, err
+            report = json.loads(out)
+            assert (report["accuracy"], report["failed"]) == (0.7, 3)
+            eval_calls = [c for c in candidate_model.calls if c.task_id]
+            assert eval_calls and not [c for c in model_server.calls if c.task_id]
+
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+                while True:
+                    try:
+                        if (await client.get("/ready")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.05)
+                auth = {"authorization": f"Bearer {TOKEN}"}
+                made = (await client.post("/v1/tasks", json={"input": "What is 6*7?"}, headers=auth)).json()
+                while (view := (await client.get(made["status_url"], headers=auth)).json())["status"] != "succeeded":
+                    await asyncio.sleep(0.05)
+            assert view["result"] == "The answer: 6*7 = 42." and view["tool_calls"] == ["calculator"]
+            assert {c.task_id for c in model_server.calls} == {made["task_id"]}
+            assert made["task_id"] not in {c.task_id for c in candidate_model.calls}
+        finally:
+            for process in [*workers, user_api]:
+                await process.kill()
