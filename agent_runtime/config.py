@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, SERVICE_ENV, TRACK_ENV, ServiceKeys
+from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, QUEUE_LANE_ENV, SERVICE_ENV, TRACK_ENV, ServiceKeys
 from agent_runtime.redisconn import RedisSettings
 
 _NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -89,6 +89,13 @@ class RuntimeConfig(BaseModel):
     service: str = Field(default="agent", pattern=_NAME, max_length=253)
     namespace: str = Field(default="default", pattern=_NAME, max_length=63)
     track: Track = Track.STABLE
+    queue_lane: str = Field(
+        default="",
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        max_length=63,
+        description="A queue of its own: API and workers with the same lane share streams no other lane sees"
+        " ('' is the main queue; an evaluated candidate runs in its own until its gate passes).",
+    )
     providers: list[ProviderConfig] = Field(default_factory=list)
     strategy: str = "failover"
     system_prompt: str = "You are a helpful agent. Use the tools when they help, then answer concisely."
@@ -180,14 +187,14 @@ class RuntimeConfig(BaseModel):
 
     def keys(self) -> ServiceKeys:
         """The service's Redis keys (namespace and service in one hash tag)."""
-        return ServiceKeys(namespace=self.namespace, service=self.service)
+        return ServiceKeys(namespace=self.namespace, service=self.service, lane=self.queue_lane)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
 
 def load(environ: Mapping[str, str] | None = None) -> RuntimeConfig:
-    """Read the mounted config file (if any), then let the environment set the track (and the service)."""
+    """Read the mounted config file (if any), then let the environment set the track, service and queue lane."""
     env = os.environ if environ is None else environ
     path = Path(env.get(CONFIG_PATH_ENV, CONFIG_PATH))
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -195,4 +202,6 @@ def load(environ: Mapping[str, str] | None = None) -> RuntimeConfig:
         data["track"] = env[TRACK_ENV]
     if env.get(SERVICE_ENV):
         data["service"] = env[SERVICE_ENV]
+    if QUEUE_LANE_ENV in env:
+        data["queue_lane"] = env[QUEUE_LANE_ENV]
     return RuntimeConfig.model_validate(data)

@@ -56,6 +56,7 @@ AUTH_TOKEN_ENV: Final = "AGENT_AUTH_TOKEN"
 REDIS_URL_ENV: Final = "AGENT_REDIS_URL"
 TRACK_ENV: Final = "AGENT_TRACK"
 SERVICE_ENV: Final = "AGENT_SERVICE"
+QUEUE_LANE_ENV: Final = "AGENT_QUEUE_LANE"  # overrides RuntimeConfig.queue_lane (the operator sets it per track)
 POD_NAME_ENV: Final = "AGENT_POD_NAME"
 
 # --- Redis keys: `ServiceKeys` below builds every one of them ---
@@ -95,6 +96,9 @@ class ServiceKeys:
 
     namespace: str
     service: str
+    # A queue of its own (`RuntimeConfig.queue_lane`): a candidate that must not see user tasks
+    # until its evaluation passes reads streams no user-facing API writes to. "" is the main queue.
+    lane: str = ""
 
     @property
     def tag(self) -> str:
@@ -106,8 +110,8 @@ class ServiceKeys:
         return ":".join((KEY_PREFIX, self.tag, *parts))
 
     def stream(self, priority: str) -> str:
-        """The Redis stream of one priority level."""
-        return self.key("tasks", priority)
+        """The Redis stream of one priority level (of the lane, when there is one)."""
+        return self.key("lane", self.lane, "tasks", priority) if self.lane else self.key("tasks", priority)
 
     def dead_letter(self) -> str:
         """The stream receiving tasks that failed too many deliveries, with their last error."""
@@ -154,8 +158,9 @@ class ServiceKeys:
         return self.key("budget", "expiry")
 
     def budget_held(self) -> str:
-        """The sorted set of tasks put aside until money comes back (`budget.onExhausted: hold`)."""
-        return self.key("budget", "held")
+        """The sorted set of tasks put aside until money comes back (`budget.onExhausted: hold`); per lane,
+        so a task held in a lane goes back to that lane's streams."""
+        return self.key("lane", self.lane, "budget", "held") if self.lane else self.key("budget", "held")
 
     def probe(self) -> str:
         """Written by the readiness probes: a replica is ready only while Redis accepts writes."""

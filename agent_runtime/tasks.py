@@ -26,6 +26,7 @@ __all__ = [
     "checkpoint_fields",
     "json_depth",
     "metadata_problem",
+    "tool_calls",
 ]
 
 
@@ -141,6 +142,9 @@ class TaskView(BaseModel):
     usage: Usage
     degradation: str | None = None  # worst degradation level the task ran at (full … static)
     waiting: Waiting | None = None  # why a queued task waits (only while queued)
+    tool_calls: list[str] = Field(
+        default_factory=list, description="Names of the tools the agent called, in order (the evaluation reads it)."
+    )
     attempts: int
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: float
@@ -214,6 +218,7 @@ class TaskRecord(BaseModel):
             usage=usage,
             degradation=self.degradation,
             waiting=self.waiting if self.status == TaskStatus.QUEUED else None,
+            tool_calls=tool_calls(self.checkpoint.messages),
             attempts=self.deliveries,
             metadata=self.metadata,
             created_at=self.created_at,
@@ -238,6 +243,16 @@ def _stored_metadata(raw: str) -> dict[str, Any]:
     if depth > MAX_METADATA_DEPTH:
         return {"unreadable": f"the stored metadata nests {depth} levels deep, over {MAX_METADATA_DEPTH}; not shown"}
     return metadata
+
+
+def tool_calls(messages: list[dict[str, Any]]) -> list[str]:
+    """The names of the tools called in a transcript (assistant `tool_use` blocks), in order. Pure."""
+    names: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") == "assistant" and isinstance(content, list):
+            names += [str(b.get("name")) for b in content if isinstance(b, dict) and b.get("type") == "tool_use"]
+    return names
 
 
 def checkpoint_fields(checkpoint: Checkpoint) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""`agentctl`: render manifests offline, print the CRD, run the demo or the operator.
+"""`agentctl`: render manifests offline, print the CRD, run an evaluation suite, the demo or the operator.
 
 Thin on purpose: argument parsing and output only. Rendering is `builders.build_children`,
 input checking is `validation`, the CRD is `crd`. Exit codes: 0 success, 2 invalid user input
@@ -21,6 +21,8 @@ import yaml
 from agent_operator import __version__
 from agent_operator.api import crd, models, reference, validation
 from agent_operator.api import defaults as api_defaults
+from agent_runtime import logging as runtime_logging
+from agent_runtime.evaluation import command as evaluation_command
 
 EXIT_INVALID = 2
 
@@ -182,6 +184,11 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return result
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    runtime_logging.configure("warning")  # the runtime's log lines go to stderr: stdout is the report
+    return evaluation_command.run(args, prog="agentctl eval")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentctl", description="AgentService operator tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -227,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory of the AgentService manifests part 1 renders (part 2 applies examples/full.yaml)",
     )
     demo.set_defaults(func=cmd_demo)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="run an evaluation suite against a task API; exit 0 pass, 1 fail, 2 bad suite or usage, 3 inconclusive",
+    )
+    evaluation_command.add_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
 
     operator = commands.add_parser(
         "operator", help="run the operator (kopf) against the current cluster", add_help=False

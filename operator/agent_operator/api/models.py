@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from agent_runtime.config import PriceConfig
+from agent_runtime.evaluation import suite
 from agent_runtime.pricing import PriceTable
 
 GROUP = "agentops.dev"
@@ -946,6 +947,108 @@ class CanaryCheck(Model):
         return self
 
 
+class ConfigMapKeyRef(Model):
+    """A key inside a ConfigMap in the AgentService's namespace."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the ConfigMap, in the AgentService's namespace (a DNS subdomain).",
+    )
+    key: str = Field(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DATA_KEY,
+        description="Key holding the suite (YAML).",
+    )
+
+
+INLINE_SUITE_MAX_CHARS = 65_536  # an env var of the Job's pod; larger suites go in a ConfigMap
+
+
+class EvaluationSuiteSource(Model):
+    """One evaluation suite (docs/evaluation.md): inline YAML or a ConfigMap key."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL, description="How the rollout's gates name this suite."
+    )
+    inline: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=INLINE_SUITE_MAX_CHARS,
+        description="The suite as YAML (name, cases, runs, thresholds); checked when the spec is read.",
+    )
+    config_map_ref: ConfigMapKeyRef | None = Field(
+        default=None, description="The suite in a ConfigMap of the namespace (checked when its Job runs)."
+    )
+    timeout_seconds: int = Field(
+        default=900,
+        ge=30,
+        le=7200,
+        description="The evaluation Job's deadline (activeDeadlineSeconds); a Job past it is inconclusive.",
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "has(self.inline) != has(self.configMapRef)",
+            "message": "a suite is either inline or configMapRef",
+            "fieldPath": ".inline",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvaluationSuiteSource:
+        if (self.inline is None) == (self.config_map_ref is None):
+            raise CrossFieldError("inline", "a suite is either inline or configMapRef")
+        if self.inline is not None:
+            try:
+                suite.load_suite(self.inline)
+            except suite.SuiteError as exc:
+                raise CrossFieldError("inline", str(exc)) from None
+        return self
+
+
+SuiteName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+
+
+class Evaluation(Model):
+    """Evaluation suites a rollout's gates can name (spec.canary.evaluation)."""
+
+    suites: list[EvaluationSuiteSource] = Field(default_factory=list, max_length=20, description="The suites.")
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "self.suites.all(s, self.suites.exists_one(t, t.name == s.name))",
+            "message": "suite names must be unique",
+            "fieldPath": ".suites",
+        }
+    ]
+
+    @field_validator("suites")
+    @classmethod
+    def _unique(cls, suites: list[EvaluationSuiteSource]) -> list[EvaluationSuiteSource]:
+        names = [s.name for s in suites]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"suite names must be unique (repeated: {', '.join(dupes)})")
+        return suites
+
+
+class CanaryEvaluation(Model):
+    """Suites that gate a rollout on what the candidate answers; they run against the candidate only."""
+
+    before: list[SuiteName] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Run before any user task reaches the candidate (its workers read a queue of their own);"
+        " every one must pass for the first step to start.",
+    )
+    at_each_step: list[SuiteName] = Field(
+        default_factory=list, max_length=10, description="Run at each step; a step advances only once they pass."
+    )
+
+
 class Canary(Model):
     """Progressive delivery of pod-template changes, judged from Prometheus."""
 
@@ -1009,6 +1112,9 @@ class Canary(Model):
     on_no_data: NoDataPolicy = Field(default=NoDataPolicy.HOLD, description="What an analysis with no data counts as.")
     checks: list[CanaryCheck] = Field(default_factory=list, max_length=20, description="Extra PromQL checks.")
     paused: bool = Field(default=False, description="Hold the rollout at its current weight (manual gate).")
+    evaluation: CanaryEvaluation = Field(
+        default_factory=CanaryEvaluation, description="Evaluation suites (spec.evaluation) gating the rollout."
+    )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
@@ -1202,6 +1308,9 @@ class AgentServiceSpec(Model):
         default_factory=Monitoring, description="Labels and annotations of the ServiceMonitor and PrometheusRule."
     )
     canary: Canary = Field(default_factory=Canary, description="Canary rollouts.")
+    evaluation: Evaluation = Field(
+        default_factory=Evaluation, description="Evaluation suites, for spec.canary.evaluation (docs/evaluation.md)."
+    )
     env: list[EnvVar] = Field(default_factory=list, max_length=100, description="Extra environment variables.")
     pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every pod.")
     service_account_name: ServiceAccountName | None = Field(
@@ -1221,6 +1330,15 @@ class AgentServiceSpec(Model):
     )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!has(self.canary.evaluation) || ((!has(self.canary.evaluation.before)"
+            " || self.canary.evaluation.before.all(n, has(self.evaluation) && has(self.evaluation.suites)"
+            " && self.evaluation.suites.exists(s, s.name == n))) && (!has(self.canary.evaluation.atEachStep)"
+            " || self.canary.evaluation.atEachStep.all(n, has(self.evaluation) && has(self.evaluation.suites)"
+            " && self.evaluation.suites.exists(s, s.name == n))))",
+            "message": "spec.canary.evaluation names a suite that is not in spec.evaluation.suites",
+            "fieldPath": ".canary.evaluation",
+        },
         {
             "rule": "!self.autoscaling.enabled || self.autoscaling.engine != 'keda'"
             f" || has(self.redis.urlSecretRef) || (has(self.redis.url) && self.redis.url.matches(r'{KEDA_REDIS_URL}'))",
@@ -1258,6 +1376,19 @@ class AgentServiceSpec(Model):
                 f"no price for model {names}: a budget cannot cap spend it cannot price; add it to budget.prices"
                 " (inputPerMtok, outputPerMtok in USD per million tokens)",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _gates_name_suites(self) -> AgentServiceSpec:
+        known = {s.name for s in self.evaluation.suites}
+        gates = self.canary.evaluation
+        for field, names in (
+            ("canary.evaluation.before", gates.before),
+            ("canary.evaluation.atEachStep", gates.at_each_step),
+        ):
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise CrossFieldError(field, f"no suite named {', '.join(map(repr, unknown))} in evaluation.suites")
         return self
 
     @model_validator(mode="after")
@@ -1403,6 +1534,39 @@ class RolloutRecord(BaseModel):
     finished_time: str = Field(default="", description="When it ended (RFC 3339).")
 
 
+class FailedCase(BaseModel):
+    """A case of an evaluation suite that failed, and why."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    name: str = Field(description="The case's name.")
+    reason: str = Field(default="", description="What the answer missed, or how the task failed.")
+
+
+class EvaluationResult(BaseModel):
+    """One evaluation suite run against the candidate at one gate (docs/evaluation.md)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    suite: str = Field(description="The suite's name in spec.evaluation.suites.")
+    gate: str = Field(description="`before`, or `step:<weight>` for spec.canary.evaluation.atEachStep.")
+    revision: str = Field(description="The candidate revision it ran against.")
+    verdict: str = Field(
+        description="running, pass, fail or inconclusive (the Job failed, timed out or could not grade)."
+    )
+    accuracy: float | None = Field(default=None, description="Weighted share of passed runs.")
+    passed: int | None = Field(default=None, description="Runs that passed.")
+    failed: int | None = Field(default=None, description="Runs that failed.")
+    cost_usd_per_task_max: float | None = Field(
+        default=None, alias="costUSDPerTaskMax", description="The largest spend of one run, USD."
+    )
+    latency_p95_seconds: float | None = Field(default=None, description="p95 of the runs' latencies.")
+    failed_thresholds: list[str] = Field(default_factory=list, description="The thresholds that did not hold.")
+    failed_cases: list[FailedCase] = Field(default_factory=list, description="Failed cases (at most 20), with reasons.")
+    message: str = Field(default="", description="Why, in words (the Job's state when there is no report).")
+    job: str = Field(default="", description="The Job that ran it.")
+
+
 class CanaryStatus(BaseModel):
     """Where a rollout stands."""
 
@@ -1426,6 +1590,13 @@ class CanaryStatus(BaseModel):
     )
     rollouts: list[RolloutRecord] = Field(
         default_factory=list, description="The last 10 finished rollouts, oldest first."
+    )
+    gate: str = Field(
+        default="",
+        description="`before` while the candidate serves only its evaluation (spec.canary.evaluation.before).",
+    )
+    evaluation: list[EvaluationResult] = Field(
+        default_factory=list, description="The evaluation suites of this rollout's gates, latest per suite and gate."
     )
 
 

@@ -704,7 +704,9 @@ PURE_IMPORTS = {
     "re",
     "typing",
     "agent_operator.canary.analysis",
+    "agent_operator.canary.evaluation",
     "agent_operator.api.models",
+    "json",
     "agent_operator.manifests.naming",
     "agent_runtime.constants",
 }
@@ -715,7 +717,11 @@ def test_the_state_machine_and_the_analysis_import_nothing_that_does_io() -> Non
     import importlib.util
     from pathlib import Path
 
-    for module in ("agent_operator.canary.machine", "agent_operator.canary.analysis"):
+    for module in (
+        "agent_operator.canary.machine",
+        "agent_operator.canary.analysis",
+        "agent_operator.canary.evaluation",
+    ):
         spec_ = importlib.util.find_spec(module)
         assert spec_ is not None
         assert spec_.origin is not None

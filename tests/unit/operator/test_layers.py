@@ -20,6 +20,7 @@ PURE = (
     "agent_operator.manifests.",
     "agent_operator.canary.machine",
     "agent_operator.canary.analysis",
+    "agent_operator.canary.evaluation",
     "agent_operator.canary.tracks",
     "agent_operator.canary.rollouthistory",
     "agent_operator.budget",
