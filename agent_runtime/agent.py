@@ -25,24 +25,28 @@ Before each step the loop asks the providers for the degradation level (`degrada
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent_runtime import budget, errors, tracing
+from agent_runtime import budget, costs, errors, tracing
 from agent_runtime.budget import BudgetLedger, Reservation, Scope, Verdict
 from agent_runtime.degradation import STATIC_MESSAGE, Level
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
 from agent_runtime.providers import ProviderSet
-from agent_runtime.tasks import Checkpoint, TaskStatus, Waiting
+from agent_runtime.tasks import CallUsage, Checkpoint, TaskStatus, Waiting
 from agent_runtime.tools import ToolError, ToolRegistry
 
 __all__ = ["Agent", "Outcome", "SaveCheckpoint"]
 
 SaveCheckpoint = Callable[[Checkpoint], Awaitable[None]]
+ROUTE_DEFAULT = "default"  # the route label of calls made without `routing` (one tier: the providers)
 log = get_logger(__name__)
 
 
@@ -73,6 +77,9 @@ class Agent:
         per_task_budget_usd: float | None = None,
         ledger: BudgetLedger | None = None,
         on_exhausted: Literal["hold", "fail"] = "hold",
+        min_output_tokens: int = 256,
+        budget_wait_seconds: float = 30.0,
+        on_settled: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.providers = providers
         self.tools = tools
@@ -86,8 +93,18 @@ class Agent:
         self.per_task_budget_usd = per_task_budget_usd
         self.ledger = ledger
         self.on_exhausted = on_exhausted
+        self.min_output_tokens = max(1, min(min_output_tokens, max_output_tokens))
+        self.budget_wait_seconds = budget_wait_seconds
+        self.on_settled = on_settled
         # Failover may send a call to any provider: its worst case is at the dearest of their prices.
         self.call_prices = [prices.price(p.model) for p in providers.providers]
+        # A reservation capped to what the day has left prices input and output at the dearest
+        # rates of any provider, each on its own: an upper bound of every mix failover may bill.
+        self.dearest_input = max((p.input_per_mtok for p in self.call_prices), default=0.0)
+        self.dearest_output = max((p.output_per_mtok for p in self.call_prices), default=0.0)
+        # Calls are reported under the model the spec configures for the provider that answered: a
+        # bounded set (a reply's own model id may carry a date, or anything an endpoint sends).
+        self.configured_models = {p.name: p.model for p in providers.providers}
 
     async def run(
         self,
@@ -98,8 +115,14 @@ class Agent:
         max_steps: int,
         save: SaveCheckpoint,
         fence: int = 0,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Outcome:
-        """Continue the task from `checkpoint` (empty for a new task) until a final answer or the step limit."""
+        """Continue the task from `checkpoint` (empty for a new task) until a final answer or the step limit.
+
+        `metadata` (the task's) names the user and intent its calls are reported under (`costs.py`).
+        """
+        metadata = metadata or {}
+        user, intent = costs.user_label(metadata), self.metrics.intent(metadata.get("intent"))
         state = checkpoint if checkpoint.messages else Checkpoint(messages=[{"role": "user", "content": task_input}])
         if checkpoint.messages:
             log.info("task_resumed", step=state.step)
@@ -126,7 +149,7 @@ class Agent:
             if not verdict.fits:
                 return self._not_made(verdict, state, worst)
             try:
-                state, cost = await self._step(task_id, state, level)
+                state = await self._step(task_id, state, level, verdict.output_tokens or self.max_output_tokens)
             except errors.AllProvidersUnavailable as exc:
                 await self._release(reservation)
                 log.warning("all_providers_unavailable", error=str(exc))
@@ -140,8 +163,7 @@ class Agent:
                 raise
             # Settled before the checkpoint: a crash or a lost claim between the two must not
             # leave a paid call uncounted.
-            if reservation is not None and self.ledger is not None:
-                await self.ledger.settle(reservation, budget.micros(cost))
+            await self._settle(reservation, state.calls[-1], user=user, intent=intent)
             await save(state)
 
     async def _reserve(
@@ -158,7 +180,45 @@ class Agent:
                 task_spent=spent, task_reserved=0, task_limit=limit,
             )  # fmt: skip
             return verdict, None
-        return await self.ledger.reserve(task_id, fence=fence, amount=amount, task_floor=spent)
+        shrink = None
+        if self.ledger.daily_limit is not None:
+            shrink = budget.Shrink(
+                input_micros=bound * self.dearest_input,
+                output_micros=self.dearest_output,
+                max_output=self.max_output_tokens,
+                min_output=self.min_output_tokens,
+            )
+        deadline = time.monotonic() + self.budget_wait_seconds
+        pause = 0.02
+        while True:
+            verdict, reservation = await self.ledger.reserve(
+                task_id, fence=fence, amount=amount, task_floor=spent, shrink=shrink
+            )
+            if shrink is not None and not verdict.fits:
+                verdict = dataclasses.replace(verdict, least=shrink.amount(shrink.min_output))
+            if verdict.scope != Scope.WAIT:
+                return verdict, reservation
+            if time.monotonic() >= deadline:  # the calls in flight did not give enough back in time
+                return dataclasses.replace(verdict, scope=Scope.DAILY), None
+            # Calls in flight hold reservations above what they will cost: wait for them to settle
+            # rather than hold the task while the day still has money.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    async def _settle(self, reservation: Reservation | None, call: CallUsage, *, user: str, intent: str) -> None:
+        """Replace the reservation by what the call cost, reporting it (`costs.py`) in the same script."""
+        if reservation is None or self.ledger is None:
+            return
+        charge = costs.Charge(
+            model=call.model,
+            user=user,
+            intent=intent,
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+        )
+        await self.ledger.settle(reservation, call.cost_micros, charge)
+        if self.on_settled is not None and call.cost_micros < reservation.amount:
+            await self.on_settled()  # money came back: a held task may fit now
 
     async def _release(self, reservation: Reservation | None) -> None:
         if reservation is not None and self.ledger is not None:
@@ -186,6 +246,7 @@ class Agent:
                 message=message,
                 until=until,
                 needed_usd=verdict.amount / budget.MICROS,
+                least_usd=None if verdict.least is None else verdict.least / budget.MICROS,
                 spent_usd=verdict.day_spent / budget.MICROS,
                 reserved_usd=verdict.day_reserved / budget.MICROS,
                 limit_usd=limit / budget.MICROS,
@@ -212,13 +273,13 @@ class Agent:
             return schemas
         return [schema for schema in schemas if kept_when_degraded(schema["name"], self.degraded_tools)]
 
-    async def _step(self, task_id: str, state: Checkpoint, level: Level) -> tuple[Checkpoint, float]:
+    async def _step(self, task_id: str, state: Checkpoint, level: Level, max_tokens: int) -> Checkpoint:
         with tracing.span("agent.step", {"agent.step": state.step + 1, "agent.degradation": level.label}) as span:
             reply = await self.providers.complete(
                 system=self.system_prompt,
                 messages=state.messages,
                 tools=self._tool_schemas(level),
-                max_tokens=self.max_output_tokens,
+                max_tokens=max_tokens,
                 task_id=task_id,
             )
             cost = 0.0 if reply.cached else self.prices.cost(reply.model, reply.input_tokens, reply.output_tokens)
@@ -247,12 +308,22 @@ class Agent:
             degradation=level.label,
         )
         content = reply.content or [{"type": "text", "text": ""}]
+        call = CallUsage(
+            model=self.configured_models.get(reply.provider, reply.model),
+            provider=reply.provider,
+            input_tokens=reply.input_tokens,
+            output_tokens=reply.output_tokens,
+            cost_micros=budget.micros(cost),
+            cached=reply.cached,
+        )
+        self.metrics.model_call(call.model, route=ROUTE_DEFAULT, call=call)
         checkpoint = Checkpoint(
             messages=[*state.messages, {"role": "assistant", "content": content}],
             step=state.step + 1,
             usage=state.usage.plus(reply.input_tokens, reply.output_tokens, cost),
+            calls=[*state.calls, call],
         )
-        return checkpoint, cost
+        return checkpoint
 
     async def _call_tools(self, state: Checkpoint, uses: list[dict[str, Any]], save: SaveCheckpoint) -> Checkpoint:
         """Answer one step's tool calls, checkpointing around each external one; return the next state."""

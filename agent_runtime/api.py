@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import redis.asyncio
 import structlog
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -40,9 +40,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_runtime import budget, constants, errors, tracing
+from agent_runtime import budget, constants, costs, errors, tracing
 from agent_runtime.budget import BudgetLedger
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.costs import CostReports
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
 from agent_runtime.queue import TaskQueue
@@ -154,6 +155,8 @@ def create_app(
         per_task_limit_usd=config.per_task_budget_usd,
     )
     app.include_router(_task_routes(config, queue, metrics, daily))
+    reports = CostReports(redis, keys=config.keys(), retention_days=config.report_retention_days)
+    app.include_router(_cost_routes(config, reports))
     app.include_router(_probe_routes(queue, metrics, daily))
     _install_error_handlers(app, metrics, daily)
     # Outermost last: traced, then headers checked (400) and the request id bound, then the token
@@ -236,6 +239,22 @@ def _task_routes(config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, dail
     return router
 
 
+def _cost_routes(config: RuntimeConfig, reports: CostReports) -> APIRouter:
+    router = APIRouter(prefix=constants.COSTS_PATH)  # behind `_Authorized`
+
+    @router.get("", responses=_errors(401, 422, 503))
+    async def cost_report(
+        start: str | None = Query(default=None, alias="from", max_length=64, description="RFC 3339; default: to - 24h"),
+        end: str | None = Query(default=None, alias="to", max_length=64, description="RFC 3339; default: now"),
+        top: int = Query(default=costs.DEFAULT_TOP, ge=0, le=costs.MAX_TOP, description="Dearest tasks listed."),
+    ) -> dict[str, Any]:
+        """Spend of a period by model, user, intent and hour, and its dearest tasks (docs/costs.md)."""
+        period = costs.parse_range(start, end, now=time.time(), retention_days=config.report_retention_days)
+        return await reports.report(period, top=top)
+
+    return router
+
+
 def _probe_routes(queue: TaskQueue, metrics: Metrics, daily: BudgetLedger) -> APIRouter:
     router = APIRouter()
 
@@ -308,6 +327,7 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: BudgetLedger)
     handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
         errors.TaskNotFound: _plain(404),
         errors.InvalidTask: _plain(422),
+        errors.InvalidReportRange: _plain(422),
         errors.IdempotencyConflict: _plain(409),
     }
 
@@ -366,7 +386,7 @@ class _Authorized:
         self.token = None if token is None else token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is None or scope["type"] != "http" or not _under(scope["path"], constants.TASKS_PATH):
+        if self.token is None or scope["type"] != "http" or not _protected(scope["path"]):
             await self.app(scope, receive, send)
             return
         sent = dict(scope.get("headers") or []).get(b"authorization", b"")
@@ -380,8 +400,9 @@ class _Authorized:
         await self.app(scope, receive, send)
 
 
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + "/")
+def _protected(path: str) -> bool:
+    """Whether `path` is one of the token's routes (the tasks and the cost reports)."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in (constants.TASKS_PATH, constants.COSTS_PATH))
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
@@ -406,7 +427,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, operations in schema.get("paths", {}).items():
-            if path.startswith(constants.TASKS_PATH):
+            if _protected(path):
                 for operation in operations.values():
                     operation["security"] = [{"bearer": []}]
         app.openapi_schema = schema

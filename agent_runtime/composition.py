@@ -17,6 +17,7 @@ from agent_runtime.agent import Agent
 from agent_runtime.budget import BudgetLedger, BudgetWatch
 from agent_runtime.config import RuntimeConfig
 from agent_runtime.mcptools import McpServer, ToolServers
+from agent_runtime.costs import CostReports
 from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
 from agent_runtime.providers import ProviderSet, build_providers
@@ -25,7 +26,7 @@ from agent_runtime.redisconn import RedisSettings
 from agent_runtime.tools import load_registry
 from agent_runtime.worker import Worker
 
-__all__ = ["WorkerParts", "build_ledger", "build_tool_servers", "build_worker", "connect_redis"]
+__all__ = ["WorkerParts", "build_ledger", "build_reports", "build_tool_servers", "build_worker", "connect_redis"]
 
 
 def connect_redis(
@@ -48,8 +49,15 @@ def build_ledger(
         # room for that release's own round trip: a live worker's reservation never expires under it.
         hold_ttl_seconds=config.task_timeout_seconds + 10.0,
         task_ttl_seconds=config.task_ttl_seconds,
+        report_retention_days=config.report_retention_days,
+        report_max_users=config.report_max_users,
         clock=clock,
     )
+
+
+def build_reports(config: RuntimeConfig, redis_client: redis.asyncio.Redis) -> CostReports:
+    """The service's cost reports in Redis (read by the API, ranked into by the workers)."""
+    return CostReports(redis_client, keys=config.keys(), retention_days=config.report_retention_days)
 
 
 @dataclass
@@ -103,15 +111,19 @@ def build_worker(
         per_task_budget_usd=config.per_task_budget_usd,
         ledger=ledger,
         on_exhausted=config.budget_on_exhausted,
+        min_output_tokens=config.budget_min_output_tokens,
+        budget_wait_seconds=config.budget_wait_seconds,
     )
     queue = TaskQueue.from_config(config, redis_client)
     watch = BudgetWatch(
         ledger,
         queue,
         metrics,
-        smallest_call=budget.smallest_call(agent.call_prices, config.max_output_tokens),
+        smallest_call=budget.smallest_call(agent.call_prices, agent.min_output_tokens),
         interval_seconds=config.budget_check_seconds,
+        most=concurrency,
     )
+    agent.on_settled = watch.money_back
     worker = Worker(
         queue=queue,
         runner=agent,
@@ -123,6 +135,7 @@ def build_worker(
         consumer=consumer,
         budget=watch,
         circuits=providers,
+        reports=build_reports(config, redis_client),
         tool_servers=tool_servers,
     )
     return WorkerParts(worker=worker, queue=queue, metrics=metrics, providers=providers, tool_servers=tool_servers)

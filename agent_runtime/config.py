@@ -111,10 +111,28 @@ class RuntimeConfig(BaseModel):
         default="hold",
         description="A task whose next call does not fit the daily budget waits for money (hold) or fails (fail).",
     )
+    budget_min_output_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="When the day's budget cannot cover a call's full max_output_tokens, the call may still go"
+        " with its output capped to what is left, down to this many tokens (below: the task waits or is held).",
+    )
+    budget_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a call that does not fit waits for calls in flight to settle (their reservations"
+        " are worst cases) before its task is held.",
+    )
     budget_check_seconds: float = Field(
         default=5.0, gt=0, description="How often workers look whether held tasks can go back to the queue."
     )
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    report_retention_days: int = Field(
+        default=35, ge=1, le=400, description="Days the cost reports' hourly figures and rankings are kept."
+    )
+    report_max_users: int = Field(
+        default=100, ge=1, le=10_000, description="Users named in one hour's cost figures; the rest count as 'other'."
+    )
     worker_concurrency: int = 8
     shutdown_grace_seconds: float = 110.0
     tools: list[str] = Field(

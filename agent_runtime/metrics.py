@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from agent_runtime import constants
-from agent_runtime.tasks import TaskStatus
+from agent_runtime.tasks import CallUsage, TaskStatus
 
 __all__ = ["DEFAULT_INTENT", "OTHER_INTENT", "Metrics"]
 
@@ -60,6 +60,24 @@ class Metrics:
             registry=registry,
         )
         self.cost = Counter(constants.METRIC_COST, "LLM spend in USD.", _BASE, registry=registry)
+        self.model_cost = Counter(
+            constants.METRIC_MODEL_COST,
+            "LLM spend in USD by the model that answered and the route that chose it.",
+            [*_BASE, "model", "route"],
+            registry=registry,
+        )
+        self.model_calls = Counter(
+            constants.METRIC_MODEL_CALLS,
+            "Model calls answered, by model and route.",
+            [*_BASE, "model", "route"],
+            registry=registry,
+        )
+        self.model_tokens = Counter(
+            constants.METRIC_MODEL_TOKENS,
+            "Tokens of answered model calls, by model and kind (input, output).",
+            [*_BASE, "model", "kind"],
+            registry=registry,
+        )
         self.active = Gauge(constants.METRIC_ACTIVE, "Tasks running now in this process.", _BASE, registry=registry)
         self.tool_calls = Counter(
             constants.METRIC_TOOL_CALLS,
@@ -192,6 +210,13 @@ class Metrics:
     def spent(self, usd: float) -> None:
         if usd > 0:
             self.cost.labels(self.service, self.track).inc(usd)
+
+    def model_call(self, model: str, *, route: str, call: CallUsage) -> None:
+        """One answered call: its cost (as the ledger settles it), tokens and count, by model and route."""
+        self.model_calls.labels(self.service, self.track, model, route).inc()
+        self.model_cost.labels(self.service, self.track, model, route).inc(call.cost_micros / 1_000_000)
+        self.model_tokens.labels(self.service, self.track, model, "input").inc(call.input_tokens)
+        self.model_tokens.labels(self.service, self.track, model, "output").inc(call.output_tokens)
 
     def task_started(self) -> None:
         self.active.labels(self.service, self.track).inc()

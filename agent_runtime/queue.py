@@ -15,6 +15,7 @@ the current fence, which is what makes a reclaimed task safe even if its old wor
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -599,6 +600,29 @@ class TaskQueue:
             return []
         ids: list[str] = await self._run(self.redis.zrange(self.held, 0, count - 1))
         return [str(i) for i in ids]
+
+    async def held_needs(self, count: int, *, default: int) -> list[tuple[str, int]]:
+        """The `count` tasks held longest, each with what its next call needs to go (micro-USD, from its `waiting`)."""
+        ids = await self.held_ids(count)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hget(self.task_key(task_id), "waiting")
+            raw = await self._run(pipe.execute())
+        needs: list[tuple[str, int]] = []
+        for task_id, waiting in zip(ids, raw, strict=True):
+            need = default
+            if waiting:
+                parsed = Waiting.model_validate_json(waiting)
+                usd = parsed.least_usd if parsed.least_usd is not None else parsed.needed_usd
+                need = max(default, math.ceil(round(usd * 1_000_000, 3)))
+            needs.append((task_id, need))
+        return needs
+
+    async def held_count(self) -> int:
+        """How many tasks are put aside for money."""
+        return int(await self._run(self.redis.zcard(self.held)))
 
     async def release_held(self, task_ids: Sequence[str]) -> int:
         """Send held tasks back to their streams; return how many went (cancelled ones are just dropped)."""

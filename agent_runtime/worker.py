@@ -18,8 +18,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -27,6 +27,7 @@ from aiohttp import web
 from agent_runtime import constants, errors, tracing
 from agent_runtime.agent import Outcome, SaveCheckpoint
 from agent_runtime.budget import BudgetWatch
+from agent_runtime.costs import CostReports, user_label
 from agent_runtime.logging import get_logger
 from agent_runtime.mcptools import ToolServers
 from agent_runtime.metrics import Metrics
@@ -56,6 +57,7 @@ class Runner(Protocol):
         max_steps: int,
         save: SaveCheckpoint,
         fence: int = 0,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Outcome: ...
 
 
@@ -84,6 +86,7 @@ class Worker:
         budget: BudgetWatch | None = None,
         circuits: Refreshable | None = None,
         tool_servers: ToolServers | None = None,
+        reports: CostReports | None = None,
     ) -> None:
         self.queue = queue
         self.runner = runner
@@ -98,6 +101,7 @@ class Worker:
         self.budget = budget
         self.circuits = circuits
         self.tool_servers = tool_servers or ToolServers([])
+        self.reports = reports
         self.claim_interval_seconds = max(queue.claim_idle_ms / 1000 / 3, 0.05)
         self.processed = 0  # deliveries handled to the end (any outcome), for tests and the benchmark
         self._stopping = asyncio.Event()
@@ -286,6 +290,7 @@ class Worker:
                     max_steps=record.max_steps,
                     save=save,
                     fence=claim.fence,
+                    metadata=record.metadata,
                 )
         except asyncio.CancelledError:
             with contextlib.suppress(errors.AgentRuntimeError):
@@ -304,6 +309,10 @@ class Worker:
                 log.warning("hold_failed", error=str(store))  # still pending: reclaimed (and held) later
                 return
             log.info("task_held", step=latest.step, reason=exc.waiting.reason, until=exc.waiting.until)
+            if self.budget is not None:
+                # A call in flight may have settled between this task's verdict and its hold, finding
+                # nothing held to send back: look once more now that the task is in the held set.
+                await self.budget.money_back()
             return
         except errors.StoreUnavailable as exc:
             log.warning("task_interrupted", error=str(exc))  # pending: resumed from its checkpoint later
@@ -336,6 +345,8 @@ class Worker:
             log.warning("finish_failed", error=str(exc))  # not acknowledged: another delivery stores it
             return
         tracing.annotate({"task.status": outcome.status.value, "task.steps": outcome.checkpoint.step})
+        if stored == "stored" and self.reports is not None and outcome.checkpoint.calls:
+            await self._rank(claim, outcome.checkpoint)
         if stored == "stored":
             self.metrics.task_finished(
                 outcome.status,
@@ -351,6 +362,22 @@ class Worker:
             error=outcome.error,
             degradation=outcome.degradation,
         )
+
+    async def _rank(self, claim: Claim, checkpoint: Checkpoint) -> None:
+        """Enter the finished task in its day's ranking of dearest tasks (a report's `topExpensiveTasks`)."""
+        assert self.reports is not None
+        usage = checkpoint.usage
+        try:
+            await self.reports.rank_task(
+                claim.record.task_id,
+                cost_micros=checkpoint.cost_micros(),
+                model=checkpoint.main_model(),
+                tokens=usage.input_tokens + usage.output_tokens,
+                finished_at=time.time(),
+                user=user_label(claim.record.metadata),
+            )
+        except errors.StoreUnavailable as exc:  # the result is stored; only the ranking misses it
+            log.warning("cost_rank_failed", error=str(exc))
 
 
 async def serve_probes(queue: TaskQueue, metrics: Metrics, worker: Worker, *, host: str, port: int) -> web.AppRunner:

@@ -108,6 +108,7 @@ class CallRecord:
     tools: list[str] = field(default_factory=list)  # names of the tools the request offered
     number: int = 0  # 1 for the first call the server received, and so on
     connection: str = ""  # the client's address and port: one per TCP connection
+    max_tokens: int = 0  # the request's max_tokens (what the runtime let the call produce)
 
 
 def _tokens(text: str) -> int:
@@ -383,6 +384,7 @@ class LocalModelServer:
             record.outcome = "bad_request"
             return web.json_response(error_body(400, problem), status=400)
         record.step = sum(1 for m in body["messages"] if m.get("role") == "assistant")
+        record.max_tokens = int(body.get("max_tokens") or 0)
         record.tools = [str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)]
         if self.faults.latency_seconds:
             await asyncio.sleep(self.faults.latency_seconds)

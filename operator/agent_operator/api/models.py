@@ -763,6 +763,13 @@ class Budget(Model):
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict, description="Price table override, keyed by model identifier."
     )
+    report_retention_days: int = Field(
+        default=35,
+        ge=1,
+        le=400,
+        description="Days the runtime keeps its cost reports (hourly figures by model, user and intent, and each"
+        " day's dearest tasks; GET /v1/costs, kubectl agentservice costs).",
+    )
 
 
 class Cache(Model):

@@ -71,6 +71,16 @@ def panel_queries(svc: models.AgentService) -> list[tuple[str, str, list[tuple[s
         ("Active agents", "short", [(f"sum by (track) ({constants.METRIC_ACTIVE}{sel})", "{{track}}")]),
         ("Hourly cost", "currencyUSD", [(monitoring.hourly_cost_expr(svc), "USD / hour")]),
         (
+            "Hourly cost by model",
+            "currencyUSD",
+            [(f"sum by (model) (increase({constants.SERIES_MODEL_COST}{sel}[1h]))", "{{model}}")],
+        ),
+        (
+            "Hourly cost by route",
+            "currencyUSD",
+            [(f"sum by (route) (increase({constants.SERIES_MODEL_COST}{sel}[1h]))", "{{route}}")],
+        ),
+        (
             "Tool-call mix",
             "ops",
             [(f"sum by (tool_name) (rate({constants.METRIC_TOOL_CALLS}{sel}[5m]))", "{{tool_name}}")],

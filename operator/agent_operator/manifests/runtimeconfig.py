@@ -90,6 +90,7 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         per_task_budget_usd=spec.budget.per_task_usd,
         budget_on_exhausted=str(spec.budget.on_exhausted),
         prices=prices,
+        report_retention_days=spec.budget.report_retention_days,
         breaker_failure_threshold=spec.model.circuit_breaker.failure_threshold,
         breaker_cooldown_seconds=float(spec.model.circuit_breaker.cooldown_seconds),
         degraded_tools=list(spec.model.degraded_tools),
