@@ -111,8 +111,9 @@ install_controlplane() {
 
 # The bundled image, built from the Dockerfile with buildah (scripts/image.sh, cached by a digest
 # of its inputs), which the image tests run as containers with podman (`make test` asks for it with
-# SETUP_CONTROLPLANE=1; `make demo` does not need it). The tools are Debian packages.
-IMAGE_PACKAGES=(buildah podman mmdebstrap runc)
+# SETUP_CONTROLPLANE=1; `make demo` does not need it), and imports into a private containerd as a
+# node would. The tools are Debian packages.
+IMAGE_PACKAGES=(buildah podman mmdebstrap runc containerd)
 
 install_image() {
     [ "${SETUP_CONTROLPLANE:-0}" = 1 ] || return 0
