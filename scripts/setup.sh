@@ -113,6 +113,38 @@ install_controlplane() {
     bash scripts/prom-label-proxy.sh build
 }
 
+# The bundled image, built from the Dockerfile with buildah (scripts/image.sh, cached by a digest
+# of its inputs), which the image tests run as containers with podman (`make test` asks for it with
+# SETUP_CONTROLPLANE=1; `make demo` does not need it), and imports into a private containerd as a
+# node would. The tools are Debian packages.
+IMAGE_PACKAGES=(buildah podman mmdebstrap runc containerd)
+
+install_image() {
+    [ "${SETUP_CONTROLPLANE:-0}" = 1 ] || return 0
+    local missing=() package
+    for package in "${IMAGE_PACKAGES[@]}"; do
+        command -v "$package" >/dev/null || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" -ne 0 ]; then
+            log "missing ${missing[*]}: the image tests need them (apt-get install ${missing[*]})"
+            [ "${CI:-}" = true ] && return 1
+            return 0
+        fi
+        log "installing ${missing[*]} (the image build and its tests)"
+        export DEBIAN_FRONTEND=noninteractive
+        local apt=(apt-get -o "DPkg::Lock::Timeout=$APT_LOCK_TIMEOUT")
+        "${apt[@]}" update -qq
+        "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    bash scripts/image.sh built && return 0
+    log "building the image from the Dockerfile with buildah (when its inputs change: about 10 minutes on 2 busy cores)"
+    if ! bash scripts/image.sh build; then
+        [ "${CI:-}" = true ] && return 1
+        log "the image build failed (see above): the image tests will fail until it builds"
+    fi
+}
+
 # Where the commands are: `make` puts both directories on its own PATH, a shell does not.
 path_hint() {
     local root
@@ -127,5 +159,6 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     install_venv
     install_helm_kubectl
     install_controlplane
+    install_image
     path_hint
 fi
