@@ -23,6 +23,7 @@ install_system_packages() {
     command -v prometheus >/dev/null || want prometheus
     command -v promtool >/dev/null || want prometheus
     command -v shellcheck >/dev/null || want shellcheck  # the tests lint scripts/*.sh
+    command -v git >/dev/null || want git  # the GitOps tests serve a repository with `git daemon`
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         log "missing ${missing[*]}; run as root or install them: apt-get install ${missing[*]}"
@@ -87,7 +88,8 @@ PY
 # Built from Go modules into .tools/, once per pinned version.
 install_controlplane() {
     [ "${SETUP_CONTROLPLANE:-0}" = 1 ] || return 0
-    if bash scripts/controlplane.sh built && bash scripts/prometheus-adapter.sh built && bash scripts/keda.sh built; then
+    if bash scripts/controlplane.sh built && bash scripts/prometheus-adapter.sh built && bash scripts/keda.sh built &&
+        bash scripts/argocd.sh built; then
         return 0
     fi
     if ! command -v go >/dev/null; then
@@ -104,6 +106,8 @@ install_controlplane() {
     bash scripts/prometheus-adapter.sh build
     log "building KEDA (operator and metrics server) from its Go module (first time only: about 15 minutes on 2 idle cores)"
     bash scripts/keda.sh build
+    log "building Argo CD (application controller and repo server) from its Go module (first time only: about 15 minutes on 2 idle cores)"
+    bash scripts/argocd.sh build
 }
 
 # Where the commands are: `make` puts both directories on its own PATH, a shell does not.
