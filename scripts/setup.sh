@@ -23,6 +23,7 @@ install_system_packages() {
     command -v prometheus >/dev/null || want prometheus
     command -v promtool >/dev/null || want prometheus
     command -v shellcheck >/dev/null || want shellcheck  # the tests lint scripts/*.sh
+    command -v git >/dev/null || want git  # the GitOps tests serve a repository with `git daemon`
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         log "missing ${missing[*]}; run as root or install them: apt-get install ${missing[*]}"
@@ -92,7 +93,7 @@ PY
 install_controlplane() {
     [ "${SETUP_CONTROLPLANE:-0}" = 1 ] || return 0
     if bash scripts/controlplane.sh built && bash scripts/prometheus-adapter.sh built && bash scripts/keda.sh built &&
-        bash scripts/prom-label-proxy.sh built; then
+        bash scripts/prom-label-proxy.sh built && bash scripts/argocd.sh built; then
         return 0
     fi
     if ! command -v go >/dev/null; then
@@ -111,6 +112,8 @@ install_controlplane() {
     bash scripts/keda.sh build
     log "building prom-label-proxy from its Go module (first time only: about 2 minutes on 2 cores)"
     bash scripts/prom-label-proxy.sh build
+    log "building Argo CD (application controller and repo server) from its Go module (first time only: about 15 minutes on 2 idle cores)"
+    bash scripts/argocd.sh build
 }
 
 # The bundled image, built from the Dockerfile with buildah (scripts/image.sh, cached by a digest
