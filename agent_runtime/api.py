@@ -402,7 +402,11 @@ class _Authorized:
 
 def _protected(path: str) -> bool:
     """Whether `path` is one of the token's routes (the tasks and the cost reports)."""
-    return any(path == prefix or path.startswith(prefix + "/") for prefix in (constants.TASKS_PATH, constants.COSTS_PATH))
+    return any(
+        path == prefix or path.startswith(prefix + "/") for prefix in (constants.TASKS_PATH, constants.COSTS_PATH)
+    )
+
+
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 

@@ -16,8 +16,8 @@ from agent_runtime import breaker, budget, redisconn
 from agent_runtime.agent import Agent
 from agent_runtime.budget import BudgetLedger, BudgetWatch
 from agent_runtime.config import RuntimeConfig
-from agent_runtime.mcptools import McpServer, ToolServers
 from agent_runtime.costs import CostReports
+from agent_runtime.mcptools import McpServer, ToolServers
 from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
 from agent_runtime.providers import ProviderSet, build_providers

@@ -206,6 +206,8 @@ async def test_a_header_that_is_not_utf8_is_a_400(api: httpx.AsyncClient) -> Non
     # Control characters never reach the echoed id (nor the log lines that carry it).
     response = await api.get("/health", headers={"x-request-id": "ab\tc\x1b[31m"})
     assert response.headers["x-request-id"] == "abc[31m"
+
+
 async def test_delete_is_the_deprecated_alias_of_cancel(api: httpx.AsyncClient) -> None:
     task = await submit(api, "What is 1+1?")
     response = await api.delete(f"/v1/tasks/{task['task_id']}", headers=AUTH)

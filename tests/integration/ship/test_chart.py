@@ -241,6 +241,8 @@ def test_the_admission_policy_is_on_by_default_and_the_operator_gets_the_same_ru
     assert not [doc for doc in disabled if doc["kind"].startswith("ValidatingAdmissionPolicy")]
     deployment = next(doc for doc in disabled if doc["kind"] == "Deployment")
     assert not [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("--policy")]
+
+
 def containers_of(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
     return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
@@ -303,6 +305,8 @@ def test_prometheus_credentials_come_from_a_secret(keys: dict[str, str], variabl
         name: {"name": "prom-creds", "key": key} for name, key in variables.items()
     }
     assert_valid(docs)
+
+
 def test_agent_pod_and_monitoring_defaults_reach_the_operator() -> None:
     from agent_operator import run
     from agent_operator.api import defaults
