@@ -199,7 +199,7 @@ def test_a_forged_series_never_reaches_the_victim_and_another_namespace_cannot_b
                     "args": ["-c", FORGER_PROGRAM],
                     "ports": [{"name": "http", "containerPort": 8080}],
                 }
-            ]
+            ],
         },
     }
     plane.kubectl("apply", "-f", "-", input=json.dumps(forger))
