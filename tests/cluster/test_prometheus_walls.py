@@ -42,7 +42,7 @@ from agentops_dev.localprometheus import DiscoveringPrometheus, serving
 from kubernetes import client, config
 
 from agent_runtime import constants
-from tests.cluster.harness import CHART, OperatorProcess, helm, run_operator_as_chart, wait_for
+from tests.cluster.harness import CHART, helm, run_operator_as_chart, wait_for
 from tests.cluster.test_lifecycle import agent_service, apply
 from tests.support import controlplane as cp
 from tests.support import labelproxy
@@ -60,7 +60,7 @@ CANARY = {
     "interval": "2s",
     "minRequests": 0,
     "failureLimit": 1,
-    "inconclusiveLimit": 1000,
+    "inconclusiveLimit": 100,
 }
 FORGED_RATE = 100  # failed tasks a second the forger claims for the victim's canary
 # The forger's program: `python -c`, its listen address from the harness kubelet's --host/--port.
@@ -118,7 +118,7 @@ def walls(
     third_party_crds: None,
     kubelet: HarnessKubelet,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[DiscoveringPrometheus, OperatorProcess]]:
+) -> Iterator[tuple[DiscoveringPrometheus, ServiceMonitorTargets]]:
     labelproxy.require()
     plane = controlplane
     directory = tmp_path_factory.mktemp("walls")
@@ -167,16 +167,19 @@ def walls(
                 check=False,
                 timeout=150,
             )
-        yield prometheus, operator
+        yield prometheus, targets
         assert not targets.errors, targets.errors
         assert not operator.forbidden_lines(), operator.forbidden_lines()[:10]
 
 
 def test_a_forged_series_never_reaches_the_victim_and_another_namespace_cannot_be_read(
-    controlplane: cp.ControlPlane, walls: tuple[DiscoveringPrometheus, OperatorProcess], tmp_path: Path
+    controlplane: cp.ControlPlane,
+    kubelet: HarnessKubelet,
+    walls: tuple[DiscoveringPrometheus, ServiceMonitorTargets],
+    tmp_path: Path,
 ) -> None:
     plane = controlplane
-    prometheus, _ = walls
+    prometheus, targets = walls
     # the forger: a service with no pods of its own, and a pod wearing its API pods' labels
     apply(plane, agent_service("evil", FORGER, api={"replicas": 0}, worker={"replicas": 0}))
     wait_for(lambda: plane.get("servicemonitors", "-n", FORGER)["items"], what="evil's ServiceMonitor")
@@ -187,6 +190,7 @@ def test_a_forged_series_never_reaches_the_victim_and_another_namespace_cannot_b
         "kind": "Pod",
         "metadata": {"name": "forger", "namespace": FORGER, "labels": {**selector, "track": "canary"}},
         "spec": {
+            "automountServiceAccountToken": False,
             "containers": [
                 {
                     "name": "forger",
@@ -195,12 +199,19 @@ def test_a_forged_series_never_reaches_the_victim_and_another_namespace_cannot_b
                     "args": ["-c", FORGER_PROGRAM],
                     "ports": [{"name": "http", "containerPort": 8080}],
                 }
-            ]
+            ],
         },
     }
     plane.kubectl("apply", "-f", "-", input=json.dumps(forger))
     forged_query = f'{constants.METRIC_REQUESTS}{{exported_namespace="{VICTIM}"}}'
-    (forged,) = prometheus.wait_for(lambda: prometheus.query(forged_query) or None, timeout=90)
+    try:
+        (forged,) = prometheus.wait_for(lambda: prometheus.query(forged_query) or None, timeout=90)
+    except TimeoutError as error:
+        pods = [(w.process.name, w.started) for w in kubelet.workers(FORGER)]
+        raise AssertionError(
+            f"no forged series: targets {targets.published}, errors {targets.errors}, "
+            f"kubelet errors {kubelet.errors}, pods {pods}"
+        ) from error
     labels = forged["metric"]
     # the target's labels won: the forger's own namespace, service and track
     assert (labels["namespace"], labels["service"], labels["track"]) == (FORGER, "evil", "canary"), labels

@@ -24,6 +24,7 @@ STDIN: Final = "-"
 # What the spec's patterns mean, in words (pydantic would print the regular expression).
 PATTERN_MEANINGS: Final = {
     models.DURATION: "must be a duration such as 30s, 5m or 1h30m",
+    models.INTERVAL: "must be a duration such as 30s, 5m or 1h30m, with at most six digits a number",
     models.QUANTITY: "must be a Kubernetes quantity such as 250m, 1 or 512Mi",
     models.DNS_LABEL: "must be a DNS label: lowercase letters, digits and '-', starting and ending alphanumeric",
     models.DNS_1035_LABEL: (
