@@ -101,6 +101,14 @@ class ServiceKeys:
         """The Redis stream of one priority level."""
         return self.key("tasks", priority)
 
+    def queued_bytes(self) -> str:
+        """The bytes the records of the tasks not yet ended hold (an integer; `limits.maxQueuedInputBytes`)."""
+        return self.key("queued", "bytes")
+
+    def queued_sizes(self) -> str:
+        """Each such task's size in bytes, by task id: what its end takes off `queued_bytes`, once."""
+        return self.key("queued", "sizes")
+
     def dead_letter(self) -> str:
         """The stream receiving tasks that failed too many deliveries, with their last error."""
         return self.key("tasks", DEAD_LETTER_SUFFIX)

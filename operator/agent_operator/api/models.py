@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from agent_runtime.config import PriceConfig
+from agent_runtime.config import DEFAULT_MAX_QUEUED_INPUT_BYTES, DEFAULT_MAX_QUEUED_TASKS, PriceConfig
 from agent_runtime.pricing import PriceTable
 
 GROUP = "agentops.dev"
@@ -459,11 +459,20 @@ class Limits(Model):
     max_steps_per_task: int = Field(default=20, ge=1, le=500, description="Agent-loop steps before a task stops.")
     task_timeout_seconds: int = Field(default=600, ge=1, le=86400, description="Wall-clock limit of one task.")
     max_input_chars: int = Field(default=100_000, ge=1, le=10_000_000, description="Longest accepted task input.")
-    max_queued_tasks: int | None = Field(
-        default=None,
+    max_queued_tasks: int = Field(
+        default=DEFAULT_MAX_QUEUED_TASKS,
         ge=1,
         le=100_000_000,
-        description="Tasks queued or running at which new submissions get 429 (naming the figure); unset: no bound.",
+        description="Tasks queued or running at which new submissions get 429 and retry-after (naming the figure).",
+    )
+    max_queued_input_bytes: int = Field(
+        default=DEFAULT_MAX_QUEUED_INPUT_BYTES,
+        ge=1_048_576,
+        le=68_719_476_736,
+        description=(
+            "Bytes the records of the tasks not yet ended (input, metadata) may hold in Redis; a submission that"
+            " would pass it gets 429 and retry-after. One service cannot fill a Redis shared with others."
+        ),
     )
 
 
