@@ -20,6 +20,9 @@ from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, QUEUE_LANE_ENV
 from agent_runtime.redisconn import RedisSettings
 
 _NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# A shared Redis that one service cannot fill: tasks not yet ended, and the bytes their records hold.
+DEFAULT_MAX_QUEUED_TASKS = 10_000
+DEFAULT_MAX_QUEUED_INPUT_BYTES = 64 * 1024 * 1024
 
 
 class Track(StrEnum):
@@ -155,9 +158,17 @@ class RuntimeConfig(BaseModel):
     max_deliveries: int = Field(default=5, ge=1, description="Deliveries before a task goes to the dead-letter stream.")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
     max_queued_tasks: int | None = Field(
-        default=None,
+        default=DEFAULT_MAX_QUEUED_TASKS,
         ge=1,
         description="Submit answers 429 while this many tasks are queued or running (None: no bound).",
+    )
+    max_queued_input_bytes: int | None = Field(
+        default=DEFAULT_MAX_QUEUED_INPUT_BYTES,
+        ge=1,
+        description=(
+            "Submit answers 429 when the records of the tasks not yet ended (input, metadata and the rest)"
+            " would pass this many bytes (None: no bound): one service cannot fill a shared Redis."
+        ),
     )
     task_ttl_seconds: int = Field(default=7 * 86_400, ge=60, description="How long finished task records are kept.")
     provider_max_retries: int = Field(

@@ -120,6 +120,14 @@ class ServiceKeys:
         """The Redis stream of one priority level (of the lane, when there is one)."""
         return self.key("lane", self.lane, "tasks", priority) if self.lane else self.key("tasks", priority)
 
+    def queued_bytes(self) -> str:
+        """The bytes the records of the tasks not yet ended hold (an integer; `limits.maxQueuedInputBytes`)."""
+        return self.key("queued", "bytes")
+
+    def queued_sizes(self) -> str:
+        """Each such task's size in bytes, by task id: what its end takes off `queued_bytes`, once."""
+        return self.key("queued", "sizes")
+
     def dead_letter(self) -> str:
         """The stream receiving tasks that failed too many deliveries, with their last error."""
         return self.key("tasks", DEAD_LETTER_SUFFIX)

@@ -44,6 +44,8 @@ from agent_operator.objects import ObjectRef
 log = structlog.get_logger(__name__)
 
 WORKLOAD_KINDS: Final = frozenset({"Deployment"})
+# Where kopf keeps the last spec it handled (`run.settings_for`: its diff base, in an annotation).
+DIFFBASE_ANNOTATION: Final = f"{models.GROUP}/last-handled-configuration"
 DEFAULT_RETRY_DELAY: Final = 10.0
 ANALYSIS_TICK: Final = 1.0  # how often the analysis loop looks for due canary analyses
 BUDGET_TICK: Final = 1.0  # how often the budget loop looks for due budget refreshes
@@ -164,14 +166,20 @@ class Reconciler:
 
         What is kept is what a reconcile reads, once: no managedFields (the API server's record of
         who set which field, several KB per object, read by nobody here), and the status shared
-        with the one the reporter remembers writing when they are equal. With 10,000 services
-        these copies are most of the operator's memory (bench/RESULTS.md).
+        with the one the reporter remembers writing when they are equal, and not kopf's diff-base
+        annotation (a second copy of the whole spec): one copy of a spec per service. With 10,000
+        services these copies are most of the operator's memory (bench/RESULTS.md).
         """
         uid = _uid(body)
         kept = {key: copy.deepcopy(value) for key, value in body.items() if key not in ("metadata", "status")}
         kept["metadata"] = {
             key: copy.deepcopy(value) for key, value in body.get("metadata", {}).items() if key != "managedFields"
         }
+        # kopf's record of the last spec it handled is a second full copy of the spec, as JSON text;
+        # kopf reads it from the bodies it is given, never from these.
+        annotations = kept["metadata"].get("annotations")
+        if isinstance(annotations, dict) and DIFFBASE_ANNOTATION in annotations:
+            kept["metadata"]["annotations"] = {k: v for k, v in annotations.items() if k != DIFFBASE_ANNOTATION}
         if "status" in body:
             status_ = self._status.shared(uid, body["status"])
             kept["status"] = status_ if status_ is not body["status"] else copy.deepcopy(status_)

@@ -32,7 +32,7 @@ VICTIM, ATTACKER = "tenant-victim", "tenant-attacker"
 HOLD = "attacker.example/hold"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tenants(controlplane: cp.ControlPlane) -> Iterator[None]:
     for namespace in (VICTIM, ATTACKER):
         controlplane.kubectl("create", "namespace", namespace)

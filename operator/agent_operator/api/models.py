@@ -22,7 +22,7 @@ from agent_operator.api import endpoints
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from agent_runtime.config import PriceConfig
+from agent_runtime.config import DEFAULT_MAX_QUEUED_INPUT_BYTES, DEFAULT_MAX_QUEUED_TASKS, PriceConfig
 from agent_runtime.evaluation import suite
 from agent_runtime.pricing import PriceTable
 
@@ -48,6 +48,15 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 # starting with `..`; written without lookahead, which the API server's RE2 patterns lack.
 DATA_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 NAME_MAX_LENGTH = 253
+# Bounds of what a tenant writes (issue 27): every string and map of the spec has one, so a spec's
+# size, and what the operator renders from it, is bounded (`manifests/builders.RENDER_CEILING`).
+ENV_VALUE_MAX_LENGTH = 4096
+POD_ANNOTATIONS_MAX = 64
+# An annotation key: an optional DNS-subdomain prefix (253) and '/', then a name of at most 63.
+ANNOTATION_KEY_MAX_LENGTH = 317
+ANNOTATION_VALUE_MAX_LENGTH = 4096
+PRICES_MAX = 64
+MODEL_NAME_MAX_LENGTH = 200
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
 # spec.canary.interval: an analysis at most every second (the analysis slots are shared by every
@@ -200,8 +209,10 @@ class SecretKeyRef(Model):
 class ResourceList(Model):
     """CPU and memory quantities, as in a container's resources; `null` leaves a quantity unset."""
 
-    cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
-    memory: str | None = Field(default=None, pattern=QUANTITY, description="Memory quantity, e.g. `512Mi`.")
+    cpu: str | None = Field(default=None, max_length=64, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
+    memory: str | None = Field(
+        default=None, max_length=64, pattern=QUANTITY, description="Memory quantity, e.g. `512Mi`."
+    )
 
 
 # Defaults live on each quantity, not on the whole object: a spec that sets only
@@ -282,7 +293,7 @@ class EnvVar(Model):
     """An extra environment variable for the runtime containers."""
 
     name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME, description="Variable name.")
-    value: str | None = Field(default=None, description="Literal value.")
+    value: str | None = Field(default=None, max_length=ENV_VALUE_MAX_LENGTH, description="Literal value.")
     secret_key_ref: SecretKeyRef | None = Field(
         default=None, description="Take the value from a Secret key instead of a literal."
     )
@@ -323,7 +334,9 @@ class Provider(Model):
         min_length=1, max_length=63, pattern=DNS_LABEL, description="Unique name, used in metrics labels."
     )
     kind: ProviderKind = Field(default=ProviderKind.ANTHROPIC, description="API dialect of the endpoint.")
-    model: str = Field(min_length=1, max_length=200, description="Model identifier sent to the provider.")
+    model: str = Field(
+        min_length=1, max_length=MODEL_NAME_MAX_LENGTH, description="Model identifier sent to the provider."
+    )
     base_url: str | None = Field(
         default=None,
         alias="baseURL",
@@ -715,11 +728,20 @@ class Limits(Model):
     max_steps_per_task: int = Field(default=20, ge=1, le=500, description="Agent-loop steps before a task stops.")
     task_timeout_seconds: int = Field(default=600, ge=1, le=86400, description="Wall-clock limit of one task.")
     max_input_chars: int = Field(default=100_000, ge=1, le=10_000_000, description="Longest accepted task input.")
-    max_queued_tasks: int | None = Field(
-        default=None,
+    max_queued_tasks: int = Field(
+        default=DEFAULT_MAX_QUEUED_TASKS,
         ge=1,
         le=100_000_000,
-        description="Tasks queued or running at which new submissions get 429 (naming the figure); unset: no bound.",
+        description="Tasks queued or running at which new submissions get 429 and retry-after (naming the figure).",
+    )
+    max_queued_input_bytes: int = Field(
+        default=DEFAULT_MAX_QUEUED_INPUT_BYTES,
+        ge=1_048_576,
+        le=68_719_476_736,
+        description=(
+            "Bytes the records of the tasks not yet ended (input, metadata) may hold in Redis; a submission that"
+            " would pass it gets 429 and retry-after. One service cannot fill a Redis shared with others."
+        ),
     )
 
 
@@ -761,7 +783,9 @@ class Budget(Model):
         ),
     )
     prices: dict[str, ModelPrice] = Field(
-        default_factory=dict, description="Price table override, keyed by model identifier."
+        default_factory=dict,
+        max_length=PRICES_MAX,
+        description=f"Price table override, keyed by model identifier (at most {PRICES_MAX}).",
     )
     report_retention_days: int = Field(
         default=35,
@@ -770,6 +794,21 @@ class Budget(Model):
         description="Days the runtime keeps its cost reports (hourly figures by model, user and intent, and each"
         " day's dearest tasks; GET /v1/costs, kubectl agentservice costs).",
     )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": f"!has(self.prices) || self.prices.all(k, size(k) >= 1 && size(k) <= {MODEL_NAME_MAX_LENGTH})",
+            "message": f"a model identifier in prices has 1 to {MODEL_NAME_MAX_LENGTH} characters",
+            "fieldPath": ".prices",
+        }
+    ]
+
+    @field_validator("prices")
+    @classmethod
+    def _price_keys(cls, prices: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        if any(not 1 <= len(k) <= MODEL_NAME_MAX_LENGTH for k in prices):
+            raise ValueError(f"a model identifier in prices has 1 to {MODEL_NAME_MAX_LENGTH} characters")
+        return prices
 
 
 class Cache(Model):
@@ -919,7 +958,11 @@ class Alerts(Model):
     queue_depth: int = Field(default=500, ge=1, description="Waiting plus pending tasks.")
     all_providers_down: bool = Field(default=True, description="Alert when no provider is healthy.")
     for_duration: str = Field(
-        default="5m", alias="for", pattern=DURATION, description="How long a condition holds before firing."
+        default="5m",
+        alias="for",
+        max_length=16,
+        pattern=DURATION,
+        description="How long a condition holds before firing.",
     )
 
 
@@ -1319,7 +1362,14 @@ class AgentServiceSpec(Model):
         default_factory=Evaluation, description="Evaluation suites, for spec.canary.evaluation (docs/evaluation.md)."
     )
     env: list[EnvVar] = Field(default_factory=list, max_length=100, description="Extra environment variables.")
-    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every pod.")
+    pod_annotations: dict[str, Annotated[str, Field(max_length=ANNOTATION_VALUE_MAX_LENGTH)]] = Field(
+        default_factory=dict,
+        max_length=POD_ANNOTATIONS_MAX,
+        description=(
+            f"Annotations added to every pod (at most {POD_ANNOTATIONS_MAX}; keys of at most"
+            f" {ANNOTATION_KEY_MAX_LENGTH} characters, values of at most {ANNOTATION_VALUE_MAX_LENGTH})."
+        ),
+    )
     service_account_name: ServiceAccountName | None = Field(
         default=None, description="ServiceAccount of the pods, in the AgentService's namespace."
     )
@@ -1345,6 +1395,12 @@ class AgentServiceSpec(Model):
             " && self.evaluation.suites.exists(s, s.name == n))))",
             "message": "spec.canary.evaluation names a suite that is not in spec.evaluation.suites",
             "fieldPath": ".canary.evaluation",
+        },
+        {
+            "rule": "!has(self.podAnnotations)"
+            f" || self.podAnnotations.all(k, size(k) >= 1 && size(k) <= {ANNOTATION_KEY_MAX_LENGTH})",
+            "message": f"a podAnnotations key has 1 to {ANNOTATION_KEY_MAX_LENGTH} characters",
+            "fieldPath": ".podAnnotations",
         },
         {
             "rule": "!self.autoscaling.enabled || self.autoscaling.engine != 'keda'"
@@ -1412,6 +1468,13 @@ class AgentServiceSpec(Model):
         if self.redis.url is None or not re.match(KEDA_REDIS_URL, self.redis.url):
             raise CrossFieldError("redis.url", KEDA_REDIS_MESSAGE)
         return self
+
+    @field_validator("pod_annotations")
+    @classmethod
+    def _annotation_keys(cls, annotations: dict[str, str]) -> dict[str, str]:
+        if any(not 1 <= len(k) <= ANNOTATION_KEY_MAX_LENGTH for k in annotations):
+            raise ValueError(f"a podAnnotations key has 1 to {ANNOTATION_KEY_MAX_LENGTH} characters")
+        return annotations
 
     @field_validator("image_pull_policy")
     @classmethod

@@ -60,7 +60,9 @@ class Inventory:
     """
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, str], set[ObjectRef]] = {}  # by (namespace, owner uid)
+        # By owner uid, with the owner's namespace: only ever names objects of that namespace, and an
+        # entry is used only for an owner of the same (namespace, uid).
+        self._known: dict[str, tuple[str, set[ObjectRef]]] = {}
         self._watched: Watched | None = None  # set by `follow`
 
     def follow(self, watched: Watched) -> None:
@@ -69,8 +71,7 @@ class Inventory:
 
     def forget(self, owner_uid: str) -> None:
         """Drop what is known about an owner's children (the owner was deleted)."""
-        for key in [key for key in self._known if key[1] == owner_uid]:
-            del self._known[key]
+        self._known.pop(owner_uid, None)
 
     async def known(
         self, client: Client, owner: Mapping[str, Any], present: Sequence[ObjectRef], selector: Mapping[str, str]
@@ -78,7 +79,8 @@ class Inventory:
         """The owner's prunable and renameable children: listed once, then kept up to date from `present`."""
         meta = owner["metadata"]
         uid, namespace = str(meta.get("uid")), str(meta["namespace"])
-        known = self._known.get((namespace, uid))
+        entry = self._known.get(uid)
+        known = entry[1] if entry is not None and entry[0] == namespace else None
         if known is not None:
             known.update(ref for ref in present if (ref.api_version, ref.kind) in LISTED and ref.namespace == namespace)
             return known
@@ -92,7 +94,7 @@ class Inventory:
                     if objects.owned_by(obj, meta.get("uid"))  # never someone else's object
                 ]
             known.update(ObjectRef(api_version, kind, namespace, name) for name in names)
-        self._known[(namespace, uid)] = known
+        self._known[uid] = (namespace, known)
         return known
 
 

@@ -86,6 +86,7 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         task_timeout_seconds=spec.limits.task_timeout_seconds,
         max_input_chars=spec.limits.max_input_chars,
         max_queued_tasks=spec.limits.max_queued_tasks,
+        max_queued_input_bytes=spec.limits.max_queued_input_bytes,
         daily_budget_usd=spec.budget.daily_usd,
         per_task_budget_usd=spec.budget.per_task_usd,
         budget_on_exhausted=str(spec.budget.on_exhausted),

@@ -357,6 +357,46 @@ async def test_idempotency_key_reused_for_another_request_is_a_conflict(api: htt
     assert await queue.depth() == 1
 
 
+async def test_queued_bytes_are_capped_per_service_and_freed_when_tasks_end(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, make_worker: MakeWorker
+) -> None:
+    """Issue 27, point 7: the bytes a service's tasks hold in a shared Redis until they end are
+    capped; the submission that would pass the cap gets 429 and retry-after naming the figure, and
+    the bytes of a task that ended (finished, cancelled) are given back, once."""
+    async with api_with(config, redis_client, max_queued_input_bytes=6000) as client:
+        queue: TaskQueue = client._transport.app.state.queue  # type: ignore[attr-defined]
+        first = await submit(client, "What is 1+1? " + "x" * 1800)
+        held = int(await redis_client.get(queue.queued_bytes))
+        assert 1800 < held < 2400
+        second = await submit(client, "What is 2+2? " + "y" * 1800)
+        both = int(await redis_client.get(queue.queued_bytes))
+        full = await client.post("/v1/tasks", json={"input": "What is 3+3? " + "z" * 1800}, headers=AUTH)
+        assert full.status_code == 429, full.text
+        assert full.headers["retry-after"] == "5"
+        message = full.json()["error"]
+        assert message.startswith(f"queue full: the tasks queued or running hold {both} bytes, this one ")
+        assert message.endswith("the limit is 6000 (limits.maxQueuedInputBytes); retry later")
+        assert await queue.depth() == 2
+
+        cancelled = await client.delete(f"/v1/tasks/{second['task_id']}", headers=AUTH)
+        assert cancelled.status_code == 200
+        assert int(await redis_client.get(queue.queued_bytes)) == held
+        await client.delete(f"/v1/tasks/{second['task_id']}", headers=AUTH)  # a second cancel gives back nothing
+        assert int(await redis_client.get(queue.queued_bytes)) == held
+        await make_worker().worker.run()  # the first task finishes
+        assert (await queue.get(str(first["task_id"]))).status == TaskStatus.SUCCEEDED
+        assert int(await redis_client.get(queue.queued_bytes)) == 0
+        assert await redis_client.hlen(queue.queued_sizes) == 0
+        assert (await client.post("/v1/tasks", json={"input": "What is 3+3?"}, headers=AUTH)).status_code == 202
+
+
+def test_a_service_is_bounded_by_default() -> None:
+    """Issue 27, point 7: without a setting, queued tasks and their bytes are capped (they were not)."""
+    defaults = RuntimeConfig()
+    assert defaults.max_queued_tasks == 10_000
+    assert defaults.max_queued_input_bytes == 64 * 1024 * 1024
+
+
 async def test_max_queued_tasks_refuses_with_the_figure(
     config: RuntimeConfig, redis_client: redis.asyncio.Redis, make_worker: MakeWorker
 ) -> None:
