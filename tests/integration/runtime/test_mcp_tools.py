@@ -8,7 +8,8 @@ the SDK's streamable HTTP) and the development server `agentops_dev.mcpservers f
   before anything is sent;
 - a tool left out by `allowTools` is never offered to the model (the model server's own log of each
   request's tools) and the model says so;
-- a slow tool times out with the limit named in the task's answer;
+- a slow tool times out with the limit named in the task's answer; after `failureThreshold`
+  timeouts the server's breaker opens and its next call fails at once;
 - a server killed during a call: with `sideEffects: none` the call is sent again to the new process
   and succeeds; with `external` it is not sent again, the answer says the outcome is unknown, and the
   same worker goes on to run the next task with the server back;
@@ -193,6 +194,34 @@ async def test_a_slow_tool_times_out_with_the_limit_in_the_answer(
     assert record.status == TaskStatus.SUCCEEDED, record.error
     assert record.result == "The answer: faults__slow failed: faults__slow timed out after 0.5 s (timeoutSeconds)."
     assert sample(registry, "agent_tool_calls_total", tool_name="faults__slow", status="timeout") == 1
+
+
+async def test_a_servers_breaker_opens_after_repeated_timeouts(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, make_worker: MakeWorker
+) -> None:
+    command = [sys.executable, "-m", "agentops_dev.mcpservers", "faults", "--transport", "stdio"]
+    cfg = with_servers(
+        config,
+        McpServerConfig(name="faults", command=command, timeout_seconds=0.3),
+        breaker_failure_threshold=2,
+        breaker_cooldown_seconds=600,
+    )
+    registry = CollectorRegistry()
+    queue = TaskQueue.from_config(cfg, redis_client)
+    await queue.ensure_group()
+    text = " ".join(f'call faults__slow {{"seconds": {s}}}' for s in (30, 31)) + ' call faults__echo {"text": "hi"}'
+    made = await queue.submit(text, max_steps=6)
+    parts = make_worker(cfg=cfg, registry=registry)
+    await parts.worker.run()
+    record = await queue.get(made.task_id)
+
+    assert record.status == TaskStatus.SUCCEEDED, record.error
+    assert record.result is not None
+    assert record.result.count("timed out after 0.3 s") == 2
+    assert "faults__echo failed: faults__echo: MCP server 'faults' failed repeatedly; its circuit is open" in (
+        record.result
+    )
+    assert sample(registry, "agent_tool_circuit_state", server="faults") == 2
 
 
 def ledger_lines(path: Path) -> list[str]:
