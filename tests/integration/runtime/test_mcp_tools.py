@@ -18,6 +18,7 @@ the SDK's streamable HTTP) and the development server `agentops_dev.mcpservers f
 - a server down at start: the worker starts, /ready stays 200 and names the server under `degraded`,
   `agent_tool_server_up` reads 0 and tasks still run; once the server comes up its tools are offered;
 - `notifications/tools/list_changed`: a tool added by the server is offered on the next step;
+- a Python tool module (`python_tools`): its allowlist, input schema and result cap;
 - degraded mode keeps `<server>__*` tools listed in `degraded_tools`.
 """
 
@@ -40,7 +41,7 @@ from agentops_dev.waiting import eventually
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.agent import kept_when_degraded
-from agent_runtime.config import McpServerConfig, RuntimeConfig
+from agent_runtime.config import McpServerConfig, PythonToolsConfig, RuntimeConfig
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskRecord, TaskStatus
 from tests.integration.runtime.conftest import MakeWorker
@@ -392,6 +393,22 @@ async def test_a_tool_added_by_the_server_is_offered_after_list_changed(
     # only if the notification arrived first, which the server sends before answering `grow`.
     assert "faults__fresh" in model_server.calls[-1].tools
     assert record.result == "The answer: faults__grow returned added fresh; faults__fresh returned fresh here."
+
+
+async def test_a_python_tool_module_with_its_policy(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, make_worker: MakeWorker, model_server: LocalModelServer
+) -> None:
+    module = PythonToolsConfig(module="tests.support.sample_tools", allow_tools=["shout"], max_result_bytes=300)
+    cfg = config.model_copy(update={"python_tools": [module], "builtin_tools": [], "max_input_chars": 20_000})
+    text = 'call shout {"text": "hey", "times": 200} call shout {"text": "hey", "times": 0} call secret {}'
+    record = await run_task(make_worker, cfg, redis_client, text)
+
+    assert record.status == TaskStatus.SUCCEEDED, record.error
+    assert record.result == (
+        "The answer: shout returned " + "HEY" * 100 + "\n[result truncated: 600 bytes, limit 300]; "
+        "shout failed: shout: invalid input at times: 0 is less than the minimum of 1; secret was not offered."
+    )
+    assert all(call.tools == ["shout"] for call in model_server.calls)
 
 
 def test_degraded_tools_keep_a_servers_tools_by_wildcard() -> None:
