@@ -237,7 +237,10 @@ async def test_a_server_killed_mid_call_is_called_again_only_without_side_effect
 ) -> None:
     ledger = tmp_path / "ledger"
     command = [sys.executable, "-m", "agentops_dev.mcpservers", "faults", "--transport", "stdio", "--log", str(ledger)]
-    safe = with_servers(config, McpServerConfig(name="faults", command=command, side_effects="none"))
+    # The timeout bounds the wait for the new process too: room for a slow start on a loaded machine.
+    safe = with_servers(
+        config, McpServerConfig(name="faults", command=command, side_effects="none", timeout_seconds=120)
+    )
     record = await run_task(make_worker, safe, redis_client, 'call faults__die {"note": "a"}')
     assert record.status == TaskStatus.SUCCEEDED, record.error
     assert record.result == "The answer: faults__die returned survived a."
