@@ -13,7 +13,8 @@ labels (no `_`), so two servers can never produce the same name; a tool name the
 would refuse (characters outside `[a-zA-Z0-9_-]`, longer than 64 with the prefix) is cleaned and
 suffixed with a digest of the original, so it stays stable and distinct. `allowTools` filters by
 the server's own names before anything is offered; at most `MAX_TOOLS` of a server are offered
-(a server may list thousands: the tool list is also a metric label).
+(a server may list thousands: the tool list is also a metric label), none whose schema and
+description pass `MAX_TOOL_SCHEMA_BYTES` (they ride along with every model call).
 
 Calls: a per-server circuit breaker (`breaker.Breaker`, in this process) counts transport
 failures and timeouts; while open, calls fail at once. A connection lost during a call leaves its
@@ -52,6 +53,9 @@ __all__ = ["MAX_TOOLS", "McpServer", "ToolServers", "exposed_name", "render_resu
 log = get_logger(__name__)
 
 MAX_TOOLS: Final = 128
+# Every tool's schema goes with every model call: a server listing huge schemas would make each call
+# (and its bill) huge. A tool whose schema and description pass this is not offered.
+MAX_TOOL_SCHEMA_BYTES: Final = 16_384
 MAX_NAME: Final = 64  # the Messages API's tool-name limit
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_-]")
 _CONNECT_TIMEOUT_SECONDS: Final = 30.0  # a stdio server is a process start and its imports
@@ -233,12 +237,16 @@ class McpServer:
             name = exposed_name(self.name, item.name)
             if name in tools:
                 continue
+            size = len(json.dumps(item.input_schema, default=str)) + len(item.description or "")
+            if size > MAX_TOOL_SCHEMA_BYTES:
+                log.warning("mcp_tool_too_large", server=self.name, tool=name, bytes=size)
+                continue
             if len(tools) >= MAX_TOOLS:
                 log.warning("mcp_tools_capped", server=self.name, offered=MAX_TOOLS, listed=len(listed))
                 break
             tools[name] = Tool(
                 name=name,
-                description=(item.description or item.title or item.name)[:4096],
+                description=item.description or item.title or item.name,
                 input_schema=item.input_schema if isinstance(item.input_schema, dict) else {"type": "object"},
                 func=self._caller(item.name, name),
                 policy=self.policy,

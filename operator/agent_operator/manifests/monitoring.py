@@ -1,4 +1,4 @@
-"""Monitoring children of an AgentService: the PrometheusRule (five alerts) and the ServiceMonitor.
+"""Monitoring children of an AgentService: the PrometheusRule (five alerts; six with MCP servers), the ServiceMonitor.
 
 Pure: spec in, plain manifests out. Every series name comes from `agent_runtime.constants`, so a
 rename in the runtime cannot leave an alert watching a metric that no longer exists. Every query
@@ -25,6 +25,7 @@ ALERT_LATENCY: Final = "AgentServiceHighLatency"
 ALERT_COST: Final = "AgentServiceHighCost"
 ALERT_QUEUE_DEPTH: Final = "AgentServiceQueueBacklog"
 ALERT_PROVIDERS_DOWN: Final = "AgentServiceAllProvidersDown"
+ALERT_TOOL_SERVER_DOWN: Final = "AgentServiceToolServerDown"
 
 
 def number(value: float) -> str:
@@ -64,6 +65,11 @@ def queue_depth_expr(svc: models.AgentService) -> str:
 def providers_healthy_expr(svc: models.AgentService) -> str:
     """1 when at least one pod sees at least one provider healthy, 0 when none does."""
     return f"max({constants.METRIC_PROVIDER_HEALTHY}{selector(svc)})"
+
+
+def tool_servers_up_expr(svc: models.AgentService) -> str:
+    """Per MCP server: 1 when at least one pod is connected to it, 0 when none is."""
+    return f"max by (server) ({constants.METRIC_TOOL_SERVER_UP}{selector(svc)})"
 
 
 def _alert(
@@ -141,6 +147,19 @@ def build_alerts(svc: models.AgentService) -> list[dict[str, Any]]:
                 summary=f"{name}: no LLM provider is healthy",
                 description=f"{where}: every LLM provider's circuit breaker is open on every pod; tasks cannot make "
                 "progress. Check provider status, API keys and network egress.",
+            )
+        )
+    if svc.spec.tools.mcp_servers:
+        rules.append(
+            _alert(
+                svc,
+                ALERT_TOOL_SERVER_DOWN,
+                f"{tool_servers_up_expr(svc)} == 0",
+                severity="warning",
+                summary=f"{name}: an MCP tool server cannot be reached",
+                description=f"{where}: no worker is connected to MCP server {{{{ $labels.server }}}}; its tools"
+                " are not offered to the model. Check the server, its URL or command, and the network policy"
+                " (the worker's /ready names the reason).",
             )
         )
     return rules

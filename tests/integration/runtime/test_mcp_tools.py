@@ -8,7 +8,8 @@ the SDK's streamable HTTP) and the development server `agentops_dev.mcpservers f
   before anything is sent;
 - a tool left out by `allowTools` is never offered to the model (the model server's own log of each
   request's tools) and the model says so;
-- a slow tool times out with the limit named in the task's answer;
+- a slow tool times out with the limit named in the task's answer; after `failureThreshold`
+  timeouts the server's breaker opens and its next call fails at once;
 - a server killed during a call: with `sideEffects: none` the call is sent again to the new process
   and succeeds; with `external` it is not sent again, the answer says the outcome is unknown, and the
   same worker goes on to run the next task with the server back;
@@ -17,6 +18,7 @@ the SDK's streamable HTTP) and the development server `agentops_dev.mcpservers f
 - a server down at start: the worker starts, /ready stays 200 and names the server under `degraded`,
   `agent_tool_server_up` reads 0 and tasks still run; once the server comes up its tools are offered;
 - `notifications/tools/list_changed`: a tool added by the server is offered on the next step;
+- a Python tool module (`python_tools`): its allowlist, input schema and result cap;
 - degraded mode keeps `<server>__*` tools listed in `degraded_tools`.
 """
 
@@ -39,7 +41,7 @@ from agentops_dev.waiting import eventually
 from prometheus_client import CollectorRegistry
 
 from agent_runtime.agent import kept_when_degraded
-from agent_runtime.config import McpServerConfig, RuntimeConfig
+from agent_runtime.config import McpServerConfig, PythonToolsConfig, RuntimeConfig
 from agent_runtime.queue import TaskQueue
 from agent_runtime.tasks import TaskRecord, TaskStatus
 from tests.integration.runtime.conftest import MakeWorker
@@ -195,6 +197,34 @@ async def test_a_slow_tool_times_out_with_the_limit_in_the_answer(
     assert sample(registry, "agent_tool_calls_total", tool_name="faults__slow", status="timeout") == 1
 
 
+async def test_a_servers_breaker_opens_after_repeated_timeouts(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, make_worker: MakeWorker
+) -> None:
+    command = [sys.executable, "-m", "agentops_dev.mcpservers", "faults", "--transport", "stdio"]
+    cfg = with_servers(
+        config,
+        McpServerConfig(name="faults", command=command, timeout_seconds=0.3),
+        breaker_failure_threshold=2,
+        breaker_cooldown_seconds=600,
+    )
+    registry = CollectorRegistry()
+    queue = TaskQueue.from_config(cfg, redis_client)
+    await queue.ensure_group()
+    text = " ".join(f'call faults__slow {{"seconds": {s}}}' for s in (30, 31)) + ' call faults__echo {"text": "hi"}'
+    made = await queue.submit(text, max_steps=6)
+    parts = make_worker(cfg=cfg, registry=registry)
+    await parts.worker.run()
+    record = await queue.get(made.task_id)
+
+    assert record.status == TaskStatus.SUCCEEDED, record.error
+    assert record.result is not None
+    assert record.result.count("timed out after 0.3 s") == 2
+    assert "faults__echo failed: faults__echo: MCP server 'faults' failed repeatedly; its circuit is open" in (
+        record.result
+    )
+    assert sample(registry, "agent_tool_circuit_state", server="faults") == 2
+
+
 def ledger_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -207,7 +237,10 @@ async def test_a_server_killed_mid_call_is_called_again_only_without_side_effect
 ) -> None:
     ledger = tmp_path / "ledger"
     command = [sys.executable, "-m", "agentops_dev.mcpservers", "faults", "--transport", "stdio", "--log", str(ledger)]
-    safe = with_servers(config, McpServerConfig(name="faults", command=command, side_effects="none"))
+    # The timeout bounds the wait for the new process too: room for a slow start on a loaded machine.
+    safe = with_servers(
+        config, McpServerConfig(name="faults", command=command, side_effects="none", timeout_seconds=120)
+    )
     record = await run_task(make_worker, safe, redis_client, 'call faults__die {"note": "a"}')
     assert record.status == TaskStatus.SUCCEEDED, record.error
     assert record.result == "The answer: faults__die returned survived a."
@@ -363,6 +396,22 @@ async def test_a_tool_added_by_the_server_is_offered_after_list_changed(
     # only if the notification arrived first, which the server sends before answering `grow`.
     assert "faults__fresh" in model_server.calls[-1].tools
     assert record.result == "The answer: faults__grow returned added fresh; faults__fresh returned fresh here."
+
+
+async def test_a_python_tool_module_with_its_policy(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, make_worker: MakeWorker, model_server: LocalModelServer
+) -> None:
+    module = PythonToolsConfig(module="tests.support.sample_tools", allow_tools=["shout"], max_result_bytes=300)
+    cfg = config.model_copy(update={"python_tools": [module], "builtin_tools": [], "max_input_chars": 20_000})
+    text = 'call shout {"text": "hey", "times": 200} call shout {"text": "hey", "times": 0} call secret {}'
+    record = await run_task(make_worker, cfg, redis_client, text)
+
+    assert record.status == TaskStatus.SUCCEEDED, record.error
+    assert record.result == (
+        "The answer: shout returned " + "HEY" * 100 + "\n[result truncated: 600 bytes, limit 300]; "
+        "shout failed: shout: invalid input at times: 0 is less than the minimum of 1; secret was not offered."
+    )
+    assert all(call.tools == ["shout"] for call in model_server.calls)
 
 
 def test_degraded_tools_keep_a_servers_tools_by_wildcard() -> None:

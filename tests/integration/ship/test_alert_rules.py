@@ -137,13 +137,14 @@ def run_tests(tmp_path: Path, svc: models.AgentService, tests: list[dict[str, An
 
 
 def test_promtool_checks_the_rules(tmp_path: Path) -> None:
-    for svc in (
-        service(),
-        models.AgentService.from_manifest(yaml.safe_load((ROOT / "examples/full.yaml").read_text())),
+    for svc, count in (
+        (service(), 5),
+        # full.yaml has MCP servers: the sixth rule, AgentServiceToolServerDown (test_tool_alert.py)
+        (models.AgentService.from_manifest(yaml.safe_load((ROOT / "examples/full.yaml").read_text())), 6),
     ):
         result = promtool("check", "rules", write_rules(tmp_path, svc))
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "5 rules found" in result.stdout
+        assert f"{count} rules found" in result.stdout
 
 
 def test_the_five_alerts_carry_severity_summary_and_description() -> None:
@@ -266,6 +267,9 @@ def test_dashboard_panels_and_config_map() -> None:
         "Hourly cost by model",
         "Hourly cost by route",
         "Tool-call mix",
+        "Tool calls by tool and outcome",
+        "Tool latency p95",
+        "MCP servers up",
         "Error rate",
         "Queue depth",
         "Provider health",
@@ -281,6 +285,8 @@ def test_dashboard_panels_and_config_map() -> None:
         constants.METRIC_TOOL_CALLS,
         constants.METRIC_QUEUE_DEPTH,
         constants.METRIC_PROVIDER_HEALTHY,
+        constants.METRIC_TOOL_SERVER_UP,
+        constants.METRIC_TOOL_LATENCY + "_bucket",
         dashboard.CANARY_WEIGHT_METRIC,
     ):
         assert series + "{" in queries, series

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from agent_operator.api import endpoints, models
 from agent_operator.kube import secrets
-from agent_operator.manifests import runtimeconfig, workloads
+from agent_operator.manifests import naming, runtimeconfig, workloads
 from pydantic import ValidationError
 
 from agent_runtime import constants
@@ -89,7 +89,7 @@ def test_the_runtime_gets_every_policy_and_header_env_names_never_values() -> No
     assert time.headers == {"X-Api-Key": env_name}
     assert clock.command == ["mcp-server-time"] and clock.side_effects == "none" and clock.max_result_bytes == 1000
     assert config.python_tools[0].module == "acme.tools" and config.python_tools[0].allow_tools == ["lookup"]
-    env = workloads.env(s, workloads.naming.Track.STABLE)
+    env = workloads.env(s, naming.Track.STABLE)
     assert {"name": env_name, "valueFrom": {"secretKeyRef": {"name": "crm-token", "key": "token"}}} in env
     refs = secrets.references(s.spec)
     assert secrets.Reference("crm-token", "token", "spec.tools.mcpServers[0].headers[0].secretKeyRef") in refs
