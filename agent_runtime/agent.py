@@ -3,7 +3,11 @@
 A step is one model call. Its reply is checkpointed (transcript, step count, usage) before anything
 else happens, and the tool results that answer it are checkpointed before the next call. Resuming
 from a checkpoint therefore never repeats a model call that completed — it is neither re-run nor
-re-billed — and at most re-runs the tools of the last step, which are side-effect free. The loop
+re-billed. Tools with `side_effects: external` (by default every MCP and Python tool) are
+checkpointed call by call: the id of the call before it is sent, its result as soon as it is back.
+A resumed task reuses the stored result, and a call that was sent but whose result was never
+stored is not sent again: the model is told its outcome is unknown. Only side-effect-free tools
+(the built-ins, `side_effects: none`) may run twice after a crash. The loop
 raises provider and ownership errors; the worker decides what they mean for the task — except the
 endings the loop decides itself: when no provider's circuit can take a call (`static` degradation)
 the task fails at once with `all providers unavailable` and an honest static message; and budgets.
@@ -83,6 +87,8 @@ class Agent:
     ) -> None:
         self.providers = providers
         self.tools = tools
+        if tools.metrics is None:
+            tools.metrics = metrics  # the registry counts every call (`agent_tool_calls_total`)
         self.prices = prices
         self.metrics = metrics
         self.system_prompt = system_prompt
@@ -134,15 +140,14 @@ class Agent:
                     return Outcome(TaskStatus.SUCCEEDED, state, result=_text(last["content"]), degradation=worst.label)
                 if self._over_budget(state):
                     return self._budget_outcome(state, worst)
-                results = [await self._call_tool(use) for use in uses]
-                state = state.model_copy(update={"messages": [*state.messages, {"role": "user", "content": results}]})
-                await save(state)
+                state = await self._call_tools(state, uses, save)
                 continue
             if state.step >= max_steps:
                 error = f"reached maxStepsPerTask ({max_steps}) without a final answer"
                 return Outcome(TaskStatus.FAILED, state, error=error, degradation=worst.label)
             if self._over_budget(state):
                 return self._budget_outcome(state, worst)
+            await self.tools.settle()  # a tool list the server said changed is read before the call
             level = self.providers.refresh_metrics()
             worst = max(worst, level)
             made = await self._paid_call(task_id, fence, state, level, worst=worst, metadata=metadata)
@@ -361,7 +366,7 @@ class Agent:
         schemas = self.tools.schemas()
         if level == Level.FULL:
             return schemas
-        return [schema for schema in schemas if schema["name"] in self.degraded_tools]
+        return [schema for schema in schemas if kept_when_degraded(schema["name"], self.degraded_tools)]
 
     async def _step(
         self, task_id: str, state: Checkpoint, level: Level, request: _Request, *, max_tokens: int, route: routing.Route
@@ -441,19 +446,71 @@ class Agent:
             complexity=state.complexity,
         )
 
+    async def _call_tools(self, state: Checkpoint, uses: list[dict[str, Any]], save: SaveCheckpoint) -> Checkpoint:
+        """Answer one step's tool calls, checkpointing around each external one; return the next state."""
+        results: list[dict[str, Any]] = []
+        for use in uses:
+            use_id = str(use.get("id"))
+            done = state.tool_results.get(use_id)
+            if done is not None:
+                results.append(done)
+                continue
+            tool = self.tools.get(str(use.get("name")))
+            external = tool is not None and tool.policy.side_effects == "external"
+            if use_id in state.tools_started:
+                result = _result(use_id, _UNKNOWN_OUTCOME.format(name=use.get("name")), error=True)
+                log.warning("tool_not_repeated", tool=str(use.get("name")))
+            else:
+                if external:
+                    state = state.model_copy(update={"tools_started": [*state.tools_started, use_id]})
+                    await save(state)
+                result = await self._call_tool(use)
+            if external or use_id in state.tools_started:
+                started = [i for i in state.tools_started if i != use_id]
+                state = state.model_copy(
+                    update={"tool_results": {**state.tool_results, use_id: result}, "tools_started": started}
+                )
+                await save(state)
+            results.append(result)
+        state = state.model_copy(
+            update={
+                "messages": [*state.messages, {"role": "user", "content": results}],
+                "tool_results": {},
+                "tools_started": [],
+            }
+        )
+        await save(state)
+        return state
+
     async def _call_tool(self, use: dict[str, Any]) -> dict[str, Any]:
         name = str(use.get("name"))
-        known = name in self.tools.names()
+        known = self.tools.get(name) is not None
         with tracing.span("agent.tool", {"gen_ai.tool.name": name if known else "unknown"}) as span:
             try:
                 output = await self.tools.call(name, dict(use.get("input") or {}))
             except ToolError as exc:
-                self.metrics.tool_called(name if known else "unknown", ok=False)
-                log.info("tool_failed", tool=name, error=str(exc))
+                log.info("tool_failed", tool=name if known else "unknown", error=str(exc))
                 span.fail("tool error")  # the message may quote the model's arguments: logs only
-                return {"type": "tool_result", "tool_use_id": use["id"], "content": str(exc), "is_error": True}
-        self.metrics.tool_called(name, ok=True)
-        return {"type": "tool_result", "tool_use_id": use["id"], "content": output}
+                return _result(use["id"], str(exc), error=True)
+        return _result(use["id"], output)
+
+
+_UNKNOWN_OUTCOME = (
+    "{name}: this call was sent before the worker running the task stopped, and its outcome is unknown;"
+    " it was not sent again because the tool may have side effects (sideEffects: external)"
+)
+
+
+def _result(use_id: Any, content: str, *, error: bool = False) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": use_id, "content": content}
+    if error:
+        block["is_error"] = True
+    return block
+
+
+def kept_when_degraded(name: str, kept: Iterable[str]) -> bool:
+    """Whether `degraded_tools` keeps tool `name`: named exactly, or `<server>__*` for all of a server's."""
+    return any(name == entry or (entry.endswith("__*") and name.startswith(entry[:-1])) for entry in kept)
 
 
 def _reserving(price: PriceConfig, prompt_caching: bool) -> PriceConfig:

@@ -26,6 +26,9 @@ METRIC_CIRCUIT_STATE: Final = "llm_circuit_state"  # gauge 0 closed, 1 half-open
 METRIC_PROVIDER_CALLS: Final = "llm_provider_calls_total"  # labels: provider, outcome (PROVIDER_OUTCOMES)
 PROVIDER_OUTCOMES: Final = ("ok", "unavailable", "rate_limited", "error")
 METRIC_RATELIMIT_WAIT: Final = "llm_ratelimit_wait_seconds"  # histogram of time spent waiting for a slot
+METRIC_TOOL_LATENCY: Final = "agent_tool_call_seconds"  # histogram, label: tool_name
+METRIC_TOOL_SERVER_UP: Final = "agent_tool_server_up"  # gauge 1/0, label: server (MCP servers)
+METRIC_TOOL_CIRCUIT: Final = "agent_tool_circuit_state"  # gauge 0 closed, 1 half-open, 2 open, label: server
 METRIC_DEGRADATION: Final = "agent_degradation_level"  # gauge 0 full, 1 reduced_tools, 2 fallback_only, 3 static
 METRIC_CACHE: Final = "agent_cache_requests_total"  # label: result (hit|miss)
 METRIC_BUDGET_REJECTIONS: Final = "agent_budget_rejections_total"  # label: budget (daily|per_task)
@@ -59,6 +62,7 @@ AUTH_TOKEN_ENV: Final = "AGENT_AUTH_TOKEN"
 REDIS_URL_ENV: Final = "AGENT_REDIS_URL"
 TRACK_ENV: Final = "AGENT_TRACK"
 SERVICE_ENV: Final = "AGENT_SERVICE"
+QUEUE_LANE_ENV: Final = "AGENT_QUEUE_LANE"  # overrides RuntimeConfig.queue_lane (the operator sets it per track)
 POD_NAME_ENV: Final = "AGENT_POD_NAME"
 
 # --- Redis keys: `ServiceKeys` below builds every one of them ---
@@ -71,6 +75,11 @@ DEAD_LETTER_SUFFIX: Final = "dead"
 def provider_key_env(provider_name: str) -> str:
     """Name of the environment variable that carries one provider's API key."""
     return "AGENT_PROVIDER_" + provider_name.upper().replace("-", "_") + "_API_KEY"
+
+
+def mcp_header_env(server_name: str, index: int) -> str:
+    """Name of the environment variable that carries the value of an MCP server's `index`-th header."""
+    return "AGENT_MCP_" + server_name.upper().replace("-", "_") + f"_HEADER_{index}"
 
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
@@ -94,6 +103,9 @@ class ServiceKeys:
 
     namespace: str
     service: str
+    # A queue of its own (`RuntimeConfig.queue_lane`): a candidate that must not see user tasks
+    # until its evaluation passes reads streams no user-facing API writes to. "" is the main queue.
+    lane: str = ""
 
     @property
     def tag(self) -> str:
@@ -105,8 +117,16 @@ class ServiceKeys:
         return ":".join((KEY_PREFIX, self.tag, *parts))
 
     def stream(self, priority: str) -> str:
-        """The Redis stream of one priority level."""
-        return self.key("tasks", priority)
+        """The Redis stream of one priority level (of the lane, when there is one)."""
+        return self.key("lane", self.lane, "tasks", priority) if self.lane else self.key("tasks", priority)
+
+    def queued_bytes(self) -> str:
+        """The bytes the records of the tasks not yet ended hold (an integer; `limits.maxQueuedInputBytes`)."""
+        return self.key("queued", "bytes")
+
+    def queued_sizes(self) -> str:
+        """Each such task's size in bytes, by task id: what its end takes off `queued_bytes`, once."""
+        return self.key("queued", "sizes")
 
     def dead_letter(self) -> str:
         """The stream receiving tasks that failed too many deliveries, with their last error."""
@@ -153,8 +173,9 @@ class ServiceKeys:
         return self.key("budget", "expiry")
 
     def budget_held(self) -> str:
-        """The sorted set of tasks put aside until money comes back (`budget.onExhausted: hold`)."""
-        return self.key("budget", "held")
+        """The sorted set of tasks put aside until money comes back (`budget.onExhausted: hold`); per lane,
+        so a task held in a lane goes back to that lane's streams."""
+        return self.key("lane", self.lane, "budget", "held") if self.lane else self.key("budget", "held")
 
     def costs_hour(self, hour: str) -> str:
         """One UTC hour's cost figures (`YYYY-MM-DDTHH`): a hash of micro-USD, requests and tokens, by model,

@@ -27,6 +27,7 @@ __all__ = [
     "checkpoint_fields",
     "json_depth",
     "metadata_problem",
+    "tool_calls",
 ]
 
 
@@ -118,6 +119,11 @@ class Checkpoint(BaseModel):
     messages: list[dict[str, Any]] = Field(default_factory=list)
     step: int = 0  # model calls completed (each one billed exactly once)
     usage: Usage = Field(default_factory=Usage)
+    # The tool calls of the last step while they run (emptied once their results join `messages`):
+    # the result of each call already made, by tool_use id, and the ids of `external` calls sent
+    # whose result was not stored yet. A resumed task reuses the first and never re-sends the second.
+    tool_results: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tools_started: list[str] = Field(default_factory=list)
     calls: list[CallUsage] = Field(default_factory=list)  # every model call in order: the steps, and a classifier's
     complexity: str | None = None  # the classifier's label (routing), kept so that it is asked once per task
 
@@ -172,6 +178,9 @@ class TaskView(BaseModel):
     calls: list[CallUsage] = Field(default_factory=list, description="Each model call: model, provider, tokens, cost.")
     degradation: str | None = None  # worst degradation level the task ran at (full … static)
     waiting: Waiting | None = None  # why a queued task waits (only while queued)
+    tool_calls: list[str] = Field(
+        default_factory=list, description="Names of the tools the agent called, in order (the evaluation reads it)."
+    )
     attempts: int
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: float
@@ -246,6 +255,7 @@ class TaskRecord(BaseModel):
             calls=self.checkpoint.calls,
             degradation=self.degradation,
             waiting=self.waiting if self.status == TaskStatus.QUEUED else None,
+            tool_calls=tool_calls(self.checkpoint.messages),
             attempts=self.deliveries,
             metadata=self.metadata,
             created_at=self.created_at,
@@ -270,6 +280,16 @@ def _stored_metadata(raw: str) -> dict[str, Any]:
     if depth > MAX_METADATA_DEPTH:
         return {"unreadable": f"the stored metadata nests {depth} levels deep, over {MAX_METADATA_DEPTH}; not shown"}
     return metadata
+
+
+def tool_calls(messages: list[dict[str, Any]]) -> list[str]:
+    """The names of the tools called in a transcript (assistant `tool_use` blocks), in order. Pure."""
+    names: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") == "assistant" and isinstance(content, list):
+            names += [str(b.get("name")) for b in content if isinstance(b, dict) and b.get("type") == "tool_use"]
+    return names
 
 
 def checkpoint_fields(checkpoint: Checkpoint) -> dict[str, str]:

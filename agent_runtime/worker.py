@@ -29,6 +29,7 @@ from agent_runtime.agent import Outcome, SaveCheckpoint
 from agent_runtime.budget import BudgetWatch
 from agent_runtime.costs import CostReports, user_label
 from agent_runtime.logging import get_logger
+from agent_runtime.mcptools import ToolServers
 from agent_runtime.metrics import Metrics
 from agent_runtime.queue import Claim, Entry, TaskQueue
 from agent_runtime.tasks import Checkpoint, TaskStatus
@@ -84,6 +85,7 @@ class Worker:
         depth_interval_seconds: float = 2.0,
         budget: BudgetWatch | None = None,
         circuits: Refreshable | None = None,
+        tool_servers: ToolServers | None = None,
         reports: CostReports | None = None,
     ) -> None:
         self.queue = queue
@@ -98,6 +100,7 @@ class Worker:
         self.depth_interval_seconds = depth_interval_seconds
         self.budget = budget
         self.circuits = circuits
+        self.tool_servers = tool_servers or ToolServers([])
         self.reports = reports
         self.claim_interval_seconds = max(queue.claim_idle_ms / 1000 / 3, 0.05)
         self.processed = 0  # deliveries handled to the end (any outcome), for tests and the benchmark
@@ -115,6 +118,13 @@ class Worker:
 
     async def run(self) -> None:
         """Process tasks until stopped (or, in burst mode, until the queue is empty)."""
+        # MCP servers first: a task taken before its tools are listed would run without them. One
+        # that cannot be reached does not hold the worker: it is reported (degraded) and retried.
+        self._closing = False  # a burst worker may be run again (tests: the same worker, a later batch)
+        await self.tool_servers.start()
+        degraded = self.tool_servers.degraded()
+        if degraded:
+            log.warning("tool_servers_degraded", servers=degraded)
         log.info("worker_started", consumer=self.consumer, concurrency=self.concurrency, burst=self.burst)
         background = [asyncio.create_task(self._every(self.claim_interval_seconds, self._heartbeat))]
         if not self.burst:
@@ -383,6 +393,12 @@ async def serve_probes(queue: TaskQueue, metrics: Metrics, worker: Worker, *, ho
             return web.json_response({"ready": False, "reason": str(exc)}, status=503)
         if worker.stopping:
             return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
+        # An MCP server that is down degrades the service (its tools are not offered) but does not
+        # make the pod unready: a restart would not bring the server back, and tasks still run.
+        degraded = worker.tool_servers.degraded()
+        if degraded:
+            reasons = {name: f"MCP server {name} unreachable: {why}" for name, why in degraded.items()}
+            return web.json_response({"ready": True, "degraded": reasons})
         return web.json_response({"ready": True})
 
     async def scrape(request: web.Request) -> web.Response:
