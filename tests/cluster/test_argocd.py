@@ -438,7 +438,12 @@ def test_crd_and_agentservice_in_one_application(tmp_path_factory: pytest.TempPa
         app = ad.application("bundle", repo.url, "bundle", namespace)
         instance.apply_application(app)
         wait_synced(instance, "bundle", head)
-        status = instance.application("bundle")["status"]
+
+        def finished() -> dict[str, Any] | None:
+            status: dict[str, Any] = instance.application("bundle")["status"]
+            return status if status.get("operationState", {}).get("phase") not in (None, "Running") else None
+
+        status = wait_for(finished, timeout=120, what="the first sync operation finished")
         operation = status["operationState"]
         assert operation["phase"] == "Succeeded", operation
         results = {(r["kind"], r["name"]): r for r in operation["syncResult"]["resources"]}
