@@ -49,7 +49,7 @@ cmd_build() {
         return 0
     fi
     command -v go >/dev/null || die "Go is required to build Argo CD (go 1.25.5 or newer)"
-    log "building $PACKAGE $(argocd_version) (application controller and repo server) into $dir (about 15 minutes on 2 idle cores, once)"
+    log "building $PACKAGE $(argocd_version) (application controller and repo server) into $dir (once; 5 to 25 minutes on 2 busy cores, less when the Go build cache holds the Kubernetes packages)"
     local started tmp moddir
     started=$(date +%s)
     tmp="$dir.partial.$$"

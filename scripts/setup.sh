@@ -106,7 +106,7 @@ install_controlplane() {
     bash scripts/prometheus-adapter.sh build
     log "building KEDA (operator and metrics server) from its Go module (first time only: about 15 minutes on 2 idle cores)"
     bash scripts/keda.sh build
-    log "building Argo CD (application controller and repo server) from its Go module (first time only: about 15 minutes on 2 idle cores)"
+    log "building Argo CD (application controller and repo server) from its Go module (first time only: up to 25 minutes on 2 busy cores)"
     bash scripts/argocd.sh build
 }
 

@@ -1,10 +1,11 @@
 """`scripts/setup.sh` and `make setup` as a new user meets them (issue 15).
 
-Covers: the system packages (git among them, for the GitOps tests) are asked for once each (prometheus and promtool are one package) and
-apt-get waits for the dpkg lock (`DPkg::Lock::Timeout=120`) instead of failing at once; the
-commands run are recorded by an `apt-get` on the PATH that stands in for the real one (the test
-cannot be root nor take the dpkg lock); `make setup` ends by printing how to put `.venv/bin` and
-`.tools/bin` on the PATH, and the README shows the same line.
+Covers: the system packages (git among them, for the GitOps tests) are asked for once each
+(prometheus and promtool are one package) and apt-get waits for the dpkg lock
+(`DPkg::Lock::Timeout=120`) instead of failing at once; the commands run are recorded by an
+`apt-get` on the PATH that stands in for the real one (the test cannot be root nor take the dpkg
+lock); `make setup` ends by printing how to put `.venv/bin` and `.tools/bin` on the PATH, and the
+README shows the same line.
 """
 
 from __future__ import annotations
