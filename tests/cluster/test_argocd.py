@@ -14,8 +14,8 @@ syncing from a git repository served by `git daemon`, into the real control plan
   while the HPA controller scales the workers; the audit log counts 0 writes by Argo CD to any child;
 - removing the manifest from git prunes the AgentService, and the garbage collector (not Argo CD)
   removes every child;
-- the CRD and an AgentService in one Application, on a fresh control plane without the CRD: one
-  sync operation creates both, with no sync option or wave.
+- the CRD and an AgentService in one Application, on a fresh control plane without the CRD: the
+  first sync operation creates both, with no sync option or wave.
 
 The figures (commit -> Synced, Synced -> Healthy, rollback -> health change) are printed as
 `argocd-timing` lines; bench/RESULTS.md quotes them.
@@ -414,7 +414,7 @@ def test_removed_manifest_prunes_and_the_gc_removes_children(
 
 def test_crd_and_agentservice_in_one_application(tmp_path_factory: pytest.TempPathFactory) -> None:
     """On a control plane without the CRD: one Application holding the CRD and an AgentService
-    syncs both in its first sync operation."""
+    creates both in its first sync operation, with no sync wave or option."""
     if cp.unavailable() is not None:
         pytest.skip(str(cp.unavailable()))
     if not cp.built():
@@ -439,17 +439,27 @@ def test_crd_and_agentservice_in_one_application(tmp_path_factory: pytest.TempPa
         instance.apply_application(app)
         wait_synced(instance, "bundle", head)
 
-        def finished() -> dict[str, Any] | None:
+        def finished() -> bool:
             status: dict[str, Any] = instance.application("bundle")["status"]
-            return status if status.get("operationState", {}).get("phase") not in (None, "Running") else None
+            return status.get("operationState", {}).get("phase") not in (None, "Running")
 
-        status = wait_for(finished, timeout=120, what="the first sync operation finished")
-        operation = status["operationState"]
-        assert operation["phase"] == "Succeeded", operation
-        results = {(r["kind"], r["name"]): r for r in operation["syncResult"]["resources"]}
-        assert results[("CustomResourceDefinition", "agentservices.agentops.dev")]["status"] == "Synced", results
-        assert results[("AgentService", "bundled")]["status"] == "Synced", results
-        assert len(status.get("history", [])) == 1, status.get("history")
+        wait_for(finished, timeout=120, what="the sync operation finished")
+        # The first (automated, full) sync operation created both; none failed. Argo CD may then
+        # self-heal the AgentService once (a second, partial sync of the same manifest, seen right
+        # after the first): harmless, and not asserted either way.
+        events = plane.get("events", "-n", ad.NAMESPACE, "--field-selector", "involvedObject.name=bundle")["items"]
+        completed = [e["message"] for e in events if e.get("reason") == "OperationCompleted"]
+        assert f"Sync operation to {head} succeeded" in completed, completed
+        assert not [m for m in completed if "failed" in m], completed
+        creates = {
+            (e["objectRef"]["resource"], e["objectRef"]["name"], e["responseStatus"]["code"])
+            for e in plane.audit_since(0)
+            if e.get("verb") == "create" and e.get("user", {}).get("username") == ad.CONTROLLER_USER
+            and e.get("objectRef", {}).get("resource") in ("customresourcedefinitions", "agentservices")
+        }  # fmt: skip
+        assert creates == {("customresourcedefinitions", "agentservices.agentops.dev", 201),
+                           ("agentservices", "bundled", 201)}, creates  # fmt: skip
+        assert state(instance, "bundle")[0] == "Synced"
         assert plane.exists("agsvc", "bundled", "-n", namespace)
         # With no operator here, our Lua says why it is not Healthy.
         assert health(instance, "bundle") == ("Progressing", "Waiting for the operator to report status")
