@@ -188,10 +188,14 @@ def gitops_operator(
         yield operator
     finally:
         operator.stop()
-        # Not a cascading delete: the CRD (and every AgentService) would go with it. The chart's
-        # objects are then removed as `helm uninstall` would.
-        argocd.delete_application(RELEASE)
-        plane.kubectl("delete", "namespace", OPERATOR_NAMESPACE, "--ignore-not-found", "--wait=false")
+        # No Application has Argo CD's deletion finalizer: deleting them deletes nothing they
+        # synced (the chart's CRD, with every AgentService, would go otherwise). What the tests
+        # made is then removed here, the chart's objects as `helm uninstall` would, so the next
+        # test module's operator finds no AgentService of this one.
+        plane.kubectl("delete", "applications", "--all", "-n", ad.NAMESPACE, "--wait=true", timeout=180)
+        namespaces = [n["metadata"]["name"] for n in plane.get("namespaces")["items"]]
+        for namespace in [n for n in namespaces if n.startswith("gitops-")]:
+            plane.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
         plane.kubectl("delete", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
                       "--ignore-not-found")  # fmt: skip
     assert not operator.forbidden_lines(), "the operator was refused:\n" + "\n".join(operator.forbidden_lines()[:10])
