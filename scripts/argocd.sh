@@ -49,7 +49,7 @@ cmd_build() {
         return 0
     fi
     command -v go >/dev/null || die "Go is required to build Argo CD (go 1.25.5 or newer)"
-    log "building $PACKAGE $(argocd_version) (application controller and repo server) into $dir (about 15 minutes on 2 idle cores, once)"
+    log "building $PACKAGE $(argocd_version) (application controller and repo server) into $dir (once; 5 to 25 minutes on 2 busy cores, less when the Go build cache holds the Kubernetes packages)"
     local started tmp moddir
     started=$(date +%s)
     tmp="$dir.partial.$$"
@@ -104,7 +104,9 @@ wait_for() {
 # - the application controller, against the cluster of $KUBECONFIG for its `in-cluster`
 #   destination (https://kubernetes.default.svc; ARGOCD_FAKE_IN_CLUSTER is Argo CD's own switch
 #   for running outside a pod), polling git every $ARGOCD_APP_RESYNC seconds (Argo CD's default is
-#   120 s plus jitter; users cut it with a webhook, which needs the API server we do not build),
+#   120 s plus jitter; users cut it with a webhook, which needs the API server we do not build), and
+#   the repo server resolving a branch to its commit as often (its revision cache: --revision-cache-
+#   expiration, also the reconciliation timeout by default; at 3 min, a commit waited 180 s),
 #   with each resource's health (and the message our Lua check gives) kept in the Application's
 #   status.resources (--persist-resource-health; off by default since Argo CD 3.0), where the
 #   tests read it.
@@ -140,7 +142,7 @@ ENV
         ARGOCD_GPG_ENABLED=false \
         "$bin/argocd" argocd-repo-server --address 127.0.0.1 --port "$repo_port" \
         --metrics-address 127.0.0.1 --metrics-port "$repo_metrics" --disable-tls \
-        --redis "127.0.0.1:$redis_port" --logformat json
+        --redis "127.0.0.1:$redis_port" --revision-cache-expiration "${resync}s" --logformat json
     wait_for "$dir" "the repo server" curl -fsS "http://127.0.0.1:$repo_metrics/healthz?full=true"
 
     spawn "$dir" application-controller env PATH="$path" TMPDIR="$dir/tmp" ARGOCD_FAKE_IN_CLUSTER=true \

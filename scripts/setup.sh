@@ -112,7 +112,7 @@ install_controlplane() {
     bash scripts/keda.sh build
     log "building prom-label-proxy from its Go module (first time only: about 2 minutes on 2 cores)"
     bash scripts/prom-label-proxy.sh build
-    log "building Argo CD (application controller and repo server) from its Go module (first time only: about 15 minutes on 2 idle cores)"
+    log "building Argo CD (application controller and repo server) from its Go module (first time only: up to 25 minutes on 2 busy cores)"
     bash scripts/argocd.sh build
 }
 
