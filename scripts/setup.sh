@@ -86,11 +86,13 @@ PY
 }
 
 # The real control plane of the cluster tests, prometheus-adapter, which feeds their HPA controller,
+# the Prometheus Operator (it turns the ServiceMonitors and PrometheusRules into a Prometheus config)
 # and KEDA (`make test` asks for them with SETUP_CONTROLPLANE=1; `make demo` does not need them).
 # Built from Go modules into .tools/, once per pinned version.
 install_controlplane() {
     [ "${SETUP_CONTROLPLANE:-0}" = 1 ] || return 0
-    if bash scripts/controlplane.sh built && bash scripts/prometheus-adapter.sh built && bash scripts/keda.sh built; then
+    if bash scripts/controlplane.sh built && bash scripts/prometheus-adapter.sh built && bash scripts/keda.sh built &&
+        bash scripts/prometheus-operator.sh built; then
         return 0
     fi
     if ! command -v go >/dev/null; then
@@ -107,6 +109,8 @@ install_controlplane() {
     bash scripts/prometheus-adapter.sh build
     log "building KEDA (operator and metrics server) from its Go module (first time only: about 15 minutes on 2 idle cores)"
     bash scripts/keda.sh build
+    log "building the Prometheus Operator from its Go module (first time only)"
+    bash scripts/prometheus-operator.sh build
 }
 
 # Where the commands are: `make` puts both directories on its own PATH, a shell does not.
