@@ -26,6 +26,8 @@ def test_versions_match_the_pins() -> None:
     assert f"**{pinned('controlplane', 'k8s.io/kubernetes')}**" in PAGE
     assert f"**{pinned('adapter', 'sigs.k8s.io/prometheus-adapter')}**" in PAGE
     assert f"**{pinned('keda', 'github.com/kedacore/keda/v2')}**" in PAGE
+    operator = pinned("prometheus-operator", "github.com/prometheus-operator/prometheus-operator")
+    assert f"**{operator}**" in PAGE
     etcd = re.search(r"etcd server (v[0-9]+\.[0-9]+\.[0-9]+)", (ROOT / "tests" / "controlplane" / "go.mod").read_text())
     assert etcd is not None and f"etcd {etcd[1]}" in PAGE
 
