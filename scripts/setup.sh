@@ -87,13 +87,15 @@ PY
 }
 
 # The real control plane of the cluster tests, prometheus-adapter, which feeds their HPA controller,
-# KEDA, and prom-label-proxy, which confines the operator's queries to a namespace (`make test`
-# asks for them with SETUP_CONTROLPLANE=1; `make demo` does not need them).
+# KEDA, prom-label-proxy, which confines the operator's queries to a namespace, the Prometheus
+# Operator (it turns the ServiceMonitors and PrometheusRules into a Prometheus config) and Argo CD
+# (`make test` asks for them with SETUP_CONTROLPLANE=1; `make demo` does not need them).
 # Built from Go modules into .tools/, once per pinned version.
 install_controlplane() {
     [ "${SETUP_CONTROLPLANE:-0}" = 1 ] || return 0
     if bash scripts/controlplane.sh built && bash scripts/prometheus-adapter.sh built && bash scripts/keda.sh built &&
-        bash scripts/prom-label-proxy.sh built && bash scripts/argocd.sh built; then
+        bash scripts/prom-label-proxy.sh built && bash scripts/argocd.sh built &&
+        bash scripts/prometheus-operator.sh built; then
         return 0
     fi
     if ! command -v go >/dev/null; then
@@ -114,6 +116,8 @@ install_controlplane() {
     bash scripts/prom-label-proxy.sh build
     log "building Argo CD (application controller and repo server) from its Go module (first time only: up to 25 minutes on 2 busy cores)"
     bash scripts/argocd.sh build
+    log "building the Prometheus Operator from its Go module (first time only)"
+    bash scripts/prometheus-operator.sh build
 }
 
 # The bundled image, built from the Dockerfile with buildah (scripts/image.sh, cached by a digest

@@ -772,6 +772,13 @@ class Autoscaling(Model):
     target_queue_depth_per_replica: int = Field(
         default=50, ge=1, le=100000, description="Waiting plus pending tasks per worker pod to aim for."
     )
+    queue_depth_metric: bool = Field(
+        default=True,
+        description=(
+            "Engine hpa: scale the workers on agent_queue_depth (needs a metrics adapter such as"
+            " prometheus-adapter, docs/autoscaling.md) as well as on CPU; false: CPU only (metrics-server alone)."
+        ),
+    )
     target_cpu_utilization: int = Field(
         default=70,
         alias="targetCPUUtilization",

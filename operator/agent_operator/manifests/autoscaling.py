@@ -56,11 +56,15 @@ def _behavior(spec: models.Autoscaling) -> dict[str, Any]:
 
 
 def build_hpa(svc: models.AgentService, component: naming.Component, *, operator_version: str) -> dict[str, Any]:
-    """The HPA of one component's stable Deployment (worker: queue depth and CPU; API: CPU)."""
+    """The HPA of one component's stable Deployment (worker: queue depth, unless turned off, and CPU; API: CPU).
+
+    Without a metrics adapter the queue-depth metric is unknown and an HPA with it never scales
+    down (it keeps the highest count any metric asks for): `queueDepthMetric: false` leaves CPU alone.
+    """
     name = svc.metadata.name
     spec = svc.spec.autoscaling
     metrics = [_cpu_metric(spec.target_cpu_utilization)]
-    if component == naming.Component.WORKER:
+    if component == naming.Component.WORKER and spec.queue_depth_metric:
         metrics.insert(0, _queue_depth_metric(name, spec.target_queue_depth_per_replica))
     return {
         "apiVersion": "autoscaling/v2",

@@ -82,6 +82,15 @@ def test_hpas_target_the_deployments_and_the_runtime_metric() -> None:
     assert cpu_metric["resource"]["target"]["averageUtilization"] == 60
 
 
+def test_cpu_only_without_a_metrics_adapter() -> None:
+    s = svc(autoscaling={"queueDepthMetric": False, "targetCPUUtilization": 55})
+    api_hpa, worker_hpa = autoscaling.build_autoscalers(s, operator_version=V)
+    cpu_only = [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 55}}}
+    ]
+    assert worker_hpa["spec"]["metrics"] == cpu_only == api_hpa["spec"]["metrics"]
+
+
 def test_keda_replaces_the_worker_hpa() -> None:
     s = svc(autoscaling={"engine": "keda", "minReplicas": 0, "maxReplicas": 30, "targetQueueDepthPerReplica": 7})
     s = s.model_copy(update={"metadata": s.metadata.model_copy(update={"namespace": "team-a"})})
