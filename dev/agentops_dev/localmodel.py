@@ -105,6 +105,7 @@ class CallRecord:
     tools: list[str] = field(default_factory=list)  # names of the tools the request offered
     number: int = 0  # 1 for the first call the server received, and so on
     connection: str = ""  # the client's address and port: one per TCP connection
+    prompt: str = ""  # the first user message, cut at 200 characters (whose task it was)
 
 
 def _tokens(text: str) -> int:
@@ -326,6 +327,7 @@ class LocalModelServer:
             record.outcome = "bad_request"
             return web.json_response(error_body(400, problem), status=400)
         record.step = sum(1 for m in body["messages"] if m.get("role") == "assistant")
+        record.prompt = _text_of(body["messages"][0].get("content"))[:200] if body["messages"] else ""
         record.tools = [str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)]
         if self.faults.latency_seconds:
             await asyncio.sleep(self.faults.latency_seconds)
