@@ -120,13 +120,18 @@ def _before_gate(deployment: dict[str, Any], component: naming.Component, revisi
     worker reading the candidate's own lane (its evaluation Jobs serve the API in-process)."""
     if component == naming.Component.API:
         return _with_replicas(deployment, 0)
-    laid = _with_replicas(deployment, 1)
-    container = laid["spec"]["template"]["spec"]["containers"][0]
+    return _in_lane(_with_replicas(deployment, 1), revision)
+
+
+def _in_lane(deployment: dict[str, Any], revision: str) -> dict[str, Any]:
+    """The canary workers reading the candidate's lane only, while a gate's suites run: during a step's
+    gate the canary API pods go on taking user tasks into the main queue, which stable's workers serve."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["env"] = [
         *(e for e in container.get("env", []) if e.get("name") != constants.QUEUE_LANE_ENV),
         {"name": constants.QUEUE_LANE_ENV, "value": evaluation_manifests.lane(revision)},
     ]
-    return laid
+    return deployment
 
 
 def same_pods(desired: builders.Desired, weight: int, other: int, live: Live) -> bool:
@@ -179,6 +184,10 @@ def layout(desired: builders.Desired, status: models.CanaryStatus, live: Live) -
                 out.append(built)  # the canary ConfigMap
             elif status.gate == gates_of.BEFORE:
                 out.append(_before_gate(built, component, status.canary_revision))
+                deployments.append(ref)
+            elif status.gate and component == naming.Component.WORKER:
+                laid = _with_replicas(built, counts[component][1])
+                out.append(_in_lane(laid, status.canary_revision))
                 deployments.append(ref)
             else:
                 out.append(_with_replicas(built, counts[component][1]))
