@@ -42,9 +42,12 @@ install_venv() {
         "$VENV/bin/python" -m pip install -q --upgrade pip
     fi
     local stamp="$VENV/.installed"
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ dev/pyproject.toml -nt "$stamp" ]; then
-        log "installing the project, its dev extras and the development package (dev/)"
-        "$VENV/bin/python" -m pip install -q -e '.[dev]' -e ./dev 2> >(grep -v "^WARNING: Location" >&2)
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ dev/pyproject.toml -nt "$stamp" ] ||
+        [ constraints.txt -nt "$stamp" ]; then
+        # Pinned by constraints.txt: the suite, the demo and the image run the same versions on any
+        # day, whatever the index offers today (`make constraints` moves them forward).
+        log "installing the project, its dev extras and the development package (dev/), pinned by constraints.txt"
+        "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[dev]' -e ./dev 2> >(grep -v "^WARNING: Location" >&2)
         touch "$stamp"
     fi
 }

@@ -403,21 +403,27 @@ class Reporter:
     async def report(
         self, uid: str, body: Mapping[str, Any], findings: Findings, report: Report
     ) -> tuple[models.Phase, bool]:
-        """Announce applied and pruned children, write the status if it differs, announce what changed.
+        """Announce what this reconcile did and decided, then write the status if it differs.
 
-        Everything is worked out first; then the writes, in order; then the canary metrics.
+        Everything is worked out first; then the writes, in order; then the canary metrics. The
+        Events go before the status: a reader who sees a state in the status (`kubectl wait`, Argo
+        CD, a test that marks the request log once the service is Ready) sees a status whose Events
+        are already posted, so no Event of a past transition can land after it, inside what the
+        reader takes for a quiet steady state. (Posted after, an Event of a flip trailed the status
+        write by a request: a mark taken between the two saw a write at steady state.)
         """
         phase_, change, conds, previous = self._status(uid, body, findings, report)
         plan = report.plan
-        after = _flip_events(previous, conds) if change is not None else []
+        announced = _child_events(report)
+        if change is not None:
+            announced += _flip_events(previous, conds)
         if plan is not None:
-            after += canary_events(plan)
+            announced += canary_events(plan)
         gates = _consumed(body, plan.decision) if plan is not None else []
-        await self._client.post_events(body, _child_events(report))
+        await self._client.post_events(body, announced)
         if change is not None:
             await self._client.patch_status(body, change[0])
             self._written[uid] = change[1]
-        await self._client.post_events(body, after)
         if gates:
             try:
                 await self._client.remove_annotations(body, gates)

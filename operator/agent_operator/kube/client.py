@@ -397,6 +397,8 @@ class Client:
             await self.create(event)
         except ApiError as exc:
             log.warning("event_post_failed", reason=reason, error=str(exc))
+        else:
+            log.info("event_posted", name=meta["name"], namespace=meta.get("namespace"), reason=reason)
 
 
 async def _api_error(response: aiohttp.ClientResponse) -> ApiError:

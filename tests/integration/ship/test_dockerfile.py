@@ -2,10 +2,11 @@
 
 Covers: multi-stage build with a slim base pinned to a full Python version (the suite's own
 minor version; a digest can be given as a build argument); the dependencies installed with
-`-c constraints.txt`, which lists every runtime dependency at the version of the test venv (a
-stale file fails); the final stage runs as a non-root user, with no build tools or secrets; every
-entry point it names is a console script of the package that exists and answers `--help`. The
-health checks are tested against the real entry points in test_health_probes.py.
+`-c constraints.txt`, which pins every distribution of the test venv (a stale file fails), and the
+set-up installs the venv with the same file, so the suite never runs on versions nobody chose; the
+final stage runs as a non-root user, with no build tools or secrets; every entry point it names
+is a console script of the package that exists and answers `--help`. The health checks are
+tested against the real entry points in test_health_probes.py.
 """
 
 from __future__ import annotations
@@ -63,14 +64,52 @@ def test_dependencies_are_installed_with_the_constraints_file() -> None:
     assert not any("--upgrade" in args for args in installs), "an unpinned upgrade defeats the constraints"
 
 
+def _pins() -> dict[str, str]:
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    return dict(line.split("==", 1) for line in lines if line and not line.startswith("#"))  # type: ignore[misc]
+
+
 def test_constraints_file_is_fresh() -> None:
-    """constraints.txt is what `make constraints` generates from this venv."""
+    """constraints.txt is what `make constraints` generates from this venv: the extras resolve within it."""
     generated = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "constraints.py")], capture_output=True, text=True, check=True
     ).stdout
     assert (ROOT / "constraints.txt").read_text() == generated, "constraints.txt is stale: run `make constraints`"
-    pinned = {line.split("==")[0] for line in generated.splitlines() if line and not line.startswith("#")}
-    assert {"kopf", "fastapi", "redis", "anthropic", "opentelemetry-sdk"} <= pinned
+    assert {"kopf", "fastapi", "redis", "anthropic", "opentelemetry-sdk", "pytest", "kmock"} <= set(_pins())
+
+
+def test_every_installed_distribution_is_pinned_at_its_version() -> None:
+    """The venv holds exactly the pinned set (the set-up installs with -c constraints.txt), never the index's newest.
+
+    What can drift by our own hand is checked; what the index offers today is not: a new upstream
+    release changes nothing here until `make constraints` moves the pins.
+    """
+    from importlib import metadata
+
+    def canonical(name: str) -> str:
+        return name.lower().replace("_", "-").replace(".", "-")
+
+    ours_and_installers = {"agentservice-operator", "agentops-dev", "pip", "setuptools", "wheel"}
+    installed = {
+        canonical(dist.metadata["Name"]): dist.version
+        for dist in metadata.distributions()
+        if canonical(dist.metadata["Name"]) not in ours_and_installers
+    }
+    pins = _pins()
+    assert sorted(set(installed) - set(pins)) == [], (
+        "installed but not pinned: add it to pyproject.toml and run `make constraints`"
+    )
+    assert sorted(set(pins) - set(installed)) == [], "pinned but not installed: run `make setup`"
+    assert {name: v for name, v in installed.items() if pins[name] != v} == {}, (
+        "installed at another version than pinned"
+    )
+
+
+def test_setup_installs_with_the_constraints_file() -> None:
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    installs = [line for line in setup.splitlines() if "pip install" in line and "-e '.[dev]'" in line]
+    assert installs and all("-c constraints.txt" in line for line in installs), installs
+    assert "constraints.txt -nt" in setup, "a change of the pins reinstalls the venv"
 
 
 def test_final_stage_is_non_root() -> None:
