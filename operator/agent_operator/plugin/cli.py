@@ -344,6 +344,11 @@ def cmd_history(cluster: Cluster, args: argparse.Namespace, out: Output, now: Cl
     return 0
 
 
+def cmd_eval(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
+    out.write(views.eval_view(cluster.service(args.name)))
+    return 0
+
+
 def _rollout(svc: dict[str, Any]) -> dict[str, Any]:
     canary = views.canary_of(svc)
     if canary.get("phase") not in views.ACTIVE:
@@ -460,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("pause", cmd_pause, "hold the rollout at its weight; analyses stop (spec.canary.paused=true)")
     command("resume", cmd_resume, "let a rollout paused by spec.canary.paused go on (spec.canary.paused=false)")
     command("history", cmd_history, "how past rollouts ended: revision, outcome, reason, time")
+    command(
+        "eval",
+        cmd_eval,
+        "the rollout's evaluation suites: verdict, accuracy, cost, p95 per suite and gate, failed cases with reasons",
+    )
     return parser
 
 
