@@ -166,12 +166,27 @@ def get_view(
     ]
     if canary.get("message"):
         lines.append(f"Message:    {canary['message']}")
+    lines += _evaluation_line(canary)
     lines += _budget(svc, now)
     lines += ["", "Replicas:", *_replicas(name, deployments)]
     lines += ["", *_analysis(canary.get("lastAnalysis"), now)]
     lines += ["", "Conditions:", *_conditions(status.get("conditions") or [], now)]
     lines += ["", "Events:", *_events(events, now)]
     return "\n".join(lines) + "\n"
+
+
+def _evaluation_line(canary: Mapping[str, Any]) -> list[str]:
+    """`Evaluation:` the gate standing and each suite's verdict (details: `kubectl agentservice eval`)."""
+    results = canary.get("evaluation") or []
+    if not results and not canary.get("gate"):
+        return []
+    parts = []
+    for result in results:
+        accuracy = result.get("accuracy")
+        figure = f" {accuracy:.3f}" if isinstance(accuracy, int | float) else ""
+        parts.append(f"{result.get('suite')} ({result.get('gate')}) {result.get('verdict')}{figure}")
+    gate = f"gate {canary['gate']}: " if canary.get("gate") and canary.get("phase") in ACTIVE else ""
+    return [f"Evaluation: {gate}{'; '.join(parts) or 'no suite run yet'}"]
 
 
 def _position(svc: Mapping[str, Any], canary: Mapping[str, Any]) -> str:

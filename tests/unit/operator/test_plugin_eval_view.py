@@ -2,7 +2,7 @@
 
 Covers: a rollout standing in its before gate with a suite running; a rolled-back one with a failed
 suite (its figures, failed thresholds and failed cases with reasons); no evaluation recorded;
-figures of the wrong type shown as "-", never a crash.
+figures of the wrong type shown as "-", never a crash; the `Evaluation:` line of `get`.
 """
 
 from __future__ import annotations
@@ -70,3 +70,17 @@ def test_nothing_recorded_and_odd_figures() -> None:
     odd = {"suite": "s", "gate": "before", "verdict": "inconclusive", "accuracy": "high", "latencyP95Seconds": [1]}
     text = views.eval_view(svc({"phase": "Paused", "evaluation": [odd]}))
     assert "s      before  inconclusive  -" in text
+
+
+def test_the_get_view_has_an_evaluation_line() -> None:
+    import datetime
+
+    now = datetime.datetime(2026, 3, 1, tzinfo=datetime.UTC)
+    canary = {
+        "phase": "Progressing",
+        "gate": "before",
+        "evaluation": [{"suite": "smoke", "gate": "before", "verdict": "fail", "accuracy": 0.7}],
+    }
+    lines = views.get_view(svc(canary), {}, [], now).splitlines()
+    assert "Evaluation: gate before: smoke (before) fail 0.700" in lines
+    assert not [line for line in views.get_view(svc({}), {}, [], now).splitlines() if line.startswith("Evaluation")]
