@@ -111,3 +111,30 @@ async def test_a_version_answering_wrong_is_stopped_before_any_user_task(stack: 
             assert stepped["evaluation"][0]["accuracy"] == 1.0
             await eventually(lambda: stack.canary(name).get("phase") == "Promoted", timeout=90)
         assert any(c.prompt == "Say hello." for c in good_model.calls)  # users reached it after the gate
+
+
+async def test_at_each_step_suites_gate_a_step_that_serves_users(stack: Stack) -> None:
+    """`atEachStep`: at weight 50 the candidate's API takes user tasks while its workers read only its
+    lane until the suite passes; then they serve users and the analyses promote it."""
+    name = "stepped"
+    async with LocalModelServer() as stable_model, LocalModelServer() as candidate_model:
+        body = service_body(
+            name, stable_model.url, stack.redis_url, steps=[50, 100], interval="3s", minRequests=3,
+            evaluation={"atEachStep": ["smoke"]},
+        )  # fmt: skip
+        body["spec"]["evaluation"] = {"suites": [{"name": "smoke", "inline": suite(), "timeoutSeconds": 120}]}
+        await stack.serve(body)
+        async with stack.load(name, RATE):
+            await stack.edit(name, set_model(candidate_model.url))
+            gated = await eventually(lambda: (c := stack.canary(name)).get("gate") == "step:50" and c, timeout=30)
+            assert gated["weight"] == 50
+            passed = await eventually(
+                lambda: (c := stack.canary(name)).get("gate") == "" and c.get("evaluation") and c, timeout=120
+            )
+            assert [(r["gate"], r["verdict"]) for r in passed["evaluation"]] == [("step:50", "pass")]
+            # While the gate stood, the candidate's model answered the suite only.
+            first_user_call = next((c for c in candidate_model.calls if c.prompt == "Say hello."), None)
+            suite_calls = [c for c in candidate_model.calls if c.prompt.startswith("A crate holds")]
+            assert suite_calls and (first_user_call is None or first_user_call.number > suite_calls[-1].number)
+            await eventually(lambda: stack.canary(name).get("phase") == "Promoted", timeout=90)
+        assert any(c.prompt == "Say hello." for c in candidate_model.calls)
