@@ -14,7 +14,7 @@ next requests (`fault_script(k)`: exactly k final errors in every 10 calls, a mo
 fails k tasks in 10) and wrong answers with no error (`wrong_per_ten`: exactly k of every 10 final
 answers are wrong, each result off by one: a model version that answers 30 % of cases wrongly at
 the same latency and cost). A request whose system prompt is the evaluation judge's
-(`agent_runtime.evaluation.judge.JUDGE_SYSTEM`) is judged: the score is the share of the rubric's
+(`agent_runtime.evaluation.judgeprompt.JUDGE_SYSTEM`) is judged: the score is the share of the rubric's
 required terms (its quoted strings and its numbers) found in the answer shown.
 Every call is recorded (`calls`), with the task id header, the step
 (assistant turns already in the transcript), so tests can prove which steps were re-sent, and the
@@ -40,7 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from agent_runtime import constants
-from agent_runtime.evaluation.judge import JUDGE_SYSTEM
+from agent_runtime.evaluation.judgeprompt import JUDGE_SYSTEM
 from agent_runtime.openai_compat import TOOL_ERROR_PREFIX
 
 __all__ = [
