@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import statistics
 import tempfile
 import time
@@ -72,7 +73,7 @@ async def one_run(stack: Stack, name: str, *, wrong: bool, rate: float) -> dict[
         body["spec"]["evaluation"] = {"suites": [{"name": "smoke", "inline": suite(1 if wrong else 3)}]}
         await stack.serve(body)
         async with stack.load(name, rate):
-            live = stack.service(name)
+            live = copy.deepcopy(stack.service(name))  # the dev cluster's own dict: never edit it in place
             live["spec"]["model"]["providers"][0]["baseURL"] = candidate_model.url
             started = time.monotonic()
             await stack.cluster.put_object(AGSVC, live)
