@@ -11,11 +11,13 @@ releases, then runs this script, and the suite then runs on the new set.
 
 The set is the closure of the project's requirements with the extras below plus the development
 package, followed through the installed packages' metadata, environment markers evaluated for this
-interpreter (the image's Python is the same minor version, see the Dockerfile).
+interpreter and for the Debian base's (the image's Python is the same minor version, see the
+Dockerfile and docs/image.md).
 """
 
 from __future__ import annotations
 
+import platform
 import sys
 from importlib import metadata
 
@@ -27,14 +29,22 @@ EXTRAS = ("otel", "dev")
 DEV_PACKAGE = "agentops-dev"
 # Ours, not pinned: installed from the checkout itself.
 OWN = frozenset({PROJECT, DEV_PACKAGE})
+# The image's Python may be an older patch release than this venv's: built without a registry
+# (scripts/image.sh), its base is Debian bookworm's python3, 3.11.2. Markers are evaluated for
+# both, so a dependency that only older patch releases pull in (async-timeout, which redis needs
+# below 3.11.3) is pinned too; the dev extra installs it here, so its version is the venv's.
+PYTHONS = tuple(dict.fromkeys((platform.python_version(), "3.11.2")))
 
 
 def canonical(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def closure(roots: tuple[tuple[str, tuple[str, ...]], ...] | None = None) -> dict[str, str]:
-    """Canonical name -> installed version of every distribution the roots need (ours left out)."""
+def closure(
+    roots: tuple[tuple[str, tuple[str, ...]], ...] | None = None, pythons: tuple[str, ...] = PYTHONS
+) -> dict[str, str]:
+    """Canonical name -> installed version of every distribution the roots need (ours left out), on
+    any of the `pythons` (full versions, for the markers)."""
     found: dict[str, str] = {}
     pending: list[tuple[str, tuple[str, ...]]] = list(roots or ((PROJECT, EXTRAS), (DEV_PACKAGE, ())))
     while pending:
@@ -42,7 +52,9 @@ def closure(roots: tuple[tuple[str, tuple[str, ...]], ...] | None = None) -> dic
         dist = metadata.distribution(name)
         for line in dist.requires or []:
             req = Requirement(line)
-            environments = [{"extra": e} for e in wanted] or [{"extra": ""}]
+            environments = [
+                {"extra": extra, "python_full_version": python} for extra in wanted or ("",) for python in pythons
+            ]
             if req.marker is not None and not any(req.marker.evaluate(env) for env in environments):
                 continue
             key = canonical(req.name)

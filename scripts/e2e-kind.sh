@@ -2,18 +2,19 @@
 # End to end on a local kind cluster: build the image, `helm install` the operator, apply an
 # AgentService whose LLM is the bundled local model server, and run one task through its API.
 #
-# NOT RUN IN CI: it needs a Docker engine and kind, which CI does not have. Run it by hand:
+# NOT RUN IN CI: it needs kind and its container engine (Docker, or podman), which CI does not
+# have (CI builds and runs the image with buildah and podman: docs/image.md). Run it by hand:
 #
 #   scripts/e2e-kind.sh
 #
-# Requires: docker, kind, kubectl, helm, curl, python3 (kubectl and helm are also taken from
-# .tools/bin when `make setup` has put them there).
+# Requires: kind (with its Docker or podman provider), kubectl, helm, curl, python3, and what
+# scripts/image.sh builds the images with: buildah, mmdebstrap, podman, runc (kubectl and helm are
+# also taken from .tools/bin when `make setup` has put them there).
 #
 # Environment (all optional):
 #   KIND_CLUSTER   reuse this existing kind cluster (its objects are removed at exit, the cluster
 #                  is kept). Unset: create "agentops-e2e" and delete it at exit.
 #   KEEP=1         keep everything at exit (cluster, release, namespace) for inspection.
-#   IMAGE          image to build and load (default agentops/agent-runtime:e2e); must carry a tag.
 #   NAMESPACE      namespace of the AgentService, Redis and local model (default agents-e2e).
 #   LOCAL_PORT     local port of the API port-forward (default 18080).
 #   TIMEOUT        seconds for each wait (default 300).
@@ -38,10 +39,11 @@ readonly CREATE_CLUSTER
 readonly CLUSTER="${KIND_CLUSTER:-agentops-e2e}"
 readonly CONTEXT="kind-${CLUSTER}"
 readonly KEEP="${KEEP:-0}"
-readonly IMAGE="${IMAGE:-agentops/agent-runtime:e2e}"
-# The local model runs from the same Dockerfile with the development package added (the runtime
-# image itself ships no development fakes).
-readonly DEV_IMAGE="${IMAGE%:*}-dev:${IMAGE##*:}"
+# Set by build_and_load_image from scripts/image.sh: agentops/agent-runtime:<version>, and the
+# same Dockerfile with the development package added for the local model (the runtime image itself
+# ships no development fakes).
+IMAGE=""
+DEV_IMAGE=""
 readonly NAMESPACE="${NAMESPACE:-agents-e2e}"
 readonly LOCAL_PORT="${LOCAL_PORT:-18080}"
 readonly TIMEOUT="${TIMEOUT:-300}"
@@ -131,13 +133,15 @@ create_or_reuse_cluster() {
 }
 
 build_and_load_image() {
-  [[ "${IMAGE##*/}" == *:* ]] || die "IMAGE=${IMAGE} needs an explicit tag, e.g. ${IMAGE}:e2e"
-  log "building ${IMAGE} from ${ROOT}/Dockerfile"
-  docker build --tag "${IMAGE}" "${ROOT}"
-  log "building ${DEV_IMAGE} (with the development package, for the local model)"
-  docker build --tag "${DEV_IMAGE}" --build-arg DEV_PACKAGE=./dev "${ROOT}"
-  log "loading ${IMAGE} and ${DEV_IMAGE} into kind cluster ${CLUSTER}"
-  kind load docker-image "${IMAGE}" "${DEV_IMAGE}" --name "${CLUSTER}"
+  log "building the image and the dev image from ${ROOT}/Dockerfile (scripts/image.sh: buildah, cached by its inputs)"
+  local dir
+  dir="$(bash "${ROOT}/scripts/image.sh" dir)"
+  IMAGE="$(sed -n 's/^RUNTIME_IMAGE=//p' "${dir}/build.env")"
+  DEV_IMAGE="$(sed -n 's/^DEV_IMAGE=//p' "${dir}/build.env")"
+  [[ -n "${IMAGE}" && -n "${DEV_IMAGE}" ]] || die "${dir}/build.env names no images"
+  log "loading ${IMAGE} and ${DEV_IMAGE} into kind cluster ${CLUSTER} (OCI archives)"
+  kind load image-archive "${dir}/agent-runtime.oci.tar" --name "${CLUSTER}"
+  kind load image-archive "${dir}/agent-runtime-dev.oci.tar" --name "${CLUSTER}"
 }
 
 install_operator() {
@@ -308,7 +312,7 @@ run_task() {
 }
 
 main() {
-  require docker kind kubectl helm curl python3 base64
+  require kind buildah kubectl helm curl python3 base64
   trap cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM

@@ -4,8 +4,10 @@
 like the OpenAI chat-completions API (the `openai-compatible` kind: the request is read into the
 Messages form, answered by the same `respond`, and written back), deterministically: when the
 first user message contains arithmetic and the request offers the `calculator` tool, it asks for one
-calculation per turn (a `tool_use` turn), then answers with the results; otherwise it answers with
-text. `usage` is counted from the request and reply sizes (about four characters per token).
+calculation per turn (a `tool_use` turn), then answers with the results; when it names tools to call
+(`call <tool> {json input}`, any number of times), it calls each one that the request offers, in
+order, one per turn, then answers with what each returned (and names those not offered); otherwise
+it answers with text. `usage` is counted from the request and reply sizes (about four characters per token).
 
 Fault injection is per server instance (`Faults`): an error ratio with status 429 (with
 `retry-after`), 500 or 529, malformed bodies, added latency, a hold (replies wait until it is
@@ -61,6 +63,7 @@ MODEL = "claude-sonnet-5-5"
 # as latency rather than as failed tasks.
 FAULT_STATUS = 400
 _EXPRESSION = re.compile(r"\d+(?:\.\d+)?(?:\s*(?:\*\*|//|[-+*/%])\s*\d+(?:\.\d+)?)+")
+_CALL = re.compile(r"\bcall ([A-Za-z0-9_-]{1,128}) (?=\{)")
 _ERROR_TYPES = {429: "rate_limit_error", 500: "api_error", 529: "overloaded_error", 503: "api_error"}
 
 
@@ -106,6 +109,7 @@ class CallRecord:
     number: int = 0  # 1 for the first call the server received, and so on
     connection: str = ""  # the client's address and port: one per TCP connection
     prompt: str = ""  # the first user message, cut at 200 characters (whose task it was)
+    max_tokens: int = 0  # the request's max_tokens (what the runtime let the call produce)
 
 
 def _tokens(text: str) -> int:
@@ -126,6 +130,57 @@ def _tool_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if message.get("role") == "user" and isinstance(message.get("content"), list):
             out += [b for b in message["content"] if isinstance(b, dict) and b.get("type") == "tool_result"]
     return out
+
+
+def tool_requests(prompt: str) -> list[tuple[str, dict[str, Any]]]:
+    """The `call <tool> {json}` directives of a prompt, in order (malformed ones skipped). Pure."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    decoder = json.JSONDecoder()
+    for match in _CALL.finditer(prompt):
+        try:
+            value, _ = decoder.raw_decode(prompt, match.end())
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found.append((match.group(1), value))
+    return found
+
+
+def _named_tools(
+    messages: list[dict[str, Any]], prompt: str, offered: set[Any], results: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str] | None:
+    """The reply to a prompt naming tools to call: the next call to make, or the final answer.
+
+    Requests are taken in order: one already called (a tool_use in the transcript) pairs with its
+    result; the next one not called yet is called now if offered, else noted as not offered.
+    """
+    requests = tool_requests(prompt)
+    if not requests:
+        return None
+    issued = [
+        (b.get("name"), b.get("input"))
+        for m in messages
+        if m.get("role") == "assistant" and isinstance(m.get("content"), list)
+        for b in m["content"]
+        if isinstance(b, dict) and b.get("type") == "tool_use"
+    ]
+    parts = []
+    done = 0
+    for name, data in requests:
+        if done < len(issued) and issued[done] == (name, data):
+            result = results[done] if done < len(results) else {"content": "no result", "is_error": True}
+            done += 1
+            value = result["content"] if isinstance(result.get("content"), str) else _text_of(result.get("content"))
+            parts.append(f"{name} failed: {value}" if result.get("is_error") else f"{name} returned {value}")
+        elif done == len(issued) and name in offered:
+            digest = hashlib.sha256(f"{prompt}\x00{len(results)}".encode()).hexdigest()[:24]
+            return [
+                {"type": "text", "text": f"Let me call {name}."},
+                {"type": "tool_use", "id": f"toolu_{digest}", "name": name, "input": data},
+            ], "tool_use"
+        else:
+            parts.append(f"{name} was not offered")
+    return [{"type": "text", "text": "The answer: " + "; ".join(parts) + "."}], "end_turn"
 
 
 _QUOTED = re.compile(r'"([^"]+)"')
@@ -168,7 +223,10 @@ def respond(body: dict[str, Any], *, message_id: str, wrong: bool = False) -> di
     expressions = _EXPRESSION.findall(prompt)
     results = _tool_results(messages)
     content: list[dict[str, Any]]
-    if "calculator" in offered and len(results) < len(expressions):
+    named = _named_tools(messages, prompt, offered, results)
+    if named is not None:
+        content, stop_reason = named
+    elif "calculator" in offered and len(results) < len(expressions):
         expression = expressions[len(results)]
         digest = hashlib.sha256(f"{prompt}\x00{len(results)}".encode()).hexdigest()[:24]
         content = [
@@ -328,6 +386,7 @@ class LocalModelServer:
             return web.json_response(error_body(400, problem), status=400)
         record.step = sum(1 for m in body["messages"] if m.get("role") == "assistant")
         record.prompt = _text_of(body["messages"][0].get("content"))[:200] if body["messages"] else ""
+        record.max_tokens = int(body.get("max_tokens") or 0)
         record.tools = [str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)]
         if self.faults.latency_seconds:
             await asyncio.sleep(self.faults.latency_seconds)

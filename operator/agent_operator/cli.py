@@ -20,6 +20,7 @@ import yaml
 
 from agent_operator import __version__
 from agent_operator.api import crd, models, reference, validation
+from agent_operator.api import defaults as api_defaults
 from agent_runtime import logging as runtime_logging
 from agent_runtime.evaluation import command as evaluation_command
 
@@ -77,7 +78,9 @@ def load_services(sources: Sequence[str]) -> list[models.AgentService]:
     return services
 
 
-def render_children(services: Sequence[models.AgentService]) -> list[dict[str, Any]]:
+def render_children(
+    services: Sequence[models.AgentService], defaults: api_defaults.Defaults = api_defaults.NONE
+) -> list[dict[str, Any]]:
     """What the operator would apply for these services, in order; a spec no builder can serve exits 2."""
     from agent_operator.manifests import builders  # noqa: PLC0415 - keeps `agentctl crd` free of builder imports
 
@@ -85,7 +88,7 @@ def render_children(services: Sequence[models.AgentService]) -> list[dict[str, A
     failed = False
     for svc in services:
         try:
-            children.extend(builders.build_children(svc))
+            children.extend(builders.build_children(api_defaults.apply(svc, defaults)))
         except models.CrossFieldError as exc:  # rules only a builder can check, e.g. a URL KEDA cannot dial
             failed = True
             print(f'error: AgentService "{svc.metadata.name}" cannot be served:', file=sys.stderr)
@@ -96,8 +99,13 @@ def render_children(services: Sequence[models.AgentService]) -> list[dict[str, A
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    try:
+        defaults = api_defaults.from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     services = load_services(args.filename)
-    sys.stdout.write(to_yaml(render_children(services)))
+    sys.stdout.write(to_yaml(render_children(services, defaults)))
     return 0
 
 
@@ -195,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="AgentService manifest (repeatable; - reads standard input)",
     )
+    # The operator's flags of the same name: render prints what an operator started with them applies.
+    api_defaults.add_arguments(render)
     render.set_defaults(func=cmd_render)
 
     crd_cmd = commands.add_parser("crd", help="print the AgentService CustomResourceDefinition")

@@ -62,6 +62,7 @@ class Reason(StrEnum):
     ANALYSIS_ERROR = "AnalysisError"
     INCONCLUSIVE_LIMIT = "InconclusiveLimitReached"
     STAYS_ROLLED_BACK = "RolledBack"
+    RETRIED = "RetriedByAnnotation"
     WAITING_FOR_EVALUATION = "WaitingForEvaluation"
     EVALUATION_PASSED = "EvaluationPassed"
     EVALUATION_FAILED = "EvaluationFailed"
@@ -104,6 +105,7 @@ class _Gates:
     abort: bool
     consumed: tuple[str, ...]
     step_from: int | None = None  # promote one step, when the rollout stands at this weight
+    retry: bool = False  # start the rolled-back revision's rollout again, from the first step
 
 
 def rollout_active(status: models.CanaryStatus) -> bool:
@@ -196,12 +198,17 @@ def _gates(annotations: Mapping[str, str], desired: str) -> _Gates:
     else:
         promote, promote_consumed = gate(naming.PROMOTE_ANNOTATION)
     abort, abort_consumed = gate(naming.ABORT_ANNOTATION)
+    retry, retry_consumed = gate(naming.RETRY_ANNOTATION)
     consumed = tuple(
         key
-        for key, used in ((naming.PROMOTE_ANNOTATION, promote_consumed), (naming.ABORT_ANNOTATION, abort_consumed))
+        for key, used in (
+            (naming.PROMOTE_ANNOTATION, promote_consumed),
+            (naming.ABORT_ANNOTATION, abort_consumed),
+            (naming.RETRY_ANNOTATION, retry_consumed),
+        )
         if used
     )
-    return _Gates(promote=promote, abort=abort, consumed=consumed, step_from=step_from)
+    return _Gates(promote=promote, abort=abort, consumed=consumed, step_from=step_from, retry=retry)
 
 
 def _at_rest(spec: models.Canary, status: models.CanaryStatus, desired: str, gates: _Gates) -> Decision:
@@ -219,6 +226,8 @@ def _at_rest(spec: models.Canary, status: models.CanaryStatus, desired: str, gat
     if gates.promote:
         return _promote(status, desired, Reason.PROMOTED_BY_ANNOTATION, "promoted by annotation")
     if status.phase == models.CanaryPhase.ROLLED_BACK and desired == status.canary_revision:
+        if gates.retry:  # a person judged the failure passing (a flaky provider): analyse it afresh
+            return _start(spec, status, desired, Reason.RETRIED)
         return Decision(Action.NONE, Reason.STAYS_ROLLED_BACK, _rest(status))
     return _start(spec, status, desired, Reason.ROLLOUT_STARTED)
 
@@ -423,7 +432,7 @@ def _start(spec: models.Canary, status: models.CanaryStatus, desired: str, reaso
         return _promote(status, desired, Reason.NOTHING_TO_ANALYSE, "steps are [100]: promoted without analysis")
     weight = spec.steps[0]
     phase = models.CanaryPhase.PAUSED if spec.paused else models.CanaryPhase.PROGRESSING
-    verb = "restarted on newer" if reason == Reason.NEW_REVISION else "started for"
+    verb = {Reason.NEW_REVISION: "restarted on newer", Reason.RETRIED: "retried for"}.get(reason, "started for")
     message = f"rollout {verb} revision {desired} at weight {weight}"
     if spec.paused:
         message += " (paused by spec.canary.paused)"

@@ -24,6 +24,7 @@ PURE = (
     "agent_operator.canary.tracks",
     "agent_operator.canary.rollouthistory",
     "agent_operator.budget",
+    "agent_operator.policy",
 )
 IO = (
     "agent_operator.kube",

@@ -1,0 +1,295 @@
+"""The bundled image (`scripts/image.sh`) run as containers with podman, hardened as the manifests run it.
+
+`load()` puts the images built by the set-up into the local container storage; `Container` runs
+one entry point the way a pod's securityContext does: the image's non-root user, a read-only root
+filesystem with a writable /tmp (the pods' emptyDir), every capability dropped, no privilege
+escalation, the runtime's default seccomp profile. The network is the host's, so the probes are
+asked on loopback ports; the ports are free ones given by flag, as the entry points take them.
+
+The runtime flags are those this kind of machine needs (docs/image.md): runc (crun refuses the
+hybrid cgroup layout), cgroupfs (no systemd), and rlimits below the hard limits the process may
+not raise (no CAP_SYS_RESOURCE), which podman's defaults exceed.
+
+`Containerd` is a private containerd on a socket of its own, to import the OCI archive as a node
+does and run it there.
+
+Where podman or buildah is missing: with `CI=true` the tests fail; elsewhere they skip with the
+reason `unavailable()` gives. A missing build fails: it belongs to the set-up (`make setup-test`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from agent_operator.api import models
+from agent_operator.manifests import builders, runtimeconfig
+
+from agent_runtime import constants
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "image.sh"
+UID = 10001  # the Dockerfile's USER, the manifests' runAsUser
+TOKEN = "image-test-token"  # the API token the runtime containers are given
+TMP_SIZE = "64m"  # the runtime pods' /tmp emptyDir sizeLimit (workloads.TMP_SIZE_LIMIT)
+
+# What podman needs on this kind of machine (see the module docstring and docs/image.md).
+PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs")
+LIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
+
+# What building and running the image needs (Debian packages; containerd brings ctr).
+TOOLS = ("buildah", "podman", "mmdebstrap", "runc", "containerd", "ctr")
+
+__all__ = [
+    "Container",
+    "Containerd",
+    "ImageError",
+    "built",
+    "in_ci",
+    "load",
+    "podman",
+    "rendered",
+    "runtime_container",
+    "runtime_service",
+    "unavailable",
+]
+
+
+class ImageError(RuntimeError):
+    """The image could not be loaded or a container not run (the message carries the output)."""
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable() -> str | None:
+    """Why the image cannot be built or run here (None: it can, or CI demands it)."""
+    if in_ci():
+        return None
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed: the image tests build and run the image (make setup-test)"
+    return None
+
+
+def built() -> bool:
+    return subprocess.run(["bash", str(SCRIPT), "built"], capture_output=True, check=False).returncode == 0
+
+
+def build_env() -> dict[str, str]:
+    """The cache folder's build.env (names, IDs, build times)."""
+    directory = subprocess.run(["bash", str(SCRIPT), "dir"], capture_output=True, text=True, check=True).stdout
+    values = {}
+    for line in (Path(directory.strip()) / "build.env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        values[key] = value
+    values["DIR"] = directory.strip()
+    return values
+
+
+def load() -> tuple[str, str]:
+    """The runtime and dev images' local names, loaded from the cache's archives when needed."""
+    result = subprocess.run(["bash", str(SCRIPT), "load"], capture_output=True, text=True, check=False, timeout=600)
+    if result.returncode != 0:
+        raise ImageError(f"scripts/image.sh load failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    env = build_env()
+    return f"localhost/{env['RUNTIME_IMAGE']}", f"localhost/{env['DEV_IMAGE']}"
+
+
+def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise ImageError(f"podman {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[-3000:]}")
+    return result
+
+
+def hardened(mounts: Sequence[tuple[Path, str]] = (), env: Mapping[str, str] | None = None) -> list[str]:
+    """`podman run` flags of a pod's securityContext: non-root, read-only root, no capabilities."""
+    flags = [
+        *LIMITS,
+        "--network", "host",
+        "--user", f"{UID}:{UID}",
+        "--read-only", "--read-only-tmpfs=false",
+        "--tmpfs", f"/tmp:rw,size={TMP_SIZE},mode=1777",
+        "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges",
+    ]  # fmt: skip
+    for source, target in mounts:
+        flags += ["--volume", f"{source}:{target}:ro"]
+    for key, value in (env or {}).items():
+        flags += ["--env", f"{key}={value}"]
+    return flags
+
+
+def run_once(image: str, command: Sequence[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a command in the image (hardened) to its end; the caller checks its status."""
+    entrypoint, *args = command
+    return podman("run", "--rm", *hardened(), "--entrypoint", entrypoint, image, *args, timeout=timeout, check=False)
+
+
+@dataclasses.dataclass
+class Container:
+    """One entry point running detached; `stop()` is `podman stop` (SIGTERM, then SIGKILL after the grace)."""
+
+    image: str
+    command: Sequence[str]
+    mounts: Sequence[tuple[Path, str]] = ()
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    name: str = dataclasses.field(default_factory=lambda: f"agentops-test-{uuid.uuid4().hex[:12]}")
+    started_at: float = 0.0
+
+    def start(self) -> Container:
+        entrypoint, *args = self.command
+        self.started_at = time.monotonic()
+        podman("run", "--detach", "--name", self.name, *hardened(self.mounts, self.env),
+               "--entrypoint", entrypoint, self.image, *args)  # fmt: skip
+        return self
+
+    def inspect(self) -> dict[str, Any]:
+        (state,) = json.loads(podman("container", "inspect", self.name).stdout)
+        return dict(state)
+
+    def running(self) -> bool:
+        return bool(self.inspect()["State"]["Running"])
+
+    def logs(self) -> str:
+        result = podman("logs", self.name, check=False)
+        return (result.stdout + result.stderr)[-4000:]
+
+    def wait_http(self, url: str, timeout: float = 60.0) -> int:
+        """The status `url` answers once the container listens (fails when it exits first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return httpx.get(url, timeout=2.0).status_code
+            except httpx.TransportError:
+                if not self.running():
+                    raise ImageError(f"{self.name} exited before {url} answered:\n{self.logs()}") from None
+                if time.monotonic() > deadline:
+                    raise ImageError(f"{url}: nothing listens after {timeout} s:\n{self.logs()}") from None
+                time.sleep(0.1)
+
+    def stop(self, grace: int) -> tuple[int, float]:
+        """SIGTERM and wait at most `grace` seconds, as the kubelet does: (exit code, seconds taken)."""
+        started = time.monotonic()
+        podman("stop", "--time", str(grace), self.name, timeout=grace + 60)
+        took = time.monotonic() - started
+        return int(self.inspect()["State"]["ExitCode"]), took
+
+    def remove(self) -> None:
+        podman("rm", "--force", "--time", "0", self.name, check=False)
+
+
+def runtime_service(model_url: str, redis_url: str) -> models.AgentService:
+    return models.AgentService.model_validate(
+        {
+            "apiVersion": models.API_VERSION,
+            "kind": models.KIND,
+            "metadata": {"name": "image", "namespace": "default"},
+            "spec": {
+                "model": {"providers": [{"name": "local", "model": "claude-sonnet-4-5", "baseURL": model_url}]},
+                "redis": {"url": redis_url},
+            },
+        }
+    )
+
+
+def rendered(svc: models.AgentService, component: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod spec and container the operator renders for `component`."""
+    children = builders.build_children(svc)
+    name = f"{svc.metadata.name}-{component}"
+    deployment = next(c for c in children if c["kind"] == "Deployment" and c["metadata"]["name"] == name)
+    pod = deployment["spec"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+def config_dir(svc: models.AgentService, tmp_path: Path) -> Path:
+    """The runtime config as the pods mount it (the ConfigMap), readable by the image's user."""
+    children = builders.build_children(svc)
+    config_map = next(c for c in children if c["kind"] == "ConfigMap" and c["metadata"]["name"].endswith("-config"))
+    directory = tmp_path / "config"
+    directory.mkdir(parents=True)
+    (directory / Path(constants.CONFIG_PATH).name).write_text(config_map["data"][runtimeconfig.CONFIG_KEY])
+    directory.chmod(0o755)
+    (directory / Path(constants.CONFIG_PATH).name).chmod(0o644)
+    return directory
+
+
+def runtime_container(
+    image: str, svc: models.AgentService, component: str, *, port: int, tmp_path: Path, redis_url: str
+) -> Container:
+    """The `component`'s container as the operator renders it, with its port moved to `port`."""
+    _, container = rendered(svc, component)
+    flag = "--port" if component == "api" else "--metrics-port"
+    return Container(
+        image=image,
+        command=[*container["command"], *container["args"], "--host", "127.0.0.1", flag, str(port)],
+        mounts=[(config_dir(svc, tmp_path / component), str(Path(constants.CONFIG_PATH).parent))],
+        env={
+            constants.REDIS_URL_ENV: redis_url,
+            constants.AUTH_TOKEN_ENV: TOKEN,
+            constants.SERVICE_ENV: svc.metadata.name,
+            constants.POD_NAME_ENV: f"image-{component}",
+        },
+    )
+
+
+class Containerd:
+    """A private containerd (Debian's) on a socket under `directory`, its CRI plugin off; `ctr()` runs ctr on it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.socket = directory / "containerd.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Containerd:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "config.toml"
+        config.write_text(
+            "version = 2\n"
+            f'root = "{self.directory / "root"}"\n'
+            f'state = "{self.directory / "state"}"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{self.socket}"\n'
+            f'[ttrpc]\n  address = "{self.socket}.ttrpc"\n'
+        )
+        with (self.directory / "containerd.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                ["containerd", "--config", str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + 30
+        while self.ctr("version", check=False).returncode != 0:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise ImageError(
+                    f"containerd did not start:\n{(self.directory / 'containerd.log').read_text()[-3000:]}"
+                )
+            time.sleep(0.2)
+        return self
+
+    def ctr(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise ImageError(f"ctr {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[-3000:]}")
+        return result
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
