@@ -34,7 +34,7 @@ __all__ = ["EvaluationTarget", "run_suite"]
 log = get_logger(__name__)
 _POLL_FIRST = 0.1
 _POLL_MAX = 1.0
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_RETRY_STATUSES = frozenset({429})  # and every 5xx: the API (or what is in front of it) may come back
 _MAX_RETRY_AFTER = 10.0
 
 
@@ -86,7 +86,7 @@ class _Session:
                 last = f"the task API is unreachable: {type(exc).__name__}: {shorten(str(exc), 120)}"
                 wait = 0.5
             else:
-                if response.status_code not in _RETRY_STATUSES:
+                if response.status_code not in _RETRY_STATUSES and response.status_code < 500:
                     return response
                 last = _error_of(response)
                 wait = _retry_after(response)

@@ -76,6 +76,7 @@ RESOURCES: Final[dict[tuple[str, str, str], tuple[str, bool, tuple[str, ...]]]] 
     ("", "v1", "events"): ("Event", True, ()),
     ("events.k8s.io", "v1", "events"): ("Event", True, ()),
     ("apps", "v1", "deployments"): ("Deployment", True, ("status", "scale")),
+    ("batch", "v1", "jobs"): ("Job", True, ("status",)),
     ("autoscaling", "v2", "horizontalpodautoscalers"): ("HorizontalPodAutoscaler", True, ("status",)),
     ("policy", "v1", "poddisruptionbudgets"): ("PodDisruptionBudget", True, ("status",)),
     ("networking.k8s.io", "v1", "networkpolicies"): ("NetworkPolicy", True, ()),
@@ -748,6 +749,14 @@ class DevCluster(kmock.KubernetesEmulator):
                     await self._update(key, live, {**live, "status": status}, subresource="status")
                     count += 1
         return count
+
+    async def set_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Write an object's status as its controller would (the dev kubelet's Jobs and Pods)."""
+        key: Key = (kmock.resource(plural), namespace, name)
+        async with self._lock:
+            live = self._live(key)
+            if live is not None and live.get("status") != status:
+                await self._update(key, live, {**live, "status": status}, subresource="status")
 
     @property
     def request_count(self) -> int:

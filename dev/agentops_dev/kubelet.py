@@ -13,6 +13,11 @@ labelled as the operator's ServiceMonitor has the Prometheus Operator label it: 
 (discovery), `service` and `track` (the pod's `app.kubernetes.io/instance` and `track` labels),
 scraped with `honor_labels: false`.
 The only change to a pod's config (`OVERLAY`) is a short drain when it is stopped.
+It also plays the Job controller for the operator's evaluation Jobs (`JobRun`): each Job's pod
+runs once as a runtime process (`agent-runtime eval ...`, its termination-log path moved into the
+pod's folder); when it exits, a Pod object with the container's exit code and termination message
+is written and the Job marked Complete or Failed (Failed `DeadlineExceeded` past
+`activeDeadlineSeconds`, the process killed), as the Job controller and kubelet report them.
 
 The end-to-end tests, `bench/canary.py` and part 4 of `agentctl demo` run their pods this way.
 """
@@ -73,6 +78,17 @@ class Pod:
         return f"127.0.0.1:{self.port}"
 
 
+@dataclasses.dataclass
+class JobRun:
+    """The one pod of an evaluation Job, run as a runtime process."""
+
+    job: str
+    pod: str
+    process: ForkedRuntime
+    termination_log: Path
+    deadline: float  # monotonic
+
+
 class Kubelet:
     """Runs the Deployments of one namespace of the dev cluster as runtime processes (see the module doc)."""
 
@@ -95,6 +111,7 @@ class Kubelet:
         self.errors: list[BaseException] = []  # pods that could not start (the sync goes on)
         self._serial = itertools.count()
         self._http = httpx.AsyncClient(timeout=2.0)
+        self.jobs: dict[str, JobRun] = {}  # by Job name, while and after it runs (a Job runs once)
 
     async def run(self, period: float = 0.2) -> None:
         """Sync forever (cancel to stop; `close` stops the pods); failures are kept in `errors`."""
@@ -106,6 +123,7 @@ class Kubelet:
             await asyncio.sleep(period)
 
     async def close(self) -> None:
+        await asyncio.gather(*(run.process.kill() for run in self.jobs.values()))
         await asyncio.gather(*(self._stop(pod) for pod in list(self.pods.values())))
         self.pods.clear()
         self._publish()
@@ -130,6 +148,76 @@ class Kubelet:
         await self._start_missing(wanted)
         if self.in_step():
             await self.cluster.simulate_rollouts(self.namespace)
+        await self._sync_jobs()
+
+    async def _sync_jobs(self) -> None:
+        """Run each new Job's pod once; report those that ended (see the module doc)."""
+        for job in self.cluster.live_objects("batch/v1/jobs", self.namespace):
+            name = job["metadata"]["name"]
+            if name not in self.jobs and not (job.get("status") or {}).get("conditions"):
+                self.jobs[name] = await self._start_job(job)
+        for name, run in list(self.jobs.items()):
+            if run.process.alive() and time.monotonic() < run.deadline:
+                continue
+            if run.pod == "":
+                continue  # reported already
+            expired = run.process.alive()
+            if expired:
+                run.process.signal(signal.SIGKILL)
+            code = await run.process.wait(5)
+            await run.process.kill()  # reaps and releases it
+            await self._report_job(name, run, code, expired=expired)
+            run.pod = ""
+
+    async def _start_job(self, job: Mapping[str, Any]) -> JobRun:
+        name, template = job["metadata"]["name"], job["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        pod_name = f"{name}-{next(self._serial)}"
+        home = self.directory / pod_name
+        home.mkdir(parents=True)
+        config_path = home / "config.json"
+        config_path.write_text(json.dumps({**self._mounted_config(template), **self.overlay}))
+        termination_log = home / "termination-log"
+        env = self._environment(container, pod_name)
+        env[constants.CONFIG_PATH_ENV] = str(config_path)
+        path = container.get("terminationMessagePath", "/dev/termination-log")
+        args = [str(termination_log) if a == path else str(a) for a in container["args"]]
+        process = ForkedRuntime(
+            ["--log-level", "warning", *args], config_path=config_path, redis_url=env[constants.REDIS_URL_ENV], env=env
+        )
+        await process.start()
+        deadline = time.monotonic() + float(job["spec"].get("activeDeadlineSeconds") or 3600)
+        return JobRun(name, pod_name, process, termination_log, deadline)
+
+    async def _report_job(self, name: str, run: JobRun, code: int, *, expired: bool) -> None:
+        message = run.termination_log.read_text()[:4096] if run.termination_log.exists() else ""
+        job = self.cluster.live("batch/v1/jobs", self.namespace, name)
+        if job is None:
+            return
+        labels = {**job["spec"]["template"]["metadata"].get("labels", {}), "job-name": name}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": run.pod, "namespace": self.namespace, "labels": labels},
+            "spec": job["spec"]["template"]["spec"],
+        }
+        await self.cluster.put_object("v1/pods", pod)
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message}
+        container = {"name": pod["spec"]["containers"][0]["name"], "state": {"terminated": terminated}}
+        phase = "Succeeded" if code == 0 and not expired else "Failed"
+        await self.cluster.set_status(
+            "v1/pods", self.namespace, run.pod, {"phase": phase, "containerStatuses": [container]}
+        )
+        if expired:
+            condition = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                         "message": "Job was active longer than specified deadline"}  # fmt: skip
+        elif code == 0:
+            condition = {"type": "Complete", "status": "True", "reason": "Completed"}
+        else:
+            condition = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                         "message": "Job has reached the specified backoff limit"}  # fmt: skip
+        status = {"conditions": [condition], "succeeded" if phase == "Succeeded" else "failed": 1}
+        await self.cluster.set_status("batch/v1/jobs", self.namespace, name, status)
 
     async def _stop_unwanted(self, wanted: Mapping[str, tuple[dict[str, Any], int, str]]) -> None:
         """Stop the pods of deleted Deployments, of old templates, and those above the replica count."""

@@ -22,7 +22,7 @@ next requests (`fault_script(k)`: exactly k final errors in every 10 calls, a mo
 fails k tasks in 10) and wrong answers with no error (`wrong_per_ten`: exactly k of every 10 final
 answers are wrong, each result off by one: a model version that answers 30 % of cases wrongly at
 the same latency and cost). A request whose system prompt is the evaluation judge's
-(`agent_runtime.evaluation.judge.JUDGE_SYSTEM`) is judged: the score is the share of the rubric's
+(`agent_runtime.evaluation.judgeprompt.JUDGE_SYSTEM`) is judged: the score is the share of the rubric's
 required terms (its quoted strings and its numbers) found in the answer shown.
 Every call is recorded (`calls`), with the task id header, the step
 (assistant turns already in the transcript), so tests can prove which steps were re-sent, and the
@@ -49,7 +49,7 @@ from typing import Any
 from aiohttp import web
 
 from agent_runtime import constants
-from agent_runtime.evaluation.judge import JUDGE_SYSTEM
+from agent_runtime.evaluation.judgeprompt import JUDGE_SYSTEM
 from agent_runtime.openai_compat import TOOL_ERROR_PREFIX
 
 __all__ = [
@@ -119,6 +119,7 @@ class CallRecord:
     tools: list[str] = field(default_factory=list)  # names of the tools the request offered
     number: int = 0  # 1 for the first call the server received, and so on
     connection: str = ""  # the client's address and port: one per TCP connection
+    prompt: str = ""  # the first user message, cut at 200 characters (whose task it was)
     max_tokens: int = 0  # the request's max_tokens (what the runtime let the call produce)
     cache_write_tokens: int = 0  # prompt caching: prefix tokens written to the cache
     cache_read_tokens: int = 0  # and read from it
@@ -456,6 +457,7 @@ class LocalModelServer:
             record.outcome = "bad_request"
             return web.json_response(error_body(400, problem), status=400)
         record.step = sum(1 for m in body["messages"] if m.get("role") == "assistant")
+        record.prompt = _text_of(body["messages"][0].get("content"))[:200] if body["messages"] else ""
         record.max_tokens = int(body.get("max_tokens") or 0)
         record.tools = [str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)]
         if self.faults.latency_seconds:

@@ -34,6 +34,8 @@ class Metrics:
     budget_refreshes: Counter
     child_events: Counter
     repairs_pending: Gauge
+    evaluation_accuracy: Gauge
+    evaluations: Counter
 
     def exposition(self) -> bytes:
         """The text exposition format of the registry (the `/metrics` body)."""
@@ -120,6 +122,19 @@ def create(registry: CollectorRegistry | None = None) -> Metrics:
         repairs_pending=Gauge(
             f"{PREFIX}_repairs_pending",
             "AgentServices whose reconcile a child change asked for and that is not done yet (the repair backlog).",
+            registry=registry,
+        ),
+        # Suite names come from the spec, bounded by spec.evaluation.suites (at most 20 per service).
+        evaluation_accuracy=Gauge(
+            "agentservice_evaluation_accuracy",
+            "Weighted accuracy of the latest finished evaluation of a suite against a candidate.",
+            ["service", "namespace", "suite"],
+            registry=registry,
+        ),
+        evaluations=Counter(
+            "agentservice_evaluations_total",
+            "Evaluation Jobs finished, by verdict (pass, fail, inconclusive).",
+            ["verdict"],
             registry=registry,
         ),
     )

@@ -11,6 +11,8 @@ Where each rule comes from:
   `list` and `watch` for the kinds `kube.watch` follows (`watch.WATCHED`: every child kind but
   Secrets, which RBAC cannot narrow by label);
 - referenced Secrets are read (`get`) by `secrets.py`; Events are posted (`create`);
+- evaluation gates (`canary/rollouts.py`): Jobs are applied (`create`, `get`, `patch`) and the
+  finished ones' Pods listed (`list`) for their termination message;
 - the AgentService itself: kopf lists and watches it and keeps its bookkeeping in annotations
   (`patch`); the operator writes its status subresource (`patch`) and never reads single objects;
 - cluster scope: kopf watches CustomResourceDefinitions;
@@ -96,6 +98,8 @@ def _namespaced_grants() -> dict[tuple[str, str], set[str]]:
         grants[(_group(api_version), client.PLURALS[(api_version, kind)])].add("delete")
     grants[("", "secrets")].add("get")
     grants[("", "events")].add("create")
+    grants[("batch", "jobs")].update(CHILD_VERBS)
+    grants[("", "pods")].add("list")
     grants[(models.GROUP, models.PLURAL)].update(AGENTSERVICE_VERBS)
     grants[(models.GROUP, f"{models.PLURAL}/status")].add("patch")
     return grants

@@ -115,18 +115,14 @@ def rollout_active(status: models.CanaryStatus) -> bool:
 
 def needs_analysis(spec: models.Canary, status: models.CanaryStatus) -> bool:
     """True when analyses should run every interval: an active rollout not paused by spec."""
-    return spec.enabled and rollout_active(status) and not spec.paused and status.gate != gates_of.BEFORE
+    return spec.enabled and rollout_active(status) and not spec.paused and not status.gate
 
 
 def evaluation_gate(spec: models.Canary, status: models.CanaryStatus) -> str:
-    """The gate whose suites should run now ('' for none): `before`, or the step's while its suites have not passed."""
+    """The gate whose suites should run now ('' for none): `before`, or `step:<weight>` until the step's pass."""
     if not spec.enabled or not rollout_active(status):
         return ""
-    if status.gate == gates_of.BEFORE:
-        return gates_of.BEFORE
-    if spec.evaluation.at_each_step and status.weight > 0:
-        return gates_of.step_gate(status.weight)
-    return ""
+    return status.gate
 
 
 def split(total: int, weight: int) -> Split:
@@ -159,7 +155,19 @@ def decide(spec: models.Canary, status: models.CanaryStatus, observed: Observati
         decision = _during_rollout(spec, status, observed, gates)
     else:
         decision = _at_rest(spec, status, observed.desired_revision, gates)
-    return dataclasses.replace(decision, consumed=gates.consumed)
+    return dataclasses.replace(decision, status=_step_gated(spec, status, decision.status), consumed=gates.consumed)
+
+
+def _step_gated(spec: models.Canary, prior: models.CanaryStatus, new: models.CanaryStatus) -> models.CanaryStatus:
+    """A rollout that arrives at a step (or starts at one) stands in its `atEachStep` gate until they pass."""
+    if not spec.evaluation.at_each_step or not rollout_active(new) or new.gate or new.weight <= 0:
+        return new
+    if (new.weight, new.canary_revision) == (prior.weight, prior.canary_revision) and not prior.gate:
+        return new
+    gate = gates_of.step_gate(new.weight)
+    if gates_of.gate_state(spec, new.evaluation, new.canary_revision, gate).verdict == gates_of.GateVerdict.PASS:
+        return new
+    return new.model_copy(update={"gate": gate})
 
 
 # --- rules -----------------------------------------------------------------------------------------
@@ -255,12 +263,13 @@ def _evaluated_then_analysed(
     spec: models.Canary, status: models.CanaryStatus, observed: Observation, desired: str
 ) -> Decision:
     """The rules after the gates: the evaluation gate, steps that changed, then the step's analysis."""
-    if status.gate == gates_of.BEFORE or spec.evaluation.at_each_step:
+    if status.gate:
         results = gates_of.merge(status.evaluation, observed.evaluations, desired)
         status = status.model_copy(update={"evaluation": results})
         gated = _evaluation_rules(spec, status, desired)
         if gated is not None:
             return gated
+        status = status.model_copy(update={"gate": ""})  # the step's suites passed: its analyses count
     if len(spec.steps) == 1:
         return _promote(status, desired, Reason.STEPS_CHANGED, "steps are [100]: nothing left to analyse")
     index = min(status.step_index, len(spec.steps) - 2)
@@ -317,7 +326,7 @@ def _judged(spec: models.Canary, status: models.CanaryStatus, result: models.Ana
 def _evaluation_rules(spec: models.Canary, status: models.CanaryStatus, desired: str) -> Decision | None:
     """The evaluation gate standing before the analyses, or None when it has passed (the analyses go on)."""
     results = status.evaluation
-    gate = gates_of.BEFORE if status.gate == gates_of.BEFORE else gates_of.step_gate(status.weight)
+    gate = status.gate
     state = gates_of.gate_state(spec, results, desired, gate)
     if state.verdict == gates_of.GateVerdict.FAIL:
         return _roll_back(status, desired, Reason.EVALUATION_FAILED, state.message)

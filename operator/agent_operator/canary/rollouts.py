@@ -15,16 +15,19 @@ from typing import Any, Final
 
 from agent_operator import objects, opmetrics
 from agent_operator.api import models
-from agent_operator.canary import analysis, machine, rollouthistory, slots, tracks
+from agent_operator.canary import analysis, evaluation, machine, rollouthistory, slots, tracks
 from agent_operator.canary.prometheus import Prometheus, rfc3339
+from agent_operator.kube import apply
 from agent_operator.kube.client import Client
-from agent_operator.manifests import builders
+from agent_operator.manifests import builders, naming
+from agent_operator.manifests import evaluation as evaluation_manifests
 from agent_operator.objects import ObjectRef
 
 # Scrape interval of the ServiceMonitor the operator renders: the analysis window spans >= 4 scrapes.
 DEFAULT_SCRAPE_INTERVAL: Final = 30.0
 
 Clock = Callable[[], float]
+COMPONENT_WORKER: Final = naming.Component.WORKER
 
 
 @dataclasses.dataclass
@@ -148,17 +151,20 @@ class Rollouts:
             annotations=dict(body.get("metadata", {}).get("annotations") or {}),
             analysis=result,
             live_stable_revision=tracks.live_revision(desired, live),
+            evaluations=await self._evaluations(body, svc, desired, prior),
         )
         decision = machine.decide(spec, prior, observed)
         laid = tracks.layout(desired, decision.status, everything)
         rollouts = rollouthistory.updated(prior, decision, self._now)
-        schedule.watching = machine.needs_analysis(spec, decision.status)
-        stands_at = (decision.status.canary_revision, decision.status.weight) if schedule.watching else None
+        analysing = machine.needs_analysis(spec, decision.status)
+        # An evaluation gate is polled by the same loop: its Jobs are started and read at each look.
+        schedule.watching = analysing or bool(machine.evaluation_gate(spec, decision.status))
+        stands_at = (decision.status.canary_revision, decision.status.weight) if analysing else None
         same_pods = schedule.running_for == (decision.status.canary_revision, prior.weight) and tracks.same_pods(
             desired, prior.weight, decision.status.weight, everything
         )
         schedule.settle(stands_at, same_pods=same_pods)
-        counted = schedule.watching and schedule.running_for == (
+        counted = analysing and schedule.running_for == (
             decision.status.canary_revision,
             decision.status.weight,
         )
@@ -183,6 +189,76 @@ class Rollouts:
             desired_revision=desired.revision,
             spec=spec,
             warnings=laid.warnings,
+        )
+
+    async def _evaluations(
+        self, body: Mapping[str, Any], svc: models.AgentService, desired: builders.Desired, prior: models.CanaryStatus
+    ) -> tuple[models.EvaluationResult, ...]:
+        """Start the Jobs of the gate standing now, and read those that finished (docs/evaluation.md)."""
+        spec = svc.spec.canary
+        gate = machine.evaluation_gate(spec, prior)
+        revision = desired.revision
+        if not gate or prior.canary_revision != revision:
+            return ()
+        sources = {s.name: s for s in svc.spec.evaluation.suites}
+        worker = next(c for c in desired.canary if ObjectRef.of(c) == desired.deployments[COMPONENT_WORKER][1])
+        namespace = svc.metadata.namespace
+        found: list[models.EvaluationResult] = []
+        for name in evaluation.required(spec, gate):
+            settled = [
+                r
+                for r in prior.evaluation
+                if (r.suite, r.gate, r.revision) == (name, gate, revision) and r.verdict != "running"
+            ]
+            if settled or name not in sources:
+                continue
+            job = evaluation_manifests.build_job(
+                svc, sources[name], gate=gate, revision=revision, worker_template=worker["spec"]["template"]
+            )
+            job_name = job["metadata"]["name"]
+            live = await self._client.get("batch/v1", "Job", namespace, job_name)
+            if live is None:
+                await self._client.apply(apply.adopt([job], body)[0])
+                found.append(models.EvaluationResult(suite=name, gate=gate, revision=revision, verdict="running",
+                                                     job=job_name, message="started"))  # fmt: skip
+                continue
+            outcome = await self._job_outcome(live, suite=name, gate=gate, revision=revision)
+            if outcome.verdict != "running":
+                self._metrics.evaluations.labels(verdict=outcome.verdict).inc()
+                if outcome.accuracy is not None:
+                    labels = {"service": svc.metadata.name, "namespace": namespace, "suite": name}
+                    self._metrics.evaluation_accuracy.labels(**labels).set(outcome.accuracy)
+            found.append(outcome)
+        return tuple(found)
+
+    async def _job_outcome(
+        self, job: Mapping[str, Any], *, suite: str, gate: str, revision: str
+    ) -> models.EvaluationResult:
+        """A Job's result: running, or the summary its container left (inconclusive when there is none)."""
+        name = job["metadata"]["name"]
+        conditions = {
+            c.get("type"): c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"
+        }
+        finished = conditions.get("Complete") or conditions.get("Failed")
+        if finished is None:
+            return models.EvaluationResult(suite=suite, gate=gate, revision=revision, verdict="running", job=name)
+        pods = await self._client.list_objects("v1", "Pod", job["metadata"]["namespace"], selector={"job-name": name})
+        message, code = "", None
+        for pod in pods:
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (container.get("state") or {}).get("terminated") or {}
+                if terminated:
+                    message, code = str(terminated.get("message") or ""), terminated.get("exitCode")
+        if not message and "Failed" in conditions:
+            reason = f"{conditions['Failed'].get('reason', '')}: {conditions['Failed'].get('message', '')}"
+            message = f"the Job failed ({reason.strip(': ')})"
+        return evaluation.from_report(
+            message,
+            suite=suite,
+            gate=gate,
+            revision=revision,
+            job=name,
+            exit_code=code if isinstance(code, int) else None,
         )
 
     async def _maybe_analyse(

@@ -13,9 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent_operator.api import models
+from agent_operator.canary import evaluation as gates_of
 from agent_operator.canary import machine
 from agent_operator.manifests import builders, naming, templatehash
+from agent_operator.manifests import evaluation as evaluation_manifests
 from agent_operator.objects import ObjectRef
+
+from agent_runtime import constants
 
 Live = Mapping[ObjectRef, Mapping[str, Any] | None]
 
@@ -111,6 +115,25 @@ def _counts(desired: builders.Desired, weight: int, live: Live) -> dict[naming.C
     return counts
 
 
+def _before_gate(deployment: dict[str, Any], component: naming.Component, revision: str) -> dict[str, Any]:
+    """A canary Deployment while the `before` gate stands: no API pod (no user-facing endpoint), one
+    worker reading the candidate's own lane (its evaluation Jobs serve the API in-process)."""
+    if component == naming.Component.API:
+        return _with_replicas(deployment, 0)
+    return _in_lane(_with_replicas(deployment, 1), revision)
+
+
+def _in_lane(deployment: dict[str, Any], revision: str) -> dict[str, Any]:
+    """The canary workers reading the candidate's lane only, while a gate's suites run: during a step's
+    gate the canary API pods go on taking user tasks into the main queue, which stable's workers serve."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [
+        *(e for e in container.get("env", []) if e.get("name") != constants.QUEUE_LANE_ENV),
+        {"name": constants.QUEUE_LANE_ENV, "value": evaluation_manifests.lane(revision)},
+    ]
+    return deployment
+
+
 def same_pods(desired: builders.Desired, weight: int, other: int, live: Live) -> bool:
     """Whether two weights give every component the same replicas of each track.
 
@@ -159,10 +182,17 @@ def layout(desired: builders.Desired, status: models.CanaryStatus, live: Live) -
             component = canary_of.get(ref)
             if component is None:
                 out.append(built)  # the canary ConfigMap
+            elif status.gate == gates_of.BEFORE:
+                out.append(_before_gate(built, component, status.canary_revision))
+                deployments.append(ref)
+            elif status.gate and component == naming.Component.WORKER:
+                laid = _with_replicas(built, counts[component][1])
+                out.append(_in_lane(laid, status.canary_revision))
+                deployments.append(ref)
             else:
                 out.append(_with_replicas(built, counts[component][1]))
                 deployments.append(ref)
     else:
         remove = tuple(ref for ref in desired.canary_refs if live.get(ref) is not None)
-    actual = counts[naming.Component.WORKER][2] if active else 0
+    actual = counts[naming.Component.WORKER][2] if active and status.gate != gates_of.BEFORE else 0
     return Layout(out, remove, actual, tuple(deployments), tuple(warnings))

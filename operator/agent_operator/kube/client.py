@@ -53,6 +53,8 @@ PLURALS: Final[dict[tuple[str, str], str]] = {
     ("v1", "Service"): "services",
     ("v1", "Event"): "events",
     ("apps/v1", "Deployment"): "deployments",
+    ("batch/v1", "Job"): "jobs",
+    ("v1", "Pod"): "pods",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",

@@ -463,6 +463,11 @@ def cmd_completion(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_eval(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
+    out.write(views.eval_view(cluster.service(args.name)))
+    return 0
+
+
 def _rollout(svc: dict[str, Any]) -> dict[str, Any]:
     canary = views.canary_of(svc)
     if canary.get("phase") not in views.ACTIVE:
@@ -728,6 +733,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     command("resume", cmd_resume, "let a rollout paused by spec.canary.paused go on (spec.canary.paused=false)")
     history = command("history", cmd_history, "how past rollouts ended: revision, outcome, reason, time")
     _output_option(history)
+    command(
+        "eval",
+        cmd_eval,
+        "the rollout's evaluation suites: verdict, accuracy, cost, p95 per suite and gate, failed cases with reasons",
+    )
     version = command("version", cmd_version, "print the plugin's version", named=False, offline=True)
     _output_option(version)
     completion = command(

@@ -191,6 +191,7 @@ def get_view(
     ]
     if canary.get("message"):
         lines.append(f"Message:    {canary['message']}")
+    lines += _evaluation_line(canary)
     lines += _budget(svc, now)
     lines += tools_lines(svc)
     lines += ["", "Replicas:", *_replicas(name, deployments)]
@@ -198,6 +199,20 @@ def get_view(
     lines += ["", "Conditions:", *_conditions(status.get("conditions") or [], now)]
     lines += ["", "Events:", *_events(events, now)]
     return "\n".join(lines) + "\n"
+
+
+def _evaluation_line(canary: Mapping[str, Any]) -> list[str]:
+    """`Evaluation:` the gate standing and each suite's verdict (details: `kubectl agentservice eval`)."""
+    results = canary.get("evaluation") or []
+    if not results and not canary.get("gate"):
+        return []
+    parts = []
+    for result in results:
+        accuracy = result.get("accuracy")
+        figure = f" {accuracy:.3f}" if isinstance(accuracy, int | float) else ""
+        parts.append(f"{result.get('suite')} ({result.get('gate')}) {result.get('verdict')}{figure}")
+    gate = f"gate {canary['gate']}: " if canary.get("gate") and canary.get("phase") in ACTIVE else ""
+    return [f"Evaluation: {gate}{'; '.join(parts) or 'no suite run yet'}"]
 
 
 def _position(svc: Mapping[str, Any], canary: Mapping[str, Any]) -> str:
@@ -441,4 +456,48 @@ def history_view(svc: Mapping[str, Any], now: datetime.datetime) -> str:
             f"in progress: revision {canary.get('canaryRevision', '?')} ({canary.get('phase')}) "
             f"at weight {canary.get('weight', 0)}%, step {step_text(svc)}",
         ]
+    return "\n".join(lines) + "\n"
+
+
+def eval_view(svc: Mapping[str, Any]) -> str:
+    """The evaluation suites of the current (or last) rollout: per suite and gate, the verdict and figures,
+    then each failed suite's failed cases with their reasons."""
+    canary = canary_of(svc)
+    results = canary.get("evaluation") or []
+    revision = canary.get("canaryRevision") or "?"
+    lines: list[str] = []
+    if canary.get("phase") in ACTIVE:
+        gate = canary.get("gate") or "none (the analyses decide)"
+        lines.append(f"rollout of revision {revision} ({canary.get('phase')}), evaluation gate: {gate}")
+    else:
+        lines.append(f"no rollout in progress (rollout phase {canary.get('phase') or 'Idle'}); the last one's suites:")
+    if not results:
+        lines.append("no evaluation recorded (spec.canary.evaluation names the suites a rollout runs)")
+        return "\n".join(lines) + "\n"
+    rows = [("SUITE", "GATE", "VERDICT", "ACCURACY", "PASSED", "FAILED", "COST/TASK MAX", "P95", "JOB")]
+    for result in results:
+        accuracy = result.get("accuracy")
+        p95 = result.get("latencyP95Seconds")
+        rows.append(
+            (
+                str(result.get("suite", "")),
+                str(result.get("gate", "")),
+                str(result.get("verdict", "")),
+                f"{accuracy:.3f}" if isinstance(accuracy, int | float) else "-",
+                number(result.get("passed")) if result.get("passed") is not None else "-",
+                number(result.get("failed")) if result.get("failed") is not None else "-",
+                usd(result.get("costUSDPerTaskMax")),
+                f"{p95:.2f}s" if isinstance(p95, int | float) else "-",
+                str(result.get("job", "")),
+            )
+        )
+    lines += table(rows)
+    for result in results:
+        if result.get("verdict") in ("pass", "running"):
+            continue
+        lines += ["", f"{result.get('suite')} ({result.get('gate')}): {result.get('verdict')}"]
+        lines += [f"  threshold not met: {t}" for t in result.get("failedThresholds") or []]
+        lines += [f"  {c.get('name')}: {c.get('reason')}" for c in result.get("failedCases") or []]
+        if result.get("message"):
+            lines.append(f"  {result['message']}")
     return "\n".join(lines) + "\n"

@@ -2,7 +2,8 @@
 
 Covers: every request the real operator (kopf and the apply layer) sends to the dev cluster —
 through create with every optional child, an update that prunes children, a missing Secret and
-its recovery, deletion, and a canary rollout that is aborted — is granted by the generated rules
+its recovery, deletion, a canary rollout that is aborted, and one rolled back by its evaluation
+Job's report (read from the Job's Pod) — is granted by the generated rules
 (`agentctl rbac`, the chart's copy); and the rules grant nothing the code paths above do not use,
 beyond the few verbs the scenario cannot reach here, each named with its reason.
 """
@@ -48,6 +49,11 @@ NOT_EXERCISED = {
     ("keda.sh", "triggerauthentications", "get"),
     ("keda.sh", "triggerauthentications", "delete"),
     ("", "configmaps", "delete"),
+    # evaluation gates only (test_evaluation_gate_requests_are_granted below)
+    ("batch", "jobs", "create"),
+    ("batch", "jobs", "get"),
+    ("batch", "jobs", "patch"),
+    ("", "pods", "list"),
 }
 # Granted only with peering (two or more replicas); this operator runs standalone. The peering's
 # requests are made on the real control plane, under the chart's RBAC (tests/cluster/test_ha.py).
@@ -145,3 +151,32 @@ async def test_canary_rollout_requests_are_granted(op: Operator) -> None:
     document = rbac.rules_document()
     assert sorted(need for need in used if not rbac.allows(document, *need)) == []
     assert {("apps", "deployments", "delete"), ("", "configmaps", "delete")} <= used
+
+
+async def test_evaluation_gate_requests_are_granted(op: Operator) -> None:
+    """A `before` gate applies a Job and, once it failed, lists its Pod for the report: both granted."""
+    body = canary_service(evaluation={"before": ["smoke"]})
+    body["spec"]["evaluation"] = {
+        "suites": [{"name": "smoke", "inline": "name: smoke\ncases: [{name: a, input: x}]\n"}]
+    }
+    await start_rollout(op, body)
+    jobs = await eventually(lambda: op.cluster.live_objects("batch/v1/jobs", "default"), timeout=15)
+    (job,) = jobs
+    name = job["metadata"]["name"]
+    report = '{"verdict": "fail", "accuracy": 0.0, "failedCases": [{"name": "a", "reason": "task failed: x"}]}'
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-x", "namespace": "default",
+           "labels": {"job-name": name}}, "spec": job["spec"]["template"]["spec"]}  # fmt: skip
+    await op.cluster.put_object("v1/pods", pod)
+    terminated = {"exitCode": 1, "reason": "Error", "message": report}
+    await op.cluster.set_status(
+        "v1/pods", "default", f"{name}-x", {"containerStatuses": [{"state": {"terminated": terminated}}]}
+    )
+    await op.cluster.set_status(
+        "batch/v1/jobs", "default", name, {"conditions": [{"type": "Failed", "status": "True"}]}
+    )
+    rolled = await eventually(lambda: (c := canary_of(op)).get("phase") == "RolledBack" and c, timeout=15)
+    assert "suite smoke: fail" in rolled["message"] and "a (task failed: x)" in rolled["message"]
+    used = observed(op.cluster._requests)
+    document = rbac.rules_document()
+    assert sorted(need for need in used if not rbac.allows(document, *need)) == []
+    assert {("batch", "jobs", "create"), ("batch", "jobs", "get"), ("", "pods", "list")} <= used

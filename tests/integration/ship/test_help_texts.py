@@ -31,5 +31,5 @@ def test_demo_help_describes_every_part() -> None:
 
 def test_plugin_help_lists_every_command() -> None:
     text = help_of(str(BIN / "kubectl-agentservice"))
-    for command in ("get", "list", "promote", "abort", "pause", "resume", "history"):
+    for command in ("get", "list", "promote", "abort", "pause", "resume", "history", "eval"):
         assert f" {command} " in text, (command, text)

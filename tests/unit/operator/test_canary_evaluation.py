@@ -104,20 +104,30 @@ def test_results_of_another_revision_are_ignored_and_abort_wins() -> None:
     assert (newer.status.gate, newer.status.canary_revision, newer.status.weight) == ("before", NEWER, 0)
 
 
-def test_at_each_step_suites_hold_the_steps_analysis_until_they_pass() -> None:
+def test_at_each_step_suites_hold_each_step_until_they_pass() -> None:
     canary = spec(at_each_step=["smoke"])
     status = started(canary)
-    assert (status.weight, status.gate) == (10, "")
-    assert machine.evaluation_gate(canary, status) == "step:10"
+    assert (status.weight, status.gate) == (10, "step:10")
+    assert machine.evaluation_gate(canary, status) == "step:10" and not machine.needs_analysis(canary, status)
     analysis = models.Analysis(time="t", weight=10, verdict="success")
     held = machine.decide(canary, status, Observation(NEW, analysis=analysis))
-    assert (held.action, held.reason) == (Action.WAIT, Reason.WAITING_FOR_EVALUATION)
-    step_passed = outcome("smoke", "pass", gate="step:10")
-    moved = machine.decide(canary, status, Observation(NEW, analysis=analysis, evaluations=(step_passed,)))
+    assert (held.action, held.reason, held.status.gate) == (Action.WAIT, Reason.WAITING_FOR_EVALUATION, "step:10")
+    passed = machine.decide(canary, status, Observation(NEW, evaluations=(outcome("smoke", "pass", gate="step:10"),)))
+    assert (passed.action, passed.status.gate, passed.status.weight) == (Action.WAIT, "", 10)
+    assert machine.needs_analysis(canary, passed.status)
+    moved = machine.decide(canary, passed.status, Observation(NEW, analysis=analysis))
     assert (moved.action, moved.reason, moved.status.weight) == (Action.SET_WEIGHT, Reason.ANALYSIS_PASSED, 50)
+    assert moved.status.gate == "step:50"
     failed = outcome("smoke", "fail", gate="step:50")
     rolled = machine.decide(canary, moved.status, Observation(NEW, evaluations=(failed,)))
-    assert (rolled.action, rolled.reason) == (Action.ROLL_BACK, Reason.EVALUATION_FAILED)
+    assert (rolled.action, rolled.reason, rolled.status.gate) == (Action.ROLL_BACK, Reason.EVALUATION_FAILED, "")
+
+
+def test_before_then_at_each_step() -> None:
+    canary = spec(before=["smoke"], at_each_step=["smoke"])
+    status = started(canary)
+    passed = machine.decide(canary, status, Observation(NEW, evaluations=(outcome("smoke", "pass"),)))
+    assert (passed.status.weight, passed.status.gate) == (10, "step:10")
 
 
 def report(verdict: str = "fail", **extra: object) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from agentops_dev.localmodel import respond
 
 from agent_runtime.evaluation.graders import Answer, JudgeScore, grade, last_number
-from agent_runtime.evaluation.judge import JUDGE_SYSTEM, judge_request, read_score
+from agent_runtime.evaluation.judgeprompt import JUDGE_SYSTEM, judge_request, read_score
 from agent_runtime.evaluation.suite import Expect
 
 
