@@ -103,12 +103,14 @@ def build_env() -> dict[str, str]:
 
 
 def load() -> tuple[str, str]:
-    """The runtime and dev images' local names, loaded from the cache's archives when needed."""
+    """The runtime and dev images' IDs, loaded from the cache's archives when the storage lacks them.
+
+    By ID, not name: another checkout on the machine may have tagged a build of other inputs."""
     result = subprocess.run(["bash", str(SCRIPT), "load"], capture_output=True, text=True, check=False, timeout=600)
     if result.returncode != 0:
         raise ImageError(f"scripts/image.sh load failed ({result.returncode}):\n{result.stderr[-4000:]}")
     env = build_env()
-    return f"localhost/{env['RUNTIME_IMAGE']}", f"localhost/{env['DEV_IMAGE']}"
+    return env["RUNTIME_ID"].removeprefix("sha256:"), env["DEV_ID"].removeprefix("sha256:")
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
