@@ -27,7 +27,7 @@ from tests.cluster.harness import CHART, chart_operator_args, helm, with_port
 from tests.support import controlplane as cp
 from tests.support import image as img
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 RELEASE = "image"
 NAMESPACE = "image-system"
