@@ -3,7 +3,8 @@
 `POST /v1/tasks` answers at once with the task id and its status URL (work happens in the workers);
 `GET /v1/tasks/{id}` shows status, progress, result, error, usage, the degradation level the
 task ran at and, for a queued task put aside by the daily budget, why it waits (`waiting`: the
-figures and when money comes back); `DELETE /v1/tasks/{id}` cancels. While the service's daily
+figures and when money comes back); `POST /v1/tasks/{id}/cancel` cancels (`DELETE /v1/tasks/{id}`
+does the same, deprecated: it cancels, the task stays readable). While the service's daily
 budget is spent or tasks wait for it, submissions answer 429 `budget exhausted until 00:00 UTC`
 with the figure and a `retry-after` (`budget.py`). `/metrics` also exports the day's budget figures.
 `/v1/*` needs `Authorization: Bearer <AGENT_AUTH_TOKEN>`; `/health`, `/ready` and `/metrics` do not
@@ -12,6 +13,9 @@ with the figure and a `retry-after` (`budget.py`). `/metrics` also exports the d
 refusing commands for now (READONLY, OOM, LOADING, MASTERDOWN, BUSY, ...) is a 503 with
 `retry-after`, and `/ready` answers 503 until Redis accepts writes again. `Location` and
 `status_url` are relative paths: nothing in a response echoes the request's Host header.
+
+`/openapi.json` documents every answer (status codes, bodies, content types, the bearer scheme);
+a 405 lists in `Allow` every method the path serves. A test runs schemathesis against it.
 """
 
 from __future__ import annotations
@@ -25,18 +29,21 @@ from typing import Any, Literal
 
 import redis.asyncio
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent_runtime import budget, constants, errors, tracing
+from agent_runtime import budget, constants, costs, errors, tracing
 from agent_runtime.budget import BudgetLedger
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.costs import CostReports
 from agent_runtime.logging import get_logger
 from agent_runtime.metrics import Metrics
 from agent_runtime.queue import TaskQueue
@@ -92,6 +99,38 @@ class CancelResponse(BaseModel):
     status: TaskStatus
 
 
+class ErrorBody(BaseModel):
+    """Every error answer: what went wrong, in words that say what to fix."""
+
+    error: str
+
+
+class ReadyBody(BaseModel):
+    ready: bool
+    reason: str | None = None
+
+
+class HealthBody(BaseModel):
+    status: str
+
+
+_ERROR_MEANINGS = {
+    400: "The body could not be read as the declared content type.",
+    401: "No bearer token, or not the service's (`Authorization: Bearer <token>`).",
+    404: "No such task (unknown id, or its record expired).",
+    409: "A conflict: the idempotency key names another task, or the task already ended.",
+    413: "The body is larger than max_body_bytes.",
+    422: "The request is invalid (the message names the field and the rule).",
+    429: "The queue is full or the daily budget is spent: retry after `Retry-After` seconds.",
+    503: "Redis is unreachable or refusing writes for now: retry after `Retry-After` seconds.",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error answers, each an `ErrorBody`."""
+    return {code: {"model": ErrorBody, "description": _ERROR_MEANINGS[code]} for code in codes}
+
+
 def create_app(
     config: RuntimeConfig,
     *,
@@ -106,6 +145,7 @@ def create_app(
         registry, service=config.service, track=config.track.value, known_intents=config.known_intents
     )
     app = FastAPI(title="agent-runtime", version="1", docs_url=None, redoc_url=None)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.queue = queue
     app.state.metrics = metrics
     daily = BudgetLedger(
@@ -114,28 +154,32 @@ def create_app(
         daily_limit_usd=config.daily_budget_usd,
         per_task_limit_usd=config.per_task_budget_usd,
     )
-    app.include_router(_task_routes(config, queue, metrics, auth_token, daily))
+    app.include_router(_task_routes(config, queue, metrics, daily))
+    reports = CostReports(redis, keys=config.keys(), retention_days=config.report_retention_days)
+    app.include_router(_cost_routes(config, reports))
     app.include_router(_probe_routes(queue, metrics, daily))
     _install_error_handlers(app, metrics, daily)
-    app.add_middleware(_RequestId)
+    # Outermost last: traced, then headers checked (400) and the request id bound, then the token
+    # (401), then the body's size (413); the body is parsed only after all of them.
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(_Authorized, token=auth_token)
+    app.add_middleware(_RequestId)
     app.add_middleware(_Traced)
     return app
 
 
-def _task_routes(
-    config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, auth_token: str | None, daily: BudgetLedger
-) -> APIRouter:
-    async def authorize(request: Request) -> None:
-        if auth_token is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), auth_token.encode()):
-            raise _Unauthorized
+def _task_routes(config: RuntimeConfig, queue: TaskQueue, metrics: Metrics, daily: BudgetLedger) -> APIRouter:
+    router = APIRouter(prefix=constants.TASKS_PATH)  # behind `_Authorized`
 
-    router = APIRouter(prefix=constants.TASKS_PATH, dependencies=[Depends(authorize)])
-
-    @router.post("", status_code=202, response_model=SubmitResponse)
+    @router.post(
+        "",
+        status_code=202,
+        response_model=SubmitResponse,
+        responses={
+            200: {"model": SubmitResponse, "description": "A resubmission with the same idempotency key: that task."},
+            **_errors(400, 401, 409, 413, 422, 429, 503),
+        },
+    )
     async def submit(body: SubmitRequest, response: Response) -> SubmitResponse:
         if len(body.input) > config.max_input_chars:
             limit = config.max_input_chars
@@ -159,15 +203,18 @@ def _task_routes(
         log.info("task_submitted", task_id=made.task_id, priority=body.priority)
         return SubmitResponse(task_id=made.task_id, status=TaskStatus.QUEUED, status_url=url)
 
-    @router.get("/{task_id}", response_model=TaskView)
+    @router.get("/{task_id}", response_model=TaskView, responses=_errors(401, 404, 422, 503))
     async def get_task(task_id: str) -> TaskView:
         tracing.annotate({"task.id": task_id})
         view = (await queue.get(task_id)).view()
         view.metadata.pop(tracing.CONTEXT_KEY, None)  # ours, not the client's
         return view
 
-    @router.delete("/{task_id}", response_model=CancelResponse)
+    cancel_responses = _errors(401, 404, 409, 422, 503)
+
+    @router.post("/{task_id}/cancel", response_model=CancelResponse, responses=cancel_responses)
     async def cancel_task(task_id: str) -> CancelResponse:
+        """Cancel a queued or running task; it stays readable, with status `cancelled`."""
         tracing.annotate({"task.id": task_id})
         status, changed = await queue.cancel(task_id)
         if status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
@@ -184,17 +231,42 @@ def _task_routes(
             log.info("task_cancelled", task_id=task_id)
         return CancelResponse(task_id=task_id, status=status)
 
+    @router.delete("/{task_id}", response_model=CancelResponse, responses=cancel_responses, deprecated=True)
+    async def cancel_task_by_delete(task_id: str) -> CancelResponse:
+        """Deprecated alias of `POST /v1/tasks/{task_id}/cancel`, kept for one release: it cancels, the record stays."""
+        return await cancel_task(task_id)
+
+    return router
+
+
+def _cost_routes(config: RuntimeConfig, reports: CostReports) -> APIRouter:
+    router = APIRouter(prefix=constants.COSTS_PATH)  # behind `_Authorized`
+
+    @router.get("", responses=_errors(401, 422, 503))
+    async def cost_report(
+        start: str | None = Query(default=None, alias="from", max_length=64, description="RFC 3339; default: to - 24h"),
+        end: str | None = Query(default=None, alias="to", max_length=64, description="RFC 3339; default: now"),
+        top: int = Query(default=costs.DEFAULT_TOP, ge=0, le=costs.MAX_TOP, description="Dearest tasks listed."),
+    ) -> dict[str, Any]:
+        """Spend of a period by model, user, intent and hour, and its dearest tasks (docs/costs.md)."""
+        period = costs.parse_range(start, end, now=time.time(), retention_days=config.report_retention_days)
+        return await reports.report(period, top=top)
+
     return router
 
 
 def _probe_routes(queue: TaskQueue, metrics: Metrics, daily: BudgetLedger) -> APIRouter:
     router = APIRouter()
 
-    @router.get(constants.HEALTH_PATH)
+    @router.get(constants.HEALTH_PATH, response_model=HealthBody)
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get(constants.READY_PATH)
+    @router.get(
+        constants.READY_PATH,
+        response_model=ReadyBody,
+        responses={503: {"model": ReadyBody, "description": "Redis does not accept writes (the reason says why)."}},
+    )
     async def ready() -> JSONResponse:
         try:
             await queue.probe()  # a write: a replica or a full Redis answers PING but refuses our writes
@@ -202,7 +274,11 @@ def _probe_routes(queue: TaskQueue, metrics: Metrics, daily: BudgetLedger) -> AP
             return JSONResponse({"ready": False, "reason": str(exc)}, status_code=503)
         return JSONResponse({"ready": True})
 
-    @router.get(constants.METRICS_PATH)
+    @router.get(
+        constants.METRICS_PATH,
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+    )
     async def scrape() -> Response:
         with contextlib.suppress(errors.StoreUnavailable):  # the last known depth stays; /ready says why
             metrics.set_queue_depth(await queue.depth())
@@ -216,10 +292,6 @@ class _Rejected(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-class _Unauthorized(Exception):
-    pass
 
 
 def status_path(task_id: str) -> str:
@@ -255,15 +327,12 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: BudgetLedger)
     handlers: dict[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]] = {
         errors.TaskNotFound: _plain(404),
         errors.InvalidTask: _plain(422),
+        errors.InvalidReportRange: _plain(422),
         errors.IdempotencyConflict: _plain(409),
     }
 
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, _describe(exc))
-
-    async def unauthorized(request: Request, exc: _Unauthorized) -> JSONResponse:
-        message = f"missing or invalid bearer token: send 'Authorization: Bearer <token>' ({constants.AUTH_TOKEN_ENV})"
-        return _error(401, message, {"www-authenticate": "Bearer"})
 
     async def rejected(request: Request, exc: _Rejected) -> JSONResponse:
         return _error(exc.status, str(exc))
@@ -283,14 +352,17 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: BudgetLedger)
         # the router's own 404 (unknown path) and 405 (wrong method, with its `allow`), body parse failures (400)
         if isinstance(exc.__cause__, RecursionError):  # JSON nested past the parser's limit: say which bound
             return _error(422, f"request body nests too deeply to parse; {_METADATA_DEPTH_RULE}")
-        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; list every method it serves.
+            headers["allow"] = ", ".join(_allowed_methods(request))
+        return _error(exc.status_code, str(exc.detail), headers)
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.error("request_failed", error=f"{type(exc).__name__}: {exc}")
         return _error(500, "internal error; the API's log has the details (look for request_failed)")
 
     handlers[RequestValidationError] = validation
-    handlers[_Unauthorized] = unauthorized
     handlers[_Rejected] = rejected
     handlers[errors.StoreUnavailable] = unavailable
     handlers[errors.QueueFull] = queue_full
@@ -301,8 +373,77 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics, daily: BudgetLedger)
         app.add_exception_handler(kind, handler)
 
 
+class _Authorized:
+    """Answer 401 to a `/v1` request without the bearer token, before anything reads its body.
+
+    A middleware, not a route dependency: FastAPI parses the body before it runs a route's
+    dependencies, so a client without the token learned from a 422 how its JSON was wrong.
+    `token=None` turns authentication off (local use only).
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = None if token is None else token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is None or scope["type"] != "http" or not _protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = sent.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.token):
+            message = (
+                f"missing or invalid bearer token: send 'Authorization: Bearer <token>' ({constants.AUTH_TOKEN_ENV})"
+            )
+            await _error(401, message, {"www-authenticate": "Bearer"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _protected(path: str) -> bool:
+    """Whether `path` is one of the token's routes (the tasks and the cost reports)."""
+    return any(
+        path == prefix or path.startswith(prefix + "/") for prefix in (constants.TASKS_PATH, constants.COSTS_PATH)
+    )
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path.
+
+    Asked of each route as a request with that method (a route fully matches only a method it
+    serves), so it holds for routers FastAPI wraps as well as for plain routes.
+    """
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.router.routes
+        )
+    ]
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the bearer scheme the `/v1` routes require (built once)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, operations in schema.get("paths", {}).items():
+            if _protected(path):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 class _RequestId:
-    """Bind a request id (the client's `x-request-id`, or a new one) to every log line, and echo it."""
+    """Bind a request id (the client's `x-request-id`, or a new one) to every log line, and echo it.
+
+    A request with a header value that is not UTF-8 is answered 400 naming the header, here, before
+    anything decodes it (that was a 500).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -312,7 +453,16 @@ class _RequestId:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(constants.REQUEST_ID_HEADER.encode(), b"").decode()[:128] or uuid.uuid4().hex
+        for name, value in headers.items():
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                shown = name.decode("latin-1")[:64].encode("ascii", "replace").decode()
+                await _error(400, f"header {shown!r} is not UTF-8 text")(scope, receive, send)
+                return
+        sent = headers.get(constants.REQUEST_ID_HEADER.encode(), b"").decode()
+        # Printable ASCII only: the id is echoed in a header and written to every log line.
+        request_id = "".join(c for c in sent if " " < c < "\x7f")[:128] or uuid.uuid4().hex
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -51,8 +51,9 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio
 import redis.exceptions
 
-from agent_runtime import constants, errors
+from agent_runtime import constants, costs, errors
 from agent_runtime.config import PriceConfig
+from agent_runtime.logging import get_logger
 from agent_runtime.scripts import run_script
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ __all__ = [
     "BudgetWatch",
     "Reservation",
     "Scope",
+    "Shrink",
     "Snapshot",
     "Verdict",
     "daily_message",
@@ -78,6 +80,7 @@ __all__ = [
     "per_task_exceeded",
     "per_task_message",
     "per_task_stop_message",
+    "releasable",
     "release_count",
     "seconds_until_midnight",
     "smallest_call",
@@ -85,12 +88,15 @@ __all__ = [
     "worst_case",
 ]
 
+log = get_logger(__name__)
+
 MICROS = 1_000_000
 _KEEP_DAY_SECONDS = 2 * 86_400
 # The Messages API wraps a request in tokens of its own: a system prompt describing the tools
 # (Anthropic documents 313-346 tokens for tool use) and a few per message. The bound adds this.
 FRAMING_TOKENS = 512
 PER_MESSAGE_TOKENS = 8
+HELD_LOOKED_AT = 64  # held tasks whose needs one release pass reads (bounded work per pass)
 _PURGE_BATCH = 256  # expired reservations dropped per script run (bounded work per call)
 
 
@@ -101,6 +107,7 @@ class Scope(StrEnum):
     PER_TASK = "per_task"
     DAILY = "daily"
     NEVER = "never"  # one call's worst case is more than the whole daily budget: waiting cannot help
+    WAIT = "wait"  # not now, but calls in flight hold reservations that may come back: try again soon
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -168,10 +175,42 @@ class Verdict:
     day_reserved: int = 0
     task_spent: int = 0
     task_reserved: int = 0
+    output_tokens: int | None = None  # the call's max_tokens when it fits with a `Shrink` (capped or not)
+    least: int | None = None  # the smallest reservation the call could go with (a `Shrink`'s minimum)
 
     @property
     def fits(self) -> bool:
         return self.scope == Scope.FITS
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """How a call's reservation may shrink to fit what the day has left: by capping its output. Pure data.
+
+    `input_micros`: the input bound at the dearest input price (µUSD, fractional); `output_micros`:
+    one output token at the dearest output price (µUSD); the call may produce from `min_output`
+    up to `max_output` tokens.
+    """
+
+    input_micros: float
+    output_micros: float
+    max_output: int
+    min_output: int
+
+    def amount(self, output_tokens: int) -> int:
+        """The reservation of a call capped at `output_tokens` (rounded up, never under its cost)."""
+        # as the reserve script rounds: up, ignoring binary noise below a nanodollar
+        return max(0, math.ceil(self.input_micros + output_tokens * self.output_micros - 0.0005))
+
+    def fitting(self, room: int) -> int | None:
+        """The most output tokens (at least `min_output`) whose reservation fits `room`; None if none does."""
+        if self.output_micros <= 0:
+            out = self.max_output
+        else:
+            out = min(self.max_output, math.floor((room - self.input_micros) / self.output_micros))
+        while out >= self.min_output and self.amount(out) > room:  # the rounding up may cost a token
+            out -= 1
+        return out if out >= self.min_output else None
 
 
 def decide(
@@ -183,21 +222,32 @@ def decide(
     task_spent: int,
     task_reserved: int,
     task_limit: int | None,
+    shrink: Shrink | None = None,
 ) -> Verdict:
     """May a call reserving `amount` go? The rule of the reserve script, in Python (micro-USD). Pure.
 
-    The per-task cap is looked at first: it ends the task whatever the day holds. A call whose
-    worst case alone is over the whole daily budget can never fit (`NEVER`), so holding it would
-    hold it forever.
+    The per-task cap is looked at first: it ends the task whatever the day holds. Then the day:
+    the full worst case if it fits; else, with `shrink`, the call with its output capped to what
+    the day has left (`output_tokens` of the verdict), down to `shrink.min_output`. A call whose
+    smallest reservation alone is over the whole daily budget can never fit (`NEVER`), so holding
+    it would hold it forever. One that does not fit now while other calls hold reservations
+    (`day_reserved` > 0) may fit once they settle below their worst case (`WAIT`).
     """
     figures = (day_spent, day_reserved, task_spent, task_reserved)
     if task_limit is not None and task_spent + task_reserved + amount > task_limit:
         return Verdict(Scope.PER_TASK, amount, *figures)
-    if day_limit is not None and amount > day_limit:
+    if day_limit is None or day_spent + day_reserved + amount <= day_limit:
+        return Verdict(Scope.FITS, amount, *figures, output_tokens=shrink.max_output if shrink else None)
+    smallest = amount if shrink is None else shrink.amount(shrink.min_output)
+    if smallest > day_limit:
         return Verdict(Scope.NEVER, amount, *figures)
-    if day_limit is not None and day_spent + day_reserved + amount > day_limit:
-        return Verdict(Scope.DAILY, amount, *figures)
-    return Verdict(Scope.FITS, amount, *figures)
+    if shrink is not None:
+        out = shrink.fitting(day_limit - day_spent - day_reserved)
+        if out is not None:
+            return Verdict(Scope.FITS, shrink.amount(out), *figures, output_tokens=out)
+        if day_reserved > 0:
+            return Verdict(Scope.WAIT, amount, *figures)
+    return Verdict(Scope.DAILY, amount, *figures)
 
 
 def release_count(*, room: int | None, smallest_call: int, held: int, most: int) -> int:
@@ -214,6 +264,25 @@ def release_count(*, room: int | None, smallest_call: int, held: int, most: int)
     if room <= 0 or room < smallest_call:
         return 0
     return min(held, most, room // max(smallest_call, 1))
+
+
+def releasable(*, room: int | None, needs: Sequence[tuple[str, int]], most: int) -> list[str]:
+    """Which held tasks to send back now: in the order they were held, each whose next call's least
+    reservation fits what is left once those before it took theirs; at most `most`. Pure.
+
+    `room` None: no daily budget any more, every task goes (up to `most`).
+    """
+    chosen: list[str] = []
+    left = room
+    for task_id, need in needs:
+        if len(chosen) >= most:
+            break
+        if left is None:
+            chosen.append(task_id)
+        elif need <= left:
+            chosen.append(task_id)
+            left -= need
+    return chosen
 
 
 def daily_message(spent: float, limit: float) -> str:
@@ -282,7 +351,9 @@ end
 
 # KEYS: holds, expiry, day spent, task spent, legacy day spend (USD float, before reservations)
 # ARGV: id, amount, day limit (-1: none), task limit (-1: none), ttl µs, day, task, fence, task floor
-# Returns {scope, day spent, day reserved, task spent, task reserved}
+#       [, shrink: input µUSD, µUSD per output token, max output, min output]
+# Returns {scope, day spent, day reserved, task spent, task reserved, amount reserved, output tokens}
+# (`decide` is the same rule in Python)
 _RESERVE = (
     _PURGE
     + """
@@ -310,22 +381,43 @@ for i = 1, #holds, 2 do
 end
 local day_spent = tonumber(redis.call('GET', KEYS[3]) or '0')
 local task_spent = math.max(tonumber(redis.call('GET', KEYS[4]) or '0'), tonumber(ARGV[9]))
-local scope = 'fits'
+-- budget.Shrink, when given (ARGV[10..13]): the call's output may be capped to fit what is left
+local shrink = ARGV[10] ~= nil
+local input_m, out_m, max_out, min_out = tonumber(ARGV[10] or '0'), tonumber(ARGV[11] or '0'),
+  tonumber(ARGV[12] or '0'), tonumber(ARGV[13] or '0')
+local function cost(out) return math.max(0, math.ceil(input_m + out * out_m - 0.0005)) end
+local scope, granted, out = 'fits', amount, max_out
 if task_limit >= 0 and task_spent + task_reserved + amount > task_limit then scope = 'per_task'
-elseif day_limit >= 0 and amount > day_limit then scope = 'never'
-elseif day_limit >= 0 and day_spent + day_reserved + amount > day_limit then scope = 'daily' end
+elseif day_limit >= 0 and day_spent + day_reserved + amount > day_limit then
+  local smallest = amount
+  if shrink then smallest = cost(min_out) end
+  if smallest > day_limit then scope = 'never'
+  else
+    scope = 'daily'
+    if shrink then
+      local room = day_limit - day_spent - day_reserved
+      if out_m > 0 then out = math.min(max_out, math.floor((room - input_m) / out_m)) end
+      while out >= min_out and cost(out) > room do out = out - 1 end
+      if out >= min_out then scope, granted = 'fits', cost(out)
+      elseif day_reserved > 0 then scope = 'wait' end
+    end
+  end
+end
 if scope == 'fits' then
-  redis.call('HSET', KEYS[1], ARGV[1], day .. '|' .. task .. '|' .. ARGV[8] .. '|' .. ARGV[2])
+  redis.call('HSET', KEYS[1], ARGV[1], day .. '|' .. task .. '|' .. ARGV[8] .. '|' .. string.format('%.0f', granted))
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[1])
 end
 local function n(x) return string.format('%.0f', x) end
-return {scope, n(day_spent), n(day_reserved), n(task_spent), n(task_reserved)}
+return {scope, n(day_spent), n(day_reserved), n(task_spent), n(task_reserved), n(granted), n(out)}
 """
 )
 
-# KEYS: holds, expiry, day spent (of the reservation's day), task spent
-# ARGV: id, cost µUSD, day ttl s, task ttl s     (counts the cost even if the hold was released)
-_SETTLE = """
+# KEYS: holds, expiry, day spent (of the reservation's day), task spent[, the hour's cost figures]
+# ARGV: id, cost µUSD, day ttl s, task ttl s[, the call's report figures: see costs.AGGREGATE_LUA]
+# (counts the cost even if the hold was released; a call that was answered is added to its hour's
+# report in the same script, so the report and the day's spend cannot disagree)
+_SETTLE = (
+    """
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 local cost = tonumber(ARGV[2])
@@ -335,8 +427,12 @@ if cost > 0 then
   redis.call('INCRBY', KEYS[4], ARGV[2])
   redis.call('EXPIRE', KEYS[4], ARGV[4])
 end
+"""
+    + costs.AGGREGATE_LUA
+    + """
 return redis.call('GET', KEYS[3]) or '0'
 """
+)
 
 # KEYS: holds, expiry, day spent, held tasks, legacy day spend   ARGV: day
 # Returns {day spent, day reserved, held tasks} (expired reservations are dropped first)
@@ -367,6 +463,7 @@ class Reservation:
     day: str
     task_id: str
     amount: int  # micro-USD
+    hour: str = ""  # the UTC hour it was made in (`costs.hour_of`), where the call's cost is reported
 
 
 @dataclass(frozen=True)
@@ -402,6 +499,8 @@ class BudgetLedger:
         per_task_limit_usd: float | None,
         hold_ttl_seconds: float = 3600.0,
         task_ttl_seconds: int = 7 * 86_400,
+        report_retention_days: int = 35,
+        report_max_users: int = 100,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis_client
@@ -411,6 +510,8 @@ class BudgetLedger:
         self.daily_limit_usd = daily_limit_usd
         self.hold_ttl_seconds = hold_ttl_seconds
         self.task_ttl_seconds = task_ttl_seconds
+        self.report_ttl_seconds = report_retention_days * 86_400 + 86_400
+        self.report_max_users = report_max_users
         self._clock = clock
         self._reserve = redis_client.register_script(_RESERVE)
         self._settle = redis_client.register_script(_SETTLE)
@@ -423,13 +524,17 @@ class BudgetLedger:
         return self._clock()
 
     async def reserve(
-        self, task_id: str, *, fence: int, amount: int, task_floor: int = 0
+        self, task_id: str, *, fence: int, amount: int, task_floor: int = 0, shrink: Shrink | None = None
     ) -> tuple[Verdict, Reservation | None]:
         """Reserve `amount` µUSD for one call of `task_id`; the reservation only when both caps hold with it.
 
         `task_floor` is the task's spend as its checkpoint knows it (tasks begun before this ledger).
+        With `shrink`, a call that does not fit the day whole is reserved with its output capped to
+        what is left (the verdict's `output_tokens`, its `amount` what was reserved), and one that
+        does not fit while other calls hold reservations is told to `WAIT`.
         """
-        day = self.today()
+        now = self._clock()
+        day, hour = day_of(now), costs.hour_of(now)
         reservation_id = uuid.uuid4().hex
         keys = [
             self.keys.budget_holds(),
@@ -449,14 +554,30 @@ class BudgetLedger:
             fence,
             task_floor,
         ]
-        scope, day_spent, day_reserved, task_spent, task_reserved = await _run(run_script(self._reserve, keys, args))
-        verdict = Verdict(Scope(scope), amount, int(day_spent), int(day_reserved), int(task_spent), int(task_reserved))
+        if shrink is not None:
+            args += [repr(shrink.input_micros), repr(shrink.output_micros), shrink.max_output, shrink.min_output]
+        reply = await _run(run_script(self._reserve, keys, args))
+        scope, day_spent, day_reserved, task_spent, task_reserved, granted, out = reply
+        fits = scope == Scope.FITS.value
+        verdict = Verdict(
+            Scope(scope),
+            int(granted) if fits else amount,
+            int(day_spent),
+            int(day_reserved),
+            int(task_spent),
+            int(task_reserved),
+            output_tokens=int(out) if fits and shrink is not None else None,
+        )
+        amount = verdict.amount
         if not verdict.fits:
             return verdict, None
-        return verdict, Reservation(id=reservation_id, day=day, task_id=task_id, amount=amount)
+        return verdict, Reservation(id=reservation_id, day=day, task_id=task_id, amount=amount, hour=hour)
 
-    async def settle(self, reservation: Reservation, cost: int) -> int:
-        """Replace the reservation by the call's real cost (µUSD; 0: no call was billed); the day's spend after."""
+    async def settle(self, reservation: Reservation, cost: int, charge: costs.Charge | None = None) -> int:
+        """Replace the reservation by the call's real cost (µUSD; 0: no call was billed); the day's spend after.
+
+        With a `charge` (the call was answered) the call is added to its hour's cost report as well.
+        """
         keys = [
             self.keys.budget_holds(),
             self.keys.budget_expiry(),
@@ -464,6 +585,18 @@ class BudgetLedger:
             self.keys.budget_task(reservation.task_id),
         ]
         args: list[str | int] = [reservation.id, max(cost, 0), _KEEP_DAY_SECONDS, self.task_ttl_seconds]
+        if charge is not None:
+            # the reservation's hour, so that the hour lies in the day whose spend the call joins
+            keys.append(self.keys.costs_hour(reservation.hour))
+            args += [
+                self.report_ttl_seconds,
+                charge.model,
+                charge.user,
+                charge.intent,
+                max(charge.input_tokens, 0),
+                max(charge.output_tokens, 0),
+                self.report_max_users,
+            ]
         return int(await _run(run_script(self._settle, keys, args)))
 
     async def snapshot(self) -> Snapshot:
@@ -508,12 +641,31 @@ class BudgetWatch:
         *,
         smallest_call: int,
         interval_seconds: float = 5.0,
+        most: int = 8,
     ) -> None:
         self.ledger = ledger
         self.queue = queue
         self.metrics = metrics
         self.smallest_call = smallest_call
         self.interval_seconds = interval_seconds
+        self.most = most
+
+    async def money_back(self) -> None:
+        """A call settled below its reservation: send held tasks back at once if the day now has room.
+
+        One `ZCARD` when nothing is held (the common case); a failure is only logged: the periodic
+        pass (`interval_seconds`) looks again.
+        """
+        if self.ledger.daily_limit is None:
+            return
+        try:
+            if await self.queue.held_count() == 0:
+                return
+            released = await self.release_held(most=self.most)
+        except errors.StoreUnavailable:
+            return
+        if released:
+            log.info("held_tasks_released", count=released, on="settle")
 
     async def refresh_metrics(self) -> Snapshot:
         snap = await self.ledger.snapshot()
@@ -521,16 +673,24 @@ class BudgetWatch:
         return snap
 
     async def release_held(self, *, most: int) -> int:
-        """Send back as many held tasks as today's room could start (`release_count`); how many went."""
+        """Send back the held tasks whose next call fits what the day has left now (`releasable`); how many went.
+
+        A task's need is the least its next call may reserve (`Waiting.least_usd`, else its worst
+        case, else `smallest_call`); up to `HELD_LOOKED_AT` tasks, longest held first, are looked at.
+        """
         snap = await self.refresh_metrics()
-        count = release_count(room=snap.remaining, smallest_call=self.smallest_call, held=snap.held_tasks, most=most)
-        if count == 0:
+        if snap.held_tasks == 0 or (snap.remaining is not None and snap.remaining < self.smallest_call):
             return 0
-        return await self.queue.release_held(await self.queue.held_ids(count))
+        needs = await self.queue.held_needs(max(most, HELD_LOOKED_AT), default=self.smallest_call)
+        chosen = releasable(room=snap.remaining, needs=needs, most=most)
+        if not chosen:
+            return 0
+        return await self.queue.release_held(chosen)
 
 
 def smallest_call(prices: Iterable[PriceConfig], max_output_tokens: int) -> int:
-    """A lower bound of any call's worst case: all its output at the dearest output price (µUSD). Pure."""
+    """A lower bound of any call's reservation: `max_output_tokens` (pass the smallest output a call may be
+    capped to) at the dearest output price (µUSD). Pure."""
     return micros(max((p.output_per_mtok for p in prices), default=0.0) * max_output_tokens / 1_000_000)
 
 

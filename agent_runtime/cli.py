@@ -1,4 +1,6 @@
-"""`agent-runtime api | worker | localmodel | demo`: the processes the operator's Deployments run.
+"""`agent-runtime api | worker | eval | localmodel | demo`: the processes the operator's Deployments and Jobs run.
+
+`eval` is `agentctl eval` (`evaluation/command.py`): the operator's evaluation Jobs run it.
 
 Configuration comes from the mounted file (`AGENT_CONFIG_PATH`) and the environment
 (`AGENT_REDIS_URL`, `AGENT_AUTH_TOKEN`, provider keys, `AGENT_TRACK`); see `config.py`.
@@ -27,6 +29,7 @@ from agent_runtime import constants, errors, redisconn, tracing
 from agent_runtime import logging as runtime_logging
 from agent_runtime.api import create_app
 from agent_runtime.composition import build_worker, connect_redis
+from agent_runtime.evaluation import command as evaluation_command
 from agent_runtime.worker import serve_probes
 
 _log = runtime_logging.get_logger(__name__)
@@ -62,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=None, help="overrides worker_concurrency")
     worker.add_argument("--burst", action="store_true", help="drain the queue, then exit")
 
+    evaluate = sub.add_parser("eval", help="run an evaluation suite against a task API (as agentctl eval)")
+    evaluation_command.add_arguments(evaluate)
+
     sub.add_parser("demo", help="run Redis, the local model, the API and a worker locally; one task through them")
 
     local = sub.add_parser("localmodel", help="serve the local Anthropic-compatible model (offline demo, tests)")
@@ -71,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--error-ratio", type=float, default=0.0)
     local.add_argument("--error-status", type=int, default=500, choices=[429, 500, 503, 529])
     local.add_argument("--malformed-ratio", type=float, default=0.0)
+    local.add_argument("--wrong-per-ten", type=int, default=0, help="final answers in every 10 that are wrong")
     return parser
 
 
@@ -84,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # uvloop: the worker's CPU goes to sockets (Redis, the providers) and event-loop turns,
             # which uvloop does in C; ~10 % less CPU per model call (bench/RESULTS.md).
             return uvloop.run(_run_worker(args))
+        if args.command == "eval":
+            return evaluation_command.run(args, prog="agent-runtime eval")
         if args.command == "demo":
             localdemo = _dev_module("localdemo", "demo")
             asyncio.run(
@@ -198,6 +207,7 @@ async def _run_localmodel(args: argparse.Namespace) -> int:
         error_ratio=args.error_ratio,
         error_status=args.error_status,
         malformed_ratio=args.malformed_ratio,
+        wrong_per_ten=args.wrong_per_ten,
     )
     server = localmodel.LocalModelServer(host=args.host, port=args.port, faults=faults)
     await server.start()

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import redis.asyncio
 from prometheus_client import CollectorRegistry
 
-from agent_runtime import budget, redisconn
+from agent_runtime import breaker, budget, redisconn
 from agent_runtime.agent import Agent
 from agent_runtime.budget import BudgetLedger, BudgetWatch
 from agent_runtime.config import RuntimeConfig
+from agent_runtime.costs import CostReports
+from agent_runtime.mcptools import McpServer, ToolServers
 from agent_runtime.metrics import Metrics
 from agent_runtime.pricing import PriceTable
 from agent_runtime.providers import ProviderSet, build_providers
@@ -24,7 +26,7 @@ from agent_runtime.redisconn import RedisSettings
 from agent_runtime.tools import load_registry
 from agent_runtime.worker import Worker
 
-__all__ = ["WorkerParts", "build_ledger", "build_worker", "connect_redis"]
+__all__ = ["WorkerParts", "build_ledger", "build_reports", "build_tool_servers", "build_worker", "connect_redis"]
 
 
 def connect_redis(
@@ -47,8 +49,15 @@ def build_ledger(
         # room for that release's own round trip: a live worker's reservation never expires under it.
         hold_ttl_seconds=config.task_timeout_seconds + 10.0,
         task_ttl_seconds=config.task_ttl_seconds,
+        report_retention_days=config.report_retention_days,
+        report_max_users=config.report_max_users,
         clock=clock,
     )
+
+
+def build_reports(config: RuntimeConfig, redis_client: redis.asyncio.Redis) -> CostReports:
+    """The service's cost reports in Redis (read by the API, ranked into by the workers)."""
+    return CostReports(redis_client, keys=config.keys(), retention_days=config.report_retention_days)
 
 
 @dataclass
@@ -57,8 +66,10 @@ class WorkerParts:
     queue: TaskQueue
     metrics: Metrics
     providers: ProviderSet
+    tool_servers: ToolServers
 
     async def aclose(self) -> None:
+        await self.tool_servers.aclose()
         await self.providers.aclose()
 
 
@@ -81,9 +92,17 @@ def build_worker(
     )
     prices = PriceTable(config.prices)
     ledger = build_ledger(config, redis_client, clock=clock)
+    tool_servers = build_tool_servers(config, metrics=metrics, environ=environ)
+    tools = load_registry(
+        config.tools,
+        builtin=config.builtin_tools,
+        python=config.python_tools,
+        sources=tool_servers.servers,
+        metrics=metrics,
+    )
     agent = Agent(
         providers=providers,
-        tools=load_registry(config.tools),
+        tools=tools,
         prices=prices,
         metrics=metrics,
         system_prompt=config.system_prompt,
@@ -92,15 +111,19 @@ def build_worker(
         per_task_budget_usd=config.per_task_budget_usd,
         ledger=ledger,
         on_exhausted=config.budget_on_exhausted,
+        min_output_tokens=config.budget_min_output_tokens,
+        budget_wait_seconds=config.budget_wait_seconds,
     )
     queue = TaskQueue.from_config(config, redis_client)
     watch = BudgetWatch(
         ledger,
         queue,
         metrics,
-        smallest_call=budget.smallest_call(agent.call_prices, config.max_output_tokens),
+        smallest_call=budget.smallest_call(agent.call_prices, agent.min_output_tokens),
         interval_seconds=config.budget_check_seconds,
+        most=concurrency,
     )
+    agent.on_settled = watch.money_back
     worker = Worker(
         queue=queue,
         runner=agent,
@@ -112,5 +135,28 @@ def build_worker(
         consumer=consumer,
         budget=watch,
         circuits=providers,
+        reports=build_reports(config, redis_client),
+        tool_servers=tool_servers,
     )
-    return WorkerParts(worker=worker, queue=queue, metrics=metrics, providers=providers)
+    return WorkerParts(worker=worker, queue=queue, metrics=metrics, providers=providers, tool_servers=tool_servers)
+
+
+def build_tool_servers(
+    config: RuntimeConfig, *, metrics: Metrics | None = None, environ: Mapping[str, str] | None = None
+) -> ToolServers:
+    """The service's MCP servers (not connected yet: `Worker.run` starts them)."""
+    policy = breaker.Policy(
+        failure_threshold=config.breaker_failure_threshold, cooldown_seconds=config.breaker_cooldown_seconds
+    )
+    return ToolServers(
+        [
+            McpServer(
+                server,
+                metrics=metrics,
+                environ=environ,
+                reconnect_max_seconds=config.tool_reconnect_seconds,
+                breaker_policy=policy,
+            )
+            for server in config.mcp_servers
+        ]
+    )

@@ -16,10 +16,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, SERVICE_ENV, TRACK_ENV, ServiceKeys
+from agent_runtime.constants import CONFIG_PATH, CONFIG_PATH_ENV, QUEUE_LANE_ENV, SERVICE_ENV, TRACK_ENV, ServiceKeys
 from agent_runtime.redisconn import RedisSettings
 
 _NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# A shared Redis that one service cannot fill: tasks not yet ended, and the bytes their records hold.
+DEFAULT_MAX_QUEUED_TASKS = 10_000
+DEFAULT_MAX_QUEUED_INPUT_BYTES = 64 * 1024 * 1024
 
 
 class Track(StrEnum):
@@ -53,6 +56,32 @@ class PriceConfig(BaseModel):
     output_per_mtok: float
 
 
+class ToolPolicyConfig(BaseModel):
+    """What the runtime allows one group of tools (an MCP server, a Python module); see `tools.Policy`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow_tools: list[str] | None = Field(default=None, description="Tool names offered; None: all.")
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_result_bytes: int = Field(default=65_536, ge=1)
+    side_effects: Literal["none", "external"] = "external"
+
+
+class McpServerConfig(ToolPolicyConfig):
+    """One MCP server: `url` (streamable HTTP) or `command` (stdio)."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=24)
+    url: str | None = None
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Header name -> the environment variable holding its value."
+    )
+    command: list[str] | None = None
+
+
+class PythonToolsConfig(ToolPolicyConfig):
+    module: str
+
+
 class RuntimeConfig(BaseModel):
     """Everything the API and worker processes need, secrets excepted."""
 
@@ -63,6 +92,13 @@ class RuntimeConfig(BaseModel):
     service: str = Field(default="agent", pattern=_NAME, max_length=253)
     namespace: str = Field(default="default", pattern=_NAME, max_length=63)
     track: Track = Track.STABLE
+    queue_lane: str = Field(
+        default="",
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        max_length=63,
+        description="A queue of its own: API and workers with the same lane share streams no other lane sees"
+        " ('' is the main queue; an evaluated candidate runs in its own until its gate passes).",
+    )
     providers: list[ProviderConfig] = Field(default_factory=list)
     strategy: str = "failover"
     system_prompt: str = "You are a helpful agent. Use the tools when they help, then answer concisely."
@@ -78,13 +114,39 @@ class RuntimeConfig(BaseModel):
         default="hold",
         description="A task whose next call does not fit the daily budget waits for money (hold) or fails (fail).",
     )
+    budget_min_output_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="When the day's budget cannot cover a call's full max_output_tokens, the call may still go"
+        " with its output capped to what is left, down to this many tokens (below: the task waits or is held).",
+    )
+    budget_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a call that does not fit waits for calls in flight to settle (their reservations"
+        " are worst cases) before its task is held.",
+    )
     budget_check_seconds: float = Field(
         default=5.0, gt=0, description="How often workers look whether held tasks can go back to the queue."
     )
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    report_retention_days: int = Field(
+        default=35, ge=1, le=400, description="Days the cost reports' hourly figures and rankings are kept."
+    )
+    report_max_users: int = Field(
+        default=100, ge=1, le=10_000, description="Users named in one hour's cost figures; the rest count as 'other'."
+    )
     worker_concurrency: int = 8
     shutdown_grace_seconds: float = 110.0
-    tools: list[str] = Field(default_factory=list, description="Import paths of extra tool modules.")
+    tools: list[str] = Field(
+        default_factory=list, description="Import paths of extra tool modules (the default policy of python_tools)."
+    )
+    builtin_tools: list[str] | None = Field(default=None, description="Built-in tools offered; None: all of them.")
+    mcp_servers: list[McpServerConfig] = Field(default_factory=list, description="MCP servers (spec.tools).")
+    python_tools: list[PythonToolsConfig] = Field(default_factory=list, description="Python tool modules.")
+    tool_reconnect_seconds: float = Field(
+        default=5.0, gt=0, description="Longest wait between attempts to reach an MCP server that is down."
+    )
     # --- queue and API tuning (defaults suit production; tests shorten the timeouts) ---
     priority_weights: dict[str, int] = Field(
         default_factory=lambda: {"high": 6, "normal": 3, "low": 1},
@@ -96,9 +158,17 @@ class RuntimeConfig(BaseModel):
     max_deliveries: int = Field(default=5, ge=1, description="Deliveries before a task goes to the dead-letter stream.")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
     max_queued_tasks: int | None = Field(
-        default=None,
+        default=DEFAULT_MAX_QUEUED_TASKS,
         ge=1,
         description="Submit answers 429 while this many tasks are queued or running (None: no bound).",
+    )
+    max_queued_input_bytes: int | None = Field(
+        default=DEFAULT_MAX_QUEUED_INPUT_BYTES,
+        ge=1,
+        description=(
+            "Submit answers 429 when the records of the tasks not yet ended (input, metadata and the rest)"
+            " would pass this many bytes (None: no bound): one service cannot fill a shared Redis."
+        ),
     )
     task_ttl_seconds: int = Field(default=7 * 86_400, ge=60, description="How long finished task records are kept.")
     provider_max_retries: int = Field(
@@ -146,14 +216,14 @@ class RuntimeConfig(BaseModel):
 
     def keys(self) -> ServiceKeys:
         """The service's Redis keys (namespace and service in one hash tag)."""
-        return ServiceKeys(namespace=self.namespace, service=self.service)
+        return ServiceKeys(namespace=self.namespace, service=self.service, lane=self.queue_lane)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
 
 def load(environ: Mapping[str, str] | None = None) -> RuntimeConfig:
-    """Read the mounted config file (if any), then let the environment set the track (and the service)."""
+    """Read the mounted config file (if any), then let the environment set the track, service and queue lane."""
     env = os.environ if environ is None else environ
     path = Path(env.get(CONFIG_PATH_ENV, CONFIG_PATH))
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -161,4 +231,6 @@ def load(environ: Mapping[str, str] | None = None) -> RuntimeConfig:
         data["track"] = env[TRACK_ENV]
     if env.get(SERVICE_ENV):
         data["service"] = env[SERVICE_ENV]
+    if QUEUE_LANE_ENV in env:
+        data["queue_lane"] = env[QUEUE_LANE_ENV]
     return RuntimeConfig.model_validate(data)

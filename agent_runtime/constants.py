@@ -12,6 +12,11 @@ METRIC_REQUESTS: Final = "agent_requests_total"  # labels: status (succeeded|fai
 METRIC_LATENCY: Final = "agent_latency_seconds"  # histogram of task wall-clock time
 METRIC_STEPS: Final = "agent_steps_count"  # histogram of agent-loop steps per task
 METRIC_COST: Final = "agent_cost_usd"  # counter of LLM spend (exported as agent_cost_usd_total)
+# Model calls by the model that answered and the route that chose it (`routing`; `default` without):
+# both bounded by the spec (models of spec.model.providers, names of its rules).
+METRIC_MODEL_COST: Final = "agent_model_cost_usd"  # counter (exported as agent_model_cost_usd_total)
+METRIC_MODEL_CALLS: Final = "agent_model_calls_total"  # labels: model, route
+METRIC_MODEL_TOKENS: Final = "agent_model_tokens_total"  # labels: model, kind (input|output)
 METRIC_ACTIVE: Final = "active_agents"  # gauge of tasks running now
 METRIC_TOOL_CALLS: Final = "agent_tool_calls_total"  # labels: tool_name, status
 METRIC_QUEUE_DEPTH: Final = "agent_queue_depth"  # gauge: waiting + pending entries
@@ -21,6 +26,9 @@ METRIC_CIRCUIT_STATE: Final = "llm_circuit_state"  # gauge 0 closed, 1 half-open
 METRIC_PROVIDER_CALLS: Final = "llm_provider_calls_total"  # labels: provider, outcome (PROVIDER_OUTCOMES)
 PROVIDER_OUTCOMES: Final = ("ok", "unavailable", "rate_limited", "error")
 METRIC_RATELIMIT_WAIT: Final = "llm_ratelimit_wait_seconds"  # histogram of time spent waiting for a slot
+METRIC_TOOL_LATENCY: Final = "agent_tool_call_seconds"  # histogram, label: tool_name
+METRIC_TOOL_SERVER_UP: Final = "agent_tool_server_up"  # gauge 1/0, label: server (MCP servers)
+METRIC_TOOL_CIRCUIT: Final = "agent_tool_circuit_state"  # gauge 0 closed, 1 half-open, 2 open, label: server
 METRIC_DEGRADATION: Final = "agent_degradation_level"  # gauge 0 full, 1 reduced_tools, 2 fallback_only, 3 static
 METRIC_CACHE: Final = "agent_cache_requests_total"  # label: result (hit|miss)
 METRIC_BUDGET_REJECTIONS: Final = "agent_budget_rejections_total"  # label: budget (daily|per_task)
@@ -34,6 +42,7 @@ METRIC_BUDGET_HELD: Final = "agent_budget_held_tasks"  # gauge: tasks waiting fo
 SERIES_REQUESTS: Final = "agent_requests_total"
 SERIES_LATENCY_BUCKET: Final = "agent_latency_seconds_bucket"
 SERIES_COST: Final = "agent_cost_usd_total"
+SERIES_MODEL_COST: Final = "agent_model_cost_usd_total"
 SERIES_FALLBACKS: Final = "agent_provider_fallbacks_total"
 SERIES_PROVIDER_CALLS: Final = METRIC_PROVIDER_CALLS
 LABEL_SERVICE: Final = "service"
@@ -53,6 +62,7 @@ AUTH_TOKEN_ENV: Final = "AGENT_AUTH_TOKEN"
 REDIS_URL_ENV: Final = "AGENT_REDIS_URL"
 TRACK_ENV: Final = "AGENT_TRACK"
 SERVICE_ENV: Final = "AGENT_SERVICE"
+QUEUE_LANE_ENV: Final = "AGENT_QUEUE_LANE"  # overrides RuntimeConfig.queue_lane (the operator sets it per track)
 POD_NAME_ENV: Final = "AGENT_POD_NAME"
 
 # --- Redis keys: `ServiceKeys` below builds every one of them ---
@@ -67,10 +77,16 @@ def provider_key_env(provider_name: str) -> str:
     return "AGENT_PROVIDER_" + provider_name.upper().replace("-", "_") + "_API_KEY"
 
 
+def mcp_header_env(server_name: str, index: int) -> str:
+    """Name of the environment variable that carries the value of an MCP server's `index`-th header."""
+    return "AGENT_MCP_" + server_name.upper().replace("-", "_") + f"_HEADER_{index}"
+
+
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 TASK_ID_HEADER: Final = "x-agent-task-id"  # sent with every model call, so provider logs name the task
 REQUEST_ID_HEADER: Final = "x-request-id"
 TASKS_PATH: Final = "/v1/tasks"
+COSTS_PATH: Final = "/v1/costs"
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,9 @@ class ServiceKeys:
 
     namespace: str
     service: str
+    # A queue of its own (`RuntimeConfig.queue_lane`): a candidate that must not see user tasks
+    # until its evaluation passes reads streams no user-facing API writes to. "" is the main queue.
+    lane: str = ""
 
     @property
     def tag(self) -> str:
@@ -98,8 +117,16 @@ class ServiceKeys:
         return ":".join((KEY_PREFIX, self.tag, *parts))
 
     def stream(self, priority: str) -> str:
-        """The Redis stream of one priority level."""
-        return self.key("tasks", priority)
+        """The Redis stream of one priority level (of the lane, when there is one)."""
+        return self.key("lane", self.lane, "tasks", priority) if self.lane else self.key("tasks", priority)
+
+    def queued_bytes(self) -> str:
+        """The bytes the records of the tasks not yet ended hold (an integer; `limits.maxQueuedInputBytes`)."""
+        return self.key("queued", "bytes")
+
+    def queued_sizes(self) -> str:
+        """Each such task's size in bytes, by task id: what its end takes off `queued_bytes`, once."""
+        return self.key("queued", "sizes")
 
     def dead_letter(self) -> str:
         """The stream receiving tasks that failed too many deliveries, with their last error."""
@@ -146,8 +173,22 @@ class ServiceKeys:
         return self.key("budget", "expiry")
 
     def budget_held(self) -> str:
-        """The sorted set of tasks put aside until money comes back (`budget.onExhausted: hold`)."""
-        return self.key("budget", "held")
+        """The sorted set of tasks put aside until money comes back (`budget.onExhausted: hold`); per lane,
+        so a task held in a lane goes back to that lane's streams."""
+        return self.key("lane", self.lane, "budget", "held") if self.lane else self.key("budget", "held")
+
+    def costs_hour(self, hour: str) -> str:
+        """One UTC hour's cost figures (`YYYY-MM-DDTHH`): a hash of micro-USD, requests and tokens, by model,
+        user and intent (`costs.py`)."""
+        return self.key("costs", "hour", hour)
+
+    def costs_top(self, day: str) -> str:
+        """The day's dearest finished tasks: task id → micro-USD (a sorted set, kept short)."""
+        return self.key("costs", "top", day)
+
+    def costs_top_info(self, day: str) -> str:
+        """The model, tokens and finish time of each task in the day's ranking (a hash of JSON)."""
+        return self.key("costs", "topinfo", day)
 
     def probe(self) -> str:
         """Written by the readiness probes: a replica is ready only while Redis accepts writes."""

@@ -60,6 +60,10 @@ class InvalidTask(AgentRuntimeError):
     """The submission cannot be accepted (names the field to fix)."""
 
 
+class InvalidReportRange(AgentRuntimeError):
+    """A cost report asked for a period that does not parse, is empty, or lies past the retention (422)."""
+
+
 class IdempotencyConflict(AgentRuntimeError):
     """An idempotency key was reused with a different input or priority (its first request is kept)."""
 

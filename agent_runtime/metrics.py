@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from agent_runtime import constants
-from agent_runtime.tasks import TaskStatus
+from agent_runtime.tasks import CallUsage, TaskStatus
 
 __all__ = ["DEFAULT_INTENT", "OTHER_INTENT", "Metrics"]
 
@@ -24,6 +24,8 @@ _BASE = (constants.LABEL_SERVICE, constants.LABEL_TRACK)
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _STEP_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50)
 _FINAL = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+_TOOL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TOOL_STATUSES = ("ok", "error", "timeout", "interrupted")
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -58,11 +60,48 @@ class Metrics:
             registry=registry,
         )
         self.cost = Counter(constants.METRIC_COST, "LLM spend in USD.", _BASE, registry=registry)
+        self.model_cost = Counter(
+            constants.METRIC_MODEL_COST,
+            "LLM spend in USD by the model that answered and the route that chose it.",
+            [*_BASE, "model", "route"],
+            registry=registry,
+        )
+        self.model_calls = Counter(
+            constants.METRIC_MODEL_CALLS,
+            "Model calls answered, by model and route.",
+            [*_BASE, "model", "route"],
+            registry=registry,
+        )
+        self.model_tokens = Counter(
+            constants.METRIC_MODEL_TOKENS,
+            "Tokens of answered model calls, by model and kind (input, output).",
+            [*_BASE, "model", "kind"],
+            registry=registry,
+        )
         self.active = Gauge(constants.METRIC_ACTIVE, "Tasks running now in this process.", _BASE, registry=registry)
         self.tool_calls = Counter(
             constants.METRIC_TOOL_CALLS,
             "Tool calls, by tool and outcome.",
             [*_BASE, "tool_name", "status"],
+            registry=registry,
+        )
+        self.tool_latency = Histogram(
+            constants.METRIC_TOOL_LATENCY,
+            "Tool call duration, by tool (any outcome).",
+            [*_BASE, "tool_name"],
+            buckets=_TOOL_BUCKETS,
+            registry=registry,
+        )
+        self.tool_server_up = Gauge(
+            constants.METRIC_TOOL_SERVER_UP,
+            "1 while the MCP server is connected and has listed its tools, 0 while it cannot be reached.",
+            [*_BASE, "server"],
+            registry=registry,
+        )
+        self.tool_circuit = Gauge(
+            constants.METRIC_TOOL_CIRCUIT,
+            "An MCP server's circuit breaker in this process: 0 closed, 1 half-open, 2 open.",
+            [*_BASE, "server"],
             registry=registry,
         )
         self.queue_depth = Gauge(
@@ -172,6 +211,13 @@ class Metrics:
         if usd > 0:
             self.cost.labels(self.service, self.track).inc(usd)
 
+    def model_call(self, model: str, *, route: str, call: CallUsage) -> None:
+        """One answered call: its cost (as the ledger settles it), tokens and count, by model and route."""
+        self.model_calls.labels(self.service, self.track, model, route).inc()
+        self.model_cost.labels(self.service, self.track, model, route).inc(call.cost_micros / 1_000_000)
+        self.model_tokens.labels(self.service, self.track, model, "input").inc(call.input_tokens)
+        self.model_tokens.labels(self.service, self.track, model, "output").inc(call.output_tokens)
+
     def task_started(self) -> None:
         self.active.labels(self.service, self.track).inc()
 
@@ -180,6 +226,18 @@ class Metrics:
 
     def tool_called(self, tool_name: str, ok: bool) -> None:
         self.tool_calls.labels(self.service, self.track, tool_name, "ok" if ok else "error").inc()
+
+    def tool_call(self, tool_name: str, status: str, seconds: float) -> None:
+        """One call of a tool (`status`: one of TOOL_STATUSES); tool names are the configured ones, bounded."""
+        self.tool_calls.labels(self.service, self.track, tool_name, status).inc()
+        if tool_name != "unknown":
+            self.tool_latency.labels(self.service, self.track, tool_name).observe(max(seconds, 0.0))
+
+    def tool_server(self, server: str, *, up: bool) -> None:
+        self.tool_server_up.labels(self.service, self.track, server).set(1 if up else 0)
+
+    def tool_circuit_state(self, server: str, state: int) -> None:
+        self.tool_circuit.labels(self.service, self.track, server).set(state)
 
     def set_queue_depth(self, depth: int) -> None:
         self.queue_depth.labels(self.service, self.track).set(depth)

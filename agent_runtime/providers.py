@@ -55,7 +55,7 @@ from agent_runtime.openai_compat import OpenAICompatProvider
 from agent_runtime.ratelimit import Limit, RateLimited, RateLimiter, estimate_tokens
 from agent_runtime.replies import ModelReply
 
-__all__ = ["AnthropicProvider", "ModelReply", "Provider", "ProviderSet", "build_providers"]
+__all__ = ["AnthropicProvider", "ModelReply", "Provider", "ProviderSet", "build_provider", "build_providers"]
 
 _NO_KEY = "none"  # local Anthropic-compatible servers accept any key; the SDK insists on one
 _DEFAULT_RETRY_AFTER = 1.0  # a 429 without retry-after still backs every replica off this long
@@ -375,6 +375,13 @@ def _api_key(provider: ProviderConfig, environ: Mapping[str, str]) -> str | None
             f"providers[{provider.name}]: no API key; set the environment variable {env_name} (from apiKeySecretRef)"
         )
     return key
+
+
+def build_provider(
+    provider: ProviderConfig, config: RuntimeConfig, environ: Mapping[str, str] | None = None, *, connections: int = 4
+) -> Provider:
+    """One provider alone, outside the set (no limiter, breaker or cache): the evaluation's judge calls it."""
+    return _build_one(provider, config, os.environ if environ is None else environ, connections=connections)
 
 
 def _build_one(

@@ -15,6 +15,7 @@ the current fence, which is what makes a reclaimed task safe even if its old wor
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -47,10 +48,25 @@ FinishOutcome = Literal["stored", "cancelled", "succeeded", "failed", "lost"]
 
 _TERMINAL_LUA = "status == 'succeeded' or status == 'failed' or status == 'cancelled'"
 
-# KEYS: task, stream, idem, priority streams...
-# ARGV: task_id, idem_ttl, use_idem (0|1), max_queued (0: unbounded), request digest, field, value, ...
+# A task leaves the queue's byte count when it ends (finished, cancelled, dead-lettered): its size
+# is dropped from the sizes hash and taken off the total, once (a second call finds no size).
+# KEYS[bytes_at], KEYS[bytes_at + 1]: the total and the sizes hash (`ServiceKeys.queued_bytes/sizes`).
+_UNQUEUE_LUA = """
+local function unqueue(total, sizes, task_id)
+  local size = redis.call('HGET', sizes, task_id)
+  if size then
+    redis.call('HDEL', sizes, task_id)
+    redis.call('DECRBY', total, size)
+  end
+end
+"""
+
+# KEYS: task, stream, idem, queued bytes, queued sizes, priority streams...
+# ARGV: task_id, idem_ttl, use_idem (0|1), max_queued (0: unbounded), request digest, size (bytes),
+#       max queued bytes (0: unbounded), field, value, ...
 # Returns {1, task_id} created, {0, task_id} the key's task (made from the same request),
-# {2, task_id} the key's task was made from another request, {3, depth} the queue is full.
+# {2, task_id} the key's task was made from another request, {3, depth} the queue is full,
+# {4, bytes} the queued tasks hold too many bytes for this one.
 _SUBMIT = """
 if ARGV[3] == '1' then
   local existing = redis.call('HMGET', KEYS[3], 'task_id', 'request')
@@ -62,12 +78,20 @@ end
 local limit = tonumber(ARGV[4])
 if limit > 0 then
   local depth = 0
-  for i = 4, #KEYS do depth = depth + redis.call('XLEN', KEYS[i]) end
+  for i = 6, #KEYS do depth = depth + redis.call('XLEN', KEYS[i]) end
   if depth >= limit then return {3, tostring(depth)} end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+local size = tonumber(ARGV[6])
+local max_bytes = tonumber(ARGV[7])
+if max_bytes > 0 then
+  local queued = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if queued + size > max_bytes then return {4, tostring(queued)} end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 local entry = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[1])
 redis.call('HSET', KEYS[1], 'entry_id', entry)
+redis.call('INCRBY', KEYS[4], size)
+redis.call('HSET', KEYS[5], ARGV[1], size)
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[3], 'task_id', ARGV[1], 'request', ARGV[5])
   redis.call('EXPIRE', KEYS[3], ARGV[2])
@@ -75,8 +99,8 @@ end
 return {1, ARGV[1]}
 """
 
-# KEYS: task, stream, dead   ARGV: entry, group, consumer, now, max_deliveries, ttl
-_CLAIM = f"""
+# KEYS: task, stream, dead, queued bytes, queued sizes   ARGV: entry, group, consumer, now, max_deliveries, ttl
+_CLAIM = f"""{_UNQUEUE_LUA}
 local status = redis.call('HGET', KEYS[1], 'status')
 local function drop()
   redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
@@ -92,8 +116,10 @@ if deliveries > tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'error', message, 'finished_at', ARGV[4],
              'deliveries', deliveries - 1)
   redis.call('EXPIRE', KEYS[1], ARGV[6])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'task_id', redis.call('HGET', KEYS[1], 'task_id'),
-             'error', last, 'deliveries', deliveries - 1)
+  local task_id = redis.call('HGET', KEYS[1], 'task_id')
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'task_id', task_id, 'error', last,
+             'deliveries', deliveries - 1)
+  unqueue(KEYS[4], KEYS[5], task_id)
   drop()
   return {{'dead', message}}
 end
@@ -112,8 +138,8 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 'ok'
 """
 
-# KEYS: task, stream   ARGV: fence, entry, group, ttl, field, value, ...
-_FINISH = f"""
+# KEYS: task, stream, queued bytes, queued sizes   ARGV: fence, entry, group, ttl, field, value, ...
+_FINISH = f"""{_UNQUEUE_LUA}
 local status = redis.call('HGET', KEYS[1], 'status')
 local outcome
 if status == 'running' and redis.call('HGET', KEYS[1], 'fence') == ARGV[1] then
@@ -125,6 +151,7 @@ elseif status and ({_TERMINAL_LUA}) then
 else
   return 'lost'
 end
+unqueue(KEYS[3], KEYS[4], redis.call('HGET', KEYS[1], 'task_id'))
 redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
 return outcome
@@ -150,18 +177,19 @@ redis.call('XDEL', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: task, held, priority streams...   ARGV: group, now, ttl
+# KEYS: task, held, queued bytes, queued sizes, priority streams...   ARGV: group, now, ttl
 # (the streams are declared, not read from the record, so the script touches only keys it was given)
-_CANCEL = f"""
+_CANCEL = f"""{_UNQUEUE_LUA}
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {{'gone', 0}} end
 if {_TERMINAL_LUA} then return {{status, 0}} end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'task_id'))
+unqueue(KEYS[3], KEYS[4], redis.call('HGET', KEYS[1], 'task_id'))
 local stream = redis.call('HGET', KEYS[1], 'stream')
 local entry = redis.call('HGET', KEYS[1], 'entry_id')
-for i = 3, #KEYS do
+for i = 5, #KEYS do
   if KEYS[i] == stream and entry then
     redis.call('XACK', stream, ARGV[1], entry)
     redis.call('XDEL', stream, entry)
@@ -309,6 +337,7 @@ class TaskQueue:
         task_ttl_seconds: int = 7 * 86_400,
         priority_weights: Mapping[str, int] | None = None,
         max_queued_tasks: int | None = None,
+        max_queued_bytes: int | None = None,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 500,
         clock: Callable[[], float] = time.time,
@@ -316,6 +345,8 @@ class TaskQueue:
         self.redis = redis_client
         self.keys = keys
         self.max_queued_tasks = max_queued_tasks
+        self.max_queued_bytes = max_queued_bytes
+        self.queued_bytes, self.queued_sizes = keys.queued_bytes(), keys.queued_sizes()
         self.max_deliveries = max_deliveries
         # Replicas that must hold a promised write (submit, checkpoint, result) before it is
         # acknowledged, so that a failover cannot take it back (see `redisconn.run_replicated`).
@@ -353,6 +384,7 @@ class TaskQueue:
             task_ttl_seconds=config.task_ttl_seconds,
             priority_weights=config.priority_weights,
             max_queued_tasks=config.max_queued_tasks,
+            max_queued_bytes=config.max_queued_input_bytes,
             wait_replicas=config.redis.wait_replicas,
             wait_timeout_ms=config.redis.wait_timeout_ms,
         )
@@ -391,15 +423,27 @@ class TaskQueue:
             created_at=self._clock(),
         )
         idem = self.keys.idempotency(idempotency_key) if idempotency_key else self.keys.idempotency("")
-        keys = [self.task_key(task_id), self.streams[priority], idem, *self.streams.values()]
+        keys = [
+            self.task_key(task_id),
+            self.streams[priority],
+            idem,
+            self.queued_bytes,
+            self.queued_sizes,
+            *self.streams.values(),
+        ]
+        fields = record.creation_fields()
+        # What the record holds while queued: the input, the metadata and the rest, as stored.
+        size = sum(len(str(k).encode()) + len(str(v).encode()) for k, v in fields.items())
         args: list[str | int] = [
             task_id,
             self.task_ttl_seconds,
             1 if idempotency_key else 0,
             self.max_queued_tasks or 0,
             request_digest(task_input, priority),
+            size,
+            self.max_queued_bytes or 0,
         ]
-        for field, value in record.creation_fields().items():
+        for field, value in fields.items():
             args += [field, value]
         outcome, value = await self._promise(self._submit, keys, args)
         if outcome == 2:
@@ -411,6 +455,11 @@ class TaskQueue:
             raise errors.QueueFull(
                 f"queue full: {value} tasks queued or running, the limit is {self.max_queued_tasks} "
                 "(limits.maxQueuedTasks); retry later"
+            )
+        if outcome == 4:
+            raise errors.QueueFull(
+                f"queue full: the tasks queued or running hold {value} bytes, this one {size}, the limit is"
+                f" {self.max_queued_bytes} (limits.maxQueuedInputBytes); retry later"
             )
         return Submission(task_id=str(value), created=outcome == 1)
 
@@ -424,7 +473,13 @@ class TaskQueue:
         """Cancel a queued or running task; return the status it ends in and whether this call cancelled it."""
         status, changed = await self._call(
             self._cancel,
-            [self.task_key(task_id), self.keys.budget_held(), *self.streams.values()],
+            [
+                self.task_key(task_id),
+                self.keys.budget_held(),
+                self.queued_bytes,
+                self.queued_sizes,
+                *self.streams.values(),
+            ],
             [self.group, repr(self._clock()), self.task_ttl_seconds],
         )
         if status == "gone":
@@ -521,7 +576,7 @@ class TaskQueue:
         """Start a delivery: bump the fence and the delivery count; None if there is nothing to run."""
         reply = await self._call(
             self._claim,
-            [self.task_key(entry.task_id), entry.stream, self.dead_letter],
+            [self.task_key(entry.task_id), entry.stream, self.dead_letter, self.queued_bytes, self.queued_sizes],
             [entry.entry_id, self.group, consumer, repr(self._clock()), self.max_deliveries, self.task_ttl_seconds],
         )
         if reply[0] != "ok":
@@ -563,7 +618,9 @@ class TaskQueue:
         for field, value in fields.items():
             args += [field, value]
         outcome: FinishOutcome = await self._promise(
-            self._finish, [self.task_key(claim.entry.task_id), claim.entry.stream], args
+            self._finish,
+            [self.task_key(claim.entry.task_id), claim.entry.stream, self.queued_bytes, self.queued_sizes],
+            args,
         )
         return outcome
 
@@ -599,6 +656,29 @@ class TaskQueue:
             return []
         ids: list[str] = await self._run(self.redis.zrange(self.held, 0, count - 1))
         return [str(i) for i in ids]
+
+    async def held_needs(self, count: int, *, default: int) -> list[tuple[str, int]]:
+        """The `count` tasks held longest, each with what its next call needs to go (micro-USD, from its `waiting`)."""
+        ids = await self.held_ids(count)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hget(self.task_key(task_id), "waiting")
+            raw = await self._run(pipe.execute())
+        needs: list[tuple[str, int]] = []
+        for task_id, waiting in zip(ids, raw, strict=True):
+            need = default
+            if waiting:
+                parsed = Waiting.model_validate_json(waiting)
+                usd = parsed.least_usd if parsed.least_usd is not None else parsed.needed_usd
+                need = max(default, math.ceil(round(usd * 1_000_000, 3)))
+            needs.append((task_id, need))
+        return needs
+
+    async def held_count(self) -> int:
+        """How many tasks are put aside for money."""
+        return int(await self._run(self.redis.zcard(self.held)))
 
     async def release_held(self, task_ids: Sequence[str]) -> int:
         """Send held tasks back to their streams; return how many went (cancelled ones are just dropped)."""

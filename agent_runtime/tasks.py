@@ -16,6 +16,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_METADATA_DEPTH",
     "TERMINAL",
+    "CallUsage",
     "Checkpoint",
     "Progress",
     "TaskRecord",
@@ -26,6 +27,7 @@ __all__ = [
     "checkpoint_fields",
     "json_depth",
     "metadata_problem",
+    "tool_calls",
 ]
 
 
@@ -93,6 +95,19 @@ class Usage(BaseModel):
         )
 
 
+class CallUsage(BaseModel):
+    """One completed model call of a task: which model answered, its tokens and what it was charged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    provider: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_micros: int = Field(default=0, description="What the budget ledger settled for it (micro-USD, rounded up).")
+    cached: bool = False
+
+
 class Checkpoint(BaseModel):
     """The agent loop's state after its last completed step: enough to resume without re-running it."""
 
@@ -101,6 +116,23 @@ class Checkpoint(BaseModel):
     messages: list[dict[str, Any]] = Field(default_factory=list)
     step: int = 0  # model calls completed (each one billed exactly once)
     usage: Usage = Field(default_factory=Usage)
+    # The tool calls of the last step while they run (emptied once their results join `messages`):
+    # the result of each call already made, by tool_use id, and the ids of `external` calls sent
+    # whose result was not stored yet. A resumed task reuses the first and never re-sends the second.
+    tool_results: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tools_started: list[str] = Field(default_factory=list)
+    calls: list[CallUsage] = Field(default_factory=list)  # one per completed step, in order
+
+    def cost_micros(self) -> int:
+        """The task's spend as the ledger counted it: the sum of its calls' settled micro-dollars."""
+        return sum(call.cost_micros for call in self.calls)
+
+    def main_model(self) -> str:
+        """The model that cost the task most (the first one on a tie; "" before any call)."""
+        totals: dict[str, int] = {}
+        for call in self.calls:
+            totals[call.model] = totals.get(call.model, 0) + call.cost_micros
+        return max(totals, key=lambda model: totals[model], default="")
 
 
 class Waiting(BaseModel):
@@ -112,6 +144,11 @@ class Waiting(BaseModel):
     message: str = Field(description="The figures, and when the task may run again.")
     until: float = Field(description="Unix time money comes back (the next 00:00 UTC), unless the budget is raised.")
     needed_usd: float = Field(description="What the task's next model call could cost (its reservation).")
+    least_usd: float | None = Field(
+        default=None,
+        description="The least its next call must reserve to go (its output capped to budget_min_output_tokens):"
+        " the task is sent back as soon as the day has that much left.",
+    )
     spent_usd: float = Field(description="The day's spend when the task was put aside.")
     reserved_usd: float = Field(description="Reserved by calls in flight then.")
     limit_usd: float = Field(description="The daily budget (budget.dailyUSD).")
@@ -134,8 +171,12 @@ class TaskView(BaseModel):
     error: str | None = None
     last_error: str | None = None
     usage: Usage
+    calls: list[CallUsage] = Field(default_factory=list, description="Each model call: model, provider, tokens, cost.")
     degradation: str | None = None  # worst degradation level the task ran at (full … static)
     waiting: Waiting | None = None  # why a queued task waits (only while queued)
+    tool_calls: list[str] = Field(
+        default_factory=list, description="Names of the tools the agent called, in order (the evaluation reads it)."
+    )
     attempts: int
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: float
@@ -207,8 +248,10 @@ class TaskRecord(BaseModel):
             error=self.error,
             last_error=self.last_error,
             usage=usage,
+            calls=self.checkpoint.calls,
             degradation=self.degradation,
             waiting=self.waiting if self.status == TaskStatus.QUEUED else None,
+            tool_calls=tool_calls(self.checkpoint.messages),
             attempts=self.deliveries,
             metadata=self.metadata,
             created_at=self.created_at,
@@ -233,6 +276,16 @@ def _stored_metadata(raw: str) -> dict[str, Any]:
     if depth > MAX_METADATA_DEPTH:
         return {"unreadable": f"the stored metadata nests {depth} levels deep, over {MAX_METADATA_DEPTH}; not shown"}
     return metadata
+
+
+def tool_calls(messages: list[dict[str, Any]]) -> list[str]:
+    """The names of the tools called in a transcript (assistant `tool_use` blocks), in order. Pure."""
+    names: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") == "assistant" and isinstance(content, list):
+            names += [str(b.get("name")) for b in content if isinstance(b, dict) and b.get("type") == "tool_use"]
+    return names
 
 
 def checkpoint_fields(checkpoint: Checkpoint) -> dict[str, str]:

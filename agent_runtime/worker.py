@@ -18,8 +18,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -27,7 +27,9 @@ from aiohttp import web
 from agent_runtime import constants, errors, tracing
 from agent_runtime.agent import Outcome, SaveCheckpoint
 from agent_runtime.budget import BudgetWatch
+from agent_runtime.costs import CostReports, user_label
 from agent_runtime.logging import get_logger
+from agent_runtime.mcptools import ToolServers
 from agent_runtime.metrics import Metrics
 from agent_runtime.queue import Claim, Entry, TaskQueue
 from agent_runtime.tasks import Checkpoint, TaskStatus
@@ -55,6 +57,7 @@ class Runner(Protocol):
         max_steps: int,
         save: SaveCheckpoint,
         fence: int = 0,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Outcome: ...
 
 
@@ -82,6 +85,8 @@ class Worker:
         depth_interval_seconds: float = 2.0,
         budget: BudgetWatch | None = None,
         circuits: Refreshable | None = None,
+        tool_servers: ToolServers | None = None,
+        reports: CostReports | None = None,
     ) -> None:
         self.queue = queue
         self.runner = runner
@@ -95,6 +100,8 @@ class Worker:
         self.depth_interval_seconds = depth_interval_seconds
         self.budget = budget
         self.circuits = circuits
+        self.tool_servers = tool_servers or ToolServers([])
+        self.reports = reports
         self.claim_interval_seconds = max(queue.claim_idle_ms / 1000 / 3, 0.05)
         self.processed = 0  # deliveries handled to the end (any outcome), for tests and the benchmark
         self._stopping = asyncio.Event()
@@ -111,6 +118,13 @@ class Worker:
 
     async def run(self) -> None:
         """Process tasks until stopped (or, in burst mode, until the queue is empty)."""
+        # MCP servers first: a task taken before its tools are listed would run without them. One
+        # that cannot be reached does not hold the worker: it is reported (degraded) and retried.
+        self._closing = False  # a burst worker may be run again (tests: the same worker, a later batch)
+        await self.tool_servers.start()
+        degraded = self.tool_servers.degraded()
+        if degraded:
+            log.warning("tool_servers_degraded", servers=degraded)
         log.info("worker_started", consumer=self.consumer, concurrency=self.concurrency, burst=self.burst)
         background = [asyncio.create_task(self._every(self.claim_interval_seconds, self._heartbeat))]
         if not self.burst:
@@ -276,6 +290,7 @@ class Worker:
                     max_steps=record.max_steps,
                     save=save,
                     fence=claim.fence,
+                    metadata=record.metadata,
                 )
         except asyncio.CancelledError:
             with contextlib.suppress(errors.AgentRuntimeError):
@@ -294,6 +309,10 @@ class Worker:
                 log.warning("hold_failed", error=str(store))  # still pending: reclaimed (and held) later
                 return
             log.info("task_held", step=latest.step, reason=exc.waiting.reason, until=exc.waiting.until)
+            if self.budget is not None:
+                # A call in flight may have settled between this task's verdict and its hold, finding
+                # nothing held to send back: look once more now that the task is in the held set.
+                await self.budget.money_back()
             return
         except errors.StoreUnavailable as exc:
             log.warning("task_interrupted", error=str(exc))  # pending: resumed from its checkpoint later
@@ -326,6 +345,8 @@ class Worker:
             log.warning("finish_failed", error=str(exc))  # not acknowledged: another delivery stores it
             return
         tracing.annotate({"task.status": outcome.status.value, "task.steps": outcome.checkpoint.step})
+        if stored == "stored" and self.reports is not None and outcome.checkpoint.calls:
+            await self._rank(claim, outcome.checkpoint)
         if stored == "stored":
             self.metrics.task_finished(
                 outcome.status,
@@ -342,6 +363,22 @@ class Worker:
             degradation=outcome.degradation,
         )
 
+    async def _rank(self, claim: Claim, checkpoint: Checkpoint) -> None:
+        """Enter the finished task in its day's ranking of dearest tasks (a report's `topExpensiveTasks`)."""
+        assert self.reports is not None
+        usage = checkpoint.usage
+        try:
+            await self.reports.rank_task(
+                claim.record.task_id,
+                cost_micros=checkpoint.cost_micros(),
+                model=checkpoint.main_model(),
+                tokens=usage.input_tokens + usage.output_tokens,
+                finished_at=time.time(),
+                user=user_label(claim.record.metadata),
+            )
+        except errors.StoreUnavailable as exc:  # the result is stored; only the ranking misses it
+            log.warning("cost_rank_failed", error=str(exc))
+
 
 async def serve_probes(queue: TaskQueue, metrics: Metrics, worker: Worker, *, host: str, port: int) -> web.AppRunner:
     """Serve the worker's /health, /ready and /metrics; the caller cleans up the returned runner."""
@@ -356,6 +393,12 @@ async def serve_probes(queue: TaskQueue, metrics: Metrics, worker: Worker, *, ho
             return web.json_response({"ready": False, "reason": str(exc)}, status=503)
         if worker.stopping:
             return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
+        # An MCP server that is down degrades the service (its tools are not offered) but does not
+        # make the pod unready: a restart would not bring the server back, and tasks still run.
+        degraded = worker.tool_servers.degraded()
+        if degraded:
+            reasons = {name: f"MCP server {name} unreachable: {why}" for name, why in degraded.items()}
+            return web.json_response({"ready": True, "degraded": reasons})
         return web.json_response({"ready": True})
 
     async def scrape(request: web.Request) -> web.Response:

@@ -21,7 +21,9 @@ import asyncio
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio
 from agentops_dev.localredis import LocalRedis
@@ -42,7 +44,15 @@ from tests.support.redis_topologies import running_cluster, running_sentinel_gro
 
 class Noop:
     async def run(
-        self, task_id: str, task_input: str, checkpoint: Checkpoint, *, max_steps: int, save: SaveCheckpoint
+        self,
+        task_id: str,
+        task_input: str,
+        checkpoint: Checkpoint,
+        *,
+        max_steps: int,
+        save: SaveCheckpoint,
+        fence: int = 0,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Outcome:
         return Outcome(TaskStatus.SUCCEEDED, checkpoint, result="ok")
 

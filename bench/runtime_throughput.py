@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -86,6 +87,7 @@ class Noop:
         max_steps: int,
         save: SaveCheckpoint,
         fence: int = 0,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Outcome:
         return Outcome(TaskStatus.SUCCEEDED, checkpoint, result="ok")
 

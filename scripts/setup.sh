@@ -23,6 +23,7 @@ install_system_packages() {
     command -v prometheus >/dev/null || want prometheus
     command -v promtool >/dev/null || want prometheus
     command -v shellcheck >/dev/null || want shellcheck  # the tests lint scripts/*.sh
+    command -v git >/dev/null || want git  # the GitOps tests serve a repository with `git daemon`
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         log "missing ${missing[*]}; run as root or install them: apt-get install ${missing[*]}"
@@ -86,11 +87,13 @@ PY
 }
 
 # The real control plane of the cluster tests, prometheus-adapter, which feeds their HPA controller,
-# and KEDA (`make test` asks for them with SETUP_CONTROLPLANE=1; `make demo` does not need them).
+# KEDA, and prom-label-proxy, which confines the operator's queries to a namespace (`make test`
+# asks for them with SETUP_CONTROLPLANE=1; `make demo` does not need them).
 # Built from Go modules into .tools/, once per pinned version.
 install_controlplane() {
     [ "${SETUP_CONTROLPLANE:-0}" = 1 ] || return 0
-    if bash scripts/controlplane.sh built && bash scripts/prometheus-adapter.sh built && bash scripts/keda.sh built; then
+    if bash scripts/controlplane.sh built && bash scripts/prometheus-adapter.sh built && bash scripts/keda.sh built &&
+        bash scripts/prom-label-proxy.sh built && bash scripts/argocd.sh built; then
         return 0
     fi
     if ! command -v go >/dev/null; then
@@ -98,7 +101,7 @@ install_controlplane() {
             log "Go is missing: CI must build the control plane for the cluster tests"
             return 1
         fi
-        log "Go not found: the cluster tests will be skipped (install Go 1.25+ to run them)"
+        log "Go not found: the cluster tests will be skipped (install Go 1.26+ to run them: KEDA needs it)"
         return 0
     fi
     log "building the Kubernetes control plane from its Go modules (first time only: about 15 minutes on 2 cores)"
@@ -107,6 +110,10 @@ install_controlplane() {
     bash scripts/prometheus-adapter.sh build
     log "building KEDA (operator and metrics server) from its Go module (first time only: about 15 minutes on 2 idle cores)"
     bash scripts/keda.sh build
+    log "building prom-label-proxy from its Go module (first time only: about 2 minutes on 2 cores)"
+    bash scripts/prom-label-proxy.sh build
+    log "building Argo CD (application controller and repo server) from its Go module (first time only: about 15 minutes on 2 idle cores)"
+    bash scripts/argocd.sh build
 }
 
 # The bundled image, built from the Dockerfile with buildah (scripts/image.sh, cached by a digest

@@ -47,7 +47,7 @@ import datetime
 import itertools
 import json
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any, Final
 
 import aiohttp.web
@@ -385,8 +385,10 @@ class DevCluster(kmock.KubernetesEmulator):
                 return True
             if request.action == kmock.action.DELETE:
                 key = self._key(request)
-                if self._live(key) is None:
+                live = self._live(key)
+                if live is None:
                     raise kmock.KubernetesObjectNotFoundError()
+                _check_preconditions(live, request.data)
                 await self._delete(key)
                 return False
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
@@ -833,3 +835,18 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _check_preconditions(live: Mapping[str, Any], options: Any) -> None:
+    """As the API server: a DeleteOptions' preconditions (uid, resourceVersion) that differ are a 409."""
+    preconditions = (options or {}).get("preconditions") if isinstance(options, dict) else None
+    meta = live.get("metadata", {})
+    for field in ("uid", "resourceVersion"):
+        wanted = (preconditions or {}).get(field)
+        if wanted is not None and wanted != meta.get(field):
+            raise kmock.KubernetesError(
+                409,
+                "Conflict",
+                f"Precondition failed: {field.capitalize() if field == 'uid' else field}"
+                f" in precondition: {wanted}, {field} in object meta: {meta.get(field)}",
+            )

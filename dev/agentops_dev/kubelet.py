@@ -8,8 +8,10 @@ resolved (literals, Secret keys, the pod name), so `AGENT_TRACK` and `AGENT_SERV
 operator's template. A template change (any field: a Deployment rolls on any) restarts the pods, a
 replica change adds or stops some, a deleted Deployment stops them. Once every Deployment's pods
 run on its current template and answer `/health` (`in_step`), it plays the Deployment controller
-(`simulate_rollouts`); and it keeps a `DiscoveringPrometheus`'s target file in step, with a
-`namespace` label on every target as Kubernetes discovery would add.
+(`simulate_rollouts`); and it keeps a `DiscoveringPrometheus`'s target file in step, each target
+labelled as the operator's ServiceMonitor has the Prometheus Operator label it: `namespace`
+(discovery), `service` and `track` (the pod's `app.kubernetes.io/instance` and `track` labels),
+scraped with `honor_labels: false`.
 The only change to a pod's config (`OVERLAY`) is a short drain when it is stopped.
 
 The end-to-end tests, `bench/canary.py` and part 4 of `agentctl demo` run their pods this way.
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-from agent_operator.manifests import naming, templatehash
+from agent_operator.manifests import monitoring, naming, templatehash
 
 from agent_runtime import constants
 from agentops_dev import devcluster
@@ -64,6 +66,7 @@ class Pod:
     port: int
     process: ForkedRuntime
     template: str = ""  # digest of the whole pod template it was started from
+    service: str = ""  # the pod's AgentService label (app.kubernetes.io/instance)
 
     @property
     def address(self) -> str:
@@ -195,7 +198,17 @@ class Kubelet:
         flag = "--port" if component == "api" else "--metrics-port"
         args = ["--log-level", "warning", component, "--host", "127.0.0.1", flag, str(port)]
         process = ForkedRuntime(args, config_path=config_path, redis_url=env[constants.REDIS_URL_ENV], env=env)
-        pod = Pod(name, meta["name"], component, track, revision, port, process, templatehash.template_hash(template))
+        pod = Pod(
+            name,
+            meta["name"],
+            component,
+            track,
+            revision,
+            port,
+            process,
+            templatehash.template_hash(template),
+            service=template["metadata"]["labels"].get(monitoring.POD_SERVICE_LABEL, ""),
+        )
         try:
             await process.start()
             await self._wait_healthy(pod)
@@ -250,5 +263,14 @@ class Kubelet:
 
     def _publish(self) -> None:
         if self.prometheus is not None:
-            labels = {"namespace": self.namespace}
-            self.prometheus.set_targets({pod.address: {**labels, "pod": pod.name} for pod in self.pods.values()})
+            self.prometheus.set_targets(
+                {
+                    pod.address: {
+                        "namespace": self.namespace,
+                        "pod": pod.name,
+                        constants.LABEL_SERVICE: pod.service,
+                        constants.LABEL_TRACK: pod.track,
+                    }
+                    for pod in self.pods.values()
+                }
+            )

@@ -3,8 +3,9 @@
 `run_runtime_demo(out)` starts them all (Redis in a temporary directory on a free port; the API under
 uvicorn and the worker with its probe server, both in this process), submits a task that needs the
 calculator tool over real HTTP with the bearer token, polls it to completion and writes the answer,
-the usage and a few `/metrics` lines to `out`. Everything it started is stopped before it returns,
-also on error. `agentctl demo` and `agent-runtime demo` call it.
+the usage and a few `/metrics` lines to `out`; then a task that calls a tool of an MCP server, the
+reference `mcp-server-time` from PyPI, which the worker starts and speaks to over stdio. Everything it
+started is stopped before it returns, also on error. `agentctl demo` and `agent-runtime demo` call it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
@@ -24,15 +26,17 @@ from agent_runtime import constants
 from agent_runtime import logging as runtime_logging
 from agent_runtime.api import create_app
 from agent_runtime.composition import build_worker, connect_redis
-from agent_runtime.config import ProviderConfig, RuntimeConfig
+from agent_runtime.config import McpServerConfig, ProviderConfig, RuntimeConfig
 from agent_runtime.tasks import TERMINAL
 from agent_runtime.worker import serve_probes
 from agentops_dev.localmodel import MODEL, Faults, LocalModelServer
 from agentops_dev.localredis import LocalRedis, free_port
 
-__all__ = ["DEMO_PROMPT", "run_runtime_demo"]
+__all__ = ["DEMO_PROMPT", "MCP_PROMPT", "run_runtime_demo"]
 
 DEMO_PROMPT = "A crate holds 12*7+3 apples and a truck carries 2**10 crates. Work out both figures."
+MCP_PROMPT = 'What time is it in Tokyo? call time__get_current_time {"timezone": "Asia/Tokyo"}'
+MCP_TIME_COMMAND = [sys.executable, "-m", "mcp_server_time", "--local-timezone", "UTC"]
 _SHOWN_SERIES = (
     constants.SERIES_REQUESTS,
     constants.SERIES_COST,
@@ -72,6 +76,7 @@ async def _demo(out: TextIO, timeout: float) -> None:
             max_steps_per_task=8,
             worker_concurrency=4,
             shutdown_grace_seconds=5,
+            mcp_servers=[McpServerConfig(name="time", command=MCP_TIME_COMMAND, side_effects="none")],
         )
         token = secrets.token_urlsafe(24)
         api_url = await stack.enter_async_context(_api(config, redis_server.url, token))
@@ -86,6 +91,12 @@ async def _demo(out: TextIO, timeout: float) -> None:
             out.write(f"  input: {DEMO_PROMPT}\n")
             view = await _poll(client, task["status_url"], timeout)
             _report(out, view)
+            out.write("\nMCP server 'time' (mcp-server-time over stdio, started by the worker)\n")
+            submitted = (await client.post(constants.TASKS_PATH, json={"input": MCP_PROMPT})).raise_for_status()
+            task = submitted.json()
+            out.write(f"POST {constants.TASKS_PATH} -> {submitted.status_code} task {task['task_id']}\n")
+            out.write(f"  input: {MCP_PROMPT}\n")
+            _report(out, await _poll(client, task["status_url"], timeout))
             for url in (metrics_url, api_url):
                 scrape = await client.get(url + constants.METRICS_PATH)
                 _metrics_lines(out, url, scrape.text)

@@ -4,14 +4,21 @@
 like the OpenAI chat-completions API (the `openai-compatible` kind: the request is read into the
 Messages form, answered by the same `respond`, and written back), deterministically: when the
 first user message contains arithmetic and the request offers the `calculator` tool, it asks for one
-calculation per turn (a `tool_use` turn), then answers with the results; otherwise it answers with
-text. `usage` is counted from the request and reply sizes (about four characters per token).
+calculation per turn (a `tool_use` turn), then answers with the results; when it names tools to call
+(`call <tool> {json input}`, any number of times), it calls each one that the request offers, in
+order, one per turn, then answers with what each returned (and names those not offered); otherwise
+it answers with text. `usage` is counted from the request and reply sizes (about four characters per token).
 
 Fault injection is per server instance (`Faults`): an error ratio with status 429 (with
 `retry-after`), 500 or 529, malformed bodies, added latency, a hold (replies wait until it is
 lifted; optionally only those after the first N calls), and a script of forced outcomes for the
 next requests (`fault_script(k)`: exactly k final errors in every 10 calls, a model version that
-fails k tasks in 10). Every call is recorded (`calls`), with the task id header, the step
+fails k tasks in 10) and wrong answers with no error (`wrong_per_ten`: exactly k of every 10 final
+answers are wrong, each result off by one: a model version that answers 30 % of cases wrongly at
+the same latency and cost). A request whose system prompt is the evaluation judge's
+(`agent_runtime.evaluation.judge.JUDGE_SYSTEM`) is judged: the score is the share of the rubric's
+required terms (its quoted strings and its numbers) found in the answer shown.
+Every call is recorded (`calls`), with the task id header, the step
 (assistant turns already in the transcript), so tests can prove which steps were re-sent, and the
 client's end of the connection it came on (`connection`), so they can count the connections used.
 `GET /_local/calls` and `PUT /_local/faults` expose the same when the server runs as a separate
@@ -35,6 +42,7 @@ from typing import Any
 from aiohttp import web
 
 from agent_runtime import constants
+from agent_runtime.evaluation.judge import JUDGE_SYSTEM
 from agent_runtime.openai_compat import TOOL_ERROR_PREFIX
 
 __all__ = [
@@ -44,6 +52,7 @@ __all__ = [
     "LocalModelServer",
     "chat_to_messages",
     "fault_script",
+    "is_judge_request",
     "messages_to_chat",
     "respond",
 ]
@@ -54,6 +63,7 @@ MODEL = "claude-sonnet-5-5"
 # as latency rather than as failed tasks.
 FAULT_STATUS = 400
 _EXPRESSION = re.compile(r"\d+(?:\.\d+)?(?:\s*(?:\*\*|//|[-+*/%])\s*\d+(?:\.\d+)?)+")
+_CALL = re.compile(r"\bcall ([A-Za-z0-9_-]{1,128}) (?=\{)")
 _ERROR_TYPES = {429: "rate_limit_error", 500: "api_error", 529: "overloaded_error", 503: "api_error"}
 
 
@@ -68,6 +78,7 @@ class Faults:
     latency_seconds: float = 0.0  # added before every reply
     hold: bool = False  # replies wait while set: a model that stalls until the test lets it go
     hold_after: int = 0  # with `hold`: the first `hold_after` calls are answered, the later ones wait
+    wrong_per_ten: int = 0  # final answers in every 10 that are wrong (no error: the answer is off by one)
     script: list[str] = field(
         default_factory=list
     )  # forced outcomes, consumed in order: an HTTP status ("429", "400", ...) | "malformed" | "ok"
@@ -97,6 +108,7 @@ class CallRecord:
     tools: list[str] = field(default_factory=list)  # names of the tools the request offered
     number: int = 0  # 1 for the first call the server received, and so on
     connection: str = ""  # the client's address and port: one per TCP connection
+    max_tokens: int = 0  # the request's max_tokens (what the runtime let the call produce)
 
 
 def _tokens(text: str) -> int:
@@ -119,15 +131,101 @@ def _tool_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def respond(body: dict[str, Any], *, message_id: str) -> dict[str, Any]:
-    """The deterministic reply to a Messages API request body. Pure."""
+def tool_requests(prompt: str) -> list[tuple[str, dict[str, Any]]]:
+    """The `call <tool> {json}` directives of a prompt, in order (malformed ones skipped). Pure."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    decoder = json.JSONDecoder()
+    for match in _CALL.finditer(prompt):
+        try:
+            value, _ = decoder.raw_decode(prompt, match.end())
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found.append((match.group(1), value))
+    return found
+
+
+def _named_tools(
+    messages: list[dict[str, Any]], prompt: str, offered: set[Any], results: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str] | None:
+    """The reply to a prompt naming tools to call: the next call to make, or the final answer.
+
+    Requests are taken in order: one already called (a tool_use in the transcript) pairs with its
+    result; the next one not called yet is called now if offered, else noted as not offered.
+    """
+    requests = tool_requests(prompt)
+    if not requests:
+        return None
+    issued = [
+        (b.get("name"), b.get("input"))
+        for m in messages
+        if m.get("role") == "assistant" and isinstance(m.get("content"), list)
+        for b in m["content"]
+        if isinstance(b, dict) and b.get("type") == "tool_use"
+    ]
+    parts = []
+    done = 0
+    for name, data in requests:
+        if done < len(issued) and issued[done] == (name, data):
+            result = results[done] if done < len(results) else {"content": "no result", "is_error": True}
+            done += 1
+            value = result["content"] if isinstance(result.get("content"), str) else _text_of(result.get("content"))
+            parts.append(f"{name} failed: {value}" if result.get("is_error") else f"{name} returned {value}")
+        elif done == len(issued) and name in offered:
+            digest = hashlib.sha256(f"{prompt}\x00{len(results)}".encode()).hexdigest()[:24]
+            return [
+                {"type": "text", "text": f"Let me call {name}."},
+                {"type": "tool_use", "id": f"toolu_{digest}", "name": name, "input": data},
+            ], "tool_use"
+        else:
+            parts.append(f"{name} was not offered")
+    return [{"type": "text", "text": "The answer: " + "; ".join(parts) + "."}], "end_turn"
+
+
+_QUOTED = re.compile(r'"([^"]+)"')
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_JUDGE_FIRST_LINE = JUDGE_SYSTEM.splitlines()[0]
+
+
+def is_judge_request(body: dict[str, Any]) -> bool:
+    return _text_of(body.get("system") or "").startswith(_JUDGE_FIRST_LINE)
+
+
+def _judge(prompt: str) -> str:
+    """A judge's reply: the share of the rubric's required terms (quoted strings, numbers) in the answer."""
+    rubric, _, rest = prompt.partition("\n\nTask given to the agent:\n")
+    rubric = rubric.removeprefix("Rubric:\n")
+    answer = rest.partition("\n\nThe agent's answer:\n")[2]
+    terms = list(dict.fromkeys(_QUOTED.findall(rubric) + _NUMBER.findall(_QUOTED.sub("", rubric))))
+    found = [t for t in terms if t in answer]
+    score = len(found) / len(terms) if terms else 1.0
+    missing = [t for t in terms if t not in answer]
+    reason = f"{len(found)} of {len(terms)} required terms" + (f"; missing {', '.join(missing)}" if missing else "")
+    return json.dumps({"score": round(score, 4), "reason": reason})
+
+
+def _off_by_one(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value + " (approximately)"
+    return f"{number + 1:g}"
+
+
+def respond(body: dict[str, Any], *, message_id: str, wrong: bool = False) -> dict[str, Any]:
+    """The deterministic reply to a Messages API request body (`wrong`: a final answer off by one). Pure."""
     messages: list[dict[str, Any]] = body["messages"]
     prompt = _text_of(messages[0].get("content"))
+    if is_judge_request(body):
+        return _reply(body, messages, message_id, [{"type": "text", "text": _judge(prompt)}], "end_turn")
     offered = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
     expressions = _EXPRESSION.findall(prompt)
     results = _tool_results(messages)
     content: list[dict[str, Any]]
-    if "calculator" in offered and len(results) < len(expressions):
+    named = _named_tools(messages, prompt, offered, results)
+    if named is not None:
+        content, stop_reason = named
+    elif "calculator" in offered and len(results) < len(expressions):
         expression = expressions[len(results)]
         digest = hashlib.sha256(f"{prompt}\x00{len(results)}".encode()).hexdigest()[:24]
         content = [
@@ -142,14 +240,25 @@ def respond(body: dict[str, Any], *, message_id: str) -> dict[str, Any]:
                 value = (
                     _text_of(result.get("content")) if not isinstance(result.get("content"), str) else result["content"]
                 )
+                if wrong and not result.get("is_error"):
+                    value = _off_by_one(value)
                 parts.append(
                     f"could not compute {expression} ({value})" if result.get("is_error") else f"{expression} = {value}"
                 )
             text = "The answer: " + "; ".join(parts) + "."
+        elif wrong:
+            text = "You asked something else."
         else:
             text = "You asked: " + " ".join(prompt.split())[:200]
         content = [{"type": "text", "text": text}]
         stop_reason = "end_turn"
+    return _reply(body, messages, message_id, content, stop_reason)
+
+
+def _reply(
+    body: dict[str, Any], messages: list[dict[str, Any]], message_id: str, content: list[dict[str, Any]], stop: str
+) -> dict[str, Any]:
+    stop_reason = stop
     request_size = json.dumps([body.get("system"), messages, body.get("tools")], separators=(",", ":"))
     return {
         "id": message_id,
@@ -181,6 +290,7 @@ class LocalModelServer:
         self.faults = faults or Faults()
         self.calls: list[CallRecord] = []
         self._rng = random.Random(self.faults.seed)
+        self._finals = 0  # final answers given (for `wrong_per_ten`)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -274,6 +384,7 @@ class LocalModelServer:
             record.outcome = "bad_request"
             return web.json_response(error_body(400, problem), status=400)
         record.step = sum(1 for m in body["messages"] if m.get("role") == "assistant")
+        record.max_tokens = int(body.get("max_tokens") or 0)
         record.tools = [str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)]
         if self.faults.latency_seconds:
             await asyncio.sleep(self.faults.latency_seconds)
@@ -292,11 +403,21 @@ class LocalModelServer:
                 headers["retry-after"] = f"{self.faults.retry_after:g}"
             message = f"injected fault: HTTP {status}"
             return web.json_response(error_body(status, message), status=status, headers=headers)
-        reply = respond(body, message_id=f"msg_local_{len(self.calls):06d}")
+        message_id = f"msg_local_{len(self.calls):06d}"
+        reply = respond(body, message_id=message_id)
+        if reply["stop_reason"] == "end_turn" and not is_judge_request(body):
+            self._finals += 1
+            if self._wrong(self._finals):
+                reply = respond(body, message_id=message_id, wrong=True)
         record.input_tokens = reply["usage"]["input_tokens"]
         record.output_tokens = reply["usage"]["output_tokens"]
         payload = messages_to_chat(reply) if openai else reply
         return web.json_response(payload, headers={"request-id": f"req_local_{len(self.calls):06d}"})
+
+    def _wrong(self, number: int) -> bool:
+        """Whether the `number`-th final answer is wrong: `wrong_per_ten` of every 10, spread out."""
+        k = min(10, max(0, self.faults.wrong_per_ten))
+        return bool(k) and (number - 1) % 10 in {(i * 10) // k for i in range(k)}
 
     async def _list_calls(self, request: web.Request) -> web.Response:
         return web.json_response([asdict(c) for c in self.calls])
@@ -307,6 +428,7 @@ class LocalModelServer:
         except (ValueError, TypeError) as exc:
             return web.json_response(_error_body(400, f"bad faults: {exc}"), status=400)
         self._rng = random.Random(self.faults.seed)
+        self._finals = 0
         return web.json_response(asdict(self.faults))
 
 

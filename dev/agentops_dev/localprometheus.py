@@ -59,6 +59,7 @@ class PrometheusServer:
         self.log_path = directory / "prometheus.log"
         self.config_path.write_text(yaml.safe_dump(self.config(targets)))
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []  # more flags of the server (e.g. --web.config.file)
 
     @staticmethod
     def config(targets: Sequence[str]) -> dict[str, Any]:
@@ -85,6 +86,7 @@ class PrometheusServer:
                     f"--web.listen-address={self.host}:{self.port}",
                     "--storage.tsdb.retention.time=1h",
                     "--log.level=warn",
+                    *self.extra_args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -101,6 +103,9 @@ class PrometheusServer:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
                     if response.status == 200:
                         return
+            except urllib.error.HTTPError as error:
+                if error.code == 401:  # serving, behind the basic auth of its web config
+                    return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.1)
@@ -148,7 +153,10 @@ class DiscoveringPrometheus(PrometheusServer):
         base["scrape_configs"] = [
             {
                 "job_name": "runtime",
-                "honor_labels": True,  # the runtime's own `service` and `track` labels win
+                # as the operator's ServiceMonitor asks (honorLabels: false): the target's labels
+                # (namespace, service, track: the pod's, given by whoever writes the file) win over
+                # any a process exposes, which Prometheus keeps as `exported_<name>`
+                "honor_labels": False,
                 "file_sd_configs": [{"files": [str(self.targets_path)], "refresh_interval": SCRAPE_INTERVAL}],
             }
         ]

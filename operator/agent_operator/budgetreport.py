@@ -120,27 +120,30 @@ class BudgetReporter:
             scope = analysis.Scope(service=meta["name"], namespace=meta.get("namespace", "default"))
             asked = budget.queries(scope)
             moment = self._now()
-            measured = await self._query(self._prometheus, asked.all())
+            measured = await self._query(self._prometheus, asked.all(), scope.namespace)
             status, outcome = budget.refreshed(daily, asked, measured, now=moment, previous=previous, scope=scope)
         self._metrics.budget_refreshes.labels(result=outcome.value).inc()
         return status
 
-    async def _query(self, prometheus: Prometheus, queries: list[str]) -> dict[str, analysis.Measurement]:
-        """Run `queries` in a thread; while Prometheus is known unreachable, answer its error untried."""
+    async def _query(
+        self, prometheus: Prometheus, queries: list[str], namespace: str
+    ) -> dict[str, analysis.Measurement]:
+        """Run `queries` for `namespace` in a thread; while Prometheus is known unreachable, answer
+        its error untried."""
         if self._down is not None and self._monotonic() < self._down[0]:
             return {query: analysis.Measurement(error=self._down[1]) for query in queries}
-        measured, unreachable = await asyncio.to_thread(_ask, prometheus, queries)
+        measured, unreachable = await asyncio.to_thread(_ask, prometheus, queries, namespace)
         hold = min(self._interval, UNREACHABLE_HOLD_SECONDS)
         self._down = (self._monotonic() + hold, unreachable) if unreachable else None
         return measured
 
 
-def _ask(prometheus: Prometheus, queries: list[str]) -> tuple[dict[str, analysis.Measurement], str]:
-    """Every query's measurement, and why Prometheus is unreachable ('' when it answered)."""
+def _ask(prometheus: Prometheus, queries: list[str], namespace: str) -> tuple[dict[str, analysis.Measurement], str]:
+    """Every query's measurement (confined to `namespace`), and why Prometheus is unreachable ('' when it answered)."""
     measured: dict[str, analysis.Measurement] = {}
     for position, query in enumerate(queries):
         try:
-            measured[query] = prometheus.query(query)
+            measured[query] = prometheus.query(query, namespace=namespace)
         except Unreachable as exc:
             measured.update({rest: analysis.Measurement(error=str(exc)) for rest in queries[position:]})
             return measured, str(exc)

@@ -1,4 +1,4 @@
-"""`agentctl`: render manifests offline, print the CRD, run the demo or the operator.
+"""`agentctl`: render manifests offline, print the CRD, run an evaluation suite, the demo or the operator.
 
 Thin on purpose: argument parsing and output only. Rendering is `builders.build_children`,
 input checking is `validation`, the CRD is `crd`. Exit codes: 0 success, 2 invalid user input
@@ -20,6 +20,9 @@ import yaml
 
 from agent_operator import __version__
 from agent_operator.api import crd, models, reference, validation
+from agent_operator.api import defaults as api_defaults
+from agent_runtime import logging as runtime_logging
+from agent_runtime.evaluation import command as evaluation_command
 
 EXIT_INVALID = 2
 
@@ -75,7 +78,9 @@ def load_services(sources: Sequence[str]) -> list[models.AgentService]:
     return services
 
 
-def render_children(services: Sequence[models.AgentService]) -> list[dict[str, Any]]:
+def render_children(
+    services: Sequence[models.AgentService], defaults: api_defaults.Defaults = api_defaults.NONE
+) -> list[dict[str, Any]]:
     """What the operator would apply for these services, in order; a spec no builder can serve exits 2."""
     from agent_operator.manifests import builders  # noqa: PLC0415 - keeps `agentctl crd` free of builder imports
 
@@ -83,7 +88,7 @@ def render_children(services: Sequence[models.AgentService]) -> list[dict[str, A
     failed = False
     for svc in services:
         try:
-            children.extend(builders.build_children(svc))
+            children.extend(builders.build_children(api_defaults.apply(svc, defaults)))
         except models.CrossFieldError as exc:  # rules only a builder can check, e.g. a URL KEDA cannot dial
             failed = True
             print(f'error: AgentService "{svc.metadata.name}" cannot be served:', file=sys.stderr)
@@ -94,8 +99,13 @@ def render_children(services: Sequence[models.AgentService]) -> list[dict[str, A
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    try:
+        defaults = api_defaults.from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     services = load_services(args.filename)
-    sys.stdout.write(to_yaml(render_children(services)))
+    sys.stdout.write(to_yaml(render_children(services, defaults)))
     return 0
 
 
@@ -174,6 +184,11 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return result
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    runtime_logging.configure("warning")  # the runtime's log lines go to stderr: stdout is the report
+    return evaluation_command.run(args, prog="agentctl eval")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentctl", description="AgentService operator tools.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -188,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="AgentService manifest (repeatable; - reads standard input)",
     )
+    # The operator's flags of the same name: render prints what an operator started with them applies.
+    api_defaults.add_arguments(render)
     render.set_defaults(func=cmd_render)
 
     crd_cmd = commands.add_parser("crd", help="print the AgentService CustomResourceDefinition")
@@ -217,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory of the AgentService manifests part 1 renders (part 2 applies examples/full.yaml)",
     )
     demo.set_defaults(func=cmd_demo)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="run an evaluation suite against a task API; exit 0 pass, 1 fail, 2 bad suite or usage, 3 inconclusive",
+    )
+    evaluation_command.add_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
 
     operator = commands.add_parser(
         "operator", help="run the operator (kopf) against the current cluster", add_help=False

@@ -54,6 +54,8 @@ async def _run(body: kopf.Body, memo: Any) -> reconcile.Outcome:
         raise kopf.PermanentError(f"Kubernetes API refused a write: {exc}") from exc
     if outcome.spec_error:
         raise kopf.PermanentError(f"spec is invalid: {outcome.spec_error}")
+    if outcome.policy_violation:
+        raise kopf.PermanentError(f"spec breaks the platform's policy: {outcome.policy_violation}")
     return outcome
 
 

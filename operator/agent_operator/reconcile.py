@@ -32,7 +32,8 @@ from typing import Any, Final
 import pydantic
 import structlog
 
-from agent_operator import budget, budgetreport, objects, opmetrics, status
+from agent_operator import budget, budgetreport, objects, opmetrics, policy, status
+from agent_operator.api import defaults as api_defaults
 from agent_operator.api import models, validation
 from agent_operator.canary import rollouts
 from agent_operator.kube import apply, prune, secrets
@@ -43,6 +44,8 @@ from agent_operator.objects import ObjectRef
 log = structlog.get_logger(__name__)
 
 WORKLOAD_KINDS: Final = frozenset({"Deployment"})
+# Where kopf keeps the last spec it handled (`run.settings_for`: its diff base, in an annotation).
+DIFFBASE_ANNOTATION: Final = f"{models.GROUP}/last-handled-configuration"
 DEFAULT_RETRY_DELAY: Final = 10.0
 ANALYSIS_TICK: Final = 1.0  # how often the analysis loop looks for due canary analyses
 BUDGET_TICK: Final = 1.0  # how often the budget loop looks for due budget refreshes
@@ -72,10 +75,15 @@ class Outcome:
     spec_error: str = ""
     missing_secrets: tuple[str, ...] = ()
     status_written: bool = False
+    policy_violation: str = ""
 
 
 class SpecInvalid(Exception):
     """The spec passed the CRD schema but cannot be served; the message names the field."""
+
+
+class PolicyViolation(Exception):
+    """The spec is valid but breaks the platform's policy (`policy.Policy`); the message names the rule."""
 
 
 class Reconciler:
@@ -90,8 +98,12 @@ class Reconciler:
         clock: Callable[[], str] = utcnow,
         canary: rollouts.Rollouts | None = None,
         budgets: budgetreport.BudgetReporter | None = None,
+        admission: policy.Policy | None = None,
+        defaults: api_defaults.Defaults = api_defaults.NONE,
     ) -> None:
         self._client = client
+        self._policy = admission or policy.Policy()
+        self._defaults = defaults
         self._metrics = metrics
         self._operator_version = operator_version
         self._rollouts = canary if canary is not None else rollouts.Rollouts(client, metrics)
@@ -154,14 +166,20 @@ class Reconciler:
 
         What is kept is what a reconcile reads, once: no managedFields (the API server's record of
         who set which field, several KB per object, read by nobody here), and the status shared
-        with the one the reporter remembers writing when they are equal. With 10,000 services
-        these copies are most of the operator's memory (bench/RESULTS.md).
+        with the one the reporter remembers writing when they are equal, and not kopf's diff-base
+        annotation (a second copy of the whole spec): one copy of a spec per service. With 10,000
+        services these copies are most of the operator's memory (bench/RESULTS.md).
         """
         uid = _uid(body)
         kept = {key: copy.deepcopy(value) for key, value in body.items() if key not in ("metadata", "status")}
         kept["metadata"] = {
             key: copy.deepcopy(value) for key, value in body.get("metadata", {}).items() if key != "managedFields"
         }
+        # kopf's record of the last spec it handled is a second full copy of the spec, as JSON text;
+        # kopf reads it from the bodies it is given, never from these.
+        annotations = kept["metadata"].get("annotations")
+        if isinstance(annotations, dict) and DIFFBASE_ANNOTATION in annotations:
+            kept["metadata"]["annotations"] = {k: v for k, v in annotations.items() if k != DIFFBASE_ANNOTATION}
         if "status" in body:
             status_ = self._status.shared(uid, body["status"])
             kept["status"] = status_ if status_ is not body["status"] else copy.deepcopy(status_)
@@ -252,13 +270,35 @@ class Reconciler:
             await asyncio.sleep(interval)
             await asyncio.gather(*(self._reconcile_logged(uid, gate, defer=True) for uid in list(self._known)))
 
-    async def analyse_forever(self, tick: float = ANALYSIS_TICK, *, concurrency: int = 16) -> None:
-        """Every `tick` seconds, reconcile the objects whose canary rollout has an analysis due."""
-        gate = asyncio.Semaphore(concurrency)
-        while True:
-            await asyncio.sleep(tick)
-            due = [uid for uid in list(self._known) if self._rollouts.due(uid)]
-            await asyncio.gather(*(self._reconcile_logged(uid, gate) for uid in due))
+    async def analyse_forever(self, tick: float = ANALYSIS_TICK) -> None:
+        """Every `tick` seconds, reconcile the objects whose canary rollout has an analysis due.
+
+        Each due object waits for an analysis slot of its namespace (`slots.FairSlots`: shared in
+        turn between namespaces) before it takes a reconcile slot, and the loop never waits for
+        them: a namespace whose analyses are slow holds up only its own next ones.
+        """
+        fair = self._rollouts.slots
+        gate = asyncio.Semaphore(fair.total)
+        running: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                await asyncio.sleep(tick)
+                for uid in list(self._known):
+                    if uid in running or not self._rollouts.due(uid):
+                        continue
+                    namespace = self._known[uid]["metadata"].get("namespace", "")
+                    task = asyncio.create_task(self._analyse_in_turn(uid, namespace, gate), name=f"analysis-{uid}")
+                    running[uid] = task
+                    task.add_done_callback(lambda _, uid=uid: running.pop(uid, None))  # type: ignore[misc]
+        finally:
+            for task in list(running.values()):
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+
+    async def _analyse_in_turn(self, uid: str, namespace: str, gate: asyncio.Semaphore) -> None:
+        async with self._rollouts.slots.slot(namespace):
+            if self._rollouts.due(uid):  # not analysed meanwhile by another reconcile
+                await self._reconcile_logged(uid, gate)
 
     async def budgets_forever(self, tick: float = BUDGET_TICK, *, concurrency: int = BUDGET_CONCURRENCY) -> None:
         """Every `tick` seconds, refresh `status.budget` of the objects whose refresh is due.
@@ -330,7 +370,7 @@ class Reconciler:
                 raise
             finally:
                 self._metrics.reconcile_duration.observe(time.perf_counter() - started)
-        result = "invalid" if outcome.spec_error else outcome.phase.value.lower()
+        result = "invalid" if outcome.spec_error or outcome.policy_violation else outcome.phase.value.lower()
         self._metrics.reconciles.labels(result=result if result in opmetrics.RESULTS else "progressing").inc()
         if outcome.spec_error:
             self._metrics.errors.labels(kind="invalid").inc()
@@ -346,6 +386,10 @@ class Reconciler:
             findings = status.Findings(generation=generation, spec_error=str(exc))
             report = status.Report(revision=prior.stable_revision, canary=prior)
             outcome = Outcome(models.Phase.FAILED, spec_error=str(exc))
+        except PolicyViolation as exc:  # nothing is built: no child is written or changed
+            findings = status.Findings(generation=generation, policy_violation=str(exc))
+            report = status.Report(revision=prior.stable_revision, canary=prior)
+            outcome = Outcome(models.Phase.FAILED, policy_violation=str(exc))
         else:
             findings, report, outcome = await self._converge(uid, body, svc, desired, prior)
         phase, written = await self._status.report(uid, body, findings, report)
@@ -436,14 +480,17 @@ class Reconciler:
         return findings, report, outcome
 
     def _desired(self, body: Mapping[str, Any]) -> tuple[models.AgentService, builders.Desired]:
-        """Parse the body and build its children, or raise SpecInvalid naming the field."""
+        """Parse the body and build its children, or raise SpecInvalid naming the field (PolicyViolation
+        naming the rule)."""
         try:
             svc = models.AgentService.model_validate(dict(body))
         except pydantic.ValidationError as exc:
             problems = validation.problems_from(exc)
             raise SpecInvalid("; ".join(str(p) for p in problems)) from None
+        if violations := self._policy.violations(svc.spec):
+            raise PolicyViolation("; ".join(violations))
         try:
-            desired = builders.desired(svc, operator_version=self._operator_version)
+            desired = builders.desired(api_defaults.apply(svc, self._defaults), operator_version=self._operator_version)
         except models.CrossFieldError as exc:
             raise SpecInvalid(f"{exc.field}: {exc.message}") from None
         except ValueError as exc:

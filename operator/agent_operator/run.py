@@ -17,6 +17,11 @@ operator still runs, and a canary rollout holds, then pauses, with a condition s
 `--prometheus-scrape-interval` is the scrape interval of the runtime's metrics, which sets the
 shortest analysis window (four scrapes). The same Prometheus gives `status.budget` of services with
 a daily budget, refreshed at most every `--budget-interval` seconds (default 60; docs/budgets.md).
+With `--prometheus-namespace-param namespace` the URL is a prom-label-proxy (the chart's sidecar)
+and every query carries the namespace of its AgentService (docs/security.md). Credentials for
+Prometheus come from the environment (`PROMETHEUS_BEARER_TOKEN`, or `PROMETHEUS_USERNAME` and
+`PROMETHEUS_PASSWORD`: the chart fills them from a Secret), never from a status or a log; the
+URL is shown with its user and password cut out.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ import kopf
 import structlog
 import uvloop
 
-from agent_operator import __version__, budget, budgetreport, handlers, leadership, opmetrics, reconcile
+from agent_operator import __version__, budget, budgetreport, handlers, leadership, opmetrics, policy, reconcile
+from agent_operator.api import defaults as api_defaults
+from agent_operator.canary import prometheus as prom
 from agent_operator.canary import rollouts
 from agent_operator.canary.prometheus import Prometheus
 from agent_operator.kube import client as kube_client
@@ -75,6 +82,12 @@ class Config:
     host: str = "0.0.0.0"
     prometheus_url: str | None = None  # where canary analyses query; None: analyses cannot run
     prometheus_scrape_interval: float = rollouts.DEFAULT_SCRAPE_INTERVAL
+    # the URL is a prom-label-proxy taking the tenant's namespace in this query parameter; None: plain Prometheus
+    prometheus_namespace_param: str | None = None
+    prometheus_query_timeout: float = prom.DEFAULT_TIMEOUT_SECONDS  # seconds, one query
+    analysis_time_limit: float = prom.DEFAULT_TIME_LIMIT_SECONDS  # seconds, all queries of one analysis
+    prometheus_bearer_token: str | None = dataclasses.field(default=None, repr=False)
+    prometheus_basic_auth: tuple[str, str] | None = dataclasses.field(default=None, repr=False)
     analysis_tick: float = reconcile.ANALYSIS_TICK
     budget_interval: float = budget.DEFAULT_INTERVAL  # seconds between refreshes of one status.budget
     budget_tick: float = reconcile.BUDGET_TICK
@@ -82,10 +95,28 @@ class Config:
     priority: int | None = None  # None: `leadership.default_priority()`, the earliest replica leads
     peering_lifetime: int = DEFAULT_PEERING_LIFETIME
     worker_limit: int | None = DEFAULT_WORKER_LIMIT  # None: unbounded
+    # The platform's rules (the chart's `policy.*` values); the default enforces none of them.
+    admission: policy.Policy = dataclasses.field(default_factory=policy.Policy)
+    defaults: api_defaults.Defaults = (
+        api_defaults.NONE
+    )  # added to every AgentService (the chart's agentPods, monitoring)
 
     @property
     def all_namespaces(self) -> bool:
         return not self.namespaces
+
+    def prometheus(self) -> Prometheus | None:
+        """A client of the configured Prometheus (None without a URL); each caller its own pool."""
+        if not self.prometheus_url:
+            return None
+        return Prometheus(
+            self.prometheus_url,
+            namespace_param=self.prometheus_namespace_param,
+            timeout_seconds=self.prometheus_query_timeout,
+            time_limit_seconds=self.analysis_time_limit,
+            bearer_token=self.prometheus_bearer_token,
+            basic_auth=self.prometheus_basic_auth,
+        )
 
 
 def _worker_limit(value: str) -> int:
@@ -93,6 +124,20 @@ def _worker_limit(value: str) -> int:
     if limit < 0:
         raise argparse.ArgumentTypeError(f"must be 0 (unbounded) or more, not {limit}")
     return limit
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+    return number
+
+
+def _prometheus_credentials() -> tuple[str | None, tuple[str, str] | None]:
+    """Prometheus credentials from the environment (the chart's Secret): a bearer token, or basic auth."""
+    token = os.environ.get("PROMETHEUS_BEARER_TOKEN") or None
+    username, password = os.environ.get("PROMETHEUS_USERNAME"), os.environ.get("PROMETHEUS_PASSWORD")
+    return token, (username, password or "") if username else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PROMETHEUS_URL") or None,
         metavar="URL",
         help="Prometheus HTTP API for canary analyses (default: $PROMETHEUS_URL; without it rollouts pause)",
+    )
+    parser.add_argument(
+        "--prometheus-namespace-param",
+        default=os.environ.get("PROMETHEUS_NAMESPACE_PARAM") or None,
+        metavar="NAME",
+        help="the URL is prom-label-proxy: send each query with NAME=<the AgentService's namespace> "
+        "(the chart's sidecar: namespace; docs/security.md)",
+    )
+    parser.add_argument(
+        "--prometheus-query-timeout",
+        type=_positive,
+        default=prom.DEFAULT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="time limit of one query (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--analysis-time-limit",
+        type=_positive,
+        default=prom.DEFAULT_TIME_LIMIT_SECONDS,
+        metavar="SECONDS",
+        help="time limit of all the queries of one analysis; the rest are not sent (default: %(default)s)",
     )
     parser.add_argument(
         "--prometheus-scrape-interval",
@@ -157,6 +223,48 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="AgentServices kopf processes at once, the rest wait in the watch (0: unbounded; default: %(default)s)",
     )
+    rules = parser.add_argument_group(
+        "policy", "the platform's rules for AgentServices (the chart's policy.* values; docs/security.md)"
+    )
+    rules.add_argument(
+        "--policy-enforced",
+        action="store_true",
+        help="refuse specs that break the rules below (PolicyViolation condition, no children)",
+    )
+    rules.add_argument(
+        "--policy-allowed-image",
+        action="append",
+        default=[],
+        metavar="REPOSITORY",
+        help="an image repository spec.image may name, with any tag or digest; ending in '/': a registry path",
+    )
+    rules.add_argument(
+        "--policy-allowed-service-account",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name spec.serviceAccountName may take",
+    )
+    rules.add_argument(
+        "--policy-allow-token-automount",
+        action="store_true",
+        help="let spec.automountServiceAccountToken be true",
+    )
+    rules.add_argument(
+        "--policy-allowed-pod-annotation",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a prefix every key of spec.podAnnotations must start with (one of them)",
+    )
+    rules.add_argument(
+        "--allowed-provider-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a closed list: provider baseURLs may name only these hosts (default: any but link-local and metadata)",
+    )
+    api_defaults.add_arguments(parser)
     parser.add_argument("--log-format", choices=("json", "text"), default=os.environ.get("AGENT_LOG_FORMAT", "json"))
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -235,7 +343,7 @@ async def operate(
         return await login(config, settings)
 
     client = kube_client.Client(credentials, metrics)
-    prometheus = Prometheus(config.prometheus_url) if config.prometheus_url else None
+    prometheus = config.prometheus()
     canary_rollouts = rollouts.Rollouts(
         client,
         metrics,
@@ -243,12 +351,18 @@ async def operate(
         scrape_interval_seconds=config.prometheus_scrape_interval,
     )
     # Its own client: the budget loop's queries never wait behind an analysis's in one connection pool.
-    budget_prometheus = Prometheus(config.prometheus_url) if config.prometheus_url else None
+    budget_prometheus = config.prometheus()
     budgets = budgetreport.BudgetReporter(
         client, metrics, prometheus=budget_prometheus, interval=config.budget_interval
     )
     reconciler = reconcile.Reconciler(
-        client, metrics, operator_version=config.operator_version, canary=canary_rollouts, budgets=budgets
+        client,
+        metrics,
+        operator_version=config.operator_version,
+        canary=canary_rollouts,
+        budgets=budgets,
+        admission=config.admission,
+        defaults=config.defaults,
     )
     # Children are watched in the scope the operator serves: the whole cluster, or its namespaces.
     children = watch.Children(client, reconciler.poke, metrics, namespaces=config.namespaces)
@@ -275,7 +389,11 @@ async def operate(
         version=__version__,
         namespaces=list(config.namespaces) or "all",
         resync_interval=config.resync_interval,
-        prometheus=config.prometheus_url or "not configured: canary rollouts cannot be analysed",
+        prometheus=prom.redact_url(config.prometheus_url)
+        if config.prometheus_url
+        else "not configured: canary rollouts cannot be analysed",
+        prometheus_namespace_param=config.prometheus_namespace_param
+        or "none: spec.canary.checks queries are not confined to their namespace",
         peering=config.peering or "standalone",
         priority=settings.peering.priority if config.peering is not None else None,
         peering_lifetime=config.peering_lifetime if config.peering is not None else None,
@@ -357,6 +475,7 @@ def _configure_logging(log_format: str, verbose: bool) -> None:
 
 def config_from(args: argparse.Namespace) -> Config:
     namespaces = tuple(getattr(args, "namespace", None) or ())
+    token, basic = _prometheus_credentials()
     return Config(
         namespaces=() if getattr(args, "all_namespaces", False) else namespaces,
         health_port=getattr(args, "health_port", DEFAULT_HEALTH_PORT),
@@ -365,11 +484,25 @@ def config_from(args: argparse.Namespace) -> Config:
         server=getattr(args, "server", None),
         prometheus_url=getattr(args, "prometheus_url", None) or None,
         prometheus_scrape_interval=getattr(args, "prometheus_scrape_interval", rollouts.DEFAULT_SCRAPE_INTERVAL),
+        prometheus_namespace_param=getattr(args, "prometheus_namespace_param", None) or None,
+        prometheus_query_timeout=getattr(args, "prometheus_query_timeout", prom.DEFAULT_TIMEOUT_SECONDS),
+        analysis_time_limit=getattr(args, "analysis_time_limit", prom.DEFAULT_TIME_LIMIT_SECONDS),
+        prometheus_bearer_token=token,
+        prometheus_basic_auth=basic,
         budget_interval=getattr(args, "budget_interval", budget.DEFAULT_INTERVAL),
         peering=getattr(args, "peering", None) or None,
         priority=getattr(args, "priority", None),
         peering_lifetime=getattr(args, "peering_lifetime", DEFAULT_PEERING_LIFETIME),
         worker_limit=getattr(args, "worker_limit", DEFAULT_WORKER_LIMIT) or None,
+        admission=policy.Policy(
+            enforced=getattr(args, "policy_enforced", False),
+            allowed_images=tuple(getattr(args, "policy_allowed_image", None) or ()),
+            allowed_service_accounts=tuple(getattr(args, "policy_allowed_service_account", None) or ()),
+            allow_token_automount=getattr(args, "policy_allow_token_automount", False),
+            allowed_pod_annotations=tuple(getattr(args, "policy_allowed_pod_annotation", None) or ()),
+            allowed_provider_hosts=tuple(getattr(args, "allowed_provider_host", None) or ()),
+        ),
+        defaults=api_defaults.from_args(args),
     )
 
 
@@ -378,9 +511,14 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
     args = argv if isinstance(argv, argparse.Namespace) else build_parser().parse_args(argv)
     _configure_logging(getattr(args, "log_format", "json"), getattr(args, "verbose", False))
     try:
+        config = config_from(args)
+    except ValueError as exc:  # a chart value the spec's own rules refuse: stop before serving anything
+        structlog.get_logger(__name__).error("invalid operator-wide default", error=str(exc))
+        return 2
+    try:
         # uvloop: the operator's CPU goes to its API connections (watch streams, reads, applies) and
         # event-loop turns, which uvloop does in C (bench/RESULTS.md: 10,000 services).
-        uvloop.run(operate(config_from(args)))
+        uvloop.run(operate(config))
     except KeyboardInterrupt:
         return 130
     return 0

@@ -36,7 +36,9 @@ DEGRADED: Final = "Degraded"
 SPEC_INVALID: Final = "SpecInvalid"
 SECRET_MISSING: Final = "SecretMissing"
 CHILD_CONFLICT: Final = "ChildConflict"
-ORDER: Final = (READY, PROGRESSING, DEGRADED, SPEC_INVALID, SECRET_MISSING, CHILD_CONFLICT)
+# Shown only once a spec broke the platform's policy (`policy.py`), then kept, False, once it follows it.
+POLICY_VIOLATION: Final = "PolicyViolation"
+ORDER: Final = (READY, PROGRESSING, DEGRADED, SPEC_INVALID, POLICY_VIOLATION, SECRET_MISSING, CHILD_CONFLICT)
 PROMOTED: Final = "Promoted"
 PAUSED: Final = "Paused"
 ANALYSIS_READY: Final = "AnalysisReady"
@@ -54,6 +56,7 @@ class Findings:
 
     generation: int | None
     spec_error: str = ""
+    policy_violation: str = ""  # the rules of the platform's policy the spec breaks
     missing_secrets: tuple[str, ...] = ()
     workloads: tuple[objects.Workload, ...] = ()
     apply_error: str = ""
@@ -87,6 +90,16 @@ def _wanted(obs: Findings) -> list[tuple[str, models.ConditionStatus, str, str]]
             (SPEC_INVALID, TRUE, "ValidationFailed", obs.spec_error),
             (SECRET_MISSING, UNKNOWN, "SpecInvalid", "not checked while the spec is invalid"),
             (CHILD_CONFLICT, UNKNOWN, "SpecInvalid", "not checked while the spec is invalid"),
+        ]
+    if obs.policy_violation:
+        return [
+            (READY, FALSE, POLICY_VIOLATION, "the spec breaks the platform's policy; see PolicyViolation"),
+            (PROGRESSING, FALSE, POLICY_VIOLATION, "nothing is rolled out until the spec follows the policy"),
+            (DEGRADED, FALSE, POLICY_VIOLATION, ""),
+            (SPEC_INVALID, FALSE, "Valid", ""),
+            (POLICY_VIOLATION, TRUE, "NotAllowed", obs.policy_violation),
+            (SECRET_MISSING, UNKNOWN, POLICY_VIOLATION, "not checked while the spec breaks the policy"),
+            (CHILD_CONFLICT, UNKNOWN, POLICY_VIOLATION, "not checked while the spec breaks the policy"),
         ]
     conflict = (
         (CHILD_CONFLICT, TRUE, "ChildConflict", conflict_message(obs.conflicts))
@@ -143,7 +156,10 @@ def derive(
 ) -> tuple[models.Phase, list[models.Condition]]:
     """The phase and the full condition list after `obs`, keeping unrelated conditions."""
     conditions = list(previous)
-    for type_, status, reason, message in _wanted(obs):
+    wanted = _wanted(obs)
+    if not obs.policy_violation and any(c.type == POLICY_VIOLATION for c in previous):
+        wanted.append((POLICY_VIOLATION, FALSE, "Allowed", "the spec follows the platform's policy"))
+    for type_, status, reason, message in wanted:
         new = models.Condition(
             type=type_, status=status, reason=reason, message=message, observed_generation=obs.generation
         )
@@ -156,7 +172,7 @@ def derive(
 def phase(conditions: Sequence[models.Condition]) -> models.Phase:
     """The one-word summary shown by `kubectl get agsvc`."""
     state = {c.type: c.status for c in conditions}
-    if state.get(SPEC_INVALID) == TRUE:
+    if state.get(SPEC_INVALID) == TRUE or state.get(POLICY_VIOLATION) == TRUE:
         return models.Phase.FAILED
     if state.get(DEGRADED) == TRUE:
         return models.Phase.DEGRADED
@@ -221,7 +237,14 @@ def canary_conditions(
             errors = [
                 f"{c.name}: {c.message}" for c in canary.last_analysis.checks if c.verdict == analysis.Verdict.ERROR
             ]
-        if errors:
+        refused = []
+        if machine.rollout_active(canary) and canary.last_analysis is not None:
+            refused = [c.name for c in canary.last_analysis.checks if c.message.startswith(analysis.REFUSED)]
+        if refused:
+            # names the checks, never a value: the query was never run
+            text = ", ".join(dict.fromkeys(refused))
+            ready = (FALSE, "QueryRefused", f"check(s) {text}: {analysis.REFUSED} (see status.canary.lastAnalysis)")
+        elif errors:
             text = "; ".join(dict.fromkeys(errors))
             ready = (FALSE, "AnalysisError", f"the last analysis could not run: {text}")
         else:

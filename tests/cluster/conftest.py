@@ -6,9 +6,10 @@
 - `kubelet` (session): a Node, its kubelet authenticated as that Node; its bound pods are reported
   Running and Ready, or run as runtime processes in the namespaces a test hands it
   (`kubelet.run_namespace`).
-- `installed_operator` (module): the chart installed cluster-wide into `agent-system`, and the
-  operator as a real `agentctl operator` process with the chart's own arguments, authenticated by
-  a TokenRequest token of the chart's ServiceAccount (not as cluster-admin).
+- `installed_operator` (module): the chart installed cluster-wide into `agent-system` (its
+  admission policy on, allowing the chart's image and `registry.example/`), and the operator as a
+  real `agentctl operator` process with the chart's own arguments, authenticated by a TokenRequest
+  token of the chart's ServiceAccount (not as cluster-admin).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def third_party_crds(controlplane: cp.ControlPlane) -> None:
 
 
 NODE = "harness-node"
+ALLOWED_IMAGES = ("agentops/agent-runtime", "registry.example/")
 
 
 @pytest.fixture(scope="session")
@@ -82,8 +84,10 @@ def installed_operator(
 ) -> Iterator[OperatorProcess]:
     """The chart installed cluster-wide and its operator running as the chart's ServiceAccount."""
     workdir = tmp_path_factory.mktemp("operator")
+    # The chart's admission policy is on, as by default; the tests' own runtime images (registry.example/)
+    # are allowed beside the chart's.
     helm(controlplane, "install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-         "--set", "logFormat=json")  # fmt: skip
+         "--set", "logFormat=json", "--set", f"policy.allowedImages={{{','.join(ALLOWED_IMAGES)}}}")  # fmt: skip
     # The chart's own arguments, but a 3 s resync (the chart's floor is 5 s) for short steady-state waits.
     operator = run_operator_as_chart(
         controlplane, workdir, release=RELEASE, namespace=OPERATOR_NAMESPACE, overrides={"--resync-interval": "3"}

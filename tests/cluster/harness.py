@@ -73,7 +73,8 @@ def chart_operator_args(plane: cp.ControlPlane, release: str, namespace: str) ->
     """The operator container's arguments exactly as the installed chart rendered them."""
     deployments = plane.get("deployments", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")
     (deployment,) = deployments["items"]
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in containers if c["name"] == "operator"]
     args: list[str] = list(container["args"])
     assert args[0] == "operator", args
     return args[1:]

@@ -14,7 +14,8 @@ host what a container runtime does for it:
   runtime image's entry point takes its listen address as a flag (`--port` for `api`,
   `--metrics-port` for `worker`): that flag and `--host 127.0.0.1` are appended to the container's
   arguments, the one change a process on a shared host needs that a container in its own network
-  namespace would not. `address(port)` says where a port of the pod (by name or number) listens;
+  namespace would not (a test's own `python -c` program gets `--host` and `--port` the same way).
+  `address(port)` says where a port of the pod (by name or number) listens;
 - the process: the container's `command` looked up in this virtualenv (the image's entry point
   `agent-runtime` is this checkout's console script) with its `args`; stdout and stderr go to
   `<pod folder>/<container>.log`;
@@ -277,6 +278,8 @@ class PodProcess:
             return []
         args = container.get("args") or []
         flag = LISTEN_FLAGS.get(args[0]) if args else None
+        if flag is None and (container.get("command") or [""])[0] == "python":
+            flag = "--port"  # a test's own program (`python -c`), which reads --host and --port from its argv
         if flag is None or len(ports) != 1:
             raise PodSpecError(f"container {container['name']}: its ports cannot be mapped to host ports here")
         port = free_port(HOST)

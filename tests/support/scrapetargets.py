@@ -5,9 +5,12 @@ the way the Prometheus Operator's generated scrape config does: the Services the
 matches, each endpoint's Service `port` by name, the pods that Service selects, the container port
 its `targetPort` names. Each target is the address where the harness kubelet runs that port,
 labelled as kubernetes_sd and the operator's relabelling would label it (`namespace`, `service`,
-`pod`, `container`, `endpoint`, `job`), and goes into a file_sd file of a real Prometheus
-(`DiscoveringPrometheus`, which scrapes with `honor_labels`, so a ServiceMonitor endpoint asking
-for anything else is an error here). The kubelet's own resource-metrics endpoint is a target too.
+`pod`, `container`, `endpoint`, `job`; then the ServiceMonitor's `podTargetLabels` from the pod's
+labels, then each endpoint's `relabelings`, of which the `replace` action from the `__meta_*`
+labels of the pod and the Service is followed, any other is an error here), and goes into a file_sd
+file of a real Prometheus (`DiscoveringPrometheus`, which scrapes with `honor_labels: false`, so a
+ServiceMonitor endpoint asking for `honorLabels: true` is an error here: a label a process exposes
+never wins over these). The kubelet's own resource-metrics endpoint is a target too.
 
 Scrapes happen every second (the test Prometheus's interval), not at the ServiceMonitor's
 `interval`: the tests wait for series, and a 30 s interval would only slow them down.
@@ -15,6 +18,7 @@ Scrapes happen every second (the test Prometheus's interval), not at the Service
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
@@ -27,6 +31,29 @@ from tests.support.kubelet import HarnessKubelet
 __all__ = ["ServiceMonitorTargets"]
 
 PERIOD: Final = 1.0
+
+
+def sanitized(label: str) -> str:
+    """A Kubernetes label key as Prometheus spells it in meta and target labels."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", label)
+
+
+def relabelled(
+    labels: Mapping[str, str], meta: Mapping[str, str], monitor: Mapping[str, Any], endpoint: Mapping[str, Any]
+) -> dict[str, str]:
+    """The target labels after `podTargetLabels` and the endpoint's `relabelings` (as the Prometheus
+    Operator's generated config applies them, in that order); an empty value removes a label."""
+    out = dict(labels)
+    for key in monitor["spec"].get("podTargetLabels") or []:
+        value = meta.get("__meta_kubernetes_pod_label_" + sanitized(key), "")
+        out[sanitized(key)] = value
+    for rule in endpoint.get("relabelings") or []:
+        action = rule.get("action", "replace").lower()
+        if action != "replace" or rule.get("regex", "(.*)") != "(.*)" or "replacement" in rule:
+            raise AssertionError(f"relabeling {rule} is not emulated here")
+        source = [meta.get(name, out.get(name, "")) for name in rule["sourceLabels"]]
+        out[rule["targetLabel"]] = rule.get("separator", ";").join(source)
+    return {key: value for key, value in out.items() if value}
 
 
 class TargetsFile(Protocol):
@@ -86,14 +113,17 @@ class ServiceMonitorTargets:
             for service in services:
                 if _selects(monitor["spec"].get("selector"), service.metadata.labels or {}):
                     for endpoint in monitor["spec"].get("endpoints") or []:
-                        if not endpoint.get("honorLabels"):
+                        if endpoint.get("honorLabels"):
                             name = monitor["metadata"]["name"]
-                            raise AssertionError(f"{name}: this Prometheus scrapes with honor_labels")
-                        out.update(self._endpoint(service, str(endpoint["port"])))
+                            raise AssertionError(f"{name}: this Prometheus scrapes with honor_labels: false")
+                        out.update(self._endpoint(service, monitor, endpoint))
         return out
 
-    def _endpoint(self, service: Any, port_name: str) -> dict[str, dict[str, str]]:
+    def _endpoint(
+        self, service: Any, monitor: Mapping[str, Any], endpoint: Mapping[str, Any]
+    ) -> dict[str, dict[str, str]]:
         """The targets of one ServiceMonitor endpoint on one Service: its pods' ports that the Service port names."""
+        port_name = str(endpoint["port"])
         out = {}
         for port in service.spec.ports or []:
             if port.name != port_name:
@@ -105,7 +135,7 @@ class ServiceMonitorTargets:
                     declared = {str(p.get("name")) for p in container.get("ports") or []}
                     declared |= {str(p["containerPort"]) for p in container.get("ports") or []}
                     if str(port.target_port) in declared:
-                        out[worker.process.address(port.target_port)] = {
+                        labels = {
                             "job": service.metadata.name,
                             "namespace": self.namespace,
                             "service": service.metadata.name,
@@ -113,6 +143,13 @@ class ServiceMonitorTargets:
                             "container": container["name"],
                             "endpoint": port_name,
                         }
+                        meta = {
+                            "__meta_kubernetes_namespace": self.namespace,
+                            "__meta_kubernetes_service_name": service.metadata.name,
+                            "__meta_kubernetes_pod_name": worker.process.name,
+                        }
+                        meta |= {f"__meta_kubernetes_pod_label_{sanitized(k)}": v for k, v in worker.labels.items()}
+                        out[worker.process.address(port.target_port)] = relabelled(labels, meta, monitor, endpoint)
         return out
 
     def _loop(self) -> None:

@@ -48,3 +48,15 @@ The peering object's name (replicaCount >= 2): peering.name, or the release's fu
 {{- define "agentservice-operator.peeringName" -}}
 {{- default (include "agentservice-operator.fullname" .) .Values.peering.name -}}
 {{- end }}
+
+{{/*
+The image repositories AgentServices may name (policy.allowedImages), as JSON: the list, or the
+chart's own image repository when it is empty.
+*/}}
+{{- define "agentservice-operator.allowedImages" -}}
+{{- if .Values.policy.allowedImages -}}
+{{- toJson .Values.policy.allowedImages -}}
+{{- else -}}
+{{- toJson (list .Values.image.repository) -}}
+{{- end -}}
+{{- end }}

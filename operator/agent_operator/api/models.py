@@ -9,15 +9,21 @@ CEL validation). A test proves that both halves reject the same invalid examples
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import re
+import socket
+import urllib.parse
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Final
 
+from agent_operator.api import endpoints
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from agent_runtime.config import PriceConfig
+from agent_runtime.config import DEFAULT_MAX_QUEUED_INPUT_BYTES, DEFAULT_MAX_QUEUED_TASKS, PriceConfig
+from agent_runtime.evaluation import suite
 from agent_runtime.pricing import PriceTable
 
 GROUP = "agentops.dev"
@@ -42,12 +48,37 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 # starting with `..`; written without lookahead, which the API server's RE2 patterns lack.
 DATA_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
 NAME_MAX_LENGTH = 253
+# Bounds of what a tenant writes (issue 27): every string and map of the spec has one, so a spec's
+# size, and what the operator renders from it, is bounded (`manifests/builders.RENDER_CEILING`).
+ENV_VALUE_MAX_LENGTH = 4096
+POD_ANNOTATIONS_MAX = 64
+# An annotation key: an optional DNS-subdomain prefix (253) and '/', then a name of at most 63.
+ANNOTATION_KEY_MAX_LENGTH = 317
+ANNOTATION_VALUE_MAX_LENGTH = 4096
+PRICES_MAX = 64
+MODEL_NAME_MAX_LENGTH = 200
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
+# spec.canary.interval: an analysis at most every second (the analysis slots are shared by every
+# tenant), at least once a day; a bounded length, so that no spelling overflows a duration.
+MIN_INTERVAL_SECONDS: Final = 1.0
+MAX_INTERVAL_SECONDS: Final = 24 * 3600.0
+MAX_INTERVAL_LENGTH: Final = 16
+# at most six digits a number: 16 characters of them stay far below a duration's range (2,562,047h)
+INTERVAL = r"^([0-9]{1,6}(ms|s|m|h))+$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # Schemes of spec.redis.url: standalone, cluster and sentinel, each plain or TLS (`rediss`).
 REDIS_URL = r"^rediss?(\+(cluster|sentinel))?://"
 REDIS_MASTER_NAME = r"^[-._a-zA-Z0-9]+$"
+# A label key (k8s.io/apimachinery IsQualifiedName): an optional DNS-subdomain prefix and '/', then a
+# name of at most 63 characters; a label value is empty or such a name.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = rf"^({DNS_SUBDOMAIN[1:-1]}/)?{_LABEL_NAME}$"
+LABEL_VALUE = rf"^({_LABEL_NAME})?$"
+LABEL_PREFIX_MAX_LENGTH = 253
+# The operator's own labels select and own the children: a spec may not set them.
+RESERVED_LABEL_PREFIX = "app.kubernetes.io/"
+MONITORING_LABELS_MAX = 32
 REDIS_USERNAME = r"^[^\s@:]+$"
 _REDIS_HOST = r"([^@/:,\[\]]+|\[[0-9a-fA-F:.]+\])(:[0-9]+)?"
 # What KEDA's redis(-cluster|-sentinel)-streams triggers can dial: hosts (or [IPv6]) with optional
@@ -68,6 +99,58 @@ KEDA_SENTINEL_MESSAGE = (
     "the keda engine with a Sentinel URL in redis.urlSecretRef needs redis.masterName"
     " (KEDA cannot read the primary's name from the Secret)"
 )
+
+
+# Where a cloud's instance metadata answers (credentials of the node's identity): a provider pointed
+# there would send the service's prompts to it and return what it says; the runtime's calls carry
+# the provider's API key too. Link-local networks hold nothing else a provider could be.
+METADATA_HOSTS = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata.azure.com",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.tencentyun.com",
+        "metadata.platformequinix.com",
+    }
+)
+METADATA_NETWORKS = (
+    ipaddress.ip_network("169.254.0.0/16"),  # IPv4 link-local: AWS, GCP, Azure, OpenStack metadata
+    ipaddress.ip_network("fe80::/10"),  # IPv6 link-local
+    ipaddress.ip_network("fd00:ec2::/32"),  # AWS's IPv6 metadata endpoint (fd00:ec2::254)
+    ipaddress.ip_network("100.100.100.200/32"),  # Alibaba Cloud's metadata endpoint
+)
+
+
+def refused_host(url: str) -> str | None:
+    """Why the host of `url` may not be a provider's (a link-local or metadata address), or None.
+
+    Numeric hosts are read as a resolver reads them (`inet_aton`: `2852039166`, `0xa9fea9fe` and
+    `169.254.43518` are all 169.254.169.254), and IPv4 inside IPv6 (`::ffff:169.254.169.254`) as IPv4.
+    A name that resolves into these ranges is not caught here: that takes DNS, which a validator must
+    not depend on; `--allowed-provider-host` closes the list for those who need it (docs/security.md).
+    """
+    try:
+        host = (urllib.parse.urlsplit(url).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return "is not a valid URL"
+    if host in METADATA_HOSTS:
+        return f"names {host!r}, a cloud metadata host"
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            address = None  # a name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address is not None and any(address in network for network in METADATA_NETWORKS):
+        return f"names {address}, a link-local or metadata address"
+    return None
 
 
 class CrossFieldError(ValueError):
@@ -124,22 +207,85 @@ class SecretKeyRef(Model):
 
 
 class ResourceList(Model):
-    """CPU and memory quantities, as in a container's resources."""
+    """CPU and memory quantities, as in a container's resources; `null` leaves a quantity unset."""
+
+    cpu: str | None = Field(default=None, max_length=64, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
+    memory: str | None = Field(
+        default=None, max_length=64, pattern=QUANTITY, description="Memory quantity, e.g. `512Mi`."
+    )
+
+
+# Defaults live on each quantity, not on the whole object: a spec that sets only
+# `worker.resources.requests.cpu` keeps the memory request and the limits of the defaults, as the
+# API server's defaulting does for the stored object (null drops one: `memory: null`).
+
+
+class ApiRequests(ResourceList):
+    """Requests of the task API container."""
+
+    cpu: str | None = Field(default="100m", pattern=QUANTITY, description="CPU quantity, e.g. `250m` (`null`: none).")
+    memory: str | None = Field(
+        default="256Mi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+    )
+
+
+class ApiLimits(ResourceList):
+    """Limits of the task API container."""
 
     cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
-    memory: str | None = Field(default=None, pattern=QUANTITY, description="Memory quantity, e.g. `512Mi`.")
+    memory: str | None = Field(
+        default="512Mi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+    )
+
+
+class WorkerRequests(ResourceList):
+    """Requests of the worker container."""
+
+    cpu: str | None = Field(default="200m", pattern=QUANTITY, description="CPU quantity, e.g. `250m` (`null`: none).")
+    memory: str | None = Field(
+        default="256Mi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+    )
+
+
+class WorkerLimits(ResourceList):
+    """Limits of the worker container."""
+
+    cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
+    memory: str | None = Field(
+        default="1Gi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+    )
 
 
 class Resources(Model):
     """Requests and limits for one container."""
 
     requests: ResourceList = Field(
-        default_factory=lambda: ResourceList(cpu="100m", memory="256Mi"),
-        description="Resources the scheduler reserves for the container.",
+        default_factory=ResourceList, description="Resources the scheduler reserves for the container."
     )
     limits: ResourceList = Field(
-        default_factory=lambda: ResourceList(memory="512Mi"),
-        description="Hard caps; CPU is left unlimited by default to avoid throttling.",
+        default_factory=ResourceList, description="Hard caps; CPU is left unlimited by default to avoid throttling."
+    )
+
+
+class ApiResources(Resources):
+    """Requests and limits of the task API container."""
+
+    requests: ApiRequests = Field(
+        default_factory=ApiRequests, description="Resources the scheduler reserves for the container."
+    )
+    limits: ApiLimits = Field(
+        default_factory=ApiLimits, description="Hard caps; CPU is left unlimited by default to avoid throttling."
+    )
+
+
+class WorkerResources(Resources):
+    """Requests and limits of the worker container."""
+
+    requests: WorkerRequests = Field(
+        default_factory=WorkerRequests, description="Resources the scheduler reserves for the container."
+    )
+    limits: WorkerLimits = Field(
+        default_factory=WorkerLimits, description="Hard caps; CPU is left unlimited by default to avoid throttling."
     )
 
 
@@ -147,7 +293,7 @@ class EnvVar(Model):
     """An extra environment variable for the runtime containers."""
 
     name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME, description="Variable name.")
-    value: str | None = Field(default=None, description="Literal value.")
+    value: str | None = Field(default=None, max_length=ENV_VALUE_MAX_LENGTH, description="Literal value.")
     secret_key_ref: SecretKeyRef | None = Field(
         default=None, description="Take the value from a Secret key instead of a literal."
     )
@@ -188,7 +334,9 @@ class Provider(Model):
         min_length=1, max_length=63, pattern=DNS_LABEL, description="Unique name, used in metrics labels."
     )
     kind: ProviderKind = Field(default=ProviderKind.ANTHROPIC, description="API dialect of the endpoint.")
-    model: str = Field(min_length=1, max_length=200, description="Model identifier sent to the provider.")
+    model: str = Field(
+        min_length=1, max_length=MODEL_NAME_MAX_LENGTH, description="Model identifier sent to the provider."
+    )
     base_url: str | None = Field(
         default=None,
         alias="baseURL",
@@ -221,6 +369,13 @@ class Provider(Model):
             "fieldPath": ".apiKeySecretRef",
         }
     ]
+
+    @field_validator("base_url")
+    @classmethod
+    def _reachable_host(cls, value: str | None) -> str | None:
+        if value is not None and (reason := refused_host(value)) is not None:
+            raise ValueError(f"{reason}: a provider cannot be a link-local or cloud metadata endpoint")
+        return value
 
     @model_validator(mode="after")
     def _key_for_public_api(self) -> Provider:
@@ -289,6 +444,187 @@ class ModelSpec(Model):
         return self
 
 
+# --- tools ---------------------------------------------------------------------------------------
+
+# `<server>__<tool>` must fit the Messages API's tool names (`^[a-zA-Z0-9_-]{1,64}$` at the
+# strictest): a short server name leaves the tool most of the room.
+TOOL_SERVER_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+TOOL_SERVER_NAME_MAX_LENGTH = 24
+PYTHON_MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+HTTP_HEADER_NAME = r"^[A-Za-z0-9][-A-Za-z0-9]*$"
+MCP_URL = r"^https?://[^/?#@\s]+(/[^\s]*)?$"
+# Headers the transport sets itself: a spec may not forge them.
+RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "content-type", "accept", "connection", "transfer-encoding", "mcp-session-id",
+     "mcp-protocol-version", "last-event-id"}
+)  # fmt: skip
+
+
+class BuiltinTool(StrEnum):
+    CALCULATOR = "calculator"
+    CURRENT_TIME = "current_time"
+    WORD_COUNT = "word_count"
+
+
+class SideEffects(StrEnum):
+    NONE = "none"
+    EXTERNAL = "external"
+
+
+ToolName = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class ToolPolicy(Model):
+    """What the runtime allows a group of tools (one MCP server, one Python module)."""
+
+    allow_tools: list[ToolName] | None = Field(
+        default=None,
+        max_length=200,
+        description="Tools offered to the model, by the name the server or module gives them; unset: all of them."
+        " A tool not listed is never offered nor called.",
+    )
+    timeout_seconds: int = Field(
+        default=30, ge=1, le=600, description="A call taking longer fails with a timeout error given to the model."
+    )
+    max_result_bytes: int = Field(
+        default=65_536,
+        ge=256,
+        le=1_048_576,
+        description="A result larger than this (UTF-8) is cut to it, with a note saying so.",
+    )
+    side_effects: SideEffects = Field(
+        default=SideEffects.EXTERNAL,
+        description="external: a call may change the world, so it is never repeated (a resumed task reuses its"
+        " checkpointed result, a call cut off by a crash or a lost connection is reported, not re-sent);"
+        " none: safe to call again.",
+    )
+
+
+class McpHeader(Model):
+    """An HTTP header sent to an MCP server, its value read from a Secret (never a literal)."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=HTTP_HEADER_NAME, description="Header name.")
+    secret_key_ref: SecretKeyRef = Field(description="Secret key holding the header's value.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.lower() in RESERVED_HEADERS:
+            raise ValueError(f"{value!r} is set by the MCP transport itself")
+        return value
+
+
+class McpServer(ToolPolicy):
+    """One MCP server: a URL (streamable HTTP, e.g. a Service) or a command in the image (stdio)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=TOOL_SERVER_NAME_MAX_LENGTH,
+        pattern=TOOL_SERVER_NAME,
+        description="The server's name; its tools reach the model as `<name>__<tool>`.",
+    )
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=MCP_URL,
+        description="Streamable-HTTP endpoint (http:// or https://, e.g. http://tools.my-ns.svc:8000/mcp)."
+        " Link-local and cloud metadata hosts are refused.",
+    )
+    headers: list[McpHeader] = Field(
+        default_factory=list, max_length=16, description="Headers sent with every request (with url only)."
+    )
+    command: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="A server present in the image, spoken to over stdio: the program and its arguments.",
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "has(self.url) != has(self.command)",
+            "message": "set url (streamable HTTP) or command (stdio), exactly one",
+            "fieldPath": ".url",
+        },
+        {
+            "rule": "!has(self.headers) || size(self.headers) == 0 || has(self.url)",
+            "message": "headers apply to a url server only",
+            "fieldPath": ".headers",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if (self.url is None) == (self.command is None):
+            raise CrossFieldError("url", "set url (streamable HTTP) or command (stdio), exactly one")
+        if self.headers and self.url is None:
+            raise CrossFieldError("headers", "headers apply to a url server only")
+        if self.url is not None:
+            problem = endpoints.host_problem(self.url)
+            if problem is not None:
+                raise CrossFieldError("url", f"{self.url!r} {problem}")
+        names = [h.name.lower() for h in self.headers]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise CrossFieldError("headers", f"header names must be unique (repeated: {', '.join(repeated)})")
+        return self
+
+
+class PythonTools(ToolPolicy):
+    """A module of tools installed in a derived image (`FROM` the runtime image, `pip install` your package)."""
+
+    module: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=PYTHON_MODULE,
+        description="Import path of a module exposing `TOOLS` (a list of agent_runtime.tools.Tool) or"
+        " `register(registry)`.",
+    )
+
+
+class ToolsSpec(Model):
+    """The agent's tools: built-ins, MCP servers and Python tool modules."""
+
+    builtin: list[BuiltinTool] = Field(
+        default_factory=lambda: list(BuiltinTool),
+        max_length=len(BuiltinTool),
+        description="Built-in tools offered (side-effect free); [] for none.",
+    )
+    mcp_servers: list[McpServer] = Field(default_factory=list, max_length=16, description="MCP servers.")
+    python: list[PythonTools] = Field(default_factory=list, max_length=16, description="Python tool modules.")
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "self.mcpServers.all(s, self.mcpServers.exists_one(t, t.name == s.name))",
+            "message": "MCP server names must be unique",
+            "fieldPath": ".mcpServers",
+        },
+        {
+            "rule": "self.python.all(p, self.python.exists_one(q, q.module == p.module))",
+            "message": "Python tool modules must be unique",
+            "fieldPath": ".python",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _unique(self) -> ToolsSpec:
+        for field, values in (
+            ("mcpServers", [s.name for s in self.mcp_servers]),
+            ("python", [p.module for p in self.python]),
+        ):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise CrossFieldError(field, f"must be unique (repeated: {', '.join(repeated)})")
+        return self
+
+    def summary(self) -> list[str]:
+        """One word per tool source, as `kubectl agentservice get` lists them."""
+        out = [f"{b}" for b in self.builtin]
+        out += [f"{s.name}__* (mcp {'http' if s.url else 'stdio'})" for s in self.mcp_servers]
+        out += [f"{p.module} (python)" for p in self.python]
+        return out
+
+
 # --- workloads -----------------------------------------------------------------------------------
 
 
@@ -296,7 +632,7 @@ class ApiSpec(Model):
     """The task API Deployment."""
 
     replicas: int = Field(default=2, ge=0, le=100, description="Replicas when autoscaling is disabled.")
-    resources: Resources = Field(default_factory=Resources, description="Container resources.")
+    resources: ApiResources = Field(default_factory=ApiResources, description="Container resources.")
 
 
 class WorkerSpec(Model):
@@ -304,12 +640,7 @@ class WorkerSpec(Model):
 
     replicas: int = Field(default=2, ge=0, le=1000, description="Replicas when autoscaling is disabled.")
     concurrency: int = Field(default=8, ge=1, le=1000, description="Tasks one worker pod runs at once.")
-    resources: Resources = Field(
-        default_factory=lambda: Resources(
-            requests=ResourceList(cpu="200m", memory="256Mi"), limits=ResourceList(memory="1Gi")
-        ),
-        description="Container resources.",
-    )
+    resources: WorkerResources = Field(default_factory=WorkerResources, description="Container resources.")
     termination_grace_period_seconds: int = Field(
         default=120,
         ge=1,
@@ -397,11 +728,20 @@ class Limits(Model):
     max_steps_per_task: int = Field(default=20, ge=1, le=500, description="Agent-loop steps before a task stops.")
     task_timeout_seconds: int = Field(default=600, ge=1, le=86400, description="Wall-clock limit of one task.")
     max_input_chars: int = Field(default=100_000, ge=1, le=10_000_000, description="Longest accepted task input.")
-    max_queued_tasks: int | None = Field(
-        default=None,
+    max_queued_tasks: int = Field(
+        default=DEFAULT_MAX_QUEUED_TASKS,
         ge=1,
         le=100_000_000,
-        description="Tasks queued or running at which new submissions get 429 (naming the figure); unset: no bound.",
+        description="Tasks queued or running at which new submissions get 429 and retry-after (naming the figure).",
+    )
+    max_queued_input_bytes: int = Field(
+        default=DEFAULT_MAX_QUEUED_INPUT_BYTES,
+        ge=1_048_576,
+        le=68_719_476_736,
+        description=(
+            "Bytes the records of the tasks not yet ended (input, metadata) may hold in Redis; a submission that"
+            " would pass it gets 429 and retry-after. One service cannot fill a Redis shared with others."
+        ),
     )
 
 
@@ -443,8 +783,32 @@ class Budget(Model):
         ),
     )
     prices: dict[str, ModelPrice] = Field(
-        default_factory=dict, description="Price table override, keyed by model identifier."
+        default_factory=dict,
+        max_length=PRICES_MAX,
+        description=f"Price table override, keyed by model identifier (at most {PRICES_MAX}).",
     )
+    report_retention_days: int = Field(
+        default=35,
+        ge=1,
+        le=400,
+        description="Days the runtime keeps its cost reports (hourly figures by model, user and intent, and each"
+        " day's dearest tasks; GET /v1/costs, kubectl agentservice costs).",
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": f"!has(self.prices) || self.prices.all(k, size(k) >= 1 && size(k) <= {MODEL_NAME_MAX_LENGTH})",
+            "message": f"a model identifier in prices has 1 to {MODEL_NAME_MAX_LENGTH} characters",
+            "fieldPath": ".prices",
+        }
+    ]
+
+    @field_validator("prices")
+    @classmethod
+    def _price_keys(cls, prices: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        if any(not 1 <= len(k) <= MODEL_NAME_MAX_LENGTH for k in prices):
+            raise ValueError(f"a model identifier in prices has 1 to {MODEL_NAME_MAX_LENGTH} characters")
+        return prices
 
 
 class Cache(Model):
@@ -594,7 +958,11 @@ class Alerts(Model):
     queue_depth: int = Field(default=500, ge=1, description="Waiting plus pending tasks.")
     all_providers_down: bool = Field(default=True, description="Alert when no provider is healthy.")
     for_duration: str = Field(
-        default="5m", alias="for", pattern=DURATION, description="How long a condition holds before firing."
+        default="5m",
+        alias="for",
+        max_length=16,
+        pattern=DURATION,
+        description="How long a condition holds before firing.",
     )
 
 
@@ -629,6 +997,108 @@ class CanaryCheck(Model):
         return self
 
 
+class ConfigMapKeyRef(Model):
+    """A key inside a ConfigMap in the AgentService's namespace."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the ConfigMap, in the AgentService's namespace (a DNS subdomain).",
+    )
+    key: str = Field(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DATA_KEY,
+        description="Key holding the suite (YAML).",
+    )
+
+
+INLINE_SUITE_MAX_CHARS = 65_536  # an env var of the Job's pod; larger suites go in a ConfigMap
+
+
+class EvaluationSuiteSource(Model):
+    """One evaluation suite (docs/evaluation.md): inline YAML or a ConfigMap key."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL, description="How the rollout's gates name this suite."
+    )
+    inline: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=INLINE_SUITE_MAX_CHARS,
+        description="The suite as YAML (name, cases, runs, thresholds); checked when the spec is read.",
+    )
+    config_map_ref: ConfigMapKeyRef | None = Field(
+        default=None, description="The suite in a ConfigMap of the namespace (checked when its Job runs)."
+    )
+    timeout_seconds: int = Field(
+        default=900,
+        ge=30,
+        le=7200,
+        description="The evaluation Job's deadline (activeDeadlineSeconds); a Job past it is inconclusive.",
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "has(self.inline) != has(self.configMapRef)",
+            "message": "a suite is either inline or configMapRef",
+            "fieldPath": ".inline",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvaluationSuiteSource:
+        if (self.inline is None) == (self.config_map_ref is None):
+            raise CrossFieldError("inline", "a suite is either inline or configMapRef")
+        if self.inline is not None:
+            try:
+                suite.load_suite(self.inline)
+            except suite.SuiteError as exc:
+                raise CrossFieldError("inline", str(exc)) from None
+        return self
+
+
+SuiteName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+
+
+class Evaluation(Model):
+    """Evaluation suites a rollout's gates can name (spec.canary.evaluation)."""
+
+    suites: list[EvaluationSuiteSource] = Field(default_factory=list, max_length=20, description="The suites.")
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "self.suites.all(s, self.suites.exists_one(t, t.name == s.name))",
+            "message": "suite names must be unique",
+            "fieldPath": ".suites",
+        }
+    ]
+
+    @field_validator("suites")
+    @classmethod
+    def _unique(cls, suites: list[EvaluationSuiteSource]) -> list[EvaluationSuiteSource]:
+        names = [s.name for s in suites]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"suite names must be unique (repeated: {', '.join(dupes)})")
+        return suites
+
+
+class CanaryEvaluation(Model):
+    """Suites that gate a rollout on what the candidate answers; they run against the candidate only."""
+
+    before: list[SuiteName] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Run before any user task reaches the candidate (its workers read a queue of their own);"
+        " every one must pass for the first step to start.",
+    )
+    at_each_step: list[SuiteName] = Field(
+        default_factory=list, max_length=10, description="Run at each step; a step advances only once they pass."
+    )
+
+
 class Canary(Model):
     """Progressive delivery of pod-template changes, judged from Prometheus."""
 
@@ -639,7 +1109,12 @@ class Canary(Model):
         max_length=20,
         description="Canary weights in percent, strictly increasing, ending at 100.",
     )
-    interval: str = Field(default="60s", pattern=DURATION, description="Time between analyses.")
+    interval: str = Field(
+        default="60s",
+        pattern=INTERVAL,
+        max_length=MAX_INTERVAL_LENGTH,
+        description="Time between analyses, 1s to 24h.",
+    )
     max_error_rate: float = Field(default=0.05, ge=0, le=1, description="Highest canary error rate that passes.")
     max_p95_latency_seconds: float = Field(default=60, gt=0, description="Highest canary p95 latency that passes.")
     max_error_ratio: float | None = Field(
@@ -664,7 +1139,15 @@ class Canary(Model):
             "other errors; 429s excluded) may be at most this multiple of stable's."
         ),
     )
-    failure_limit: int = Field(default=2, ge=1, le=100, description="Failed checks that trigger a rollback.")
+    failure_limit: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description=(
+            "Failed analyses in one rollout (in a row or not) that roll it back; an analysis fails when any"
+            " of its checks fails."
+        ),
+    )
     inconclusive_limit: int = Field(
         default=5,
         ge=1,
@@ -679,6 +1162,9 @@ class Canary(Model):
     on_no_data: NoDataPolicy = Field(default=NoDataPolicy.HOLD, description="What an analysis with no data counts as.")
     checks: list[CanaryCheck] = Field(default_factory=list, max_length=20, description="Extra PromQL checks.")
     paused: bool = Field(default=False, description="Hold the rollout at its current weight (manual gate).")
+    evaluation: CanaryEvaluation = Field(
+        default_factory=CanaryEvaluation, description="Evaluation suites (spec.evaluation) gating the rollout."
+    )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
@@ -696,7 +1182,22 @@ class Canary(Model):
             "message": "canary steps must be strictly increasing",
             "fieldPath": ".steps",
         },
+        {
+            # the spelling is checked first: `duration()` would overflow on 999999999999h
+            "rule": "!has(self.interval) || (self.interval.matches('" + INTERVAL + "') "
+            "&& duration(self.interval) >= duration('1s') && duration(self.interval) <= duration('24h'))",
+            "message": "the canary interval must be between 1s and 24h",
+            "fieldPath": ".interval",
+        },
     ]
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, interval: str) -> str:
+        seconds = duration_seconds(interval)
+        if not MIN_INTERVAL_SECONDS <= seconds <= MAX_INTERVAL_SECONDS:
+            raise ValueError(f"the canary interval must be between 1s and 24h (got {interval})")
+        return interval
 
     @field_validator("steps")
     @classmethod
@@ -736,6 +1237,12 @@ class NetworkPolicySpec(Model):
         pattern=DNS_LABEL,
         description="Namespace of Prometheus, allowed to scrape.",
     )
+    restrict_egress: bool = Field(
+        default=False,
+        description="Also restrict the pods' egress to what the spec names: DNS, Redis, the model providers"
+        " (port 443 and each baseURL's port), and each MCP server's host and port (docs/tools.md)."
+        " Link-local addresses (the node's and the cloud's metadata services) are never allowed.",
+    )
 
 
 class PodDisruptionBudgetSpec(Model):
@@ -743,6 +1250,75 @@ class PodDisruptionBudgetSpec(Model):
 
     enabled: bool = Field(default=True, description="Create PodDisruptionBudgets.")
     max_unavailable: int = Field(default=1, ge=0, le=1000, description="Pods that may be down at once.")
+
+
+class LocalObjectReference(Model):
+    """An object in the AgentService's namespace, by name."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the object, in the AgentService's namespace (a DNS subdomain).",
+    )
+
+
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+
+
+def check_label_keys(keys: Iterable[str], *, reserved: bool) -> None:
+    """Raise ValueError naming the first key that is not a label key (or, with `reserved`, is the operator's)."""
+    for key in keys:
+        prefix, _, name = key.rpartition("/")
+        if not re.match(LABEL_KEY, key) or len(prefix) > LABEL_PREFIX_MAX_LENGTH or len(name) > 63:
+            raise ValueError(f"{key!r} is not a label key ([prefix/]name, name at most 63 characters)")
+        if reserved and key.startswith(RESERVED_LABEL_PREFIX):
+            raise ValueError(f"{key!r}: keys under {RESERVED_LABEL_PREFIX} are set by the operator")
+
+
+class Monitoring(Model):
+    """Extra metadata of the ServiceMonitor and PrometheusRule, for the Prometheus that selects them.
+
+    kube-prometheus-stack's Prometheus selects only objects labelled `release: <its release>`; the
+    operator-wide default comes from the chart (`monitoring.labels`), these keys win over it.
+    """
+
+    labels: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MONITORING_LABELS_MAX,
+        description=(
+            "Labels added to the ServiceMonitor and PrometheusRule, e.g. `release: kube-prometheus-stack`"
+            " (keys under app.kubernetes.io/ are the operator's)."
+        ),
+    )
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        max_length=MONITORING_LABELS_MAX,
+        description="Annotations added to the ServiceMonitor and PrometheusRule.",
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": f"self.labels.all(k, !k.startsWith('{RESERVED_LABEL_PREFIX}'))",
+            "message": f"labels under {RESERVED_LABEL_PREFIX} are set by the operator",
+            "fieldPath": ".labels",
+        }
+    ]
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        check_label_keys(labels, reserved=True)
+        return labels
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotation_keys(cls, annotations: dict[str, str]) -> dict[str, str]:
+        check_label_keys(annotations, reserved=False)
+        return annotations
+
+
+ImagePullSecrets = Annotated[list[LocalObjectReference], Field(max_length=16)]
 
 
 ServiceAccountName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=DNS_SUBDOMAIN)]
@@ -761,6 +1337,14 @@ class AgentServiceSpec(Model):
         json_schema_extra={"enum": ["Always", "IfNotPresent", "Never"]},
         description="Kubernetes image pull policy.",
     )
+    image_pull_secrets: ImagePullSecrets = Field(
+        default_factory=list,
+        description=(
+            "Secrets (type kubernetes.io/dockerconfigjson, in the AgentService's namespace) the kubelet pulls the"
+            " image with, on every pod of the service; the operator-wide default (the chart's"
+            " `agentPods.imagePullSecrets`) is added after these."
+        ),
+    )
     model: ModelSpec = Field(description="LLM providers and the calling strategy.")
     api: ApiSpec = Field(default_factory=ApiSpec, description="The task API.")
     worker: WorkerSpec = Field(default_factory=WorkerSpec, description="The workers.")
@@ -770,9 +1354,22 @@ class AgentServiceSpec(Model):
     cache: Cache = Field(default_factory=Cache, description="Response cache.")
     redis: RedisSpec = Field(description="The Redis that holds queue, limits and checkpoints.")
     alerts: Alerts = Field(default_factory=Alerts, description="Alert thresholds.")
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring, description="Labels and annotations of the ServiceMonitor and PrometheusRule."
+    )
     canary: Canary = Field(default_factory=Canary, description="Canary rollouts.")
+    evaluation: Evaluation = Field(
+        default_factory=Evaluation, description="Evaluation suites, for spec.canary.evaluation (docs/evaluation.md)."
+    )
     env: list[EnvVar] = Field(default_factory=list, max_length=100, description="Extra environment variables.")
-    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every pod.")
+    pod_annotations: dict[str, Annotated[str, Field(max_length=ANNOTATION_VALUE_MAX_LENGTH)]] = Field(
+        default_factory=dict,
+        max_length=POD_ANNOTATIONS_MAX,
+        description=(
+            f"Annotations added to every pod (at most {POD_ANNOTATIONS_MAX}; keys of at most"
+            f" {ANNOTATION_KEY_MAX_LENGTH} characters, values of at most {ANNOTATION_VALUE_MAX_LENGTH})."
+        ),
+    )
     service_account_name: ServiceAccountName | None = Field(
         default=None, description="ServiceAccount of the pods, in the AgentService's namespace."
     )
@@ -783,12 +1380,28 @@ class AgentServiceSpec(Model):
             " Kubernetes API, and a mounted token is a credential a compromised pod could use."
         ),
     )
+    tools: ToolsSpec = Field(default_factory=ToolsSpec, description="The agent's tools (docs/tools.md).")
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, description="Network policy.")
     pod_disruption_budget: PodDisruptionBudgetSpec = Field(
         default_factory=PodDisruptionBudgetSpec, description="Pod disruption budgets."
     )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!has(self.canary.evaluation) || ((!has(self.canary.evaluation.before)"
+            " || self.canary.evaluation.before.all(n, has(self.evaluation) && has(self.evaluation.suites)"
+            " && self.evaluation.suites.exists(s, s.name == n))) && (!has(self.canary.evaluation.atEachStep)"
+            " || self.canary.evaluation.atEachStep.all(n, has(self.evaluation) && has(self.evaluation.suites)"
+            " && self.evaluation.suites.exists(s, s.name == n))))",
+            "message": "spec.canary.evaluation names a suite that is not in spec.evaluation.suites",
+            "fieldPath": ".canary.evaluation",
+        },
+        {
+            "rule": "!has(self.podAnnotations)"
+            f" || self.podAnnotations.all(k, size(k) >= 1 && size(k) <= {ANNOTATION_KEY_MAX_LENGTH})",
+            "message": f"a podAnnotations key has 1 to {ANNOTATION_KEY_MAX_LENGTH} characters",
+            "fieldPath": ".podAnnotations",
+        },
         {
             "rule": "!self.autoscaling.enabled || self.autoscaling.engine != 'keda'"
             f" || has(self.redis.urlSecretRef) || (has(self.redis.url) && self.redis.url.matches(r'{KEDA_REDIS_URL}'))",
@@ -829,6 +1442,19 @@ class AgentServiceSpec(Model):
         return self
 
     @model_validator(mode="after")
+    def _gates_name_suites(self) -> AgentServiceSpec:
+        known = {s.name for s in self.evaluation.suites}
+        gates = self.canary.evaluation
+        for field, names in (
+            ("canary.evaluation.before", gates.before),
+            ("canary.evaluation.atEachStep", gates.at_each_step),
+        ):
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise CrossFieldError(field, f"no suite named {', '.join(map(repr, unknown))} in evaluation.suites")
+        return self
+
+    @model_validator(mode="after")
     def _keda_reaches_redis(self) -> AgentServiceSpec:
         keda = self.autoscaling.enabled and self.autoscaling.engine == AutoscalingEngine.KEDA
         if not keda:
@@ -842,6 +1468,13 @@ class AgentServiceSpec(Model):
         if self.redis.url is None or not re.match(KEDA_REDIS_URL, self.redis.url):
             raise CrossFieldError("redis.url", KEDA_REDIS_MESSAGE)
         return self
+
+    @field_validator("pod_annotations")
+    @classmethod
+    def _annotation_keys(cls, annotations: dict[str, str]) -> dict[str, str]:
+        if any(not 1 <= len(k) <= ANNOTATION_KEY_MAX_LENGTH for k in annotations):
+            raise ValueError(f"a podAnnotations key has 1 to {ANNOTATION_KEY_MAX_LENGTH} characters")
+        return annotations
 
     @field_validator("image_pull_policy")
     @classmethod
@@ -971,6 +1604,39 @@ class RolloutRecord(BaseModel):
     finished_time: str = Field(default="", description="When it ended (RFC 3339).")
 
 
+class FailedCase(BaseModel):
+    """A case of an evaluation suite that failed, and why."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    name: str = Field(description="The case's name.")
+    reason: str = Field(default="", description="What the answer missed, or how the task failed.")
+
+
+class EvaluationResult(BaseModel):
+    """One evaluation suite run against the candidate at one gate (docs/evaluation.md)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    suite: str = Field(description="The suite's name in spec.evaluation.suites.")
+    gate: str = Field(description="`before`, or `step:<weight>` for spec.canary.evaluation.atEachStep.")
+    revision: str = Field(description="The candidate revision it ran against.")
+    verdict: str = Field(
+        description="running, pass, fail or inconclusive (the Job failed, timed out or could not grade)."
+    )
+    accuracy: float | None = Field(default=None, description="Weighted share of passed runs.")
+    passed: int | None = Field(default=None, description="Runs that passed.")
+    failed: int | None = Field(default=None, description="Runs that failed.")
+    cost_usd_per_task_max: float | None = Field(
+        default=None, alias="costUSDPerTaskMax", description="The largest spend of one run, USD."
+    )
+    latency_p95_seconds: float | None = Field(default=None, description="p95 of the runs' latencies.")
+    failed_thresholds: list[str] = Field(default_factory=list, description="The thresholds that did not hold.")
+    failed_cases: list[FailedCase] = Field(default_factory=list, description="Failed cases (at most 20), with reasons.")
+    message: str = Field(default="", description="Why, in words (the Job's state when there is no report).")
+    job: str = Field(default="", description="The Job that ran it.")
+
+
 class CanaryStatus(BaseModel):
     """Where a rollout stands."""
 
@@ -994,6 +1660,13 @@ class CanaryStatus(BaseModel):
     )
     rollouts: list[RolloutRecord] = Field(
         default_factory=list, description="The last 10 finished rollouts, oldest first."
+    )
+    gate: str = Field(
+        default="",
+        description="`before` while the candidate serves only its evaluation (spec.canary.evaluation.before).",
+    )
+    evaluation: list[EvaluationResult] = Field(
+        default_factory=list, description="The evaluation suites of this rollout's gates, latest per suite and gate."
     )
 
 

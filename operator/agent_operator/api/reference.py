@@ -28,6 +28,7 @@ def _constraints(node: dict[str, Any]) -> str:
         ("maxLength", "length <="),
         ("minItems", "items >="),
         ("maxItems", "items <="),
+        ("maxProperties", "keys <="),
     ):
         if key in node:
             parts.append(f"{label} {node[key]}")

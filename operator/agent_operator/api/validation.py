@@ -24,6 +24,7 @@ STDIN: Final = "-"
 # What the spec's patterns mean, in words (pydantic would print the regular expression).
 PATTERN_MEANINGS: Final = {
     models.DURATION: "must be a duration such as 30s, 5m or 1h30m",
+    models.INTERVAL: "must be a duration such as 30s, 5m or 1h30m, with at most six digits a number",
     models.QUANTITY: "must be a Kubernetes quantity such as 250m, 1 or 512Mi",
     models.DNS_LABEL: "must be a DNS label: lowercase letters, digits and '-', starting and ending alphanumeric",
     models.DNS_1035_LABEL: (
@@ -39,6 +40,12 @@ PATTERN_MEANINGS: Final = {
     models.REDIS_MASTER_NAME: "must be a Sentinel master name: letters, digits, '-', '_' and '.'",
     models.REDIS_USERNAME: "must be a Redis user name: no spaces, '@' or ':'",
     models.REDIS_URL: "must be a redis[s]:// URL, or redis[s]+cluster:// or redis[s]+sentinel://",
+    models.LABEL_VALUE: (
+        "must be a label value: empty, or letters, digits, '-', '_' and '.' starting and ending alphanumeric"
+    ),
+    models.MCP_URL: "must be an http:// or https:// URL with a host and no credentials",
+    models.HTTP_HEADER_NAME: "must be an HTTP header name: letters, digits and '-'",
+    models.PYTHON_MODULE: "must be a Python import path such as my_package.tools",
 }
 VALUE_ERROR_PREFIX: Final = "Value error, "
 

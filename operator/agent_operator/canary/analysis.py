@@ -91,6 +91,8 @@ PROVIDER_ERROR_RATE_FLOOR: Final = 0.01
 MIN_WINDOW_SCRAPES: Final = 4
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 PROMETHEUS_CHECK: Final = "prometheus"
+# The start of a check's message when the namespace enforcer refused its query (status.py keys on it).
+REFUSED: Final = "query refused, it reads outside the AgentService's namespace"
 NO_PROMETHEUS: Final = (
     "the operator runs without a Prometheus URL (--prometheus-url, chart value prometheus.url): canary analyses "
     "cannot run, so a rollout holds and then pauses; set it, or promote with the agentops.dev/promote annotation"
@@ -147,6 +149,7 @@ class Measurement:
 
     value: float | None = None
     error: str = ""
+    refused: bool = False  # the namespace enforcer refused the query (it names another namespace)
 
 
 # --- PromQL ----------------------------------------------------------------------------------------
@@ -369,6 +372,8 @@ def _verdict(
         return Verdict.ERROR, check.problem
     if measured is None:
         return Verdict.ERROR, "the query was not run"
+    if measured.refused:
+        return Verdict.ERROR, f"{REFUSED}: {measured.error}"
     if measured.error:
         return Verdict.ERROR, f"query failed: {measured.error}"
     tracks = {Gate.NONE: (), Gate.CANARY: (CANARY,), Gate.BOTH: (CANARY, STABLE)}[check.gate]

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from agent_operator.api import models
 from agent_operator.canary import analysis
+from agent_operator.canary import evaluation as gates_of
 from agent_operator.manifests import naming
 
 HISTORY_LIMIT: Final = 10
@@ -61,6 +62,11 @@ class Reason(StrEnum):
     ANALYSIS_ERROR = "AnalysisError"
     INCONCLUSIVE_LIMIT = "InconclusiveLimitReached"
     STAYS_ROLLED_BACK = "RolledBack"
+    RETRIED = "RetriedByAnnotation"
+    WAITING_FOR_EVALUATION = "WaitingForEvaluation"
+    EVALUATION_PASSED = "EvaluationPassed"
+    EVALUATION_FAILED = "EvaluationFailed"
+    EVALUATION_INCONCLUSIVE = "EvaluationInconclusive"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class Observation:
     annotations: Mapping[str, str] = field(default_factory=dict)  # the AgentService's annotations
     analysis: models.Analysis | None = None  # set when an analysis ran since the last decision
     live_stable_revision: str = ""  # revision of existing stable Deployments, for a status that lost it
+    evaluations: tuple[models.EvaluationResult, ...] = ()  # results of evaluation Jobs seen now
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class _Gates:
     abort: bool
     consumed: tuple[str, ...]
     step_from: int | None = None  # promote one step, when the rollout stands at this weight
+    retry: bool = False  # start the rolled-back revision's rollout again, from the first step
 
 
 def rollout_active(status: models.CanaryStatus) -> bool:
@@ -107,7 +115,18 @@ def rollout_active(status: models.CanaryStatus) -> bool:
 
 def needs_analysis(spec: models.Canary, status: models.CanaryStatus) -> bool:
     """True when analyses should run every interval: an active rollout not paused by spec."""
-    return spec.enabled and rollout_active(status) and not spec.paused
+    return spec.enabled and rollout_active(status) and not spec.paused and status.gate != gates_of.BEFORE
+
+
+def evaluation_gate(spec: models.Canary, status: models.CanaryStatus) -> str:
+    """The gate whose suites should run now ('' for none): `before`, or the step's while its suites have not passed."""
+    if not spec.enabled or not rollout_active(status):
+        return ""
+    if status.gate == gates_of.BEFORE:
+        return gates_of.BEFORE
+    if spec.evaluation.at_each_step and status.weight > 0:
+        return gates_of.step_gate(status.weight)
+    return ""
 
 
 def split(total: int, weight: int) -> Split:
@@ -171,12 +190,17 @@ def _gates(annotations: Mapping[str, str], desired: str) -> _Gates:
     else:
         promote, promote_consumed = gate(naming.PROMOTE_ANNOTATION)
     abort, abort_consumed = gate(naming.ABORT_ANNOTATION)
+    retry, retry_consumed = gate(naming.RETRY_ANNOTATION)
     consumed = tuple(
         key
-        for key, used in ((naming.PROMOTE_ANNOTATION, promote_consumed), (naming.ABORT_ANNOTATION, abort_consumed))
+        for key, used in (
+            (naming.PROMOTE_ANNOTATION, promote_consumed),
+            (naming.ABORT_ANNOTATION, abort_consumed),
+            (naming.RETRY_ANNOTATION, retry_consumed),
+        )
         if used
     )
-    return _Gates(promote=promote, abort=abort, consumed=consumed, step_from=step_from)
+    return _Gates(promote=promote, abort=abort, consumed=consumed, step_from=step_from, retry=retry)
 
 
 def _at_rest(spec: models.Canary, status: models.CanaryStatus, desired: str, gates: _Gates) -> Decision:
@@ -194,6 +218,8 @@ def _at_rest(spec: models.Canary, status: models.CanaryStatus, desired: str, gat
     if gates.promote:
         return _promote(status, desired, Reason.PROMOTED_BY_ANNOTATION, "promoted by annotation")
     if status.phase == models.CanaryPhase.ROLLED_BACK and desired == status.canary_revision:
+        if gates.retry:  # a person judged the failure passing (a flaky provider): analyse it afresh
+            return _start(spec, status, desired, Reason.RETRIED)
         return Decision(Action.NONE, Reason.STAYS_ROLLED_BACK, _rest(status))
     return _start(spec, status, desired, Reason.ROLLOUT_STARTED)
 
@@ -222,6 +248,19 @@ def _during_rollout(spec: models.Canary, status: models.CanaryStatus, observed: 
     if spec.paused:
         message = f"paused by spec.canary.paused at weight {status.weight}"
         return Decision(Action.PAUSE, Reason.PAUSED_BY_SPEC, _update(status, models.CanaryPhase.PAUSED, message))
+    return _evaluated_then_analysed(spec, status, observed, desired)
+
+
+def _evaluated_then_analysed(
+    spec: models.Canary, status: models.CanaryStatus, observed: Observation, desired: str
+) -> Decision:
+    """The rules after the gates: the evaluation gate, steps that changed, then the step's analysis."""
+    if status.gate == gates_of.BEFORE or spec.evaluation.at_each_step:
+        results = gates_of.merge(status.evaluation, observed.evaluations, desired)
+        status = status.model_copy(update={"evaluation": results})
+        gated = _evaluation_rules(spec, status, desired)
+        if gated is not None:
+            return gated
     if len(spec.steps) == 1:
         return _promote(status, desired, Reason.STEPS_CHANGED, "steps are [100]: nothing left to analyse")
     index = min(status.step_index, len(spec.steps) - 2)
@@ -275,6 +314,34 @@ def _judged(spec: models.Canary, status: models.CanaryStatus, result: models.Ana
     return Decision(Action.WAIT, reason, held)
 
 
+def _evaluation_rules(spec: models.Canary, status: models.CanaryStatus, desired: str) -> Decision | None:
+    """The evaluation gate standing before the analyses, or None when it has passed (the analyses go on)."""
+    results = status.evaluation
+    gate = gates_of.BEFORE if status.gate == gates_of.BEFORE else gates_of.step_gate(status.weight)
+    state = gates_of.gate_state(spec, results, desired, gate)
+    if state.verdict == gates_of.GateVerdict.FAIL:
+        return _roll_back(status, desired, Reason.EVALUATION_FAILED, state.message)
+    if state.verdict == gates_of.GateVerdict.INCONCLUSIVE:
+        message = f"paused: evaluation inconclusive ({gate}), never taken for a pass: {state.message}"
+        return Decision(
+            Action.PAUSE, Reason.EVALUATION_INCONCLUSIVE, _update(status, models.CanaryPhase.PAUSED, message)
+        )
+    if state.verdict == gates_of.GateVerdict.WAITING:
+        return Decision(
+            Action.WAIT, Reason.WAITING_FOR_EVALUATION, _update(status, models.CanaryPhase.PROGRESSING, state.message)
+        )
+    if gate != gates_of.BEFORE:
+        return None  # the step's suites passed: its analysis decides as usual
+    if len(spec.steps) == 1:
+        return _promote(status, desired, Reason.EVALUATION_PASSED, f"before suites passed: {state.message}")
+    weight = spec.steps[0]
+    moved = status.model_copy(update={"gate": "", "weight": weight, "step_index": 0})
+    message = f"before suites passed, first step at weight {weight}: {state.message}"
+    return Decision(
+        Action.SET_WEIGHT, Reason.EVALUATION_PASSED, _update(moved, models.CanaryPhase.PROGRESSING, message)
+    )
+
+
 def _step(spec: models.Canary, status: models.CanaryStatus, desired: str) -> Decision:
     """One step further by hand, as a passed analysis would move it (a person settled the streak too)."""
     index = min(status.step_index, len(spec.steps) - 2) + 1
@@ -325,7 +392,7 @@ def _update(status: models.CanaryStatus, phase: models.CanaryPhase, message: str
 
 def _rest(status: models.CanaryStatus, **update: Any) -> models.CanaryStatus:
     """The status at rest: no canary, weight 0, everything else kept (counters, last analysis)."""
-    return status.model_copy(update={"weight": 0, "actual_weight": 0, "step_index": 0, **update})
+    return status.model_copy(update={"weight": 0, "actual_weight": 0, "step_index": 0, "gate": "", **update})
 
 
 def _fresh(stable: str, phase: models.CanaryPhase, message: str) -> models.CanaryStatus:
@@ -339,12 +406,24 @@ def _record(status: models.CanaryStatus, result: models.Analysis) -> models.Cana
 
 
 def _start(spec: models.Canary, status: models.CanaryStatus, desired: str, reason: Reason) -> Decision:
-    """A rollout of `desired` from its first step, counters and history reset."""
+    """A rollout of `desired` from its first step (or its `before` gate), counters and history reset."""
+    if spec.evaluation.before:
+        names = ", ".join(spec.evaluation.before)
+        fresh = models.CanaryStatus(
+            phase=models.CanaryPhase.PROGRESSING,
+            weight=0,
+            step_index=0,
+            stable_revision=status.stable_revision,
+            canary_revision=desired,
+            gate=gates_of.BEFORE,
+            message=f"rollout of revision {desired}: no user task reaches it until its before suites pass ({names})",
+        )
+        return Decision(Action.SET_WEIGHT, reason, fresh)
     if len(spec.steps) == 1:
         return _promote(status, desired, Reason.NOTHING_TO_ANALYSE, "steps are [100]: promoted without analysis")
     weight = spec.steps[0]
     phase = models.CanaryPhase.PAUSED if spec.paused else models.CanaryPhase.PROGRESSING
-    verb = "restarted on newer" if reason == Reason.NEW_REVISION else "started for"
+    verb = {Reason.NEW_REVISION: "restarted on newer", Reason.RETRIED: "retried for"}.get(reason, "started for")
     message = f"rollout {verb} revision {desired} at weight {weight}"
     if spec.paused:
         message += " (paused by spec.canary.paused)"

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from agent_operator import objects, opmetrics
 from agent_operator.api import models
-from agent_operator.canary import analysis, machine, rollouthistory, tracks
+from agent_operator.canary import analysis, machine, rollouthistory, slots, tracks
 from agent_operator.canary.prometheus import Prometheus, rfc3339
 from agent_operator.kube.client import Client
 from agent_operator.manifests import builders
@@ -95,8 +95,10 @@ class Rollouts:
         monotonic: Clock = time.monotonic,
         wall: Clock = time.time,
         now: Callable[[], str] = _utcnow,
+        analysis_slots: slots.FairSlots | None = None,
     ) -> None:
         self._client = client
+        self.slots = analysis_slots or slots.FairSlots()
         self._metrics = metrics
         self._prometheus = prometheus
         self._scrape_interval = scrape_interval_seconds
@@ -107,7 +109,7 @@ class Rollouts:
 
     @property
     def prometheus_url(self) -> str | None:
-        return self._prometheus.url if self._prometheus is not None else None
+        return self._prometheus.shown_url if self._prometheus is not None else None
 
     def forget(self, uid: str) -> None:
         """Drop the schedule of a deleted object."""
@@ -214,11 +216,19 @@ class Rollouts:
                 return None
         elif now < schedule.due:
             return None
-        # from now, not from when it was due: a late analysis must not pull the next one closer
-        # (kept to a grid, one 2.4 s late at a 3 s interval was followed 0.6 s later by another
-        # reading nearly the same window, and with failureLimit 2 both failures would count)
-        self._count(schedule, key, now, interval)
-        return await self.analyse(svc, prior.weight)
+        namespace = svc.metadata.namespace
+        held = slots.HELD.get() == namespace
+        if not held and not self.slots.try_acquire(namespace):
+            return None  # still due: the analysis loop runs it in its namespace's turn (slots.py)
+        try:
+            # from now, not from when it was due: a late analysis must not pull the next one closer
+            # (kept to a grid, one 2.4 s late at a 3 s interval was followed 0.6 s later by another
+            # reading nearly the same window, and with failureLimit 2 both failures would count)
+            self._count(schedule, key, now, interval)
+            return await self.analyse(svc, prior.weight)
+        finally:
+            if not held:
+                self.slots.release(namespace)
 
     def _count(self, schedule: Schedule, key: tuple[str, int], now: float, wait: float) -> None:
         """Start counting `wait` seconds to the next analysis of `key`."""
@@ -241,7 +251,9 @@ class Rollouts:
         else:
             window = analysis.window_for(svc.spec.canary, self._scrape_interval)
             scope = analysis.Scope(service=svc.metadata.name, namespace=svc.metadata.namespace, window=window)
-            result = await self._prometheus.analyse_async(analysis.plan(svc.spec.canary, scope), weight=weight)
+            result = await self._prometheus.analyse_async(
+                analysis.plan(svc.spec.canary, scope), weight=weight, namespace=svc.metadata.namespace
+            )
         self._metrics.analysis_duration.observe(time.perf_counter() - started)
         self._metrics.analyses.labels(verdict=result.verdict).inc()
         return result

@@ -335,12 +335,28 @@ class Client:
         result = await self.request("GET", object_path(api_version, kind, namespace), params=params)
         return list((result or {}).get("items") or [])
 
-    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+    async def delete(
+        self, api_version: str, kind: str, namespace: str | None, name: str, *, uid: str, resource_version: str
+    ) -> bool:
+        """Delete exactly the object read as `uid` at `resource_version`; whether it was deleted.
+
+        The preconditions make the API server refuse (409) a delete that would hit another object of
+        the same name (deleted and created again meanwhile) or the same object changed since it was
+        read (its ownerReferences edited): what the caller checked is what goes. A 404 or a 409 is
+        "not deleted"; the caller reads again on its next pass.
+        """
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"uid": uid, "resourceVersion": resource_version},
+        }
         try:
-            await self.request("DELETE", object_path(api_version, kind, namespace, name), kind=kind)
+            await self.request("DELETE", object_path(api_version, kind, namespace, name), body=options, kind=kind)
         except ApiError as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):
                 raise
+            return False
+        return True
 
     async def patch_status(self, owner: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Merge-patch the status subresource of an object."""

@@ -4,7 +4,13 @@ Deployments are never pruned because the spec stopped wanting them: the canary p
 the canary track goes (`remove=`). A Deployment or Service the operator owns under a name the
 naming rule no longer gives (an upgrade that shortens long names, manifests/naming.py) is a
 leftover, though, and is deleted: two worker Deployments must not both consume the queue.
-Nothing someone else controls is ever deleted.
+Nothing someone else controls is ever deleted: each delete reads the object first, re-checks that
+its controller ownerReference is this AgentService's uid, and carries the uid and resourceVersion
+it read as preconditions, so the API server refuses it if the object was replaced or changed
+meanwhile. The inventory is keyed by namespace and owner, and only ever names objects of the
+owner's own namespace: an ownerReference is written by whoever writes the object, so one in another
+namespace that names this owner's uid (owner references never cross namespaces) is a forgery, and
+never makes the operator touch the owner's namespace (docs/security.md).
 """
 
 from __future__ import annotations
@@ -54,7 +60,9 @@ class Inventory:
     """
 
     def __init__(self) -> None:
-        self._known: dict[str, set[ObjectRef]] = {}
+        # By owner uid, with the owner's namespace: only ever names objects of that namespace, and an
+        # entry is used only for an owner of the same (namespace, uid).
+        self._known: dict[str, tuple[str, set[ObjectRef]]] = {}
         self._watched: Watched | None = None  # set by `follow`
 
     def follow(self, watched: Watched) -> None:
@@ -70,13 +78,13 @@ class Inventory:
     ) -> set[ObjectRef]:
         """The owner's prunable and renameable children: listed once, then kept up to date from `present`."""
         meta = owner["metadata"]
-        uid = str(meta.get("uid"))
-        known = self._known.get(uid)
+        uid, namespace = str(meta.get("uid")), str(meta["namespace"])
+        entry = self._known.get(uid)
+        known = entry[1] if entry is not None and entry[0] == namespace else None
         if known is not None:
-            known.update(ref for ref in present if (ref.api_version, ref.kind) in LISTED)
+            known.update(ref for ref in present if (ref.api_version, ref.kind) in LISTED and ref.namespace == namespace)
             return known
         known = set()
-        namespace = meta["namespace"]
         for api_version, kind in LISTED:
             names = await self._watched(api_version, kind, namespace, uid) if self._watched is not None else None
             if names is None:
@@ -86,7 +94,7 @@ class Inventory:
                     if objects.owned_by(obj, meta.get("uid"))  # never someone else's object
                 ]
             known.update(ObjectRef(api_version, kind, namespace, name) for name in names)
-        self._known[uid] = known
+        self._known[uid] = (namespace, known)
         return known
 
 
@@ -117,22 +125,46 @@ async def prune(
         kind = (ref.api_version, ref.kind)
         if (kind in PRUNABLE and ref in wanted) or (kind in RENAMEABLE and ref in names):
             continue
-        log.info("prune", child=ref.key)
-        await client.delete(ref.api_version, ref.kind, ref.namespace, ref.name)
-        known.discard(ref)
-        deleted.append(ref)
+        found = await client.get(ref.api_version, ref.kind, ref.namespace, ref.name)
+        outcome = await _delete_owned(client, owner, ref, found)
+        if outcome is not False:  # deleted, or not ours to delete: either way no longer this owner's child
+            known.discard(ref)
+        if outcome:
+            deleted.append(ref)
     return tuple(deleted) + await _remove(client, owner, remove, live or {})
+
+
+async def _delete_owned(
+    client: Client, owner: Mapping[str, Any], ref: ObjectRef, obj: Mapping[str, Any] | None
+) -> bool | None:
+    """Delete `obj` (as read, named `ref`) when it is in the owner's namespace and the owner controls
+    it: True when deleted, None when it is absent or not the owner's, False when the API server
+    refused the preconditions (replaced or changed since it was read: the next pass reads it again).
+    """
+    meta = owner["metadata"]
+    if obj is None or ref.namespace != meta.get("namespace") or not objects.owned_by(obj, meta.get("uid")):
+        if obj is not None:
+            log.debug("prune_skipped_not_owned", child=ref.key, namespace=ref.namespace)
+        return None
+    found = obj.get("metadata", {})
+    log.info("prune", child=ref.key)
+    done = await client.delete(
+        ref.api_version,
+        ref.kind,
+        ref.namespace,
+        ref.name,
+        uid=str(found.get("uid", "")),
+        resource_version=str(found.get("resourceVersion", "")),
+    )
+    return done
 
 
 async def _remove(
     client: Client, owner: Mapping[str, Any], refs: Sequence[ObjectRef], live: Mapping[ObjectRef, Any]
 ) -> tuple[ObjectRef, ...]:
     """Delete each of `refs` that the owner controls (as read in `live`); return those deleted."""
-    uid = owner["metadata"].get("uid")
     deleted = []
     for ref in refs:
-        if not objects.owned_by(live.get(ref), uid):
-            continue  # absent, or not ours: leave it alone
-        await client.delete(ref.api_version, ref.kind, ref.namespace, ref.name)
-        deleted.append(ref)
+        if await _delete_owned(client, owner, ref, live.get(ref)):
+            deleted.append(ref)
     return tuple(deleted)

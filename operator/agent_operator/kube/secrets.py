@@ -70,11 +70,16 @@ def references(spec: models.AgentServiceSpec) -> list[Reference]:
         ref = spec.redis.tls.ca_secret_ref
         refs.append(Reference(ref.name, ref.key, "spec.redis.tls.caSecretRef"))
     refs.extend(
+        Reference(h.secret_key_ref.name, h.secret_key_ref.key, f"spec.tools.mcpServers[{i}].headers[{j}].secretKeyRef")
+        for i, server in enumerate(spec.tools.mcp_servers)
+        for j, h in enumerate(server.headers)
+    )
+    refs.extend(
         Reference(e.secret_key_ref.name, e.secret_key_ref.key, f"spec.env[{i}].secretKeyRef")
         for i, e in enumerate(spec.env)
         if e.secret_key_ref is not None
     )
-    return refs
+    return list(dict.fromkeys(refs))  # the CA is both the pods' and KEDA's: reported once
 
 
 def problems(refs: Sequence[Reference], live: Mapping[str, Mapping[str, Any] | None]) -> list[str]:

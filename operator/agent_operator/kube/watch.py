@@ -83,6 +83,7 @@ class Child(NamedTuple):
     owner: str  # the controlling AgentService's uid
     fingerprint: int
     name: str
+    namespace: str  # the child's own namespace: an owner's children are only ever those of its namespace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +176,11 @@ class Stream:
         self._backoff = backoff
         self._path = client.object_path(kind.api_version, kind.kind, namespace)
         self._children: dict[str, Child] = {}  # by the child's uid
-        self._owned: dict[str, dict[str, str]] = {}  # owner uid -> child uid -> name (`owned`)
+        # (namespace, owner uid) -> child uid -> name (`owned`). Keyed by namespace too: an
+        # ownerReference is written by whoever writes the object, so a child in another namespace
+        # naming this owner's uid is a forgery (owner references never cross namespaces), and must
+        # never put a name into this owner's inventory.
+        self._owned: dict[tuple[str, str], dict[str, str]] = {}
         self._listed = False
         self._unserved = False  # the last answer was 404: the kind has no objects
         # Set once the first list has had its answer, whatever it was: `Children.owned` waits for it.
@@ -197,33 +202,34 @@ class Stream:
     def namespace(self) -> str | None:
         return self._namespace
 
-    def owned(self, owner: str) -> frozenset[str] | None:
-        """Names of the children of this kind that `owner` (a uid) controls, as far as the watch
-        knows; None until the stream has listed (the caller must ask the API server)."""
+    def owned(self, owner: str, namespace: str) -> frozenset[str] | None:
+        """Names of the children of this kind in `namespace` that `owner` (a uid) controls, as far as
+        the watch knows; None until the stream has listed (the caller must ask the API server)."""
         if self._unserved:
             return frozenset()
         if not self._listed:
             return None
-        return frozenset(self._owned.get(owner, {}).values())
+        return frozenset(self._owned.get((namespace, owner), {}).values())
 
     def _keep(self, uid: str, child: Child) -> None:
         previous = self._children.get(uid)
-        if previous is not None and previous.owner != child.owner:
-            self._disown(uid, previous.owner)
+        if previous is not None and (previous.owner, previous.namespace) != (child.owner, child.namespace):
+            self._disown(uid, previous)
         self._children[uid] = child
-        self._owned.setdefault(child.owner, {})[uid] = child.name
+        self._owned.setdefault((child.namespace, child.owner), {})[uid] = child.name
 
     def _drop(self, uid: str) -> None:
         previous = self._children.pop(uid, None)
         if previous is not None:
-            self._disown(uid, previous.owner)
+            self._disown(uid, previous)
 
-    def _disown(self, uid: str, owner: str) -> None:
-        names = self._owned.get(owner)
+    def _disown(self, uid: str, child: Child) -> None:
+        key = (child.namespace, child.owner)
+        names = self._owned.get(key)
         if names is not None:
             names.pop(uid, None)
             if not names:
-                del self._owned[owner]
+                del self._owned[key]
 
     async def run_forever(self) -> None:
         """List and watch until cancelled; every failure is retried (see the module's docstring)."""
@@ -283,7 +289,7 @@ class Stream:
         self._children = children
         self._owned = {}
         for uid, child in children.items():
-            self._owned.setdefault(child.owner, {})[uid] = child.name
+            self._owned.setdefault((child.namespace, child.owner), {})[uid] = child.name
         self._listed = True
         self._unserved = False
         self._version = version
@@ -365,8 +371,10 @@ class Stream:
                 self._changed(known.owner)  # the controller changed hands: both should look
 
     def _child(self, owner: str, obj: Mapping[str, Any]) -> Child:
-        name = sys.intern(str(obj.get("metadata", {}).get("name", "")))
-        return Child(owner, fingerprint(obj, with_status=self._kind.reports_status), name)
+        meta = obj.get("metadata", {})
+        name = sys.intern(str(meta.get("name", "")))
+        namespace = sys.intern(str(meta.get("namespace", "")))
+        return Child(owner, fingerprint(obj, with_status=self._kind.reports_status), name, namespace)
 
     def _changed(self, owner: str) -> None:
         self._metrics.child_events.labels(kind=self._kind.kind).inc()
@@ -406,7 +414,7 @@ class Children:
             return None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stream.tried.wait(), self._sync_wait)
-        return stream.owned(owner)
+        return stream.owned(owner, namespace)
 
     async def run_forever(self) -> None:
         """Run every stream until cancelled."""

@@ -148,7 +148,7 @@ def build_scaled_object(svc: models.AgentService, *, operator_version: str) -> d
 
 
 def build_trigger_authentication(svc: models.AgentService, *, operator_version: str) -> dict[str, Any] | None:
-    """The TriggerAuthentication of the ScaledObject's triggers, when KEDA needs Secret keys (urlSecretRef).
+    """The TriggerAuthentication of the ScaledObject's triggers, when KEDA needs Secret keys (urlSecretRef, a CA).
 
     It names the Secret and keys; KEDA reads them itself (the operator never reads or copies them).
     """

@@ -12,7 +12,7 @@ and Deployments) is built beside them, for the rollout to lay out when one runs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Final
 
 from agent_operator import __version__
 from agent_operator.api import models
@@ -28,6 +28,32 @@ from agent_operator.manifests import (
 from agent_operator.objects import ObjectRef
 
 COMPONENTS = (naming.Component.API, naming.Component.WORKER)
+
+# The children of one AgentService are built, held and sent at once, by up to 32 reconciles at a
+# time: their size is bounded before anything is built (issue 27: a 1.4 MB spec rendered 5.6 MB and
+# took 27 MB to build). Each byte of the spec's JSON lands in at most RENDER_COPIES bytes of
+# children: env values and pod annotations in the four Deployments of both tracks, the runtime
+# configuration in the ConfigMaps of both tracks (a JSON string in JSON: twice the escapes, once
+# per track). RENDER_BASE is what any spec renders (templates, the dashboard; 41 KB with the
+# longest names). tests/unit/operator/test_bounds.py holds the estimate to be an upper bound.
+RENDER_CEILING: Final = 512 * 1024
+RENDER_COPIES: Final = 4
+RENDER_BASE: Final = 64 * 1024
+
+
+def rendered_size_bound(svc: models.AgentService) -> int:
+    """An upper bound of the bytes (as JSON) of every child `desired(svc)` builds, both tracks; cheap."""
+    return RENDER_BASE + RENDER_COPIES * len(svc.spec.model_dump_json(by_alias=True, exclude_defaults=True))
+
+
+def check_size(svc: models.AgentService) -> None:
+    """Refuse (ValueError naming the figures) a spec whose children could pass `RENDER_CEILING`."""
+    bound = rendered_size_bound(svc)
+    if bound > RENDER_CEILING:
+        raise ValueError(
+            f"spec: its children could take {bound} bytes, more than the ceiling of {RENDER_CEILING}; shorten"
+            " env values, podAnnotations, the system prompt or budget.prices"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +90,7 @@ class Desired:
 
 def desired(svc: models.AgentService, *, operator_version: str | None = None) -> Desired:
     """Every child of `svc` in a deterministic order; `operator_version` defaults to the operator's own."""
+    check_size(svc)  # before anything is built
     operator_version = operator_version or __version__
     app_version = workloads.app_version(svc, operator_version)
     data = runtimeconfig.config_data(svc)

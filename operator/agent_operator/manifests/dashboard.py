@@ -71,9 +71,45 @@ def panel_queries(svc: models.AgentService) -> list[tuple[str, str, list[tuple[s
         ("Active agents", "short", [(f"sum by (track) ({constants.METRIC_ACTIVE}{sel})", "{{track}}")]),
         ("Hourly cost", "currencyUSD", [(monitoring.hourly_cost_expr(svc), "USD / hour")]),
         (
+            "Hourly cost by model",
+            "currencyUSD",
+            [(f"sum by (model) (increase({constants.SERIES_MODEL_COST}{sel}[1h]))", "{{model}}")],
+        ),
+        (
+            "Hourly cost by route",
+            "currencyUSD",
+            [(f"sum by (route) (increase({constants.SERIES_MODEL_COST}{sel}[1h]))", "{{route}}")],
+        ),
+        (
             "Tool-call mix",
             "ops",
             [(f"sum by (tool_name) (rate({constants.METRIC_TOOL_CALLS}{sel}[5m]))", "{{tool_name}}")],
+        ),
+        (
+            "Tool calls by tool and outcome",
+            "ops",
+            [
+                (
+                    f"sum by (tool_name, status) (rate({constants.METRIC_TOOL_CALLS}{sel}[5m]))",
+                    "{{tool_name}} {{status}}",
+                )
+            ],
+        ),
+        (
+            "Tool latency p95",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.95, sum by (tool_name, le) "
+                    f"(rate({constants.METRIC_TOOL_LATENCY}_bucket{sel}[5m])))",
+                    "{{tool_name}}",
+                )
+            ],
+        ),
+        (
+            "MCP servers up",
+            "short",
+            [(f"min by (server) ({constants.METRIC_TOOL_SERVER_UP}{sel})", "{{server}}")],
         ),
         ("Error rate", "percentunit", [(monitoring.error_rate_expr(svc), "failed / all")]),
         ("Queue depth", "short", [(monitoring.queue_depth_expr(svc), "waiting + pending")]),

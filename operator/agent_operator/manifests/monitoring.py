@@ -1,9 +1,9 @@
-"""Monitoring children of an AgentService: the PrometheusRule (five alerts) and the ServiceMonitor.
+"""Monitoring children of an AgentService: the PrometheusRule (five alerts; six with MCP servers), the ServiceMonitor.
 
 Pure: spec in, plain manifests out. Every series name comes from `agent_runtime.constants`, so a
 rename in the runtime cannot leave an alert watching a metric that no longer exists. Every query
-is scoped to one service with `service="<name>"` and `namespace="<ns>"` matchers: the runtime
-labels its metrics with the service, and the Prometheus Operator adds the namespace at scrape.
+is scoped to one service with `service="<name>"` and `namespace="<ns>"` matchers: both labels are
+the scrape target's (the ServiceMonitor's relabelling), never what a pod exposes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ ALERT_LATENCY: Final = "AgentServiceHighLatency"
 ALERT_COST: Final = "AgentServiceHighCost"
 ALERT_QUEUE_DEPTH: Final = "AgentServiceQueueBacklog"
 ALERT_PROVIDERS_DOWN: Final = "AgentServiceAllProvidersDown"
+ALERT_TOOL_SERVER_DOWN: Final = "AgentServiceToolServerDown"
 
 
 def number(value: float) -> str:
@@ -64,6 +65,11 @@ def queue_depth_expr(svc: models.AgentService) -> str:
 def providers_healthy_expr(svc: models.AgentService) -> str:
     """1 when at least one pod sees at least one provider healthy, 0 when none does."""
     return f"max({constants.METRIC_PROVIDER_HEALTHY}{selector(svc)})"
+
+
+def tool_servers_up_expr(svc: models.AgentService) -> str:
+    """Per MCP server: 1 when at least one pod is connected to it, 0 when none is."""
+    return f"max by (server) ({constants.METRIC_TOOL_SERVER_UP}{selector(svc)})"
 
 
 def _alert(
@@ -143,7 +149,30 @@ def build_alerts(svc: models.AgentService) -> list[dict[str, Any]]:
                 "progress. Check provider status, API keys and network egress.",
             )
         )
+    if svc.spec.tools.mcp_servers:
+        rules.append(
+            _alert(
+                svc,
+                ALERT_TOOL_SERVER_DOWN,
+                f"{tool_servers_up_expr(svc)} == 0",
+                severity="warning",
+                summary=f"{name}: an MCP tool server cannot be reached",
+                description=f"{where}: no worker is connected to MCP server {{{{ $labels.server }}}}; its tools"
+                " are not offered to the model. Check the server, its URL or command, and the network policy"
+                " (the worker's /ready names the reason).",
+            )
+        )
     return rules
+
+
+def _metadata(svc: models.AgentService, app_version: str | None) -> dict[str, Any]:
+    """Labels and annotations of both monitoring children: the spec's (`spec.monitoring`), then the operator's own."""
+    monitoring = svc.spec.monitoring
+    labels = {**monitoring.labels, **naming.standard_labels(svc.metadata.name, COMPONENT, app_version or __version__)}
+    meta: dict[str, Any] = {"labels": labels}
+    if monitoring.annotations:
+        meta["annotations"] = dict(monitoring.annotations)
+    return meta
 
 
 def build_prometheus_rule(svc: models.AgentService, *, app_version: str | None = None) -> dict[str, Any] | None:
@@ -157,7 +186,7 @@ def build_prometheus_rule(svc: models.AgentService, *, app_version: str | None =
         "metadata": {
             "name": naming.prometheus_rule_name(name),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, COMPONENT, app_version or __version__),
+            **_metadata(svc, app_version),
         },
         "spec": {
             "groups": [
@@ -170,12 +199,27 @@ def build_prometheus_rule(svc: models.AgentService, *, app_version: str | None =
     }
 
 
+# Where the labels of a series come from (docs/security.md, "Metrics no pod can forge"): from the
+# scrape target, never from what a process exposes. `namespace` is service discovery's; `service`
+# (the AgentService) and `track` are the pod's own labels, which the operator sets.
+POD_SERVICE_LABEL: Final = "app.kubernetes.io/instance"
+
+
+def meta_pod_label(label: str) -> str:
+    """The service-discovery meta label of a pod label (`app.kubernetes.io/instance` ->
+    `__meta_kubernetes_pod_label_app_kubernetes_io_instance`), as Prometheus sanitizes it."""
+    return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() or c == "_" else "_" for c in label)
+
+
 def build_service_monitor(svc: models.AgentService, *, app_version: str | None = None) -> dict[str, Any]:
     """The ServiceMonitor scraping the API and worker metrics endpoints of one service.
 
-    `honorLabels` keeps the runtime's own `service` label (the AgentService name): without it the
-    Prometheus Operator's `service` target label (the Kubernetes Service name) would win and the
-    runtime's would be renamed `exported_service`, breaking every alert and dashboard query.
+    `honorLabels: false`: a label a pod exposes never overrides one of its target, so no process
+    can write another namespace's, service's or track's series (what it exposes as `namespace`,
+    `service` or `track` is kept as `exported_namespace`, ...). The target's `namespace` comes from
+    service discovery; `track` from the pod's `track` label (`podTargetLabels`); `service` from the
+    pod's `app.kubernetes.io/instance` label, in place of the Kubernetes Service name the Prometheus
+    Operator puts there, so every query keeps reading `service="<AgentService>"`.
     """
     name = svc.metadata.name
     endpoints = [
@@ -183,7 +227,14 @@ def build_service_monitor(svc: models.AgentService, *, app_version: str | None =
             "port": port,
             "path": constants.METRICS_PATH,
             "interval": SCRAPE_INTERVAL,
-            "honorLabels": True,
+            "honorLabels": False,
+            "relabelings": [
+                {
+                    "action": "replace",
+                    "sourceLabels": [meta_pod_label(POD_SERVICE_LABEL)],
+                    "targetLabel": constants.LABEL_SERVICE,
+                },
+            ],
         }
         # The API serves /metrics on its HTTP port (API Service), the worker on its metrics port
         # (headless worker Service); both Services carry the instance labels selected below.
@@ -195,11 +246,12 @@ def build_service_monitor(svc: models.AgentService, *, app_version: str | None =
         "metadata": {
             "name": naming.service_monitor_name(name),
             "namespace": svc.metadata.namespace,
-            "labels": naming.standard_labels(name, COMPONENT, app_version or __version__),
+            **_metadata(svc, app_version),
         },
         "spec": {
             "selector": {"matchLabels": naming.instance_labels(name)},
             "namespaceSelector": {"matchNames": [svc.metadata.namespace]},
+            "podTargetLabels": [naming.TRACK_LABEL],
             "endpoints": endpoints,
         },
     }

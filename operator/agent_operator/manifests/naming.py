@@ -41,6 +41,7 @@ TRACK_LABEL: Final = "track"
 TEMPLATE_HASH_ANNOTATION: Final = "agentops.dev/template-hash"
 PROMOTE_ANNOTATION: Final = "agentops.dev/promote"
 ABORT_ANNOTATION: Final = "agentops.dev/abort"
+RETRY_ANNOTATION: Final = "agentops.dev/retry"  # start a rolled-back revision's rollout again
 
 DNS_LABEL_MAX: Final = 63
 DEPLOYMENT_NAME_MAX: Final = 46  # pod names keep their ReplicaSet's hash (module doc)
@@ -105,8 +106,13 @@ def dashboard_name(service: str) -> str:
 
 
 def dashboard_uid(namespace: str, service: str) -> str:
-    """The Grafana dashboard's uid, unique per AgentService: `agsvc-<namespace>-<svc>`, fitted to 40."""
-    return fit(f"agsvc-{namespace}-{service}", limit=GRAFANA_UID_MAX)
+    """The Grafana dashboard's uid, unique per AgentService: `agsvc-<namespace>_<svc>`, fitted to 40.
+
+    `_` (which Grafana allows in a uid) appears in neither a namespace nor an AgentService name, so
+    no two (namespace, name) pairs give the same string: with `-`, `team-a/x` and `team/a-x` did, and
+    one tenant's dashboard replaced the other's.
+    """
+    return fit(f"agsvc-{namespace}_{service}", limit=GRAFANA_UID_MAX)
 
 
 def prometheus_rule_name(service: str) -> str:

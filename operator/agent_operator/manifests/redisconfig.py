@@ -122,7 +122,18 @@ def keda_trigger(redis: models.RedisSpec) -> KedaTrigger:
         assert target.master_name is not None  # parse() insists on it
         metadata |= {"addresses": addresses, "sentinelMaster": target.master_name, "databaseIndex": str(target.db)}
     metadata |= _credentials_from_env(redis)
-    return KedaTrigger(KEDA_TRIGGER_TYPES[target.mode], metadata, [])
+    return KedaTrigger(KEDA_TRIGGER_TYPES[target.mode], metadata, _ca_ref(redis, tls=target.tls))
+
+
+def _ca_ref(redis: models.RedisSpec, *, tls: bool) -> list[dict[str, str]]:
+    """KEDA's `ca` parameter (the PEM bundle, read from the Secret) when TLS verifies against a private CA.
+
+    Without it KEDA would verify the server against its own system CAs and never reach a Redis
+    whose certificate a private CA signed: its scaler would fail while the pods work.
+    """
+    if not tls or redis.tls is None or not redis.tls.enabled or redis.tls.ca_secret_ref is None:
+        return []
+    return [_secret_ref("ca", redis.tls.ca_secret_ref.name, redis.tls.ca_secret_ref.key)]
 
 
 def _credentials_from_env(redis: models.RedisSpec) -> dict[str, str]:
@@ -152,6 +163,7 @@ def _keda_trigger_from_secret(redis: models.RedisSpec, ref: models.SecretKeyRef)
         refs.append(_secret_ref("password", ref.name, keys.password_key))
     if redis.username is None and keys.username_key is not None:
         refs.append(_secret_ref("username", ref.name, keys.username_key))
+    refs.extend(_ca_ref(redis, tls=tls_enabled(redis)))
     return KedaTrigger(KEDA_TRIGGER_TYPES[mode], metadata, refs)
 
 
@@ -161,7 +173,11 @@ def _secret_ref(parameter: str, name: str, key: str) -> dict[str, str]:
 
 def keda_secret_keys(redis: models.RedisSpec) -> list[tuple[str, str, str]]:
     """The keys of Secrets KEDA reads through the TriggerAuthentication: (Secret, key, spec field)."""
-    if redis.url_secret_ref is None:
-        return []
-    fields = {"address": "addressKey", "addresses": "addressKey", "password": "passwordKey", "username": "usernameKey"}
-    return [(r["name"], r["key"], f"spec.redis.keda.{fields[r['parameter']]}") for r in keda_trigger(redis).secret_refs]
+    fields = {
+        "address": "spec.redis.keda.addressKey",
+        "addresses": "spec.redis.keda.addressKey",
+        "password": "spec.redis.keda.passwordKey",
+        "username": "spec.redis.keda.usernameKey",
+        "ca": "spec.redis.tls.caSecretRef",
+    }
+    return [(r["name"], r["key"], fields[r["parameter"]]) for r in keda_trigger(redis).secret_refs]

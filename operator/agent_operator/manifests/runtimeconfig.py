@@ -61,6 +61,18 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         model: config.PriceConfig(input_per_mtok=price.input_per_mtok, output_per_mtok=price.output_per_mtok)
         for model, price in sorted(spec.budget.prices.items())
     }
+    tools = spec.tools
+    mcp_servers = [
+        config.McpServerConfig(
+            name=server.name,
+            url=server.url,
+            command=list(server.command) if server.command is not None else None,
+            headers={h.name: constants.mcp_header_env(server.name, i) for i, h in enumerate(server.headers)},
+            **_policy(server),
+        )
+        for server in tools.mcp_servers
+    ]
+    python_tools = [config.PythonToolsConfig(module=p.module, **_policy(p)) for p in tools.python]
     return config.RuntimeConfig(
         service=svc.metadata.name,
         namespace=svc.metadata.namespace,
@@ -74,19 +86,33 @@ def runtime_config(svc: models.AgentService) -> config.RuntimeConfig:
         task_timeout_seconds=spec.limits.task_timeout_seconds,
         max_input_chars=spec.limits.max_input_chars,
         max_queued_tasks=spec.limits.max_queued_tasks,
+        max_queued_input_bytes=spec.limits.max_queued_input_bytes,
         daily_budget_usd=spec.budget.daily_usd,
         per_task_budget_usd=spec.budget.per_task_usd,
         budget_on_exhausted=str(spec.budget.on_exhausted),
         prices=prices,
+        report_retention_days=spec.budget.report_retention_days,
         breaker_failure_threshold=spec.model.circuit_breaker.failure_threshold,
         breaker_cooldown_seconds=float(spec.model.circuit_breaker.cooldown_seconds),
         degraded_tools=list(spec.model.degraded_tools),
+        builtin_tools=[str(b) for b in tools.builtin],
+        mcp_servers=mcp_servers,
+        python_tools=python_tools,
         cache_enabled=spec.cache.enabled,
         cache_ttl_seconds=spec.cache.ttl_seconds,
         worker_concurrency=spec.worker.concurrency,
         shutdown_grace_seconds=shutdown_grace_seconds(spec.worker.termination_grace_period_seconds),
         redis=redisconfig.runtime_settings(spec.redis),
     )
+
+
+def _policy(policy: models.ToolPolicy) -> dict[str, Any]:
+    return {
+        "allow_tools": list(policy.allow_tools) if policy.allow_tools is not None else None,
+        "timeout_seconds": float(policy.timeout_seconds),
+        "max_result_bytes": policy.max_result_bytes,
+        "side_effects": str(policy.side_effects),
+    }
 
 
 def config_data(svc: models.AgentService) -> dict[str, str]:

@@ -15,7 +15,9 @@ that revision over, so "stable hash == desired hash" means "nothing to roll out"
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
+import urllib.parse
 from typing import Any, Final
 
 from agent_operator.api import models
@@ -107,6 +109,9 @@ def env(svc: models.AgentService, track: naming.Track) -> list[dict[str, Any]]:
     for provider in spec.model.providers:
         if provider.api_key_secret_ref is not None:
             out.append(_secret_env(constants.provider_key_env(provider.name), provider.api_key_secret_ref))
+    for server in spec.tools.mcp_servers:
+        for i, header in enumerate(server.headers):
+            out.append(_secret_env(constants.mcp_header_env(server.name, i), header.secret_key_ref))
     reserved = {e["name"] for e in out}
     extra: dict[str, dict[str, Any]] = {}
     for var in spec.env:
@@ -133,6 +138,7 @@ def container(
     svc: models.AgentService, component: naming.Component, track: naming.Track, operator_version: str
 ) -> dict[str, Any]:
     """The runtime container of one component."""
+    spec_resources: models.Resources
     if component == naming.Component.API:
         port_name, port, spec_resources = API_PORT_NAME, constants.API_PORT, svc.spec.api.resources
     else:
@@ -206,6 +212,8 @@ def pod_template(
             *redisconfig.volumes(svc.spec.redis),
         ],
     }
+    if svc.spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": ref.name} for ref in svc.spec.image_pull_secrets]
     if svc.spec.service_account_name is not None:
         pod_spec["serviceAccountName"] = svc.spec.service_account_name
     # Explicit either way: naming a ServiceAccount (for image pull secrets, workload identity) does
@@ -348,9 +356,84 @@ def build_pod_disruption_budget(
     }
 
 
+# Everywhere but link-local: IPv4 169.254.0.0/16 and IPv6 fe80::/10 hold the node's and the cloud's
+# metadata services, which no rule of a tenant's spec may reach.
+ANYWHERE: Final = (
+    {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]}},
+    {"ipBlock": {"cidr": "::/0", "except": ["fe80::/10"]}},
+)
+REDIS_PORTS: Final = (6379, 26379)  # a Redis URL kept in a Secret: the standard and the Sentinel port
+IN_CLUSTER_SUFFIXES: Final = (".svc", ".svc.cluster.local")
+
+
+def _port_of(url: str) -> int:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return port or (443 if parts.scheme in ("https", "rediss") else 80)
+
+
+def _tcp(ports: list[int]) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": p} for p in sorted(set(ports))]
+
+
+def _mcp_peer(svc: models.AgentService, url: str) -> dict[str, Any]:
+    """Where one MCP server's URL leads: a namespace (a Service name), an address, or anywhere.
+
+    A Service's port is not the port a policy sees (that is the pod's targetPort, after the
+    Service's address translation), so a Service host opens its namespace on every port.
+    """
+    host = (urllib.parse.urlsplit(url).hostname or "").rstrip(".").lower()
+    port = _port_of(url)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        bits = 32 if address.version == 4 else 128
+        return {"to": [{"ipBlock": {"cidr": f"{address}/{bits}"}}], "ports": _tcp([port])}
+    labels = host.split(".")
+    namespace = None
+    if "." not in host:
+        namespace = svc.metadata.namespace  # a bare Service name: the service's own namespace
+    elif any(host.endswith(suffix) for suffix in IN_CLUSTER_SUFFIXES) and len(labels) >= 3:
+        namespace = labels[1]
+    if namespace is not None:
+        return {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}]}
+    return {"to": list(ANYWHERE), "ports": _tcp([port])}
+
+
+def _redis_ports(url: str) -> list[int]:
+    """The port of each host of a Redis URL (`h1:p1,h2:p2`, `[v6]:p`; 6379 when absent)."""
+    ports = []
+    for host in urllib.parse.urlsplit(url).netloc.rsplit("@", 1)[-1].split(","):
+        tail = host.rsplit("]", 1)[-1]
+        port = tail.rsplit(":", 1)[1] if ":" in tail else ""
+        ports.append(int(port) if port.isdigit() else 6379)
+    return ports
+
+
+def egress_rules(svc: models.AgentService) -> list[dict[str, Any]]:
+    """The egress a service needs when `networkPolicy.restrictEgress` is on. Pure."""
+    spec = svc.spec
+    dns = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+    redis_ports = _redis_ports(spec.redis.url) if spec.redis.url is not None else list(REDIS_PORTS)
+    provider_ports = [443] + [_port_of(p.base_url) for p in spec.model.providers if p.base_url]
+    rules = [
+        dns,
+        {"to": list(ANYWHERE), "ports": _tcp(redis_ports)},
+        {"to": list(ANYWHERE), "ports": _tcp(provider_ports)},
+    ]
+    rules += [_mcp_peer(svc, server.url) for server in spec.tools.mcp_servers if server.url is not None]
+    return rules
+
+
 def build_network_policy(svc: models.AgentService, *, operator_version: str) -> dict[str, Any]:
     """Ingress to the service's pods: the task API from its own namespace and the allowed ones,
-    the metrics ports from the monitoring namespace. Egress stays open (LLM APIs, Redis)."""
+    the metrics ports from the monitoring namespace. Egress stays open (LLM APIs, Redis, MCP
+    servers) unless `restrictEgress`: then only what the spec names (`egress_rules`)."""
     name = svc.metadata.name
     policy = svc.spec.network_policy
     api_peers: list[dict[str, Any]] = [{"podSelector": {}}]
@@ -371,6 +454,9 @@ def build_network_policy(svc: models.AgentService, *, operator_version: str) -> 
     monitoring_peer = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": policy.monitoring_namespace}}
     }
+    egress: dict[str, Any] = {}
+    if policy.restrict_egress:
+        egress = {"egress": egress_rules(svc)}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -381,7 +467,7 @@ def build_network_policy(svc: models.AgentService, *, operator_version: str) -> 
         },
         "spec": {
             "podSelector": {"matchLabels": naming.instance_labels(name)},
-            "policyTypes": ["Ingress"],
+            "policyTypes": ["Ingress", "Egress"] if policy.restrict_egress else ["Ingress"],
             "ingress": [
                 {
                     "from": api_peers,
@@ -395,5 +481,6 @@ def build_network_policy(svc: models.AgentService, *, operator_version: str) -> 
                     ],
                 },
             ],
+            **egress,
         },
     }

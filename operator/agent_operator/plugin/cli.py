@@ -9,12 +9,20 @@ service account), its context (`--context`) and namespace (`-n`, else the contex
     get NAME [--watch]      the rollout: phase, revisions, step and weight, replicas per track,
                             the last analysis (query, value, threshold, verdict), conditions, Events
     list [-A]               a table of AgentServices with their rollout's step
+    status NAME [--timeout D]  wait until the spec is served (exit 0), refused or rolled back (3),
+                            or the timeout passes (4): a CI gate (`plugin/progress.py`)
     promote NAME [--full]   one step (agentops.dev/promote=step:<weight>), or all (=true)
     abort NAME              roll the canary back (agentops.dev/abort=true)
+    retry NAME              roll a rolled-back revision out again (agentops.dev/retry=true)
+    undo NAME               spec.image back to the stable track's image, or to the one before it
+    restart NAME            roll every pod (spec.podAnnotations agentops.dev/restartedAt)
+    set image NAME IMAGE    spec.image
     pause NAME / resume NAME  spec.canary.paused true / false
     history NAME            how past rollouts ended (status.canary.rollouts)
+    version, completion bash|zsh
 
-Errors are one line on stderr and exit 1 (usage errors: argparse's, exit 2). Colour only on a
+`get`, `list`, `history`, `status` and `version` take `-o json|yaml`. Errors are one line on
+stderr and exit 1 (usage errors: argparse's, exit 2). Colour only on a
 terminal, and never with NO_COLOR set. `get --watch` redraws when the watch API reports a change to
 the AgentService, its Deployments or its Events; Ctrl-C ends it (exit 130).
 """
@@ -24,24 +32,32 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import queue
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn, TextIO
 
+import shtab
 import urllib3
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from agent_operator import __version__
 from agent_operator.api import models
 from agent_operator.manifests import naming
-from agent_operator.plugin import views
+from agent_operator.plugin import progress, views
 
 PROG: Final = "kubectl agentservice"
+EXECUTABLE: Final = "kubectl-agentservice"
+RESTARTED_AT_ANNOTATION: Final = "agentops.dev/restartedAt"
+REVISION_ANNOTATION: Final = "deployment.kubernetes.io/revision"  # set by the Deployment controller
 MERGE_PATCH: Final = "application/merge-patch+json"
 EXIT_ERROR: Final = 1
 EXIT_INTERRUPTED: Final = 130
@@ -103,7 +119,7 @@ class Cluster:
         except urllib3.exceptions.HTTPError as exc:
             host = self.api.configuration.host
             raise PluginError(f"cannot reach the cluster at {host}: {_reason(exc)}") from None
-        return json.loads(response.data or b"{}")
+        return views.printable_tree(json.loads(response.data or b"{}"))  # tenants wrote these strings
 
     def service(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call(
@@ -166,6 +182,46 @@ class Cluster:
             _content_type=MERGE_PATCH,
         )
         return result
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            f'deployment "{name}"', self.apps.read_namespaced_deployment, name, self.namespace
+        )
+        return result
+
+    def replica_sets(self, selector: str) -> list[dict[str, Any]]:
+        found = self._call(
+            "replicasets", self.apps.list_namespaced_replica_set, self.namespace, label_selector=selector
+        )
+        return list(found.get("items") or [])
+
+    def next_version(self, name: str, after: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """The AgentService once it changes after `after`, or `after` itself when `timeout` passes first."""
+        version = (after.get("metadata") or {}).get("resourceVersion")
+        stream: Callable[..., Any] = watch.Watch(return_type="object").stream  # type: ignore[no-untyped-call]
+        try:
+            for event in stream(
+                self.custom.list_namespaced_custom_object,
+                models.GROUP,
+                models.VERSION,
+                self.namespace,
+                models.PLURAL,
+                field_selector=f"metadata.name={name}",
+                resource_version=version,
+                timeout_seconds=max(1, math.ceil(timeout)),
+            ):
+                kind, body = event.get("type"), event.get("object") or {}
+                if kind == "DELETED":
+                    raise PluginError(f'agentservice "{name}" was deleted')
+                if kind in ("ADDED", "MODIFIED") and (body.get("metadata") or {}).get("resourceVersion") != version:
+                    return dict(body)
+        except ApiException as exc:
+            if exc.status == 410:  # the version expired: read the object afresh
+                return self.service(name)
+            raise PluginError(_api_error(f'agentservice "{name}"', exc, self.namespace)) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise PluginError(f"the watch lost the cluster: {_reason(exc)}") from None
+        return after
 
     def watches(self, name: str) -> list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
         """(list function, args, kwargs) of what `get --watch` follows."""
@@ -241,12 +297,21 @@ class Output:
         return shutil.get_terminal_size().columns if self.tty else None
 
     def text(self, text: str) -> str:
-        fitted = views.fit(text, self.width)
+        fitted = views.fit(views.printable(text, lines=True), self.width)
         return views.colourise(fitted) if self.colour else fitted
 
     def write(self, text: str) -> None:
         self.stream.write(self.text(text))
         self.stream.flush()
+
+
+def _emit(out: Output, document: Any, fmt: str) -> None:
+    """`document` as JSON or YAML (never coloured or cut to the terminal's width)."""
+    if fmt == "json":
+        out.stream.write(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    else:
+        out.stream.write(yaml.safe_dump(document, sort_keys=False))
+    out.stream.flush()
 
 
 def _get_text(cluster: Cluster, name: str, now: Clock) -> str:
@@ -255,6 +320,9 @@ def _get_text(cluster: Cluster, name: str, now: Clock) -> str:
 
 
 def cmd_get(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
+    if args.output:
+        _emit(out, cluster.service(args.name), args.output)
+        return 0
     if not args.watch:
         out.write(_get_text(cluster, args.name, now))
         return 0
@@ -331,6 +399,9 @@ def _follow(
 
 def cmd_list(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
     services = cluster.services(args.all_namespaces)
+    if args.output:
+        _emit(out, {"apiVersion": "v1", "kind": "List", "items": services}, args.output)
+        return 0
     if not services:
         where = "in any namespace" if args.all_namespaces else f'in namespace "{cluster.namespace}"'
         out.write(f"no AgentServices {where}\n")
@@ -340,7 +411,55 @@ def cmd_list(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock
 
 
 def cmd_history(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
-    out.write(views.history_view(cluster.service(args.name), now()))
+    svc = cluster.service(args.name)
+    if args.output:
+        _emit(out, list(views.canary_of(svc).get("rollouts") or []), args.output)
+        return 0
+    out.write(views.history_view(svc, now()))
+    return 0
+
+
+def cmd_status(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
+    """Follow the AgentService until its verdict is final or `--timeout` passes (exit codes: `progress`)."""
+    deadline = time.monotonic() + args.timeout if args.timeout > 0 else math.inf
+    svc = cluster.service(args.name)
+    shown = ""
+    while True:
+        verdict = progress.verdict(svc)
+        if not args.output and verdict.message != shown:
+            out.write(f"{verdict.message}\n")
+            shown = verdict.message
+        remaining = deadline - time.monotonic()
+        if verdict.done or remaining <= 0:
+            code = verdict.exit_code if verdict.done else progress.EXIT_TIMEOUT
+            if not verdict.done and not args.output:
+                out.write(f"timed out after {_duration_text(args.timeout)}: {verdict.message}\n")
+            if args.output:
+                meta = svc.get("metadata") or {}
+                document = {
+                    "name": meta.get("name"),
+                    "namespace": meta.get("namespace"),
+                    "state": verdict.state.value if verdict.done else "TimedOut",
+                    "message": verdict.message,
+                    "exitCode": code,
+                }
+                _emit(out, document, args.output)
+            return code
+        svc = cluster.next_version(args.name, svc, min(remaining, WATCH_TIMEOUT_SECONDS))
+
+
+def cmd_version(args: argparse.Namespace, out: Output) -> int:
+    if args.output:
+        _emit(out, {"plugin": EXECUTABLE, "version": __version__}, args.output)
+    else:
+        out.write(f"{EXECUTABLE} {__version__}\n")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace, out: Output) -> int:
+    parser = build_parser(prog=EXECUTABLE)
+    out.stream.write(shtab.complete(parser, shell=args.shell))
+    out.stream.flush()
     return 0
 
 
@@ -404,6 +523,93 @@ def _set_paused(cluster: Cluster, args: argparse.Namespace, out: Output, paused:
     return 0
 
 
+def cmd_retry(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
+    svc = cluster.service(args.name)
+    canary = views.canary_of(svc)
+    if canary.get("phase") != models.CanaryPhase.ROLLED_BACK.value:
+        phase = canary.get("phase") or models.CanaryPhase.IDLE.value
+        raise PluginError(f'agentservice "{args.name}" has no rolled-back rollout to retry (rollout phase {phase})')
+    _annotate(cluster, args.name, naming.RETRY_ANNOTATION, "true")
+    revision = canary.get("canaryRevision", "?")
+    out.write(
+        f"agentservice/{args.name}: retry: revision {revision} rolled out again from the first step "
+        f"({naming.RETRY_ANNOTATION}=true)\n"
+    )
+    return 0
+
+
+def _worker_image(template_owner: dict[str, Any]) -> str:
+    containers = ((template_owner.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+    worker = next((c for c in containers if c.get("name") == naming.Component.WORKER.value), None)
+    return str((worker or {}).get("image") or "")
+
+
+def _stable_history(cluster: Cluster, name: str) -> tuple[str, list[tuple[int, str]]]:
+    """The stable worker Deployment's image, and its ReplicaSets' (revision, image), newest first."""
+    deployment_name = naming.deployment_name(name, naming.Component.WORKER)
+    current = _worker_image(cluster.deployment(deployment_name))
+    selector = (
+        f"{_instance_selector(name)},app.kubernetes.io/component={naming.Component.WORKER.value},"
+        f"{naming.TRACK_LABEL}={naming.Track.STABLE.value}"
+    )
+    history = []
+    for replica_set in cluster.replica_sets(selector):
+        meta = replica_set.get("metadata") or {}
+        owners = {o.get("name") for o in meta.get("ownerReferences") or [] if o.get("kind") == "Deployment"}
+        revision = str((meta.get("annotations") or {}).get(REVISION_ANNOTATION) or "")
+        if deployment_name in owners and revision.isdigit():
+            history.append((int(revision), _worker_image(replica_set)))
+    return current, sorted(history, reverse=True)
+
+
+def cmd_undo(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
+    """spec.image back: to the stable track's image when the spec asks for another, else to the one before it."""
+    svc = cluster.service(args.name)
+    wanted = (svc.get("spec") or {}).get("image")
+    stable, history = _stable_history(cluster, args.name)
+    if not stable:
+        raise PluginError(f'agentservice "{args.name}" has no stable worker Deployment yet: nothing to undo')
+    if wanted and wanted != stable:
+        target, why = stable, "the image the stable track runs"
+    else:
+        earlier = next(((r, image) for r, image in history if image and image != stable), None)
+        if earlier is None:
+            deployment_name = naming.deployment_name(args.name, naming.Component.WORKER)
+            raise PluginError(
+                f'no earlier image in the history of deployment "{deployment_name}" '
+                "(it keeps the ReplicaSets of its last revisions only)"
+            )
+        target, why = earlier[1], f"the image of deployment revision {earlier[0]}"
+    cluster.patch(args.name, {"spec": {"image": target}})
+    out.write(
+        f"agentservice/{args.name}: undo: spec.image {wanted or '(default)'} -> {target} ({why}); "
+        "other spec changes are not undone\n"
+    )
+    return 0
+
+
+def cmd_restart(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
+    cluster.service(args.name)
+    stamp = now().astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cluster.patch(args.name, {"spec": {"podAnnotations": {RESTARTED_AT_ANNOTATION: stamp}}})
+    out.write(
+        f"agentservice/{args.name}: restart: every pod is replaced "
+        f"(spec.podAnnotations {RESTARTED_AT_ANNOTATION}={stamp}; a canary rollout when spec.canary.enabled)\n"
+    )
+    return 0
+
+
+def cmd_set_image(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
+    image = args.image.strip()
+    if not image or len(image) > models.AgentServiceSpec.model_fields["image"].metadata[0].max_length:
+        raise PluginError(f"not an image reference: {args.image!r}")
+    svc = cluster.service(args.name)
+    before = (svc.get("spec") or {}).get("image") or "(default)"
+    cluster.patch(args.name, {"spec": {"image": image}})
+    out.write(f"agentservice/{args.name}: spec.image {before} -> {image}\n")
+    return 0
+
+
 def cmd_pause(cluster: Cluster, args: argparse.Namespace, out: Output, now: Clock) -> int:
     return _set_paused(cluster, args, out, paused=True)
 
@@ -429,17 +635,49 @@ def _connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     parser.add_argument("-n", "--namespace", default=default, help="namespace (else the context's, else default)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Day-2 operations on AgentServices: watch, promote, abort, history.")
+def _duration(text: str) -> float:
+    """A `--timeout` such as 90s, 10m or 1h30m (0: no limit)."""
+    if text.strip() in {"0", "0s"}:
+        return 0.0
+    try:
+        return models.duration_seconds(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration_text(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o", "--output", choices=("json", "yaml"), default=None, help="print JSON or YAML instead of text"
+    )
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog, description="Day-2 operations on AgentServices: watch, gate CI, promote, abort, undo, history."
+    )
+    parser.add_argument("--version", action="version", version=f"{EXECUTABLE} {__version__}")
     _connection_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    def command(name: str, func: Callable[..., int], help_text: str, *, named: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        _connection_options(sub, suppress=True)
+    def command(
+        name: str,
+        func: Callable[..., int],
+        help_text: str,
+        *,
+        named: bool = True,
+        group: Any = commands,
+        offline: bool = False,
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
+        if not offline:
+            _connection_options(sub, suppress=True)
         if named:
             sub.add_argument("name", metavar="NAME", help="the AgentService")
-        sub.set_defaults(func=func)
+        sub.set_defaults(func=func, offline=offline)
         return sub
 
     get = command(
@@ -447,9 +685,27 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_get,
         "show the rollout: phase, revisions, step and weight, replicas per track, last analysis, conditions, Events",
     )
-    get.add_argument("-w", "--watch", action="store_true", help="redraw on every change (Ctrl-C to stop)")
+    watch_or_output = get.add_mutually_exclusive_group()
+    watch_or_output.add_argument("-w", "--watch", action="store_true", help="redraw on every change (Ctrl-C to stop)")
+    watch_or_output.add_argument(
+        "-o", "--output", choices=("json", "yaml"), default=None, help="print the AgentService as JSON or YAML"
+    )
     listing = command("list", cmd_list, "list AgentServices with their rollout's step and weight", named=False)
     listing.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    _output_option(listing)
+    status = command(
+        "status",
+        cmd_status,
+        "wait until the spec is served: exit 0 Ready, 3 refused or rolled back, 4 timed out (1: an error)",
+    )
+    status.add_argument(
+        "--timeout",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="give up after this long, e.g. 10m (exit 4); 0: wait without limit (the default)",
+    )
+    _output_option(status)
     promote = command(
         "promote", cmd_promote, "promote the canary one step (agentops.dev/promote=step:<weight>), or all of them"
     )
@@ -457,9 +713,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--full", action="store_true", help="skip the remaining steps: promote now (agentops.dev/promote=true)"
     )
     command("abort", cmd_abort, "roll the canary back now, keeping the stable track (agentops.dev/abort=true)")
+    command("retry", cmd_retry, "roll a rolled-back revision out again from the first step (agentops.dev/retry=true)")
+    command(
+        "undo",
+        cmd_undo,
+        "set spec.image back to the stable track's image, or to the image before it (other changes stay)",
+    )
+    command("restart", cmd_restart, "replace every pod (spec.podAnnotations agentops.dev/restartedAt=<now>)")
+    setter = commands.add_parser("set", help="change a field of the spec", description="change a field of the spec")
+    setters = setter.add_subparsers(dest="field", required=True, metavar="FIELD", parser_class=_Parser)
+    image = command("image", cmd_set_image, "set spec.image (a new revision: a canary when enabled)", group=setters)
+    image.add_argument("image", metavar="IMAGE", help="the runtime image, e.g. registry.example.com/agent-runtime:1.2")
     command("pause", cmd_pause, "hold the rollout at its weight; analyses stop (spec.canary.paused=true)")
     command("resume", cmd_resume, "let a rollout paused by spec.canary.paused go on (spec.canary.paused=false)")
-    command("history", cmd_history, "how past rollouts ended: revision, outcome, reason, time")
+    history = command("history", cmd_history, "how past rollouts ended: revision, outcome, reason, time")
+    _output_option(history)
+    version = command("version", cmd_version, "print the plugin's version", named=False, offline=True)
+    _output_option(version)
+    completion = command(
+        "completion",
+        cmd_completion,
+        "print a shell completion script for kubectl-agentservice",
+        named=False,
+        offline=True,
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
     return parser
 
 
@@ -473,11 +751,14 @@ def main(
     """The console script; `now` and the streams are injectable so tests can freeze ages and read output."""
     args = build_parser().parse_args(argv)
     out = Output(stdout or sys.stdout)
+    if args.offline:  # version, completion: no cluster needed
+        offline: int = args.func(args, out)
+        return offline
     try:
         cluster = Cluster.connect(args.kubeconfig, args.context, args.namespace)
         code: int = args.func(cluster, args, out, now)
     except PluginError as exc:
-        print(f"error: {exc}", file=stderr or sys.stderr)
+        print(f"error: {views.printable(str(exc))}", file=stderr or sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:  # Ctrl-C ends `get --watch`: a clean exit, no traceback
         out.stream.write("\n")

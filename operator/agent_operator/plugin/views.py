@@ -45,6 +45,31 @@ _COLOURS: Final = {
 _COLOUR_WORDS: Final = re.compile(r"(?<![\w-])(" + "|".join(_COLOURS) + r")(?![\w-])")
 
 
+# Every string a tenant can write reaches an admin's terminal through this plugin: names, messages,
+# annotations, Events. C0 and C1 control characters (ESC starts a terminal escape sequence: it can
+# rewrite the screen, set the window title, or with some terminals write files), DEL, and the Unicode
+# bidirectional overrides (they reorder what is shown) are each replaced by `?`, before any view
+# is built (`printable_tree`), and once more over the finished text (`printable`), keeping its lines.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_BUT_NEWLINE: Final = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """`text` with every control character replaced by `?` (newlines kept when `lines`)."""
+    return (_CONTROL_BUT_NEWLINE if lines else _CONTROL).sub("?", text)
+
+
+def printable_tree(value: Any) -> Any:
+    """A JSON value read from the API with `printable` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [printable_tree(item) for item in value]
+    if isinstance(value, dict):
+        return {printable(str(key)): printable_tree(item) for key, item in value.items()}
+    return value
+
+
 # --- small helpers ------------------------------------------------------------------------------
 
 
@@ -167,6 +192,7 @@ def get_view(
     if canary.get("message"):
         lines.append(f"Message:    {canary['message']}")
     lines += _budget(svc, now)
+    lines += tools_lines(svc)
     lines += ["", "Replicas:", *_replicas(name, deployments)]
     lines += ["", *_analysis(canary.get("lastAnalysis"), now)]
     lines += ["", "Conditions:", *_conditions(status.get("conditions") or [], now)]
@@ -215,6 +241,38 @@ def _budget(svc: Mapping[str, Any], now: datetime.datetime) -> list[str]:
     lines = [line]
     if shown.get("message"):
         lines.append(f"            {shown['message']}")
+    return lines
+
+
+def _policy_text(entry: Mapping[str, Any]) -> str:
+    parts = []
+    allow = entry.get("allowTools")
+    if isinstance(allow, list):
+        parts.append(f"allow {', '.join(str(a) for a in allow) or 'none'}")
+    parts.append(f"timeout {entry.get('timeoutSeconds', 30)}s")
+    parts.append(f"sideEffects {entry.get('sideEffects', 'external')}")
+    return "; ".join(parts)
+
+
+def tools_lines(svc: Mapping[str, Any]) -> list[str]:
+    """`Tools:`: the built-ins offered, each MCP server (its endpoint or command) and Python module, with policy."""
+    tools = (svc.get("spec") or {}).get("tools")
+    if not isinstance(tools, Mapping):
+        return ["Tools:      built-in calculator, current_time, word_count"]
+    builtin = tools.get("builtin")
+    names = ", ".join(str(b) for b in builtin) if isinstance(builtin, list) else "calculator, current_time, word_count"
+    lines = [f"Tools:      built-in {names or 'none'}"]
+    for server in tools.get("mcpServers") or []:
+        if not isinstance(server, Mapping):
+            continue
+        if server.get("url"):
+            where = f"http {server['url']}"
+        else:
+            where = "stdio " + " ".join(str(c) for c in server.get("command") or [])
+        lines.append(f"            mcp {server.get('name')}__*: {where} ({_policy_text(server)})")
+    for module in tools.get("python") or []:
+        if isinstance(module, Mapping):
+            lines.append(f"            python {module.get('module')} ({_policy_text(module)})")
     return lines
 
 

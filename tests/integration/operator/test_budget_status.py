@@ -95,8 +95,12 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
     api, worker = Pod("stable"), Pod("canary")
     try:
         with serving(DiscoveringPrometheus(tmp_path_factory.mktemp("prometheus"))) as prometheus:
+            # labelled as the operator's ServiceMonitor has them labelled (the target's, not the pod's)
             prometheus.set_targets(
-                {pod.target: {"namespace": "default", "pod": name} for name, pod in (("api", api), ("worker", worker))}
+                {
+                    pod.target: {"namespace": "default", "pod": name, "service": SERVICE, "track": track}
+                    for name, pod, track in (("api", api, "stable"), ("worker", worker, "canary"))
+                }
             )
             yield Pods(api, worker, prometheus)
     finally:

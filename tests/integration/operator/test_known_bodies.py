@@ -1,6 +1,7 @@
 """What the reconciler keeps of each AgentService for its loops, at the size 10,000 services need.
 
-Covers: the kept copy of a body has no managedFields, and once the watch brings the operator's own
+Covers: the kept copy of a body has no managedFields nor kopf's diff-base annotation (a second copy
+of the spec), and once the watch brings the operator's own
 status write back, its status is the one the reporter remembers writing (one object, not two); a
 resync reconcile from that copy writes nothing; a status that differs (someone else's write) is
 kept as a copy of its own, and changing the body afterwards does not change what is kept.
@@ -9,6 +10,7 @@ kept as a copy of its own, and changing the body afterwards does not change what
 from __future__ import annotations
 
 import copy
+import json
 
 from agent_operator import opmetrics, reconcile
 from agentops_dev import devcluster
@@ -31,11 +33,16 @@ async def test_kept_body_shares_the_written_status_and_drops_managed_fields(
         echo = copy.deepcopy(emulator.live(AGSVC, "default", "demo"))  # the watch event of our status write
         assert echo is not None
         echo["metadata"]["managedFields"] = MANAGED
+        # kopf's diff base: the whole spec again, as JSON text (issue 27: never two copies of a spec)
+        diffbase = {reconcile.DIFFBASE_ANNOTATION: json.dumps({"spec": echo["spec"]}), "team.example/keep": "1"}
+        echo["metadata"]["annotations"] = {**echo["metadata"].get("annotations", {}), **diffbase}
         reconciler.observe(echo)
         uid = echo["metadata"]["uid"]
 
         kept = reconciler._known[uid]
         assert "managedFields" not in kept["metadata"]
+        assert reconcile.DIFFBASE_ANNOTATION not in kept["metadata"]["annotations"]
+        assert kept["metadata"]["annotations"]["team.example/keep"] == "1"
         assert kept["status"] == echo["status"]
         assert kept["status"] is reconciler._status.previous(uid, echo)  # one status object, not two
         mark = emulator.request_count

@@ -9,7 +9,10 @@ Covers:
 - deleting the AgentService garbage-collects its own children and leaves the foreign objects
   exactly as they were;
 - an object controlled by another owner is a conflict too; once the foreign object is removed the
-  operator creates its own and the service becomes Ready by itself, nobody touching the spec.
+  operator creates its own and the service becomes Ready by itself, nobody touching the spec;
+- a forged controller ownerReference in another namespace never prunes anything in the owner's
+  namespace (issue 27), and every prune delete re-reads, re-checks the controller and carries the
+  uid and resourceVersion it read as preconditions (a 409 when the object changed meanwhile).
 """
 
 from __future__ import annotations
@@ -18,9 +21,19 @@ import base64
 import copy
 from typing import Any
 
+from agent_operator import opmetrics
 from agent_operator.api import models
+from agent_operator.kube import prune
+from agentops_dev import devcluster
 
-from tests.integration.operator.conftest import AGSVC, Operator, agent_service, events, eventually
+from tests.integration.operator.conftest import (
+    AGSVC,
+    Operator,
+    agent_service,
+    direct_client,
+    events,
+    eventually,
+)
 
 
 def config_map(name: str, **extra: Any) -> dict[str, Any]:
@@ -111,3 +124,93 @@ async def test_a_conflict_clears_by_itself_once_the_object_is_gone(operator: Ope
     assert ours is not None and owner is not None
     assert ours["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
     assert ours["metadata"]["ownerReferences"][0]["kind"] == models.KIND
+
+
+NETPOLS = "networking.k8s.io/v1/networkpolicies"
+
+
+def network_policy(name: str, namespace: str, owner_uid: str | None = None, **metadata: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, **metadata}
+    if owner_uid is not None:
+        meta["labels"] = {"app.kubernetes.io/managed-by": "agentservice-operator", "app.kubernetes.io/instance": "demo"}
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": models.API_VERSION,
+                "kind": models.KIND,
+                "name": "demo",
+                "uid": owner_uid,
+                "controller": True,
+            }
+        ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta,
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+
+
+async def test_a_forged_owner_reference_in_another_namespace_prunes_nothing(operator: Operator) -> None:
+    """Issue 27, point 3: the attacker's NetworkPolicy, in its own namespace, names the victim's uid as
+    controller and an unowned object of the victim's namespace; after an operator restart (the prune
+    inventory established anew from the watches) and a reconcile of the victim, that object stands."""
+    await operator.put(agent_service())
+    await eventually(lambda: "Service/demo-api" in operator.children())
+    victim = operator.service()
+    assert victim is not None
+    precious = await operator.cluster.put_object(NETPOLS, network_policy("precious", "default"))
+    await operator.halt()
+    await operator.cluster.put_object(NETPOLS, network_policy("precious", "attacker", victim["metadata"]["uid"]))
+    changed = copy.deepcopy(victim)
+    changed["spec"]["worker"]["replicas"] = 1
+    generation = (await operator.put(changed))["metadata"]["generation"]
+    mark = operator.cluster.request_count
+    await operator.start()
+    await eventually(lambda: operator.status().get("observedGeneration") == generation)
+    assert operator.cluster.live(NETPOLS, "default", "precious") == precious
+    assert [r for r in operator.cluster.writes(mark) if r.method == "DELETE"] == []
+
+
+async def test_prune_reads_again_and_deletes_only_what_it_read_as_the_owners(
+    cluster: tuple[devcluster.DevCluster, str],
+) -> None:
+    """Each prune delete re-reads the object, re-checks its controller, and carries the uid and
+    resourceVersion it read as preconditions; an inventory naming another's object deletes nothing."""
+    emulator, url = cluster
+    owner = {"metadata": {"name": "demo", "namespace": "default", "uid": "uid-a"}}
+    mine = await emulator.put_object(NETPOLS, network_policy("demo-old", "default", "uid-a"))
+    theirs = await emulator.put_object(NETPOLS, network_policy("demo-stale", "default", "uid-b"))
+
+    async def watched(api_version: str, kind: str, namespace: str, uid: str) -> frozenset[str]:
+        # As a stale inventory would: it still names an object whose controller changed hands.
+        return frozenset({"demo-old", "demo-stale"}) if kind == "NetworkPolicy" else frozenset()
+
+    inventory = prune.Inventory()
+    inventory.follow(watched)
+    async with direct_client(url, opmetrics.create()) as client:
+        mark = emulator.request_count
+        deleted = await prune.prune(client, inventory, owner, desired=[], named=[], present=[], selector={})
+    assert [ref.name for ref in deleted] == ["demo-old"]
+    assert emulator.live(NETPOLS, "default", "demo-stale") == theirs
+    (delete,) = [r for r in emulator.writes(mark) if r.method == "DELETE"]
+    assert delete.name == "demo-old"
+    assert delete.data["preconditions"] == {
+        "uid": mine["metadata"]["uid"],
+        "resourceVersion": mine["metadata"]["resourceVersion"],
+    }
+
+
+async def test_a_delete_whose_object_changed_since_it_was_read_is_refused(
+    cluster: tuple[devcluster.DevCluster, str],
+) -> None:
+    emulator, url = cluster
+    read = await emulator.put_object(NETPOLS, network_policy("demo-old", "default", "uid-a"))
+    await emulator.put_object(NETPOLS, network_policy("demo-old", "default", "uid-b"))  # changed hands since
+    async with direct_client(url, opmetrics.create()) as client:
+        meta = read["metadata"]
+        gone = await client.delete(
+            "networking.k8s.io/v1", "NetworkPolicy", "default", "demo-old",
+            uid=meta["uid"], resource_version=meta["resourceVersion"],
+        )  # fmt: skip
+    assert gone is False
+    assert emulator.live(NETPOLS, "default", "demo-old") is not None

@@ -92,7 +92,7 @@ async def test_a_hostile_name_never_becomes_a_request(served: tuple[devcluster.D
             with pytest.raises(kube_client.InvalidName):
                 await client.get(api_version, kind, TEAM, name)
         with pytest.raises(kube_client.InvalidName):
-            await client.delete("v1", "ConfigMap", TEAM, name)
+            await client.delete("v1", "ConfigMap", TEAM, name, uid="u", resource_version="1")
         with pytest.raises(kube_client.InvalidName):
             await client.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": TEAM}})
         with pytest.raises(kube_client.InvalidName):

@@ -51,10 +51,17 @@ def kind_of(plural: str) -> watch.Kind:
 
 
 def child(
-    plural: str, name: str, owner: str | None, *, labelled: bool = True, controller: bool = True, **body: Any
+    plural: str,
+    name: str,
+    owner: str | None,
+    *,
+    labelled: bool = True,
+    controller: bool = True,
+    namespace: str = "default",
+    **body: Any,
 ) -> dict[str, Any]:
     api_version, _, _ = plural.rpartition("/")
-    meta: dict[str, Any] = {"name": name, "namespace": "default"}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
     if labelled:
         meta["labels"] = {"app.kubernetes.io/managed-by": "agentservice-operator"}
     if owner is not None:
@@ -224,12 +231,12 @@ async def test_a_kind_not_served_is_skipped_quietly_and_watched_once_served(clus
         with structlog.testing.capture_logs() as logs:
             handle.task = asyncio.create_task(handle.stream.run_forever())
             await eventually(lambda: len(handle.requests(watching=False)) >= 5)  # tried again, and again
-            assert handle.stream.owned("uid-a") == frozenset()  # not served: no objects of the kind
+            assert handle.stream.owned("uid-a", "default") == frozenset()  # not served: no objects of the kind
             emulator.resources[resource] = info  # installed
             await eventually(lambda: handle.requests(watching=True))
             await emulator.put_object(SCALEDOBJECTS, child(SCALEDOBJECTS, "a-worker", "uid-a", spec={}))
             assert await handle.next_poke() == "uid-a"
-            assert handle.stream.owned("uid-a") == {"a-worker"}
+            assert handle.stream.owned("uid-a", "default") == {"a-worker"}
     finally:
         await handle.stop()
     said = [(e["log_level"], e["event"]) for e in logs]
@@ -241,26 +248,49 @@ async def test_owned_follows_the_list_and_every_change(cluster: Any, watching: A
     await emulator.put_object(HPAS, child(HPAS, "a-worker", "uid-a", spec={}))
     await emulator.put_object(HPAS, child(HPAS, "a-loose", "uid-a", controller=False, spec={}))
     w = await watching(HPAS)
-    assert w.stream.owned("uid-a") == {"a-worker"}  # from the list; a reference not the controller's owns nothing
+    assert w.stream.owned("uid-a", "default") == {
+        "a-worker"
+    }  # from the list; a reference not the controller's owns nothing
 
     await emulator.put_object(HPAS, child(HPAS, "a-api", "uid-a", spec={}))
     assert await w.next_poke() == "uid-a"
-    assert w.stream.owned("uid-a") == {"a-worker", "a-api"}
+    assert w.stream.owned("uid-a", "default") == {"a-worker", "a-api"}
     await emulator.put_object(HPAS, child(HPAS, "a-api", "uid-b", spec={}))  # the controller changes hands
     assert {await w.next_poke(), await w.next_poke()} == {"uid-a", "uid-b"}
-    assert (w.stream.owned("uid-a"), w.stream.owned("uid-b")) == ({"a-worker"}, {"a-api"})
+    assert (w.stream.owned("uid-a", "default"), w.stream.owned("uid-b", "default")) == ({"a-worker"}, {"a-api"})
     await emulator.delete_object(HPAS, "default", "a-worker")
     assert await w.next_poke() == "uid-a"
-    assert w.stream.owned("uid-a") == frozenset()
+    assert w.stream.owned("uid-a", "default") == frozenset()
     await emulator.put_object(HPAS, child(HPAS, "a-api", "uid-b", labelled=False, spec={}))  # leaves the selection
     assert await w.next_poke() == "uid-b"
-    assert w.stream.owned("uid-b") == frozenset()
+    assert w.stream.owned("uid-b", "default") == frozenset()
 
     # A gap: what the list after it finds replaces what the stream knew.
     async with emulator.watch_gap(HPAS):
         await emulator.put_object(HPAS, child(HPAS, "c-worker", "uid-c", spec={}))
     assert await w.next_poke() == "uid-c"
-    assert w.stream.owned("uid-c") == {"c-worker"}
+    assert w.stream.owned("uid-c", "default") == {"c-worker"}
+
+
+async def test_a_forged_owner_reference_in_another_namespace_owns_nothing_in_the_owners(
+    cluster: Any, watching: Any
+) -> None:
+    """Issue 27, point 3: a child is an owner's only in its own namespace. The attacker's object names
+    the victim's uid as its controller and the victim's unowned object's name; it never enters the
+    victim's inventory, neither from the list nor from a watch event."""
+    emulator, _ = cluster
+    await emulator.put_object(HPAS, child(HPAS, "victim-worker", "uid-a", spec={}))
+    await emulator.put_object(HPAS, child(HPAS, "precious", "uid-a", namespace="attacker", spec={}))
+    w = await watching(HPAS)
+    assert w.stream.owned("uid-a", "default") == {"victim-worker"}
+    assert w.stream.owned("uid-a", "attacker") == {"precious"}  # its own namespace's business only
+    await emulator.put_object(HPAS, child(HPAS, "also-precious", "uid-a", namespace="attacker", spec={}))
+    assert await w.next_poke() == "uid-a"
+    assert w.stream.owned("uid-a", "default") == {"victim-worker"}
+    await emulator.delete_object(HPAS, "attacker", "precious")
+    assert await w.next_poke() == "uid-a"
+    assert w.stream.owned("uid-a", "attacker") == {"also-precious"}
+    assert w.stream.owned("uid-a", "default") == {"victim-worker"}
 
 
 async def test_children_owned_waits_for_the_first_list_then_gives_up(cluster: Any) -> None:

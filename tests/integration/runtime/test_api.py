@@ -3,7 +3,8 @@
 Covers: submit → 202 with task id and status URL → a burst worker → succeeded with the answer and usage;
 multi-step tool use (one calculator call per expression, then the answer); cancel of a queued task (never
 runs) and of a finished one (409); idempotent resubmit (same task, one queue entry); bearer auth (401
-on /v1 without or with a wrong token, probes open); bad input with clear messages (invalid JSON, body
+on /v1 without or with a wrong token, probes open, checked before the body is parsed); a header that
+is not UTF-8 (400); bad input with clear messages (invalid JSON, body
 over the limit with and without content-length, input over max_input_chars, unknown priority, unknown
 field, unknown task id); /health and /ready; the request id echoed.
 """
@@ -90,10 +91,10 @@ async def test_cancel_queued_task_never_runs(
     api: httpx.AsyncClient, make_worker: MakeWorker, model_server: LocalModelServer, redis_client: object
 ) -> None:
     task = await submit(api, "What is 1+1?")
-    response = await api.delete(f"/v1/tasks/{task['task_id']}", headers=AUTH)
+    response = await api.post(f"/v1/tasks/{task['task_id']}/cancel", headers=AUTH)
     assert response.status_code == 200
     assert response.json() == {"task_id": task["task_id"], "status": "cancelled"}
-    again = await api.delete(f"/v1/tasks/{task['task_id']}", headers=AUTH)
+    again = await api.post(f"/v1/tasks/{task['task_id']}/cancel", headers=AUTH)
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
 
     parts = make_worker()
@@ -106,7 +107,7 @@ async def test_cancel_queued_task_never_runs(
 async def test_cancel_finished_task_is_a_conflict(api: httpx.AsyncClient, make_worker: MakeWorker) -> None:
     task = await submit(api, "Say hello.")
     await make_worker().worker.run()
-    response = await api.delete(f"/v1/tasks/{task['task_id']}", headers=AUTH)
+    response = await api.post(f"/v1/tasks/{task['task_id']}/cancel", headers=AUTH)
     assert response.status_code == 409
     assert response.json() == {
         "error": f"task {task['task_id']} already succeeded; only queued or running tasks can be cancelled"
@@ -179,7 +180,63 @@ async def test_bad_input_gets_a_clear_4xx(api: httpx.AsyncClient) -> None:
     missing = await api.get("/v1/tasks/does-not-exist", headers=AUTH)
     assert missing.status_code == 404
     assert missing.json() == {"error": "no task 'does-not-exist' (unknown id, or its record expired)"}
+    assert (await api.post("/v1/tasks/does-not-exist/cancel", headers=AUTH)).status_code == 404
     assert (await api.delete("/v1/tasks/does-not-exist", headers=AUTH)).status_code == 404
+
+
+async def test_the_token_is_checked_before_the_body_is_read(api: httpx.AsyncClient) -> None:
+    """Issue 27: bad JSON without a token is 401, not 422 (a 422 told a stranger how its JSON was wrong)."""
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        bad = await api.post(
+            "/v1/tasks", content=b'{"input": "hi",', headers={**headers, "content-type": "application/json"}
+        )
+        assert bad.status_code == 401, bad.text
+        invalid = await api.post("/v1/tasks", json={"input": "", "prio": 1}, headers=headers)
+        assert invalid.status_code == 401, invalid.text
+
+
+async def test_a_header_that_is_not_utf8_is_a_400(api: httpx.AsyncClient) -> None:
+    """Issue 27: a non-UTF-8 `x-request-id` (or any header) is the client's fault, named, not a 500."""
+    for name in ("x-request-id", "x-custom"):
+        response = await api.get("/health", headers=[(name.encode(), b"\xff\xfe-id")])
+        assert response.status_code == 400, response.text
+        assert response.json() == {"error": f"header {name!r} is not UTF-8 text"}
+        submitted = await api.post("/v1/tasks", json={"input": "hi"}, headers=[*AUTH.items(), (name, b"\xc3\x28")])
+        assert submitted.status_code == 400, submitted.text
+    # Control characters never reach the echoed id (nor the log lines that carry it).
+    response = await api.get("/health", headers={"x-request-id": "ab\tc\x1b[31m"})
+    assert response.headers["x-request-id"] == "abc[31m"
+
+
+async def test_delete_is_the_deprecated_alias_of_cancel(api: httpx.AsyncClient) -> None:
+    task = await submit(api, "What is 1+1?")
+    response = await api.delete(f"/v1/tasks/{task['task_id']}", headers=AUTH)
+    assert (response.status_code, response.json()) == (200, {"task_id": task["task_id"], "status": "cancelled"})
+    # a cancel, not a deletion: the record stays readable
+    assert (await api.get(f"/v1/tasks/{task['task_id']}", headers=AUTH)).json()["status"] == "cancelled"
+    document = (await api.get("/openapi.json")).json()
+    assert document["paths"]["/v1/tasks/{task_id}"]["delete"]["deprecated"] is True
+    assert "deprecated" not in document["paths"]["/v1/tasks/{task_id}/cancel"]["post"]
+
+
+async def test_405_lists_every_method_of_the_path(api: httpx.AsyncClient) -> None:
+    response = await api.put("/v1/tasks/some-id", headers=AUTH)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET"
+    cancel = await api.get("/v1/tasks/some-id/cancel", headers=AUTH)
+    assert (cancel.status_code, cancel.headers["allow"]) == (405, "POST")
+
+
+async def test_openapi_documents_every_answer(api: httpx.AsyncClient) -> None:
+    paths = (await api.get("/openapi.json")).json()["paths"]
+    submit_codes = set(paths["/v1/tasks"]["post"]["responses"])
+    assert submit_codes == {"200", "202", "400", "401", "409", "413", "422", "429", "503"}
+    assert set(paths["/v1/tasks/{task_id}"]["get"]["responses"]) == {"200", "401", "404", "422", "503"}
+    assert set(paths["/v1/tasks/{task_id}/cancel"]["post"]["responses"]) == {"200", "401", "404", "409", "422", "503"}
+    assert paths["/v1/tasks"]["post"]["security"] == [{"bearer": []}]
+    error = paths["/v1/tasks"]["post"]["responses"]["409"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/ErrorBody"}
+    assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
 
 
 async def test_request_id_is_echoed(api: httpx.AsyncClient) -> None:
@@ -298,6 +355,46 @@ async def test_idempotency_key_reused_for_another_request_is_a_conflict(api: htt
     assert again.status_code == 200 and again.json()["task_id"] == task_id and again.json()["duplicate"] is True
     queue: TaskQueue = api._transport.app.state.queue  # type: ignore[attr-defined]
     assert await queue.depth() == 1
+
+
+async def test_queued_bytes_are_capped_per_service_and_freed_when_tasks_end(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, make_worker: MakeWorker
+) -> None:
+    """Issue 27, point 7: the bytes a service's tasks hold in a shared Redis until they end are
+    capped; the submission that would pass the cap gets 429 and retry-after naming the figure, and
+    the bytes of a task that ended (finished, cancelled) are given back, once."""
+    async with api_with(config, redis_client, max_queued_input_bytes=6000) as client:
+        queue: TaskQueue = client._transport.app.state.queue  # type: ignore[attr-defined]
+        first = await submit(client, "What is 1+1? " + "x" * 1800)
+        held = int(await redis_client.get(queue.queued_bytes))
+        assert 1800 < held < 2400
+        second = await submit(client, "What is 2+2? " + "y" * 1800)
+        both = int(await redis_client.get(queue.queued_bytes))
+        full = await client.post("/v1/tasks", json={"input": "What is 3+3? " + "z" * 1800}, headers=AUTH)
+        assert full.status_code == 429, full.text
+        assert full.headers["retry-after"] == "5"
+        message = full.json()["error"]
+        assert message.startswith(f"queue full: the tasks queued or running hold {both} bytes, this one ")
+        assert message.endswith("the limit is 6000 (limits.maxQueuedInputBytes); retry later")
+        assert await queue.depth() == 2
+
+        cancelled = await client.delete(f"/v1/tasks/{second['task_id']}", headers=AUTH)
+        assert cancelled.status_code == 200
+        assert int(await redis_client.get(queue.queued_bytes)) == held
+        await client.delete(f"/v1/tasks/{second['task_id']}", headers=AUTH)  # a second cancel gives back nothing
+        assert int(await redis_client.get(queue.queued_bytes)) == held
+        await make_worker().worker.run()  # the first task finishes
+        assert (await queue.get(str(first["task_id"]))).status == TaskStatus.SUCCEEDED
+        assert int(await redis_client.get(queue.queued_bytes)) == 0
+        assert await redis_client.hlen(queue.queued_sizes) == 0
+        assert (await client.post("/v1/tasks", json={"input": "What is 3+3?"}, headers=AUTH)).status_code == 202
+
+
+def test_a_service_is_bounded_by_default() -> None:
+    """Issue 27, point 7: without a setting, queued tasks and their bytes are capped (they were not)."""
+    defaults = RuntimeConfig()
+    assert defaults.max_queued_tasks == 10_000
+    assert defaults.max_queued_input_bytes == 64 * 1024 * 1024
 
 
 async def test_max_queued_tasks_refuses_with_the_figure(

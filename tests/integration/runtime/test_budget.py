@@ -14,6 +14,7 @@ checkpoint); the per-task stop before the call that could cross `perTaskUSD`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import signal
@@ -320,7 +321,10 @@ async def test_daily_rollover_at_an_injected_clock(
 async def test_fail_mode_ends_the_task_with_the_figure_keeping_its_transcript(
     config: RuntimeConfig, redis_client: redis.asyncio.Redis, model_server: LocalModelServer
 ) -> None:
-    cfg = config.model_copy(update={"daily_budget_usd": 0.05, "budget_on_exhausted": "fail"})
+    # budget_min_output_tokens = max_output_tokens: no call goes with its output capped (tested below)
+    cfg = config.model_copy(
+        update={"daily_budget_usd": 0.05, "budget_on_exhausted": "fail", "budget_min_output_tokens": 1024}
+    )
     clock = Clock(datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC))
     # Room for exactly the first call's worst case: the second call (a longer transcript) cannot fit.
     room = first_call_worst_case(cfg, "What is 6*7?")
@@ -346,7 +350,7 @@ async def test_fail_mode_ends_the_task_with_the_figure_keeping_its_transcript(
 async def test_hold_then_a_raised_budget_resumes_from_the_checkpoint(
     config: RuntimeConfig, redis_client: redis.asyncio.Redis, model_server: LocalModelServer
 ) -> None:
-    cfg = config.model_copy(update={"daily_budget_usd": 0.05})
+    cfg = config.model_copy(update={"daily_budget_usd": 0.05, "budget_min_output_tokens": 1024})  # no capping
     clock = Clock(datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC))
     room = first_call_worst_case(cfg, "What is 6*7?")
     await redis_client.set(cfg.keys().budget_spent("2026-03-01"), 50_000 - room)
@@ -406,3 +410,149 @@ async def test_per_task_budget_stops_before_the_call_that_could_cross_it(
     assert record.checkpoint.messages[-1]["content"][0]["type"] == "tool_result"  # kept up to the stop
     assert registry.get_sample_value("agent_budget_rejections_total", {**LABELS, "budget": "per_task"}) == 1
     assert registry.get_sample_value("agent_cost_usd_total", LABELS) == pytest.approx(billed(model_server))
+
+
+# --- budgets that are reached (issue 30) ------------------------------------------------------------
+
+SHRINK = budget.Shrink(input_micros=1000.5, output_micros=10.0, max_output=1000, min_output=100)
+
+
+def test_shrink_caps_the_output_to_what_is_left() -> None:
+    assert SHRINK.amount(1000) == 11_001  # rounded up
+    assert SHRINK.fitting(11_001) == 1000  # the whole call fits
+    assert SHRINK.fitting(10_000) == 899  # 1000.5 + 899 * 10 = 9990.5 -> 9991
+    assert SHRINK.fitting(SHRINK.amount(100)) == 100
+    assert SHRINK.fitting(SHRINK.amount(100) - 1) is None  # under the least output: no call
+    free = budget.Shrink(input_micros=0, output_micros=0, max_output=50, min_output=10)
+    assert free.fitting(0) == 50
+
+
+def test_decide_with_shrink() -> None:
+    common = {"task_spent": 0, "task_reserved": 0, "task_limit": None, "day_limit": 20_000, "shrink": SHRINK}
+    whole = budget.decide(amount=11_001, day_spent=0, day_reserved=0, **common)
+    assert whole.fits and whole.amount == 11_001 and whole.output_tokens == 1000
+    capped = budget.decide(amount=11_001, day_spent=10_000, day_reserved=0, **common)
+    assert capped.fits and capped.output_tokens == 899 and capped.amount == 9_991  # <= the 10,000 left
+    # too little for the least output: wait while others hold reservations, held when none does
+    assert budget.decide(amount=11_001, day_spent=15_000, day_reserved=3_000, **common).scope == Scope.WAIT
+    assert budget.decide(amount=11_001, day_spent=18_000, day_reserved=0, **common).scope == Scope.DAILY
+    small_day = {**common, "day_limit": 2_000}
+    assert budget.decide(amount=11_001, day_spent=0, day_reserved=0, **small_day).scope == Scope.NEVER
+
+
+def test_releasable_takes_each_task_whose_call_fits() -> None:
+    needs = [("a", 50), ("b", 200), ("c", 30), ("d", 30)]
+    assert budget.releasable(room=100, needs=needs, most=8) == ["a", "c"]  # b does not fit, d no longer does
+    assert budget.releasable(room=1000, needs=needs, most=2) == ["a", "b"]
+    assert budget.releasable(room=None, needs=needs, most=3) == ["a", "b", "c"]
+    assert budget.releasable(room=10, needs=needs, most=8) == []
+
+
+@pytest.mark.parametrize(
+    ("day_spent", "others"),
+    [(0, []), (10_000, []), (15_000, [3_000]), (18_000, []), (19_000, [500]), (8_990, [1_000])],
+)
+async def test_reserve_script_agrees_with_decide_when_shrinking(
+    redis_client: redis.asyncio.Redis, day_spent: int, others: list[int]
+) -> None:
+    keys = constants.ServiceKeys("default", "svc")
+    ledger = BudgetLedger(redis_client, keys=keys, daily_limit_usd=20_000 / MICROS, per_task_limit_usd=None)
+    await redis_client.set(keys.budget_spent(ledger.today()), day_spent)
+    for n, other in enumerate(others):
+        assert (await ledger.reserve(f"other-{n}", fence=1, amount=other))[1] is not None
+    verdict, reservation = await ledger.reserve("t", fence=1, amount=11_001, shrink=SHRINK)
+    expected = budget.decide(
+        amount=11_001, day_spent=day_spent, day_reserved=sum(others), day_limit=20_000,
+        task_spent=0, task_reserved=0, task_limit=None, shrink=SHRINK,
+    )  # fmt: skip
+    assert verdict == expected
+    assert (reservation is not None) == expected.fits
+    if reservation is not None:
+        assert reservation.amount == expected.amount
+        assert day_spent + sum(others) + reservation.amount <= 20_000  # never past the budget
+
+
+def min_output_config(config: RuntimeConfig, **update: object) -> RuntimeConfig:
+    return config.model_copy(update={"max_output_tokens": 4096, "budget_min_output_tokens": 64, **update})
+
+
+async def test_a_call_that_does_not_fit_whole_goes_with_its_output_capped(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, model_server: LocalModelServer
+) -> None:
+    cfg = min_output_config(config, daily_budget_usd=0.05)
+    clock = Clock(datetime.datetime(2026, 3, 1, 12, tzinfo=datetime.UTC))
+    whole = first_call_worst_case(cfg, "What is 6*7?")
+    room = whole // 2  # half the worst case is left: enough for the input and about half the output
+    await redis_client.set(cfg.keys().budget_spent("2026-03-01"), 50_000 - room)
+    queue = TaskQueue.from_config(cfg, redis_client)
+    task_id = (await queue.submit("What is 6*7?", max_steps=6)).task_id
+    parts = worker_at(cfg, redis_client, clock)
+    try:
+        await parts.worker.run()
+    finally:
+        await parts.aclose()
+    record = await queue.get(task_id)
+    first = model_server.completed()[0]
+    tools = builtin_registry().schemas()
+    bound = budget.input_token_bound(cfg.system_prompt, [{"role": "user", "content": "What is 6*7?"}], tools)
+    shrink = budget.Shrink(bound * SONNET.input_per_mtok, SONNET.output_per_mtok, 4096, 64)
+    assert first.max_tokens == shrink.fitting(room) < 4096  # capped, by exactly what was left
+    assert record.status == TaskStatus.SUCCEEDED and record.result == "The answer: 6*7 = 42."
+    spent = int(await redis_client.get(cfg.keys().budget_spent("2026-03-01")))
+    assert spent <= 50_000 and spent == 50_000 - room + record.checkpoint.cost_micros()
+
+
+async def test_a_call_waits_for_reservations_in_flight_instead_of_being_held(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, model_server: LocalModelServer
+) -> None:
+    cfg = min_output_config(config, daily_budget_usd=0.05)
+    ledger = build_ledger(cfg, redis_client)
+    # Another call in flight reserved all the day has: this task's call cannot go now.
+    _, other = await ledger.reserve("other", fence=1, amount=50_000)
+    assert other is not None
+    queue = TaskQueue.from_config(cfg, redis_client)
+    task_id = (await queue.submit("What is 6*7?", max_steps=6)).task_id
+    registry = CollectorRegistry()
+    parts = build_worker(cfg, redis_client=redis_client, registry=registry, burst=True)
+    try:
+        running = asyncio.create_task(parts.worker.run())
+        await eventually(lambda: _status_is(queue, task_id, TaskStatus.RUNNING), timeout=20)
+        assert not model_server.calls  # waiting for money, not calling
+        await ledger.settle(other, 2_000)  # the other call cost far less than its worst case
+        await asyncio.wait_for(running, 30)
+    finally:
+        await parts.aclose()
+    record = await queue.get(task_id)
+    assert record.status == TaskStatus.SUCCEEDED and record.deliveries == 1
+    assert registry.get_sample_value("agent_budget_rejections_total", {**LABELS, "budget": "daily"}) == 0
+
+
+async def _status_is(queue: TaskQueue, task_id: str, status: TaskStatus) -> bool:
+    return (await queue.get(task_id)).status == status
+
+
+async def test_a_held_task_resumes_when_a_settle_leaves_room_for_its_next_call(
+    config: RuntimeConfig, redis_client: redis.asyncio.Redis, model_server: LocalModelServer
+) -> None:
+    """No periodic pass here (burst workers run none): only a settle's money coming back can resume it."""
+    cfg = min_output_config(config, daily_budget_usd=0.05, budget_wait_seconds=0.0, worker_concurrency=2)
+    whole = first_call_worst_case(cfg, "What is 6*7?")
+    ledger = build_ledger(cfg, redis_client)
+    # What is left fits one whole first call and not a second call's least.
+    _, other = await ledger.reserve("other", fence=1, amount=50_000 - whole - 100)
+    assert other is not None
+    queue = TaskQueue.from_config(cfg, redis_client)
+    ids = [(await queue.submit("What is 6*7?", max_steps=6)).task_id for _ in range(2)]
+    model_server.faults.latency_seconds = 1.0  # the first task's call is in flight while the second is held
+    registry = CollectorRegistry()
+    parts = build_worker(cfg, redis_client=redis_client, registry=registry, burst=True)
+    try:
+        await asyncio.wait_for(parts.worker.run(), 60)
+    finally:
+        await parts.aclose()
+    records = [await queue.get(task_id) for task_id in ids]
+    assert [r.status for r in records] == [TaskStatus.SUCCEEDED, TaskStatus.SUCCEEDED]
+    assert registry.get_sample_value("agent_budget_rejections_total", {**LABELS, "budget": "daily"}) >= 1  # held
+    snap = await ledger.snapshot()
+    assert snap.reserved == 50_000 - whole - 100 and snap.held_tasks == 0
+    assert snap.spent + snap.reserved <= 50_000  # never past the budget

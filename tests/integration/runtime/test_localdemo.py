@@ -1,8 +1,9 @@
 """The runtime demo (`run_runtime_demo`), as `agentctl demo` runs it.
 
 Covers: it starts redis-server, the local model server, the API and a worker, runs a task that uses
-the calculator through them over HTTP, writes the answer, the usage and metric lines, and leaves no
-process or listening port behind.
+the calculator through them over HTTP and one that calls `mcp-server-time` (stdio), writes the
+answers, the usage and metric lines, and leaves no process (the MCP server's included) or listening
+port behind.
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ async def test_demo_runs_a_tool_task_and_cleans_up() -> None:
     assert "answer: The answer: 12*7+3 = 87; 2**10 = 1024." in text
     assert re.search(r"usage:  \d+ input tokens, \d+ output tokens, \$0\.\d{6}", text)
     assert re.search(
-        r'agent_requests_total\{intent="default",service="demo",status="succeeded",track="stable"\} 1\.0', text
+        r'agent_requests_total\{intent="default",service="demo",status="succeeded",track="stable"\} 2\.0', text
     )
     assert 'agent_tool_calls_total{service="demo",status="ok",tool_name="calculator",track="stable"} 2.0' in text
+    assert re.search(r'answer: The answer: time__get_current_time returned \{\s+"timezone": "Asia/Tokyo"', text)
+    assert (
+        'agent_tool_calls_total{service="demo",status="ok",tool_name="time__get_current_time",track="stable"} 1.0'
+        in text
+    )
     assert 'agent_queue_depth{service="demo",track="stable"} 0.0' in text
     urls = set(re.findall(r"(?:redis|http)://[\d.]+:\d+", text))
     assert len(urls) == 4

@@ -138,6 +138,7 @@ async def test_dead_letter_after_max_deliveries(redis_client: redis.asyncio.Redi
     queue = make_queue(redis_client)
     await queue.ensure_group()
     made = await queue.submit("x", max_steps=3)
+    assert int(await redis_client.get(queue.queued_bytes)) > 0
     [entry] = await queue.read("c", 1)
     for delivery in range(1, 4):
         claim = await queue.claim(entry, "c")
@@ -149,6 +150,7 @@ async def test_dead_letter_after_max_deliveries(redis_client: redis.asyncio.Redi
     assert record.status == TaskStatus.FAILED
     assert record.error == "gave up after 3 deliveries; last error: provider 'p' answered HTTP 500: boom 3"
     assert await queue.depth() == 0
+    assert int(await redis_client.get(queue.queued_bytes)) == 0  # its bytes given back (issue 27)
     assert await queue.dead_letters() == [
         {"task_id": made.task_id, "error": "provider 'p' answered HTTP 500: boom 3", "deliveries": "3"}
     ]

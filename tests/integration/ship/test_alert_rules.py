@@ -137,13 +137,14 @@ def run_tests(tmp_path: Path, svc: models.AgentService, tests: list[dict[str, An
 
 
 def test_promtool_checks_the_rules(tmp_path: Path) -> None:
-    for svc in (
-        service(),
-        models.AgentService.from_manifest(yaml.safe_load((ROOT / "examples/full.yaml").read_text())),
+    for svc, count in (
+        (service(), 5),
+        # full.yaml has MCP servers: the sixth rule, AgentServiceToolServerDown (test_tool_alert.py)
+        (models.AgentService.from_manifest(yaml.safe_load((ROOT / "examples/full.yaml").read_text())), 6),
     ):
         result = promtool("check", "rules", write_rules(tmp_path, svc))
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "5 rules found" in result.stdout
+        assert f"{count} rules found" in result.stdout
 
 
 def test_the_five_alerts_carry_severity_summary_and_description() -> None:
@@ -263,7 +264,12 @@ def test_dashboard_panels_and_config_map() -> None:
         "Task latency",
         "Active agents",
         "Hourly cost",
+        "Hourly cost by model",
+        "Hourly cost by route",
         "Tool-call mix",
+        "Tool calls by tool and outcome",
+        "Tool latency p95",
+        "MCP servers up",
         "Error rate",
         "Queue depth",
         "Provider health",
@@ -275,9 +281,12 @@ def test_dashboard_panels_and_config_map() -> None:
         constants.SERIES_LATENCY_BUCKET,
         constants.METRIC_ACTIVE,
         constants.SERIES_COST,
+        constants.SERIES_MODEL_COST,
         constants.METRIC_TOOL_CALLS,
         constants.METRIC_QUEUE_DEPTH,
         constants.METRIC_PROVIDER_HEALTHY,
+        constants.METRIC_TOOL_SERVER_UP,
+        constants.METRIC_TOOL_LATENCY + "_bucket",
         dashboard.CANARY_WEIGHT_METRIC,
     ):
         assert series + "{" in queries, series
@@ -298,9 +307,19 @@ def test_service_monitor_scrapes_the_runtime_services() -> None:
     scraped_ports = {e["port"] for e in monitor["spec"]["endpoints"]}
     service_ports = {p["name"] for s in selected for p in s["spec"]["ports"]}
     assert scraped_ports == service_ports == {"http", "metrics"}
+    pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in children if d["kind"] == "Deployment"]
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["path"] == constants.METRICS_PATH
-        assert endpoint["honorLabels"] is True  # keep the runtime's own `service` label
+        # the target's labels win over what a pod exposes (docs/security.md)
+        assert endpoint["honorLabels"] is False
+        # `service` from the pod's AgentService label, which every pod carries
+        (rule,) = endpoint["relabelings"]
+        assert rule["targetLabel"] == constants.LABEL_SERVICE
+        assert rule["sourceLabels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"]
+        assert all(labels["app.kubernetes.io/instance"] == svc.metadata.name for labels in pod_labels)
+    # `track` from the pod's own label, which every pod carries
+    assert monitor["spec"]["podTargetLabels"] == [constants.LABEL_TRACK]
+    assert all(labels[constants.LABEL_TRACK] in {"stable", "canary"} for labels in pod_labels)
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     # The ports the Services name are the containers' metrics ports.
     deployments = [c for c in children if c["kind"] == "Deployment"]

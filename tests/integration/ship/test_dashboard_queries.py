@@ -7,7 +7,8 @@ the scrape adds the `namespace` label, as the Prometheus Operator does in a clus
 Covers:
 - the dashboard ConfigMap carries one panel per figure of issue 7 (request rate, p50/p95/p99
   latency, active agents, hourly cost, tool-call mix, error rate, queue depth, provider health,
-  canary weight), each with a query;
+  canary weight) and the per-tool panels of issue 34 (calls by tool and outcome, p95 latency by
+  tool, MCP servers up) and of issue 30 (hourly cost by model and by route), each with a query;
 - every panel target, its Grafana template variables substituted the way Grafana would (an unknown
   variable fails), parses and evaluates as Grafana sends it (range query) and as an instant query:
   HTTP 200, status success;
@@ -35,7 +36,7 @@ import pytest
 from agent_operator.api import models
 from agent_operator.manifests import dashboard, monitoring
 from agentops_dev.localprometheus import PrometheusServer
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent_runtime import constants
@@ -60,6 +61,12 @@ class RuntimeExtras(Collector):
     """
 
     TOOL_RATES: Mapping[str, float] = {"search": 4.0, "fetch": 2.0}
+    # USD per second by (model, route): the strong model takes the complex route, the cheap one the rest
+    MODEL_COST_RATES: Mapping[tuple[str, str], float] = {
+        ("claude-opus-4-6", "complex"): 0.03,
+        ("claude-haiku-4-5", "simple"): 0.01,
+        ("claude-haiku-4-5", "default"): 0.005,
+    }
 
     def __init__(self, figures: Mapping[str, Mapping[str, Any]]) -> None:
         self.figures = figures
@@ -73,6 +80,11 @@ class RuntimeExtras(Collector):
             constants.METRIC_PROVIDER_HEALTHY, "Provider breaker closed.", labels=[*labels, "provider"]
         )
         tools = CounterMetricFamily(constants.METRIC_TOOL_CALLS, "Tool calls.", labels=[*labels, "tool_name", "status"])
+        servers = GaugeMetricFamily(constants.METRIC_TOOL_SERVER_UP, "MCP server up.", labels=[*labels, "server"])
+        latency = HistogramMetricFamily(constants.METRIC_TOOL_LATENCY, "Tool call time.", labels=[*labels, "tool_name"])
+        model_cost = CounterMetricFamily(
+            constants.METRIC_MODEL_COST, "Spend by model and route.", labels=[*labels, "model", "route"]
+        )
         elapsed = time.monotonic() - self.started
         for service, figure in self.figures.items():
             for track in TRACKS:
@@ -82,12 +94,31 @@ class RuntimeExtras(Collector):
                     healthy.add_metric([service, track, provider], up)
                 for tool, rate in self.TOOL_RATES.items():
                     tools.add_metric([service, track, tool, "ok"], rate * elapsed)
-        return [active, queue, healthy, tools]
+                    # every call of `search` takes 0.2 s, of `fetch` 2 s (inside the (1, 2.5] bucket)
+                    count = rate * elapsed
+                    seconds = 0.2 if tool == "search" else 2.0
+                    buckets = [(str(le), count if seconds <= le else 0.0) for le in (0.25, 1.0, 2.5)]
+                    latency.add_metric([service, track, tool], [*buckets, ("+Inf", count)], count * seconds)
+                servers.add_metric([service, track, "time"], 1)
+                servers.add_metric([service, track, "crm"], 0)
+                for (model, route), rate in self.MODEL_COST_RATES.items():
+                    model_cost.add_metric([service, track, model, route], rate * elapsed * figure["spends"])
+        return [active, queue, healthy, tools, servers, latency, model_cost]
 
 
 EXTRAS = {
-    BUSY: {"active": {"stable": 7, "canary": 2}, "queue": 800, "providers": {"claude": 0, "fallback": 0}},
-    QUIET: {"active": {"stable": 1, "canary": 0}, "queue": 3, "providers": {"claude": 1, "fallback": 0}},
+    BUSY: {
+        "active": {"stable": 7, "canary": 2},
+        "queue": 800,
+        "providers": {"claude": 0, "fallback": 0},
+        "spends": 1,
+    },
+    QUIET: {
+        "active": {"stable": 1, "canary": 0},
+        "queue": 3,
+        "providers": {"claude": 1, "fallback": 0},
+        "spends": 0,
+    },
 }
 
 
@@ -240,7 +271,12 @@ REQUIRED_PANELS = {
     "Task latency": ["p50", "p95", "p99"],
     "Active agents": ["{{track}}"],
     "Hourly cost": ["USD / hour"],
+    "Hourly cost by model": ["{{model}}"],
+    "Hourly cost by route": ["{{route}}"],
     "Tool-call mix": ["{{tool_name}}"],
+    "Tool calls by tool and outcome": ["{{tool_name}} {{status}}"],
+    "Tool latency p95": ["{{tool_name}}"],
+    "MCP servers up": ["{{server}}"],
     "Error rate": ["failed / all"],
     "Queue depth": ["waiting + pending"],
     "Provider health": ["{{provider}}"],
@@ -285,9 +321,23 @@ def test_every_panel_query_evaluates_and_returns_the_exported_figures(server: Pr
     assert only(results[("Task latency", "p99")]) == pytest.approx(119.4)
     assert by(results[("Active agents", "{{track}}")], "track") == {"stable": 7, "canary": 2}
     assert only(results[("Hourly cost", "USD / hour")]) > 0
+    by_model = by(results[("Hourly cost by model", "{{model}}")], "model")
+    assert set(by_model) == {"claude-opus-4-6", "claude-haiku-4-5"}
+    assert by_model["claude-opus-4-6"] / by_model["claude-haiku-4-5"] == pytest.approx(2, rel=0.2)  # 0.03 : 0.015
+    by_route = by(results[("Hourly cost by route", "{{route}}")], "route")
+    assert set(by_route) == {"complex", "simple", "default"}
+    assert by_route["simple"] / by_route["default"] == pytest.approx(2, rel=0.2)
     mix = by(results[("Tool-call mix", "{{tool_name}}")], "tool_name")
     assert set(mix) == {"search", "fetch"}
     assert mix["search"] / mix["fetch"] == pytest.approx(2, rel=0.2)
+    by_outcome = {
+        (m["metric"]["tool_name"], m["metric"]["status"])
+        for m in results[("Tool calls by tool and outcome", "{{tool_name}} {{status}}")]
+    }
+    assert by_outcome == {("search", "ok"), ("fetch", "ok")}
+    p95 = by(results[("Tool latency p95", "{{tool_name}}")], "tool_name")
+    assert p95["search"] == pytest.approx(0.2375) and p95["fetch"] == pytest.approx(2.425)
+    assert by(results[("MCP servers up", "{{server}}")], "server") == {"time": 1, "crm": 0}
     assert only(results[("Error rate", "failed / all")]) == pytest.approx(0.2, abs=0.05)
     assert only(results[("Queue depth", "waiting + pending")]) == 800
     assert by(results[("Provider health", "{{provider}}")], "provider") == {"claude": 0, "fallback": 0}

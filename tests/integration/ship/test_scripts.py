@@ -79,6 +79,12 @@ def test_e2e_kind_says_it_is_not_run_in_ci_and_cleans_up() -> None:
     header = text.split("\nset -euo pipefail\n", 1)[0]
     assert "NOT RUN IN CI" in header
     assert "trap cleanup EXIT" in text
-    steps = ("scripts/image.sh", "kind load image-archive", "helm --kube-context", "--for=condition=Ready", "-auth")
-    for step in (*steps, "port-forward"):
+    for step in (
+        "scripts/image.sh",
+        "kind load image-archive",
+        "helm --kube-context",
+        "--for=condition=Ready",
+        "-auth",
+        "port-forward",
+    ):
         assert step in text, step

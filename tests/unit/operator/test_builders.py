@@ -222,13 +222,13 @@ def test_config_map_is_the_runtime_config_and_keys_match_env() -> None:
         assert all("secretKeyRef" in e["valueFrom"] for e in env if e["name"] in key_envs)
     secret = children[1]
     assert secret["kind"] == "Secret" and "data" not in secret and "stringData" not in secret
-    assert loaded.max_queued_tasks is None  # unset: no bound
+    assert loaded.max_queued_tasks == 10_000 and loaded.max_queued_input_bytes == 64 * 1024 * 1024  # bounded
 
 
 def test_max_queued_tasks_reaches_the_runtime_config() -> None:
-    config_map = builders.build_children(svc(limits={"maxQueuedTasks": 250}))[0]
+    config_map = builders.build_children(svc(limits={"maxQueuedTasks": 250, "maxQueuedInputBytes": 2_000_000}))[0]
     loaded = config.RuntimeConfig.model_validate_json(config_map["data"][runtimeconfig.CONFIG_KEY])
-    assert loaded.max_queued_tasks == 250
+    assert loaded.max_queued_tasks == 250 and loaded.max_queued_input_bytes == 2_000_000
 
 
 def test_service_monitor_finds_its_ports() -> None:

@@ -191,6 +191,26 @@ def test_promote_annotation_ships_a_rolled_back_revision() -> None:
     assert (decision.status.phase, decision.status.stable_revision) == (CanaryPhase.PROMOTED, NEW)
 
 
+def test_retry_annotation_starts_a_rolled_back_revision_again_from_the_first_step() -> None:
+    rolled_back = at_rest(CanaryPhase.ROLLED_BACK, canary_revision=NEW, total_failures=2, consecutive_failures=2)
+    decision = decide(rolled_back, NEW, annotations={"agentops.dev/retry": "true"})
+    assert (decision.action, decision.reason) == (Action.SET_WEIGHT, Reason.RETRIED)
+    assert (decision.status.phase, decision.status.weight, decision.status.step_index) == (
+        CanaryPhase.PROGRESSING,
+        10,
+        0,
+    )
+    assert (decision.status.total_failures, decision.status.consecutive_failures) == (0, 0)
+    assert decision.status.stable_revision == OLD and "retried" in decision.status.message
+    assert decision.consumed == ("agentops.dev/retry",)
+
+
+def test_retry_without_a_rolled_back_revision_is_consumed_and_ignored() -> None:
+    decision = decide(at_rest(CanaryPhase.PROMOTED), OLD, annotations={"agentops.dev/retry": "true"})
+    assert (decision.action, decision.reason) == (Action.NONE, Reason.STEADY)
+    assert decision.consumed == ("agentops.dev/retry",)
+
+
 def test_a_newer_revision_after_a_rollback_starts_a_new_rollout() -> None:
     rolled_back = at_rest(CanaryPhase.ROLLED_BACK, canary_revision=NEW)
     decision = decide(rolled_back, NEWER)
@@ -684,7 +704,9 @@ PURE_IMPORTS = {
     "re",
     "typing",
     "agent_operator.canary.analysis",
+    "agent_operator.canary.evaluation",
     "agent_operator.api.models",
+    "json",
     "agent_operator.manifests.naming",
     "agent_runtime.constants",
 }
@@ -695,7 +717,11 @@ def test_the_state_machine_and_the_analysis_import_nothing_that_does_io() -> Non
     import importlib.util
     from pathlib import Path
 
-    for module in ("agent_operator.canary.machine", "agent_operator.canary.analysis"):
+    for module in (
+        "agent_operator.canary.machine",
+        "agent_operator.canary.analysis",
+        "agent_operator.canary.evaluation",
+    ):
         spec_ = importlib.util.find_spec(module)
         assert spec_ is not None
         assert spec_.origin is not None

@@ -20,9 +20,11 @@ PURE = (
     "agent_operator.manifests.",
     "agent_operator.canary.machine",
     "agent_operator.canary.analysis",
+    "agent_operator.canary.evaluation",
     "agent_operator.canary.tracks",
     "agent_operator.canary.rollouthistory",
     "agent_operator.budget",
+    "agent_operator.policy",
 )
 IO = (
     "agent_operator.kube",

@@ -63,7 +63,7 @@ def test_a_name_that_fits_is_left_alone() -> None:
     assert naming.deployment_name("demo", naming.Component.WORKER, naming.Track.CANARY) == "demo-worker-canary"
     assert naming.fit("a" * 59, "api") == "a" * 59 + "-api"  # exactly 63
     assert naming.deployment_name("a" * 42, naming.Component.API) == "a" * 42 + "-api"  # exactly 46
-    assert naming.dashboard_uid("default", "support-agent") == "agsvc-default-support-agent"
+    assert naming.dashboard_uid("default", "support-agent") == "agsvc-default_support-agent"
 
 
 def test_a_long_name_is_cut_and_hashed_keeping_its_suffix() -> None:
@@ -82,7 +82,7 @@ def test_pinned_names() -> None:
     assert len(longest) == 63
     assert naming.deployment_name(longest, naming.Component.API) == "a-name-of-sixty-three-character-f8b99132bc-api"
     assert naming.api_service_name(longest) == "a-name-of-sixty-three-characters-exactly-the-mos-f8b99132bc-api"
-    assert naming.dashboard_uid("default", longest) == "agsvc-default-a-name-of-sixty-9f8750ec90"
+    assert naming.dashboard_uid("default", longest) == "agsvc-default_a-name-of-sixty-fb82a9a06d"
 
 
 def test_the_same_input_gives_the_same_name() -> None:
@@ -132,7 +132,14 @@ def test_dashboard_uids_within_40_and_distinct() -> None:
     first = naming.dashboard_uid("team-payments", "support-agent-europe-1")
     second = naming.dashboard_uid("team-payments", "support-agent-europe-2")
     assert len(first) <= 40 and len(second) <= 40 and first != second
-    assert re.fullmatch(r"[-a-z0-9]+", first)
+    assert re.fullmatch(r"[-_a-z0-9]+", first)  # what Grafana accepts in a uid
+
+
+def test_dashboard_uids_of_different_namespaces_never_collide() -> None:
+    """Issue 27: `team-a/x` and `team/a-x` were both `agsvc-team-a-x`; one tenant's dashboard replaced the other's."""
+    assert naming.dashboard_uid("team-a", "x") != naming.dashboard_uid("team", "a-x")
+    long_ns, long_name = "n" * 30, "s" * 40  # both past the 40 characters: the hash takes the whole pair
+    assert naming.dashboard_uid(long_ns + "-a", long_name) != naming.dashboard_uid(long_ns, "a-" + long_name)
 
 
 def test_no_room_for_the_suffix_is_refused() -> None:

@@ -92,8 +92,27 @@ def test_every_verdict_has_the_six_conditions_in_order() -> None:
     ]
     for obs in observations:
         _, conds = status.derive(obs, [], now=T0)
-        assert [c.type for c in conds] == list(status.ORDER)
+        assert [c.type for c in conds] == [t for t in status.ORDER if t != status.POLICY_VIOLATION]
         assert all(c.last_transition_time == T0 and c.observed_generation == 1 for c in conds)
+
+
+def test_a_policy_violation_fails_and_turns_false_once_fixed() -> None:
+    """PolicyViolation appears when a spec breaks the platform's policy, and stays, False, once fixed."""
+    phase, conds = status.derive(
+        status.Findings(generation=1, policy_violation="spec.image 'x' is not allowed"), [], now=T0
+    )
+    assert phase == models.Phase.FAILED
+    assert [c.type for c in conds] == list(status.ORDER)
+    by_type = {c.type: c for c in conds}
+    assert (by_type["PolicyViolation"].status, by_type["PolicyViolation"].message) == (
+        "True",
+        "spec.image 'x' is not allowed",
+    )
+    assert (by_type["Ready"].status, by_type["Ready"].reason) == ("False", "PolicyViolation")
+    assert by_type["SpecInvalid"].status == "False"
+    phase, conds = status.derive(status.Findings(generation=2, workloads=(ready("a"),)), conds, now=T1)
+    assert phase == models.Phase.READY
+    assert {c.type: (c.status, c.reason) for c in conds}["PolicyViolation"] == ("False", "Allowed")
 
 
 def test_spec_invalid_fails_and_names_the_field() -> None:
@@ -165,7 +184,7 @@ def test_a_failed_rollout_and_an_apply_error_degrade() -> None:
 def test_derive_keeps_unrelated_conditions_after_its_own() -> None:
     canary = cond("Promoted", TRUE, since=T0)
     _, conds = status.derive(status.Findings(generation=1, workloads=(ready("a"),)), [canary], now=T1)
-    assert [c.type for c in conds] == [*status.ORDER, "Promoted"]
+    assert [c.type for c in conds] == [*(t for t in status.ORDER if t != status.POLICY_VIOLATION), "Promoted"]
     assert conds[-1] == canary
 
 

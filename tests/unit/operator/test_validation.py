@@ -74,7 +74,8 @@ def test_value_error_prefix_is_stripped() -> None:
         ({"autoscaling": {"engine": "vpa"}}, "spec.autoscaling.engine: must be one of: hpa, keda (got 'vpa')"),
         (
             {"canary": {"interval": "1 minute"}},
-            "spec.canary.interval: must be a duration such as 30s, 5m or 1h30m (got '1 minute')",
+            "spec.canary.interval: must be a duration such as 30s, 5m or 1h30m, with at most six digits a number "
+            "(got '1 minute')",
         ),
         (
             {"api": {"resources": {"requests": {"cpu": "lots"}}}},

@@ -103,7 +103,16 @@ def event(
 async def world(cluster: tuple[devcluster.DevCluster, str]) -> datetime.datetime:
     """The objects of the snapshots; returns the frozen 'now'."""
     emulator, url = cluster
-    body = agent_service("support-agent", canary={"enabled": True, "steps": [10, 50, 100]}, budget={"dailyUSD": 5.0})
+    tools = {
+        "builtin": ["calculator"],
+        "mcpServers": [
+            {"name": "time", "url": "http://time.tools.svc:8000/mcp", "allowTools": ["get_current_time"]},
+            {"name": "clock", "command": ["mcp-server-time"], "sideEffects": "none"},
+        ],
+    }
+    body = agent_service(
+        "support-agent", canary={"enabled": True, "steps": [10, 50, 100]}, budget={"dailyUSD": 5.0}, tools=tools
+    )
     svc = await emulator.put_object(AGSVC, body)
     created = views.parse_time(svc["metadata"]["creationTimestamp"])
     assert created is not None
@@ -336,3 +345,35 @@ async def test_an_unreachable_cluster_is_one_line(tmp_path: Path) -> None:
     assert result.code == 1
     assert result.err.startswith(f"error: cannot reach the cluster at {url}: ")
     assert len(result.err.splitlines()) == 1
+
+
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x1b[31mall good\x1b[0m\u202egnp.exe\r\nfake line\x9b"
+
+
+async def test_tenant_strings_reach_the_terminal_without_control_characters(
+    cluster: tuple[devcluster.DevCluster, str], kubeconfig: Path
+) -> None:
+    """Issue 27, point 9: terminal escape sequences (and bidi overrides) a tenant writes into a
+    status message, a condition, an annotation or an Event never reach the admin's terminal."""
+    emulator, url = cluster
+    svc = await emulator.put_object(AGSVC, agent_service("hostile", canary={"enabled": True}))
+    path = f"/apis/{models.GROUP}/{models.VERSION}/namespaces/default/{models.PLURAL}/hostile"
+    await patch_status(
+        url,
+        path,
+        {
+            "phase": "Progressing",
+            "canary": {"phase": "Progressing", "weight": 10, "message": HOSTILE},
+            "conditions": [{"type": "Ready", "status": "False", "reason": "X", "message": HOSTILE}],
+        },
+    )
+    created = views.parse_time(svc["metadata"]["creationTimestamp"])
+    assert created is not None
+    await emulator.put_object("v1/events", event(svc, "hostile.1", at(created, 1), "Evil", HOSTILE, type_="Warning"))
+    for args in (("get", "hostile"), ("list",), ("list", "-A"), ("history", "hostile")):
+        result = await plugin(kubeconfig, *args, now=created + datetime.timedelta(minutes=2))
+        assert result.code == 0, result.err
+        printed = result.out + result.err
+        assert not [c for c in printed if c != "\n" and (ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or c == "\u202e")]
+    shown = (await plugin(kubeconfig, "get", "hostile", now=created + datetime.timedelta(minutes=2))).out
+    assert "?]0;owned??[2J?[31mall good?[0m?gnp.exe??fake line?" in shown
