@@ -7,8 +7,8 @@
 #   scripts/image.sh dir      print the cache folder of the current inputs (builds if missing)
 #   scripts/image.sh built    exit 0 when the images of the current inputs are in the cache, 1 when not
 #   scripts/image.sh load     put both images into the local container storage (podman, buildah),
-#                             from the cache's archives when the storage lacks them; prints the
-#                             runtime image's name
+#                             from the cache's archives when the storage lacks them (their IDs
+#                             are in the folder's build.env; tests run them by ID)
 #
 # Two images, as scripts/e2e-kind.sh uses them:
 #   agentops/agent-runtime:<version>      the Dockerfile as users build it (operator, api, worker)
@@ -66,13 +66,14 @@ base_key() {
 }
 
 # Every file the Dockerfile's COPY steps read (the build context minus .dockerignore), by content,
-# plus this script and the base: a change of any of them builds into a new folder.
+# plus how this script builds and the base: a change of any of them builds into a new folder.
 inputs_key() {
     (
         cd "$ROOT"
         git ls-files -z --cached --others --exclude-standard -- Dockerfile .dockerignore pyproject.toml README.md \
             constraints.txt operator agent_runtime dev | sort -z | xargs -0 sha256sum
-        sha256sum scripts/image.sh
+        declare -f cmd_build host_ca_bundle
+        echo "$RUNTIME_NAME $DEV_NAME $QUALIFIED_RUNTIME $QUALIFIED_DEV"
         echo "base=$IMAGE_BASE"
         [ "$IMAGE_BASE" = official ] || echo "debian-base=$(base_key)"
     ) | sha256sum | cut -c1-16
@@ -194,18 +195,18 @@ cmd_load() {
     dir=$(cache_dir)
     # shellcheck source=/dev/null
     . "$dir/build.env"
-    local name id archive
+    local name id image archive
     for name in RUNTIME DEV; do
         id=${name}_ID
+        id=${!id#sha256:}
+        image=${name}_IMAGE
+        image=${!image}
         archive=$dir/agent-runtime.oci.tar
         [ "$name" = RUNTIME ] || archive=$dir/agent-runtime-dev.oci.tar
-        local image=${name}_IMAGE
-        if [ "$(podman image inspect --format '{{.Id}}' "localhost/${!image}" 2>/dev/null)" != "${!id#sha256:}" ]; then
-            podman load --quiet --input "$archive" >/dev/null
-            podman tag "$(podman image inspect --format '{{.Id}}' "docker.io/${!image}")" "localhost/${!image}"
-        fi
+        # By ID: another checkout may have tagged a build of other inputs with the same name.
+        podman image exists "$id" || podman load --quiet --input "$archive" >/dev/null
+        podman tag "$id" "localhost/$image"
     done
-    echo "localhost/$RUNTIME_IMAGE"
 }
 
 case "${1:-}" in

@@ -4,9 +4,11 @@ The chart is installed (its ServiceAccount, RBAC and Deployment; no kubelet runs
 here), and `agentctl operator` runs in podman from the image built by the set-up with the chart's
 own arguments, hardened as the chart's securityContext says (tests/support/image.py), and
 authenticated as a pod is: the ServiceAccount's token, the cluster CA and the namespace mounted
-at /var/run/secrets/kubernetes.io/serviceaccount, the API server named by
-KUBERNETES_SERVICE_HOST/PORT. It answers the chart's probes, turns an AgentService into its
-Deployments under the chart's RBAC (never refused), and exits 0 on SIGTERM within the grace period.
+at /var/run/secrets/kubernetes.io/serviceaccount, and the API server reached as
+https://kubernetes.default.svc (port 443), the name given to the container and the address
+forwarded to the API server as kube-proxy would (`ServiceForward`). It answers the chart's probes,
+turns an AgentService into its Deployments under the chart's RBAC (never refused), and exits 0 on
+SIGTERM within the grace period.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from tests.cluster.harness import CHART, chart_operator_args, helm, with_port
 from tests.support import controlplane as cp
 from tests.support import image as img
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 RELEASE = "image"
 NAMESPACE = "image-system"
 TENANT = "image-tenant"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SERVICE_HOST = "kubernetes.default.svc"  # what a pod's service-account login dials, on port 443
 DEFAULT_GRACE = 30  # a pod's terminationGracePeriodSeconds when the chart sets none
 
 
@@ -101,20 +104,23 @@ def test_operator_container_reconciles_under_the_chart_rbac(
     args = with_port(with_port(chart_operator_args(controlplane, RELEASE, NAMESPACE), "--health-port", health),
                      "--metrics-port", metrics)  # fmt: skip
     server = urlsplit(controlplane.server)
+    service = img.ServiceForward((str(server.hostname), int(server.port or 443)))
     env = {e["name"]: e["value"] for e in chart_container["env"] if "value" in e}
     env |= {
         "POD_ID": "image-operator",
         "HEALTH_PORT": str(health),
-        "KUBERNETES_SERVICE_HOST": str(server.hostname),
-        "KUBERNETES_SERVICE_PORT": str(server.port),
+        "KUBERNETES_SERVICE_HOST": service.address,
+        "KUBERNETES_SERVICE_PORT": str(service.PORT),
     }
     container = img.Container(
         image=runtime_image,
         command=[*chart_container["command"], "operator", *args],
         mounts=[(service_account_dir(controlplane, tmp_path), SERVICE_ACCOUNT_DIR)],
         env=env,
-    ).start()
+        hosts={SERVICE_HOST: service.address},
+    )
     try:
+        container.start()
         for probe in ("livenessProbe", "readinessProbe"):
             path = chart_container[probe]["httpGet"]["path"]
             assert container.wait_http(f"http://127.0.0.1:{health}{path}") == 200, (probe, container.logs())
@@ -131,6 +137,7 @@ def test_operator_container_reconciles_under_the_chart_rbac(
         assert not refused, "the operator was refused:\n" + "\n".join(refused[:10])
     finally:
         container.remove()
+        service.close()
 
 
 def _wait_for_object(container: img.Container, plane: cp.ControlPlane, name: str, timeout: float = 90) -> None:

@@ -19,11 +19,15 @@ reason `unavailable()` gives. A missing build fails: it belongs to the set-up (`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import random
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -53,6 +57,7 @@ __all__ = [
     "Container",
     "Containerd",
     "ImageError",
+    "ServiceForward",
     "built",
     "in_ci",
     "load",
@@ -98,12 +103,14 @@ def build_env() -> dict[str, str]:
 
 
 def load() -> tuple[str, str]:
-    """The runtime and dev images' local names, loaded from the cache's archives when needed."""
+    """The runtime and dev images' IDs, loaded from the cache's archives when the storage lacks them.
+
+    By ID, not name: another checkout on the machine may have tagged a build of other inputs."""
     result = subprocess.run(["bash", str(SCRIPT), "load"], capture_output=True, text=True, check=False, timeout=600)
     if result.returncode != 0:
         raise ImageError(f"scripts/image.sh load failed ({result.returncode}):\n{result.stderr[-4000:]}")
     env = build_env()
-    return f"localhost/{env['RUNTIME_IMAGE']}", f"localhost/{env['DEV_IMAGE']}"
+    return env["RUNTIME_ID"].removeprefix("sha256:"), env["DEV_ID"].removeprefix("sha256:")
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -123,6 +130,7 @@ def hardened(mounts: Sequence[tuple[Path, str]] = (), env: Mapping[str, str] | N
         "--tmpfs", f"/tmp:rw,size={TMP_SIZE},mode=1777",
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
+        "--http-proxy=false",  # the host's proxy variables are not the pod's
     ]  # fmt: skip
     for source, target in mounts:
         flags += ["--volume", f"{source}:{target}:ro"]
@@ -145,13 +153,15 @@ class Container:
     command: Sequence[str]
     mounts: Sequence[tuple[Path, str]] = ()
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    hosts: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> address, as cluster DNS answers
     name: str = dataclasses.field(default_factory=lambda: f"agentops-test-{uuid.uuid4().hex[:12]}")
     started_at: float = 0.0
 
     def start(self) -> Container:
         entrypoint, *args = self.command
         self.started_at = time.monotonic()
-        podman("run", "--detach", "--name", self.name, *hardened(self.mounts, self.env),
+        hosts = [f"--add-host={name}:{address}" for name, address in self.hosts.items()]
+        podman("run", "--detach", "--name", self.name, *hardened(self.mounts, self.env), *hosts,
                "--entrypoint", entrypoint, self.image, *args)  # fmt: skip
         return self
 
@@ -293,3 +303,90 @@ class Containerd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class ServiceForward:
+    """The `kubernetes` Service as kube-proxy makes it: `address:443` forwarded to the API server.
+
+    A pod's service-account login (kopf's, client-go's) dials https://kubernetes.default.svc on
+    port 443, which cluster DNS resolves to the Service's address and kube-proxy forwards to an API
+    server. Here the name is given to the container with `--add-host` and the address is a loopback
+    address of its own (127.x.y.z, so that several runs on the machine do not collide on port 443);
+    TLS goes through untouched, so the API server's certificate must name kubernetes.default.svc.
+    """
+
+    PORT = 443
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = self._bind()
+        self.address = str(self.listener.getsockname()[0])
+        self._stopped = threading.Event()
+        self._connections: list[threading.Thread] = []
+        self._open: set[socket.socket] = set()
+        self._thread = threading.Thread(target=self._accept, name="service-forward", daemon=True)
+        self._thread.start()
+
+    def _bind(self) -> socket.socket:
+        rng = random.SystemRandom()
+        for _ in range(50):
+            address = f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                listener.bind((address, self.PORT))
+            except OSError:
+                listener.close()
+                continue
+            listener.listen(64)
+            listener.settimeout(0.2)
+            return listener
+        raise ImageError("no free loopback address for port 443")
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            self._connections.append(thread)
+            thread.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client:
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                return
+            with upstream:
+                self._open.update({client, upstream})
+                back = threading.Thread(target=self._pump, args=(upstream, client), daemon=True)
+                back.start()
+                self._pump(client, upstream)
+                back.join()
+                self._open.difference_update({client, upstream})
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        source.settimeout(None)
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Stop accepting, end the open connections, and wait for every thread."""
+        self._stopped.set()
+        self.listener.close()
+        self._thread.join(timeout=5)
+        for sock in list(self._open):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._connections:
+            thread.join(timeout=5)

@@ -30,7 +30,8 @@ from tests.integration.ship.test_chart import render
 from tests.support import image as img
 from tests.support.redis_server import running_redis
 
-pytestmark = pytest.mark.slow
+# Loading the images into the storage (first test) and a containerd import take minutes on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[3]
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
