@@ -223,36 +223,40 @@ class ResourceList(Model):
 class ApiRequests(ResourceList):
     """Requests of the task API container."""
 
-    cpu: str | None = Field(default="100m", pattern=QUANTITY, description="CPU quantity, e.g. `250m` (`null`: none).")
+    cpu: str | None = Field(
+        default="100m", max_length=64, pattern=QUANTITY, description="CPU quantity, e.g. `250m` (`null`: none)."
+    )
     memory: str | None = Field(
-        default="256Mi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+        default="256Mi", max_length=64, pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
     )
 
 
 class ApiLimits(ResourceList):
     """Limits of the task API container."""
 
-    cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
+    cpu: str | None = Field(default=None, max_length=64, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
     memory: str | None = Field(
-        default="512Mi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+        default="512Mi", max_length=64, pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
     )
 
 
 class WorkerRequests(ResourceList):
     """Requests of the worker container."""
 
-    cpu: str | None = Field(default="200m", pattern=QUANTITY, description="CPU quantity, e.g. `250m` (`null`: none).")
+    cpu: str | None = Field(
+        default="200m", max_length=64, pattern=QUANTITY, description="CPU quantity, e.g. `250m` (`null`: none)."
+    )
     memory: str | None = Field(
-        default="256Mi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+        default="256Mi", max_length=64, pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
     )
 
 
 class WorkerLimits(ResourceList):
     """Limits of the worker container."""
 
-    cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
+    cpu: str | None = Field(default=None, max_length=64, pattern=QUANTITY, description="CPU quantity, e.g. `250m`.")
     memory: str | None = Field(
-        default="1Gi", pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
+        default="1Gi", max_length=64, pattern=QUANTITY, description="Memory quantity, e.g. `512Mi` (`null`: none)."
     )
 
 
