@@ -100,8 +100,14 @@ def test_the_install_renders_the_deployment_the_page_waits_for() -> None:
 
 
 def test_recipe_b_reaches_prometheus_and_labels_the_monitoring_objects() -> None:
-    config = operator_config(helm_template(chart_commands()[1]))
-    assert config.prometheus_url == "http://kps-kube-prometheus-stack-prometheus.monitoring.svc:9090"
+    docs = helm_template(chart_commands()[1])
+    config = operator_config(docs)
+    # The operator queries through its prom-label-proxy sidecar (on by default), whose upstream is
+    # the stack's Prometheus.
+    url = "http://kps-kube-prometheus-stack-prometheus.monitoring.svc:9090"
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    args = [a for c in pod["containers"] for a in c.get("args") or []]
+    assert config.prometheus_url == "http://127.0.0.1:9095" and f"--upstream={url}" in args
     recipe_b = defaults.apply(services()[1], config.defaults)
     monitors = [c for c in builders.build_children(recipe_b) if c["kind"] in {"ServiceMonitor", "PrometheusRule"}]
     assert len(monitors) == 2 and all(m["metadata"]["labels"]["release"] == "kps" for m in monitors)
