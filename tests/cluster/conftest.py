@@ -63,7 +63,7 @@ def third_party_crds(controlplane: cp.ControlPlane) -> None:
 
 
 NODE = "harness-node"
-ALLOWED_IMAGES = ("agentops/agent-runtime", "registry.example/")
+ALLOWED_IMAGES = ("agentops/agent-runtime", "registry.example/", "registry.example.com/")
 
 
 @pytest.fixture(scope="session")

@@ -196,7 +196,10 @@ def gitops_operator(
         namespaces = [n["metadata"]["name"] for n in plane.get("namespaces")["items"]]
         for namespace in [n for n in namespaces if n.startswith("gitops-")]:
             plane.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
-        plane.kubectl("delete", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
+        # The chart's cluster-scoped objects: its RBAC and its admission policy (which would refuse
+        # the next modules' images, ServiceAccounts and pod annotations).
+        plane.kubectl("delete", "clusterroles,clusterrolebindings,validatingadmissionpolicies,"
+                      "validatingadmissionpolicybindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
                       "--ignore-not-found")  # fmt: skip
     assert not operator.forbidden_lines(), "the operator was refused:\n" + "\n".join(operator.forbidden_lines()[:10])
 

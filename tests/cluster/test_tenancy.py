@@ -128,7 +128,7 @@ def test_the_admission_policy_refuses_at_kubectl_apply_with_its_message(
         "image": (
             {"image": "agentops/agent-runtime-evil:1"},
             "spec.image is not allowed: policy.allowedImages allows images of"
-            " agentops/agent-runtime, registry.example/",
+            " agentops/agent-runtime, registry.example/, registry.example.com/",
         ),
         "account": (
             {"serviceAccountName": "admin"},
