@@ -134,7 +134,9 @@ def walls(
         exits.callback(targets.stop)
         helm(plane, "install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
              "--set", "logFormat=json", "--set", f"prometheus.url={prometheus.url}",
-             "--set", "prometheus.scrapeIntervalSeconds=1")  # fmt: skip
+             "--set", "prometheus.scrapeIntervalSeconds=1",
+             # the chart's admission policy is on by default: allow the images this test rolls out
+             "--set", "policy.allowedImages={agentops/agent-runtime,registry.example/}")  # fmt: skip
         exits.callback(helm, plane, "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
         (deployment,) = plane.get(
             "deployments", "-n", OPERATOR_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}"

@@ -78,12 +78,19 @@ def test_every_problem_of_every_document_one_line_each(tmp_path: Path) -> None:
     result = agentctl("render", "-f", str(path), "-f", str(other))
     assert result.returncode == 2
     assert result.stdout == ""
+    lines = path.read_text().splitlines()
+
+    def line_of(text: str, after: int = 0) -> int:
+        """The 1-based line of the first line after `after` holding `text` (the example's length may change)."""
+        return next(i for i, line in enumerate(lines, 1) if i > after and text in line)
+
+    second = line_of("apiVersion:", after=len(good.splitlines()))  # the second document's first key
     assert result.stderr.splitlines() == [
-        f'error: {path}:21: AgentService "Bad_Name" is invalid:',
-        f"{path}:24: metadata.name: must be a DNS-1035 label: lowercase letters, digits and '-', starting with a "
-        "letter and ending alphanumeric (got 'Bad_Name')",
-        f"{path}:36: spec.autoscaling.maxReplicas: must be >= minReplicas (5)",
-        f"{path}:38: spec.limits.maxStepsPerTask: must be >= 1 (got 0)",
+        f'error: {path}:{second}: AgentService "Bad_Name" is invalid:',
+        f"{path}:{line_of('name: Bad_Name')}: metadata.name: must be a DNS-1035 label: lowercase letters, digits "
+        "and '-', starting with a letter and ending alphanumeric (got 'Bad_Name')",
+        f"{path}:{line_of('maxReplicas: 3')}: spec.autoscaling.maxReplicas: must be >= minReplicas (5)",
+        f"{path}:{line_of('maxStepsPerTask: 0')}: spec.limits.maxStepsPerTask: must be >= 1 (got 0)",
         f"error: {other}:1: document 1 is v1/Secret, not agentops.dev/v1alpha1/AgentService",
     ]
 
