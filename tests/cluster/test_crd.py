@@ -91,7 +91,12 @@ def test_valid_example_accepted_by_the_apiserver(
     controlplane: cp.ControlPlane, examples_namespace: str, path: Path
 ) -> None:
     result = dry_run(controlplane, path, examples_namespace)
-    assert result.returncode == 0, result.stderr
+    # The API server validates the object against the CRD (schema and CEL) before validating
+    # admission runs: a refusal by the chart's admission policy (installed by other modules of the
+    # session, enforced once its informer has it) means the CRD accepted the example. full.yaml sets
+    # a ServiceAccount with its token, which the default policy refuses (tested in test_tenancy).
+    refused_by_policy = "ValidatingAdmissionPolicy" in result.stderr and "denied request" in result.stderr
+    assert result.returncode == 0 or refused_by_policy, result.stderr
 
 
 def test_every_invalid_example_has_a_server_side_expectation() -> None:
